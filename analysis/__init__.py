@@ -1,0 +1,1 @@
+"""rcdm.analysis (under construction)."""

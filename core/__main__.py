@@ -1,0 +1,3 @@
+from rcdm.cli import main
+
+main()

@@ -1,0 +1,114 @@
+"""``rcdm run``: the stages in order, skipping those whose manifest says they finished.
+
+The CLI is the only other place that imports the stages; this module does so inside functions.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from rcdm.config import ExtractConfig, PipelineConfig
+
+STAGES = ("data", "extract", "train", "sample", "evaluate", "analyze")
+
+
+def parse_stages(text: str | None) -> tuple[str, ...]:
+    if not text:
+        return STAGES
+    names = tuple(s.strip() for s in text.split(",") if s.strip())
+    bad = [n for n in names if n not in STAGES]
+    if bad:
+        raise ValueError(f"unknown stage(s) {', '.join(bad)}; choose from {','.join(STAGES)}")
+    return tuple(s for s in STAGES if s in names)  # always in pipeline order
+
+
+def extract_jobs(cfg: PipelineConfig, both_splits: bool = True) -> list[ExtractConfig]:
+    """The stores to extract: data.train and data.val by default, else the one configured."""
+    ex = cfg.extract
+    if not both_splits:
+        return [ex]
+    w = Path(cfg.data.workdir) / "stores"
+    return [
+        replace(ex, source=cfg.data.train, out=str(w / "train")),
+        replace(ex, source=cfg.data.val, out=str(w / "val")),
+    ]
+
+
+def _outputs(cfg: PipelineConfig) -> dict[str, list[Path]]:
+    """Each stage's finished markers."""
+    return {
+        "data": [Path(cfg.data.train), Path(cfg.data.val)],
+        "extract": [Path(j.out) / "manifest.json" for j in extract_jobs(cfg)],
+        "train": [Path(cfg.train.out) / "manifest.json"],
+        "sample": [Path(cfg.sample.out) / "manifest.json"],
+        "evaluate": [Path(cfg.evaluate.out) / "manifest.json"],
+        "analyze": [Path(cfg.analyze.out) / "manifest.json"],
+    }
+
+
+def _finished(cfg: PipelineConfig, stage: str) -> bool:
+    if stage == "data":
+        if not cfg.data.demo:
+            return True  # user data: nothing to build
+        from rcdm import demo
+
+        return demo.is_built(cfg.data)
+    return all(p.exists() for p in _outputs(cfg)[stage])
+
+
+def plan(cfg: PipelineConfig, stages: tuple[str, ...], force: bool = False) -> list[str]:
+    lines = []
+    for s in stages:
+        state = "skip (finished)" if (not force and _finished(cfg, s)) else "run"
+        outs = ", ".join(str(p) for p in _outputs(cfg)[s])
+        lines.append(f"{s:9s} {state:16s} -> {outs}")
+    return lines
+
+
+def run(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, force: bool = False) -> Path:
+    """Run ``stages`` in order; returns the report path (or the last stage's output)."""
+    last: Path = Path(cfg.data.workdir)
+    for stage in stages:
+        if not force and _finished(cfg, stage):
+            print(f"[rcdm run] {stage}: finished earlier, skipping (use --force to redo)", flush=True)
+            last = _outputs(cfg)[stage][0].parent
+            continue
+        print(f"[rcdm run] {stage}: starting", flush=True)
+        t0 = time.time()
+        last = _run_stage(cfg, stage, force)
+        print(f"[rcdm run] {stage}: done in {time.time() - t0:.0f}s -> {last}", flush=True)
+    return last
+
+
+def _run_stage(cfg: PipelineConfig, stage: str, force: bool) -> Path:
+    if stage == "data":
+        if not cfg.data.demo:
+            return Path(cfg.data.train)
+        from rcdm import demo
+
+        train, _ = demo.build(cfg.data)
+        return train.parent
+    if stage == "extract":
+        import rcdm.extract
+
+        paths = [rcdm.extract.run(replace(j, overwrite=j.overwrite or force)) for j in extract_jobs(cfg)]
+        return paths[0].parent
+    if stage == "train":
+        import rcdm.train
+
+        return rcdm.train.run(cfg.train)
+    if stage == "sample":
+        import rcdm.sample
+
+        return rcdm.sample.run(cfg.sample)
+    if stage == "evaluate":
+        import rcdm.analysis
+
+        return rcdm.analysis.evaluate(cfg.evaluate)
+    if stage == "analyze":
+        import rcdm.analysis
+
+        return rcdm.analysis.analyze(cfg.analyze)
+    raise AssertionError(stage)

@@ -1,0 +1,1 @@
+"""rcdm.extract (under construction)."""

@@ -1,0 +1,1 @@
+"""rcdm.sample (under construction)."""

@@ -1,0 +1,1 @@
+"""rcdm.train (under construction)."""
