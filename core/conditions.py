@@ -1,0 +1,180 @@
+"""Conditions for sampling: pure functions on representations h = f(x).
+
+Everything here is numpy in, numpy out, with no I/O, so each operation can be checked by hand.
+Shapes: a representation is ``(D,)``; a set of them ``(N, D)``; all float32.
+
+The operations are the ones the RCDM paper (Bordes, Balestriero & Vincent, TMLR 2022) uses:
+linear interpolation between two representations, a kernel density estimate of the store for
+unconditional sampling (appendix B), class means, representation algebra, and the
+nearest-neighbour manipulation of section 5 (dimensions non-zero in at least m of the k
+neighbours are zeroed or replaced by a target's values).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+__all__ = [
+    "interpolate",
+    "kde_sample",
+    "class_mean",
+    "algebra",
+    "knn",
+    "common_dims",
+    "manipulate",
+]
+
+
+def _vec(x: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(x, dtype=np.float32)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be one representation of shape (D,), got shape {a.shape}")
+    return a
+
+
+def interpolate(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
+    """The full linear path from ``a`` (alpha = 0) to ``b`` (alpha = 1) in ``n`` points.
+
+    Returns ``(n, D)``: row i is ``(1 - alpha_i) a + alpha_i b`` with ``alpha_i = i / (n - 1)``,
+    so the first row is exactly ``a`` and the last exactly ``b``.
+    """
+    a, b = _vec(a, "a"), _vec(b, "b")
+    if a.shape != b.shape:
+        raise ValueError(f"cannot interpolate between shapes {a.shape} and {b.shape}")
+    if n < 2:
+        raise ValueError(f"interpolation needs at least 2 points (both ends), got n={n}")
+    alpha = np.linspace(0.0, 1.0, n, dtype=np.float64)[:, None]  # (n, 1)
+    path = (1.0 - alpha) * a.astype(np.float64) + alpha * b.astype(np.float64)
+    return path.astype(np.float32)
+
+
+def kde_sample(
+    feats: np.ndarray,
+    n: int,
+    sigma: float = 0.01,
+    seed: int = 0,
+    *,
+    return_index: bool = False,
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Draw ``n`` representations from p(h) = 1/N sum_n N(h; f(x_n), sigma^2 I).
+
+    ``sigma`` is the kernel's *standard deviation* (the paper's appendix B uses 0.01): pick ``n``
+    rows uniformly with replacement, add ``sigma`` times standard normal noise. Seeded, so the
+    same ``seed`` gives the same draws. Returns ``(n, D)`` (and the picked rows ``(n,)`` when
+    ``return_index``).
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    if feats.ndim != 2 or feats.shape[0] == 0:
+        raise ValueError(f"kde_sample needs a non-empty (N, D) feature matrix, got shape {feats.shape}")
+    if n < 1:
+        raise ValueError(f"kde_sample: n must be at least 1, got {n}")
+    if sigma < 0:
+        raise ValueError(f"kde_sample: sigma is a standard deviation and must be >= 0, got {sigma}")
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, feats.shape[0], size=n)  # (n,)
+    noise = rng.standard_normal((n, feats.shape[1]))  # (n, D)
+    out = (feats[idx].astype(np.float64) + sigma * noise).astype(np.float32)
+    return (out, idx) if return_index else out
+
+
+def class_mean(feats: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
+    """Mean representation ``(D,)`` of the rows whose label is ``label``."""
+    feats = np.asarray(feats, dtype=np.float32)
+    labels = np.asarray(labels)
+    if feats.ndim != 2 or labels.shape != (feats.shape[0],):
+        raise ValueError(
+            f"class_mean needs feats (N, D) and labels (N,), got {feats.shape} and {labels.shape}"
+        )
+    rows = labels == label
+    if not rows.any():
+        known = sorted(int(v) for v in np.unique(labels))
+        raise ValueError(
+            f"no entry has label {label}; labels present: {known[:20]}{' ...' if len(known) > 20 else ''}"
+        )
+    return feats[rows].astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def algebra(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Representation algebra ``a - b + c`` (e.g. "this image, minus its class, plus another")."""
+    a, b, c = _vec(a, "a"), _vec(b, "b"), _vec(c, "c")
+    if not (a.shape == b.shape == c.shape):
+        raise ValueError(f"algebra needs equal shapes, got {a.shape}, {b.shape}, {c.shape}")
+    return (a - b + c).astype(np.float32)
+
+
+def knn(
+    feats: np.ndarray,
+    query: np.ndarray,
+    k: int,
+    *,
+    exclude: int | None = None,
+    chunk: int = 65536,
+) -> np.ndarray:
+    """Indices of the ``k`` rows of ``feats`` nearest to ``query`` (Euclidean), nearest first.
+
+    ``query`` is ``(D,)`` (returns ``(k,)``) or ``(Q, D)`` (returns ``(Q, k)``). ``exclude`` drops
+    one row (the query's own row when it comes from ``feats``). Ties keep the lower index first.
+    """
+    feats = np.asarray(feats, dtype=np.float32)
+    q = np.asarray(query, dtype=np.float32)
+    single = q.ndim == 1
+    q2 = q[None] if single else q  # (Q, D)
+    if feats.ndim != 2 or q2.ndim != 2 or q2.shape[1] != feats.shape[1]:
+        raise ValueError(f"knn: feats (N, D) and query (D,) or (Q, D) needed, got {feats.shape}, {q.shape}")
+    n_avail = feats.shape[0] - (1 if exclude is not None else 0)
+    if not 1 <= k <= n_avail:
+        raise ValueError(f"knn: k={k} but only {n_avail} candidate rows are available")
+    # Squared distances ||f||^2 - 2 f.q + ||q||^2 in float64, chunked over the rows of feats.
+    d2 = np.empty((q2.shape[0], feats.shape[0]), dtype=np.float64)  # (Q, N)
+    qq = (q2.astype(np.float64) ** 2).sum(1)[:, None]
+    for s in range(0, feats.shape[0], chunk):
+        f = feats[s : s + chunk].astype(np.float64)
+        d2[:, s : s + chunk] = (f**2).sum(1)[None] - 2.0 * q2.astype(np.float64) @ f.T + qq
+    if exclude is not None:
+        d2[:, exclude] = np.inf
+    order = np.argsort(d2, axis=1, kind="stable")[:, :k]  # (Q, k)
+    return order[0] if single else order
+
+
+def common_dims(neighbour_feats: np.ndarray, m: int, *, threshold: float = 0.0) -> np.ndarray:
+    """Dimensions that are non-zero (``|h_d| > threshold``) in at least ``m`` of the neighbours.
+
+    ``neighbour_feats`` is ``(k, D)``; returns the sorted dimension indices ``(n_dims,)`` int64.
+    """
+    nf = np.asarray(neighbour_feats, dtype=np.float32)
+    if nf.ndim != 2:
+        raise ValueError(f"common_dims needs (k, D) neighbour features, got shape {nf.shape}")
+    if not 1 <= m <= nf.shape[0]:
+        raise ValueError(f"common_dims: m={m} must be between 1 and the number of neighbours k={nf.shape[0]}")
+    counts = (np.abs(nf) > threshold).sum(axis=0)  # (D,)
+    return np.flatnonzero(counts >= m).astype(np.int64)
+
+
+def manipulate(
+    h: np.ndarray,
+    dims: np.ndarray,
+    mode: Literal["zero", "replace"] = "zero",
+    target: np.ndarray | None = None,
+) -> np.ndarray:
+    """Set dimensions ``dims`` of ``h`` (``(D,)`` or ``(N, D)``) to zero or to ``target``'s values.
+
+    Returns a new array; ``h`` is not modified.
+    """
+    out = np.array(h, dtype=np.float32, copy=True)
+    dims = np.asarray(dims, dtype=np.int64)
+    if dims.size and (dims.min() < 0 or dims.max() >= out.shape[-1]):
+        raise ValueError(f"manipulate: dimensions must be in [0, {out.shape[-1]}), got {dims.min()}..{dims.max()}")
+    if mode == "zero":
+        out[..., dims] = 0.0
+    elif mode == "replace":
+        if target is None:
+            raise ValueError("manipulate mode 'replace' needs a target representation")
+        t = np.asarray(target, dtype=np.float32)
+        if t.shape[-1] != out.shape[-1]:
+            raise ValueError(f"manipulate: target has dim {t.shape[-1]}, h has {out.shape[-1]}")
+        out[..., dims] = t[..., dims]
+    else:
+        raise ValueError(f"manipulate mode must be 'zero' or 'replace', got {mode!r}")
+    return out

@@ -1,0 +1,179 @@
+"""Generation: conditions + seeds -> uint8 images, one random generator per sample.
+
+Every sample i gets its own ``torch.Generator`` seeded with ``seeds[i]``; it draws that sample's
+initial noise x_T and every step's noise (``diffusion.sample_loop`` takes the per-sample
+generators). So sample i depends on ``(conds[i], seeds[i])`` only: not on the batch size, the
+number of processes, or its position in the batch (EDM's convention). Results are reproducible
+on one device type; the CPU and CUDA generators draw different numbers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rcdm.utils import seed_generator
+
+__all__ = ["generate", "load_for_sampling", "parse_steps", "model_image_shape", "to_uint8"]
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """``(N, 3, H, W)`` in [-1, 1] -> ``(N, H, W, 3)`` uint8 (ADM's rule: scale, clamp, truncate)."""
+    x = ((x.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
+    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+
+
+def model_image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
+    """``(C, H, W)`` of the images ``model`` generates, from its ``UNetConfig``."""
+    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    if cfg is None:
+        raise ValueError("the model has no .cfg (UNetConfig); cannot tell the image size to sample")
+    return int(getattr(cfg, "in_channels", 3)), int(cfg.image_size), int(cfg.image_size)
+
+
+class _Autocast(torch.nn.Module):
+    """Runs the UNet under bf16 autocast and hands float32 back to the diffusion maths, which
+    stays in float32 (the posterior needs the precision)."""
+
+    def __init__(self, model: torch.nn.Module, device_type: str, dtype: torch.dtype | None):
+        super().__init__()
+        self.model = model
+        self.device_type = device_type
+        self.dtype = dtype
+        self.cfg = getattr(model, "cfg", None)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        ctx = (
+            torch.autocast(self.device_type, dtype=self.dtype)
+            if self.dtype is not None
+            else contextlib.nullcontext()
+        )
+        with ctx:
+            out = self.model(x, t, *args, **kwargs)
+        return out.float()
+
+
+def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
+    """'auto' -> bf16 on CUDA, full precision on CPU; 'bf16' / 'no' as asked."""
+    if mixed_precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if mixed_precision == "bf16":
+        return torch.bfloat16
+    if mixed_precision in ("no", "none", "fp32"):
+        return None
+    raise ValueError(f"mixed_precision must be 'auto', 'no' or 'bf16', got {mixed_precision!r}")
+
+
+@torch.no_grad()
+def generate(
+    model: torch.nn.Module,
+    diffusion: Any,
+    conds: np.ndarray | torch.Tensor,
+    seeds: Sequence[int] | np.ndarray,
+    *,
+    ddim: bool = False,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    batch_size: int = 32,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    mixed_precision: str = "no",
+) -> np.ndarray:
+    """Sample one image per ``(conds[i], seeds[i])``; returns ``(N, H, W, 3)`` uint8.
+
+    ``conds`` is ``(N, D)``; ``seeds`` ``(N,)`` ints. The model should already be on ``device``
+    and in eval mode.
+    """
+    from rcdm.diffusion import sample_loop
+
+    device = torch.device(device)
+    conds_t = torch.as_tensor(np.asarray(conds, dtype=np.float32) if not torch.is_tensor(conds) else conds)
+    conds_t = conds_t.float()
+    seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
+    if conds_t.ndim != 2 or conds_t.shape[0] != len(seeds):
+        raise ValueError(
+            f"generate needs conds (N, D) and N seeds, got conds {tuple(conds_t.shape)} and {len(seeds)} seeds"
+        )
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    c, h, w = model_image_shape(model)
+    n = len(seeds)
+    out = np.empty((n, h, w, c), dtype=np.uint8)
+    if n == 0:
+        return out
+    net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
+
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="sampling", unit="batch", total=(n + batch_size - 1) // batch_size)
+    for s in starts:
+        e = min(n, s + batch_size)
+        # One generator per sample: it draws x_T here and the noise of every step in sample_loop.
+        gens = [seed_generator(seed, device) for seed in seeds[s:e]]
+        noise = torch.stack([torch.randn((c, h, w), generator=g, device=device) for g in gens])
+        x = sample_loop(
+            net,
+            diffusion,
+            conds_t[s:e].to(device),
+            noise,
+            ddim=ddim,
+            eta=eta,
+            clip_denoised=clip_denoised,
+            generators=gens,
+            progress=False,
+        )  # (b, C, H, W) in [-1, 1]
+        out[s:e] = to_uint8(x)
+    return out
+
+
+def parse_steps(steps: str | int) -> tuple[str, bool]:
+    """A respacing spec -> (respacing string for ``create_diffusion``, whether it asks for DDIM).
+
+    "100" (ancestral on 100 evenly spaced steps, the paper's choice), "1000" (all), "ddim50"
+    (guided-diffusion's DDIM striding), or comma lists per section ("10,20,30").
+    """
+    text = str(steps).strip()
+    if not text:
+        raise ValueError('steps must be a respacing like "100", "1000" or "ddim50", got an empty string')
+    if text.startswith("ddim"):
+        if not text[4:].isdigit() or int(text[4:]) < 1:
+            raise ValueError(f'steps {text!r}: expected "ddimN" with N a positive integer, e.g. "ddim50"')
+        return text, True
+    parts = text.split(",")
+    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f'steps {text!r}: expected a positive integer ("100"), a comma list or "ddimN"')
+    return text, False
+
+
+def load_for_sampling(
+    checkpoint: str | Path,
+    steps: str | int = "100",
+    *,
+    ema: str = "auto",
+    device: torch.device | str = "cpu",
+    trust_checkpoint: bool = False,
+    compile: bool = False,
+) -> tuple[torch.nn.Module, Any, dict]:
+    """Load (model, respaced diffusion, meta) from a run directory or weights file.
+
+    ``steps`` is the respacing spec (see :func:`parse_steps`); the schedule comes from the
+    checkpoint's UNet config. The model is put in eval mode on ``device``.
+    """
+    from rcdm.checkpoint import load_model
+    from rcdm.diffusion import create_diffusion
+
+    respacing, _ = parse_steps(steps)
+    model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)
+    model = model.to(device).eval()
+    unet = meta.get("unet") or {}
+    schedule = unet.get("schedule") or getattr(getattr(model, "cfg", None), "schedule", "linear")
+    diffusion = create_diffusion(schedule, steps=1000, respacing=respacing)
+    if compile:
+        model = torch.compile(model)  # attribute lookups (.cfg) pass through to the module
+    return model, diffusion, meta
