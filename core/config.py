@@ -115,6 +115,13 @@ class TrainConfig:
     schedule: Literal["default", "linear", "cosine"] = "default"
     dropout: float | None = None  # default: the preset's
     trust_checkpoint: bool = False
+    source: str | None = None  # image source of the store's keys; null: the store manifest's source root
+    encoder: str | None = None  # expected store encoder name; null: accept the store's
+    layer: Literal["trunk", "head"] | None = None  # expected store layer; null: accept the store's
+    ema_warmup: bool = True  # EMA rate min(rate, (1+step)/(10+step)), so short runs get a useful EMA
+    keep_checkpoints: int = 0  # keep only the newest N step-* checkpoints (0: keep all)
+    grid_images: int = 4  # conditioning images (rows) in each sample grid
+    grid_samples: int = 3  # samples per conditioning image in each grid
 
 
 @dataclass(frozen=True)
@@ -182,6 +189,7 @@ class AnalyzeConfig:
         "distances",
         "neighbours",
         "class-mean",
+        "training-dynamics",
     )
     checkpoints: tuple[str, ...] = ()  # RCDM runs to compare; default: (<workdir>/run,)
     train_store: str | None = None  # default: <workdir>/stores/train
@@ -209,6 +217,17 @@ class AnalyzeConfig:
     knn_m: int = 14
     dynamics_checkpoints: tuple[str, ...] = ()  # training-dynamics: runs in training order
     trust_checkpoint: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    image_keys: tuple[str, ...] = ()  # val-store keys of the conditioning images; default: seeded pick
+    layers: tuple[str, ...] = ("trunk",)  # invariance: encoder layers whose distances are reported
+    probe_train_stores: tuple[str, ...] = ()  # probe: train stores (one per encoder/layer); default: train_store
+    probe_val_stores: tuple[str, ...] = ()  # probe: the matching val stores, same order
+    probe_lr: float = 0.01  # probe: Adam learning rate
+    interp_steps: int = 8  # interpolation: points on each path, both ends included
+    neighbours_k: int = 5  # neighbours / distances: nearest training images shown
+    n_distance: int = 6  # distances: images shown per group (random, same class, augmentations)
+    class_labels: tuple[int, ...] = ()  # class-mean: labels; default: n_images labels picked by seed
+    algebra_keys: tuple[str, ...] = ()  # manipulation: val keys a, b, c per algebra row (a - b + c)
 
 
 @dataclass(frozen=True)
