@@ -157,6 +157,11 @@ class SampleConfig:
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     compile: bool = False
     trust_checkpoint: bool = False
+    encoder_weights: str | None = None  # images condition: encoder weights; default: the store's recorded file
+    chunk_size: int = 256  # samples per resumable chunk (<out>/partial/chunk-NNNNN.npy)
+    grid_rows: int = 16  # conditions per grid PNG (grid-NNN.png)
+    device: str = "auto"  # single process: auto | cpu | cuda | cuda:N (accelerate launch picks per rank)
+    overwrite: bool = False  # discard partial or finished samples made with a different configuration
 
 
 @dataclass(frozen=True)

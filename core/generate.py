@@ -22,9 +22,10 @@ __all__ = ["generate", "load_for_sampling", "parse_steps", "model_image_shape", 
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """``(N, 3, H, W)`` in [-1, 1] -> ``(N, H, W, 3)`` uint8 (ADM's rule: scale, clamp, truncate)."""
-    x = ((x.float() + 1.0) * 127.5).clamp(0, 255).to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    """``(N, 3, H, W)`` in [-1, 1] -> ``(N, H, W, 3)`` uint8 (the project's one rule, in images)."""
+    from rcdm.images import from_model_range
+
+    return from_model_range(x)
 
 
 def model_image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
