@@ -1,0 +1,677 @@
+"""The feature store: the contract between stage 1 (extract) and every later stage.
+
+A store is a directory for one (encoder, layer, dataset split)::
+
+    manifest.json          written last: the "finished" marker (see ``build_manifest``)
+    shard-NNNNN.h5         feat [n, V, D] float16, key [n] utf-8, label [n] int64   (default)
+    shard-NNNNN.tar        webdataset: <key>.feat.npy [V, D], <key>.cls, optional <key>.jpg
+    shard-NNNNN.json       the shard's record (file, rows, sha256, first_item, failed)
+    config.yaml            the resolved extract config
+
+Shards are written under a temporary name and renamed when complete; the record is written after
+the rename, so a record always names a complete shard. View 0 is the encoder input, view 1 the
+same input flipped horizontally (training picks the view matching its flip).
+"""
+
+from __future__ import annotations
+
+import bisect
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
+
+__all__ = [
+    "FORMAT_VERSION",
+    "VIEWS",
+    "FeatureStore",
+    "UnknownKey",
+    "build_manifest",
+    "completed_shards",
+    "info",
+    "shard_name",
+    "verify",
+    "write_manifest",
+    "write_shard",
+]
+
+FORMAT_VERSION = 1
+VIEWS = ["orig", "hflip"]  # view 0: encoder input; view 1: the same input flipped horizontally
+_FORMATS = ("h5", "wds")
+_EXT = {"h5": "h5", "wds": "tar"}
+_SHARD_RE = re.compile(r"^shard-(\d{5,})\.json$")
+# webdataset member suffixes we write; parsed by suffix so keys may contain dots.
+_FEAT, _CLS, _JPG = "feat.npy", "cls", "jpg"
+
+
+class UnknownKey(KeyError, ValueError):
+    """A key that is not in the store (a KeyError for dict-like use, a ValueError for the CLI)."""
+
+    def __str__(self) -> str:  # KeyError would print the repr of the message
+        return str(self.args[0]) if self.args else ""
+
+
+def tool_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rcdm")
+    except Exception:  # not installed (e.g. running from a bare checkout)
+        return "unknown"
+
+
+def shard_name(index: int, fmt: str = "h5") -> str:
+    if fmt not in _FORMATS:
+        raise ValueError(f"store format {fmt!r} is unknown; use one of {', '.join(_FORMATS)}")
+    return f"shard-{index:05d}.{_EXT[fmt]}"
+
+
+def _record_path(store_dir: Path, index: int) -> Path:
+    return store_dir / f"shard-{index:05d}.json"
+
+
+# --------------------------------------------------------------------------------------------
+# Writing
+# --------------------------------------------------------------------------------------------
+
+
+def write_shard(
+    store_dir: str | Path,
+    shard_index: int,
+    feats: np.ndarray,
+    keys: Sequence[str],
+    labels: Sequence[int] | np.ndarray,
+    *,
+    fmt: str = "h5",
+    dtype: str = "float16",
+    images: Sequence[bytes] | None = None,
+    failed: Sequence[dict] = (),
+    first_item: int,
+) -> dict:
+    """Write one complete shard atomically and its json record; return the record.
+
+    ``feats`` is (n, V, D); ``keys`` n strings; ``labels`` n ints (-1 if unknown); ``images``
+    (wds only) n encoded images stored as ``jpg``; ``failed`` the items of this shard that could
+    not be read ({key, index, reason}); ``first_item`` the source index of the shard's first item.
+    """
+    store_dir = Path(store_dir)
+    store_dir.mkdir(parents=True, exist_ok=True)
+    feats = np.asarray(feats)
+    if feats.ndim != 3:
+        raise ValueError(f"shard features must be (n, V, D), got shape {feats.shape}")
+    n = feats.shape[0]
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(keys) != n or len(labels) != n:
+        raise ValueError(f"shard {shard_index}: {n} feature rows but {len(keys)} keys and {len(labels)} labels")
+    if images is not None and len(images) != n:
+        raise ValueError(f"shard {shard_index}: {n} feature rows but {len(images)} images")
+    if images is not None and fmt != "wds":
+        raise ValueError("image bytes can only be stored in webdataset shards; use --format wds")
+    if dtype not in ("float16", "float32"):
+        raise ValueError(f"store dtype {dtype!r} is not supported; use float16 or float32")
+    feats = feats.astype(dtype, copy=False)
+
+    name = shard_name(shard_index, fmt)
+    final = store_dir / name
+    tmp = store_dir / f".{name}.tmp-{os.getpid()}"
+    try:
+        if fmt == "h5":
+            _write_h5(tmp, feats, list(keys), labels)
+        else:
+            _write_tar(tmp, feats, list(keys), labels, images)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    record = {
+        "file": name,
+        "rows": int(n),
+        "sha256": sha256_file(final),
+        "first_item": int(first_item),
+        "failed": [dict(x) for x in failed],
+    }
+    atomic_write_json(_record_path(store_dir, shard_index), record)
+    return record
+
+
+def _write_h5(path: Path, feats: np.ndarray, keys: list[str], labels: np.ndarray) -> None:
+    import h5py
+
+    with h5py.File(path, "w") as f:
+        # track_times=False: the same content gives the same bytes (and sha256)
+        f.create_dataset("feat", data=feats, track_times=False)  # (n, V, D)
+        f.create_dataset(
+            "key", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"), track_times=False
+        )
+        f.create_dataset("label", data=labels, dtype=np.int64, track_times=False)
+
+
+def _tar_add(tf: tarfile.TarFile, name: str, data: bytes) -> None:
+    ti = tarfile.TarInfo(name)
+    ti.size = len(data)
+    ti.mtime = 0  # deterministic bytes
+    ti.mode = 0o444
+    tf.addfile(ti, io.BytesIO(data))
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _write_tar(
+    path: Path, feats: np.ndarray, keys: list[str], labels: np.ndarray, images: Sequence[bytes] | None
+) -> None:
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:  # PAX: long / utf-8 keys
+        for i, key in enumerate(keys):
+            _tar_add(tf, f"{key}.{_FEAT}", _npy_bytes(feats[i]))
+            _tar_add(tf, f"{key}.{_CLS}", str(int(labels[i])).encode())
+            if images is not None:
+                _tar_add(tf, f"{key}.{_JPG}", bytes(images[i]))
+
+
+def completed_shards(store_dir: str | Path) -> dict[int, dict]:
+    """Records of the complete shards: json record present and its shard file present."""
+    store_dir = Path(store_dir)
+    out: dict[int, dict] = {}
+    if not store_dir.is_dir():
+        return out
+    for p in store_dir.iterdir():
+        m = _SHARD_RE.match(p.name)
+        if not m:
+            continue
+        try:
+            rec = read_json(p)
+        except (OSError, json.JSONDecodeError):
+            continue  # a torn record: the shard is redone
+        if (store_dir / rec.get("file", "")).is_file():
+            out[int(m.group(1))] = rec
+    return dict(sorted(out.items()))
+
+
+def build_manifest(
+    records: dict[int, dict] | Sequence[dict],
+    *,
+    encoder_info: dict,
+    preprocess: dict,
+    source: dict,
+    fmt: str,
+    dtype: str,
+    dim: int,
+    has_images: bool = False,
+    extract_config: dict | None = None,
+    extra: dict | None = None,
+) -> dict:
+    """The manifest of a store made of ``records`` (shard records in shard order)."""
+    recs = list(records.values()) if isinstance(records, dict) else list(records)
+    recs.sort(key=lambda r: r["first_item"])
+    failed = [f for r in recs for f in r.get("failed", [])]
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "encoder": dict(encoder_info),
+        "layer": encoder_info.get("layer"),
+        "dim": int(dim),
+        "preprocess": dict(preprocess),
+        "views": list(VIEWS),
+        "dtype": dtype,
+        "format": fmt,
+        "has_images": bool(has_images),
+        "source": dict(source),
+        "rows": int(sum(r["rows"] for r in recs)),
+        "n_failed": len(failed),
+        "failed": failed,
+        "shards": [
+            {"file": r["file"], "rows": r["rows"], "sha256": r["sha256"], "first_item": r["first_item"]}
+            for r in recs
+        ],
+        "tool": {"name": "rcdm", "version": tool_version()},
+        "created": now_iso(),
+        "extract_config": extract_config or {},
+    }
+    manifest.update(extra or {})
+    return manifest
+
+
+def write_manifest(store_dir: str | Path, manifest: dict) -> Path:
+    """Write ``manifest.json`` atomically; call it last, it marks the store finished."""
+    return atomic_write_json(Path(store_dir) / "manifest.json", manifest)
+
+
+# --------------------------------------------------------------------------------------------
+# Reading
+# --------------------------------------------------------------------------------------------
+
+
+def _parse_member(name: str) -> tuple[str, str] | None:
+    for suffix in (_FEAT, _CLS, _JPG):
+        if name.endswith("." + suffix):
+            return name[: -len(suffix) - 1], suffix
+    return None
+
+
+def _index_tar(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {suffix: (offset, size)})] in tar order, without reading the payloads."""
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    with tarfile.open(path, "r:") as tf:
+        for ti in tf:
+            if not ti.isfile():
+                continue
+            parsed = _parse_member(ti.name)
+            if parsed is None:
+                raise ValueError(f"{path}: unexpected member {ti.name!r} (not feat.npy, cls or jpg)")
+            key, suffix = parsed
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            samples[-1][1][suffix] = (ti.offset_data, ti.size)
+    return samples
+
+
+def _read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
+class FeatureStore:
+    """Read a finished store: random access by index or key, or the whole feature matrix."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            if not self.path.exists():
+                raise FileNotFoundError(f"feature store {self.path} does not exist; check the path or run `rcdm extract`")
+            n_done = len(completed_shards(self.path))
+            hint = (
+                f"it is incomplete ({n_done} shard(s) done, no manifest.json): re-run the same "
+                "`rcdm extract` command to finish it"
+                if n_done
+                else "it has no manifest.json; is it a feature store made by `rcdm extract`?"
+            )
+            raise FileNotFoundError(f"feature store {self.path}: {hint}")
+        try:
+            self.manifest: dict = read_json(mpath)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{mpath} is not valid JSON ({e}); re-run `rcdm extract --overwrite`") from e
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{mpath}: format_version {self.manifest.get('format_version')!r} is not supported "
+                f"(this rcdm reads version {FORMAT_VERSION}); re-extract the store"
+            )
+        self.manifest_sha256 = sha256_file(mpath)
+        shards = self.manifest["shards"]
+        self._files = [self.path / s["file"] for s in shards]
+        self._offsets = np.cumsum([0] + [int(s["rows"]) for s in shards]).tolist()  # row starts
+        self._keys: list[str] | None = None
+        self._labels: np.ndarray | None = None
+        self._key_index: dict[str, int] | None = None
+        self._tar_index: list[list[tuple[str, dict[str, tuple[int, int]]]]] | None = None
+        self._h5: dict[int, Any] = {}
+        self._pid = os.getpid()
+
+    # ---- manifest fields
+    @property
+    def encoder_info(self) -> dict:
+        return self.manifest["encoder"]
+
+    @property
+    def layer(self) -> str:
+        return self.manifest.get("layer") or self.encoder_info.get("layer")
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.manifest["views"])
+
+    @property
+    def format(self) -> str:
+        return self.manifest["format"]
+
+    @property
+    def source(self) -> dict:
+        return self.manifest["source"]
+
+    @property
+    def dtype(self) -> str:
+        return self.manifest["dtype"]
+
+    @property
+    def failed(self) -> list[dict]:
+        return list(self.manifest.get("failed", []))
+
+    @property
+    def has_images(self) -> bool:
+        return bool(self.manifest.get("has_images", False))
+
+    @property
+    def preprocess(self):
+        from rcdm.images import Preprocess
+
+        return Preprocess.from_dict(self.manifest["preprocess"])
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({str(self.path)!r}, {self.encoder_info.get('name')}/{self.layer}, {len(self)} x {self.dim})"
+
+    # ---- pickling (DataLoader workers): open file handles stay behind
+    def __getstate__(self) -> dict:
+        state = self.__dict__.copy()
+        state["_h5"] = {}
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._pid = os.getpid()
+
+    def close(self) -> None:
+        for h in self._h5.values():
+            try:
+                h.close()
+            except Exception:
+                pass
+        self._h5 = {}
+
+    def __del__(self) -> None:
+        if os.getpid() == getattr(self, "_pid", None):
+            self.close()
+
+    def _h5_file(self, s: int):
+        import h5py
+
+        if self._pid != os.getpid():  # forked: handles of the parent are not ours
+            self._h5, self._pid = {}, os.getpid()
+        if s not in self._h5:
+            self._h5[s] = h5py.File(self._files[s], "r")
+        return self._h5[s]
+
+    def _tars(self) -> list[list[tuple[str, dict[str, tuple[int, int]]]]]:
+        if self._tar_index is None:
+            self._tar_index = [_index_tar(p) for p in self._files]
+        return self._tar_index
+
+    def _locate(self, i: int) -> tuple[int, int]:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"row {i} is out of range for a store of {n} rows")
+        i = i % n if n else i
+        s = bisect.bisect_right(self._offsets, i) - 1
+        return s, i - self._offsets[s]
+
+    # ---- keys and labels
+    def _load_keys_labels(self) -> None:
+        keys: list[str] = []
+        labels: list[np.ndarray] = []
+        if self.format == "h5":
+            for s in range(len(self._files)):
+                f = self._h5_file(s)
+                keys.extend(f["key"].asstr()[:].tolist())
+                labels.append(f["label"][:].astype(np.int64))
+        else:
+            for s, samples in enumerate(self._tars()):
+                keys.extend(k for k, _ in samples)
+                lab = [int(_read_at(self._files[s], *m[_CLS])) for _, m in samples]
+                labels.append(np.asarray(lab, dtype=np.int64))
+        self._keys = keys
+        self._labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+
+    @property
+    def keys(self) -> list[str]:
+        if self._keys is None:
+            self._load_keys_labels()
+        return list(self._keys)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(N,) int64, -1 where unknown."""
+        if self._labels is None:
+            self._load_keys_labels()
+        return self._labels.copy()
+
+    def index_of(self, key: str) -> int:
+        if self._key_index is None:
+            if self._keys is None:
+                self._load_keys_labels()
+            self._key_index = {k: i for i, k in enumerate(self._keys)}
+        try:
+            return self._key_index[key]
+        except KeyError:
+            some = ", ".join(list(self._key_index)[:3])
+            raise UnknownKey(f"key {key!r} is not in store {self.path} (keys look like: {some})") from None
+
+    # ---- features
+    def __getitem__(self, i: int) -> tuple[np.ndarray, str, int]:
+        """Row ``i``: (feat (V, D) float32, key, label)."""
+        s, j = self._locate(int(i))
+        if self._keys is None:
+            self._load_keys_labels()
+        row = self._offsets[s] + j
+        if self.format == "h5":
+            feat = self._h5_file(s)["feat"][j]
+        else:
+            key, members = self._tars()[s][j]
+            feat = np.load(io.BytesIO(_read_at(self._files[s], *members[_FEAT])), allow_pickle=False)
+        return np.asarray(feat, dtype=np.float32), self._keys[row], int(self._labels[row])
+
+    def features(self, view: int | None = 0) -> np.ndarray:
+        """All rows: (N, D) float32 for one view, or (N, V, D) for ``view=None``."""
+        if view is not None and not 0 <= view < len(self.views):
+            raise ValueError(f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}")
+        parts = []
+        if self.format == "h5":
+            for s in range(len(self._files)):
+                ds = self._h5_file(s)["feat"]
+                parts.append(ds[:] if view is None else ds[:, view])
+        else:
+            for s, samples in enumerate(self._tars()):
+                with open(self._files[s], "rb") as f:
+                    rows = []
+                    for _, m in samples:
+                        f.seek(m[_FEAT][0])
+                        rows.append(np.load(io.BytesIO(f.read(m[_FEAT][1])), allow_pickle=False))
+                arr = np.stack(rows) if rows else np.zeros((0, len(self.views), self.dim), self.dtype)
+                parts.append(arr if view is None else arr[:, view])
+        shape = (0, self.dim) if view is not None else (0, len(self.views), self.dim)
+        out = np.concatenate(parts) if parts else np.zeros(shape)
+        return out.astype(np.float32, copy=False)
+
+    def image_bytes(self, i: int) -> bytes:
+        """The source image stored with row ``i`` (webdataset stores made with images)."""
+        if not self.has_images:
+            raise ValueError(
+                f"store {self.path} holds no image bytes; re-extract with --format wds --include-images, "
+                "or read the images from the source it names"
+            )
+        s, j = self._locate(int(i))
+        _, members = self._tars()[s][j]
+        return _read_at(self._files[s], *members[_JPG])
+
+    # ---- compatibility
+    def check_compatible(self, encoder: Any = None, layer: str | None = None, dim: int | None = None) -> None:
+        """Raise ValueError naming the mismatch if the store was not made with these settings.
+
+        ``encoder`` is a registry name, an encoder info dict, or an object with ``.info()``.
+        """
+        mine = self.encoder_info
+        if encoder is not None:
+            theirs = encoder if isinstance(encoder, (dict, str)) else encoder.info()
+            if isinstance(theirs, str):
+                theirs = {"name": theirs}
+            if theirs.get("name") != mine.get("name"):
+                raise ValueError(
+                    f"store {self.path} was made with encoder {mine.get('name')!r}, not {theirs.get('name')!r}"
+                )
+            a, b = mine.get("weights_sha256"), theirs.get("weights_sha256")
+            if a and b and a != b:
+                raise ValueError(
+                    f"store {self.path} was made with {mine.get('name')} weights sha256 {a[:12]}..., "
+                    f"but these weights have sha256 {b[:12]}..."
+                )
+            if layer is None and theirs.get("layer") is not None:
+                layer = theirs["layer"]
+            if dim is None and theirs.get("dim") is not None:
+                dim = theirs["dim"]
+        if layer is not None and layer != self.layer:
+            raise ValueError(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
+        if dim is not None and int(dim) != self.dim:
+            raise ValueError(f"store {self.path} has {self.dim}-d features, not {dim}-d")
+
+
+# --------------------------------------------------------------------------------------------
+# info / verify
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_pp(pp: dict) -> str:
+    if not pp:
+        return "(not recorded)"
+    parts = [f"{k} {v}" for k, v in pp.items()]
+    return ", ".join(parts)
+
+
+def info(path: str | Path) -> str:
+    """A human summary of a store."""
+    st = FeatureStore(path)
+    m = st.manifest
+    enc = m["encoder"]
+    sha = enc.get("weights_sha256")
+    src = m.get("source", {})
+    lines = [
+        f"store       {st.path}",
+        f"encoder     {enc.get('name')} ({enc.get('arch', '?')}), layer {st.layer}, dim {st.dim}, "
+        f"weights {(sha[:16] + '...') if sha else 'none (' + str(enc.get('weights') or 'seeded init') + ')'}",
+        f"preprocess  {_fmt_pp(m.get('preprocess', {}))}",
+        f"views       {', '.join(st.views)}",
+        f"rows        {len(st)} in {len(m['shards'])} shard(s), format {st.format}, dtype {st.dtype}, "
+        f"image bytes {'yes' if st.has_images else 'no'}",
+        "source      " + ", ".join(f"{k} {v}" for k, v in src.items()),
+        f"failed      {m.get('n_failed', 0)}"
+        + "".join(f"\n              {f.get('key')}: {f.get('reason')}" for f in m.get("failed", [])[:10])
+        + ("\n              ..." if m.get("n_failed", 0) > 10 else ""),
+        f"created     {m.get('created')} by rcdm {m.get('tool', {}).get('version')}",
+        f"manifest    sha256 {st.manifest_sha256}",
+    ]
+    return "\n".join(lines)
+
+
+def verify(path: str | Path) -> list[str]:
+    """Re-check counts, shapes, dtypes and sha256s; return the problems found (empty: OK)."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        FeatureStore(path)  # raises FileNotFoundError with the reason
+    try:
+        m = read_json(path / "manifest.json")
+    except json.JSONDecodeError as e:
+        return [f"manifest.json is not valid JSON: {e}"]
+    problems: list[str] = []
+    for field in ("format_version", "encoder", "dim", "views", "dtype", "format", "shards", "source", "preprocess"):
+        if field not in m:
+            problems.append(f"manifest.json lacks the field {field!r}")
+    if problems:
+        return problems
+    if m["format_version"] != FORMAT_VERSION:
+        problems.append(f"format_version {m['format_version']!r}, expected {FORMAT_VERSION}")
+    V, D, dtype, fmt = len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), m["format"]
+    if fmt not in _FORMATS:
+        return problems + [f"unknown format {fmt!r}"]
+    total = 0
+    seen_keys: set[str] = set()
+    for s in m["shards"]:
+        f = path / s["file"]
+        if not f.is_file():
+            problems.append(f"{s['file']}: missing")
+            continue
+        digest = sha256_file(f)
+        if digest != s["sha256"]:
+            problems.append(f"{s['file']}: sha256 {digest[:16]}... does not match the manifest's {s['sha256'][:16]}...")
+        rec_path = path / (Path(s["file"]).stem + ".json")
+        if rec_path.is_file():
+            try:
+                rec = read_json(rec_path)
+                if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
+                    problems.append(f"{rec_path.name}: record disagrees with the manifest")
+            except json.JSONDecodeError:
+                problems.append(f"{rec_path.name}: not valid JSON")
+        try:
+            keys = (_verify_h5 if fmt == "h5" else _verify_tar)(f, s, V, D, dtype, bool(m.get("has_images")), problems)
+        except Exception as e:  # an unreadable shard is a finding, not a crash
+            problems.append(f"{s['file']}: cannot be read ({type(e).__name__}: {e})")
+            continue
+        dup = seen_keys.intersection(keys)
+        if dup:
+            problems.append(f"{s['file']}: {len(dup)} key(s) also in an earlier shard, e.g. {sorted(dup)[0]!r}")
+        seen_keys.update(keys)
+        total += int(s["rows"])
+    if "rows" in m and int(m["rows"]) != total:
+        problems.append(f"manifest says {m['rows']} rows but its shards list {total}")
+    n_items = m["source"].get("n_items")
+    if n_items is not None and total + int(m.get("n_failed", 0)) != int(n_items):
+        problems.append(
+            f"{total} rows + {m.get('n_failed', 0)} failed != {n_items} source items in the manifest"
+        )
+    return problems
+
+
+def _verify_h5(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bool, problems: list[str]) -> list[str]:
+    import h5py
+
+    name, n = s["file"], int(s["rows"])
+    with h5py.File(f, "r") as h:
+        for ds in ("feat", "key", "label"):
+            if ds not in h:
+                problems.append(f"{name}: dataset {ds!r} missing")
+                return []
+        feat, key, label = h["feat"], h["key"], h["label"]
+        if feat.shape != (n, V, D):
+            problems.append(f"{name}: feat shape {feat.shape}, expected {(n, V, D)}")
+        if feat.dtype != dtype:
+            problems.append(f"{name}: feat dtype {feat.dtype}, expected {dtype}")
+        if key.shape != (n,):
+            problems.append(f"{name}: key shape {key.shape}, expected {(n,)}")
+        if label.shape != (n,) or label.dtype != np.int64:
+            problems.append(f"{name}: label shape {label.shape} dtype {label.dtype}, expected ({n},) int64")
+        if feat.size and not np.isfinite(feat[:]).all():
+            problems.append(f"{name}: feat holds non-finite values")
+        return key.asstr()[:].tolist()
+
+
+def _verify_tar(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bool, problems: list[str]) -> list[str]:
+    name, n = s["file"], int(s["rows"])
+    samples = _index_tar(f)
+    if len(samples) != n:
+        problems.append(f"{name}: {len(samples)} samples, expected {n}")
+    bad = 0
+    with open(f, "rb") as fh:
+        for key, members in samples:
+            need = {_FEAT, _CLS} | ({_JPG} if has_images else set())
+            if not need <= members.keys():
+                problems.append(f"{name}: sample {key!r} lacks {sorted(need - members.keys())}")
+                continue
+            fh.seek(members[_FEAT][0])
+            arr = np.load(io.BytesIO(fh.read(members[_FEAT][1])), allow_pickle=False)
+            fh.seek(members[_CLS][0])
+            try:
+                int(fh.read(members[_CLS][1]))
+            except ValueError:
+                problems.append(f"{name}: sample {key!r} has a cls that is not an integer")
+            if arr.shape != (V, D) or arr.dtype != dtype or not np.isfinite(arr).all():
+                bad += 1
+                if bad == 1:
+                    problems.append(
+                        f"{name}: sample {key!r} feat.npy is {arr.shape} {arr.dtype}, expected {(V, D)} {dtype} and finite"
+                    )
+    return [k for k, _ in samples]

@@ -1,0 +1,164 @@
+"""Feature store: round trips in both formats, random access, verify, info."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from rcdm import store as S
+
+from tests.synthetic import jpeg_bytes, random_image
+from tests.synthetic_store import make_store
+
+
+def _data(n=10, d=6, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, 2, d)).astype(np.float32)
+    keys = [f"cls_{i % 3}/img.{i:03d}" for i in range(n)]  # '/' and '.' inside keys
+    labels = np.arange(n) % 3
+    return feats, keys, labels
+
+
+@pytest.mark.parametrize("fmt", ["h5", "wds"])
+def test_round_trip(tmp_path, fmt):
+    feats, keys, labels = _data()
+    rng = np.random.default_rng(1)
+    images = [jpeg_bytes(random_image(rng)) for _ in keys] if fmt == "wds" else None
+    make_store(tmp_path / "s", feats, keys, labels, fmt=fmt, images=images, shard_size=4)
+    st = S.FeatureStore(tmp_path / "s")
+    assert len(st) == 10 and st.dim == 6 and st.format == fmt
+    assert len(st.manifest["shards"]) == 3  # 4 + 4 + 2 rows
+    assert st.views == ["orig", "hflip"] and st.layer == "trunk"
+    f16 = feats.astype(np.float16).astype(np.float32)  # stored as float16
+    np.testing.assert_array_equal(st.features(), f16[:, 0])
+    np.testing.assert_array_equal(st.features(1), f16[:, 1])
+    np.testing.assert_array_equal(st.features(None), f16)
+    assert st.keys == keys
+    np.testing.assert_array_equal(st.labels, labels)
+    # random access by index and by key, across shard boundaries
+    for i in (0, 3, 4, 9, -1):
+        feat, key, label = st[i]
+        assert feat.shape == (2, 6) and feat.dtype == np.float32
+        np.testing.assert_array_equal(feat, f16[i])
+        assert key == keys[i] and label == labels[i]
+        assert st.index_of(key) == (i % 10)
+    with pytest.raises(IndexError):
+        st[10]
+    with pytest.raises(KeyError, match="not in store"):
+        st.index_of("nope")
+    if fmt == "wds":
+        assert st.has_images and st.image_bytes(5) == images[5]
+    else:
+        assert not st.has_images
+        with pytest.raises(ValueError, match="include-images"):
+            st.image_bytes(0)
+    assert S.verify(tmp_path / "s") == []
+
+
+def test_float32_and_2d_features(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.standard_normal((5, 3)).astype(np.float32)
+    make_store(tmp_path / "s", feats, dtype="float32")
+    st = S.FeatureStore(tmp_path / "s")
+    np.testing.assert_array_equal(st.features(0), feats)
+    np.testing.assert_array_equal(st.features(1), feats)
+    assert S.verify(tmp_path / "s") == []
+
+
+def test_store_pickles_for_workers(tmp_path):
+    import pickle
+
+    feats, keys, labels = _data()
+    make_store(tmp_path / "s", feats, keys, labels, shard_size=4)
+    st = S.FeatureStore(tmp_path / "s")
+    _ = st[5]  # opens a handle
+    st2 = pickle.loads(pickle.dumps(st))
+    np.testing.assert_array_equal(st2[5][0], st[5][0])
+
+
+@pytest.mark.parametrize("fmt", ["h5", "wds"])
+def test_verify_catches_a_flipped_byte(tmp_path, fmt):
+    feats, keys, labels = _data(n=8, d=16)
+    make_store(tmp_path / "s", feats, keys, labels, fmt=fmt, shard_size=4)
+    assert S.verify(tmp_path / "s") == []
+    shard = tmp_path / "s" / S.shard_name(1, fmt)
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    shard.write_bytes(bytes(data))
+    problems = S.verify(tmp_path / "s")
+    assert any(shard.name in p and "sha256" in p for p in problems), problems
+
+
+def test_verify_catches_missing_shard_and_wrong_counts(tmp_path):
+    feats, keys, labels = _data(n=8)
+    make_store(tmp_path / "s", feats, keys, labels, shard_size=4)
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["shards"][0]["rows"] = 5
+    m["rows"] = 9
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    problems = S.verify(tmp_path / "s")
+    assert any("feat shape" in p for p in problems), problems
+    assert any("source items" in p for p in problems), problems
+    (tmp_path / "s" / S.shard_name(1)).unlink()
+    assert any("missing" in p for p in S.verify(tmp_path / "s"))
+
+
+def test_verify_catches_wrong_dtype(tmp_path):
+    feats, keys, labels = _data(n=4)
+    make_store(tmp_path / "s", feats, keys, labels, dtype="float32")
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    m["dtype"] = "float16"
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    assert any("dtype" in p for p in S.verify(tmp_path / "s"))
+
+
+def test_missing_and_incomplete_store(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        S.FeatureStore(tmp_path / "nowhere")
+    feats, keys, labels = _data(n=4)
+    S.write_shard(tmp_path / "s", 0, feats, keys, labels, first_item=0)
+    assert list(S.completed_shards(tmp_path / "s")) == [0]
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        S.FeatureStore(tmp_path / "s")
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        S.verify(tmp_path / "s")
+    # a record whose shard file is gone does not count as complete
+    (tmp_path / "s" / S.shard_name(0)).unlink()
+    assert S.completed_shards(tmp_path / "s") == {}
+
+
+def test_write_shard_is_atomic_and_validates(tmp_path):
+    feats, keys, labels = _data(n=4)
+    with pytest.raises(ValueError, match="keys"):
+        S.write_shard(tmp_path, 0, feats, keys[:3], labels, first_item=0)
+    with pytest.raises(ValueError, match="wds"):
+        S.write_shard(tmp_path, 0, feats, keys, labels, images=[b""] * 4, first_item=0)
+    rec = S.write_shard(tmp_path, 0, feats, keys, labels, first_item=0, failed=[{"key": "x", "reason": "r"}])
+    assert rec["rows"] == 4 and rec["failed"] == [{"key": "x", "reason": "r"}]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["shard-00000.h5", "shard-00000.json"]  # no temp left
+    # the same content gives the same bytes (deterministic shards)
+    rec2 = S.write_shard(tmp_path / "b", 0, feats, keys, labels, first_item=0)
+    assert rec2["sha256"] == rec["sha256"]
+
+
+def test_check_compatible_and_info(tmp_path):
+    feats, keys, labels = _data(n=4)
+    enc = {"name": "dino-rn50", "arch": "resnet50", "layer": "trunk", "dim": 6, "weights_sha256": "ab" * 32}
+    make_store(tmp_path / "s", feats, keys, labels, encoder_info=enc, failed=[{"key": "bad", "index": 4, "reason": "truncated"}])
+    st = S.FeatureStore(tmp_path / "s")
+    st.check_compatible("dino-rn50", "trunk", 6)
+    st.check_compatible(enc)
+    with pytest.raises(ValueError, match="swav-rn50"):
+        st.check_compatible("swav-rn50")
+    with pytest.raises(ValueError, match="head"):
+        st.check_compatible(layer="head")
+    with pytest.raises(ValueError, match="128"):
+        st.check_compatible(dim=128)
+    with pytest.raises(ValueError, match="sha256"):
+        st.check_compatible({**enc, "weights_sha256": "cd" * 32})
+    text = S.info(tmp_path / "s")
+    assert "dino-rn50" in text and "trunk" in text and "4 in 1 shard" in text
+    assert "bad: truncated" in text
+    assert st.failed == [{"key": "bad", "index": 4, "reason": "truncated"}]
+    assert S.verify(tmp_path / "s") == []  # 4 rows + 1 failed == 5 source items
