@@ -1,0 +1,163 @@
+"""ADM's UNet (Dhariwal & Nichol 2021) conditioned on a representation h, with guided-diffusion keys.
+
+Conditioning (``UNetConfig.cond``):
+- ``embed`` (the released RCDM code): ``ssl_emb = Linear(cond_dim, 4 * model_channels)`` is added
+  to the timestep embedding, which drives every ResBlock's scale-shift norm.
+- ``cbn`` (the RCDM paper's main method): ``cbn_shared = Linear(cond_dim, cbn_dim)`` gives s, and
+  every ResBlock GroupNorm becomes affine-free with gain ``1 + W_g s`` and bias ``W_b s`` (see
+  ``nn_blocks.CondGroupNorm``; group statistics, so samples in a batch are independent).
+- ``none``: unconditional (e.g. ADM's unconditional 256 px model).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .nn_blocks import (
+    AttentionBlock,
+    Downsample,
+    GroupNorm32,
+    ResBlock,
+    Upsample,
+    timestep_embedding,
+    zero_module,
+)
+from .unet_config import PRESETS, UNetConfig, config_from_state_dict, preset
+
+__all__ = [
+    "PRESETS",
+    "UNetConfig",
+    "UNetModel",
+    "config_from_state_dict",
+    "count_parameters",
+    "preset",
+]
+
+
+class TimestepEmbedSequential(nn.Sequential):
+    """A Sequential whose ResBlocks also receive the embedding and the cbn projection."""
+
+    def forward(
+        self, x: torch.Tensor, emb_act: torch.Tensor, s: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        for layer in self:
+            x = layer(x, emb_act, s) if isinstance(layer, ResBlock) else layer(x)
+        return x
+
+
+class UNetModel(nn.Module):
+    """forward(x (N, C, H, W), t (N,) timesteps, cond (N, cond_dim)) -> (N, out_channels, H, W)."""
+
+    def __init__(self, cfg: UNetConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.grad_checkpointing = False  # recompute each block in backward (saves memory)
+        mc, ted = cfg.model_channels, cfg.time_embed_dim
+        cbn_dim = cfg.cbn_dim if cfg.cond == "cbn" else 0
+
+        def res(ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
+            return ResBlock(
+                ch_in, ted, cfg.dropout, ch_out, cfg.use_scale_shift_norm, up, down, cbn_dim
+            )
+
+        def attn(ch: int, upsample: bool = False) -> AttentionBlock:
+            return AttentionBlock(ch, cfg.heads_for(ch, upsample), not cfg.use_new_attention_order)
+
+        # Parameter registration order = guided-diffusion's state-dict key order.
+        self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        if cfg.cond == "embed":
+            self.ssl_emb = nn.Linear(cfg.cond_dim, ted)
+        elif cfg.cond == "cbn":
+            self.cbn_shared = nn.Linear(cfg.cond_dim, cfg.cbn_dim)
+
+        ch = mc * cfg.channel_mult[0]
+        self.input_blocks = nn.ModuleList(
+            [TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))]
+        )
+        skip_chans, ds = [ch], 1
+        attention_ds = cfg.attention_ds
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res(ch, mult * mc)]
+                ch = mult * mc
+                if ds in attention_ds:
+                    layers.append(attn(ch))
+                self.input_blocks.append(TimestepEmbedSequential(*layers))
+                skip_chans.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                down = res(ch, ch, down=True) if cfg.resblock_updown else None
+                down = down or Downsample(ch, cfg.conv_resample)
+                self.input_blocks.append(TimestepEmbedSequential(down))
+                skip_chans.append(ch)
+                ds *= 2
+
+        self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
+
+        self.output_blocks = nn.ModuleList([])
+        for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res(ch + skip_chans.pop(), mc * mult)]
+                ch = mc * mult
+                if ds in attention_ds:
+                    layers.append(attn(ch, upsample=True))
+                if level and i == cfg.num_res_blocks:
+                    up = res(ch, ch, up=True) if cfg.resblock_updown else None
+                    layers.append(up or Upsample(ch, cfg.conv_resample))
+                    ds //= 2
+                self.output_blocks.append(TimestepEmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            GroupNorm32(ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)),
+        )
+
+    def _block(self, block: nn.Module, h: torch.Tensor, emb_act, s) -> torch.Tensor:
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(block, h, emb_act, s, use_reentrant=False)
+        return block(h, emb_act, s)
+
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        cfg = self.cfg
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        # inputs in the parameters' dtype (fp32 under autocast, which casts per op; bf16 for a
+        # model converted with .to(torch.bfloat16))
+        wdtype = self.time_embed[0].weight.dtype
+        emb = self.time_embed(timestep_embedding(t, cfg.model_channels).to(wdtype))  # (N, 4 mc)
+        s = None
+        if cfg.cond != "none":
+            if cond is None:
+                raise ValueError(
+                    f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})"
+                )
+            if cond.shape[-1] != cfg.cond_dim:
+                raise ValueError(
+                    f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}"
+                )
+            cond = cond.to(wdtype)
+            if cfg.cond == "embed":
+                emb = emb + self.ssl_emb(cond)
+            else:
+                s = self.cbn_shared(cond)  # (N, cbn_dim)
+        # every ResBlock starts its embedding path with SiLU: apply it once here
+        emb_act = F.silu(emb)
+
+        hs = []
+        h = x.to(wdtype)
+        for block in self.input_blocks:
+            h = self._block(block, h, emb_act, s)
+            hs.append(h)
+        h = self._block(self.middle_block, h, emb_act, s)
+        for block in self.output_blocks:
+            h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb_act, s)
+        return self.out(h)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
