@@ -1,0 +1,135 @@
+"""A thin wrapper around torch-fidelity's Inception-v3 (``inception-v3-compat``).
+
+torch-fidelity's network reproduces the TensorFlow Inception used by the original FID / IS code:
+uint8 input, TF1-exact bilinear resize to 299, (x - 128) / 128. We take the 2048-d pool features
+for FID and the ``logits_unbiased`` (pool @ fc.weight^T, no bias: the original IS code's
+``softmax`` input, and torch-fidelity's default layer for ``isc``) for IS.
+
+Weights: one file, ``weights-inception-2015-12-05-6726825d.pth``. torch-fidelity downloads it with
+``torch.hub.load_state_dict_from_url``, which caches it at
+``torch.hub.get_dir()/checkpoints/<file>`` = ``$TORCH_HOME/hub/checkpoints/<file>`` (TORCH_HOME
+defaults to ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``). We look there (or at the path the
+config gives) and download only when the user allows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "INCEPTION_URL",
+    "INCEPTION_FILENAME",
+    "default_weights_path",
+    "resolve_weights",
+    "missing_weights_message",
+    "InceptionV3",
+]
+
+INCEPTION_URL = (
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth"
+)
+INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
+FEATURE_EXTRACTOR = "inception-v3-compat"
+POOL, LOGITS = "2048", "logits_unbiased"
+
+
+def default_weights_path() -> Path:
+    """Where torch-fidelity's own download would put (and look for) the weights file."""
+    import torch
+
+    return Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILENAME
+
+
+def missing_weights_message(path: Path, configured: bool) -> str:
+    where = "evaluate.inception_weights points to" if configured else "expected at"
+    return (
+        f"Inception weights for FID / IS are missing: {where} {path}. Download {INCEPTION_URL} "
+        f"and save it as {path}"
+        + ("" if configured else " (or set TORCH_HOME, or evaluate.inception_weights=FILE)")
+        + "; or pass --set evaluate.allow_download=true to fetch it; or --set evaluate.fid=off "
+        "to skip FID and IS."
+    )
+
+
+def resolve_weights(configured: str | None, *, allow_download: bool = False) -> Path | None:
+    """The weights file to use, or None when it is absent and may not be downloaded.
+
+    A configured path that does not exist is always an error (the user asked for that file).
+    """
+    if configured:
+        path = Path(configured).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(missing_weights_message(path, configured=True))
+        return path
+    path = default_weights_path()
+    if path.is_file():
+        return path
+    if allow_download:
+        import torch
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(INCEPTION_URL, str(path), progress=True)
+        return path
+    return None
+
+
+class InceptionV3:
+    """uint8 images (N, H, W, 3) -> pool features (N, 2048) and unbiased logits (N, 1008)."""
+
+    def __init__(self, weights: str | Path, device=None, trust_checkpoint: bool = False):
+        import torch
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        self.weights = Path(weights)
+        # torch-fidelity loads the file with weights_only=False (pickle); check first that it is
+        # a plain state dict, unless the user vouches for the file.
+        if not trust_checkpoint:
+            try:
+                sd = torch.load(self.weights, map_location="cpu", weights_only=True)
+            except Exception as e:
+                raise ValueError(
+                    f"Inception weights {self.weights} are not a plain tensor state dict ({e}); "
+                    f"replace it with {INCEPTION_URL}, or pass --set evaluate.trust_checkpoint=true "
+                    "if you trust the file"
+                ) from e
+            if not isinstance(sd, dict) or "fc.weight" not in sd:
+                raise ValueError(
+                    f"{self.weights} is not torch-fidelity's Inception-v3 state dict (no fc.weight); "
+                    f"expected {INCEPTION_URL}"
+                )
+            del sd
+        try:
+            self.model = FeatureExtractorInceptionV3(
+                FEATURE_EXTRACTOR, [POOL, LOGITS], feature_extractor_weights_path=str(self.weights)
+            )
+        except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped keys
+            raise ValueError(
+                f"{self.weights} does not match torch-fidelity's Inception-v3: {e}; "
+                f"expected the file {INCEPTION_URL}"
+            ) from e
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model.to(self.device)
+
+    def __call__(
+        self, images: np.ndarray, batch_size: int = 64
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """images (N, H, W, 3) uint8 -> (pool (N, 2048) float64, logits (N, 1008) float64)."""
+        import torch
+
+        x = np.asarray(images)
+        if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
+            raise ValueError(f"Inception expects uint8 (N, H, W, 3) images, got {x.dtype} {x.shape}")
+        pools, logits = [], []
+        with torch.inference_mode():
+            for s in range(0, len(x), batch_size):
+                b = torch.from_numpy(np.ascontiguousarray(x[s : s + batch_size]))
+                b = b.permute(0, 3, 1, 2).to(self.device)  # (B, 3, H, W) uint8
+                pool, logit = self.model(b)
+                pools.append(pool.double().cpu().numpy())
+                logits.append(logit.double().cpu().numpy())
+        if not pools:
+            return np.zeros((0, 2048)), np.zeros((0, 1008))
+        return np.concatenate(pools), np.concatenate(logits)
