@@ -84,6 +84,7 @@ class ExtractConfig:
     allow_download: bool = False  # fetch the registry's public weights URL if weights is missing
     seed: int = 0  # random-rn50 initialisation seed
     limit: int | None = None  # encode only the first N images (debugging)
+    draft: bool = True  # JPEG draft-mode decoding (libjpeg DCT downscale when >= 2x the resize; faster, not bit-identical)
 
 
 @dataclass(frozen=True)
