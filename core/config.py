@@ -175,11 +175,16 @@ class EvaluateConfig:
     fid: Literal["auto", "on", "off"] = "auto"  # auto: when Inception weights are present
     inception_weights: str | None = None  # default: $TORCH_HOME or torch-fidelity's cache
     reference_images: str | None = None  # image set for FID reference statistics; default: data.val
-    fid_stats_cache: str | None = None  # default: <workdir>/fid-ref-<res>.npz
-    allow_download: bool = False
+    fid_stats_cache: str | None = None  # default: <out>/../fid-ref-<res>.npz; one of another set is refused
+    allow_download: bool = False  # fetch the Inception weights into torch's hub cache if missing
     batch_size: int = 64
     device: str = "auto"
-    trust_checkpoint: bool = False
+    trust_checkpoint: bool = False  # allow pickle in torch.load (encoder / Inception weights)
+    is_splits: int = 10  # Inception Score: mean +- std over this many splits
+    fid_method: Literal["sqrtm", "eigh"] = "sqrtm"  # sqrtm: as published code; eigh: same, faster
+    fid_reference_limit: int | None = None  # use only the first N reference images (e.g. 10000)
+    encoder_weights: str | None = None  # the reference store's encoder weights, if the file moved
+    rank_chunk_mb: int = 256  # memory for one (chunk, N) block of rank distances
 
 
 @dataclass(frozen=True)
