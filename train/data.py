@@ -1,0 +1,212 @@
+"""The training data: each feature-store row joined with its image.
+
+The order of the data is a pure function of (seed, global position): epoch ``e`` is a permutation
+of the store rows plus one coin flip per row, both drawn from a generator seeded with
+``(seed, e)``. Global position ``g`` goes to rank ``g % world_size``, so ranks see disjoint data,
+and a resumed run (even with another number of processes) continues the same stream from the
+number of images already consumed.
+
+A flipped image gets feature view 1 (the encoder's input flipped horizontally), an unflipped one
+view 0, so the cached feature is exactly what the encoder saw.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from rcdm.store import FeatureStore
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+# Separates the seeds of consecutive epochs' generators (any large odd constant will do).
+_EPOCH_STRIDE = 1_000_003
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+    """(perm (n,) int64, flip (n,) bool) for one epoch: a pure function of (n, seed, epoch)."""
+    g = torch.Generator().manual_seed(int(seed) * _EPOCH_STRIDE + int(epoch))
+    perm = torch.randperm(n, generator=g).numpy()
+    flip = torch.randint(0, 2, (n,), generator=g).numpy().astype(bool)
+    return perm, flip
+
+
+def global_items(n: int, seed: int, start: int, count: int) -> list[tuple[int, bool]]:
+    """Global positions ``start .. start+count-1`` of the stream as (row, flip) pairs."""
+    out: list[tuple[int, bool]] = []
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for g in range(start, start + count):
+        e, i = divmod(g, n)
+        if e not in cache:
+            cache.clear()
+            cache[e] = epoch_order(n, seed, e)
+        perm, flip = cache[e]
+        out.append((int(perm[i]), bool(flip[i])))
+    return out
+
+
+class StreamSampler(Sampler):
+    """Infinite stream of (row, flip) for one rank, starting at global position ``start``.
+
+    ``start`` must be a multiple of ``world_size`` (the loop consumes whole global batches).
+    """
+
+    def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
+        if n <= 0:
+            raise ValueError("the feature store has no rows to train on")
+        if start % world_size:
+            raise ValueError(f"data position {start} is not a multiple of world size {world_size}")
+        self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world_size, start
+
+    def __iter__(self) -> Iterator[tuple[int, bool]]:
+        g = self.start + self.rank
+        epoch, perm, flip = -1, None, None
+        while True:
+            e, i = divmod(g, self.n)
+            if e != epoch:
+                epoch = e
+                perm, flip = epoch_order(self.n, self.seed, e)
+            yield int(perm[i]), bool(flip[i])
+            g += self.world
+
+    def __len__(self) -> int:  # a DataLoader asks; the stream is endless
+        return 2**62
+
+
+class ImageFeatureDataset(Dataset):
+    """``(row, flip) -> (x (H, W, 3) uint8, h (D,) float32, row)``.
+
+    The image comes from the store itself (webdataset shards written with the image bytes) or,
+    for other stores, from the source the store was extracted from, looked up by key. It is
+    resized with ADM's rule (``adm_center_crop``) and flipped when ``flip`` is true, in which case
+    the feature is view 1.
+    """
+
+    def __init__(self, store_path: str | Path, resolution: int, source: str | None = None):
+        self.store_path = str(store_path)
+        self.resolution = int(resolution)
+        store = FeatureStore(self.store_path)
+        self.n = len(store)
+        views = list(store.views)
+        if len(views) < 2:
+            raise ValueError(
+                f"store {self.store_path} has only the views {views}; training flips images and "
+                "needs the flipped view (re-extract with both views, the default)"
+            )
+        self.use_store_images = store.format == "wds" and bool(store.has_images)
+        self.source_root = None
+        self._source_index: np.ndarray | None = None
+        if not self.use_store_images:
+            self.source_root = source or store.source.get("root")
+            self._source_index = self._map_keys(store)
+        self._store: FeatureStore | None = None
+        self._source = None
+        self._pid = -1
+        _close(store)
+
+    def _map_keys(self, store: FeatureStore) -> np.ndarray:
+        from rcdm.images import open_source
+
+        root = self.source_root
+        if not root or not Path(root).exists():
+            raise FileNotFoundError(
+                f"the images of store {self.store_path} were read from {root!r}, which does not "
+                "exist; pass train.source=PATH with the image source the store was extracted from"
+            )
+        src = open_source(root)
+        index = np.empty(self.n, dtype=np.int64)
+        missing = []
+        for i, key in enumerate(store.keys):
+            try:
+                index[i] = src.index_of(key)
+            except (KeyError, ValueError):
+                missing.append(key)
+        if missing:
+            raise ValueError(
+                f"{len(missing)} store key(s) are not in the image source {root}, e.g. "
+                f"{missing[:3]}; is train.source the source this store was extracted from?"
+            )
+        self._source = src
+        return index
+
+    def _open(self) -> None:
+        # Each process (DataLoader worker) opens its own file handles: HDF5 handles do not
+        # survive fork.
+        if self._pid != os.getpid():
+            self._store = FeatureStore(self.store_path)
+            # A folder listing is safe to share with forked workers; tar handles are not.
+            stale = self._source is None or getattr(self._source, "kind", "") == "wds"
+            if not self.use_store_images and stale:
+                from rcdm.images import open_source
+
+                self._source = open_source(self.source_root)
+            self._pid = os.getpid()
+
+    def __len__(self) -> int:
+        return self.n
+
+    def load_image(self, row: int) -> np.ndarray:
+        """The uint8 (H, W, 3) image of store row ``row`` at the model resolution (no flip)."""
+        from rcdm.images import adm_center_crop, decode_image
+
+        self._open()
+        if self.use_store_images:
+            img = decode_image(self._store.image_bytes(row))
+        else:
+            img = self._source.load(int(self._source_index[row]))
+        return adm_center_crop(img, self.resolution)
+
+    def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor, int]:
+        row, flip = item
+        self._open()
+        x = self.load_image(row)  # (H, W, 3) uint8
+        feat, _key, _label = self._store[row]  # (V, D)
+        if flip:
+            x = x[:, ::-1]
+        h = np.asarray(feat[1 if flip else 0], dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(h), int(row)
+
+    def __getstate__(self) -> dict:
+        # Workers reopen the store and the source themselves.
+        state = dict(self.__dict__)
+        state["_store"] = None
+        state["_pid"] = -1
+        return state
+
+
+def _close(store: FeatureStore) -> None:
+    close = getattr(store, "close", None)
+    if callable(close):
+        close()
+
+
+def to_model_input(x: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``)."""
+    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+
+
+def make_loader(
+    dataset: ImageFeatureDataset,
+    batch_per_process: int,
+    *,
+    seed: int,
+    rank: int,
+    world_size: int,
+    start: int,
+    workers: int,
+    pin_memory: bool,
+) -> DataLoader:
+    """An endless loader of micro-batches for this rank, from global position ``start``."""
+    sampler = StreamSampler(dataset.n, seed, rank, world_size, start)
+    return DataLoader(
+        dataset,
+        batch_size=batch_per_process,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        drop_last=True,
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )

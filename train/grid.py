@@ -1,0 +1,54 @@
+"""Sample grids during training: each conditioning image beside samples drawn from its feature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from rcdm.train.data import ImageFeatureDataset
+
+
+class GridMaker:
+    """Fixed conditioning rows and seeds, so successive grids show the same cells improving."""
+
+    def __init__(
+        self,
+        dataset: ImageFeatureDataset,
+        schedule: str,
+        n_images: int,
+        n_samples: int,
+        steps: int,
+        seed: int,
+    ) -> None:
+        from rcdm.diffusion import create_diffusion
+        from rcdm.store import FeatureStore
+
+        n = max(1, min(n_images, dataset.n))
+        self.rows = np.unique(np.linspace(0, dataset.n - 1, n).round().astype(int))
+        store = FeatureStore(dataset.store_path)
+        feats = np.stack([store[int(r)][0][0] for r in self.rows])  # (n, D) view 0: not flipped
+        store.close()
+        self.images = [dataset.load_image(int(r)) for r in self.rows]  # (H, W, 3) uint8 each
+        self.n_samples = max(1, n_samples)
+        self.conds = np.repeat(feats, self.n_samples, axis=0)  # (n * S, D)
+        self.seeds = seed * 1_000_003 + np.arange(len(self.conds))
+        self.diffusion = create_diffusion(schedule, steps=1000, respacing=str(steps))
+
+    def make(self, model: torch.nn.Module, device: torch.device, mixed_precision: str, path: Path) -> Path:
+        from rcdm import viz
+        from rcdm.generate import generate
+
+        out = generate(
+            model,
+            self.diffusion,
+            self.conds,
+            self.seeds,
+            batch_size=64,
+            device=device,
+            progress=False,
+            mixed_precision=mixed_precision,
+        )  # (n * S, H, W, 3) uint8
+        s = self.n_samples
+        rows = [[img] + list(out[i * s : (i + 1) * s]) for i, img in enumerate(self.images)]
+        return viz.save_png(viz.grid(rows), path)
