@@ -539,8 +539,9 @@ class FeatureStore:
 def _fmt_pp(pp: dict) -> str:
     if not pp:
         return "(not recorded)"
-    parts = [f"{k} {v}" for k, v in pp.items()]
-    return ", ".join(parts)
+    if "rule" in pp:
+        return f"{pp['rule']}; mean {pp.get('mean')}, std {pp.get('std')}"
+    return ", ".join(f"{k} {v}" for k, v in pp.items())
 
 
 def info(path: str | Path) -> str:
@@ -558,7 +559,7 @@ def info(path: str | Path) -> str:
         f"views       {', '.join(st.views)}",
         f"rows        {len(st)} in {len(m['shards'])} shard(s), format {st.format}, dtype {st.dtype}, "
         f"image bytes {'yes' if st.has_images else 'no'}",
-        "source      " + ", ".join(f"{k} {v}" for k, v in src.items()),
+        "source      " + ", ".join(f"{k} {v}" for k, v in src.items() if v is not None),
         f"failed      {m.get('n_failed', 0)}"
         + "".join(f"\n              {f.get('key')}: {f.get('reason')}" for f in m.get("failed", [])[:10])
         + ("\n              ..." if m.get("n_failed", 0) > 10 else ""),

@@ -1,0 +1,253 @@
+"""Stage 1 entry point: images + frozen encoder -> feature store.
+
+Shard k holds source items [k * shard_size, (k + 1) * shard_size) minus the unreadable ones, and
+is written by process k % world_size (``accelerate launch`` / ``torchrun``), so any number of
+processes writes the same shards. Finished shards are skipped on a re-run; process 0 writes the
+manifest, last, once every process is done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rcdm.config import ExtractConfig, save_resolved, to_dict
+from rcdm.extract import prepare
+from rcdm.extract.dataset import ExtractDataset, ShardBatches, collate, normalize
+from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
+from tqdm.auto import tqdm
+
+
+def _process_state(device_spec: str):
+    """accelerate's view of the launch (rank, world size, device); one process when not launched.
+
+    On a CPU-only launch accelerate needs ``cpu=True`` to see the other processes (gloo backend).
+    """
+    from accelerate import PartialState
+
+    return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available())
+
+
+def _device(spec: str, state) -> torch.device:
+    from rcdm.utils import pick_device
+
+    if state.num_processes > 1 and spec in ("auto", "cuda") and torch.cuda.is_available():
+        return state.device  # cuda:<local rank>
+    return pick_device(spec)
+
+
+def _resolve_preprocess(cfg: ExtractConfig, encoder):
+    from rcdm.images import PREPROCESS
+
+    if cfg.preprocess == "default":
+        return encoder.preprocess
+    if cfg.preprocess not in PREPROCESS:
+        raise ValueError(f"extract.preprocess {cfg.preprocess!r} is unknown; use default, {', '.join(PREPROCESS)}")
+    return PREPROCESS[cfg.preprocess]
+
+
+def _open_source(cfg: ExtractConfig):
+    from rcdm.images import open_source
+
+    if not cfg.source:
+        raise ValueError("extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)")
+    src = open_source(cfg.source)
+    if len(src) == 0:
+        raise ValueError(f"image source {cfg.source} holds no images; point --source at a folder of images")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"extract.limit must be a positive number of images, got {cfg.limit}")
+    return src
+
+
+def _check_config(cfg: ExtractConfig) -> None:
+    if not cfg.out:
+        raise ValueError("extract.out is not set; pass --out STORE_DIR")
+    if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.workers < 0:
+        raise ValueError(
+            f"extract.shard_size ({cfg.shard_size}) and batch_size ({cfg.batch_size}) must be >= 1 "
+            f"and workers ({cfg.workers}) >= 0"
+        )
+    if cfg.include_images and cfg.format != "wds":
+        raise ValueError("extract.include_images needs the webdataset format; add --format wds")
+
+
+def run(cfg: ExtractConfig) -> Path:
+    """Extract features of ``cfg.source`` into the store ``cfg.out``; return the store directory."""
+    from rcdm.encoders import load_encoder
+
+    _check_config(cfg)
+    out = Path(cfg.out)
+    source = _open_source(cfg)
+    n_items = min(len(source), cfg.limit or len(source))
+    state = _process_state(cfg.device)
+    rank, world = state.process_index, state.num_processes
+    device = _device(cfg.device, state)
+
+    encoder = load_encoder(
+        cfg.encoder,
+        cfg.weights,
+        cfg.layer,
+        trust_checkpoint=cfg.trust_checkpoint,
+        allow_download=cfg.allow_download,
+        seed=cfg.seed,
+    )
+    pp = _resolve_preprocess(cfg, encoder)
+    enc_info = encoder.info()
+    src_info = source.describe()
+    src_info.update(n_items=n_items, n_items_in_source=len(source), limit=cfg.limit)
+    header = prepare.make_header(enc_info, pp.to_dict(), src_info, cfg)
+
+    # Decide on every process (the same answer), then let process 0 touch the directory.
+    action, clear_first = prepare.decide(out, header, cfg.overwrite)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        if action == "finished":
+            tqdm.write(f"store {out} is already complete; nothing to do")
+        else:
+            if clear_first:
+                prepare.clear(out)
+            prepare.write_header(out, header)
+            save_resolved(replace(cfg, out=str(out)), out)
+    state.wait_for_everyone()
+    if action == "finished":
+        return out
+
+    n_shards = math.ceil(n_items / cfg.shard_size)
+    done = completed_shards(out)
+    mine = [k for k in range(n_shards) if k % world == rank and k not in done]
+    if mine:
+        _encode_shards(cfg, source, encoder, pp, mine, n_items, out, device, show=state.is_main_process)
+
+    # Process 0 writes the manifest once every process has written its shards.
+    state.wait_for_everyone()
+    error: Exception | None = None
+    if state.is_main_process:
+        try:
+            _finish(cfg, out, n_shards, enc_info, pp, src_info)
+        except Exception as e:  # raised after the barrier, so the other processes do not hang
+            error = e
+    state.wait_for_everyone()
+    if error is not None:
+        raise error
+    return out
+
+
+def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, src_info: dict) -> None:
+    records = completed_shards(out)
+    missing = [k for k in range(n_shards) if k not in records]
+    if missing:
+        raise RuntimeError(
+            f"shards {missing[:5]} of {out} were not written (a process failed?); re-run the same command to finish"
+        )
+    records = {k: records[k] for k in range(n_shards)}
+    rows = sum(r["rows"] for r in records.values())
+    if rows == 0:
+        failed = [f for r in records.values() for f in r["failed"]]
+        prepare.clear(out)  # no store of zero rows; the source is untouched
+        raise ValueError(
+            f"none of the {src_info['n_items']} images in {cfg.source} could be read "
+            f"(e.g. {failed[0]['key']}: {failed[0]['reason']}); check the source files"
+        )
+    manifest = build_manifest(
+        records,
+        encoder_info=enc_info,
+        preprocess=pp.to_dict(),
+        source=src_info,
+        fmt=cfg.format,
+        dtype=cfg.dtype,
+        dim=int(enc_info["dim"]),
+        has_images=cfg.include_images,
+        extract_config=to_dict(cfg),
+    )
+    write_manifest(out, manifest)
+    n_failed = manifest["n_failed"]
+    tqdm.write(f"store {out}: {rows} rows in {n_shards} shard(s)" + (f", {n_failed} unreadable image(s) skipped" if n_failed else ""))
+
+
+def _autocast(device: torch.device, amp: str):
+    if amp == "none":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+
+
+def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, out: Path, device, *, show: bool) -> None:
+    """Encode the items of ``shards`` and write each shard as soon as its last item is in."""
+    encoder = encoder.to(device).eval()
+    if cfg.channels_last:
+        encoder = encoder.to(memory_format=torch.channels_last)
+    S = cfg.shard_size
+    sampler = ShardBatches(shards, S, n_items, cfg.batch_size)
+    loader = torch.utils.data.DataLoader(
+        ExtractDataset(source, pp, draft=cfg.draft, keep_bytes=cfg.include_images),
+        batch_sampler=sampler,
+        num_workers=cfg.workers,
+        collate_fn=collate,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if cfg.workers > 0 else None,
+    )
+    total = sum(min((k + 1) * S, n_items) - k * S for k in shards)
+    pending: dict[int, dict] = {}
+    t0 = time.perf_counter()
+    with tqdm(total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1) as bar:
+        for batch in loader:
+            ok = batch["ok"]
+            feats = np.zeros((0, 2, encoder.dim), np.float32)
+            if ok.any():
+                x = batch["x"][ok].to(device, non_blocking=True)
+                feats = _forward(encoder, normalize(x, pp), cfg, device)  # (m, 2, D)
+            m = 0
+            for j, i in enumerate(batch["index"]):
+                k = i // S
+                buf = pending.setdefault(k, {"feats": [], "keys": [], "labels": [], "images": [], "failed": [], "seen": 0})
+                item = source.items[i]
+                if ok[j]:
+                    buf["feats"].append(feats[m])
+                    buf["keys"].append(item.key)
+                    buf["labels"].append(item.label)
+                    buf["images"].append(batch["data"][j])
+                    m += 1
+                else:
+                    buf["failed"].append({"key": item.key, "index": i, "reason": batch["reason"][j]})
+                buf["seen"] += 1
+                if buf["seen"] == min((k + 1) * S, n_items) - k * S:
+                    _write(cfg, out, k, pending.pop(k), encoder.dim)
+            bar.update(len(batch["index"]))
+    if pending:  # internal invariant: every shard's items came through
+        raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
+    if show:
+        dt = time.perf_counter() - t0
+        tqdm.write(f"encoded {total} images in {dt:.1f} s ({total / max(dt, 1e-9):.1f} img/s) on {device}")
+
+
+@torch.inference_mode()
+def _forward(encoder, x: torch.Tensor, cfg, device) -> np.ndarray:
+    """x (m, 3, H, W) encoder input -> (m, 2, D) float32: view 0 and the horizontal flip (view 1)."""
+    m = x.shape[0]
+    xx = torch.cat([x, x.flip(-1)])  # (2m, 3, H, W)
+    if cfg.channels_last:
+        xx = xx.contiguous(memory_format=torch.channels_last)
+    with _autocast(device, cfg.amp):
+        f = encoder(xx)  # (2m, D)
+    f = f.float().reshape(2, m, -1).transpose(0, 1)  # (m, 2, D)
+    return f.cpu().numpy()
+
+
+def _write(cfg, out: Path, k: int, buf: dict, dim: int) -> None:
+    feats = np.stack(buf["feats"]) if buf["feats"] else np.zeros((0, 2, dim), np.float32)
+    write_shard(
+        out,
+        k,
+        feats,
+        buf["keys"],
+        buf["labels"],
+        fmt=cfg.format,
+        dtype=cfg.dtype,
+        images=buf["images"] if cfg.include_images else None,
+        failed=buf["failed"],
+        first_item=k * cfg.shard_size,
+    )
