@@ -1,1 +1,11 @@
-"""rcdm.sample (under construction)."""
+"""rcdm.sample: draw images from representations (stage 3a).
+
+``run(cfg: SampleConfig) -> Path`` is the entry point; see ``stage.py``. Conditions are built
+in ``conds.py`` (pure maths in ``rcdm.conditions``), outputs in ``outputs.py``.
+"""
+
+from __future__ import annotations
+
+from rcdm.sample.stage import run
+
+__all__ = ["run"]

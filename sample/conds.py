@@ -1,0 +1,243 @@
+"""Turn ``SampleConfig.condition`` into condition vectors, one record each, and display images.
+
+Endpoints (the representations a condition starts from) come from, in this order: store rows
+(``indices``), store keys (``keys``) and image files (``images``, encoded with the store's
+encoder and its recorded preprocessing). The pure maths lives in ``rcdm.conditions``.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rcdm import conditions as C
+from rcdm.config import SampleConfig
+from rcdm.images import IMAGE_EXTS, UnreadableImage, decode_image
+
+_EXTS = {e.lower() for e in IMAGE_EXTS}
+
+
+@dataclass
+class Condition:
+    """One conditioning representation and what it is."""
+
+    vector: np.ndarray  # (D,) float32
+    kind: str  # store | image | interpolate | class-mean | kde | algebra | manipulate-original | manipulate
+    key: str  # store key, image path, or a made-up name ("class:3", "kde:0")
+    description: str
+    label: int = -1
+    store_index: int | None = None  # row of the conditions' store, when the condition is one
+    image: Any = None  # PIL image shown in the grid's first column (None: a text tile)
+    extra: dict = field(default_factory=dict)  # written to index.jsonl (alpha, dims, ...)
+
+
+@dataclass
+class ConditionSet:
+    conditions: list[Condition]
+    fixed_noise_groups: bool = False  # interpolation with fixed noise: seed by sample column only
+    ends: tuple[Any, Any] = (None, None)  # interpolation endpoint images (PIL or None)
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return np.stack([c.vector for c in self.conditions]).astype(np.float32)  # (C, D)
+
+
+# ----------------------------------------------------------------------------------- images
+def expand_images(specs: tuple[str, ...] | list[str]) -> list[Path]:
+    """Files, folders (searched recursively for images) and globs -> a sorted list of files."""
+    out: list[Path] = []
+    for spec in specs:
+        p = Path(spec).expanduser()
+        if p.is_file():
+            out.append(p)
+        elif p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in _EXTS)
+            if not found:
+                raise FileNotFoundError(f"folder {p} holds no images with extensions {sorted(_EXTS)}")
+            out.extend(found)
+        else:
+            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(spec), recursive=True) if Path(q).is_file())
+            if not found:
+                raise FileNotFoundError(f"image path {spec!r} is not a file, folder or matching glob")
+            out.extend(found)
+    return out
+
+
+def read_image(path: Path):
+    """Decode an image file to RGB PIL, or a ValueError naming the file."""
+    try:
+        return decode_image(path.read_bytes(), key=str(path))
+    except UnreadableImage as e:
+        raise ValueError(f"cannot read image {path}: {e.reason}; remove it from --images or replace the file") from e
+    except OSError as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+class Resolver:
+    """Reads endpoints from the store or image files; loads the encoder only when images need it."""
+
+    def __init__(self, cfg: SampleConfig, store: Any, device: Any):
+        self.cfg, self.store, self.device = cfg, store, device
+        self._feats: np.ndarray | None = None
+        self._source: Any = None
+        self._source_failed = False
+
+    @property
+    def feats(self) -> np.ndarray:
+        if self._feats is None:
+            self._feats = self.store.features(view=0)  # (N, D) float32; view 0 = unflipped
+        return self._feats
+
+    def store_image(self, i: int):
+        """The store row's image for display, or None when it cannot be found (grid only)."""
+        try:
+            if self.store.has_images:
+                return decode_image(self.store.image_bytes(i))
+            if self._source is None and not self._source_failed:
+                from rcdm.images import open_source
+
+                self._source = open_source(self.store.source["root"])
+            if self._source is not None:
+                return self._source.load(self._source.index_of(self.store.keys[i]))
+        except Exception:  # display only: a moved image folder must not stop sampling
+            self._source_failed = True
+        return None
+
+    def store_row(self, i: int, kind: str = "store") -> Condition:
+        n = len(self.store)
+        if not -n <= i < n:
+            raise ValueError(f"store index {i} is out of range: the store {self.store.path} has {n} rows")
+        i = i % n
+        key = self.store.keys[i]
+        label = int(self.store.labels[i])
+        return Condition(self.feats[i].copy(), kind, key, f"store row {i} ({key})", label, i, self.store_image(i))
+
+    def store_key(self, key: str, kind: str = "store") -> Condition:
+        return self.store_row(self.store.index_of(key), kind)
+
+    def images(self, kind: str = "image") -> list[Condition]:
+        paths = expand_images(self.cfg.images)
+        imgs = [read_image(p) for p in paths]
+        from rcdm.encoders import encode, encoder_from_info
+
+        enc = encoder_from_info(
+            self.store.encoder_info, weights=self.cfg.encoder_weights, trust_checkpoint=self.cfg.trust_checkpoint
+        )
+        vecs = encode(enc, imgs, self.store.preprocess, batch_size=self.cfg.batch_size, device=self.device)
+        vecs = np.asarray(vecs, dtype=np.float32).reshape(len(imgs), -1)  # (N, D)
+        if vecs.shape[1] != self.store.dim:
+            raise ValueError(f"the encoder gave {vecs.shape[1]}-d features but the store is {self.store.dim}-d")
+        return [Condition(v, kind, str(p), f"image {p}", -1, None, im) for v, p, im in zip(vecs, paths, imgs, strict=True)]
+
+    def endpoints(self) -> list[Condition]:
+        """indices, then keys, then images, in the order given."""
+        out = [self.store_row(i) for i in self.cfg.indices]
+        out += [self.store_key(k) for k in self.cfg.keys]
+        if self.cfg.images:
+            out += self.images()
+        return out
+
+
+def _need(ends: list[Condition], n: int | None, what: str, at_least: int = 1) -> None:
+    if (n is not None and len(ends) != n) or len(ends) < at_least:
+        want = f"exactly {n}" if n is not None else f"at least {at_least}"
+        raise ValueError(
+            f"condition {what} needs {want} endpoint(s) from --indices / --keys / --images, got {len(ends)}"
+        )
+
+
+# ------------------------------------------------------------------------------- conditions
+def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
+    """The conditions for ``cfg.condition``."""
+    r = Resolver(cfg, store, device)
+    kind = cfg.condition
+    if kind == "store":
+        if cfg.indices or cfg.keys:
+            return ConditionSet(r.endpoints())
+        if cfg.subset < 1:
+            raise ValueError(f"subset must be at least 1, got {cfg.subset}")
+        n = min(cfg.subset, len(store))
+        rows = np.random.default_rng(cfg.seed).choice(len(store), size=n, replace=False)
+        return ConditionSet([r.store_row(int(i)) for i in rows])
+    if kind == "images":
+        if not cfg.images:
+            raise ValueError("condition 'images' needs --images (files, folders or globs)")
+        return ConditionSet(r.images())
+    if kind == "interpolate":
+        ends = r.endpoints()
+        _need(ends, 2, "interpolate")
+        a, b = ends
+        path = C.interpolate(a.vector, b.vector, cfg.interp_steps)  # (n, D)
+        alphas = np.linspace(0.0, 1.0, cfg.interp_steps)
+        conds = [
+            Condition(
+                v, "interpolate", f"interp:{al:.4f}", f"(1 - {al:.3f}) {a.key} + {al:.3f} {b.key}",
+                extra={"alpha": float(al), "a": a.key, "b": b.key},
+                image=a.image if i == 0 else (b.image if i == len(path) - 1 else None),
+            )
+            for i, (v, al) in enumerate(zip(path, alphas, strict=True))
+        ]
+        return ConditionSet(conds, fixed_noise_groups=cfg.fixed_noise, ends=(a.image, b.image))
+    if kind == "class-mean":
+        if not cfg.labels:
+            raise ValueError("condition 'class-mean' needs --set sample.labels=[...] (class indices)")
+        classes = (store.source or {}).get("classes") or []
+        conds = []
+        for lab in cfg.labels:
+            name = classes[lab] if 0 <= lab < len(classes) else str(lab)
+            v = C.class_mean(r.feats, store.labels, lab)
+            conds.append(Condition(v, "class-mean", f"class:{lab}", f"mean of class {name}", int(lab)))
+        return ConditionSet(conds)
+    if kind == "kde":
+        vecs, idx = C.kde_sample(r.feats, cfg.kde_n, cfg.kde_sigma, cfg.seed, return_index=True)
+        return ConditionSet(
+            [
+                Condition(
+                    v, "kde", f"kde:{j}", f"KDE draw {j} around row {int(i)} (sigma={cfg.kde_sigma} std)",
+                    extra={"center": int(i), "sigma": cfg.kde_sigma},
+                )
+                for j, (v, i) in enumerate(zip(vecs, idx, strict=True))
+            ]
+        )
+    if kind == "algebra":
+        ends = r.endpoints()
+        _need(ends, 3, "algebra")
+        a, b, c = ends
+        v = C.algebra(a.vector, b.vector, c.vector)
+        desc = f"{a.key} - {b.key} + {c.key}"
+        return ConditionSet([Condition(v, "algebra", f"algebra:{desc}", desc, extra={"a": a.key, "b": b.key, "c": c.key})])
+    if kind == "manipulate":
+        return _manipulate(cfg, r)
+    raise ValueError(f"unknown condition {kind!r}")  # the config's Literal prevents this
+
+
+def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    """Section 5 of the paper: dimensions non-zero in >= m of the k nearest neighbours (in the
+    store) are zeroed, or replaced by a target's values (the last endpoint, mode 'replace')."""
+    ends = r.endpoints()
+    target = None
+    if cfg.manipulate_mode == "replace":
+        _need(ends, None, "manipulate (mode replace: queries then the target)", at_least=2)
+        target, ends = ends[-1], ends[:-1]
+    _need(ends, None, "manipulate", at_least=1)
+    conds: list[Condition] = []
+    for q in ends:
+        nb = C.knn(r.feats, q.vector, cfg.knn_k, exclude=q.store_index)  # (k,)
+        dims = C.common_dims(r.feats[nb], cfg.knn_m)
+        v = C.manipulate(q.vector, dims, cfg.manipulate_mode, None if target is None else target.vector)
+        extra = {"dims": dims.tolist(), "neighbours": nb.tolist(), "mode": cfg.manipulate_mode}
+        if target is not None:
+            extra["target"] = target.key
+        what = "zeroed" if target is None else f"from {target.key}"
+        conds.append(Condition(q.vector, "manipulate-original", q.key, f"{q.key} unchanged", q.label, q.store_index, q.image))
+        conds.append(
+            Condition(
+                v, "manipulate", q.key, f"{q.key}: {len(dims)} dims {what} (k={cfg.knn_k}, m={cfg.knn_m})",
+                q.label, q.store_index, q.image, extra,
+            )
+        )
+    return ConditionSet(conds)
