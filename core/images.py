@@ -394,9 +394,15 @@ def _scan_tar(tar_path: str) -> list[tuple[str, dict[str, Any]]]:
 
 @dataclass(frozen=True)
 class Preprocess:
-    """How an image becomes an encoder input: resize the shorter side to ``resize`` with
-    ``interpolation``, center crop ``crop`` x ``crop``, scale [0, 255] to ``value_range``, then
-    subtract ``mean`` and divide by ``std`` per channel."""
+    """How an image becomes an encoder input.
+
+    ``resize_rule="torchvision"``: resize the shorter side to ``resize`` with ``interpolation``
+    (torchvision's ``Resize(int)``), then center crop ``crop`` (``CenterCrop``).
+    ``resize_rule="adm"``: guided-diffusion's ``center_crop_arr`` (box-halve while the shorter
+    side is >= 2 * ``resize``, bicubic so the shorter side is ``resize``, floor-offset center
+    crop), which is what the official RCDM code feeds its encoders.
+    Then [0, 255] is scaled to ``value_range`` and ``(x - mean) / std`` is applied per channel.
+    """
 
     resize: int
     crop: int
@@ -404,20 +410,32 @@ class Preprocess:
     value_range: tuple[float, float]
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    resize_rule: str = "torchvision"  # "torchvision" | "adm"
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("bicubic", "bilinear"):
             raise ValueError(
                 f"preprocess interpolation {self.interpolation!r}: use 'bicubic' or 'bilinear'"
             )
+        if self.resize_rule not in ("torchvision", "adm"):
+            raise ValueError(f"preprocess resize_rule {self.resize_rule!r}: use 'torchvision' or 'adm'")
+        if self.resize_rule == "adm" and self.interpolation != "bicubic":
+            raise ValueError("preprocess resize_rule 'adm' resizes with bicubic interpolation only")
         if self.crop > self.resize:
             raise ValueError(f"preprocess crop {self.crop} is larger than resize {self.resize}")
+        if self.value_range[1] <= self.value_range[0]:
+            raise ValueError(f"preprocess value_range {self.value_range}: expected (low, high)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
+        how = (
+            "guided-diffusion center_crop_arr"
+            if self.resize_rule == "adm"
+            else f"resize shorter side ({self.interpolation}), center crop"
+        )
         d["rule"] = (
-            f"resize shorter side to {self.resize} ({self.interpolation}), center crop "
-            f"{self.crop}, scale to {list(self.value_range)}, (x - mean) / std"
+            f"{how}: resize {self.resize}, crop {self.crop}; scale [0, 255] to "
+            f"{list(self.value_range)}; (x - mean) / std"
         )
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
@@ -430,6 +448,7 @@ class Preprocess:
             value_range=tuple(float(v) for v in d["value_range"]),  # type: ignore[arg-type]
             mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            resize_rule=str(d.get("resize_rule", "torchvision")),
         )
 
     def draft_size(self) -> tuple[int, int]:
@@ -441,8 +460,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 PREPROCESS: dict[str, Preprocess] = {
-    # the official RCDM code: 224 center crop scaled to [-1, 1], no mean/std
-    "rcdm": Preprocess(224, 224, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+    # the official RCDM code (guided_diffusion/image_datasets.py): center_crop_arr(img, 224),
+    # then x / 127.5 - 1, no mean/std
+    "rcdm": Preprocess(224, 224, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "adm"),
     # torchvision / VISSL evaluation: resize 256, crop 224, [0, 1], ImageNet mean/std
     "imagenet": Preprocess(256, 224, "bilinear", (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD),
 }
@@ -483,14 +503,24 @@ def encoder_input(img: Image.Image, pp: Preprocess):
     """PIL image -> encoder input tensor ``(3, crop, crop)`` float32."""
     import torch
 
-    resample = Image.BICUBIC if pp.interpolation == "bicubic" else Image.BILINEAR
-    img = _center_crop(_resize_shorter(img.convert("RGB"), pp.resize, resample), pp.crop)
-    x = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).float()
+    img = img.convert("RGB")
+    if pp.resize_rule == "adm":
+        arr = adm_center_crop(img, pp.resize)
+        if pp.crop != pp.resize:
+            top, left = (pp.resize - pp.crop) // 2, (pp.resize - pp.crop) // 2
+            arr = arr[top : top + pp.crop, left : left + pp.crop]
+    else:
+        resample = Image.BICUBIC if pp.interpolation == "bicubic" else Image.BILINEAR
+        arr = np.asarray(_center_crop(_resize_shorter(img, pp.resize, resample), pp.crop))
+    x = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float()  # copy: writable
     lo, hi = pp.value_range
-    x = x / 255.0 * (hi - lo) + lo
-    mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1)
-    return (x - mean) / std  # (3, crop, crop)
+    # x / (255 / (hi - lo)) + lo: exactly RCDM's x / 127.5 - 1 and torchvision's x / 255
+    x = x / (255.0 / (hi - lo)) + lo
+    if pp.mean != (0.0, 0.0, 0.0) or pp.std != (1.0, 1.0, 1.0):
+        mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1)
+        std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1)
+        x = (x - mean) / std
+    return x  # (3, crop, crop)
 
 
 # --------------------------------------------------------------------------------------------

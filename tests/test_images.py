@@ -183,6 +183,7 @@ def test_encoder_input_values():
     # a constant image: every pixel maps through the value range and mean/std exactly
     img = Image.new("RGB", (300, 260), (255, 0, 51))
     x = encoder_input(img, PREPROCESS["rcdm"])
+    assert PREPROCESS["rcdm"].resize_rule == "adm"
     assert x.shape == (3, 224, 224) and x.dtype == torch.float32
     assert torch.allclose(x[0], torch.tensor(1.0)) and torch.allclose(x[1], torch.tensor(-1.0))
     assert torch.allclose(x[2], torch.tensor(51 / 255 * 2 - 1))
@@ -204,6 +205,16 @@ def test_encoder_input_matches_torchvision():
         ]
     )
     assert torch.allclose(encoder_input(img, PREPROCESS["imagenet"]), tv(img), atol=1e-6)
+
+
+def test_rcdm_preset_is_rcdm_code():
+    # the official RCDM data loader: center_crop_arr(img, 224).astype(float32) / 127.5 - 1
+    img = _imgs(1, seed=4, size=(500, 375))[0]
+    ref = adm_center_crop(img, 224).astype(np.float32) / 127.5 - 1
+    x = encoder_input(img, PREPROCESS["rcdm"])
+    assert torch.equal(x, torch.from_numpy(ref).permute(2, 0, 1))
+    with pytest.raises(ValueError, match="bicubic"):
+        Preprocess(224, 224, "bilinear", (-1, 1), (0, 0, 0), (1, 1, 1), "adm")
 
 
 def test_adm_center_crop():
