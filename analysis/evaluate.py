@@ -1,0 +1,213 @@
+"""``rcdm evaluate``: samples -> FID, IS and nearest-neighbour rank / MRR (the paper's Table 1).
+
+Everything cheap is checked before anything heavy runs (sample files, reference store, the
+conditioning dimension, the encoder, the Inception weights, the cached reference statistics).
+An old ``manifest.json`` in the output folder is removed first and the new one is written last,
+so a folder whose manifest exists holds a complete, consistent evaluation.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from rcdm.analysis import fid as fidmod
+from rcdm.analysis import metrics
+from rcdm.analysis.sample_set import SampleSet, read_samples
+from rcdm.analysis.tables import table, write_metrics_files
+from rcdm.config import EvaluateConfig, save_resolved
+from rcdm.utils import atomic_write_json, now_iso, sha256_file
+
+__all__ = ["evaluate", "table", "match_conditions"]
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("rcdm")
+    except Exception:  # not installed (running from a checkout)
+        return "unknown"
+
+
+def match_conditions(ss: SampleSet, keys: list[str], ref: np.ndarray) -> np.ndarray:
+    """Row c of each sample's conditioning image in the reference set, or -1 when outside.
+
+    A sample is "in the set" when its key is a reference key *and* its conditioning vector is that
+    row's feature (to float16 storage precision): a manipulated vector, or a same-named image
+    from another store, counts as outside.
+    """
+    where = {k: i for i, k in enumerate(keys)}
+    out = np.full(len(ss.rows), -1, dtype=np.int64)
+    for i, key in enumerate(ss.keys()):
+        c = where.get(key) if isinstance(key, str) else None
+        if c is not None and np.allclose(ss.conds[i], ref[c], rtol=1e-3, atol=1e-3):
+            out[i] = c
+    return out
+
+
+def _check_encoder(ss: SampleSet, store) -> None:
+    """The samples' conditioning must come from the reference store's encoder and layer."""
+    if ss.conds.shape[1] != store.dim:
+        raise ValueError(
+            f"the samples in {ss.path} were conditioned on {ss.conds.shape[1]}-d representations, "
+            f"but the reference store {store.path} holds {store.dim}-d features "
+            f"({store.encoder_info.get('name')}/{store.layer}); evaluate with a reference store "
+            "made by the encoder the model was trained on"
+        )
+    enc = ss.manifest.get("encoder")
+    if isinstance(enc, dict) and enc.get("name"):
+        try:
+            store.check_compatible(encoder=enc)
+        except ValueError as e:
+            raise ValueError(
+                f"the samples in {ss.path} were conditioned on encoder {enc.get('name')!r} "
+                f"(layer {enc.get('layer')!r}) but the reference store does not match: {e}"
+            ) from e
+
+
+def _method(ss: SampleSet, encoder_name: str) -> str:
+    m = ss.manifest
+    if m.get("method"):
+        return str(m["method"])
+    cond = m.get("cond") or (m.get("unet") or {}).get("cond")
+    return f"RCDM ({encoder_name}{', ' + cond if cond else ''})"
+
+
+def _rank(cfg: EvaluateConfig, ss: SampleSet, store, device) -> tuple[dict, np.ndarray, np.ndarray]:
+    from rcdm.encoders import encode, encoder_from_info
+
+    encoder = encoder_from_info(
+        store.encoder_info, weights=cfg.encoder_weights, trust_checkpoint=cfg.trust_checkpoint
+    )
+    # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
+    queries = encode(encoder, ss.images, store.preprocess, batch_size=cfg.batch_size, device=device)
+    queries = np.asarray(queries, dtype=np.float32)  # (M, D)
+    if queries.shape != ss.conds.shape:
+        raise ValueError(
+            f"re-encoded samples have shape {queries.shape}, conditions {ss.conds.shape}: the "
+            f"encoder rebuilt from {store.path} does not produce the store's features"
+        )
+    ref = store.features(view=0)  # (N, D)
+    cond_index = match_conditions(ss, store.keys, ref)  # (M,) row c, or -1 outside
+    ranks = metrics.nearest_neighbour_ranks(
+        queries, ref, cond_index, ss.conds, device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20
+    )
+    inside = cond_index >= 0
+    n = len(ref)
+    kinds = np.array(ss.kinds())
+    outside = metrics.rank_summary(ranks[~inside], n + 1)
+    result = {
+        "distance": "euclidean",
+        "view": 0,
+        "encoder": store.encoder_info.get("name"),
+        "layer": store.layer,
+        "in_reference": metrics.rank_summary(ranks[inside], n),
+        "outside_reference": {
+            **outside,
+            "note": "rank of the condition vector among the N reference features + itself",
+            "by_kind": {
+                str(k): metrics.rank_summary(ranks[~inside & (kinds == k)], n + 1)
+                for k in sorted(set(kinds[~inside].tolist()))
+            },
+        },
+    }
+    return result, ranks, inside
+
+
+def evaluate(cfg: EvaluateConfig) -> Path:
+    """Evaluate one sample directory; returns ``<out>/metrics.json``."""
+    from rcdm.store import FeatureStore
+    from rcdm.utils import pick_device
+
+    for name in ("samples", "reference", "out"):
+        if not getattr(cfg, name):
+            raise ValueError(f"evaluate.{name} is not set; pass --{name} or set it in pipeline.yaml")
+    if cfg.is_splits < 1:
+        raise ValueError(f"evaluate.is_splits must be >= 1, got {cfg.is_splits}")
+    out = Path(cfg.out)
+
+    # Cheap checks first: nothing heavy runs on inputs that will fail later.
+    ss = read_samples(cfg.samples)
+    store = FeatureStore(cfg.reference)
+    _check_encoder(ss, store)
+    weights, fid_skip = fidmod.plan_fid(cfg.fid, cfg.inception_weights, cfg.allow_download)
+    stats_path = Path(cfg.fid_stats_cache) if cfg.fid_stats_cache else None
+    if weights is not None:
+        stats_path = stats_path or fidmod.default_stats_path(out, ss.resolution)
+        if not cfg.reference_images:
+            raise ValueError("FID needs evaluate.reference_images (e.g. 10,000 validation images)")
+        want = fidmod.expected_meta(
+            cfg.reference_images, ss.resolution, sha256_file(weights), cfg.fid_reference_limit
+        )
+        fidmod.load_reference_stats(stats_path, want)  # refuses a cache of another set early
+    device = pick_device(cfg.device)
+
+    # No stale "finished" marker while we work.
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "manifest.json").unlink(missing_ok=True)
+
+    rank, ranks, inside = _rank(cfg, ss, store, device)
+    if weights is not None:
+        quality = fidmod.fid_and_is(
+            ss.images,
+            weights=weights,
+            reference_images=cfg.reference_images,
+            stats_path=stats_path,
+            limit=cfg.fid_reference_limit,
+            splits=cfg.is_splits,
+            method=cfg.fid_method,
+            batch_size=cfg.batch_size,
+            device=device,
+            trust_checkpoint=cfg.trust_checkpoint,
+        )
+    else:
+        how = (
+            "set evaluate.fid=auto or on" if cfg.fid == "off" else "provide the Inception weights"
+        )
+        skipped = {"skipped": True, "reason": fid_skip, "how_to_enable": how}
+        quality = {"fid": dict(skipped), "is": dict(skipped)}
+
+    encoder_name = str(store.encoder_info.get("name"))
+    m = ss.manifest
+    result = {
+        "method": _method(ss, encoder_name),
+        "encoder": encoder_name,
+        "layer": store.layer,
+        "resolution": ss.resolution,
+        "n_samples": len(ss.images),
+        "sampler": m.get("sampler"),
+        "steps": m.get("steps"),
+        "samples": {
+            "path": str(ss.path),
+            "manifest_sha256": ss.manifest_sha256,
+            "checkpoint": m.get("checkpoint"),
+            "store": m.get("store"),
+        },
+        "reference": {
+            "path": str(store.path),
+            "N": len(store),
+            "manifest_sha256": store.manifest_sha256,
+        },
+        **quality,
+        "rank": rank,
+        "complete": True,
+        "created": now_iso(),
+    }
+    np.save(out / "ranks.npy", ranks)  # (M,) int64
+    np.save(out / "rank_in_reference.npy", inside)  # (M,) bool: False = condition outside
+    save_resolved(cfg, out)
+    path = write_metrics_files(out, result)
+    atomic_write_json(
+        out / "manifest.json",
+        {
+            "stage": "evaluate",
+            "samples_manifest_sha256": ss.manifest_sha256,
+            "reference_manifest_sha256": store.manifest_sha256,
+            "files": ["metrics.json", "metrics.csv", "metrics.md", "ranks.npy",
+                      "rank_in_reference.npy", "config.yaml"],
+            "tool_version": _version(),
+            "created": now_iso(),
+        },
+    )
+    return path

@@ -1,0 +1,140 @@
+"""adversarial (Fig. 4, 29): a linear probe trained on the train store; FGSM on the image through
+encoder + probe at each epsilon (untargeted, or toward ``analyze.target_class``); the attacked
+representations decoded by the RCDM; a red border marks the inputs and samples whose probe
+prediction differs from the clean image's."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
+from rcdm.analysis.experiments.figures import display_size, labelled
+from rcdm.analysis.experiments.probe import cached_probe
+from rcdm.analysis.probe import fgsm
+from rcdm.analysis.report import Entry, Table
+from rcdm.viz import grid, red_border
+
+TITLE = "Adversarial attacks on a linear probe, decoded (Fig. 4, 29)"
+
+
+def pixels_and_normalise(img, pp) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+    """The encoder input as pixels ``(1, 3, S, S)`` in [0, 1] and the differentiable map from
+    pixels to the encoder's normalised input (value range, then mean / std)."""
+    from rcdm.images import encoder_input
+
+    lo, hi = pp.value_range
+    mean = torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(pp.std, dtype=torch.float32).view(1, 3, 1, 1)
+    xn = encoder_input(img, pp)[None]  # (1, 3, S, S) normalised
+    x01 = (((xn * std + mean) - lo) / (hi - lo)).clamp(0, 1)
+
+    def normalise(x: torch.Tensor) -> torch.Tensor:
+        return ((x * (hi - lo) + lo) - mean.to(x.device)) / std.to(x.device)
+
+    return x01, normalise
+
+
+def run(ctx: Context) -> Entry:
+    cfg = ctx.cfg
+    train, val = ctx.store("train"), ctx.store("val")
+    res = cached_probe(ctx, train, val)  # checks labels and that both stores match
+    probe = res.probe.to(ctx.device).eval()
+    if cfg.target_class is not None and not 0 <= cfg.target_class < res.n_classes:
+        raise ValueError(
+            f"analyze.target_class {cfg.target_class} is not a class of the probe (0..{res.n_classes - 1})"
+        )
+    if not cfg.epsilons or min(cfg.epsilons) < 0:
+        raise ValueError(f"analyze.epsilons must be a non-empty list of numbers >= 0, got {list(cfg.epsilons)}")
+    info = val.encoder_info
+    enc = ctx.encoder(info)
+    pp = val.preprocess
+    rcdms = [r for r in ctx.rcdms() if same_encoder(r.encoder_info, info)]
+    notes = [
+        f"checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)}, not the probed "
+        f"representation {describe_encoder(info)}: left out"
+        for r in ctx.rcdms()
+        if r not in rcdms
+    ]
+    if not rcdms:
+        raise ValueError(
+            f"adversarial: no checkpoint in analyze.checkpoints is conditioned on the stores' representation "
+            f"{describe_encoder(info)}; add one trained on these features"
+        )
+    rows = ctx.pick(val, cfg.n_images, "adversarial")
+    seeds = ctx.noise_seeds()
+    targeted = cfg.target_class is not None
+    eps_list = [float(e) for e in cfg.epsilons]
+    records, figures = [], []
+    changed_inputs = np.zeros(len(eps_list))
+    changed_samples = {r.label: np.zeros(len(eps_list)) for r in rcdms}
+    for n_img, i in enumerate(rows):
+        img = ctx.image(val, i)
+        x01, normalise = pixels_and_normalise(img, pp)
+        x01 = x01.to(ctx.device)
+
+        def forward(x: torch.Tensor, normalise=normalise) -> torch.Tensor:
+            return probe(enc(normalise(x)))
+
+        with torch.no_grad():
+            clean_pred = int(forward(x01).argmax(1))
+        y = torch.tensor([cfg.target_class if targeted else int(val.labels[i])], device=ctx.device)
+        advs, h_adv, preds = [], [], []
+        for eps in eps_list:
+            xa = fgsm(forward, x01, y, eps, targeted=targeted)
+            with torch.no_grad():
+                h = enc(normalise(xa))  # (1, D)
+                preds.append(int(probe(h).argmax(1)))
+            h_adv.append(h[0].float().cpu().numpy())
+            advs.append((xa[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
+        h_adv = np.stack(h_adv)  # (E, D)
+        changed = [p != clean_pred for p in preds]
+        changed_inputs += np.array(changed, float)
+        rec = {"key": val.keys[i], "label": int(val.labels[i]), "clean_prediction": clean_pred, "attack": []}
+        for e, (eps, p, ch) in enumerate(zip(eps_list, preds, changed, strict=True)):
+            rec["attack"].append({"epsilon": eps, "prediction": p, "changed": bool(ch),
+                                  "repr_squared_distance": float(((h_adv[e] - h_adv[0]) ** 2).sum())
+                                  if eps_list[0] == 0 else None, "samples": {}})  # fmt: skip
+        for r in rcdms:
+            size = display_size(r.image_size)
+            samples = ctx.sample_grid(r, h_adv, seeds)  # (E, S, H, W, 3)
+            with torch.no_grad():
+                s_h = torch.from_numpy(ctx.encode(enc, samples.reshape(-1, *samples.shape[2:]))).to(ctx.device)
+                s_pred = probe(s_h).argmax(1).cpu().numpy().reshape(len(eps_list), len(seeds))
+            grid_rows = []
+            for e, eps in enumerate(eps_list):
+                first = labelled(advs[e], f"eps {eps:g}\npred {preds[e]}", size)
+                if changed[e]:
+                    first = red_border(first)
+                row = [first]
+                for s in range(len(seeds)):
+                    t = labelled(samples[e, s], f"pred {int(s_pred[e, s])}", size)
+                    row.append(red_border(t) if s_pred[e, s] != clean_pred else t)
+                grid_rows.append(row)
+                ch_s = s_pred[e] != clean_pred
+                changed_samples[r.label][e] += float(ch_s.mean())
+                rec["attack"][e]["samples"][r.path] = {"predictions": s_pred[e].tolist(),
+                                                       "changed_fraction": float(ch_s.mean())}  # fmt: skip
+            goal = f"toward class {cfg.target_class}" if targeted else f"untargeted (true class {int(val.labels[i])})"
+            cap = ctx.caption(
+                r, seeds,
+                f"FGSM on {val.keys[i]} through the encoder and a linear probe (val accuracy "
+                f"{100 * res.val_accuracy:.1f}%), {goal}, epsilon {eps_list} on [0, 1] pixels; clean "
+                f"prediction {clean_pred}. Rows: attacked input, then samples from its representation. "
+                "Red border: probe prediction differs from the clean one",
+            )  # fmt: skip
+            figures.append(ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, r.label))
+        records.append(rec)
+    n = max(1, len(rows))
+    table_rows = [[eps, changed_inputs[e] / n] + [changed_samples[r.label][e] / n for r in rcdms]
+                  for e, eps in enumerate(eps_list)]  # fmt: skip
+    table = Table("Fraction of predictions changed",
+                  ["epsilon", "attacked inputs"] + [f"samples ({r.label})" for r in rcdms], table_rows)  # fmt: skip
+    probe_table = Table("Probe", ["encoder", "layer", "val accuracy", "train accuracy"],
+                        [[info.get("name"), val.layer, res.val_accuracy, res.train_accuracy]])  # fmt: skip
+    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "probe": res.to_dict(), "epsilons": eps_list,
+               "target_class": cfg.target_class, "images": records}  # fmt: skip
+    return ctx.finish("adversarial", TITLE, numbers, figures, [probe_table, table],
+                      f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
+                      notes)  # fmt: skip

@@ -1,0 +1,331 @@
+"""What every experiment shares: stores, encoders and RCDMs (loaded once), seeded picks,
+sampling, figure captions and output paths.
+
+Conditions for an RCDM come from the feature store when the store was made with the RCDM's
+encoder (the exact cached features), otherwise by running that encoder on the images: this is
+what lets several checkpoints trained on different encoders be compared on the same images.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from rcdm.analysis.report import Entry, Figure, Table, write_entry
+from rcdm.config import AnalyzeConfig
+from rcdm.utils import atomic_write_json
+
+__all__ = ["RCDM", "Context", "same_encoder", "describe_encoder"]
+
+
+def describe_encoder(info: dict) -> str:
+    sha = info.get("weights_sha256")
+    w = f", weights {sha[:12]}" if sha else (f", seed {info['seed']}" if "seed" in info else "")
+    return f"{info.get('name', '?')} {info.get('layer', '?')} ({info.get('dim', '?')}-d{w})"
+
+
+def same_encoder(a: dict, b: dict) -> bool:
+    """Two encoder infos describe the same features (name, layer, dim, weights, seed)."""
+    for k in ("name", "layer", "dim"):
+        if a.get(k) != b.get(k):
+            return False
+    for k in ("weights_sha256", "seed"):
+        if a.get(k) is not None and b.get(k) is not None and a.get(k) != b.get(k):
+            return False
+    return True
+
+
+@dataclass
+class RCDM:
+    """A loaded checkpoint, ready to sample, with the encoder its conditions come from."""
+
+    path: str
+    label: str  # short name for figure titles
+    model: torch.nn.Module
+    diffusion: Any
+    meta: dict
+    encoder_info: dict  # the encoder whose representation conditions this RCDM
+    encoder_note: str  # where encoder_info came from
+    cond_dim: int
+    image_size: int
+    kimg: Any = None
+
+
+@dataclass
+class Context:
+    cfg: AnalyzeConfig
+    out: Path
+    device: torch.device
+    _cache: dict = field(default_factory=dict)
+    upstream: dict = field(default_factory=dict)  # manifest path -> sha256, for manifest.json
+
+    # ---------------------------------------------------------------- seeds
+    def rng(self, salt: str) -> np.random.Generator:
+        """A generator that depends on cfg.seed and the experiment only (stable across runs)."""
+        return np.random.default_rng([int(self.cfg.seed), zlib.crc32(salt.encode())])
+
+    def noise_seeds(self, n: int | None = None) -> list[int]:
+        """Noise seeds of the samples of one condition: the same for every condition, so
+        differences along a row / between rows come from the representation alone."""
+        n = self.cfg.n_samples if n is None else n
+        return [int(self.cfg.seed) * 1000 + j for j in range(n)]
+
+    # ---------------------------------------------------------------- stores
+    def store(self, which: str):
+        """``which`` is "train", "val" or a path; cached."""
+        from rcdm.store import FeatureStore
+
+        path = {"train": self.cfg.train_store, "val": self.cfg.val_store}.get(which, which)
+        if path is None:
+            raise ValueError(f"analyze.{which}_store is not set; give the {which} feature store path")
+        key = ("store", str(path))
+        if key not in self._cache:
+            s = FeatureStore(path)
+            self._cache[key] = s
+            self.upstream[str(Path(path) / "manifest.json")] = s.manifest_sha256
+        return self._cache[key]
+
+    def features(self, store) -> np.ndarray:
+        key = ("feats", str(store.path))
+        if key not in self._cache:
+            self._cache[key] = store.features(0)  # (N, D) float32, view 0 (unflipped)
+        return self._cache[key]
+
+    def labels(self, store, what: str) -> np.ndarray:
+        from rcdm.analysis.probe import check_labels
+
+        return check_labels(store.labels, f"{what} store {store.path}")
+
+    def _source(self, store):
+        from rcdm.images import open_source
+
+        root = store.source.get("root")
+        key = ("source", str(root))
+        if key not in self._cache:
+            if root is None:
+                raise ValueError(f"store {store.path} does not record its image source root")
+            try:
+                self._cache[key] = open_source(root)
+            except FileNotFoundError as e:
+                raise FileNotFoundError(
+                    f"the images of store {store.path} are not at {root} any more ({e}); the analyses "
+                    "show images, so run them where the store's source images are"
+                ) from e
+        return self._cache[key]
+
+    def image(self, store, i: int) -> Image.Image:
+        """The source image of store row ``i`` (RGB)."""
+        from rcdm.images import decode_image
+
+        if store.has_images:
+            return decode_image(store.image_bytes(i), key=store.keys[i])
+        src = self._source(store)
+        return src.load(src.index_of(store.keys[i]))
+
+    def thumb(self, img: Image.Image, size: int) -> np.ndarray:
+        """ADM's center crop at the figure's resolution, ``(size, size, 3)`` uint8."""
+        from rcdm.images import adm_center_crop
+
+        return adm_center_crop(img, size)
+
+    def pick(self, store, n: int, salt: str) -> list[int]:
+        """Conditioning rows: ``analyze.image_keys`` if given, else ``n`` rows drawn by seed."""
+        if self.cfg.image_keys:
+            out = []
+            for k in self.cfg.image_keys[:n] if n else self.cfg.image_keys:
+                try:
+                    out.append(store.index_of(k))
+                except KeyError as e:
+                    raise ValueError(f"analyze.image_keys: {e}") from None
+            return out
+        n = min(n, len(store))
+        return sorted(int(i) for i in self.rng(salt).choice(len(store), size=n, replace=False))
+
+    # ---------------------------------------------------------------- encoders
+    def encoder(self, info: dict, layer: str | None = None):
+        """The encoder described by a manifest's ``encoder`` field (optionally another layer)."""
+        from rcdm.encoders import encoder_from_info, get_spec
+
+        info = dict(info)
+        if layer is not None and layer != info.get("layer"):
+            spec = get_spec(info["name"])
+            if layer not in spec.dims:
+                raise ValueError(
+                    f"encoder {info['name']} has no {layer!r} layer (it has: {', '.join(spec.dims)}); "
+                    f"remove {layer!r} from analyze.layers or use an encoder with a projection head "
+                    "(e.g. simclr-rn50, dino-rn50)"
+                )
+            info["layer"], info["dim"] = layer, spec.dims[layer]
+        key = ("encoder", info.get("name"), info.get("layer"), info.get("weights_sha256"), info.get("seed"))
+        if key not in self._cache:
+            enc = encoder_from_info(info, trust_checkpoint=self.cfg.trust_checkpoint)
+            self._cache[key] = enc.to(self.device).eval()
+        return self._cache[key]
+
+    def encode(self, enc, images: list[Image.Image] | np.ndarray) -> np.ndarray:
+        """``(N, D)`` float32 representations with the encoder's own preprocessing."""
+        from rcdm.encoders import encode
+
+        if isinstance(images, list) and not images:
+            return np.zeros((0, enc.dim), np.float32)
+        return encode(enc, images, enc.preprocess, batch_size=self.cfg.batch_size, device=self.device)
+
+    # ---------------------------------------------------------------- RCDMs
+    def rcdm(self, path: str) -> RCDM:
+        key = ("rcdm", str(path))
+        if key not in self._cache:
+            self._cache[key] = self._load_rcdm(str(path))
+        return self._cache[key]
+
+    def rcdms(self) -> list[RCDM]:
+        if not self.cfg.checkpoints:
+            raise ValueError("analyze.checkpoints is empty; give at least one RCDM run or weights file")
+        return [self.rcdm(p) for p in self.cfg.checkpoints]
+
+    def _load_rcdm(self, path: str) -> RCDM:
+        from rcdm.generate import load_for_sampling
+
+        if not Path(path).exists():
+            raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `rcdm train` first")
+        model, diffusion, meta = load_for_sampling(
+            path, self.cfg.steps, device=self.device, trust_checkpoint=self.cfg.trust_checkpoint
+        )
+        unet = meta.get("unet") or {}
+        cfg = getattr(model, "cfg", None)
+        cond_dim = int(unet.get("cond_dim") or getattr(cfg, "cond_dim", 0))
+        image_size = int(unet.get("image_size") or getattr(cfg, "image_size", 0))
+        if meta.get("encoder"):
+            info, note = dict(meta["encoder"]), "recorded in the checkpoint"
+        else:
+            info = dict(self.store("val").encoder_info)
+            note = f"not recorded in the checkpoint; taken from the val store {self.cfg.val_store}"
+        if int(info.get("dim", -1)) != cond_dim:
+            raise ValueError(
+                f"checkpoint {path} expects {cond_dim}-d conditions, but its encoder "
+                f"{describe_encoder(info)} ({note}) gives {info.get('dim')}-d representations; "
+                "use a checkpoint trained on features of this encoder and layer"
+            )
+        for f in ("manifest.json", "model.json"):
+            if (Path(path) / f).is_file():
+                from rcdm.utils import sha256_file
+
+                self.upstream[str(Path(path) / f)] = sha256_file(Path(path) / f)
+                break
+        label = Path(path).name if Path(path).name not in ("", ".") else str(path)
+        return RCDM(
+            path=path, label=label, model=model, diffusion=diffusion, meta=meta, encoder_info=info,
+            encoder_note=note, cond_dim=cond_dim, image_size=image_size, kimg=meta.get("kimg"),
+        )  # fmt: skip
+
+    @property
+    def ddim(self) -> bool:
+        from rcdm.generate import parse_steps
+
+        return bool(self.cfg.ddim or parse_steps(self.cfg.steps)[1])
+
+    def sample(self, r: RCDM, conds: np.ndarray, seeds: list[int] | np.ndarray) -> np.ndarray:
+        """``conds (N, D)``, ``seeds (N,)`` -> ``(N, H, W, 3)`` uint8."""
+        from rcdm.generate import generate
+
+        conds = np.asarray(conds, np.float32)
+        if conds.ndim != 2 or conds.shape[1] != r.cond_dim:
+            raise ValueError(f"checkpoint {r.path} expects {r.cond_dim}-d conditions, got shape {conds.shape}")
+        return generate(
+            r.model, r.diffusion, conds, seeds, ddim=self.ddim, batch_size=self.cfg.batch_size,
+            device=self.device, progress=False,
+        )  # fmt: skip
+
+    def sample_grid(self, r: RCDM, conds: np.ndarray, seeds: list[int]) -> np.ndarray:
+        """Every condition with every seed: ``(N, S, H, W, 3)`` uint8."""
+        conds = np.asarray(conds, np.float32)
+        n, s = conds.shape[0], len(seeds)
+        imgs = self.sample(r, np.repeat(conds, s, axis=0), np.tile(np.asarray(seeds), n))
+        return imgs.reshape(n, s, *imgs.shape[1:])
+
+    def conditions(self, r: RCDM, store, rows: list[int]) -> np.ndarray:
+        """Representations of store rows for RCDM ``r``: the cached features when the store was
+        made with r's encoder, otherwise r's encoder run on the rows' images. ``(N, D)``."""
+        if same_encoder(store.encoder_info, r.encoder_info):
+            return self.features(store)[rows]
+        enc = self.encoder(r.encoder_info)
+        return self.encode(enc, [self.image(store, i) for i in rows])
+
+    def require_store_match(self, r: RCDM, store, experiment: str) -> None:
+        if not same_encoder(store.encoder_info, r.encoder_info):
+            raise ValueError(
+                f"{experiment}: checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)} "
+                f"but store {store.path} holds {describe_encoder(store.encoder_info)}; the nearest "
+                "neighbours / class means must come from a store of the checkpoint's encoder and layer"
+            )
+
+    # ---------------------------------------------------------------- outputs
+    def caption(self, r: RCDM | None, seeds: list[int] | None, what: str, encoder: dict | None = None) -> str:
+        """The caption every figure carries: encoder, layer, checkpoint, sampler, steps, seeds."""
+        info = encoder or (r.encoder_info if r else None)
+        parts = [what.rstrip(".") + "."]
+        if info:
+            parts.append(f"Encoder {info.get('name')}, layer {info.get('layer')} ({info.get('dim')}-d).")
+        if r is not None:
+            kimg = f", {r.kimg} kimg" if r.kimg is not None else ""
+            parts.append(f"Checkpoint {r.path}{kimg}.")
+            parts.append(f"Sampler {'DDIM' if self.ddim else 'ancestral'}, steps {self.cfg.steps}.")
+        if seeds is not None:
+            parts.append(f"Noise seeds {list(seeds)}; analysis seed {self.cfg.seed}.")
+        return " ".join(parts)
+
+    def dir(self, experiment: str) -> Path:
+        d = self.out / experiment
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def save_figure(self, experiment: str, name: str, arr: np.ndarray, caption: str, title: str = "") -> Figure:
+        from rcdm.viz import save_png
+
+        path = self.dir(experiment) / f"{name}.png"
+        save_png(arr, path)
+        return Figure(path=str(path.relative_to(self.out)), caption=caption, title=title)
+
+    def finish(
+        self,
+        experiment: str,
+        title: str,
+        numbers: dict,
+        figures: list[Figure],
+        tables: list[Table],
+        description: str = "",
+        notes: list[str] | None = None,
+    ) -> Entry:
+        """Write ``<exp>/<exp>.json`` (the numbers) and ``<exp>/entry.json``; return the entry."""
+        path = self.dir(experiment) / f"{experiment}.json"
+        atomic_write_json(path, _jsonable(numbers))
+        entry = Entry(
+            experiment=experiment, title=title, description=description, figures=figures,
+            tables=tables, numbers=str(path.relative_to(self.out)), notes=list(notes or []),
+        )  # fmt: skip
+        write_entry(self.out, entry)
+        return entry
+
+    def skip(self, experiment: str, title: str, reason: str) -> Entry:
+        entry = Entry(experiment=experiment, title=title, skipped=reason)
+        self.dir(experiment)
+        write_entry(self.out, entry)
+        return entry
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x

@@ -1,0 +1,112 @@
+"""distances (Fig. 21, 22): how far, in squared Euclidean distance in representation space, is a
+conditioning image from random validation images, validation images of its class, its nearest
+training neighbours, single augmentations of itself, the SwAV/DINO multi-crop views, and RCDM
+samples? Shown with the images and the number under each."""
+
+from __future__ import annotations
+
+import numpy as np
+from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
+from rcdm.analysis.experiments.figures import display_size, labelled
+from rcdm.analysis.experiments.transforms import multicrop, seeded_apply, single_augmentations
+from rcdm.analysis.report import Entry, Table
+from rcdm.viz import grid
+
+TITLE = "Distances in representation space (Fig. 21, 22)"
+
+
+def squared_distances(h: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    """``||h - f_i||^2`` for every row of ``feats (N, D)``, ``h (D,)`` -> ``(N,)`` float64."""
+    h = np.asarray(h, np.float64)
+    f = np.asarray(feats, np.float64).reshape(-1, h.shape[0])
+    return ((f - h[None]) ** 2).sum(1)
+
+
+def run(ctx: Context) -> Entry:
+    from rcdm.conditions import knn
+
+    cfg = ctx.cfg
+    val, train = ctx.store("val"), ctx.store("train")
+    if not same_encoder(val.encoder_info, train.encoder_info):
+        raise ValueError(
+            f"distances: the train store ({describe_encoder(train.encoder_info)}) and val store "
+            f"({describe_encoder(val.encoder_info)}) must hold the same representation"
+        )
+    info = val.encoder_info
+    enc = ctx.encoder(info)
+    vf, tf = ctx.features(val), ctx.features(train)
+    rows = ctx.pick(val, cfg.n_images, "distances")
+    rcdms = [r for r in ctx.rcdms() if same_encoder(r.encoder_info, info)]
+    notes = [
+        f"checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)}, not the stores' "
+        "representation: its samples are left out of this figure"
+        for r in ctx.rcdms()
+        if r not in rcdms
+    ]
+    size = display_size(max([r.image_size for r in rcdms], default=64))
+    seeds = ctx.noise_seeds()
+    rng = ctx.rng("distances")
+    k = min(cfg.n_distance, len(val) - 1)
+    figures, results, table_rows = [], [], []
+    for n_img, i in enumerate(rows):
+        h = vf[i]
+        img = ctx.image(val, i)
+        groups: dict[str, list[tuple[str, float, object]]] = {}
+        # random validation images (other than the query)
+        others = np.array([j for j in range(len(val)) if j != i])
+        pick = rng.choice(others, size=min(k, len(others)), replace=False) if len(others) else []
+        d = squared_distances(h, vf[pick]) if len(pick) else []
+        groups["random val"] = [(val.keys[j], float(dj), ctx.image(val, j)) for j, dj in zip(pick, d, strict=True)]
+        # validation images of the same class
+        lab = int(val.labels[i])
+        if lab >= 0:
+            same = np.array([j for j in range(len(val)) if j != i and int(val.labels[j]) == lab])
+            same = rng.choice(same, size=min(k, len(same)), replace=False) if len(same) else []
+            d = squared_distances(h, vf[same]) if len(same) else []
+            groups["same class"] = [(val.keys[j], float(dj), ctx.image(val, j)) for j, dj in zip(same, d, strict=True)]
+        # nearest training neighbours
+        nn = knn(tf, h, min(cfg.neighbours_k, len(train)))
+        d = squared_distances(h, tf[nn])
+        groups["train NN"] = [(train.keys[j], float(dj), ctx.image(train, j)) for j, dj in zip(nn, d, strict=True)]
+        # single augmentations, and the multi-crop views
+        for gname, augs in (("single aug", list(single_augmentations().items())), ("multi-crop", multicrop())):
+            views = [seeded_apply(t, img, cfg.seed, f"{gname}/{name}/{i}") for name, t in augs]
+            d = squared_distances(h, ctx.encode(enc, views))
+            groups[gname] = [(name, float(dj), v) for (name, _), dj, v in zip(augs, d, strict=True)]
+        # RCDM samples
+        for r in rcdms:
+            samples = ctx.sample(r, np.repeat(h[None], len(seeds), 0), seeds)
+            d = squared_distances(h, ctx.encode(enc, samples))
+            groups[f"samples {r.label}"] = [(f"seed {s}", float(dj), im) for s, dj, im in zip(seeds, d, strict=True)]
+        # figure: one row per group, the query first
+        grid_rows = []
+        for gname, items in groups.items():
+            row = [labelled(img, gname, size)]
+            row += [labelled(im, f"{dist:.3g}", size) for _, dist, im in items]
+            grid_rows.append(row)
+        caption = ctx.caption(
+            rcdms[0] if rcdms else None, seeds if rcdms else None,
+            f"Squared distance ||f(x) - f(y)||^2 from {val.keys[i]} (left) to each image y of the row",
+            encoder=info,
+        )  # fmt: skip
+        if len(rcdms) > 1:
+            caption += " Sample rows from: " + ", ".join(r.path for r in rcdms) + "."
+        figures.append(ctx.save_figure("distances", f"distances_{n_img}", grid(grid_rows), caption, val.keys[i]))
+        rec = {
+            "key": val.keys[i],
+            "row": int(i),
+            "label": lab,
+            "groups": {g: [{"name": n, "squared_distance": dd} for n, dd, _ in it] for g, it in groups.items()},
+        }
+        results.append(rec)
+        for g, it in groups.items():
+            ds = [dd for _, dd, _ in it]
+            table_rows.append([val.keys[i], g, len(ds), float(np.mean(ds)) if ds else float("nan"),
+                               float(np.min(ds)) if ds else float("nan")])  # fmt: skip
+    numbers = {"encoder": info, "seed": cfg.seed, "noise_seeds": seeds, "images": results}
+    table = Table("Squared distances per group", ["image", "group", "n", "mean", "min"], table_rows)
+    return ctx.finish(
+        "distances", TITLE, numbers, figures, [table],
+        f"Representation: {describe_encoder(info)}; squared Euclidean distance of view-0 features.",
+        notes,
+    )  # fmt: skip
