@@ -120,15 +120,17 @@ def run(cfg: ExtractConfig) -> Path:
     n_shards = math.ceil(n_items / cfg.shard_size)
     done = completed_shards(out)
     mine = [k for k in range(n_shards) if k % world == rank and k not in done]
+    timing = {"images": 0, "seconds": 0.0}
     if mine:
-        _encode_shards(cfg, source, encoder, pp, mine, n_items, out, device, show=state.is_main_process)
+        timing = _encode_shards(cfg, source, encoder, pp, mine, n_items, out, device, show=state.is_main_process)
 
     # Process 0 writes the manifest once every process has written its shards.
     state.wait_for_everyone()
     error: Exception | None = None
     if state.is_main_process:
         try:
-            _finish(cfg, out, n_shards, enc_info, pp, src_info)
+            timing.update(world_size=world, device=str(device), note="process 0 only, this run only")
+            _finish(cfg, out, n_shards, enc_info, pp, src_info, timing)
         except Exception as e:  # raised after the barrier, so the other processes do not hang
             error = e
     state.wait_for_everyone()
@@ -137,7 +139,7 @@ def run(cfg: ExtractConfig) -> Path:
     return out
 
 
-def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, src_info: dict) -> None:
+def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, src_info: dict, timing: dict) -> None:
     records = completed_shards(out)
     missing = [k for k in range(n_shards) if k not in records]
     if missing:
@@ -163,6 +165,7 @@ def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, sr
         dim=int(enc_info["dim"]),
         has_images=cfg.include_images,
         extract_config=to_dict(cfg),
+        extra={"timing": timing},
     )
     write_manifest(out, manifest)
     n_failed = manifest["n_failed"]
@@ -175,8 +178,10 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, out: Path, device, *, show: bool) -> None:
-    """Encode the items of ``shards`` and write each shard as soon as its last item is in."""
+def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, out: Path, device, *, show: bool) -> dict:
+    """Encode the items of ``shards``, writing each shard as soon as its last item is in.
+
+    Returns {images, seconds, img_per_s} of the loop (the DataLoader start included)."""
     encoder = encoder.to(device).eval()
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
@@ -219,9 +224,10 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
             bar.update(len(batch["index"]))
     if pending:  # internal invariant: every shard's items came through
         raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
+    dt = time.perf_counter() - t0
     if show:
-        dt = time.perf_counter() - t0
         tqdm.write(f"encoded {total} images in {dt:.1f} s ({total / max(dt, 1e-9):.1f} img/s) on {device}")
+    return {"images": total, "seconds": round(dt, 3), "img_per_s": round(total / max(dt, 1e-9), 1)}
 
 
 @torch.inference_mode()
