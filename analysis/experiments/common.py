@@ -167,13 +167,26 @@ class Context:
             self._cache[key] = enc.to(self.device).eval()
         return self._cache[key]
 
+    def preprocess_for(self, info: dict):
+        """The preprocessing a store of this encoder recorded (exactly what its features were made
+        with), else the encoder's own."""
+        for which in ("val", "train"):
+            path = getattr(self.cfg, f"{which}_store")
+            if path is None or not (Path(path) / "manifest.json").is_file():
+                continue
+            store = self.store(which)
+            if same_encoder(store.encoder_info, info):
+                return store.preprocess
+        return None
+
     def encode(self, enc, images: list[Image.Image] | np.ndarray) -> np.ndarray:
-        """``(N, D)`` float32 representations with the encoder's own preprocessing."""
+        """``(N, D)`` float32 representations, preprocessed as the matching store recorded."""
         from rcdm.encoders import encode
 
         if isinstance(images, list) and not images:
             return np.zeros((0, enc.dim), np.float32)
-        return encode(enc, images, enc.preprocess, batch_size=self.cfg.batch_size, device=self.device)
+        pp = self.preprocess_for(enc.info()) or enc.preprocess
+        return encode(enc, images, pp, batch_size=self.cfg.batch_size, device=self.device)
 
     # ---------------------------------------------------------------- RCDMs
     def rcdm(self, path: str) -> RCDM:

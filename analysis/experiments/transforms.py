@@ -104,6 +104,17 @@ def _value(node: ast.AST, expr: str):
         ) from None
 
 
+def _allowed_names(T) -> list[str]:
+    """The transform classes of ``torchvision.transforms`` (not enums, not the refused ones)."""
+    import enum
+
+    return [
+        n for n, v in vars(T).items()
+        if isinstance(v, type) and not n.startswith("_") and not issubclass(v, enum.Enum)
+        and v.__module__.startswith("torchvision.transforms") and n not in _REFUSED
+    ]  # fmt: skip
+
+
 def _build(node: ast.Call, expr: str):
     import torchvision.transforms as T
 
@@ -113,7 +124,7 @@ def _build(node: ast.Call, expr: str):
         raise ValueError(f"custom transform {expr!r}: {ast.unparse(node.func)!r} is not a transform name") from None
     prefix, _, base = name.rpartition(".")
     prefix = prefix + "." if prefix else ""
-    allowed = [n for n in T.__all__ if isinstance(getattr(T, n, None), type) and n not in _REFUSED]
+    allowed = _allowed_names(T)
     if prefix not in _PREFIXES or base not in allowed:
         raise ValueError(
             f"custom transform {expr!r}: {name!r} is not an allowed torchvision.transforms class; "
@@ -144,7 +155,10 @@ def parse_transform(expr: str) -> Transform:
     t = _build(tree.body, expr)
 
     def apply(img: Image.Image) -> Image.Image:
-        out = t(img)
+        try:
+            out = t(img)
+        except (TypeError, ValueError, RuntimeError) as e:
+            raise ValueError(f"custom transform {expr!r} failed on a PIL image: {e}") from None
         if not isinstance(out, Image.Image):
             raise ValueError(
                 f"custom transform {expr!r} returned {type(out).__name__}, not a PIL image; "

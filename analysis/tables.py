@@ -1,0 +1,177 @@
+"""metrics.json / .csv / .md for one evaluation, and the paper's Table 1a / 1b over several.
+
+Table 1a (image quality): method, resolution, FID, IS. Table 1b (faithfulness to the
+representation): encoder, mean rank, MRR. Every row also carries the sample count, sampler and
+steps, so numbers computed differently never sit side by side unlabelled.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from rcdm.utils import atomic_write_json, atomic_write_text, now_iso, read_json, sha256_file
+
+COLUMNS = [
+    "method", "encoder", "layer", "resolution", "n_samples", "sampler", "steps",
+    "fid", "is_mean", "is_std", "is_splits",
+    "mean_rank", "mrr", "median_rank", "n_in_reference", "N",
+    "chance_mean_rank", "chance_mrr",
+    "n_outside", "outside_mean_rank", "outside_mrr",
+    "samples",
+]  # fmt: skip
+
+
+def flat_row(m: dict) -> dict:
+    """One evaluation's metrics.json -> one CSV row (None where a metric was skipped)."""
+    fid, is_, rank = m.get("fid", {}), m.get("is", {}), m.get("rank", {})
+    inr, outr = rank.get("in_reference", {}), rank.get("outside_reference", {})
+    return {
+        "method": m.get("method"),
+        "encoder": m.get("encoder"),
+        "layer": m.get("layer"),
+        "resolution": m.get("resolution"),
+        "n_samples": m.get("n_samples"),
+        "sampler": m.get("sampler"),
+        "steps": m.get("steps"),
+        "fid": fid.get("value"),
+        "is_mean": is_.get("mean"),
+        "is_std": is_.get("std"),
+        "is_splits": is_.get("splits"),
+        "mean_rank": inr.get("mean_rank"),
+        "mrr": inr.get("mrr"),
+        "median_rank": inr.get("median_rank"),
+        "n_in_reference": inr.get("n"),
+        "N": inr.get("N"),
+        "chance_mean_rank": inr.get("chance_mean_rank"),
+        "chance_mrr": inr.get("chance_mrr"),
+        "n_outside": outr.get("n"),
+        "outside_mean_rank": outr.get("mean_rank"),
+        "outside_mrr": outr.get("mrr"),
+        "samples": (m.get("samples") or {}).get("path"),
+    }
+
+
+def _f(x, fmt: str = ".2f") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _is(r: dict) -> str:
+    return "—" if r["is_mean"] is None else f"{r['is_mean']:.2f} ± {r['is_std']:.2f}"
+
+
+def _md_table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def table_1a(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["method", "resolution", "FID", "IS", "samples", "sampler", "steps"]
+    body = [
+        [r["method"], r["resolution"], _f(r["fid"]), _is(r), r["n_samples"], r["sampler"], r["steps"]]
+        for r in rows
+    ]
+    return header, body
+
+
+def table_1b(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
+    header = ["encoder", "mean rank", "MRR", "median rank", "N", "chance rank / MRR",
+              "samples", "sampler", "steps"]  # fmt: skip
+    body = [
+        [
+            f"{r['encoder']} ({r['layer']})",
+            _f(r["mean_rank"], ".1f"),
+            _f(r["mrr"], ".3f"),
+            _f(r["median_rank"], ".1f"),
+            r["N"],
+            f"{_f(r['chance_mean_rank'], '.1f')} / {_f(r['chance_mrr'], '.4f')}",
+            r["n_in_reference"],
+            r["sampler"],
+            r["steps"],
+        ]
+        for r in rows
+    ]
+    return header, body
+
+
+def _skips(m: dict) -> list[str]:
+    notes = []
+    for name in ("fid", "is"):
+        s = m.get(name, {})
+        if s.get("skipped"):
+            notes.append(f"- {name.upper()} skipped: {s.get('reason')} ({s.get('how_to_enable')})")
+    out = m.get("rank", {}).get("outside_reference", {})
+    if out.get("n"):
+        notes.append(
+            f"- {out['n']} sample(s) conditioned outside the reference set: mean rank "
+            f"{_f(out['mean_rank'], '.1f')}, MRR {_f(out['mrr'], '.3f')} among N+1 = {out['N']}"
+        )
+    return notes
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: "" if r.get(k) is None else r[k] for k in COLUMNS})
+    return buf.getvalue()
+
+
+def render_markdown(metrics_list: list[dict], title: str) -> str:
+    rows = [flat_row(m) for m in metrics_list]
+    parts = [f"# {title}", "", "## Table 1a: image quality", "", _md_table(*table_1a(rows)), "",
+             "## Table 1b: nearest-neighbour rank of the conditioning image", "",
+             _md_table(*table_1b(rows)), ""]  # fmt: skip
+    notes = [n for m in metrics_list for n in _skips(m)]
+    if notes:
+        parts += ["## Notes", "", *notes, ""]
+    return "\n".join(parts)
+
+
+def write_metrics_files(out: Path, metrics: dict) -> Path:
+    """metrics.csv and metrics.md, then metrics.json (returned)."""
+    atomic_write_text(out / "metrics.csv", _csv([flat_row(metrics)]))
+    atomic_write_text(out / "metrics.md", render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}"))
+    return atomic_write_json(out / "metrics.json", metrics)
+
+
+def table(run_dirs: list[str], out: str) -> Path:
+    """Assemble finished evaluations into Table 1a / 1b: metrics.md, .csv, .json; returns .md."""
+    if not run_dirs:
+        raise ValueError("--table needs at least one evaluation directory (the --out of `rcdm evaluate`)")
+    metrics_list, shas = [], {}
+    for d in map(Path, run_dirs):
+        if not (d / "manifest.json").is_file() or not (d / "metrics.json").is_file():
+            raise FileNotFoundError(
+                f"{d} is not a finished evaluation (no manifest.json / metrics.json); "
+                "run `rcdm evaluate --out` on it first"
+            )
+        m = read_json(d / "metrics.json")
+        if not m.get("complete"):
+            raise ValueError(f"{d / 'metrics.json'} is not marked complete; re-run `rcdm evaluate`")
+        metrics_list.append(m)
+        shas[str(d)] = sha256_file(d / "manifest.json")
+    rows = [flat_row(m) for m in metrics_list]
+    o = Path(out)
+    o.mkdir(parents=True, exist_ok=True)
+    (o / "manifest.json").unlink(missing_ok=True)
+    h1a, b1a = table_1a(rows)
+    h1b, b1b = table_1b(rows)
+    atomic_write_text(o / "metrics.csv", _csv(rows))
+    atomic_write_json(
+        o / "metrics.json",
+        {
+            "table_1a": [dict(zip(h1a, r, strict=True)) for r in b1a],
+            "table_1b": [dict(zip(h1b, r, strict=True)) for r in b1b],
+            "rows": rows,
+        },
+    )
+    md = atomic_write_text(o / "metrics.md", render_markdown(metrics_list, "RCDM evaluation: Table 1"))
+    atomic_write_json(
+        o / "manifest.json",
+        {"stage": "evaluate-table", "evaluations": shas, "created": now_iso()},
+    )
+    return md
