@@ -161,6 +161,7 @@ class SampleConfig:
     encoder_weights: str | None = None  # images condition: encoder weights; default: the store's recorded file
     chunk_size: int = 256  # samples per resumable chunk (<out>/partial/chunk-NNNNN.npy)
     grid_rows: int = 16  # conditions per grid PNG (grid-NNN.png)
+    grid_conditions: int = 64  # grids show the first N conditions (the samples hold all of them)
     device: str = "auto"  # single process: auto | cpu | cuda | cuda:N (accelerate launch picks per rank)
     overwrite: bool = False  # discard partial or finished samples made with a different configuration
 

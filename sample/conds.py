@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,20 @@ class Condition:
     description: str
     label: int = -1
     store_index: int | None = None  # row of the conditions' store, when the condition is one
-    image: Any = None  # PIL image shown in the grid's first column (None: a text tile)
+    image: Callable[[], Any] | None = None  # loads the PIL image for the grid (None: a text tile)
     extra: dict = field(default_factory=dict)  # written to index.jsonl (alpha, dims, ...)
+
+    def load_image(self) -> Any:
+        """The conditioning image (PIL) or None; loaded only when a grid shows it, so 10,000
+        store conditions do not hold 10,000 decoded images."""
+        return self.image() if self.image is not None else None
 
 
 @dataclass
 class ConditionSet:
     conditions: list[Condition]
     fixed_noise_groups: bool = False  # interpolation with fixed noise: seed by sample column only
-    ends: tuple[Any, Any] = (None, None)  # interpolation endpoint images (PIL or None)
+    ends: tuple[Any, Any] = (None, None)  # interpolation endpoints' image loaders (or None)
 
     @property
     def vectors(self) -> np.ndarray:
@@ -114,7 +120,9 @@ class Resolver:
         i = i % n
         key = self.store.keys[i]
         label = int(self.store.labels[i])
-        return Condition(self.feats[i].copy(), kind, key, f"store row {i} ({key})", label, i, self.store_image(i))
+        return Condition(
+            self.feats[i].copy(), kind, key, f"store row {i} ({key})", label, i, lambda: self.store_image(i)
+        )
 
     def store_key(self, key: str, kind: str = "store") -> Condition:
         return self.store_row(self.store.index_of(key), kind)
@@ -131,7 +139,11 @@ class Resolver:
         vecs = np.asarray(vecs, dtype=np.float32).reshape(len(imgs), -1)  # (N, D)
         if vecs.shape[1] != self.store.dim:
             raise ValueError(f"the encoder gave {vecs.shape[1]}-d features but the store is {self.store.dim}-d")
-        return [Condition(v, kind, str(p), f"image {p}", -1, None, im) for v, p, im in zip(vecs, paths, imgs, strict=True)]
+        del imgs  # re-read for the grid when needed
+        return [
+            Condition(v, kind, str(p), f"image {p}", -1, None, (lambda p=p: read_image(p)))
+            for v, p in zip(vecs, paths, strict=True)
+        ]
 
     def endpoints(self) -> list[Condition]:
         """indices, then keys, then images, in the order given."""

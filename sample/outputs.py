@@ -80,17 +80,21 @@ def condition_tile(cs: ConditionSet, c: int, size: int) -> np.ndarray:
     from rcdm.images import adm_center_crop
 
     cond = cs.conditions[c]
-    if cond.image is not None:
-        tile = adm_center_crop(cond.image, size)
+    image = cond.load_image()
+    if image is not None:
+        tile = adm_center_crop(image, size)
     else:
         tile = viz.placeholder((size, size), cond.description)
     return viz.red_border(tile) if cond.kind == "manipulate" else tile
 
 
-def write_grids(out: Path, cs: ConditionSet, samples: np.ndarray, k: int, rows_per_page: int) -> list[Path]:
-    """grid-NNN.png: each condition's image in the first column, its k samples beside it."""
+def write_grids(
+    out: Path, cs: ConditionSet, samples: np.ndarray, k: int, rows_per_page: int, max_conditions: int
+) -> list[Path]:
+    """grid-NNN.png: each condition's image in the first column, its k samples beside it, for
+    the first ``max_conditions`` conditions."""
     size = samples.shape[1]
-    n_cond = len(cs.conditions)
+    n_cond = min(len(cs.conditions), max_conditions)
     paths = []
     for page, start in enumerate(range(0, n_cond, max(1, rows_per_page))):
         rows = []
@@ -105,7 +109,8 @@ def write_strip(out: Path, cs: ConditionSet, samples: np.ndarray, k: int) -> Pat
     from rcdm.images import adm_center_crop
 
     size = samples.shape[1]
-    ends = tuple(adm_center_crop(im, size) if im is not None else None for im in cs.ends)
+    images = [load() if load is not None else None for load in cs.ends]
+    ends = tuple(adm_center_crop(im, size) if im is not None else None for im in images)
     n_path = len(cs.conditions)
     strips = [viz.strip([samples[p * k + j] for p in range(n_path)], pad=2, ends=ends) for j in range(k)]
     return viz.save_png(np.concatenate(strips, axis=0), out / "interpolation.png")

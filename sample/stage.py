@@ -23,7 +23,7 @@ from .conds import ConditionSet, build
 
 FORMAT_VERSION = 1
 # Fields that do not change the images (they may differ between a run and its resume).
-_NOT_IN_FINGERPRINT = {"out", "batch_size", "device", "overwrite", "compile", "grid_rows"}
+_NOT_IN_FINGERPRINT = {"out", "batch_size", "device", "overwrite", "compile", "grid_rows", "grid_conditions"}
 
 
 def weights_file(checkpoint: str | Path) -> Path | None:
@@ -74,7 +74,7 @@ def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
 
 
 def _validate(cfg: SampleConfig) -> None:
-    for name in ("n_per_condition", "batch_size", "chunk_size", "grid_rows"):
+    for name in ("n_per_condition", "batch_size", "chunk_size", "grid_rows", "grid_conditions"):
         if getattr(cfg, name) < 1:
             raise ValueError(f"sample.{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.eta < 0:
@@ -201,7 +201,7 @@ def run(cfg: SampleConfig) -> Path:
     assert cs is not None
     O.save_npz(out / "samples.npz", samples)
     O.write_index(out / "index.jsonl", cs, cond_index, seeds, k)
-    grids = O.write_grids(out, cs, samples, k, cfg.grid_rows)
+    grids = O.write_grids(out, cs, samples, k, cfg.grid_rows, cfg.grid_conditions)
     files = ["samples.npz", "index.jsonl", "conds.npy", "config.yaml"] + [p.name for p in grids]
     if cfg.condition == "interpolate":
         files.append(O.write_strip(out, cs, samples, k).name)

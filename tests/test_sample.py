@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+from rcdm.config import SampleConfig
 from rcdm.diffusion import create_diffusion, sample_loop
 from rcdm.generate import generate, parse_steps
 from rcdm.unet import UNetModel, preset
 from rcdm.utils import seed_generator
+
+from tests.synthetic import corrupt_jpeg, jpeg_bytes, random_image
+from tests.synthetic_store import make_store
 
 D = 16  # conditioning dimension of the test model and stores
 
@@ -77,3 +86,229 @@ def test_parse_steps():
     for bad in ("", "ddimx", "-3", "abc"):
         with pytest.raises(ValueError, match="steps"):
             parse_steps(bad)
+
+
+# ---------------------------------------------------------------------------- conditions
+N_ROWS = 12
+
+
+@pytest.fixture(scope="module")
+def store_dir(tmp_path_factory) -> Path:
+    """12 rows of 16-d features (some exact zeros, like post-ReLU features), labels 0..2, with
+    image bytes (wds) so grids can show the conditioning images."""
+    rng = np.random.default_rng(0)
+    feats = np.abs(rng.standard_normal((N_ROWS, D))).astype(np.float32)
+    feats[rng.random((N_ROWS, D)) < 0.4] = 0.0
+    imgs = [jpeg_bytes(random_image(rng, (40, 36))) for _ in range(N_ROWS)]
+    labels = np.arange(N_ROWS) % 3
+    keys = [f"cls_{lab}/img_{i:03d}" for i, lab in enumerate(labels)]
+    return make_store(tmp_path_factory.mktemp("store") / "val", feats, keys=keys, labels=labels, fmt="wds", images=imgs)
+
+
+@pytest.fixture(scope="module")
+def store(store_dir):
+    from rcdm.store import FeatureStore
+
+    return FeatureStore(store_dir)
+
+
+def _cfg(**kw) -> SampleConfig:
+    return replace(SampleConfig(checkpoint="unused", out="unused", store="unused"), **kw)
+
+
+def test_store_conditions(store):
+    from rcdm.sample.conds import build
+
+    feats = store.features(view=0)
+    cs = build(_cfg(condition="store", indices=(3, 0), keys=("cls_2/img_005",)), store)
+    np.testing.assert_array_equal(cs.vectors, feats[[3, 0, 5]])
+    assert [c.store_index for c in cs.conditions] == [3, 0, 5]
+    assert [c.key for c in cs.conditions] == ["cls_0/img_003", "cls_0/img_000", "cls_2/img_005"]
+    assert all(c.load_image() is not None for c in cs.conditions)  # decoded from the wds store
+    sub = build(_cfg(condition="store", subset=5, seed=1), store)
+    rows = [c.store_index for c in sub.conditions]
+    assert len(set(rows)) == 5
+    assert rows == [c.store_index for c in build(_cfg(condition="store", subset=5, seed=1), store).conditions]
+    with pytest.raises(ValueError, match="out of range"):
+        build(_cfg(condition="store", indices=(N_ROWS,)), store)
+
+
+def test_interpolate_class_mean_kde_algebra(store):
+    from rcdm.sample.conds import build
+
+    feats, labels = store.features(view=0), store.labels
+    cs = build(_cfg(condition="interpolate", indices=(1, 4), interp_steps=5), store)
+    v = cs.vectors
+    assert v.shape == (5, D) and cs.fixed_noise_groups
+    np.testing.assert_allclose(v[0], feats[1])
+    np.testing.assert_allclose(v[-1], feats[4])
+    np.testing.assert_allclose(v[2], (feats[1] + feats[4]) / 2, rtol=1e-6)
+    with pytest.raises(ValueError, match="exactly 2"):
+        build(_cfg(condition="interpolate", indices=(1,)), store)
+
+    cm = build(_cfg(condition="class-mean", labels=(1, 2)), store)
+    np.testing.assert_allclose(cm.vectors[0], feats[labels == 1].mean(0), rtol=1e-6)
+    assert [c.label for c in cm.conditions] == [1, 2]
+
+    kde = build(_cfg(condition="kde", kde_n=6, kde_sigma=0.01, seed=3), store)
+    centres = [c.extra["center"] for c in kde.conditions]
+    resid = kde.vectors - feats[centres]
+    assert kde.vectors.shape == (6, D) and 0.005 < resid.std() < 0.02
+
+    alg = build(_cfg(condition="algebra", indices=(0, 1, 2)), store)
+    np.testing.assert_allclose(alg.vectors[0], feats[0] - feats[1] + feats[2], rtol=1e-6)
+
+
+def test_manipulation_conditions(store):
+    from rcdm import conditions as C
+    from rcdm.sample.conds import build
+
+    feats = store.features(view=0)
+    cs = build(_cfg(condition="manipulate", indices=(2,), knn_k=5, knn_m=3), store)
+    assert [c.kind for c in cs.conditions] == ["manipulate-original", "manipulate"]
+    # by hand: the 5 nearest other rows, dims non-zero in >= 3 of them, zeroed
+    d = ((feats - feats[2]) ** 2).sum(1)
+    d[2] = np.inf
+    nb = np.argsort(d, kind="stable")[:5]
+    dims = np.flatnonzero((feats[nb] != 0).sum(0) >= 3)
+    assert cs.conditions[1].extra["dims"] == dims.tolist() and len(dims) > 0
+    expect = feats[2].copy()
+    expect[dims] = 0
+    np.testing.assert_array_equal(cs.vectors[1], expect)
+    np.testing.assert_array_equal(cs.vectors[0], feats[2])
+    rep = build(_cfg(condition="manipulate", indices=(2, 7), knn_k=5, knn_m=3, manipulate_mode="replace"), store)
+    np.testing.assert_array_equal(rep.vectors[1], C.manipulate(feats[2], dims, "replace", feats[7]))
+    assert len(rep.conditions) == 2  # the last endpoint is the target, not a query
+
+
+def test_unreadable_image_is_a_clear_error(store, tmp_path):
+    from rcdm.sample.conds import build
+
+    good = tmp_path / "ok.jpg"
+    random_image(np.random.default_rng(0)).save(good)
+    bad = corrupt_jpeg(tmp_path / "bad.jpg")
+    with pytest.raises(ValueError, match=r"cannot read image .*bad\.jpg"):
+        build(_cfg(condition="images", images=(str(tmp_path),)), store)
+    with pytest.raises(FileNotFoundError, match="nothing_here"):
+        build(_cfg(condition="images", images=(str(tmp_path / "nothing_here*.png"),)), store)
+    assert bad.exists() and Image.open(good).size == (48, 40)
+
+
+# ----------------------------------------------------------------------------- run (e2e)
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory, model) -> Path:
+    """An untrained tiny RCDM saved the way training saves its EMA weights."""
+    from rcdm.checkpoint import save_weights
+
+    path = tmp_path_factory.mktemp("ckpt") / "ema.safetensors"
+    meta = {"unet": model.cfg.to_dict(), "encoder": None, "store_manifest_sha256": None, "ema_rate": 0.9999, "kimg": 0}
+    save_weights(path, model.state_dict(), meta)
+    return path
+
+
+def _run_cfg(ckpt, store_dir, out, **kw) -> SampleConfig:
+    base = dict(
+        checkpoint=str(ckpt), store=str(store_dir), out=str(out), condition="store", indices=(0, 5, 7),
+        n_per_condition=2, steps="3", chunk_size=4, batch_size=3, device="cpu", mixed_precision="no", seed=0,
+    )
+    base.update(kw)
+    return SampleConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def done_run(tmp_path_factory, ckpt, store_dir) -> Path:
+    import rcdm.sample
+
+    return rcdm.sample.run(_run_cfg(ckpt, store_dir, tmp_path_factory.mktemp("samples") / "s"))
+
+
+def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
+    import yaml
+    from rcdm import viz
+    from rcdm.generate import load_for_sampling
+    from rcdm.images import adm_center_crop, decode_image
+    from rcdm.utils import sha256_file
+
+    out = done_run
+    samples = np.load(out / "samples.npz")["arr_0"]
+    assert samples.shape == (6, 32, 32, 3) and samples.dtype == np.uint8
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["sample"] for r in index] == list(range(6))
+    assert [r["condition"] for r in index] == [0, 0, 1, 1, 2, 2]
+    assert [r["seed"] for r in index] == list(range(6))
+    assert [r["store_index"] for r in index] == [0, 0, 5, 5, 7, 7]
+    assert index[2]["key"] == "cls_2/img_005" and index[2]["kind"] == "store"
+    np.testing.assert_array_equal(np.load(out / "conds.npy"), store.features(view=0)[[0, 5, 7]])
+    # sample 3 = (condition 1, seed 3), reproduced on its own from the checkpoint
+    m, diffusion, _ = load_for_sampling(ckpt, "3")
+    alone = generate(m, diffusion, store.features(view=0)[[5]], [3], progress=False)
+    np.testing.assert_array_equal(alone[0], samples[3])
+    # grid: condition image first, then its samples
+    grid = np.asarray(Image.open(out / "grid-000.png"))
+    cond_tiles = [adm_center_crop(decode_image(store.image_bytes(i)), 32) for i in (0, 5, 7)]
+    expect = viz.grid([[cond_tiles[c], samples[2 * c], samples[2 * c + 1]] for c in range(3)])
+    np.testing.assert_array_equal(grid, expect)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert cfg["indices"] == [0, 5, 7] and cfg["steps"] == "3"
+    man = json.loads((out / "manifest.json").read_text())
+    assert man["n_samples"] == 6 and man["n_conditions"] == 3 and man["sampler"] == "ancestral"
+    assert man["store_manifest_sha256"] == store.manifest_sha256
+    assert man["checkpoint_sha256"] == sha256_file(ckpt)
+    assert man["files"]["samples.npz"] == sha256_file(out / "samples.npz")
+    assert not (out / "partial").exists()
+
+
+def test_run_resumes_finished_chunks(done_run, ckpt, store_dir, tmp_path, monkeypatch):
+    import rcdm.generate
+    import rcdm.sample
+
+    real = rcdm.generate.generate
+    calls = []
+
+    def failing(*a, **k):
+        calls.append(len(a[3]))
+        if len(calls) == 2:
+            raise RuntimeError("killed")
+        return real(*a, **k)
+
+    cfg = _run_cfg(ckpt, store_dir, tmp_path / "s", chunk_size=2)
+    monkeypatch.setattr(rcdm.generate, "generate", failing)
+    with pytest.raises(RuntimeError, match="killed"):
+        rcdm.sample.run(cfg)
+    assert (tmp_path / "s" / "partial" / "chunk-00000.npy").exists()
+    assert not (tmp_path / "s" / "manifest.json").exists()
+
+    calls.clear()
+    monkeypatch.setattr(rcdm.generate, "generate", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    out = rcdm.sample.run(cfg)
+    assert calls == [2, 2]  # chunk 0 was not recomputed
+    # chunking does not change the images: equal to the one-chunk-of-4 run
+    np.testing.assert_array_equal(np.load(out / "samples.npz")["arr_0"], np.load(done_run / "samples.npz")["arr_0"])
+    calls.clear()
+    rcdm.sample.run(cfg)  # finished: nothing to do
+    assert calls == []
+    with pytest.raises(FileExistsError, match="different configuration"):
+        rcdm.sample.run(replace(cfg, seed=5))
+
+
+def test_run_interpolation_strip_with_fixed_noise(ckpt, store_dir, tmp_path):
+    import rcdm.sample
+
+    out = rcdm.sample.run(
+        _run_cfg(ckpt, store_dir, tmp_path / "i", condition="interpolate", indices=(0, 5), interp_steps=3, ddim=True)
+    )
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in index] == [0, 1, 0, 1, 0, 1]  # one noise per column along the path
+    assert [r["alpha"] for r in index[::2]] == [0.0, 0.5, 1.0]
+    strip = np.asarray(Image.open(out / "interpolation.png"))
+    assert strip.shape[0] == 2 * 36  # one strip (32 px + 2 * 2 pad) per sample column
+    assert json.loads((out / "manifest.json").read_text())["sampler"] == "ddim"
+
+
+def test_cond_dim_mismatch_is_a_clear_error(ckpt, tmp_path):
+    import rcdm.sample
+
+    small = make_store(tmp_path / "d8", np.ones((4, 8), np.float32))
+    with pytest.raises(ValueError, match=r"16-d representations .* 8-d features"):
+        rcdm.sample.run(_run_cfg(ckpt, small, tmp_path / "x", indices=(0,)))
+    assert not (tmp_path / "x" / "manifest.json").exists()
