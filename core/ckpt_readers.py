@@ -1,0 +1,296 @@
+"""Reading encoder checkpoints: safe loading, the repositories' key layouts, strict loading.
+
+Each reader maps a checkpoint dict (in one repository's layout) onto our module names:
+``trunk`` (a torchvision ResNet-50 without ``fc``, or :class:`rcdm.vit.VisionTransformer`) and
+``head`` (an ``nn.Sequential`` from :func:`rcdm.heads.build_head`). Keys the reader does not
+recognise are reported as unexpected, and :func:`strict_load` refuses any missing, unexpected
+or mis-shaped key, naming it: a checkpoint never half-loads into a random network.
+
+Layouts (read without importing the training frameworks):
+
+- VISSL: ``classy_state_dict.base_model.model.trunk`` with ``_feature_blocks.`` before the
+  torchvision names; ``...model.heads`` is the list of VISSL heads: ``J.clf.0`` is the J-th
+  MLP's Linear and ``J.clf.1`` its BatchNorm (SimCLR, MoCo, Barlow Twins, supervised), or SwAV's
+  ``0.projection_head.K`` (plus ``0.prototypesN``, not used).
+- DINO: ``teacher`` holds ``backbone.*`` and ``head.mlp.*`` (``head.last_layer`` not used), with
+  ``module.`` in front when the teacher was wrapped in DDP (ResNets); the ``*_pretrain.pth``
+  files hold the backbone alone, in plain torchvision / timm names.
+- VICReg: ``model`` holds ``module.backbone.*`` and ``module.projector.*``; ``resnet50.pth``
+  holds the backbone alone.
+- torchvision: a plain ResNet state dict, ``fc`` being the classifier.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from rcdm.heads import HeadSpec
+from torch import nn
+
+# Globals allowed in weights-only loading besides tensors and containers: DINO's checkpoints
+# pickle the training arguments as an argparse.Namespace, which holds plain values only.
+SAFE_GLOBALS = [argparse.Namespace]
+
+
+class UntrustedCheckpoint(ValueError):
+    """The checkpoint needs full pickle loading, which can run code: refused unless trusted."""
+
+
+@dataclass
+class Mapped:
+    """A checkpoint mapped onto our module names."""
+
+    trunk: dict[str, torch.Tensor]
+    head: dict[str, torch.Tensor] | None  # None: the file has no head weights
+    unexpected: list[str] = field(default_factory=list)  # keys of the file nobody claims
+    layout: str = ""  # which layout was recognised, for messages
+
+
+Reader = Callable[[dict, "HeadSpec | None", bool], Mapped]
+
+
+# --------------------------------------------------------------------------------------------
+# Files
+# --------------------------------------------------------------------------------------------
+
+
+def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
+    """Load a checkpoint file to a dict of (nested dicts of) tensors.
+
+    ``torch.load(weights_only=True)``: a file that needs other pickled objects is refused with
+    :class:`UntrustedCheckpoint` unless ``trust_checkpoint`` (``--trust-checkpoint``).
+    ``.safetensors`` files are read with safetensors. A truncated file or one that is not a
+    checkpoint is a ``ValueError`` naming the file.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as e:
+            raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+    try:
+        if trust_checkpoint:
+            obj = torch.load(path, map_location="cpu", weights_only=False)
+        else:
+            with torch.serialization.safe_globals(SAFE_GLOBALS):
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        msg = str(e)
+        if "Unsupported global" in msg or "Unsupported class" in msg:
+            needed = _unsafe_globals(path)
+            raise UntrustedCheckpoint(
+                f"{path} needs full pickle loading (it stores Python objects"
+                + (f": {', '.join(needed)}" if needed else "")
+                + "), which can run arbitrary code. If you trust where the file comes from, pass "
+                "--trust-checkpoint (trust_checkpoint=True)"
+            ) from e
+        raise ValueError(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})") from e
+    except (RuntimeError, EOFError, KeyError, OSError, ValueError, IndexError) as e:
+        raise ValueError(
+            f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
+            "download it again or check the path"
+        ) from e
+    if not isinstance(obj, dict):
+        raise ValueError(
+            f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"
+        )
+    return obj
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"
+
+
+def _unsafe_globals(path: Path) -> list[str]:
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception:  # legacy (non-zip) files: the names are not listed
+        return []
+
+
+# --------------------------------------------------------------------------------------------
+# Key mapping and strict loading
+# --------------------------------------------------------------------------------------------
+
+
+def strip_prefix(sd: dict[str, Any], prefix: str = "module.") -> dict[str, Any]:
+    """Drop ``prefix`` from every key that has it (DDP's ``module.``)."""
+    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in sd.items()}
+
+
+def remap(
+    sd: dict[str, Any], rules: list[tuple[str, str]], ignore: tuple[str, ...] = ()
+) -> tuple[dict[str, Any], list[str]]:
+    """Rename keys by the first matching ``(source prefix, target prefix)`` rule.
+
+    Keys under an ``ignore`` prefix are dropped (weights we know and do not use); keys no rule
+    matches are returned as unexpected."""
+    out: dict[str, Any] = {}
+    unexpected: list[str] = []
+    for k, v in sd.items():
+        if k.startswith(ignore) if ignore else False:
+            continue
+        for src, dst in rules:
+            if k.startswith(src):
+                out[dst + k[len(src) :]] = v
+                break
+        else:
+            unexpected.append(k)
+    return out, unexpected
+
+
+def strict_load(
+    module: nn.Module, sd: dict[str, Any], what: str, unexpected: list[str] = ()
+) -> None:
+    """Load ``sd`` into ``module`` or raise ``ValueError`` naming every bad key (first ones)."""
+    own = module.state_dict()
+    missing = [k for k in own if k not in sd]
+    extra = list(unexpected) + [k for k in sd if k not in own]
+    shapes = [
+        f"'{k}' is {list(sd[k].shape)} in the file, the model needs {list(own[k].shape)}"
+        for k in own
+        if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
+    if extra:
+        problems.append(f"{len(extra)} unexpected key(s): {_first(extra)}")
+    if shapes:
+        problems.append(f"{len(shapes)} mis-shaped key(s): " + "; ".join(shapes[:3]))
+    if problems:
+        raise ValueError(
+            f"{what} does not match the architecture: " + ". ".join(problems)
+            + ". Check that the weights file belongs to this encoder (see `rcdm extract --list-encoders`)"
+        )
+    module.load_state_dict({k: sd[k] for k in own}, strict=True)
+
+
+def _first(keys: list[str], n: int = 5) -> str:
+    shown = ", ".join(f"'{k}'" for k in keys[:n])
+    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+
+
+def _dig(d: Any, *path: str) -> Any:
+    for p in path:
+        if not isinstance(d, dict) or p not in d:
+            return None
+        d = d[p]
+    return d
+
+
+def _top_keys(d: dict) -> str:
+    return _first([str(k) for k in d], 8)
+
+
+# --------------------------------------------------------------------------------------------
+# Readers, one per repository layout
+# --------------------------------------------------------------------------------------------
+
+
+def _vissl_model(ckpt: dict) -> dict:
+    model = _dig(ckpt, "classy_state_dict", "base_model", "model")
+    if model is None or "trunk" not in model:
+        raise ValueError(
+            "not a VISSL checkpoint: expected classy_state_dict.base_model.model.trunk; "
+            f"top-level keys are {_top_keys(ckpt)}"
+        )
+    return model
+
+
+def _vissl_trunk(model: dict) -> tuple[dict, list[str]]:
+    return remap(strip_prefix(model["trunk"]), [("_feature_blocks.", "")])
+
+
+def read_vissl_mlp(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
+    """VISSL with a list of ``mlp`` heads: ``J.clf.0`` Linear J, ``J.clf.1`` its BatchNorm."""
+    model = _vissl_model(ckpt)
+    trunk, unexpected = _vissl_trunk(model)
+    head_sd = None
+    heads = strip_prefix(model.get("heads") or {})
+    if want_head and head is not None and heads:
+        rules = []
+        for j in range(head.n_linear):
+            i = head.linear_index(j)
+            rules.append((f"{j}.clf.0.", f"{i}."))
+            if head.bn and j < head.n_linear - 1:
+                rules.append((f"{j}.clf.1.", f"{i + 1}."))
+        head_sd, bad = remap(heads, rules)
+        unexpected += [f"heads.{k}" for k in bad]
+    return Mapped(trunk, head_sd, unexpected, "VISSL (classy_state_dict, mlp heads)")
+
+
+def read_vissl_swav(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
+    """VISSL SwAV: ``0.projection_head.K`` is our index K; the prototypes are not used."""
+    model = _vissl_model(ckpt)
+    trunk, unexpected = _vissl_trunk(model)
+    head_sd = None
+    heads = strip_prefix(model.get("heads") or {})
+    if want_head and heads:
+        head_sd, bad = remap(heads, [("0.projection_head.", "")], ignore=("0.prototypes",))
+        unexpected += [f"heads.{k}" for k in bad]
+    return Mapped(trunk, head_sd, unexpected, "VISSL (classy_state_dict, swav_head)")
+
+
+def read_dino(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
+    """DINO: the full checkpoint's ``teacher`` (backbone + head), or a backbone-only file."""
+    if "teacher" in ckpt:
+        sd = ckpt["teacher"]
+        if isinstance(sd, dict) and "state_dict" in sd:
+            sd = sd["state_dict"]
+        sd = strip_prefix(sd)
+        trunk, unexpected = remap(sd, [("backbone.", "")], ignore=("head.",))
+        head_sd = None
+        if want_head:
+            head_part = {k: v for k, v in sd.items() if k.startswith("head.")}
+            head_sd, _ = remap(head_part, [("head.mlp.", "")], ignore=("head.last_layer.",))
+            unexpected += [k for k in head_part if not k.startswith(("head.mlp.", "head.last_layer."))]
+        return Mapped(trunk, head_sd, unexpected, "DINO full checkpoint (teacher)")
+    if "student" in ckpt:
+        raise ValueError("DINO checkpoint without a 'teacher' entry: RCDM uses the teacher weights")
+    return Mapped(strip_prefix(ckpt), None, [], "DINO backbone-only file")
+
+
+def read_vicreg(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
+    """VICReg: ``model`` with ``module.backbone.`` / ``module.projector.``, or ``resnet50.pth``."""
+    if "model" in ckpt and isinstance(ckpt["model"], dict):
+        sd = strip_prefix(ckpt["model"])
+        heads = ("projector.", "head.")
+        trunk, unexpected = remap(sd, [("backbone.", "")], ignore=heads)
+        head_sd = None
+        if want_head:
+            head_sd, _ = remap({k: v for k, v in sd.items() if k.startswith(heads)},
+                               [("projector.", ""), ("head.", "")])
+        return Mapped(trunk, head_sd, unexpected, "VICReg full checkpoint (model)")
+    return Mapped(strip_prefix(ckpt), None, [], "VICReg backbone-only file")
+
+
+def read_torchvision(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
+    """A torchvision ResNet state dict; ``fc`` (the ImageNet classifier) is the head."""
+    sd = ckpt["state_dict"] if isinstance(ckpt.get("state_dict"), dict) else ckpt
+    sd = strip_prefix(sd)
+    trunk = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    head_sd = None
+    if want_head and any(k.startswith("fc.") for k in sd):
+        head_sd, _ = remap({k: v for k, v in sd.items() if k.startswith("fc.")}, [("fc.", "0.")])
+    return Mapped(trunk, head_sd, [], "torchvision state dict")
+
+
+READERS: dict[str, Reader] = {
+    "vissl-mlp": read_vissl_mlp,
+    "vissl-swav": read_vissl_swav,
+    "dino": read_dino,
+    "vicreg": read_vicreg,
+    "torchvision": read_torchvision,
+}
