@@ -321,3 +321,36 @@ def test_cond_dim_mismatch_is_a_clear_error(ckpt, tmp_path):
     with pytest.raises(ValueError, match=r"16-d representations .* 8-d features"):
         rcdm.sample.run(_run_cfg(ckpt, small, tmp_path / "x", indices=(0,)))
     assert not (tmp_path / "x" / "manifest.json").exists()
+
+
+def test_run_images_encoded_with_the_stores_encoder(tmp_path):
+    """Image files are encoded by the store's encoder, rebuilt from its manifest record, with
+    exactly the recorded preprocessing."""
+    from dataclasses import replace as dc_replace
+
+    import rcdm.sample
+    from rcdm.checkpoint import save_weights
+    from rcdm.encoders import encode, encoder_from_info, get_spec, load_encoder
+    from rcdm.images import adm_center_crop
+
+    spec = dc_replace(get_spec("random-rn50"), arch="resnet50-tiny", trunk_dim=2048)
+    info = load_encoder(spec, None, "trunk", seed=0).info()
+    store_dir = make_store(tmp_path / "store", np.zeros((2, 2048), np.float32), encoder_info=info)
+    m = _tiny_model(cond_dim=2048)
+    ckpt = save_weights(tmp_path / "ema.safetensors", m.state_dict(), {"unet": m.cfg.to_dict(), "encoder": info})
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    pics = [random_image(rng, (50, 40)) for _ in range(2)]
+    for i, p in enumerate(pics):
+        p.save(folder / f"p{i}.png")
+    out = rcdm.sample.run(
+        _run_cfg(ckpt, store_dir, tmp_path / "out", condition="images", images=(str(folder),), indices=(), n_per_condition=1)
+    )
+    enc = encoder_from_info(info)
+    expect = encode(enc, pics, enc.preprocess)  # (2, 2048)
+    np.testing.assert_allclose(np.load(out / "conds.npy"), expect, rtol=1e-5, atol=1e-6)
+    index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert [Path(r["key"]).name for r in index] == ["p0.png", "p1.png"] and index[0]["kind"] == "image"
+    grid = np.asarray(Image.open(out / "grid-000.png"))
+    np.testing.assert_array_equal(grid[2:34, 2:34], adm_center_crop(pics[0], 32))
