@@ -3,6 +3,7 @@
 Workers do the CPU work (read bytes, JPEG decode in PIL draft mode, resize, center crop) and
 return uint8 crops; scaling to the encoder's value range and mean/std, and the horizontal flip of
 view 1, happen on the device (4x less data through worker queues and the host-to-device copy).
+The crop rule itself is ``rcdm.images.encoder_input``'s: there is one definition of it.
 """
 
 from __future__ import annotations
@@ -12,43 +13,64 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from rcdm.images import Preprocess, UnreadableImage, decode_image
+from rcdm.images import Preprocess, UnreadableImage, decode_image, encoder_input
 
 
-def crop_uint8(img: Image.Image, pp: Preprocess) -> np.ndarray:
-    """The encoder's resize + center crop, before any scaling: (crop, crop, 3) uint8.
+def crop_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:
+    """The encoder's resize + center crop before any scaling: (3, crop, crop) uint8.
 
-    Same rule as ``rcdm.images.encoder_input`` (torchvision's Resize(int) + CenterCrop);
-    ``normalize`` of this equals ``encoder_input`` exactly (tested).
+    Computed from ``rcdm.images.encoder_input`` (the one definition of the rule) by undoing its
+    affine scaling: every value is an integer level k in [0, 255] mapped affinely, and rounding
+    recovers k exactly.
     """
-    from rcdm.images import _center_crop, _resize_shorter  # the one definition of the rule
-
-    resample = Image.BICUBIC if pp.interpolation == "bicubic" else Image.BILINEAR
-    return np.asarray(_center_crop(_resize_shorter(img.convert("RGB"), pp.resize, resample), pp.crop), dtype=np.uint8)
+    x = encoder_input(img, pp)  # (3, crop, crop) float32
+    lo, hi = pp.value_range
+    mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1)
+    k = (x * std + mean - lo) * (255.0 / (hi - lo))
+    return k.round_().clamp_(0, 255).to(torch.uint8)
 
 
 def normalize(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     """(N, 3, H, W) uint8 -> encoder input float32: [0, 255] -> value_range, then (x - mean) / std.
 
-    The operations and their order are those of ``encoder_input``, so results match bit for bit
-    on the CPU.
+    The same operations in the same order as ``encoder_input``, so the result is bit-identical
+    (checked at the start of every run by ``device_normalisation_is_exact``).
     """
     lo, hi = pp.value_range
-    x = x.float() / 255.0 * (hi - lo) + lo
-    mean = torch.tensor(pp.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(pp.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return (x - mean) / std
+    x = x.float() / (255.0 / (hi - lo)) + lo
+    if tuple(pp.mean) != (0.0, 0.0, 0.0) or tuple(pp.std) != (1.0, 1.0, 1.0):
+        mean = torch.tensor(pp.mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(pp.std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
+    return x
+
+
+def device_normalisation_is_exact(pp: Preprocess) -> bool:
+    """Does ``normalize(crop_uint8(img))`` equal ``encoder_input(img)`` bit for bit (on the CPU)?
+
+    If ``rcdm.images`` ever changes its scaling, extraction falls back to normalising in the
+    workers instead of storing features of a subtly different input.
+    """
+    rng = np.random.default_rng(0)
+    img = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    want = encoder_input(img, pp)
+    got = normalize(crop_uint8(img, pp)[None], pp)[0]
+    return bool(torch.equal(got, want))
 
 
 class ExtractDataset(torch.utils.data.Dataset):
-    """Item ``i`` of ``source`` -> {index, x (3, crop, crop) uint8, ok, reason, data}.
+    """Item ``i`` of ``source`` -> {index, x, ok, reason, data}.
 
+    ``x`` is (3, crop, crop) uint8 (``uint8=True``: normalised on the device) or the float32
+    encoder input.
     An unreadable image gives ``ok=False`` and its reason instead of raising: corrupt files are
     counted and skipped, they never stop a run.
     """
 
-    def __init__(self, source, pp: Preprocess, *, draft: bool = True, keep_bytes: bool = False):
+    def __init__(self, source, pp: Preprocess, *, draft: bool = True, keep_bytes: bool = False, uint8: bool = True):
         self.source = source
+        self.uint8 = uint8
         self.pp = pp
         self.draft = pp.draft_size() if draft else None
         self.keep_bytes = keep_bytes
@@ -62,14 +84,14 @@ class ExtractDataset(torch.utils.data.Dataset):
         try:
             data = self.source.read_bytes(i)
             img = decode_image(data, self.draft, key=key)
-            x = torch.from_numpy(crop_uint8(img, self.pp).copy()).permute(2, 0, 1)  # (3, crop, crop)
+            x = crop_uint8(img, self.pp) if self.uint8 else encoder_input(img, self.pp)  # (3, crop, crop)
             ok, reason = True, ""
         except UnreadableImage as e:
             x, ok, reason = None, False, e.reason
         except Exception as e:  # anything else about one image (odd modes, huge sizes) is skipped too
             x, ok, reason = None, False, f"{type(e).__name__}: {e}"
         if x is None:
-            x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8)
+            x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8 if self.uint8 else torch.float32)
             data = b""
         return {"index": i, "x": x, "ok": ok, "reason": reason, "data": data if self.keep_bytes else b""}
 
@@ -77,7 +99,7 @@ class ExtractDataset(torch.utils.data.Dataset):
 def collate(batch: list[dict]) -> dict:
     return {
         "index": [b["index"] for b in batch],
-        "x": torch.stack([b["x"] for b in batch]),  # (B, 3, crop, crop) uint8
+        "x": torch.stack([b["x"] for b in batch]),  # (B, 3, crop, crop) uint8 or float32
         "ok": torch.tensor([b["ok"] for b in batch], dtype=torch.bool),
         "reason": [b["reason"] for b in batch],
         "data": [b["data"] for b in batch],

@@ -18,7 +18,13 @@ import numpy as np
 import torch
 from rcdm.config import ExtractConfig, save_resolved, to_dict
 from rcdm.extract import prepare
-from rcdm.extract.dataset import ExtractDataset, ShardBatches, collate, normalize
+from rcdm.extract.dataset import (
+    ExtractDataset,
+    ShardBatches,
+    collate,
+    device_normalisation_is_exact,
+    normalize,
+)
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
 
@@ -39,16 +45,6 @@ def _device(spec: str, state) -> torch.device:
     if state.num_processes > 1 and spec in ("auto", "cuda") and torch.cuda.is_available():
         return state.device  # cuda:<local rank>
     return pick_device(spec)
-
-
-def _resolve_preprocess(cfg: ExtractConfig, encoder):
-    from rcdm.images import PREPROCESS
-
-    if cfg.preprocess == "default":
-        return encoder.preprocess
-    if cfg.preprocess not in PREPROCESS:
-        raise ValueError(f"extract.preprocess {cfg.preprocess!r} is unknown; use default, {', '.join(PREPROCESS)}")
-    return PREPROCESS[cfg.preprocess]
 
 
 def _open_source(cfg: ExtractConfig):
@@ -93,10 +89,11 @@ def run(cfg: ExtractConfig) -> Path:
         cfg.weights,
         cfg.layer,
         trust_checkpoint=cfg.trust_checkpoint,
+        preprocess=cfg.preprocess,  # "default": the encoder's own
         allow_download=cfg.allow_download,
         seed=cfg.seed,
     )
-    pp = _resolve_preprocess(cfg, encoder)
+    pp = encoder.preprocess
     enc_info = encoder.info()
     src_info = source.describe()
     src_info.update(n_items=n_items, n_items_in_source=len(source), limit=cfg.limit)
@@ -186,9 +183,10 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
     S = cfg.shard_size
+    uint8 = device_normalisation_is_exact(pp)  # else normalise in the workers (exact by definition)
     sampler = ShardBatches(shards, S, n_items, cfg.batch_size)
     loader = torch.utils.data.DataLoader(
-        ExtractDataset(source, pp, draft=cfg.draft, keep_bytes=cfg.include_images),
+        ExtractDataset(source, pp, draft=cfg.draft, keep_bytes=cfg.include_images, uint8=uint8),
         batch_sampler=sampler,
         num_workers=cfg.workers,
         collate_fn=collate,
@@ -204,7 +202,7 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
             feats = np.zeros((0, 2, encoder.dim), np.float32)
             if ok.any():
                 x = batch["x"][ok].to(device, non_blocking=True)
-                feats = _forward(encoder, normalize(x, pp), cfg, device)  # (m, 2, D)
+                feats = _forward(encoder, normalize(x, pp) if uint8 else x, cfg, device)  # (m, 2, D)
             m = 0
             for j, i in enumerate(batch["index"]):
                 k = i // S

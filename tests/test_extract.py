@@ -1,0 +1,321 @@
+"""rcdm extract: the features are the encoder's, resume, two processes, bad images, bad input, CLI.
+
+Uses random-rn50 (seeded, no weights file) on a handful of tiny images; the uninterrupted
+single-process store is built once per module and the other runs are compared with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from rcdm import store as S
+from rcdm.config import ExtractConfig
+
+from tests.synthetic import corrupt_jpeg, make_image_folder
+
+N_GOOD = 5  # 6 images, one corrupt
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Path:
+    root = make_image_folder(tmp_path_factory.mktemp("img") / "train", n_classes=2, per_class=3, size=(40, 32))
+    corrupt_jpeg(root / "cls_0" / "img_001.jpg")
+    return root
+
+
+def _cfg(images: Path, out: Path, **kw) -> ExtractConfig:
+    base = dict(encoder="random-rn50", source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device="cpu")
+    base.update(kw)
+    return ExtractConfig(**base)
+
+
+class TinyEncoder(torch.nn.Module):
+    """A seeded 8-d conv encoder with the Encoder interface: loop-mechanics tests without RN50's cost."""
+
+    def __init__(self, layer: str = "trunk", seed: int = 0):
+        from rcdm.images import PREPROCESS
+
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.conv = torch.nn.Conv2d(3, 8, 16, stride=16)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.05)
+            self.conv.bias.zero_()
+        self.name, self.layer, self.dim, self.seed = "tiny", layer, 8, seed
+        self.preprocess = PREPROCESS["rcdm"]
+        self.weights_sha256 = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, 224, 224) -> (N, 8)
+        return self.conv(x).mean((2, 3))
+
+    def info(self) -> dict:
+        return {"name": "tiny", "arch": "conv", "layer": self.layer, "dim": 8, "weights": None,
+                "weights_sha256": None, "seed": self.seed}
+
+
+@pytest.fixture
+def tiny(monkeypatch):
+    """Make ``encoder="tiny"`` load TinyEncoder (other names load as usual)."""
+    import rcdm.encoders
+
+    real = rcdm.encoders.load_encoder
+
+    def load(name, weights=None, layer="trunk", **kw):
+        if name != "tiny":
+            return real(name, weights, layer, **kw)
+        enc = TinyEncoder(layer, kw.get("seed", 0))
+        if kw.get("preprocess") not in (None, "default"):
+            from rcdm.images import PREPROCESS
+
+            enc.preprocess = PREPROCESS[kw["preprocess"]]
+        return enc
+
+    monkeypatch.setattr(rcdm.encoders, "load_encoder", load)
+
+
+@pytest.fixture(scope="module")
+def ref_store(images, tmp_path_factory) -> Path:
+    """One uninterrupted single-process run: 3 shards of 2 items, the corrupt one in shard 0."""
+    import rcdm.extract
+
+    return rcdm.extract.run(_cfg(images, tmp_path_factory.mktemp("ref") / "store"))
+
+
+def _same_content(a: Path, b: Path, exact: bool = True) -> None:
+    sa, sb = S.FeatureStore(a), S.FeatureStore(b)
+    assert sa.keys == sb.keys
+    np.testing.assert_array_equal(sa.labels, sb.labels)
+    if exact:
+        np.testing.assert_array_equal(sa.features(None), sb.features(None))
+    else:  # different thread counts may change the last float16 bit
+        np.testing.assert_allclose(sa.features(None), sb.features(None), rtol=2e-3, atol=2e-3)
+    assert sa.failed == sb.failed
+    for k in ("encoder", "preprocess", "source", "rows", "dim", "views", "dtype"):
+        assert sa.manifest[k] == sb.manifest[k], k
+
+
+def test_device_normalisation_equals_encoder_input(images):
+    from PIL import Image
+    from rcdm.extract.dataset import crop_uint8, device_normalisation_is_exact, normalize
+    from rcdm.images import PREPROCESS, encoder_input
+
+    img = Image.open(images / "cls_1" / "img_000.jpg").convert("RGB").resize((61, 47))
+    for pp in PREPROCESS.values():
+        assert device_normalisation_is_exact(pp)
+        x = crop_uint8(img, pp)
+        assert x.dtype == torch.uint8 and x.shape == (3, pp.crop, pp.crop)
+        assert torch.equal(normalize(x[None], pp)[0], encoder_input(img, pp))
+
+
+def test_store_holds_the_encoder_features(ref_store, images):
+    from rcdm.encoders import load_encoder
+    from rcdm.images import encoder_input, open_source
+
+    st = S.FeatureStore(ref_store)
+    assert S.verify(ref_store) == []
+    assert len(st) == N_GOOD and st.dim == 2048 and st.layer == "trunk"
+    assert len(st.manifest["shards"]) == 3 and st.manifest["source"]["n_items"] == 6
+    # the corrupt image is skipped, counted and listed
+    assert st.manifest["n_failed"] == 1 and st.failed[0]["key"] == "cls_0/img_001"
+    assert "cls_0/img_001" not in st.keys
+    src = open_source(images)
+    good = [it for it in src.items if it.key != "cls_0/img_001"]
+    assert st.keys == [it.key for it in good]
+    np.testing.assert_array_equal(st.labels, [it.label for it in good])
+    # view 0 = encoder(input), view 1 = encoder(input flipped horizontally)
+    enc = load_encoder("random-rn50", seed=0).eval()
+    pp = st.preprocess
+    assert pp == enc.preprocess  # "default": the encoder's own preprocessing
+    x = torch.stack([encoder_input(src.load(src.index_of(k)), pp) for k in st.keys[:2]])
+    with torch.no_grad():
+        want = torch.stack([enc(x), enc(x.flip(-1))], 1).numpy()  # (2, 2, D)
+    got = st.features(None)[:2]
+    np.testing.assert_allclose(got, want.astype(np.float16).astype(np.float32), rtol=5e-3, atol=5e-3)
+    assert not np.allclose(got[:, 0], got[:, 1], atol=1e-3)  # the two views differ
+    # the resolved config is written next to the store
+    assert "random-rn50" in (ref_store / "config.yaml").read_text()
+    assert st.manifest["extract_config"]["shard_size"] == 2
+
+
+def test_interrupted_run_resumes_to_the_same_store(tiny, images, tmp_path, monkeypatch):
+    import rcdm.extract
+    import rcdm.extract.loop as loop
+
+    ref_store = rcdm.extract.run(_cfg(images, tmp_path / "ref", encoder="tiny"))  # uninterrupted
+    real_write = loop.write_shard
+    written: list[int] = []
+
+    def crash_after_first(*args, **kw):
+        real_write(*args, **kw)
+        written.append(args[1])
+        raise KeyboardInterrupt  # the process dies after shard 0 is complete
+
+    monkeypatch.setattr(loop, "write_shard", crash_after_first)
+    out = tmp_path / "store"
+    with pytest.raises(KeyboardInterrupt):
+        rcdm.extract.run(_cfg(images, out, encoder="tiny"))
+    assert written == [0] and not (out / "manifest.json").exists()
+    with pytest.raises(FileNotFoundError, match="incomplete"):
+        S.FeatureStore(out)
+
+    # re-run the same command: shard 0 is skipped, 1 and 2 are written
+    def record(*args, **kw):
+        written.append(args[1])
+        return real_write(*args, **kw)
+
+    monkeypatch.setattr(loop, "write_shard", record)
+    rcdm.extract.run(_cfg(images, out, encoder="tiny"))
+    assert written == [0, 1, 2]
+    _same_content(ref_store, out)
+    assert [s["sha256"] for s in S.FeatureStore(out).manifest["shards"]] == [
+        s["sha256"] for s in S.FeatureStore(ref_store).manifest["shards"]
+    ]
+    # a third run finds the store complete and changes nothing
+    sha = S.FeatureStore(out).manifest_sha256
+    rcdm.extract.run(_cfg(images, out, encoder="tiny"))
+    assert written == [0, 1, 2] and S.FeatureStore(out).manifest_sha256 == sha
+
+
+@pytest.mark.slow
+def test_two_processes_give_the_same_store(ref_store, images, tmp_path):
+    out = tmp_path / "store"
+    script = tmp_path / "launch.py"
+    script.write_text(
+        "import sys\nimport rcdm.extract\nfrom rcdm.config import ExtractConfig\n"
+        f"rcdm.extract.run(ExtractConfig(**{json.dumps(dict(encoder='random-rn50', source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device='cpu'))}))\n"
+    )
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--nproc_per_node", "2", "--master_port", str(29500 + os.getpid() % 1000), str(script)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert S.verify(out) == []
+    _same_content(ref_store, out, exact=False)
+
+
+def test_no_readable_images(tiny, tmp_path):
+    import rcdm.extract
+
+    root = make_image_folder(tmp_path / "img", n_classes=1, per_class=2)
+    for p in root.rglob("*.jpg"):
+        corrupt_jpeg(p)
+    with pytest.raises(ValueError, match="none of the 2 images"):
+        rcdm.extract.run(_cfg(root, tmp_path / "store", encoder="tiny"))
+    assert not (tmp_path / "store" / "manifest.json").exists()
+    assert not list((tmp_path / "store").glob("shard-*"))
+
+
+def test_bad_sources(tmp_path):
+    import rcdm.extract
+
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        rcdm.extract.run(_cfg(tmp_path / "nowhere", tmp_path / "store"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises((ValueError, FileNotFoundError), match="empty"):
+        rcdm.extract.run(_cfg(tmp_path / "empty", tmp_path / "store"))
+    with pytest.raises(ValueError, match="source is not set"):
+        rcdm.extract.run(_cfg(tmp_path, tmp_path / "store", source=None))
+    assert not (tmp_path / "store").exists()  # nothing written
+
+
+def test_bad_encoders_and_weights(images, tmp_path):
+    import rcdm.extract
+
+    out = tmp_path / "store"
+    with pytest.raises(ValueError, match="random-rn50"):  # the error lists the known names
+        rcdm.extract.run(_cfg(images, out, encoder="no-such-net"))
+    with pytest.raises(FileNotFoundError, match="missing.pth"):
+        rcdm.extract.run(_cfg(images, out, encoder="supervised-rn50", weights=str(tmp_path / "missing.pth")))
+    # a truncated checkpoint and a file that is not a checkpoint at all
+    good = tmp_path / "rn50.pth"
+    torch.save({"fc.weight": torch.zeros(2, 2)}, good)
+    trunc = tmp_path / "trunc.pth"
+    trunc.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.pth"
+    text.write_text("not a checkpoint\n")
+    for bad in (trunc, text, good):  # good: a real checkpoint of the wrong architecture
+        with pytest.raises((ValueError, RuntimeError)) as e:
+            rcdm.extract.run(_cfg(images, out, encoder="supervised-rn50", weights=str(bad)))
+        assert bad.name in str(e.value) or "key" in str(e.value), str(e.value)
+    assert not out.exists()
+
+
+def test_existing_store_with_other_settings_is_refused(tiny, images, tmp_path):
+    import rcdm.extract
+
+    out = tmp_path / "store"
+    rcdm.extract.run(_cfg(images, out, encoder="tiny"))
+    sha = S.FeatureStore(out).manifest_sha256
+    with pytest.raises(ValueError, match="different preprocess") as e:
+        rcdm.extract.run(_cfg(images, out, encoder="tiny", preprocess="imagenet"))
+    assert "--overwrite" in str(e.value) and "existing:" in str(e.value) and "this run:" in str(e.value)
+    with pytest.raises(ValueError, match="seed"):
+        rcdm.extract.run(_cfg(images, out, encoder="tiny", seed=1))
+    with pytest.raises(ValueError, match="different encoder"):
+        rcdm.extract.run(_cfg(images, out))  # random-rn50 into a store of another encoder
+    assert S.FeatureStore(out).manifest_sha256 == sha and S.verify(out) == []  # untouched
+    # --overwrite replaces it
+    rcdm.extract.run(_cfg(images, out, encoder="tiny", preprocess="imagenet", overwrite=True, limit=2, shard_size=4))
+    st = S.FeatureStore(out)
+    assert st.manifest["preprocess"]["resize"] == 256 and len(st) == 1 and S.verify(out) == []
+    assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.h5", "shard-00000.json"]
+    # a directory of someone else's files is never used
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "thesis.tex").write_text("x")
+    with pytest.raises(FileExistsError, match="not a feature store"):
+        rcdm.extract.run(_cfg(images, other, encoder="tiny", overwrite=True))
+    assert (other / "thesis.tex").exists()
+
+
+def test_cli_extract_wds_and_store_commands(ref_store, images, tmp_path):
+    from rcdm.cli import cli
+
+    out = tmp_path / "wds"
+    runner = CliRunner()
+    args = ["extract", "--source", str(images), "--out", str(out), "--encoder", "random-rn50", "--format", "wds",
+            "--include-images", "--batch-size", "4", "--workers", "2", "--device", "cpu", "--set", "extract.shard_size=2",
+            "--set", "extract.limit=3"]
+    r = runner.invoke(cli, [*args, "--dry-run"])
+    assert r.exit_code == 0, r.output
+    assert "dry run" in r.output and not out.exists()
+    r = runner.invoke(cli, args)
+    assert r.exit_code == 0, r.output
+    st, ref = S.FeatureStore(out), S.FeatureStore(ref_store)
+    assert st.format == "wds" and st.has_images and len(st) == 2  # 3 items, one corrupt
+    # the same features in either format and any batch size (batches never cross shards)
+    assert st.keys == ref.keys[:2]
+    np.testing.assert_array_equal(st.features(None), ref.features(None)[:2])
+    src_bytes = (images / "cls_0" / "img_002.jpg").read_bytes()
+    assert st.image_bytes(st.index_of("cls_0/img_002")) == src_bytes
+    r = runner.invoke(cli, ["store", "info", str(out)])
+    assert r.exit_code == 0 and "random-rn50" in r.output and "image bytes yes" in r.output
+    assert runner.invoke(cli, ["store", "verify", str(out)]).exit_code == 0
+    shard = out / "shard-00000.tar"
+    data = bytearray(shard.read_bytes())
+    data[700] ^= 0x40
+    shard.write_bytes(bytes(data))
+    r = runner.invoke(cli, ["store", "verify", str(out)])
+    assert r.exit_code == 1 and "shard-00000.tar" in r.output
+    assert runner.invoke(cli, ["store", "info", str(tmp_path / "nowhere")]).exit_code == 1
+
+
+def test_config_resume_mismatch_on_format(ref_store, images, tmp_path):
+    """A run with another shard format cannot reuse the shards (named in the error)."""
+    import rcdm.extract
+
+    out = tmp_path / "store"
+    shutil.copytree(ref_store, out)
+    (out / "manifest.json").unlink()  # an unfinished store
+    with pytest.raises(ValueError, match="format"):
+        rcdm.extract.run(replace(_cfg(images, out), format="wds"))
