@@ -342,6 +342,8 @@ def load_model(
             cfg = config_from_state_dict(sd, image_size=image_size)
         except KeyError as e:
             raise ValueError(f"{path}: cannot infer the architecture, key {e} is missing") from None
+        except ValueError as e:
+            raise ValueError(f"{path}: {e} (load_model(..., image_size=N))") from None
         return build_model(cfg, sd, str(path), device), _official_meta(cfg, path)
 
     if meta.get("unet"):
