@@ -21,7 +21,7 @@ only with ``allow_download=True``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,9 @@ class Encoder(nn.Module):
             "seed": self.seed,
             "url": self.spec.url,
             "preprocess": self.preprocess.to_dict(),
+            # the architecture as built, so encoder_from_info rebuilds exactly this module
+            "trunk_dim": self.spec.trunk_dim,
+            "head_dims": list(self.spec.head.dims) if self.spec.head is not None else None,
         }
 
 
@@ -352,6 +355,10 @@ def encoder_from_info(
 
     The weights file is ``weights`` or the recorded path; its sha256 must match the record."""
     spec = get_spec(info["name"])
+    if info.get("arch", spec.arch) != spec.arch:  # a test / demo variant of the entry
+        spec = replace(spec, arch=info["arch"], trunk_dim=int(info.get("trunk_dim", spec.trunk_dim)))
+    if spec.head is not None and info.get("head_dims") and tuple(info["head_dims"]) != spec.head.dims:
+        spec = replace(spec, head=replace(spec.head, dims=tuple(info["head_dims"])))
     pp = Preprocess.from_dict(info["preprocess"]) if info.get("preprocess") else None
     layer = info.get("layer", "trunk")
     if not spec.needs_weights:
