@@ -1,12 +1,9 @@
-"""Image sources (ImageFolder trees, path lists, webdataset tars) and preprocessing.
+"""Image sources (ImageFolder trees, path lists, webdataset tars) and decoding.
 
-Two pixel pipelines live here and must not be confused:
-
-- the *encoder input* (:class:`Preprocess`, :func:`encoder_input`): what a frozen encoder sees,
-  a 224x224 crop in the encoder's value range (``rcdm``: [-1, 1] as in the official RCDM code;
-  ``imagenet``: [0, 1] then ImageNet mean/std as in torchvision / VISSL);
-- the *diffusion image* (:func:`adm_center_crop`, :func:`to_model_range`): what the RCDM UNet
-  is trained on, guided-diffusion's center crop at the model resolution scaled to [-1, 1].
+Sources give a fixed, ordered list of images with stable keys (the relative path without
+extension, or the webdataset ``__key__``) and random access by index or key. The pixel
+preprocessing (:class:`Preprocess`, :func:`encoder_input`, :func:`adm_center_crop`,
+:func:`to_model_range`) lives in :mod:`rcdm.preprocess` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -16,12 +13,23 @@ import io
 import os
 import re
 import tarfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
+from rcdm.preprocess import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    PREPROCESS,
+    Preprocess,
+    adm_center_crop,
+    encoder_input,
+    from_model_range,
+    get_preprocess,
+    to_model_range,
+)
 
 __all__ = [
     "IMAGE_EXTS",
@@ -37,6 +45,8 @@ __all__ = [
     "adm_center_crop",
     "to_model_range",
     "from_model_range",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
 ]
 
 IMAGE_EXTS = (
@@ -385,191 +395,3 @@ def _scan_tar(tar_path: str) -> list[tuple[str, dict[str, Any]]]:
             else:
                 fields_[ext] = (m.offset_data, m.size)
     return samples
-
-
-# --------------------------------------------------------------------------------------------
-# Encoder preprocessing
-# --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """How an image becomes an encoder input.
-
-    ``resize_rule="torchvision"``: resize the shorter side to ``resize`` with ``interpolation``
-    (torchvision's ``Resize(int)``), then center crop ``crop`` (``CenterCrop``).
-    ``resize_rule="adm"``: guided-diffusion's ``center_crop_arr`` (box-halve while the shorter
-    side is >= 2 * ``resize``, bicubic so the shorter side is ``resize``, floor-offset center
-    crop), which is what the official RCDM code feeds its encoders.
-    Then [0, 255] is scaled to ``value_range`` and ``(x - mean) / std`` is applied per channel.
-    """
-
-    resize: int
-    crop: int
-    interpolation: str  # "bicubic" | "bilinear"
-    value_range: tuple[float, float]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    resize_rule: str = "torchvision"  # "torchvision" | "adm"
-
-    def __post_init__(self) -> None:
-        if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(
-                f"preprocess interpolation {self.interpolation!r}: use 'bicubic' or 'bilinear'"
-            )
-        if self.resize_rule not in ("torchvision", "adm"):
-            raise ValueError(f"preprocess resize_rule {self.resize_rule!r}: use 'torchvision' or 'adm'")
-        if self.resize_rule == "adm" and self.interpolation != "bicubic":
-            raise ValueError("preprocess resize_rule 'adm' resizes with bicubic interpolation only")
-        if self.crop > self.resize:
-            raise ValueError(f"preprocess crop {self.crop} is larger than resize {self.resize}")
-        if self.value_range[1] <= self.value_range[0]:
-            raise ValueError(f"preprocess value_range {self.value_range}: expected (low, high)")
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        how = (
-            "guided-diffusion center_crop_arr"
-            if self.resize_rule == "adm"
-            else f"resize shorter side ({self.interpolation}), center crop"
-        )
-        d["rule"] = (
-            f"{how}: resize {self.resize}, crop {self.crop}; scale [0, 255] to "
-            f"{list(self.value_range)}; (x - mean) / std"
-        )
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        return cls(
-            resize=int(d["resize"]),
-            crop=int(d["crop"]),
-            interpolation=str(d["interpolation"]),
-            value_range=tuple(float(v) for v in d["value_range"]),  # type: ignore[arg-type]
-            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
-            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
-            resize_rule=str(d.get("resize_rule", "torchvision")),
-        )
-
-    def draft_size(self) -> tuple[int, int]:
-        """The JPEG draft request that keeps the shorter side >= ``resize``."""
-        return (self.resize, self.resize)
-
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-PREPROCESS: dict[str, Preprocess] = {
-    # the official RCDM code (guided_diffusion/image_datasets.py): center_crop_arr(img, 224),
-    # then x / 127.5 - 1, no mean/std
-    "rcdm": Preprocess(224, 224, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "adm"),
-    # torchvision / VISSL evaluation: resize 256, crop 224, [0, 1], ImageNet mean/std
-    "imagenet": Preprocess(256, 224, "bilinear", (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD),
-}
-
-
-def get_preprocess(name_or_pp: str | Preprocess) -> Preprocess:
-    if isinstance(name_or_pp, Preprocess):
-        return name_or_pp
-    try:
-        return PREPROCESS[name_or_pp]
-    except KeyError:
-        raise ValueError(
-            f"unknown preprocessing {name_or_pp!r}; choose one of {', '.join(PREPROCESS)}"
-        ) from None
-
-
-def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
-    # torchvision's Resize(int) rule: shorter side = size, longer side scaled and truncated
-    w, h = img.size
-    if min(w, h) == size:
-        return img
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return img.resize(new, resample=resample)
-
-
-def _center_crop(img: Image.Image, crop: int) -> Image.Image:
-    # torchvision's center_crop rule (round the offsets)
-    w, h = img.size
-    top = int(round((h - crop) / 2.0))
-    left = int(round((w - crop) / 2.0))
-    return img.crop((left, top, left + crop, top + crop))
-
-
-def encoder_input(img: Image.Image, pp: Preprocess):
-    """PIL image -> encoder input tensor ``(3, crop, crop)`` float32."""
-    import torch
-
-    img = img.convert("RGB")
-    if pp.resize_rule == "adm":
-        arr = adm_center_crop(img, pp.resize)
-        if pp.crop != pp.resize:
-            top, left = (pp.resize - pp.crop) // 2, (pp.resize - pp.crop) // 2
-            arr = arr[top : top + pp.crop, left : left + pp.crop]
-    else:
-        resample = Image.BICUBIC if pp.interpolation == "bicubic" else Image.BILINEAR
-        arr = np.asarray(_center_crop(_resize_shorter(img, pp.resize, resample), pp.crop))
-    x = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float()  # copy: writable
-    lo, hi = pp.value_range
-    # x / (255 / (hi - lo)) + lo: exactly RCDM's x / 127.5 - 1 and torchvision's x / 255
-    x = x / (255.0 / (hi - lo)) + lo
-    if pp.mean != (0.0, 0.0, 0.0) or pp.std != (1.0, 1.0, 1.0):
-        mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1)
-        std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1)
-        x = (x - mean) / std
-    return x  # (3, crop, crop)
-
-
-# --------------------------------------------------------------------------------------------
-# Diffusion images
-# --------------------------------------------------------------------------------------------
-
-
-def adm_center_crop(img: Image.Image, size: int) -> np.ndarray:
-    """guided-diffusion's ``center_crop_arr``: box-halve while the shorter side is at least
-    ``2 * size``, bicubic-resize so the shorter side is ``size``, then center crop.
-    Returns ``(size, size, 3)`` uint8."""
-    img = img.convert("RGB")
-    while min(*img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
-    scale = size / min(*img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
-    arr = np.asarray(img)
-    top = (arr.shape[0] - size) // 2
-    left = (arr.shape[1] - size) // 2
-    return np.ascontiguousarray(arr[top : top + size, left : left + size])
-
-
-def to_model_range(x_uint8):
-    """uint8 ``(N, H, W, 3)`` or ``(H, W, 3)`` (numpy or torch) -> float32 ``(N, 3, H, W)`` in
-    [-1, 1] (x / 127.5 - 1, as guided-diffusion)."""
-    import torch
-
-    x = torch.as_tensor(np.asarray(x_uint8)) if not isinstance(x_uint8, torch.Tensor) else x_uint8
-    if x.dtype != torch.uint8:
-        raise ValueError(f"to_model_range expects uint8 pixels, got {x.dtype}")
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"to_model_range expects (N, H, W, 3) pixels, got shape {tuple(x.shape)}")
-    return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-
-
-def from_model_range(x) -> np.ndarray:
-    """float ``(N, 3, H, W)`` or ``(3, H, W)`` in [-1, 1] -> uint8 ``(N, H, W, 3)``.
-
-    Rounds to the nearest level (guided-diffusion truncates), so that
-    ``from_model_range(to_model_range(a)) == a`` exactly.
-    """
-    import torch
-
-    x = torch.as_tensor(x)
-    if x.ndim == 3:
-        x = x[None]
-    if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"from_model_range expects (N, 3, H, W), got shape {tuple(x.shape)}")
-    y = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
-    return y.permute(0, 2, 3, 1).contiguous().numpy()
