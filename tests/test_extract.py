@@ -23,12 +23,21 @@ from rcdm.config import ExtractConfig
 
 from tests.synthetic import corrupt_jpeg, make_image_folder
 
-N_GOOD = 5  # 6 images, one corrupt
+N_GOOD = 3  # 4 images, one corrupt
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """RN50 on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription (10x)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root = make_image_folder(tmp_path_factory.mktemp("img") / "train", n_classes=2, per_class=3, size=(40, 32))
+    root = make_image_folder(tmp_path_factory.mktemp("img") / "train", n_classes=2, per_class=2, size=(40, 32))
     corrupt_jpeg(root / "cls_0" / "img_001.jpg")
     return root
 
@@ -85,7 +94,7 @@ def tiny(monkeypatch):
 
 @pytest.fixture(scope="module")
 def ref_store(images, tmp_path_factory) -> Path:
-    """One uninterrupted single-process run: 3 shards of 2 items, the corrupt one in shard 0."""
+    """One uninterrupted single-process run: 2 shards of 2 items, the corrupt one in shard 0."""
     import rcdm.extract
 
     return rcdm.extract.run(_cfg(images, tmp_path_factory.mktemp("ref") / "store"))
@@ -124,7 +133,7 @@ def test_store_holds_the_encoder_features(ref_store, images):
     st = S.FeatureStore(ref_store)
     assert S.verify(ref_store) == []
     assert len(st) == N_GOOD and st.dim == 2048 and st.layer == "trunk"
-    assert len(st.manifest["shards"]) == 3 and st.manifest["source"]["n_items"] == 6
+    assert len(st.manifest["shards"]) == 2 and st.manifest["source"]["n_items"] == 4
     # the corrupt image is skipped, counted and listed
     assert st.manifest["n_failed"] == 1 and st.failed[0]["key"] == "cls_0/img_001"
     assert "cls_0/img_001" not in st.keys
@@ -136,10 +145,11 @@ def test_store_holds_the_encoder_features(ref_store, images):
     enc = load_encoder("random-rn50", seed=0).eval()
     pp = st.preprocess
     assert pp == enc.preprocess  # "default": the encoder's own preprocessing
-    x = torch.stack([encoder_input(src.load(src.index_of(k)), pp) for k in st.keys[:2]])
+    key = st.keys[1]  # an image of shard 1
+    x = encoder_input(src.load(src.index_of(key)), pp)[None]
     with torch.no_grad():
-        want = torch.stack([enc(x), enc(x.flip(-1))], 1).numpy()  # (2, 2, D)
-    got = st.features(None)[:2]
+        want = torch.stack([enc(x), enc(x.flip(-1))], 1).numpy()  # (1, 2, D)
+    got = st.features(None)[1:2]
     np.testing.assert_allclose(got, want.astype(np.float16).astype(np.float32), rtol=5e-3, atol=5e-3)
     assert not np.allclose(got[:, 0], got[:, 1], atol=1e-3)  # the two views differ
     # the resolved config is written next to the store
@@ -168,14 +178,14 @@ def test_interrupted_run_resumes_to_the_same_store(tiny, images, tmp_path, monke
     with pytest.raises(FileNotFoundError, match="incomplete"):
         S.FeatureStore(out)
 
-    # re-run the same command: shard 0 is skipped, 1 and 2 are written
+    # re-run the same command: shard 0 is skipped, shard 1 is written
     def record(*args, **kw):
         written.append(args[1])
         return real_write(*args, **kw)
 
     monkeypatch.setattr(loop, "write_shard", record)
     rcdm.extract.run(_cfg(images, out, encoder="tiny"))
-    assert written == [0, 1, 2]
+    assert written == [0, 1]
     _same_content(ref_store, out)
     assert [s["sha256"] for s in S.FeatureStore(out).manifest["shards"]] == [
         s["sha256"] for s in S.FeatureStore(ref_store).manifest["shards"]
@@ -183,7 +193,7 @@ def test_interrupted_run_resumes_to_the_same_store(tiny, images, tmp_path, monke
     # a third run finds the store complete and changes nothing
     sha = S.FeatureStore(out).manifest_sha256
     rcdm.extract.run(_cfg(images, out, encoder="tiny"))
-    assert written == [0, 1, 2] and S.FeatureStore(out).manifest_sha256 == sha
+    assert written == [0, 1] and S.FeatureStore(out).manifest_sha256 == sha
 
 
 @pytest.mark.slow
@@ -296,8 +306,8 @@ def test_cli_extract_wds_and_store_commands(ref_store, images, tmp_path):
     # the same features in either format and any batch size (batches never cross shards)
     assert st.keys == ref.keys[:2]
     np.testing.assert_array_equal(st.features(None), ref.features(None)[:2])
-    src_bytes = (images / "cls_0" / "img_002.jpg").read_bytes()
-    assert st.image_bytes(st.index_of("cls_0/img_002")) == src_bytes
+    src_bytes = (images / "cls_1" / "img_000.jpg").read_bytes()
+    assert st.image_bytes(st.index_of("cls_1/img_000")) == src_bytes
     r = runner.invoke(cli, ["store", "info", str(out)])
     assert r.exit_code == 0 and "random-rn50" in r.output and "image bytes yes" in r.output
     assert runner.invoke(cli, ["store", "verify", str(out)]).exit_code == 0
