@@ -252,6 +252,16 @@ def test_config_from_state_dict_refuses_other_dicts() -> None:
         config_from_state_dict(sd)
 
 
+def test_traces_as_one_graph() -> None:
+    """torch.compile friendliness on CPU: dynamo captures the whole forward with no graph break
+    (the eager backend skips code generation, so this stays fast)."""
+    model = randomize(UNetModel(small("cbn")), seed=5).eval()
+    x, t, h = torch.randn(2, 3, 16, 16), torch.tensor([1, 2]), torch.randn(2, 16)
+    with torch.no_grad():
+        out = torch.compile(model, backend="eager", fullgraph=True)(x, t, h)
+        torch.testing.assert_close(out, model(x, t, h))
+
+
 @gpu
 @pytest.mark.gpu
 @pytest.mark.parametrize("cond", ["embed", "cbn"])
