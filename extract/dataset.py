@@ -8,6 +8,7 @@ The crop rule itself is ``rcdm.images.encoder_input``'s: there is one definition
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -19,16 +20,11 @@ from rcdm.images import Preprocess, UnreadableImage, decode_image, encoder_input
 def crop_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:
     """The encoder's resize + center crop before any scaling: (3, crop, crop) uint8.
 
-    Computed from ``rcdm.images.encoder_input`` (the one definition of the rule) by undoing its
-    affine scaling: every value is an integer level k in [0, 255] mapped affinely, and rounding
-    recovers k exactly.
+    ``rcdm.images.encoder_input`` stays the one definition of the rule: with value range
+    [0, 255] and mean 0 / std 1 its output is the crop's integer levels themselves.
     """
-    x = encoder_input(img, pp)  # (3, crop, crop) float32
-    lo, hi = pp.value_range
-    mean = torch.tensor(pp.mean, dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(pp.std, dtype=torch.float32).view(3, 1, 1)
-    k = (x * std + mean - lo) * (255.0 / (hi - lo))
-    return k.round_().clamp_(0, 255).to(torch.uint8)
+    raw = dataclasses.replace(pp, value_range=(0.0, 255.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    return encoder_input(img, raw).to(torch.uint8)  # (3, crop, crop)
 
 
 def normalize(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:

@@ -6,17 +6,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from rcdm.images import PREPROCESS
 from rcdm.store import build_manifest, write_manifest, write_shard
 
-# The 'rcdm' preprocessing (what the official RCDM code feeds its encoders), as written in manifests.
-RCDM_PREPROCESS = {
-    "resize": 224,
-    "crop": 224,
-    "interpolation": "bicubic",
-    "value_range": [-1.0, 1.0],
-    "mean": [0.0, 0.0, 0.0],
-    "std": [1.0, 1.0, 1.0],
-}
+# The 'rcdm' preprocessing (what the official RCDM code feeds its encoders), as manifests record it.
+RCDM_PREPROCESS = PREPROCESS["rcdm"].to_dict()
 
 
 def make_store(

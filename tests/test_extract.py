@@ -329,3 +329,27 @@ def test_config_resume_mismatch_on_format(ref_store, images, tmp_path):
     (out / "manifest.json").unlink()  # an unfinished store
     with pytest.raises(ValueError, match="format"):
         rcdm.extract.run(replace(_cfg(images, out), format="wds"))
+
+
+def test_webdataset_source_and_cpu_autocast(tiny, images, tmp_path):
+    """Tars as the source (keys and labels from __key__ and cls); bf16 autocast + channels_last."""
+    import io
+    import tarfile
+
+    import rcdm.extract
+
+    tar = tmp_path / "train-000.tar"
+    with tarfile.open(tar, "w") as tf:
+        for i, p in enumerate(sorted(images.rglob("*.jpg"))):
+            for name, data in ((f"s{i:03d}.jpg", p.read_bytes()), (f"s{i:03d}.cls", str(10 + i).encode())):
+                ti = tarfile.TarInfo(name)
+                ti.size = len(data)
+                tf.addfile(ti, io.BytesIO(data))
+    fp32 = rcdm.extract.run(_cfg(tar, tmp_path / "fp32", encoder="tiny"))
+    st = S.FeatureStore(fp32)
+    assert st.keys == ["s000", "s002", "s003"]  # s001 is the corrupt image
+    np.testing.assert_array_equal(st.labels, [10, 12, 13])
+    assert st.source["kind"] == "wds" and st.failed[0]["key"] == "s001"
+    bf16 = rcdm.extract.run(_cfg(tar, tmp_path / "bf16", encoder="tiny", amp="bf16", channels_last=True))
+    a, b = st.features(None), S.FeatureStore(bf16).features(None)
+    np.testing.assert_allclose(b, a, rtol=0.05, atol=0.02 * np.abs(a).max())
