@@ -109,6 +109,7 @@ def run(cfg: ExtractConfig) -> Path:
             if clear_first:
                 prepare.clear(out)
             prepare.write_header(out, header)
+            prepare.clear_temp(out)
             save_resolved(replace(cfg, out=str(out)), out)
     state.wait_for_everyone()
     if action == "finished":

@@ -116,6 +116,12 @@ def clear(out: Path) -> None:
             p.unlink()
 
 
+def clear_temp(out: Path) -> None:
+    """Remove half-written shards left by a killed run (their shards are redone)."""
+    for p in out.glob(".shard-*.tmp-*"):
+        p.unlink(missing_ok=True)
+
+
 def write_header(out: Path, header: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_json(out / HEADER, header)
