@@ -210,7 +210,14 @@ def _vissl_model(ckpt: dict) -> dict:
 
 
 def _vissl_trunk(model: dict) -> tuple[dict, list[str]]:
-    return remap(strip_prefix(model["trunk"]), [("_feature_blocks.", "")])
+    # model-zoo trunks name layers _feature_blocks.<torchvision name>; files converted from
+    # torchvision may already use the plain names (anything else fails in strict_load, named)
+    return remap(strip_prefix(model["trunk"]), [("_feature_blocks.", ""), ("", "")])
+
+
+def _vissl_heads(model: dict) -> dict:
+    # the heads ModuleList's state dict: "0.clf.0.weight", ... (tolerate a "heads." prefix)
+    return strip_prefix(strip_prefix(model.get("heads") or {}), "heads.")
 
 
 def read_vissl_mlp(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
@@ -218,7 +225,7 @@ def read_vissl_mlp(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped
     model = _vissl_model(ckpt)
     trunk, unexpected = _vissl_trunk(model)
     head_sd = None
-    heads = strip_prefix(model.get("heads") or {})
+    heads = _vissl_heads(model)
     if want_head and head is not None and heads:
         rules = []
         for j in range(head.n_linear):
@@ -236,7 +243,7 @@ def read_vissl_swav(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mappe
     model = _vissl_model(ckpt)
     trunk, unexpected = _vissl_trunk(model)
     head_sd = None
-    heads = strip_prefix(model.get("heads") or {})
+    heads = _vissl_heads(model)
     if want_head and heads:
         head_sd, bad = remap(heads, [("0.projection_head.", "")], ignore=("0.prototypes",))
         unexpected += [f"heads.{k}" for k in bad]
