@@ -79,7 +79,7 @@ def _rank(cfg: EvaluateConfig, ss: SampleSet, store, device) -> tuple[dict, np.n
 
     encoder = encoder_from_info(
         store.encoder_info, weights=cfg.encoder_weights, trust_checkpoint=cfg.trust_checkpoint
-    )
+    ).to(device)
     # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
     queries = encode(encoder, ss.images, store.preprocess, batch_size=cfg.batch_size, device=device)
     queries = np.asarray(queries, dtype=np.float32)  # (M, D)

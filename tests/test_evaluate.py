@@ -7,6 +7,7 @@ FeatureExtractorInceptionV3, saved where torch.hub's cache puts the real file
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -107,15 +108,15 @@ def test_wrapper_matches_torch_fidelity_extractor(use_torch_home):
     from torch_fidelity.utils import create_feature_extractor
 
     w = use_torch_home / "hub" / "checkpoints" / INCEPTION_FILENAME
-    x = np.random.default_rng(0).integers(0, 256, size=(3, RES, RES, 3), dtype=np.uint8)
-    pool, logits = InceptionV3(w)(x, batch_size=2)
+    x = np.random.default_rng(0).integers(0, 256, size=(2, RES, RES, 3), dtype=np.uint8)
+    pool, logits = InceptionV3(w)(x, batch_size=1)  # two batches of one
     fe = create_feature_extractor(
         "inception-v3-compat", ["2048", "logits_unbiased"], cuda=False,
         feature_extractor_weights_path=str(w),
     )  # fmt: skip
     with torch.no_grad():
         ref_pool, ref_logits = fe(torch.from_numpy(x).permute(0, 3, 1, 2))
-    assert pool.shape == (3, 2048) and logits.shape == (3, 1008)
+    assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
     np.testing.assert_allclose(pool, ref_pool.numpy(), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-5, atol=1e-5)
     assert pool.std() > 0
@@ -225,15 +226,22 @@ def e2e(tmp_path_factory, torch_home):
     rows, 2 on out-of-set images), evaluated twice (the second reuses the FID statistics)."""
     from PIL import Image
     from rcdm.encoders import encode, load_encoder
-    from rcdm.images import adm_center_crop, open_source
+    from rcdm.images import PREPROCESS, adm_center_crop, open_source
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     mp = pytest.MonkeyPatch()
     mp.setenv("TORCH_HOME", str(torch_home))
+    # Speed only: Inception resizes to 107 px here (the smallest its stride pattern takes is 75)
+    # instead of 299; test_wrapper_matches_torch_fidelity_extractor covers the real size.
+    mp.setattr(FeatureExtractorInceptionV3, "INPUT_IMAGE_SIZE", 107)
     tmp = tmp_path_factory.mktemp("e2e")
     val = make_image_folder(tmp / "val", n_classes=2, per_class=3, size=(48, 40), seed=1)
     src = open_source(val)
     imgs = [src.load(i) for i in range(len(src))]
-    enc = load_encoder("random-rn50", seed=0)
+    # The store records a 64 px encoder input (RN50 takes any size); evaluate must re-encode
+    # with exactly this recorded preprocessing, not the registry's 224 px default.
+    pp = dataclasses.replace(PREPROCESS["rcdm"], resize=64, crop=64)
+    enc = load_encoder("random-rn50", seed=0, preprocess=pp)
     feats = encode(enc, imgs, enc.preprocess, batch_size=8, both_views=True)  # (6, 2, D)
     store = make_store(tmp / "store", feats, keys=[it.key for it in src.items],
                        encoder_info=enc.info(), preprocess=enc.preprocess.to_dict())  # fmt: skip
