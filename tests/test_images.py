@@ -123,6 +123,11 @@ def test_wds_sources_single_folder_and_brace(tmp_path):
         ref = decode_image(jpeg_bytes(imgs[4]))
         assert np.array_equal(np.asarray(src.load(4)), np.asarray(ref))
     assert folder.describe()["n_tars"] == 2
+    # sources travel to DataLoader workers by pickle
+    import pickle
+
+    again = pickle.loads(pickle.dumps(brace))
+    assert again.items == brace.items and again.read_bytes(3) == jpeg_bytes(imgs[3])
 
 
 def test_missing_and_empty_sources(tmp_path):
