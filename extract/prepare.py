@@ -8,6 +8,7 @@ instead of mixing features from two encoders in one store.
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,11 @@ _MUST_MATCH = ("encoder", "weights_sha256", "layer", "preprocess", "format", "dt
 Action = Literal["start", "resume", "finished"]
 
 
+def _abs(root: str | None) -> str | None:
+    """The same source named by a relative or an absolute path is the same source."""
+    return os.path.abspath(root) if root else root
+
+
 def make_header(encoder_info: dict, preprocess: dict, source: dict, cfg) -> dict:
     return {
         "encoder": encoder_info.get("name"),
@@ -34,7 +40,7 @@ def make_header(encoder_info: dict, preprocess: dict, source: dict, cfg) -> dict
         "dtype": cfg.dtype,
         "shard_size": cfg.shard_size,
         "include_images": bool(cfg.include_images),
-        "source_root": source.get("root"),
+        "source_root": _abs(source.get("root")),
         "n_items": source.get("n_items"),
     }
 
@@ -68,7 +74,7 @@ def _existing_header(out: Path) -> dict | None:
             "dtype": m.get("dtype"),
             "shard_size": cfg.get("shard_size"),
             "include_images": m.get("has_images", False),
-            "source_root": m.get("source", {}).get("root"),
+            "source_root": _abs(m.get("source", {}).get("root")),
             "n_items": m.get("source", {}).get("n_items"),
         }
     return None
