@@ -82,7 +82,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
         if trust_checkpoint:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         else:
-            with torch.serialization.safe_globals(SAFE_GLOBALS):
+            with _allow_safe_globals():
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         msg = str(e)
@@ -107,6 +107,18 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
     return obj
 
 
+def _allow_safe_globals():
+    """``torch.serialization.safe_globals(SAFE_GLOBALS)``, on the torch versions that have it."""
+    import contextlib
+
+    ser = torch.serialization
+    if hasattr(ser, "safe_globals"):  # torch >= 2.5
+        return ser.safe_globals(SAFE_GLOBALS)
+    if hasattr(ser, "add_safe_globals"):  # torch 2.4: process-wide allow-list
+        ser.add_safe_globals(SAFE_GLOBALS)
+    return contextlib.nullcontext()
+
+
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return f"{type(e).__name__}: {text[0] if text else ''}"
@@ -115,7 +127,7 @@ def _first_line(e: BaseException) -> str:
 def _unsafe_globals(path: Path) -> list[str]:
     try:
         return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # legacy (non-zip) files: the names are not listed
+    except Exception:  # legacy (non-zip) files or torch < 2.5: the names are not listed
         return []
 
 
@@ -155,12 +167,18 @@ def strict_load(
 ) -> None:
     """Load ``sd`` into ``module`` or raise ``ValueError`` naming every bad key (first ones)."""
     own = module.state_dict()
+    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise ValueError(
+            f"{what}: {len(not_tensors)} entries are not tensors: {_first(not_tensors)}; "
+            "this is not a state dict of this encoder"
+        )
     missing = [k for k in own if k not in sd]
     extra = list(unexpected) + [k for k in sd if k not in own]
     shapes = [
         f"'{k}' is {list(sd[k].shape)} in the file, the model needs {list(own[k].shape)}"
         for k in own
-        if k in sd and hasattr(sd[k], "shape") and tuple(sd[k].shape) != tuple(own[k].shape)
+        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
     problems = []
     if missing:

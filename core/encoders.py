@@ -330,7 +330,7 @@ def load_encoder(
             )
         head = _empty(lambda: build_head(spec.head))  # type: ignore[arg-type]
         strict_load(head, mapped.head, f"{path} ({mapped.layout}) head")
-    enc = Encoder(spec, layer, trunk, head, pp, str(path), sha256_file(path))
+    enc = Encoder(spec, layer, trunk, head, pp, str(path.resolve()), sha256_file(path))
     return _freeze(enc)
 
 
