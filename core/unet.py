@@ -68,6 +68,8 @@ class UNetModel(nn.Module):
 
         # Parameter registration order = guided-diffusion's state-dict key order.
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        if cfg.num_classes:  # ADM's class-conditional checkpoints
+            self.label_emb = nn.Embedding(cfg.num_classes, ted)
         if cfg.cond == "embed":
             self.ssl_emb = nn.Linear(cfg.cond_dim, ted)
         elif cfg.cond == "cbn":
@@ -121,8 +123,14 @@ class UNetModel(nn.Module):
         return block(h, emb_act, s)
 
     def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor | None = None,
+        y: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x (N, C, H, W), t (N,) timesteps, cond (N, cond_dim) representations, y (N,) class
+        labels (only for ADM class-conditional models) -> (N, out_channels, H, W)."""
         cfg = self.cfg
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -130,6 +138,10 @@ class UNetModel(nn.Module):
         # model converted with .to(torch.bfloat16))
         wdtype = self.time_embed[0].weight.dtype
         emb = self.time_embed(timestep_embedding(t, cfg.model_channels).to(wdtype))  # (N, 4 mc)
+        if cfg.num_classes:
+            if y is None:
+                raise ValueError("this ADM model is class-conditional: pass labels y=(N,)")
+            emb = emb + self.label_emb(y)
         s = None
         if cfg.cond != "none":
             if cond is None:

@@ -40,6 +40,9 @@ class UNetConfig:
     cond: CondMethod = "embed"  # embed: ssl_emb added to the time embedding; cbn: conditional norm
     cond_dim: int = 2048  # dimension of the representation h (0 with cond "none")
     cbn_dim: int = 512  # width of the shared cbn projection of h
+    num_classes: int = (
+        0  # ADM class-conditional label embedding (label_emb, forward y=...); 0: none
+    )
     schedule: Literal["linear", "cosine"] = "linear"  # the beta schedule this model is trained with
     learn_sigma: bool = True  # out_channels = 2 * in_channels
 
@@ -190,11 +193,6 @@ def config_from_state_dict(
             "not a guided-diffusion UNet state dict: keys 'input_blocks.0.0.weight' and "
             "'out.2.weight' are missing"
         )
-    if "label_emb.weight" in sd:
-        raise ValueError(
-            "this is a class-conditional ADM checkpoint (it has label_emb.weight); rcdm models "
-            "are conditioned on a representation (embed / cbn) or unconditional, not on labels"
-        )
     mc, in_ch = _shape(sd, "input_blocks.0.0.weight")[:2]
     out_ch = _shape(sd, "out.2.weight")[0]
 
@@ -277,6 +275,7 @@ def config_from_state_dict(
         cond=cond,
         cond_dim=cond_dim,
         cbn_dim=cbn_dim,
+        num_classes=_shape(sd, "label_emb.weight")[0] if "label_emb.weight" in sd else 0,
     )
     kw.update(overrides)
     return UNetConfig(**kw)

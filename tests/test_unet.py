@@ -246,10 +246,23 @@ def test_config_from_state_dict_roundtrip(cfg: UNetConfig) -> None:
 def test_config_from_state_dict_refuses_other_dicts() -> None:
     with pytest.raises(ValueError, match="not a guided-diffusion UNet"):
         config_from_state_dict({"conv1.weight": torch.zeros(1)})
-    sd = dict(meta_model(preset("tiny", cond="none")).state_dict())
-    sd["label_emb.weight"] = torch.zeros(1000, 256)
+
+
+def test_adm_class_conditional_architecture() -> None:
+    """ADM's released class-conditional checkpoints carry label_emb (1000 ImageNet classes)."""
+    cfg = preset("adm128", cond="none", num_classes=1000)
+    model = meta_model(cfg)
+    keys = list(model.state_dict())
+    assert keys[4:6] == ["label_emb.weight", "input_blocks.0.0.weight"]
+    assert count_parameters(model) == 420_505_606 + 1000 * 1024
+    assert config_from_state_dict(model.state_dict()) == cfg
+    tiny = randomize(UNetModel(small("none", num_classes=3)), seed=6).eval()
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([5, 5])
+    with torch.no_grad():
+        a, b = tiny(x, t, y=torch.tensor([0, 0])), tiny(x, t, y=torch.tensor([0, 2]))
+    assert torch.equal(a[0], b[0]) and (a[1] - b[1]).abs().max() > 1e-4
     with pytest.raises(ValueError, match="class-conditional"):
-        config_from_state_dict(sd)
+        tiny(x, t)
 
 
 def test_traces_as_one_graph() -> None:
