@@ -12,7 +12,8 @@ Layouts (read without importing the training frameworks):
   torchvision names; ``...model.heads`` is the list of VISSL heads: ``J.clf.0`` is the J-th
   MLP's Linear and ``J.clf.1`` its BatchNorm (SimCLR, MoCo, Barlow Twins, supervised), or SwAV's
   ``0.projection_head.K`` (plus ``0.prototypesN``, not used).
-- DINO: ``teacher`` holds ``backbone.*`` and ``head.mlp.*`` (``head.last_layer`` not used), with
+- DINO: ``teacher`` holds ``backbone.*`` and ``head.mlp.*`` (``head.last_layer``, plain or
+  weight-normalised ``weight_g`` / ``weight_v``, is not used), with
   ``module.`` in front when the teacher was wrapped in DDP (ResNets); the ``*_pretrain.pth``
   files hold the backbone alone, in plain torchvision / timm names.
 - VICReg: ``model`` holds ``module.backbone.*`` and ``module.projector.*``; ``resnet50.pth``

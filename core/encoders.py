@@ -116,6 +116,8 @@ _SPECS = [
         "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain_full_checkpoint.pth",
         "DINO ResNet-50 teacher (full checkpoint; the backbone-only "
         "dino_resnet50_pretrain.pth gives the trunk only)",
+        # the published RN50 head has 2 layers, 4096 hidden, BN (facebookresearch/dino#189;
+        # RCDM's get_ssl_models.py), not main_dino.py's defaults
         head_note="DINOHead mlp output before normalisation and last_layer",
     ),
     EncoderSpec(

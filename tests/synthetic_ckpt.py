@@ -160,13 +160,14 @@ class _MultiCropWrapper(nn.Module):
         self.head = head
 
 
-def _dino_teacher(trunk: nn.Module, head: nn.Sequential, ddp: bool) -> dict:
+def _dino_teacher(trunk: nn.Module, head: nn.Sequential, ddp: bool, weight_norm: bool) -> dict:
     wrapper = _MultiCropWrapper(trunk, _DINOHead(head))
     sd = wrapper.state_dict()
-    # weight_norm(last_layer) stores weight_g (out, 1) and weight_v (out, bottleneck)
-    w = sd.pop("head.last_layer.weight")
-    sd["head.last_layer.weight_g"] = w.norm(dim=1, keepdim=True)
-    sd["head.last_layer.weight_v"] = w
+    if weight_norm:
+        # weight_norm(last_layer) stores weight_g (out, 1) and weight_v (out, bottleneck)
+        w = sd.pop("head.last_layer.weight")
+        sd["head.last_layer.weight_g"] = w.norm(dim=1, keepdim=True)
+        sd["head.last_layer.weight_v"] = w
     return {("module." + k if ddp else k): v for k, v in sd.items()}
 
 
@@ -175,14 +176,14 @@ def save_dino(
 ) -> Path:
     """A DINO checkpoint. With ``head``: the full training checkpoint (``teacher``, ``student``,
     ``args`` as an argparse.Namespace, ...); ``ddp`` (default: the trunk has BatchNorm, as
-    main_dino.py wraps only such teachers in DDP) prefixes ``module.``. Without ``head``: the
-    backbone-only ``*_pretrain.pth`` file."""
+    main_dino.py wraps only such teachers in DDP) prefixes ``module.``. The published ResNet-50
+    file has a plain ``last_layer.weight`` and the ViT files ``weight_g`` / ``weight_v``
+    (facebookresearch/dino#189). Without ``head``: the backbone-only ``*_pretrain.pth`` file."""
     if head is None:
         torch.save(copy.deepcopy(trunk).state_dict(), path)
         return Path(path)
-    if ddp is None:
-        ddp = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in trunk.modules())
-    teacher = _dino_teacher(trunk, head, ddp)
+    has_bn = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in trunk.modules())
+    teacher = _dino_teacher(trunk, head, has_bn if ddp is None else ddp, weight_norm=not has_bn)
     ckpt = {
         "student": {k: v.clone() for k, v in teacher.items()},
         "teacher": teacher,
