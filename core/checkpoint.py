@@ -61,7 +61,15 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta:
         meta_json = json.dumps(meta)
     except TypeError as e:
         raise ValueError(f"checkpoint meta for {path} is not JSON-serialisable: {e}") from None
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in strip_prefixes(state_dict).items()}
+    tensors, storages = {}, set()
+    for k, v in strip_prefixes(state_dict).items():
+        v = v.detach().to("cpu").contiguous()
+        ptr = v.untyped_storage().data_ptr()
+        # safetensors refuses tensors sharing memory (views of one flat buffer): copy those
+        if ptr in storages or v.untyped_storage().nbytes() != v.numel() * v.element_size():
+            v = v.clone()
+        storages.add(v.untyped_storage().data_ptr())
+        tensors[k] = v
     atomic_write_json(meta_path(path), meta)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
