@@ -176,10 +176,47 @@ def _autocast(device: torch.device, amp: str):
     return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
+class _ShardWriter:
+    """Writes shards on one background thread, so hashing and fsync overlap the encoding.
+
+    After a failed write no later shard is written (as if the process had died there), and the
+    error is raised in the main thread at the next submit or at ``close``.
+    """
+
+    def __init__(self) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="rcdm-shard-writer")
+        self.futures: list = []
+        self.error: BaseException | None = None
+
+    def _guarded(self, *args) -> None:
+        if self.error is not None:
+            return
+        try:
+            _write(*args)
+        except BaseException as e:
+            self.error = e
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def submit(self, *args) -> None:
+        self.check()
+        self.futures.append(self.pool.submit(self._guarded, *args))
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True)  # in-flight shards are complete shards: let them land
+        self.check()
+
+
 def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, out: Path, device, *, show: bool) -> dict:
     """Encode the items of ``shards``, writing each shard as soon as its last item is in.
 
-    Returns {images, seconds, img_per_s} of the loop (the DataLoader start included)."""
+    The device works on batch t while the host files the features of batch t-1 and the loader
+    prepares t+1. Returns {images, seconds, img_per_s} of the loop (the DataLoader start included).
+    """
     encoder = encoder.to(device).eval()
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
@@ -196,31 +233,46 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     )
     total = sum(min((k + 1) * S, n_items) - k * S for k in shards)
     pending: dict[int, dict] = {}
+    writer = _ShardWriter()
+
+    def file_batch(batch: dict, feats: np.ndarray) -> None:
+        """Put a batch's rows into their shards' buffers; hand complete shards to the writer."""
+        m = 0
+        for j, i in enumerate(batch["index"]):
+            k = i // S
+            buf = pending.setdefault(k, {"feats": [], "keys": [], "labels": [], "images": [], "failed": [], "seen": 0})
+            item = source.items[i]
+            if batch["ok"][j]:
+                buf["feats"].append(feats[m])
+                buf["keys"].append(item.key)
+                buf["labels"].append(item.label)
+                buf["images"].append(batch["data"][j])
+                m += 1
+            else:
+                buf["failed"].append({"key": item.key, "index": i, "reason": batch["reason"][j]})
+            buf["seen"] += 1
+            if buf["seen"] == min((k + 1) * S, n_items) - k * S:
+                writer.submit(cfg, out, k, pending.pop(k), encoder.dim)
+
     t0 = time.perf_counter()
-    with tqdm(total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1) as bar:
-        for batch in loader:
-            ok = batch["ok"]
-            feats = np.zeros((0, 2, encoder.dim), np.float32)
-            if ok.any():
-                x = batch["x"][ok].to(device, non_blocking=True)
-                feats = _forward(encoder, normalize(x, pp) if uint8 else x, cfg, device)  # (m, 2, D)
-            m = 0
-            for j, i in enumerate(batch["index"]):
-                k = i // S
-                buf = pending.setdefault(k, {"feats": [], "keys": [], "labels": [], "images": [], "failed": [], "seen": 0})
-                item = source.items[i]
-                if ok[j]:
-                    buf["feats"].append(feats[m])
-                    buf["keys"].append(item.key)
-                    buf["labels"].append(item.label)
-                    buf["images"].append(batch["data"][j])
-                    m += 1
-                else:
-                    buf["failed"].append({"key": item.key, "index": i, "reason": batch["reason"][j]})
-                buf["seen"] += 1
-                if buf["seen"] == min((k + 1) * S, n_items) - k * S:
-                    _write(cfg, out, k, pending.pop(k), encoder.dim)
-            bar.update(len(batch["index"]))
+    try:
+        with tqdm(total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1) as bar:
+            previous = None
+            for batch in loader:
+                ok = batch["ok"]
+                result = None
+                if ok.any():
+                    x = batch["x"][ok].to(device, non_blocking=True)
+                    result = _launch(encoder, normalize(x, pp) if uint8 else x, cfg, device)
+                if previous is not None:
+                    file_batch(previous[0], _collect(previous[1], encoder.dim))
+                    bar.update(len(previous[0]["index"]))
+                previous = (batch, result)
+            if previous is not None:
+                file_batch(previous[0], _collect(previous[1], encoder.dim))
+                bar.update(len(previous[0]["index"]))
+    finally:
+        writer.close()
     if pending:  # internal invariant: every shard's items came through
         raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
     dt = time.perf_counter() - t0
@@ -230,8 +282,11 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
 
 
 @torch.inference_mode()
-def _forward(encoder, x: torch.Tensor, cfg, device) -> np.ndarray:
-    """x (m, 3, H, W) encoder input -> (m, 2, D) float32: view 0 and the horizontal flip (view 1)."""
+def _launch(encoder, x: torch.Tensor, cfg, device):
+    """Queue the forward of x (m, 3, H, W) and the copy of its (m, 2, D) features to the host.
+
+    View 0 is the input, view 1 its horizontal flip. Returns (host tensor, CUDA event or None).
+    """
     m = x.shape[0]
     xx = torch.cat([x, x.flip(-1)])  # (2m, 3, H, W)
     if cfg.channels_last:
@@ -239,7 +294,23 @@ def _forward(encoder, x: torch.Tensor, cfg, device) -> np.ndarray:
     with _autocast(device, cfg.amp):
         f = encoder(xx)  # (2m, D)
     f = f.float().reshape(2, m, -1).transpose(0, 1)  # (m, 2, D)
-    return f.cpu().numpy()
+    if device.type != "cuda":
+        return f.contiguous(), None
+    host = torch.empty(f.shape, dtype=torch.float32, pin_memory=True)
+    host.copy_(f, non_blocking=True)
+    event = torch.cuda.Event()
+    event.record()
+    return host, event
+
+
+def _collect(result, dim: int) -> np.ndarray:
+    """(m, 2, D) float32 features of a launched batch (waits for its copy), or (0, 2, D)."""
+    if result is None:
+        return np.zeros((0, 2, dim), np.float32)
+    host, event = result
+    if event is not None:
+        event.synchronize()
+    return host.numpy()
 
 
 def _write(cfg, out: Path, k: int, buf: dict, dim: int) -> None:
