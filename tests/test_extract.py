@@ -354,3 +354,20 @@ def test_webdataset_source_and_cpu_autocast(tiny, images, tmp_path):
     bf16 = rcdm.extract.run(_cfg(tar, tmp_path / "bf16", encoder="tiny", amp="bf16", channels_last=True))
     a, b = st.features(None), S.FeatureStore(bf16).features(None)
     np.testing.assert_allclose(b, a, rtol=0.05, atol=0.02 * np.abs(a).max())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gpu_extraction_matches_cpu(tiny, images, tmp_path):
+    """The CUDA path (pinned async copies, bf16 autocast, channels_last) gives the CPU's features."""
+    import rcdm.extract
+
+    cpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "cpu", encoder="tiny")))
+    gpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2)))
+    assert gpu.keys == cpu.keys
+    np.testing.assert_allclose(gpu.features(None), cpu.features(None), rtol=1e-2, atol=1e-3)
+    amp = S.FeatureStore(rcdm.extract.run(
+        _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True)
+    ))
+    a = cpu.features(None)
+    np.testing.assert_allclose(amp.features(None), a, rtol=0.05, atol=0.02 * np.abs(a).max())
