@@ -46,18 +46,33 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
+def _group_norm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """GroupNorm with 32 groups, returned in x's dtype.
+
+    float32 inputs take the plain path. For bf16/fp16 inputs the native kernels already
+    accumulate the statistics in float32, so we run them on the low-precision tensor directly
+    (autocast would otherwise up-cast to float32 and write a float32 copy): one memory pass
+    instead of three in eager mode, and the same numerics as guided-diffusion's
+    ``GroupNorm32`` (statistics in float32, output in the input's dtype).
+    """
+    if x.dtype == torch.float32:
+        return F.group_norm(x, GROUPS, weight, bias, eps)
+    with torch.autocast(x.device.type, enabled=False):
+        w = None if weight is None else weight.to(x.dtype)
+        b = None if bias is None else bias.to(x.dtype)
+        return F.group_norm(x, GROUPS, w, b, eps)
+
+
 class GroupNorm32(nn.GroupNorm):
-    """GroupNorm with statistics in float32 (fp16/bf16 sums lose precision); output in x's dtype."""
+    """GroupNorm(32 groups) with float32 statistics, output in the input's dtype."""
 
     def __init__(self, channels: int) -> None:
         super().__init__(GROUPS, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # .float() is free for float32 inputs; in low precision it keeps the statistics exact
-        # and hands the next (fused under torch.compile) SiLU / conv a low-precision tensor.
-        w = self.weight.float() if self.weight is not None else None
-        b = self.bias.float() if self.bias is not None else None
-        return F.group_norm(x.float(), self.num_groups, w, b, self.eps).to(x.dtype)
+        return _group_norm(x, self.weight, self.bias, self.eps)
 
 
 class CondGroupNorm(nn.Module):
@@ -74,10 +89,10 @@ class CondGroupNorm(nn.Module):
         self.bias = nn.Linear(cbn_dim, channels, bias=False)
 
     def forward(self, x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
-        h = F.group_norm(x.float(), self.num_groups, None, None, self.eps)
-        gain = 1 + self.gain(s).float()[:, :, None, None]  # (N, C, 1, 1)
-        bias = self.bias(s).float()[:, :, None, None]
-        return torch.addcmul(bias, h, gain).to(x.dtype)
+        h = _group_norm(x, None, None, self.eps)
+        gain = (1 + self.gain(s)).to(h.dtype)[:, :, None, None]  # (N, C, 1, 1)
+        bias = self.bias(s).to(h.dtype)[:, :, None, None]
+        return torch.addcmul(bias, h, gain)
 
 
 def normalization(channels: int, cbn_dim: int = 0) -> nn.Module:

@@ -265,6 +265,24 @@ def test_adm_class_conditional_architecture() -> None:
         tiny(x, t)
 
 
+@pytest.mark.parametrize("cond", ["embed", "cbn"])
+def test_bf16_on_cpu(cond: str) -> None:
+    """bf16 autocast and a bf16-converted model agree with float32 to bf16 precision."""
+    model = randomize(UNetModel(small(cond)), seed=7).eval()
+    x, t, h = torch.randn(2, 3, 16, 16), torch.tensor([1, 500]), torch.randn(2, 16)
+    with torch.no_grad():
+        ref = model(x, t, h)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low = model(x, t, h)
+        half = UNetModel(model.cfg).to(torch.bfloat16)
+        half.load_state_dict(model.state_dict())
+        low2 = half(x.bfloat16(), t, h)
+    assert low.dtype == torch.bfloat16 and low2.dtype == torch.bfloat16
+    scale = ref.abs().mean().item()
+    assert (low.float() - ref).abs().max().item() < 0.1 * scale
+    assert (low2.float() - ref).abs().max().item() < 0.1 * scale
+
+
 def test_traces_as_one_graph() -> None:
     """torch.compile friendliness on CPU: dynamo captures the whole forward with no graph break
     (the eager backend skips code generation, so this stays fast)."""
