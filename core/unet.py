@@ -49,7 +49,11 @@ class TimestepEmbedSequential(nn.Sequential):
 
 
 class UNetModel(nn.Module):
-    """forward(x (N, C, H, W), t (N,) timesteps, cond (N, cond_dim)) -> (N, out_channels, H, W)."""
+    """ADM's UNet: forward(x (N, C, H, W), t (N,), cond (N, cond_dim)) -> (N, out_channels, H, W).
+
+    ``cond`` is ignored by an unconditional (``cond="none"``) model. ``grad_checkpointing = True``
+    recomputes each block's activations in backward to save memory.
+    """
 
     def __init__(self, cfg: UNetConfig) -> None:
         super().__init__()
