@@ -133,6 +133,18 @@ def main() -> None:
     st = FeatureStore(store)
     timing = st.manifest.get("timing", {})
 
+    # decode + resize + crop on one core (what each DataLoader worker does per image)
+    from rcdm.extract.dataset import ExtractDataset
+    from rcdm.images import open_source
+
+    src = open_source(images)
+    ds = ExtractDataset(src, load_encoder(a.encoder, a.weights, a.layer).preprocess, draft=not a.no_draft)
+    k = min(200, len(src))
+    t0 = time.perf_counter()
+    for i in range(k):
+        ds[i]
+    per_core = k / (time.perf_counter() - t0)
+
     enc = load_encoder(a.encoder, a.weights, a.layer)
     fwd = forward_alone(enc, device, a.batch_size, amp, a.channels_last, a.forward_seconds)
     result = {
@@ -150,6 +162,7 @@ def main() -> None:
         "rows": len(st),
         "end_to_end_img_s": round(a.n / t_run, 1),  # the whole run() call: model load, workers, writes
         "loop_img_s": timing.get("img_per_s"),  # the encoding loop (decode + 2 views + shard writes)
+        "decode_crop_per_core_img_s": round(per_core, 1),  # x workers = the loader's ceiling
         "forward_alone_img_s": round(fwd, 1),  # one view, inputs already on the device
         "two_view_ceiling_img_s": round(fwd / 2, 1),
         "seconds": {"make_jpegs": round(t_make, 1), "run": round(t_run, 2)},

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -104,7 +105,7 @@ def run(cfg: ExtractConfig) -> Path:
     state.wait_for_everyone()
     if state.is_main_process:
         if action == "finished":
-            tqdm.write(f"store {out} is already complete; nothing to do")
+            tqdm.write(f"store {out} is already complete; nothing to do", file=sys.stderr)
         else:
             if clear_first:
                 prepare.clear(out)
@@ -167,7 +168,11 @@ def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, sr
     )
     write_manifest(out, manifest)
     n_failed = manifest["n_failed"]
-    tqdm.write(f"store {out}: {rows} rows in {n_shards} shard(s)" + (f", {n_failed} unreadable image(s) skipped" if n_failed else ""))
+    tqdm.write(
+        f"store {out}: {rows} rows in {n_shards} shard(s)"
+        + (f", {n_failed} unreadable image(s) skipped" if n_failed else ""),
+        file=sys.stderr,
+    )
 
 
 def _autocast(device: torch.device, amp: str):
@@ -277,7 +282,7 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
         raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
     dt = time.perf_counter() - t0
     if show:
-        tqdm.write(f"encoded {total} images in {dt:.1f} s ({total / max(dt, 1e-9):.1f} img/s) on {device}")
+        tqdm.write(f"encoded {total} images in {dt:.1f} s ({total / max(dt, 1e-9):.1f} img/s) on {device}", file=sys.stderr)
     return {"images": total, "seconds": round(dt, 3), "img_per_s": round(total / max(dt, 1e-9), 1)}
 
 
