@@ -164,8 +164,12 @@ def fid_and_is(
         mu_r, sigma_r, meta = cached
         reused = True
     pool, logits = inception(samples, batch_size)
-    mu_s, sigma_s = metrics.feature_statistics(pool)
-    fid = metrics.frechet_distance(mu_s, sigma_s, mu_r, sigma_r, method=method)
+    if method == "eigh" and len(pool) < pool.shape[1]:
+        # Fewer samples than dimensions: the exact (N, N) form, no (D, D) decomposition.
+        fid = metrics.frechet_distance_from_features(pool, mu_r, sigma_r)
+    else:
+        mu_s, sigma_s = metrics.feature_statistics(pool)
+        fid = metrics.frechet_distance(mu_s, sigma_s, mu_r, sigma_r, method=method)
     out: dict = {
         "fid": {
             "value": fid,

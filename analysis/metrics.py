@@ -13,6 +13,7 @@ import numpy as np
 __all__ = [
     "feature_statistics",
     "frechet_distance",
+    "frechet_distance_from_features",
     "inception_score",
     "inception_score_from_probs",
     "nearest_neighbour_ranks",
@@ -68,8 +69,7 @@ def frechet_distance(
         w, v = np.linalg.eigh(sigma1)
         root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T  # sigma1^(1/2), symmetric
         inner = root1 @ sigma2 @ root1
-        lam = np.linalg.eigvalsh((inner + inner.T) / 2)
-        tr_covmean = float(np.sqrt(np.clip(lam, 0, None)).sum())
+        tr_covmean = _trace_sqrt_psd(inner)
         return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
     if method != "sqrtm":
         raise ValueError(f"FID method {method!r} is unknown; use 'sqrtm' or 'eigh'")
@@ -84,6 +84,40 @@ def frechet_distance(
             raise ValueError(f"FID: the matrix square root has an imaginary component {m:g}")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _trace_sqrt_psd(a: np.ndarray) -> float:
+    """Tr a^(1/2) for a symmetric PSD matrix. Eigenvalues at rounding level are zeroed first:
+    sqrt would turn 1e-16 noise on a rank-deficient matrix into 1e-8 per eigenvalue."""
+    lam = np.linalg.eigvalsh((a + a.T) / 2)
+    floor = max(float(np.abs(lam).max(initial=0.0)), 1e-300) * a.shape[0] * np.finfo(np.float64).eps
+    return float(np.sqrt(np.where(lam > floor, lam, 0.0)).sum())
+
+
+def frechet_distance_from_features(
+    features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
+) -> float:
+    """FID of a feature set (N, D) against statistics (mu2, sigma2), exact, in O(N D^2).
+
+    With X the centred features, sigma1 = X^T X / (N - 1), and the non-zero eigenvalues of
+    sigma1 sigma2 = X^T (X sigma2) / (N - 1) are those of the (N, N) PSD matrix
+    X sigma2 X^T / (N - 1). So Tr (sigma1 sigma2)^(1/2) comes from one small eigvalsh: exact where
+    sqrtm of a singular product needs the eps hack, and much cheaper when N < D.
+    """
+    x = np.asarray(features, dtype=np.float64)
+    mu2, sigma2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2 or mu2.shape != (x.shape[1],) or sigma2.shape != (x.shape[1],) * 2:
+        raise ValueError(
+            f"FID: features {x.shape} do not match statistics mu {mu2.shape}, sigma {sigma2.shape}"
+        )
+    n = x.shape[0]
+    mu1 = x.mean(axis=0)
+    xc = x - mu1  # (N, D)
+    small = xc @ sigma2 @ xc.T / (n - 1)  # (N, N)
+    tr_covmean = _trace_sqrt_psd(small)
+    tr_sigma1 = float((xc * xc).sum() / (n - 1))
+    diff = mu1 - mu2
+    return float(diff.dot(diff) + tr_sigma1 + np.trace(sigma2) - 2 * tr_covmean)
 
 
 # --------------------------------------------------------------------------------------------

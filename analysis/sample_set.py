@@ -50,9 +50,11 @@ def read_samples(path: str | Path) -> SampleSet:
         raise FileNotFoundError(f"sample directory {d} does not exist; run `rcdm sample` first")
     mpath = _need(d / "manifest.json", "the sampler writes it last, so the run did not finish")
     manifest = read_json(mpath)
-    images = _read_npz(_need(d / "samples.npz", "the samples (arr_0, uint8 NHWC)"))
+    npz = _need(d / "samples.npz", "the samples (arr_0, uint8 NHWC)")
+    _check_recorded_sha(manifest, d, "samples.npz")
+    images = _read_npz(npz)
     n = len(images)
-    res = manifest.get("resolution")
+    res = manifest.get("resolution", manifest.get("image_size"))
     if res is not None and images.shape[1] != int(res):
         raise ValueError(
             f"{d / 'samples.npz'} holds {images.shape[1]}x{images.shape[2]} images but "
@@ -64,8 +66,20 @@ def read_samples(path: str | Path) -> SampleSet:
             f"{manifest['n_samples']}; the sample directory is inconsistent, re-run `rcdm sample`"
         )
     rows = _read_index(_need(d / "index.jsonl", "one JSON line per sample"), n)
+    _check_recorded_sha(manifest, d, "index.jsonl")
     conds = _read_conds(_need(d / "conds.npy", "the conditioning vectors"), rows)
+    _check_recorded_sha(manifest, d, "conds.npy")
     return SampleSet(d, images, rows, conds, manifest, sha256_file(mpath))
+
+
+def _check_recorded_sha(manifest: dict, d: Path, name: str) -> None:
+    """The sampler records each file's sha256: a file changed since then is not its output."""
+    want = (manifest.get("files") or {}).get(name)
+    if want and sha256_file(d / name) != want:
+        raise ValueError(
+            f"{d / name} has changed since `rcdm sample` wrote it (sha256 differs from "
+            f"manifest.json); re-run `rcdm sample --out {d}`"
+        )
 
 
 def _read_npz(path: Path) -> np.ndarray:

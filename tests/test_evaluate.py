@@ -68,19 +68,26 @@ def use_torch_home(monkeypatch, torch_home):
     return torch_home
 
 
-def write_samples(d: Path, images, rows, conds, **manifest) -> Path:
+def write_samples(d: Path, images, rows, conds, record_sha: bool = False, **manifest) -> Path:
+    """A sample directory shaped like `rcdm sample`'s (manifest fields as sample/stage.py)."""
+    from rcdm.utils import sha256_file
+
     d.mkdir(parents=True, exist_ok=True)
     np.savez(d / "samples.npz", images)
     (d / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     np.save(d / "conds.npy", conds)
     man = {
+        "stage": "sample",
         "checkpoint": "synthetic",
         "store": "synthetic",
         "sampler": "ancestral",
         "steps": "100",
         "n_samples": len(images),
-        "resolution": int(np.asarray(images).shape[1]) if np.asarray(images).ndim == 4 else None,
+        "image_size": int(np.asarray(images).shape[1]) if np.asarray(images).ndim == 4 else None,
     }
+    if record_sha:
+        names = ("samples.npz", "index.jsonl", "conds.npy")
+        man["files"] = {f: sha256_file(d / f) for f in names}
     man.update(manifest)
     (d / "manifest.json").write_text(json.dumps(man))
     return d
@@ -172,6 +179,11 @@ def test_bad_sample_files(tmp_path):
     with pytest.raises(ValueError, match="n_samples"):
         evaluate(cfg)
     np.savez(samples / "samples.npz", images)
+    write_samples(samples, images, rows, feats, record_sha=True)
+    np.savez(samples / "samples.npz", images[::-1].copy())  # changed after the sampler wrote it
+    with pytest.raises(ValueError, match="has changed since"):
+        evaluate(cfg)
+    write_samples(samples, images, rows, feats)
     (samples / "conds.npy").unlink()
     with pytest.raises(FileNotFoundError, match="conds.npy"):
         evaluate(cfg)
@@ -247,28 +259,29 @@ def e2e(tmp_path_factory, torch_home):
                        encoder_info=enc.info(), preprocess=enc.preprocess.to_dict())  # fmt: skip
     ref = np.asarray(feats[:, 0], np.float32)
     rng = np.random.default_rng(0)
-    images, rows, conds = [], [], []
+    images, rows = [], []
     for s in range(8):  # two noisy 32 px copies of each of the first 4 reference images
         c = s // 2
         base = adm_center_crop(imgs[c], RES).astype(np.int16)
         images.append(np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8))
-        rows.append({"sample": s, "kind": "store", "key": src.items[c].key, "seed": s})
-        conds.append(ref[c])
+        rows.append({"sample": s, "condition": c, "kind": "store", "key": src.items[c].key,
+                     "store_index": c, "seed": s})  # fmt: skip
     ood = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(2)]
     ood_feats = encode(enc, ood, enc.preprocess)  # (2, D)
     for j in range(2):
         images.append(adm_center_crop(ood[j], RES))
-        rows.append({"sample": 8 + j, "kind": "image", "key": f"/ood/{j}.png", "seed": 8 + j})
-        conds.append(ood_feats[j])
+        rows.append({"sample": 8 + j, "condition": 4 + j, "kind": "image",
+                     "key": f"/ood/{j}.png", "store_index": None, "seed": 8 + j})  # fmt: skip
     images = np.stack(images)
-    samples = write_samples(tmp / "samples", images, rows, np.stack(conds).astype(np.float32),
-                            encoder=enc.info())  # fmt: skip
+    conds = np.concatenate([ref[:4], ood_feats]).astype(np.float32)  # (6 conditions, D)
+    samples = write_samples(tmp / "samples", images, rows, conds, record_sha=True,
+                            encoder=enc.info(), unet={"cond": "embed"})  # fmt: skip
     cfg = cfg_for(samples, store, tmp / "eval", fid="on", reference_images=str(val),
                   is_splits=5, fid_method="eigh", batch_size=8)  # fmt: skip
     first = json.loads(evaluate(cfg).read_text())
     second_path = evaluate(cfg)
     yield {"tmp": tmp, "cfg": cfg, "first": first, "second": json.loads(second_path.read_text()),
-           "enc": enc, "images": images, "ref": ref, "conds": np.stack(conds),
+           "enc": enc, "images": images, "ref": ref, "conds": conds[[r["condition"] for r in rows]],
            "out": tmp / "eval", "store": store, "samples": samples}  # fmt: skip
     mp.undo()
 
@@ -310,6 +323,7 @@ def test_e2e_outputs_and_rank(e2e):
     o = m["rank"]["outside_reference"]
     assert o["n"] == 2 and o["N"] == 7 and set(o["by_kind"]) == {"image"}
     assert m["n_samples"] == 10 and m["resolution"] == RES and m["complete"] is True
+    assert m["method"] == "RCDM (random-rn50, embed)" and m["sampler"] == "ancestral"
 
 
 def test_e2e_fid_is_and_cache_reuse(e2e):
@@ -348,3 +362,19 @@ def test_e2e_table(e2e, tmp_path):
     assert j["table_1b"][0]["encoder"] == "random-rn50 (trunk)"
     assert (tmp_path / "t" / "manifest.json").is_file()
     assert len((tmp_path / "t" / "metrics.csv").read_text().strip().splitlines()) == 3
+
+
+def test_match_conditions_uses_key_and_vector(tmp_path):
+    from rcdm.analysis.evaluate import match_conditions
+    from rcdm.analysis.sample_set import read_samples
+
+    samples, store, images, rows, feats = simple_case(tmp_path)
+    conds = feats.copy()
+    conds[1] += 0.5  # a manipulated vector under a reference key: outside
+    rows[2]["key"] = "somewhere/else.png"  # an image that is not in the reference: outside
+    rows[3]["key"] = None
+    write_samples(samples, images, rows, conds)
+    ss = read_samples(samples)
+    ref = feats.astype(np.float16).astype(np.float32)  # the store keeps float16
+    idx = match_conditions(ss, [f"item_{i:05d}" for i in range(4)], ref)
+    np.testing.assert_array_equal(idx, [0, -1, -1, -1])

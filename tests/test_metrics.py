@@ -9,6 +9,7 @@ from rcdm.analysis.metrics import (
     chance_mrr,
     feature_statistics,
     frechet_distance,
+    frechet_distance_from_features,
     inception_score,
     inception_score_from_probs,
     nearest_neighbour_ranks,
@@ -189,3 +190,15 @@ def test_fid_eigh_matches_sqrtm_including_singular_covariances():
         assert b == pytest.approx(a, rel=1e-5)
     with pytest.raises(ValueError, match="unknown"):
         frechet_distance(mu1, s1, mu2, s2, method="svd")
+
+
+def test_fid_from_features_matches_statistics_form():
+    rng = np.random.default_rng(6)
+    y = rng.normal(size=(80, 10)) * 1.3 + 0.1
+    mu2, s2 = feature_statistics(y)
+    for n in (40, 6):  # n = 6 < D: the low-rank case it is meant for
+        x = rng.normal(size=(n, 10))
+        mu1, s1 = feature_statistics(x)
+        want = frechet_distance(mu1, s1, mu2, s2, method="eigh")
+        assert frechet_distance_from_features(x, mu2, s2) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance_from_features(y, mu2, s2) == pytest.approx(0.0, abs=1e-8)
