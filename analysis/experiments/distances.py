@@ -72,12 +72,12 @@ def run(ctx: Context) -> Entry:
         for gname, augs in (("single aug", list(single_augmentations().items())), ("multi-crop", multicrop())):
             views = [seeded_apply(t, img, cfg.seed, f"{gname}/{name}/{i}") for name, t in augs]
             d = squared_distances(h, ctx.encode(enc, views))
-            groups[gname] = [(name, float(dj), v) for (name, _), dj, v in zip(augs, d, strict=True)]
+            groups[gname] = [(name, float(dj), v) for (name, _), dj, v in zip(augs, d, views, strict=True)]
         # RCDM samples
         for r in rcdms:
             samples = ctx.sample(r, np.repeat(h[None], len(seeds), 0), seeds)
             d = squared_distances(h, ctx.encode(enc, samples))
-            groups[f"samples {r.label}"] = [(f"seed {s}", float(dj), im) for s, dj, im in zip(seeds, d, strict=True)]
+            groups[f"samples {r.label}"] = [(f"seed {s}", float(dj), im) for s, dj, im in zip(seeds, d, samples, strict=True)]
         # figure: one row per group, the query first
         grid_rows = []
         for gname, items in groups.items():

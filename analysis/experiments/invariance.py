@@ -26,10 +26,19 @@ def transform_names(ctx: Context) -> list[str]:
 
 
 def check_layers(ctx: Context, info: dict) -> None:
+    """Every layer of ``analyze.layers`` must exist in the encoder (checked before any work)."""
+    from rcdm.encoders import get_spec
+
+    dims = get_spec(info["name"]).dims
     for layer in ctx.cfg.layers:
         if layer not in ("trunk", "head"):
             raise ValueError(f"analyze.layers: {layer!r} is not a layer; use 'trunk' and/or 'head'")
-        ctx.encoder(info, layer)  # raises when the encoder has no such layer
+        if layer not in dims:
+            raise ValueError(
+                f"invariance: encoder {info['name']} has no {layer!r} layer (it has: {', '.join(dims)}); "
+                f"remove {layer!r} from analyze.layers or use an encoder with a projection head "
+                "(e.g. simclr-rn50, dino-rn50)"
+            )
 
 
 def run(ctx: Context) -> Entry:

@@ -54,7 +54,7 @@ def run(ctx: Context) -> Entry:
         ctx.require_store_match(r, val, "manipulation")
         size = display_size(r.image_size)
         vf = ctx.features(val)
-        for n_img, i in enumerate(rows):
+        for n_img, i in enumerate(rows[: max(1, cfg.n_images)]):
             h = vf[i]
             other = rows[(n_img + 1) % len(rows)]  # the substitution source: the next image
             nn = knn(tf, h, k)
