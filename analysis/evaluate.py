@@ -135,6 +135,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     stats_path = Path(cfg.fid_stats_cache) if cfg.fid_stats_cache else None
     if weights is not None:
         stats_path = stats_path or fidmod.default_stats_path(out, ss.resolution)
+        if len(ss.images) < 2:
+            raise ValueError(f"FID needs at least 2 samples, {ss.path} holds {len(ss.images)}")
         if not cfg.reference_images:
             raise ValueError("FID needs evaluate.reference_images (e.g. 10,000 validation images)")
         want = fidmod.expected_meta(
@@ -162,10 +164,12 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             trust_checkpoint=cfg.trust_checkpoint,
         )
     else:
-        how = (
-            "set evaluate.fid=auto or on" if cfg.fid == "off" else "provide the Inception weights"
-        )
-        skipped = {"skipped": True, "reason": fid_skip, "how_to_enable": how}
+        if cfg.fid == "off":
+            skipped = {"skipped": True, "reason": "evaluate.fid=off",
+                       "how_to_enable": "set evaluate.fid=auto (or on) with the Inception weights"}  # fmt: skip
+        else:
+            skipped = {"skipped": True, "reason": "the Inception weights file is missing",
+                       "how_to_enable": fid_skip}  # fmt: skip
         quality = {"fid": dict(skipped), "is": dict(skipped)}
 
     encoder_name = str(store.encoder_info.get("name"))
@@ -179,13 +183,13 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         "sampler": m.get("sampler"),
         "steps": m.get("steps"),
         "samples": {
-            "path": str(ss.path),
+            "path": str(ss.path.resolve()),
             "manifest_sha256": ss.manifest_sha256,
             "checkpoint": m.get("checkpoint"),
             "store": m.get("store"),
         },
         "reference": {
-            "path": str(store.path),
+            "path": str(store.path.resolve()),
             "N": len(store),
             "manifest_sha256": store.manifest_sha256,
         },

@@ -98,10 +98,13 @@ def table_1b(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 def _skips(m: dict) -> list[str]:
     notes = []
-    for name in ("fid", "is"):
-        s = m.get(name, {})
-        if s.get("skipped"):
-            notes.append(f"- {name.upper()} skipped: {s.get('reason')} ({s.get('how_to_enable')})")
+    fid, is_ = m.get("fid", {}), m.get("is", {})
+    if fid.get("skipped") and is_.get("skipped") and fid.get("reason") == is_.get("reason"):
+        notes.append(f"- FID and IS skipped ({fid['reason']}): {fid.get('how_to_enable')}")
+    else:
+        for name, s in (("FID", fid), ("IS", is_)):
+            if s.get("skipped"):
+                notes.append(f"- {name} skipped ({s.get('reason')}): {s.get('how_to_enable')}")
     out = m.get("rank", {}).get("outside_reference", {})
     if out.get("n"):
         notes.append(

@@ -346,10 +346,10 @@ def test_e2e_fid_auto_skips_without_weights(e2e, tmp_path, monkeypatch):
 
     cfg = replace(e2e["cfg"], fid="auto", out=str(tmp_path / "eval"))
     m = json.loads(evaluate(cfg).read_text())
-    assert m["fid"]["skipped"] is True and INCEPTION_FILENAME in m["fid"]["reason"]
+    assert m["fid"]["skipped"] is True and INCEPTION_FILENAME in m["fid"]["how_to_enable"]
     assert m["is"]["skipped"] is True
     assert m["rank"]["in_reference"]["mean_rank"] == e2e["first"]["rank"]["in_reference"]["mean_rank"]
-    assert "FID skipped" in (tmp_path / "eval" / "metrics.md").read_text()
+    assert "FID and IS skipped" in (tmp_path / "eval" / "metrics.md").read_text()
 
 
 def test_e2e_table(e2e, tmp_path):

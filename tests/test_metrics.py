@@ -202,3 +202,16 @@ def test_fid_from_features_matches_statistics_form():
         want = frechet_distance(mu1, s1, mu2, s2, method="eigh")
         assert frechet_distance_from_features(x, mu2, s2) == pytest.approx(want, rel=1e-8)
     assert frechet_distance_from_features(y, mu2, s2) == pytest.approx(0.0, abs=1e-8)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_rank_on_gpu_matches_cpu():
+    rng = np.random.default_rng(7)
+    ref = rng.random(size=(2000, 256)).astype(np.float32)  # non-negative, like pooled features
+    q = ref[rng.integers(0, 2000, 300)] + 0.05 * rng.normal(size=(300, 256)).astype(np.float32)
+    cond = rng.integers(-1, 2000, size=300)
+    vec = rng.random(size=(300, 256)).astype(np.float32)
+    cpu = nearest_neighbour_ranks(q, ref, cond, vec)
+    gpu = nearest_neighbour_ranks(q, ref, cond, vec, device="cuda", max_chunk_bytes=1 << 20)
+    np.testing.assert_array_equal(gpu, cpu)
