@@ -53,9 +53,13 @@ def _validate(cfg: TrainConfig) -> None:
 def run(cfg: TrainConfig) -> Path:
     """Train (or resume) the run in ``cfg.out``; returns the run directory."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     _validate(cfg)
     mp = _mixed_precision(cfg.mixed_precision)
+    # run() may be called several times in one process (the pipeline, tests) with other
+    # precisions; the process group (PartialState) is kept.
+    AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     main = accelerator.is_main_process
@@ -157,13 +161,8 @@ def run(cfg: TrainConfig) -> Path:
 
     from tqdm.auto import tqdm
 
-    bar = tqdm(
-        total=total_nimg / 1000,
-        initial=nimg / 1000,
-        unit="kimg",
-        disable=not main,
-        bar_format="{l_bar}{bar}| {n:.3f}/{total:.3f} kimg [{elapsed}<{remaining}{postfix}]",
-    )
+    # counted in images; unit_scale shows thousands as "k" (kimg)
+    bar = tqdm(total=total_nimg, initial=nimg, unit="img", unit_scale=True, disable=not main)
     t_log, nimg_log = time.perf_counter(), nimg
     try:
         while nimg < total_nimg:
@@ -195,7 +194,7 @@ def run(cfg: TrainConfig) -> Path:
             opt.zero_grad(set_to_none=True)
             ema.update(net, step)
             prev, nimg = nimg, nimg + cfg.batch_size
-            bar.update(cfg.batch_size / 1000)
+            bar.update(cfg.batch_size)
 
             finished = nimg >= total_nimg
             save_now = finished or nimg // ckpt_nimg > prev // ckpt_nimg
@@ -223,7 +222,7 @@ def run(cfg: TrainConfig) -> Path:
                 if grids is not None:
                     first = ema.models[cfg.ema_rates[0]]
                     grid_mp = "bf16" if mp == "bf16" else "no"
-                    grids.make(first, device, grid_mp, out / "grids" / f"kimg-{nimg / 1000:010.3f}.png")
+                    grids.make(first, device, grid_mp, out / "grids" / f"kimg-{nimg / 1000:09.3f}.png")
                 accelerator.wait_for_everyone()
     finally:
         bar.close()
@@ -276,6 +275,7 @@ def _save_checkpoint(
         tmp = ckpt.begin_checkpoint(out, step)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp / "accelerate"))  # optimizer, scaler, RNG of every rank
+    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
     final = ckpt.checkpoints_dir(out) / ckpt.checkpoint_name(step)
     if main:
         from rcdm.checkpoint import save_weights
@@ -289,7 +289,7 @@ def _save_checkpoint(
         final = ckpt.commit_checkpoint(tmp, {"step": step, "nimg": nimg, "kimg": nimg / 1000, "time": now_iso()})
         # run level: the first EMA rate's weights, what sampling loads by default
         first = cfg.ema_rates[0]
-        ckpt.save_weights_atomic(out / "ema.safetensors", _cpu(ema.models[first]), {**meta, "ema_rate": first})
+        save_weights(out / "ema.safetensors", _cpu(ema.models[first]), {**meta, "ema_rate": first})
         atomic_write_json(out / "model.json", meta)
         ckpt.prune_checkpoints(out, cfg.keep_checkpoints)
     accelerator.wait_for_everyone()

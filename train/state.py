@@ -2,7 +2,7 @@
 
     <run>/config.yaml                      resolved TrainConfig
     <run>/model.json                       unet + diffusion config, encoder, store sha256, kimg
-    <run>/ema.safetensors (+ meta json)    the first EMA rate's weights, newest checkpoint
+    <run>/ema.safetensors (+ .json)    the first EMA rate's weights, newest checkpoint
     <run>/checkpoints/step-NNNNNNN/        model.safetensors, ema-<rate>.safetensors (+ meta
                                            json each), model.json, accelerate/ (optimizer,
                                            scaler, RNG), state.json (written last)
@@ -88,23 +88,6 @@ def prune_checkpoints(run: str | Path, keep: int) -> list[Path]:
         shutil.rmtree(p, ignore_errors=True)
         removed.append(p)
     return removed
-
-
-def save_weights_atomic(path: Path, state_dict: dict, meta: dict) -> None:
-    """``rcdm.checkpoint.save_weights`` into a temporary folder, then move each file it wrote
-    into ``path``'s folder (the weights and their meta json appear whole or not at all)."""
-    from rcdm.checkpoint import save_weights
-
-    tmp = path.parent / f".{path.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    save_weights(tmp / path.name, state_dict, meta)
-    # The weights file last, so a reader never sees new weights beside an old meta file.
-    files = sorted(tmp.iterdir(), key=lambda p: p.name == path.name)
-    for f in files:
-        os.replace(f, path.parent / f.name)
-    tmp.rmdir()
 
 
 def truncate_log(path: Path, step: int) -> None:

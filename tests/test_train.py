@@ -1,0 +1,401 @@
+"""Stage 2 (rcdm.train): data pairing, loop, checkpoints, resume, mismatch errors (CPU, tiny)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rcdm.config import TrainConfig
+from rcdm.images import adm_center_crop, open_source
+from rcdm.train.data import ImageFeatureDataset, StreamSampler, global_items
+
+from tests.synthetic import make_image_folder
+from tests.synthetic_store import make_store
+
+ROOT = Path(__file__).resolve().parents[1]
+RES = 16  # model resolution in the tests
+DIM = 8  # feature dimension
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread: on a shared, loaded CPU, two spinning OpenMP threads per process
+    make these tiny steps ten times slower."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _store(tmp: Path, name: str = "store", dim: int = DIM, encoder: str = "synthetic", layer: str = "trunk",
+           n_classes: int = 2, per_class: int = 2, seed: int = 0) -> Path:
+    """An image folder and a store whose keys are its images; view 1 differs from view 0."""
+    images = tmp / "images"
+    if not images.exists():
+        make_image_folder(images, n_classes=n_classes, per_class=per_class, size=(40, 36), seed=seed)
+    src = open_source(images)
+    rng = np.random.default_rng(seed)
+    n = len(src)
+    feats = rng.standard_normal((n, 2, dim)).astype(np.float32)
+    feats[:, 1] += 10.0  # view 1 (hflip) is recognisable
+    return make_store(
+        tmp / name,
+        feats,
+        keys=[it.key for it in src.items],
+        labels=[it.label for it in src.items],
+        encoder_info={"name": encoder, "arch": "none", "layer": layer, "dim": dim, "weights": None,
+                      "weights_sha256": None},
+        source=src.describe(),
+        dtype="float32",
+    )
+
+
+def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
+    base = dict(
+        store=str(store),
+        out=str(out),
+        preset="tiny",
+        resolution=RES,
+        kimg=0.032,  # 8 steps of 4 images
+        batch_size=4,
+        lr=1e-3,
+        checkpoint_kimg=0.016,
+        grid_kimg=0.0,
+        log_every=1,
+        workers=0,
+        ema_rates=(0.999, 0.9),
+        mixed_precision="no",
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def _log(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+
+
+# ------------------------------------------------------------------------------------- data
+
+
+def test_stream_is_pure_disjoint_and_resumable():
+    n, seed = 7, 3
+    stream = global_items(n, seed, 0, 40)
+    # every epoch is a permutation of the rows
+    for e in range(5):
+        assert sorted(r for r, _ in stream[e * n : (e + 1) * n]) == list(range(n))
+    flips = [f for _, f in stream]
+    assert 0 < sum(flips) < len(flips)
+    # rank r of 2 takes global positions r, r + 2, ...: disjoint, and together the whole stream
+    it0, it1 = iter(StreamSampler(n, seed, 0, 2)), iter(StreamSampler(n, seed, 1, 2))
+    r0 = [next(it0) for _ in range(20)]
+    r1 = [next(it1) for _ in range(20)]
+    assert r0 == stream[0::2] and r1 == stream[1::2]
+    # resuming at position 10 continues the same stream
+    it = iter(StreamSampler(n, seed, 0, 1, start=10))
+    assert [next(it) for _ in range(30)] == stream[10:40]
+    with pytest.raises(ValueError, match="multiple of world size"):
+        StreamSampler(n, seed, 0, 4, start=6)
+
+
+def test_flip_picks_view_one(tmp_path):
+    store = _store(tmp_path)
+    ds = ImageFeatureDataset(store, RES)
+    src = open_source(tmp_path / "images")
+    from rcdm.store import FeatureStore
+
+    fs = FeatureStore(store)
+    for row in range(len(fs)):
+        feat, key, _ = fs[row]
+        x0, h0, r0 = ds[(row, False)]
+        x1, h1, r1 = ds[(row, True)]
+        assert r0 == r1 == row
+        # the image is the source image of this key, ADM-cropped to the model resolution
+        expect = adm_center_crop(src.load(src.index_of(key)), RES)
+        assert np.array_equal(x0.numpy(), expect)
+        assert np.array_equal(x1.numpy(), expect[:, ::-1])
+        assert np.allclose(h0.numpy(), feat[0]) and np.allclose(h1.numpy(), feat[1])
+        assert x0.shape == (RES, RES, 3) and x0.dtype == torch.uint8
+
+
+def test_wds_store_with_images_reads_its_own_pixels(tmp_path):
+    from tests.synthetic import jpeg_bytes, random_image
+
+    rng = np.random.default_rng(0)
+    imgs = [random_image(rng, (30, 30)) for _ in range(3)]
+    feats = rng.standard_normal((3, 2, DIM)).astype(np.float32)
+    store = make_store(tmp_path / "wds", feats, fmt="wds", images=[jpeg_bytes(im) for im in imgs], dtype="float32")
+    ds = ImageFeatureDataset(store, RES)
+    x, h, _ = ds[(1, True)]
+    from rcdm.images import decode_image
+
+    expect = adm_center_crop(decode_image(jpeg_bytes(imgs[1])), RES)[:, ::-1]
+    assert np.array_equal(x.numpy(), expect)
+    assert np.allclose(h.numpy(), feats[1, 1])
+
+
+def test_missing_source_is_a_clear_error(tmp_path):
+    store = _store(tmp_path)
+    with pytest.raises(FileNotFoundError, match="train.source"):
+        ImageFeatureDataset(store, RES, source=str(tmp_path / "nowhere"))
+
+
+# ------------------------------------------------------------------------------------- loop
+
+
+def test_overfit_checkpoints_and_run_files(tmp_path):
+    """A few dozen steps on 4 images drive the loss down; the run directory is complete."""
+    import rcdm.train
+    from rcdm.checkpoint import load_model
+    from safetensors.torch import load_file
+
+    store = _store(tmp_path)
+    run = tmp_path / "run"
+    cfg = _cfg(store, run, kimg=0.160, checkpoint_kimg=0.080, grid_kimg=0.160, grid_images=2, grid_samples=2,
+               grid_steps=4, lr=2e-3, ema_rates=(0.9,), keep_checkpoints=1)
+    assert rcdm.train.run(cfg) == run
+    log = _log(run)
+    assert [r["step"] for r in log] == list(range(1, 41))
+    first = np.mean([r["mse"] for r in log[:8]])
+    last = np.mean([r["mse"] for r in log[-8:]])
+    assert last < 0.6 * first, (first, last)
+    for r in log:
+        assert {"loss", "mse", "vb", "loss_q0", "loss_q3", "grad_norm", "img_per_s", "mem_gb"} <= set(r)
+    # files: keep_checkpoints=1 leaves the newest step only
+    assert [p.name for p in (run / "checkpoints").iterdir()] == ["step-0000040"]
+    ck = run / "checkpoints" / "step-0000040"
+    assert (ck / "model.safetensors").exists() and (ck / "ema-0.9.safetensors").exists()
+    assert (ck / "accelerate").is_dir() and (ck / "state.json").exists()
+    meta = json.loads((run / "model.json").read_text())
+    assert meta["unet"]["cond_dim"] == DIM and meta["unet"]["image_size"] == RES
+    assert meta["diffusion"] == {"schedule": "linear", "steps": 1000, "learn_sigma": True}
+    assert meta["encoder"]["name"] == "synthetic" and meta["ema_rates"] == [0.9]
+    assert meta["kimg"] == pytest.approx(0.160)
+    man = json.loads((run / "manifest.json").read_text())
+    from rcdm.store import FeatureStore
+
+    assert man["store_manifest_sha256"] == FeatureStore(store).manifest_sha256 == meta["store_manifest_sha256"]
+    assert (run / "config.yaml").exists() and any((run / "tb").iterdir())
+    grids = sorted((run / "grids").glob("*.png"))
+    assert len(grids) == 1
+    from PIL import Image
+
+    w, h = Image.open(grids[0]).size
+    assert h > 2 * RES and w > 3 * RES  # 2 rows of (condition + 2 samples)
+    # round trip: the run directory loads as the EMA model, equal to the checkpoint's EMA file
+    model, lmeta = load_model(str(run))
+    ema = load_file(str(ck / "ema-0.9.safetensors"))
+    sd = model.state_dict()
+    assert set(sd) == set(ema)
+    assert all(torch.equal(sd[k].float(), ema[k]) for k in ema)
+    assert lmeta["unet"]["cond_dim"] == DIM
+    # re-running a finished run does nothing
+    mtime = (run / "manifest.json").stat().st_mtime_ns
+    rcdm.train.run(cfg)
+    assert (run / "manifest.json").stat().st_mtime_ns == mtime
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_continues_the_same_run(tmp_path, monkeypatch):
+    import rcdm.train
+    from rcdm.train import monitor
+
+    store = _store(tmp_path)
+    cfg_a = _cfg(store, tmp_path / "a", kimg=0.032, checkpoint_kimg=0.012)  # checkpoints at 3, 6, 8
+    rcdm.train.run(cfg_a)
+    full = _log(tmp_path / "a")
+
+    # the same command, killed after it logged step 5 (last checkpoint: step 3)
+    cfg_b = replace(cfg_a, out=str(tmp_path / "b"))
+    real_write = monitor.Logger.write
+
+    def write(self, record):
+        real_write(self, record)
+        if record["step"] == 5:
+            raise _Interrupt
+
+    monkeypatch.setattr(monitor.Logger, "write", write)
+    with pytest.raises(_Interrupt):
+        rcdm.train.run(cfg_b)
+    monkeypatch.setattr(monitor.Logger, "write", real_write)
+    names = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
+    assert names == ["step-0000003"] and not (tmp_path / "b" / "manifest.json").exists()
+
+    rcdm.train.run(cfg_b)  # re-run: resumes from step 3
+    resumed = _log(tmp_path / "b")
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 9))
+    for a, b in zip(full, resumed, strict=True):
+        for k in ("loss", "mse", "vb", "grad_norm"):
+            assert b[k] == pytest.approx(a[k], rel=1e-4, abs=1e-6), (a["step"], k)
+    from safetensors.torch import load_file
+
+    wa = load_file(str(tmp_path / "a" / "ema.safetensors"))
+    wb = load_file(str(tmp_path / "b" / "ema.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+    # training further with a larger kimg continues from the finished run
+    rcdm.train.run(replace(cfg_b, kimg=0.040))
+    assert [r["step"] for r in _log(tmp_path / "b")] == list(range(1, 11))
+
+
+def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
+    import rcdm.diffusion
+    import rcdm.train
+
+    real = rcdm.diffusion.create_diffusion
+    calls = {"n": 0}
+
+    class Poisoned:
+        def __init__(self, d):
+            self._d = d
+
+        def __getattr__(self, name):
+            return getattr(self._d, name)
+
+        def training_losses(self, *a, **kw):
+            out = self._d.training_losses(*a, **kw)
+            calls["n"] += 1
+            if calls["n"] >= 5:  # step 5 onwards
+                out = {k: v * float("nan") for k, v in out.items()}
+            return out
+
+    monkeypatch.setattr(rcdm.diffusion, "create_diffusion", lambda *a, **kw: Poisoned(real(*a, **kw)))
+    store = _store(tmp_path)
+    cfg = _cfg(store, tmp_path / "run", checkpoint_kimg=0.012, log_every=100)  # checkpoint at 3
+    with pytest.raises(rcdm.train.NonFiniteLoss, match=r"step 5.*step-0000003"):
+        rcdm.train.run(cfg)
+    # the poisoned step 6 checkpoint was never written
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step-0000003"]
+
+
+# ------------------------------------------------------------------------------ mismatches
+
+
+def test_store_mismatch_errors(tmp_path):
+    import rcdm.train
+
+    store = _store(tmp_path)
+    with pytest.raises(ValueError, match="encoder 'synthetic', not 'dino-rn50'"):
+        rcdm.train.run(_cfg(store, tmp_path / "r1", encoder="dino-rn50"))
+    with pytest.raises(ValueError, match="layer 'trunk', not 'head'"):
+        rcdm.train.run(_cfg(store, tmp_path / "r2", layer="head"))
+    # a run directory started on one store refuses another (here: other dim)
+    run = tmp_path / "run"
+    rcdm.train.run(_cfg(store, run, kimg=0.004, checkpoint_kimg=0.004))
+    other = _store(tmp_path, name="store16", dim=16)
+    with pytest.raises(ValueError, match="use a new --out"):
+        rcdm.train.run(_cfg(other, run, kimg=0.008, checkpoint_kimg=0.004))
+
+
+def test_init_from_checks_and_loads(tmp_path):
+    import rcdm.train
+    from safetensors.torch import load_file
+
+    store = _store(tmp_path)
+    src_run = tmp_path / "src"
+    rcdm.train.run(_cfg(store, src_run, kimg=0.004, checkpoint_kimg=0.004, ema_rates=(0.5,)))
+    init = src_run / "ema.safetensors"
+
+    # dim: the checkpoint is conditioned on 8-d features, the store has 16
+    s16 = _store(tmp_path, name="s16", dim=16)
+    with pytest.raises(ValueError, match="8-d features.*16-d"):
+        rcdm.train.run(_cfg(s16, tmp_path / "r1", init_from=str(init)))
+    # encoder / layer recorded in our checkpoint
+    s_enc = _store(tmp_path, name="s_enc", encoder="other")
+    with pytest.raises(ValueError, match="encoder synthetic/trunk.*other/trunk"):
+        rcdm.train.run(_cfg(s_enc, tmp_path / "r2", init_from=str(init)))
+    s_layer = _store(tmp_path, name="s_layer", layer="head")
+    with pytest.raises(ValueError, match="synthetic/trunk.*synthetic/head"):
+        rcdm.train.run(_cfg(s_layer, tmp_path / "r3", init_from=str(init)))
+    # architecture
+    with pytest.raises(ValueError, match="another architecture.*cond"):
+        rcdm.train.run(_cfg(store, tmp_path / "r4", init_from=str(init), cond="cbn"))
+    with pytest.raises(FileNotFoundError):
+        rcdm.train.run(_cfg(store, tmp_path / "r5", init_from=str(tmp_path / "nope.pt")))
+
+    # a matching checkpoint initialises the model: with lr 0 the weights stay the init
+    run = tmp_path / "ok"
+    rcdm.train.run(_cfg(store, run, init_from=str(init), kimg=0.004, checkpoint_kimg=0.004, lr=0.0))
+    a = load_file(str(init))
+    b = load_file(str(run / "checkpoints" / "step-0000001" / "model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_batch_not_divisible_is_an_error(tmp_path):
+    import rcdm.train
+
+    store = _store(tmp_path)
+    with pytest.raises(ValueError, match="not divisible"):
+        rcdm.train.run(_cfg(store, tmp_path / "r", batch_size=5, grad_accum=2))
+
+
+# ------------------------------------------------------------------------------ processes
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run(tmp_path):
+    """2 CPU processes (gloo DDP): one set of files, an RNG state per rank, same step count."""
+    store = _store(tmp_path)
+    run = tmp_path / "run"
+    script = tmp_path / "go.py"
+    script.write_text(
+        "import sys\nfrom rcdm.config import TrainConfig\nimport rcdm.train\n"
+        f"rcdm.train.run(TrainConfig(store={str(store)!r}, out={str(run)!r}, preset='tiny', resolution={RES}, "
+        "kimg=0.016, batch_size=4, grad_accum=2, checkpoint_kimg=0.008, grid_kimg=0, log_every=1, workers=0, "
+        "mixed_precision='no'))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    import socket
+
+    with socket.socket() as s:  # a free port for the gloo rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # torchrun's environment (RANK, WORLD_SIZE, ...) is what `accelerate launch` sets up too
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+         "--master_addr", "127.0.0.1", "--master_port", str(port), str(script)],
+        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = _log(run)
+    assert [r["step"] for r in log] == [1, 2, 3, 4]
+    assert (run / "manifest.json").exists()
+    acc = run / "checkpoints" / "step-0000004" / "accelerate"
+    assert sorted(p.name for p in acc.glob("random_states_*")) == ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+# ------------------------------------------------------------------------------ bench, gpu
+
+
+def test_bench_train_runs_on_cpu():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "train.py"), "--preset", "tiny", "--device", "cpu",
+         "--batch-size", "2", "--resolution", "16", "--steps", "1", "--warmup", "0", "--cond-dim", "8"],
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rep = json.loads(proc.stdout)
+    (r,) = rep["results"]
+    assert r["preset"] == "tiny" and r["img_per_s"] > 0 and r["train_gflop_per_img"] > 0
+    assert 0 < r["mfu"] < 1.5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_bf16_compile_smoke_gpu(tmp_path):
+    import rcdm.train
+
+    store = _store(tmp_path)
+    run = tmp_path / "run"
+    rcdm.train.run(_cfg(store, run, mixed_precision="bf16", compile=True, channels_last=True, kimg=0.016))
+    log = _log(run)
+    assert all(np.isfinite(r["loss"]) for r in log) and log[-1]["mem_gb"] > 0
