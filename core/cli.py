@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-
 from rcdm import config as C
 
 
@@ -340,8 +339,16 @@ def run(config_path, sets, dry_run, stages, force):
 
 
 @cli.command("config-reference")
-def config_reference():
+@click.option("--update", "update_path", type=click.Path(exists=True, dir_okay=False),
+              help="Rewrite the generated sections of this README instead of printing.")
+def config_reference(update_path):
     """Print the config reference (Markdown), generated from the dataclasses."""
+    if update_path:
+        from rcdm import readme
+
+        changed = readme.update(update_path)
+        click.echo(f"{update_path}: " + ("updated" if changed else "already up to date"))
+        return
     click.echo(C.config_reference())
 
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-
 from rcdm.cli import cli
 
 STAGES = ["extract", "store", "train", "sample", "evaluate", "analyze", "run"]

@@ -6,7 +6,6 @@ import dataclasses
 
 import pytest
 import yaml
-
 from rcdm import config as C
 
 

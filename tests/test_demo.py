@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
-
 from rcdm import demo
 from rcdm.config import DataConfig
 from rcdm.utils import read_json
