@@ -82,14 +82,19 @@ def compute_reference_stats(
     from rcdm.images import UnreadableImage, adm_center_crop, open_source
 
     src = open_source(source)
-    n = len(src) if limit is None else min(limit, len(src))
+    if limit is None or limit >= len(src):
+        order = np.arange(len(src))
+    else:
+        # Evenly spaced over the sorted set, so a subset of a class-sorted folder spans all
+        # classes (the first 10,000 ImageNet validation images would be 200 classes only).
+        order = np.unique(np.linspace(0, len(src) - 1, num=limit).round().astype(np.int64))
     feats, batch, skipped = [], [], []
-    for i in range(n):
+    for k, i in enumerate(order.tolist()):
         try:
             batch.append(adm_center_crop(src.load(i), resolution))
         except UnreadableImage as e:
             skipped.append(str(e))
-        if len(batch) == batch_size or (i == n - 1 and batch):
+        if len(batch) == batch_size or (k == len(order) - 1 and batch):
             feats.append(inception(np.stack(batch), batch_size)[0])
             batch = []
     if not feats or sum(len(f) for f in feats) < 2:

@@ -183,7 +183,7 @@ class EvaluateConfig:
     trust_checkpoint: bool = False  # allow pickle in torch.load (encoder / Inception weights)
     is_splits: int = 10  # Inception Score: mean +- std over this many splits
     fid_method: Literal["sqrtm", "eigh"] = "sqrtm"  # sqrtm: as published code; eigh: same, faster
-    fid_reference_limit: int | None = None  # use only the first N reference images (e.g. 10000)
+    fid_reference_limit: int | None = None  # use N reference images, evenly spaced (e.g. 10000)
     encoder_weights: str | None = None  # the reference store's encoder weights, if the file moved
     rank_chunk_mb: int = 256  # memory for one (chunk, N) block of rank distances
 

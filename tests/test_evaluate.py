@@ -378,3 +378,24 @@ def test_match_conditions_uses_key_and_vector(tmp_path):
     ref = feats.astype(np.float16).astype(np.float32)  # the store keeps float16
     idx = match_conditions(ss, [f"item_{i:05d}" for i in range(4)], ref)
     np.testing.assert_array_equal(idx, [0, -1, -1, -1])
+
+
+def test_reference_stats_subset_and_unreadable_images(tmp_path):
+    from rcdm.analysis.fid import compute_reference_stats
+
+    from tests.synthetic import corrupt_jpeg
+
+    val = make_image_folder(tmp_path / "val", n_classes=2, per_class=3)  # 6 images, 2 classes
+    corrupt_jpeg(val / "cls_1" / "img_002.jpg")  # the last one
+    seen = []
+
+    def fake_inception(images, batch_size):  # (B, H, W, 3) -> pool (B, 2048): records inputs
+        seen.append(images.shape)
+        pool = np.repeat(images.reshape(len(images), -1)[:, :8].astype(np.float64), 256, axis=1)
+        return pool, np.zeros((len(images), 1008))
+
+    mu, sigma, info = compute_reference_stats(fake_inception, val, RES, limit=3, batch_size=2)
+    # Evenly spaced subset 0, 2, 5 of the sorted set (spanning both classes); 5 is unreadable.
+    assert info["n"] == 2 and info["n_unreadable"] == 1 and "img_002" in info["unreadable"][0]
+    assert all(s[1:] == (RES, RES, 3) for s in seen)
+    assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
