@@ -9,6 +9,7 @@ Every random choice derives from ``analyze.seed``, so the same command gives the
 from __future__ import annotations
 
 import importlib
+import shutil
 import sys
 import time
 import types
@@ -68,6 +69,8 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     for name in cfg.experiments:
         t0 = time.perf_counter()
         module = importlib.import_module(f"rcdm.analysis.experiments.{EXPERIMENTS[name]}")
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)  # figures of an earlier run would otherwise linger
         entries.append(module.run(ctx))
         timings[name] = round(time.perf_counter() - t0, 3)
         write_report(out, entries, meta)  # progress: the report grows as experiments finish

@@ -142,7 +142,11 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         want = fidmod.expected_meta(
             cfg.reference_images, ss.resolution, sha256_file(weights), cfg.fid_reference_limit
         )
-        fidmod.load_reference_stats(stats_path, want)  # refuses a cache of another set early
+        # A cache of another set is refused here; without a cache the image set must open.
+        if fidmod.load_reference_stats(stats_path, want) is None:
+            from rcdm.images import open_source
+
+            open_source(cfg.reference_images)
     device = pick_device(cfg.device)
 
     # No stale "finished" marker while we work.
@@ -208,6 +212,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             "stage": "evaluate",
             "samples_manifest_sha256": ss.manifest_sha256,
             "reference_manifest_sha256": store.manifest_sha256,
+            "inception_weights_sha256": quality["fid"].get("weights_sha256"),
+            "fid_reference_stats": (quality["fid"].get("reference") or {}).get("stats"),
             "files": ["metrics.json", "metrics.csv", "metrics.md", "ranks.npy",
                       "rank_in_reference.npy", "config.yaml"],
             "tool_version": _version(),

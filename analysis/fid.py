@@ -153,12 +153,6 @@ def fid_and_is(
     cached = load_reference_stats(stats_path, want)
     inception = InceptionV3(weights, device=device, trust_checkpoint=trust_checkpoint)
     if cached is None:
-        if not Path(reference_images).expanduser().exists() and "*" not in str(reference_images):
-            raise FileNotFoundError(
-                f"FID reference images {reference_images} do not exist and no cached statistics "
-                f"are at {stats_path}; set evaluate.reference_images (e.g. 10,000 validation "
-                "images) or evaluate.fid_stats_cache"
-            )
         mu_r, sigma_r, info = compute_reference_stats(
             inception, reference_images, resolution, limit, batch_size
         )

@@ -337,3 +337,25 @@ def test_report_in_browser(world):
         pytest.skip(reason)
     info = check_in_browser(world["report"])
     assert info["sections"] == len(EXPERIMENTS) and info["images"] > len(EXPERIMENTS)
+
+
+@pytest.mark.slow
+def test_several_checkpoints_side_by_side(world, tmp_path):
+    """Two RCDMs on two encoders: image-conditioned experiments show both (the second one's
+    conditions come from its own encoder), store-based ones keep the matching one with a note;
+    the probe table has a row per store pair."""
+    from rcdm.analysis import analyze
+
+    cfg = replace(world["cfg"], experiments=("interpolation", "neighbours", "probe"),
+                  checkpoints=(str(world["ck0"]), str(world["ck1"])), out=str(tmp_path / "two"),
+                  probe_train_stores=(str(world["train"]),) * 2, probe_val_stores=(str(world["val"]),) * 2)  # fmt: skip
+    page = analyze(cfg).read_text()
+    interp = read_entry(tmp_path / "two" / "interpolation" / "entry.json")
+    assert [f.title for f in interp.figures] == ["enc-seed0", "enc-seed1"]
+    assert str(world["ck1"]) in interp.figures[1].caption
+    nb = read_entry(tmp_path / "two" / "neighbours" / "entry.json")
+    assert [f.title for f in nb.figures] == ["enc-seed0"]
+    assert len(nb.notes) == 1 and "left out" in nb.notes[0] and str(world["ck1"]) in nb.notes[0]
+    probe = read_entry(tmp_path / "two" / "probe" / "entry.json")
+    assert len(probe.tables[0].rows) == 2 and probe.tables[0].rows[0] == probe.tables[0].rows[1]
+    assert page.count('<div class="figs">') == 2

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
+from rcdm.analysis.experiments.common import Context, describe_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.probe import cached_probe
 from rcdm.analysis.probe import fgsm
@@ -50,18 +50,7 @@ def run(ctx: Context) -> Entry:
     info = val.encoder_info
     enc = ctx.encoder(info)
     pp = val.preprocess
-    rcdms = [r for r in ctx.rcdms() if same_encoder(r.encoder_info, info)]
-    notes = [
-        f"checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)}, not the probed "
-        f"representation {describe_encoder(info)}: left out"
-        for r in ctx.rcdms()
-        if r not in rcdms
-    ]
-    if not rcdms:
-        raise ValueError(
-            f"adversarial: no checkpoint in analyze.checkpoints is conditioned on the stores' representation "
-            f"{describe_encoder(info)}; add one trained on these features"
-        )
+    rcdms, notes = ctx.store_rcdms(val, "adversarial")
     rows = ctx.pick(val, cfg.n_images, "adversarial")
     seeds = ctx.noise_seeds()
     targeted = cfg.target_class is not None

@@ -37,8 +37,8 @@ def run(ctx: Context) -> Entry:
     tf = ctx.features(train)
     seeds = ctx.noise_seeds()
     figures, records, table_rows = [], [], []
-    for r in ctx.rcdms():
-        ctx.require_store_match(r, train, "class-mean")
+    rcdms, notes = ctx.store_rcdms(train, "class-mean")
+    for r in rcdms:
         size = display_size(r.image_size)
         means = np.stack([class_mean(tf, labels, c) for c in chosen])  # (C, D)
         samples = ctx.sample_grid(r, means, seeds)
@@ -63,4 +63,4 @@ def run(ctx: Context) -> Entry:
         figures.append(ctx.save_figure("class-mean", r.label, grid(grid_rows), cap, r.label))
     table = Table("Class means", ["checkpoint", "class", "members", "nearest member sq. distance"], table_rows)
     return ctx.finish("class-mean", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "labels": chosen,
-                                            "classes": records}, figures, [table])  # fmt: skip
+                                            "classes": records}, figures, [table], notes=notes)  # fmt: skip

@@ -40,6 +40,15 @@ def same_encoder(a: dict, b: dict) -> bool:
     return True
 
 
+def checkpoint_label(path: str) -> str:
+    """A short name for figure titles: the run folder's name for ``<run>/ema*.safetensors`` or a
+    run directory, the file's stem otherwise."""
+    p = Path(path)
+    if p.is_file() and p.stem.split("-")[0] in ("ema", "model") and p.parent.name:
+        return p.parent.name
+    return p.stem if p.is_file() else (p.name or str(p))
+
+
 @dataclass
 class RCDM:
     """A loaded checkpoint, ready to sample, with the encoder its conditions come from."""
@@ -229,7 +238,7 @@ class Context:
 
                 self.upstream[str(Path(path) / f)] = sha256_file(Path(path) / f)
                 break
-        label = Path(path).name if Path(path).name not in ("", ".") else str(path)
+        label = checkpoint_label(path)
         return RCDM(
             path=path, label=label, model=model, diffusion=diffusion, meta=meta, encoder_info=info,
             encoder_note=note, cond_dim=cond_dim, image_size=image_size, kimg=meta.get("kimg"),
@@ -268,13 +277,27 @@ class Context:
         enc = self.encoder(r.encoder_info)
         return self.encode(enc, [self.image(store, i) for i in rows])
 
-    def require_store_match(self, r: RCDM, store, experiment: str) -> None:
-        if not same_encoder(store.encoder_info, r.encoder_info):
+    def store_rcdms(self, store, experiment: str, required: bool = True) -> tuple[list[RCDM], list[str]]:
+        """The checkpoints conditioned on ``store``'s representation, and a note for each other
+        one (left out: neighbours / class means / probes must live in the checkpoint's space).
+        With ``required``, no matching checkpoint is an error naming both representations."""
+        rs = self.rcdms()
+        ok = [r for r in rs if same_encoder(store.encoder_info, r.encoder_info)]
+        notes = [
+            f"checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)}, but store "
+            f"{store.path} holds {describe_encoder(store.encoder_info)}: left out of this experiment"
+            for r in rs
+            if r not in ok
+        ]
+        if required and not ok:
             raise ValueError(
-                f"{experiment}: checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)} "
-                f"but store {store.path} holds {describe_encoder(store.encoder_info)}; the nearest "
-                "neighbours / class means must come from a store of the checkpoint's encoder and layer"
+                f"{experiment}: no checkpoint in analyze.checkpoints is conditioned on the representation "
+                f"of store {store.path} ({describe_encoder(store.encoder_info)}); checkpoints: "
+                + "; ".join(f"{r.path} ({describe_encoder(r.encoder_info)})" for r in rs)
+                + ". Nearest neighbours, class means and probes must come from a store of the "
+                "checkpoint's encoder and layer"
             )
+        return ok, notes
 
     # ---------------------------------------------------------------- outputs
     def caption(self, r: RCDM | None, seeds: list[int] | None, what: str, encoder: dict | None = None) -> str:

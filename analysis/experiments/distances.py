@@ -36,13 +36,7 @@ def run(ctx: Context) -> Entry:
     enc = ctx.encoder(info)
     vf, tf = ctx.features(val), ctx.features(train)
     rows = ctx.pick(val, cfg.n_images, "distances")
-    rcdms = [r for r in ctx.rcdms() if same_encoder(r.encoder_info, info)]
-    notes = [
-        f"checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)}, not the stores' "
-        "representation: its samples are left out of this figure"
-        for r in ctx.rcdms()
-        if r not in rcdms
-    ]
+    rcdms, notes = ctx.store_rcdms(val, "distances", required=False)
     size = display_size(max([r.image_size for r in rcdms], default=64))
     seeds = ctx.noise_seeds()
     rng = ctx.rng("distances")

@@ -10,7 +10,7 @@ values of another image's representation ("substitute"). Algebra rows decode a -
 from __future__ import annotations
 
 import numpy as np
-from rcdm.analysis.experiments.common import Context
+from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
 from rcdm.viz import grid
@@ -49,9 +49,13 @@ def run(ctx: Context) -> Entry:
     rows = ctx.pick(val, max(3, cfg.n_images), "manipulation")  # algebra needs 3
     seeds = ctx.noise_seeds()
     figures, records, table_rows = [], [], []
-    for r in ctx.rcdms():
-        ctx.require_store_match(r, train, "manipulation")
-        ctx.require_store_match(r, val, "manipulation")
+    if not same_encoder(train.encoder_info, val.encoder_info):
+        raise ValueError(
+            f"manipulation: the train store ({describe_encoder(train.encoder_info)}) and val store "
+            f"({describe_encoder(val.encoder_info)}) must hold the same representation"
+        )
+    rcdms, notes = ctx.store_rcdms(train, "manipulation")
+    for r in rcdms:
         size = display_size(r.image_size)
         vf = ctx.features(val)
         for n_img, i in enumerate(rows[: max(1, cfg.n_images)]):
@@ -108,7 +112,7 @@ def run(ctx: Context) -> Entry:
             records.append({"checkpoint": r.path, "algebra": alg_records})
     table = Table("Edited dimensions", ["checkpoint", "image", "most-common dims", "least-common dims", "D"], table_rows)
     numbers = {"seed": cfg.seed, "noise_seeds": seeds, "results": records}
-    return ctx.finish("manipulation", TITLE, numbers, figures, [table])
+    return ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes)
 
 
 def _triples(ctx: Context, val, rows: list[int]) -> list[tuple[int, int, int]]:

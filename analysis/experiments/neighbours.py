@@ -22,8 +22,8 @@ def run(ctx: Context) -> Entry:
     rows = ctx.pick(val, cfg.n_images, "neighbours")
     seeds = ctx.noise_seeds()
     figures, records, table_rows = [], [], []
-    for r in ctx.rcdms():
-        ctx.require_store_match(r, train, "neighbours")
+    rcdms, notes = ctx.store_rcdms(train, "neighbours")
+    for r in rcdms:
         enc = ctx.encoder(r.encoder_info)
         size = display_size(r.image_size)
         conds = ctx.conditions(r, val, rows)
@@ -55,4 +55,4 @@ def run(ctx: Context) -> Entry:
                   ["checkpoint", "condition", "seed", "sq. dist. to condition", "sq. dist. to NN 1", "NN 1"],
                   table_rows)  # fmt: skip
     return ctx.finish("neighbours", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "k": k, "samples": records},
-                      figures, [table])  # fmt: skip
+                      figures, [table], notes=notes)  # fmt: skip
