@@ -309,6 +309,8 @@ def test_e2e_outputs_and_rank(e2e):
 
     assert man["samples_manifest_sha256"] == sha256_file(e2e["samples"] / "manifest.json")
     assert man["reference_manifest_sha256"] == sha256_file(e2e["store"] / "manifest.json")
+    assert man["inception_weights_sha256"] == m["fid"]["weights_sha256"]
+    assert Path(man["fid_reference_stats"]).is_file()
     ranks = np.load(out / "ranks.npy")
     inside = np.load(out / "rank_in_reference.npy")
     np.testing.assert_array_equal(inside, [True] * 8 + [False] * 2)
@@ -399,3 +401,12 @@ def test_reference_stats_subset_and_unreadable_images(tmp_path):
     assert info["n"] == 2 and info["n_unreadable"] == 1 and "img_002" in info["unreadable"][0]
     assert all(s[1:] == (RES, RES, 3) for s in seen)
     assert mu.shape == (2048,) and sigma.shape == (2048, 2048)
+
+
+def test_missing_reference_images_stop_before_work(tmp_path, use_torch_home):
+    samples, store, *_ = simple_case(tmp_path)
+    cfg = cfg_for(samples, store, tmp_path / "eval", fid="auto",
+                  reference_images=str(tmp_path / "no_such_val"))  # fmt: skip
+    with pytest.raises(FileNotFoundError, match="no_such_val"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval" / "manifest.json").exists()
