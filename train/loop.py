@@ -60,7 +60,12 @@ def run(cfg: TrainConfig) -> Path:
     # run() may be called several times in one process (the pipeline, tests) with other
     # precisions; the process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=mp, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(
+        mixed_precision=mp,
+        cpu=not torch.cuda.is_available(),
+        # prepare() compiles the model last (after DDP), the way accelerate supports it
+        dynamo_backend="inductor" if cfg.compile else "no",
+    )
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     main = accelerator.is_main_process
     per_step = world * cfg.grad_accum
@@ -149,7 +154,6 @@ def run(cfg: TrainConfig) -> Path:
 
         grids = GridMaker(dataset, ucfg.schedule, cfg.grid_images, cfg.grid_samples, cfg.grid_steps, cfg.seed)
 
-    train_model = torch.compile(model) if cfg.compile else model
     model.train()
     stats = Stats(device, diffusion.num_timesteps)
     logger = Logger(out, step, enabled=main)
@@ -183,7 +187,7 @@ def run(cfg: TrainConfig) -> Path:
                 sync = micro == cfg.grad_accum - 1
                 ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
                 with ctx:
-                    losses = diffusion.training_losses(train_model, x, t, {"cond": h}, noise=noise)
+                    losses = diffusion.training_losses(model, x, t, {"cond": h}, noise=noise)
                     loss = losses["loss"].mean() / cfg.grad_accum
                     accelerator.backward(loss)
                 stats.add_micro(losses, t, step)
@@ -227,6 +231,7 @@ def run(cfg: TrainConfig) -> Path:
     finally:
         bar.close()
         logger.close()
+        del batches  # stops the loader's worker processes
 
     if main:
         atomic_write_json(

@@ -27,6 +27,7 @@ class Stats:
         self.sums = torch.zeros(6, device=device, dtype=torch.float64)
         self.q_sum = torch.zeros(4, device=device, dtype=torch.float64)  # loss by t quartile
         self.q_cnt = torch.zeros(4, device=device, dtype=torch.float64)
+        self.count = 0  # samples added since the last collect (this process)
         # The first optimiser step whose loss was not finite (-1: none yet); never reset.
         self.bad_step = torch.full((), -1, device=device, dtype=torch.int64)
 
@@ -34,15 +35,9 @@ class Stats:
     def add_micro(self, losses: dict[str, torch.Tensor], t: torch.Tensor, step: int) -> None:
         """Add one micro-batch's per-sample ``losses`` (``t``: its timesteps); ``step`` 1-based."""
         loss = losses["loss"].detach().double()
-        part = torch.stack(
-            [
-                loss.sum(),
-                losses["mse"].detach().double().sum(),
-                losses["vb"].detach().double().sum(),
-                torch.tensor(float(loss.numel()), device=loss.device, dtype=torch.float64),
-            ]
-        )
-        self.sums[:4] += part
+        part = torch.stack([loss.sum(), losses["mse"].detach().double().sum(), losses["vb"].detach().double().sum()])
+        self.sums[:3] += part
+        self.count += loss.numel()  # on the host: a device scalar made from it would sync
         q = (t * 4 // self.num_timesteps).clamp_(0, 3)
         self.q_sum.index_add_(0, q, loss)
         self.q_cnt.index_add_(0, q, torch.ones_like(loss))
@@ -67,7 +62,9 @@ class Stats:
 
         The gradient norm is the same on every rank after the all-reduce, so it is not summed.
         """
-        packed = torch.cat([self.sums[:4], self.q_sum, self.q_cnt]).float()
+        self.sums[_N] = float(self.count)
+        self.count = 0
+        packed = torch.cat([self.sums[:4], self.q_sum, self.q_cnt])
         packed = reduce(packed).double().cpu()
         sums, q_sum, q_cnt = packed[:4], packed[4:8], packed[8:12]
         local = self.sums.cpu()
