@@ -74,12 +74,11 @@ def _method(ss: SampleSet, encoder_name: str) -> str:
     return f"RCDM ({encoder_name}{', ' + cond if cond else ''})"
 
 
-def _rank(cfg: EvaluateConfig, ss: SampleSet, store, device) -> tuple[dict, np.ndarray, np.ndarray]:
-    from rcdm.encoders import encode, encoder_from_info
+def _rank(
+    cfg: EvaluateConfig, ss: SampleSet, store, encoder, device
+) -> tuple[dict, np.ndarray, np.ndarray]:
+    from rcdm.encoders import encode
 
-    encoder = encoder_from_info(
-        store.encoder_info, weights=cfg.encoder_weights, trust_checkpoint=cfg.trust_checkpoint
-    ).to(device)
     # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
     queries = encode(encoder, ss.images, store.preprocess, batch_size=cfg.batch_size, device=device)
     queries = np.asarray(queries, dtype=np.float32)  # (M, D)
@@ -148,12 +147,18 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
             open_source(cfg.reference_images)
     device = pick_device(cfg.device)
+    # The conditioning encoder, rebuilt from the store's record (its weights must be found).
+    from rcdm.encoders import encoder_from_info
+
+    encoder = encoder_from_info(
+        store.encoder_info, weights=cfg.encoder_weights, trust_checkpoint=cfg.trust_checkpoint
+    ).to(device)
 
     # No stale "finished" marker while we work.
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
 
-    rank, ranks, inside = _rank(cfg, ss, store, device)
+    rank, ranks, inside = _rank(cfg, ss, store, encoder, device)
     if weights is not None:
         quality = fidmod.fid_and_is(
             ss.images,

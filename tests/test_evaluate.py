@@ -410,3 +410,17 @@ def test_missing_reference_images_stop_before_work(tmp_path, use_torch_home):
     with pytest.raises(FileNotFoundError, match="no_such_val"):
         evaluate(cfg)
     assert not (tmp_path / "eval" / "manifest.json").exists()
+
+
+def test_missing_encoder_weights_stop_before_output(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 8)).astype(np.float32)
+    info = {"name": "supervised-rn50", "arch": "resnet50", "layer": "trunk", "dim": 8,
+            "weights": str(tmp_path / "gone.pth"), "weights_sha256": "0" * 64}  # fmt: skip
+    store = make_store(tmp_path / "store", feats, encoder_info=info)
+    rows = [{"sample": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(3)]
+    images = rng.integers(0, 256, size=(3, RES, RES, 3), dtype=np.uint8)
+    samples = write_samples(tmp_path / "samples", images, rows, feats)
+    with pytest.raises(FileNotFoundError, match="gone.pth"):
+        evaluate(cfg_for(samples, store, tmp_path / "eval"))
+    assert not (tmp_path / "eval").exists()
