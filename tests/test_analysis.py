@@ -359,3 +359,28 @@ def test_several_checkpoints_side_by_side(world, tmp_path):
     probe = read_entry(tmp_path / "two" / "probe" / "entry.json")
     assert len(probe.tables[0].rows) == 2 and probe.tables[0].rows[0] == probe.tables[0].rows[1]
     assert page.count('<div class="figs">') == 2
+
+
+@pytest.mark.slow
+def test_checkpoint_without_encoder_uses_the_val_store(world, tmp_path, monkeypatch):
+    """Official checkpoints record no encoder: the val store's is used (and said so in captions),
+    unless the file's name hints at another encoder."""
+    import rcdm.generate
+    import torch
+    from rcdm.analysis.experiments.common import Context
+
+    real = rcdm.generate.load_for_sampling
+    hint: dict = {}
+
+    def official(*args, **kwargs):
+        model, diffusion, meta = real(*args, **kwargs)
+        return model, diffusion, {**meta, "encoder": None, "encoder_hint": dict(hint)}
+
+    monkeypatch.setattr(rcdm.generate, "load_for_sampling", official)
+    ctx = Context(cfg=world["cfg"], out=tmp_path, device=torch.device("cpu"))
+    r = ctx.rcdm(str(world["ck0"]))
+    assert r.encoder_info == world["info0"]
+    assert "not recorded in the checkpoint" in ctx.caption(r, [0], "x")
+    hint.update(name="dino", layer="trunk")
+    with pytest.raises(ValueError, match="named for encoder dino"):
+        Context(cfg=world["cfg"], out=tmp_path, device=torch.device("cpu")).rcdm(str(world["ck0"]))

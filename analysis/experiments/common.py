@@ -226,17 +226,27 @@ class Context:
         else:
             info = dict(self.store("val").encoder_info)
             note = f"not recorded in the checkpoint; taken from the val store {self.cfg.val_store}"
+            hint = meta.get("encoder_hint") or {}  # official files name their encoder
+            if hint and not (
+                str(info.get("name", "")).startswith(hint.get("name", "")) and hint.get("layer") == info.get("layer")
+            ):
+                raise ValueError(
+                    f"checkpoint {path} is named for encoder {hint.get('name')} ({hint.get('layer')}), but "
+                    f"the val store holds {describe_encoder(info)}; give stores extracted with that encoder and layer"
+                )
         if int(info.get("dim", -1)) != cond_dim:
             raise ValueError(
                 f"checkpoint {path} expects {cond_dim}-d conditions, but its encoder "
                 f"{describe_encoder(info)} ({note}) gives {info.get('dim')}-d representations; "
                 "use a checkpoint trained on features of this encoder and layer"
             )
-        for f in ("manifest.json", "model.json"):
-            if (Path(path) / f).is_file():
-                from rcdm.utils import sha256_file
+        from rcdm.utils import sha256_file
 
-                self.upstream[str(Path(path) / f)] = sha256_file(Path(path) / f)
+        p = Path(path)
+        # the run's manifest / the weights' meta JSON (cheap), else the weights file itself
+        for f in (p / "manifest.json", p / "model.json", p.with_name(p.name + ".json"), p):
+            if f.is_file():
+                self.upstream[str(f)] = sha256_file(f)
                 break
         label = checkpoint_label(path)
         return RCDM(
@@ -309,6 +319,8 @@ class Context:
         if r is not None:
             kimg = f", {r.kimg} kimg" if r.kimg is not None else ""
             parts.append(f"Checkpoint {r.path}{kimg}.")
+            if r.encoder_note != "recorded in the checkpoint":
+                parts.append(f"(Encoder {r.encoder_note}.)")
             parts.append(f"Sampler {'DDIM' if self.ddim else 'ancestral'}, steps {self.cfg.steps}.")
         if seeds is not None:
             parts.append(f"Noise seeds {list(seeds)}; analysis seed {self.cfg.seed}.")
