@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -119,7 +120,15 @@ def run(cfg: SampleConfig) -> Path:
     _validate(cfg)
     _, ddim_spaced = parse_steps(cfg.steps)
     ddim = cfg.ddim or ddim_spaced
-    state = PartialState()
+    # On a machine without CUDA (or with --device cpu), accelerate only joins the processes that
+    # torchrun / accelerate launch started when asked for CPU explicitly.
+    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != state.num_processes:  # each process would redo all the work and race on files
+        raise RuntimeError(
+            f"launched as {world} processes but accelerate sees {state.num_processes}; "
+            "use `accelerate launch` or torchrun with a working distributed setup"
+        )
     # accelerate launch gives each process its device; a single process uses cfg.device.
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     out = Path(cfg.out)

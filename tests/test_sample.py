@@ -354,3 +354,40 @@ def test_run_images_encoded_with_the_stores_encoder(tmp_path):
     assert [Path(r["key"]).name for r in index] == ["p0.png", "p1.png"] and index[0]["kind"] == "image"
     grid = np.asarray(Image.open(out / "grid-000.png"))
     np.testing.assert_array_equal(grid[2:34, 2:34], adm_center_crop(pics[0], 32))
+
+
+@pytest.mark.slow
+def test_two_processes_split_the_work_with_identical_samples(done_run, ckpt, store_dir, tmp_path):
+    """torchrun with 2 CPU processes: each takes every other chunk; the samples equal the
+    single-process run's bit for bit (a sample depends on its seed only)."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "go.py"
+    cfg = _run_cfg(ckpt, store_dir, tmp_path / "mp", chunk_size=2)
+    (tmp_path / "cfg.json").write_text(json.dumps(dataclass_dict(cfg)))
+    script.write_text(
+        "import json, sys, torch, rcdm.sample\nfrom rcdm.config import SampleConfig\n"
+        "torch.set_num_threads(1)\n"
+        "d = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(open(sys.argv[1])).items()}\n"
+        "rcdm.sample.run(SampleConfig(**d))\n"
+    )
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "cfg.json")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    man = json.loads((tmp_path / "mp" / "manifest.json").read_text())
+    assert man["num_processes"] == 2
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "mp" / "samples.npz")["arr_0"], np.load(done_run / "samples.npz")["arr_0"]
+    )
+
+
+def dataclass_dict(cfg: SampleConfig) -> dict:
+    from dataclasses import asdict
+
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
