@@ -69,7 +69,8 @@ _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-top: 0.5em; }
 .figs { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
-figure { margin: 0; max-width: 100%; }
+figure { margin: 0; max-width: calc(50% - 1em); }  /* two side by side: compare checkpoints */
+figure:only-child { max-width: 100%; }
 figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
 figcaption { font-size: 0.85em; color: #444; max-width: 60em; }
 .ftitle { font-weight: 600; margin-bottom: 0.3em; }

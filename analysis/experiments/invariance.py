@@ -94,7 +94,7 @@ def run(ctx: Context) -> Entry:
                 f"random ones seeded by analysis seed {cfg.seed}), each followed by samples from its "
                 "representation, the same noise seed per column",
             )  # fmt: skip
-            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, r.label))
+            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
         for t in names:
             m = {k: float(np.mean(v)) for k, v in per_t[t].items()}
             table_rows.append(

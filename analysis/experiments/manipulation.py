@@ -83,7 +83,7 @@ def run(ctx: Context) -> Entry:
                 f"least-common dimensions (non-zero in >= {m} of its {k} nearest training neighbours) "
                 f"zeroed (mask) or replaced by those of {val.keys[other]} (subst, whose image is shown)",
             )  # fmt: skip
-            figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, r.label))
+            figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
             records.append({
                 "checkpoint": r.path, "key": val.keys[i], "substitute_from": val.keys[other],
                 "k": k, "m": m, "neighbours": [train.keys[j] for j in nn],
