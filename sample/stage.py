@@ -139,10 +139,7 @@ def run(cfg: SampleConfig) -> Path:
     fp = fingerprint(cfg, store, ckpt_file)
 
     # Every process agrees on the plan: the main process decides and writes it, the others read.
-    status = "fresh"
-    if state.is_main_process:
-        status = _prepare_out(out, fp, cfg.overwrite)
-    state.wait_for_everyone()
+    status = _on_main(state, lambda: _prepare_out(out, fp, cfg.overwrite))
     if (out / "manifest.json").exists() and read_json(out / "manifest.json").get("fingerprint") == fp:
         return out
 
@@ -152,8 +149,7 @@ def run(cfg: SampleConfig) -> Path:
     )
     check_checkpoint_store(meta, store, cfg.checkpoint)
 
-    cs: ConditionSet | None = None
-    if state.is_main_process:
+    def plan_conditions() -> ConditionSet:
         save_resolved(cfg, out)
         cs = build(cfg, store, device)
         if status == "fresh" or not (out / "conds.npy").exists():
@@ -162,7 +158,9 @@ def run(cfg: SampleConfig) -> Path:
             out / "partial" / "plan.json",
             {"fingerprint": fp, "n_conditions": len(cs.conditions), "fixed_noise": cs.fixed_noise_groups},
         )
-    state.wait_for_everyone()
+        return cs
+
+    cs: ConditionSet | None = _on_main(state, plan_conditions, share=False)
     conds = np.load(out / "conds.npy")  # (C, D)
     plan = read_json(out / "partial" / "plan.json")
     k = cfg.n_per_condition
@@ -218,6 +216,30 @@ def run(cfg: SampleConfig) -> Path:
     atomic_write_json(out / "manifest.json", manifest)
     shutil.rmtree(out / "partial", ignore_errors=True)  # samples.npz now holds every chunk
     return out
+
+
+def _on_main(state: Any, fn: Any, share: bool = True) -> Any:
+    """Run ``fn`` on the main process only; the others wait. An error on the main process is
+    raised on every process (instead of leaving them waiting at a barrier); with ``share`` the
+    result is sent to all of them."""
+    result, error = None, None
+    if state.is_main_process:
+        try:
+            result = fn()
+        except Exception as e:  # re-raised below, after telling the other processes
+            error = e
+    if state.num_processes > 1:
+        from accelerate.utils import broadcast_object_list
+
+        msg = [None if error is None else f"{type(error).__name__}: {error}", result if share else None]
+        broadcast_object_list(msg, from_process=0)
+        if error is None and msg[0] is not None:
+            raise RuntimeError(f"the main process failed: {msg[0]}")
+        if not state.is_main_process:
+            result = msg[1]
+    if error is not None:
+        raise error
+    return result
 
 
 def _image_shape(model: Any) -> tuple[int, int, int]:
