@@ -391,3 +391,21 @@ def dataclass_dict(cfg: SampleConfig) -> dict:
     from dataclasses import asdict
 
     return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}
+
+
+def test_bench_sample_runs_on_cpu_with_tiny(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "bench" / "sample.py"
+    spec = importlib.util.spec_from_file_location("bench_sample", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    report = mod.main(
+        ["--presets", "tiny", "--device", "cpu", "--iters", "1", "--warmup", "0", "--sample-steps", "2",
+         "--cond-dim", "16", "--out", str(tmp_path / "b.json")]
+    )
+    (row,) = report["results"]
+    assert row["preset"] == "tiny" and row["image_size"] == 32
+    assert row["forwards_per_s"] > 0 and row["images_per_s"] > 0
+    assert json.loads((tmp_path / "b.json").read_text()) == report
+    assert json.loads(capsys.readouterr().out) == report
