@@ -30,7 +30,8 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 
 def model_image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     """``(C, H, W)`` of the images ``model`` generates, from its ``UNetConfig``."""
-    cfg = getattr(model, "cfg", None) or getattr(model, "config", None)
+    # a DDP / accelerate wrapper keeps the UNet in .module
+    cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
     if cfg is None:
         raise ValueError("the model has no .cfg (UNetConfig); cannot tell the image size to sample")
     return int(getattr(cfg, "in_channels", 3)), int(cfg.image_size), int(cfg.image_size)
@@ -45,7 +46,7 @@ class _Autocast(torch.nn.Module):
         self.model = model
         self.device_type = device_type
         self.dtype = dtype
-        self.cfg = getattr(model, "cfg", None)
+        self.cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         ctx = (
@@ -59,14 +60,16 @@ class _Autocast(torch.nn.Module):
 
 
 def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
-    """'auto' -> bf16 on CUDA, full precision on CPU; 'bf16' / 'no' as asked."""
+    """'auto' -> bf16 on CUDA, full precision on CPU; 'bf16' / 'fp16' / 'no' as asked."""
     if mixed_precision == "auto":
         return torch.bfloat16 if device.type == "cuda" else None
     if mixed_precision == "bf16":
         return torch.bfloat16
+    if mixed_precision == "fp16":
+        return torch.float16
     if mixed_precision in ("no", "none", "fp32"):
         return None
-    raise ValueError(f"mixed_precision must be 'auto', 'no' or 'bf16', got {mixed_precision!r}")
+    raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
 
 
 @torch.no_grad()
