@@ -55,6 +55,15 @@ def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
         )
     enc = meta.get("encoder") or {}
     mine = store.encoder_info
+    hint = meta.get("encoder_hint") or {}  # official rcdm_ema_<encoder>_<layer>.pt file names
+    if hint and not enc and not (
+        str(mine.get("name", "")).startswith(str(hint.get("name"))) and hint.get("layer") == mine.get("layer")
+    ):
+        raise ValueError(
+            f"checkpoint {checkpoint} is named for encoder {hint.get('name')} ({hint.get('layer')}) but "
+            f"the store {store.path} was made with {mine.get('name')} ({mine.get('layer')}); pass a "
+            "store extracted with that encoder and layer"
+        )
     for field in ("name", "layer", "weights_sha256"):
         a, b = enc.get(field), mine.get(field)
         if a is not None and b is not None and a != b:

@@ -437,3 +437,18 @@ def test_bench_sample_runs_on_cpu_with_tiny(tmp_path, capsys):
     assert row["forwards_per_s"] > 0 and row["images_per_s"] > 0
     assert json.loads((tmp_path / "b.json").read_text()) == report
     assert json.loads(capsys.readouterr().out) == report
+
+
+def test_checkpoint_store_checks():
+    from types import SimpleNamespace
+
+    from rcdm.sample.stage import check_checkpoint_store
+
+    st = SimpleNamespace(dim=2048, path="S", layer="trunk", encoder_info={"name": "dino-rn50", "layer": "trunk"})
+    check_checkpoint_store({"unet": {"cond_dim": 2048}, "encoder_hint": {"name": "dino", "layer": "trunk"}}, st, "c")
+    with pytest.raises(ValueError, match="named for encoder simclr"):
+        check_checkpoint_store({"unet": {"cond_dim": 2048}, "encoder_hint": {"name": "simclr", "layer": "trunk"}}, st, "c")
+    with pytest.raises(ValueError, match="encoder name 'swav-rn50'"):
+        check_checkpoint_store({"unet": {"cond_dim": 2048}, "encoder": {"name": "swav-rn50"}}, st, "c")
+    with pytest.raises(ValueError, match="unconditional"):
+        check_checkpoint_store({"unet": {"cond": "none", "cond_dim": 0}}, st, "c")
