@@ -230,6 +230,7 @@ class AnalyzeConfig:
     dynamics_checkpoints: tuple[str, ...] = ()  # training-dynamics: runs in training order
     trust_checkpoint: bool = False
     device: str = "auto"  # auto | cpu | cuda | cuda:N
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"  # sampling: auto = bf16 on GPU, fp32 on CPU
     image_keys: tuple[str, ...] = ()  # val-store keys of the conditioning images; default: seeded pick
     layers: tuple[str, ...] = ("trunk",)  # invariance: encoder layers whose distances are reported
     probe_train_stores: tuple[str, ...] = ()  # probe: train stores (one per encoder/layer); default: train_store

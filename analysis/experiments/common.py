@@ -269,7 +269,7 @@ class Context:
             raise ValueError(f"checkpoint {r.path} expects {r.cond_dim}-d conditions, got shape {conds.shape}")
         return generate(
             r.model, r.diffusion, conds, seeds, ddim=self.ddim, batch_size=self.cfg.batch_size,
-            device=self.device, progress=False,
+            device=self.device, progress=False, mixed_precision=self.cfg.mixed_precision,
         )  # fmt: skip
 
     def sample_grid(self, r: RCDM, conds: np.ndarray, seeds: list[int]) -> np.ndarray:
