@@ -97,7 +97,12 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         step()
     _sync(device)
     dt = (time.perf_counter() - t0) / args.steps
-    peak_mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    if device.type == "cuda":
+        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
+    else:  # the process's peak resident set (KiB on Linux)
+        import resource
+
+        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     achieved = flops_per_step / dt / 1e12
     return {
         "preset": name,
@@ -127,17 +132,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--compile", action="store_true", help="torch.compile the model")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
-    p.add_argument("--steps", type=int, default=20, help="timed steps")
+    p.add_argument("--steps", type=int, default=None, help="timed steps; default 20 on CUDA, 5 on CPU")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile needs a few)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: measured matmul peak")
     args = p.parse_args(argv)
-    if args.steps < 1 or args.warmup < 0:
-        p.error("--steps must be >= 1 and --warmup >= 0")
-
     from rcdm.utils import pick_device
 
     device = pick_device(args.device)
+    if args.steps is None:
+        args.steps = 20 if device.type == "cuda" else 5
+    if args.steps < 1 or args.warmup < 0:
+        p.error("--steps must be >= 1 and --warmup >= 0")
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

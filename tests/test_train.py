@@ -146,6 +146,25 @@ def test_missing_source_is_a_clear_error(tmp_path):
         ImageFeatureDataset(store, RES, source=str(tmp_path / "nowhere"))
 
 
+def test_ema_update_matches_closed_form():
+    from rcdm.train.ema import EMA, ema_rate_at
+
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, (0.9, 0.5), warmup=False)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    ema.update(net, step=1)
+    for rate, m in ema.models.items():
+        for k, v in m.state_dict().items():
+            assert torch.allclose(v, rate * start[k] + (1 - rate) * (start[k] + 1.0))
+    assert ema_rate_at(0.9999, 1, True) == pytest.approx(2 / 11)
+    assert ema_rate_at(0.9999, 10**7, True) == 0.9999 and ema_rate_at(0.9999, 1, False) == 0.9999
+    with pytest.raises(ValueError, match="not in"):
+        EMA(net, (1.5,))
+
+
 # ------------------------------------------------------------------------------------- loop
 
 
@@ -242,6 +261,9 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path, monkeypatch)
     wb = load_file(str(tmp_path / "b" / "ema.safetensors"))
     assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
 
+    # another seed would change the data order: refused
+    with pytest.raises(ValueError, match="seed"):
+        rcdm.train.run(replace(cfg_b, kimg=0.040, seed=1))
     # training further with a larger kimg continues from the finished run
     rcdm.train.run(replace(cfg_b, kimg=0.040))
     assert [r["step"] for r in _log(tmp_path / "b")] == list(range(1, 11))

@@ -291,7 +291,15 @@ def _save_checkpoint(
         for rate, m in ema.models.items():
             save_weights(tmp / f"ema-{rate_tag(rate)}.safetensors", _cpu(m), {**meta, "ema_rate": rate})
         atomic_write_json(tmp / "model.json", meta)
-        final = ckpt.commit_checkpoint(tmp, {"step": step, "nimg": nimg, "kimg": nimg / 1000, "time": now_iso()})
+        state = {
+            "step": step,
+            "nimg": nimg,  # the data position: global stream index of the next image
+            "kimg": nimg / 1000,
+            "seed": cfg.seed,  # the stream and the noise are functions of it
+            "batch_size": cfg.batch_size,
+            "time": now_iso(),
+        }
+        final = ckpt.commit_checkpoint(tmp, state)
         # run level: the first EMA rate's weights, what sampling loads by default
         first = cfg.ema_rates[0]
         save_weights(out / "ema.safetensors", _cpu(ema.models[first]), {**meta, "ema_rate": first})
@@ -311,6 +319,12 @@ def _load_checkpoint(path: Path, accelerator, net: torch.nn.Module, ema: EMA, cf
     from safetensors.torch import load_file
 
     device = accelerator.device
+    st = ckpt.read_state(path)
+    if int(st.get("seed", cfg.seed)) != cfg.seed:
+        raise ValueError(
+            f"checkpoint {path} was trained with train.seed={st['seed']}, not {cfg.seed}: resuming "
+            "would change the data order and noise; use the run's seed or a new --out"
+        )
     load_state_dict_strict(net, load_file(str(path / "model.safetensors"), device=str(device)))
     sds = {}
     for rate in cfg.ema_rates:
@@ -323,5 +337,4 @@ def _load_checkpoint(path: Path, accelerator, net: torch.nn.Module, ema: EMA, cf
         sds[rate] = load_file(str(f), device=str(device))
     ema.load_state_dicts(sds)
     accelerator.load_state(str(path / "accelerate"))
-    st = ckpt.read_state(path)
     return int(st["step"]), int(st["nimg"])
