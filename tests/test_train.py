@@ -402,7 +402,7 @@ def test_bench_train_runs_on_cpu():
     proc = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "train.py"), "--preset", "tiny", "--device", "cpu",
          "--batch-size", "2", "--resolution", "16", "--steps", "1", "--warmup", "0", "--cond-dim", "8"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout)
