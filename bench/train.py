@@ -32,12 +32,15 @@ def measure_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
     iters = 20 if device.type == "cuda" else 3
     for _ in range(2):
         a @ b
-    _sync(device)
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        a @ b
-    _sync(device)
-    return 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12
+    best = 0.0
+    for _ in range(5):  # the best of a few trials: a shared machine only ever slows it down
+        _sync(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12)
+    return best
 
 
 def _sync(device: torch.device) -> None:
