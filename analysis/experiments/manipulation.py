@@ -70,18 +70,18 @@ def run(ctx: Context) -> Entry:
                 conds.append(manipulate(h, dims, "zero"))
                 labels.append(f"mask {variant}")
                 conds.append(manipulate(h, dims, "replace", target=vf[other]))
-                labels.append(f"subst {variant}")
+                labels.append(f"sub {variant}")
             samples = ctx.sample_grid(r, np.stack(conds), seeds)  # (5, S, H, W, 3)
             img, oimg = ctx.image(val, i), ctx.image(val, other)
             grid_rows = []
             for c, lab in enumerate(labels):
-                first = labelled(oimg if lab.startswith("subst") else img, lab, size)
+                first = labelled(oimg if lab.startswith("sub ") else img, lab, size)
                 grid_rows.append([first] + [labelled(s, "", size) for s in samples[c]])
             cap = ctx.caption(
                 r, seeds,
                 f"Rows: samples of h({val.keys[i]}); with its {len(dims_by['most'])} most-common / "
                 f"least-common dimensions (non-zero in >= {m} of its {k} nearest training neighbours) "
-                f"zeroed (mask) or replaced by those of {val.keys[other]} (subst, whose image is shown)",
+                f"zeroed (mask) or replaced by those of {val.keys[other]} (sub, whose image is shown)",
             )  # fmt: skip
             figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
             records.append({
