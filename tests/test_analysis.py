@@ -269,6 +269,10 @@ def test_numbers_match_direct_computation(world):
     for rec in adv["images"]:
         assert [a["epsilon"] for a in rec["attack"]] == [0.0, 0.05, 0.2]
         assert rec["attack"][0]["changed"] is False  # epsilon 0 is the clean image
+        # a small FGSM step through the real encoder and the probe raises the probe's loss on the
+        # true class (large steps leave the linear regime of a random network: no claim there)
+        loss = [a["probe_loss"] for a in rec["attack"]]
+        assert loss[1] > loss[0], loss
     dyn = json.loads((out / "training-dynamics" / "training-dynamics.json").read_text())
     assert [c["checkpoint"] for c in dyn["checkpoints"]] == [str(world["ck0"]), str(world["ck1"])]
 

@@ -69,12 +69,14 @@ def run(ctx: Context) -> Entry:
         with torch.no_grad():
             clean_pred = int(forward(x01).argmax(1))
         y = torch.tensor([cfg.target_class if targeted else int(val.labels[i])], device=ctx.device)
-        advs, h_adv, preds = [], [], []
+        advs, h_adv, preds, losses = [], [], [], []
         for eps in eps_list:
             xa = fgsm(forward, x01, y, eps, targeted=targeted)
             with torch.no_grad():
                 h = enc(normalise(xa))  # (1, D)
-                preds.append(int(probe(h).argmax(1)))
+                logits = probe(h)
+                preds.append(int(logits.argmax(1)))
+                losses.append(float(torch.nn.functional.cross_entropy(logits, y)))  # the attacked loss
             h_adv.append(h[0].float().cpu().numpy())
             advs.append((xa[0].permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8))
         h_adv = np.stack(h_adv)  # (E, D)
@@ -82,7 +84,7 @@ def run(ctx: Context) -> Entry:
         changed_inputs += np.array(changed, float)
         rec = {"key": val.keys[i], "label": int(val.labels[i]), "clean_prediction": clean_pred, "attack": []}
         for e, (eps, p, ch) in enumerate(zip(eps_list, preds, changed, strict=True)):
-            rec["attack"].append({"epsilon": eps, "prediction": p, "changed": bool(ch),
+            rec["attack"].append({"epsilon": eps, "prediction": p, "changed": bool(ch), "probe_loss": losses[e],
                                   "repr_squared_distance": float(((h_adv[e] - h_adv[0]) ** 2).sum())
                                   if eps_list[0] == 0 else None, "samples": {}})  # fmt: skip
         for r in rcdms:
