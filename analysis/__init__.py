@@ -1,33 +1,17 @@
 """rcdm.analysis: metrics (FID, IS, rank / MRR), evaluation tables and the paper's experiments.
 
-The entry points import their modules lazily so that ``import rcdm.analysis`` stays cheap.
+Entry points:
+- ``evaluate(cfg: EvaluateConfig) -> Path``: samples -> metrics.json / .csv / .md.
+- ``table(run_dirs, out) -> Path``: several evaluated runs -> the paper's Table 1a / 1b.
+- ``analyze(cfg: AnalyzeConfig) -> Path``: the configured experiments -> report.html.
+
+The functions are imported after their submodules, so the package attributes are the functions
+(importing a submodule would otherwise rebind ``rcdm.analysis.evaluate`` to the module).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING
+from rcdm.analysis.analyze import analyze
+from rcdm.analysis.evaluate import evaluate, table
 
-if TYPE_CHECKING:
-    from rcdm.config import AnalyzeConfig, EvaluateConfig
-
-
-def evaluate(cfg: EvaluateConfig) -> Path:
-    """Samples -> metrics.json / .csv / .md (FID, IS, rank, MRR). Returns metrics.json."""
-    from rcdm.analysis.evaluate import evaluate as _evaluate
-
-    return _evaluate(cfg)
-
-
-def table(run_dirs: list[str], out: str) -> Path:
-    """Assemble evaluated runs into the paper's Table 1a / 1b. Returns metrics.md."""
-    from rcdm.analysis.evaluate import table as _table
-
-    return _table(run_dirs, out)
-
-
-def analyze(cfg: AnalyzeConfig) -> Path:
-    """Run the configured experiments; returns report.html."""
-    from rcdm.analysis.analyze import analyze as _analyze
-
-    return _analyze(cfg)
+__all__ = ["analyze", "evaluate", "table"]

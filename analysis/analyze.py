@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import importlib
 import shutil
-import sys
 import time
-import types
 from pathlib import Path
 
 from rcdm.analysis.experiments import EXPERIMENTS
@@ -93,14 +91,3 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         },
     )
     return report
-
-
-# ``rcdm.analysis.analyze`` is both this module and the package's forwarding function: importing
-# this module rebinds the package attribute to the module, so a second ``rcdm.analysis.analyze(cfg)``
-# in one process would call a module. Making the module callable keeps both spellings working.
-class _CallableModule(types.ModuleType):
-    def __call__(self, cfg: AnalyzeConfig) -> Path:
-        return analyze(cfg)
-
-
-sys.modules[__name__].__class__ = _CallableModule

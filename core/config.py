@@ -71,6 +71,7 @@ class ExtractConfig:
     out: str | None = None  # default: <workdir>/stores/train
     format: Literal["h5", "wds"] = "h5"
     preprocess: Literal["default", "rcdm", "imagenet"] = "default"  # default: the encoder's own
+    input_size: int | None = None  # override the encoder's input crop (e.g. 64 for quick CPU runs); recorded in the manifest
     batch_size: int = 64
     workers: int = 2
     shard_size: int = 1024  # rows per shard
@@ -300,6 +301,12 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
         allowed = get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare no/off/false as False: map it back to the one allowed word.
+            words = {"no", "off", "false"} if not value else {"yes", "on", "true"}
+            match = [a for a in allowed if isinstance(a, str) and a.lower() in words]
+            if len(match) == 1:
+                return match[0]
         if value in allowed:
             return value
         raise ConfigError(
@@ -347,7 +354,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
+        hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
+        raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
     raise ConfigError(f"{where}: unsupported config type {tp!r}")  # internal
 
 
@@ -423,8 +431,19 @@ def apply_overrides(cfg: PipelineConfig, overrides: typing.Sequence[str]) -> Pip
             value = yaml.safe_load(value_text) if value_text.strip() else ""
         except yaml.YAMLError:
             value = value_text
+        if isinstance(value, bool) and _wants_text(section, key):
+            value = value_text.strip()  # --set sample.ema=no means the word, not a boolean
         cfg = set_value(cfg, section, key, value)
     return cfg
+
+
+def _wants_text(section: str, key: str) -> bool:
+    """True for fields typed str / str | None (not bool, not Literal)."""
+    cls = _SECTION_TYPES.get(section)
+    tp = get_type_hints(cls).get(key) if cls else None
+    if tp is str:
+        return True
+    return get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and bool not in get_args(tp)
 
 
 def set_value(cfg: PipelineConfig, section: str, key: str, value: Any) -> PipelineConfig:

@@ -9,6 +9,7 @@ manifest, last, once every process is done.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import sys
 import time
@@ -26,6 +27,7 @@ from rcdm.extract.dataset import (
     device_normalisation_is_exact,
     normalize,
 )
+from rcdm.images import Preprocess, get_preprocess
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
 
@@ -73,6 +75,21 @@ def _check_config(cfg: ExtractConfig) -> None:
         raise ValueError("extract.include_images needs the webdataset format; add --format wds")
 
 
+def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
+    """The encoder's preprocessing ("default": its own), with ``input_size`` applied if set."""
+    if cfg.input_size is None:
+        return cfg.preprocess
+    if cfg.input_size < 16:
+        raise ValueError(f"extract.input_size={cfg.input_size} is too small; use 16 or more (or null)")
+    from rcdm.encoders import get_spec
+
+    name = get_spec(cfg.encoder).preprocess if cfg.preprocess == "default" else cfg.preprocess
+    base = get_preprocess(name)
+    # Keep the preset's resize:crop ratio (256:224 for imagenet, 1:1 for rcdm).
+    resize = max(cfg.input_size, round(base.resize * cfg.input_size / base.crop))
+    return dataclasses.replace(base, resize=resize, crop=cfg.input_size)
+
+
 def run(cfg: ExtractConfig) -> Path:
     """Extract features of ``cfg.source`` into the store ``cfg.out``; return the store directory."""
     from rcdm.encoders import load_encoder
@@ -90,7 +107,7 @@ def run(cfg: ExtractConfig) -> Path:
         cfg.weights,
         cfg.layer,
         trust_checkpoint=cfg.trust_checkpoint,
-        preprocess=cfg.preprocess,  # "default": the encoder's own
+        preprocess=_preprocess(cfg),
         allow_download=cfg.allow_download,
         seed=cfg.seed,
     )

@@ -87,3 +87,14 @@ def test_config_reference_covers_every_key():
     for cls in (C.DataConfig, C.ExtractConfig, C.TrainConfig, C.SampleConfig, C.EvaluateConfig, C.AnalyzeConfig):
         for f in dataclasses.fields(cls):
             assert f"`{f.name}`" in ref, f.name
+
+
+def test_yaml_booleans_read_as_words_where_a_word_is_expected(tmp_path):
+    cfg = C.load_config(None, ["sample.ema=no", "train.mixed_precision=no"])
+    assert cfg.sample.ema == "no" and cfg.train.mixed_precision == "no"
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  mixed_precision: no\n")
+    assert C.load_config(p).train.mixed_precision == "no"
+    p.write_text("sample:\n  ema: no\n")
+    with pytest.raises(C.ConfigError, match="quote the value"):
+        C.load_config(p)

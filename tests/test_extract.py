@@ -157,6 +157,27 @@ def test_store_holds_the_encoder_features(ref_store, images):
     assert st.manifest["extract_config"]["shard_size"] == 2
 
 
+def test_input_size_override_is_recorded_and_used(images, tmp_path):
+    from rcdm.encoders import encoder_from_info
+    from rcdm.extract import run
+    from rcdm.images import encoder_input, open_source
+
+    out = run(_cfg(images, tmp_path / "s32", input_size=32))
+    st = S.FeatureStore(out)
+    assert (st.preprocess.crop, st.preprocess.resize) == (32, 32)  # rcdm preset: resize = crop
+    assert st.encoder_info["preprocess"]["crop"] == 32
+    # the store's own record rebuilds the encoder that made it, at the recorded input size
+    enc = encoder_from_info(st.encoder_info).eval()
+    src = open_source(images)
+    x = encoder_input(src.load(src.index_of(st.keys[0])), st.preprocess)[None]
+    assert x.shape[-1] == 32
+    with torch.no_grad():
+        want = enc(x).numpy()
+    np.testing.assert_allclose(st.features(0)[:1], want.astype(np.float16).astype(np.float32), rtol=5e-3, atol=5e-3)
+    with pytest.raises(ValueError, match="input_size=8 is too small"):
+        run(_cfg(images, tmp_path / "s8", input_size=8))
+
+
 def test_interrupted_run_resumes_to_the_same_store(tiny, images, tmp_path, monkeypatch):
     import rcdm.extract
     import rcdm.extract.loop as loop
