@@ -14,14 +14,6 @@ from rcdm.unet import UNetConfig, UNetModel, config_from_state_dict, preset
 REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.txt"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models: one thread avoids spin-wait slowdowns on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def small(cond: str = "embed") -> UNetConfig:
     return preset("tiny", cond=cond, cond_dim=16, model_channels=32, image_size=16)

@@ -22,14 +22,6 @@ from rcdm.unet import UNetModel, preset
 T = 1000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models: one thread avoids spin-wait slowdowns on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def linear_acp(t: int) -> float:
     """alpha-bar of Ho et al.'s linear schedule, computed from scratch."""

@@ -42,15 +42,6 @@ PP64 = Preprocess(64, 64, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.
 PP224 = Preprocess(224, 224, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "adm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny forwards are fastest on one thread; on a busy machine OpenMP threads that wait for
-    each other cost 100x (measured: 0.7 s instead of 0.007 s CPU per forward)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def tiny(name: str):
     """The registry entry with the tiny trunk and a narrow head of the same structure."""

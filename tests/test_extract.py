@@ -26,14 +26,6 @@ from tests.synthetic import corrupt_jpeg, make_image_folder
 N_GOOD = 3  # 4 images, one corrupt
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """RN50 on a shared 2-core machine: one intra-op thread avoids OpenMP oversubscription (10x)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:

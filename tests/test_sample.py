@@ -22,14 +22,6 @@ from tests.synthetic_store import make_store
 D = 16  # conditioning dimension of the test model and stores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny convolutions on a shared 2-core machine run many times faster on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _tiny_model(cond_dim: int = D) -> UNetModel:
     torch.manual_seed(0)

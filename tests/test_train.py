@@ -24,15 +24,6 @@ RES = 16  # model resolution in the tests
 DIM = 8  # feature dimension
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared, loaded CPU, two spinning OpenMP threads per process
-    make these tiny steps ten times slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _store(tmp: Path, name: str = "store", dim: int = DIM, encoder: str = "synthetic", layer: str = "trunk",
            n_classes: int = 2, per_class: int = 2, seed: int = 0) -> Path:

@@ -15,14 +15,6 @@ REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.t
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small CPU models: one thread avoids spin-wait slowdowns on a shared, busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def meta_model(cfg: UNetConfig) -> UNetModel:
     with torch.device("meta"):
