@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+from rcdm.analysis.eval_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.report import Entry, write_report
 from rcdm.config import AnalyzeConfig, save_resolved, to_dict
@@ -63,6 +64,10 @@ def analyze(cfg: AnalyzeConfig) -> Path:
             "train store": cfg.train_store, "val store": cfg.val_store, "seed": cfg.seed,
             "steps": cfg.steps, "sampler": "DDIM" if ctx.ddim else "ancestral"}  # fmt: skip
     entries: list[Entry] = []
+    for i, eval_dir in enumerate(cfg.evaluations):  # what `rcdm evaluate` measured comes first
+        entry = evaluation_entry(eval_dir, out, index=i)
+        if entry is not None:
+            entries.append(entry)
     timings: dict[str, float] = {}
     for name in cfg.experiments:
         t0 = time.perf_counter()

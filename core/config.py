@@ -208,6 +208,7 @@ class AnalyzeConfig:
     train_store: str | None = None  # default: <workdir>/stores/train
     val_store: str | None = None  # default: <workdir>/stores/val
     out: str | None = None  # default: <workdir>/analysis
+    evaluations: tuple[str, ...] = ()  # `rcdm evaluate` outputs shown first in the report; default: (<workdir>/eval,) when it exists
     n_images: int = 4  # conditioning images per experiment
     n_samples: int = 4  # samples per condition
     steps: str = "50"
@@ -499,6 +500,7 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
         train_store=an.train_store or train_store,
         val_store=an.val_store or val_store,
         out=an.out or str(w / "analysis"),
+        evaluations=an.evaluations or (str(w / "eval"),),
     )
     return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an)
 

@@ -1,0 +1,95 @@
+"""The report's first section: what ``rcdm evaluate`` measured, beside the samples it measured.
+
+Reads ``<eval>/metrics.json`` (and the sample grids of the sample directory it names), so the
+report shows the conditioning images next to their samples and says, with the chance level
+computed, whether the samples are faithful to their representation.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from rcdm.analysis.report import Entry, Figure, Table
+
+__all__ = ["evaluation_entry", "verdict"]
+
+
+def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float) -> str:
+    """One sentence comparing rank / MRR with chance (rank: lower is better; MRR: higher)."""
+    factor = chance_rank / mean_rank if mean_rank > 0 else float("inf")
+    if factor >= 2:
+        return (f"Faithful: the conditioning image's mean rank among its samples' nearest neighbours is "
+                f"{mean_rank:.1f}, {factor:.1f}x better than the {chance_rank:.1f} expected by chance "
+                f"(MRR {mrr:.3f} vs {chance_mrr:.3f}).")
+    if factor > 1.1:
+        return (f"Somewhat better than chance: mean rank {mean_rank:.1f} vs {chance_rank:.1f} by chance "
+                f"(MRR {mrr:.3f} vs {chance_mrr:.3f}); train longer for faithful samples.")
+    return (f"Not better than chance: mean rank {mean_rank:.1f} vs {chance_rank:.1f} by chance "
+            f"(MRR {mrr:.3f} vs {chance_mrr:.3f}); the model has not learned to use the "
+            "representation yet: train longer.")
+
+
+def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> Entry | None:
+    """An entry for one finished evaluation, or None when ``eval_dir`` has none."""
+    eval_dir, out = Path(eval_dir), Path(out)
+    if not (eval_dir / "manifest.json").exists() or not (eval_dir / "metrics.json").exists():
+        return None
+    m = json.loads((eval_dir / "metrics.json").read_text())
+    name = f"evaluation-{index}" if index else "evaluation"
+    folder = out / name
+    folder.mkdir(parents=True, exist_ok=True)
+    entry = Entry(
+        experiment=name,
+        title=f"Evaluation: {m.get('method', eval_dir.name)}",
+        description=(
+            "Samples from the representations of held-out images, and how faithful they are: "
+            "each sample is re-encoded, and the rank of its conditioning image among all "
+            f"{m.get('reference', {}).get('N', '?')} reference images by distance in representation "
+            "space is reported (1 = the nearest). Chance is the rank of a random image."
+        ),
+        numbers=str((eval_dir / "metrics.json").resolve()),
+    )
+    rank = (m.get("rank") or {}).get("in_reference") or {}
+    if rank.get("mean_rank") is not None:
+        entry.notes.append(verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"]))
+        entry.tables.append(Table(
+            title="Nearest-neighbour rank of the conditioning image (Table 1b)",
+            columns=["encoder", "samples", "mean rank", "chance mean rank", "MRR", "chance MRR", "median rank", "N"],
+            rows=[[f"{m.get('encoder')} ({m.get('layer')})", rank["n"], round(rank["mean_rank"], 2),
+                   round(rank["chance_mean_rank"], 2), round(rank["mrr"], 4), round(rank["chance_mrr"], 4),
+                   rank["median_rank"], rank["N"]]],
+        ))  # fmt: skip
+    fid, inc = m.get("fid") or {}, m.get("is") or {}
+    if fid.get("skipped"):
+        entry.notes.append(f"FID and IS not computed ({fid.get('reason')}). {fid.get('how_to_enable', '')}")
+    else:
+        entry.tables.append(Table(
+            title="Image quality (Table 1a)",
+            columns=["method", "resolution", "FID", "IS", "samples", "sampler", "steps"],
+            rows=[[m.get("method"), m.get("resolution"), _num(fid.get("value", fid.get("fid"))),
+                   _is(inc), m.get("n_samples"), m.get("sampler"), m.get("steps")]],
+        ))  # fmt: skip
+    samples = Path((m.get("samples") or {}).get("path", ""))
+    for grid in sorted(samples.glob("grid-*.png"))[:2]:
+        dest = folder / grid.name
+        shutil.copyfile(grid, dest)
+        entry.figures.append(Figure(
+            path=str(dest.relative_to(out)),
+            title=grid.stem,
+            caption=(f"First column: conditioning image; then samples from its {m.get('encoder')} "
+                     f"{m.get('layer')} representation ({m.get('sampler')}, {m.get('steps')} steps, "
+                     f"checkpoint {(m.get('samples') or {}).get('checkpoint')}, seeds in "
+                     f"{samples / 'index.jsonl'})."),
+        ))  # fmt: skip
+    return entry
+
+
+def _num(v) -> str:
+    return "—" if v is None else f"{float(v):.2f}"
+
+
+def _is(inc: dict) -> str:
+    mean, std = inc.get("mean"), inc.get("std")
+    return "—" if mean is None else f"{mean:.2f} ± {std:.2f}"
