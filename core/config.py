@@ -96,6 +96,7 @@ class TrainConfig:
     out: str | None = None  # default: <workdir>/run
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "tiny"
     cond: Literal["embed", "cbn"] = "embed"
+    cond_norm: Literal["none", "standardize"] = "none"  # standardize h with the training store's per-dimension mean/std (saved with the model)
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
     kimg: float = 4.0  # total training images, in thousands

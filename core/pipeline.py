@@ -96,13 +96,15 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool) -> Path:
         paths = [rcdm.extract.run(replace(j, overwrite=j.overwrite or force)) for j in extract_jobs(cfg)]
         return paths[0].parent
     if stage == "train":
+        # --force does not throw training away: a finished run continues only if train.kimg grew.
+        # Delete the run folder (or pick another train.out) to train from scratch.
         import rcdm.train
 
         return rcdm.train.run(cfg.train)
     if stage == "sample":
         import rcdm.sample
 
-        return rcdm.sample.run(cfg.sample)
+        return rcdm.sample.run(replace(cfg.sample, overwrite=cfg.sample.overwrite or force))
     if stage == "evaluate":
         import rcdm.analysis
 

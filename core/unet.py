@@ -48,6 +48,30 @@ class TimestepEmbedSequential(nn.Sequential):
         return x
 
 
+class CondStandardize(nn.Module):
+    """h -> (h - mean) / std per dimension, with statistics of the training store (buffers).
+
+    Representations whose images differ only in a small part of a large common component (a
+    random network's features are ~99% correlated across images) give the conditioning layers
+    little to work with; standardising makes every dimension's variation visible. The buffers are
+    saved with the weights, so sampling applies exactly the training statistics.
+    """
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+
+    @torch.no_grad()
+    def set_statistics(self, feats: torch.Tensor, eps: float = 1e-6) -> None:
+        """feats (N, dim) float: the training representations."""
+        self.mean.copy_(feats.mean(0))
+        self.std.copy_(feats.std(0).clamp_min(eps))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return (h.float() - self.mean) / self.std
+
+
 class UNetModel(nn.Module):
     """ADM's UNet: forward(x (N, C, H, W), t (N,), cond (N, cond_dim)) -> (N, out_channels, H, W).
 
@@ -74,6 +98,8 @@ class UNetModel(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
         if cfg.num_classes:  # ADM's class-conditional checkpoints
             self.label_emb = nn.Embedding(cfg.num_classes, ted)
+        if cfg.cond != "none" and cfg.cond_norm == "standardize":
+            self.cond_norm = CondStandardize(cfg.cond_dim)
         if cfg.cond == "embed":
             self.ssl_emb = nn.Linear(cfg.cond_dim, ted)
         elif cfg.cond == "cbn":
@@ -156,6 +182,8 @@ class UNetModel(nn.Module):
                 raise ValueError(
                     f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}"
                 )
+            if cfg.cond_norm == "standardize":
+                cond = self.cond_norm(cond)
             cond = cond.to(wdtype)
             if cfg.cond == "embed":
                 emb = emb + self.ssl_emb(cond)

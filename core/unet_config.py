@@ -40,6 +40,7 @@ class UNetConfig:
     cond: CondMethod = "embed"  # embed: ssl_emb added to the time embedding; cbn: conditional norm
     cond_dim: int = 2048  # dimension of the representation h (0 with cond "none")
     cbn_dim: int = 512  # width of the shared cbn projection of h
+    cond_norm: Literal["none", "standardize"] = "none"  # standardize: h -> (h - mean) / std, stats from the training store (buffers cond_norm.*)
     num_classes: int = (
         0  # ADM class-conditional label embedding (label_emb, forward y=...); 0: none
     )
@@ -272,6 +273,7 @@ def config_from_state_dict(
         learn_sigma=out_ch == 2 * in_ch,
         use_scale_shift_norm=use_ssn,
         resblock_updown=resblock_updown,
+        cond_norm="standardize" if "cond_norm.mean" in sd else "none",
         cond=cond,
         cond_dim=cond_dim,
         cbn_dim=cbn_dim,

@@ -308,3 +308,25 @@ def test_bf16_autocast_and_compile_cuda(cond: str) -> None:
         loss = step(x, t, h).float().square().mean()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_cond_standardize_uses_training_statistics_and_round_trips():
+    from rcdm.unet import UNetModel, config_from_state_dict, preset
+
+    cfg = preset("tiny", cond="embed", cond_dim=8, cond_norm="standardize")
+    net = UNetModel(cfg).eval()
+    plain = UNetModel(preset("tiny", cond="embed", cond_dim=8)).eval()
+    assert {k for k in net.state_dict() if k.startswith("cond_norm.")} == {"cond_norm.mean", "cond_norm.std"}
+    assert "cond_norm.mean" not in plain.state_dict()  # official key sets are unchanged by default
+    g = torch.Generator().manual_seed(0)
+    feats = 100 + 0.1 * torch.randn(64, 8, generator=g)  # a large common part, small variation
+    net.cond_norm.set_statistics(feats)
+    z = net.cond_norm(feats)
+    torch.testing.assert_close(z.mean(0), torch.zeros(8), atol=1e-4, rtol=0)
+    torch.testing.assert_close(z.std(0), torch.ones(8), atol=1e-4, rtol=0)
+    # the inferred architecture keeps the normalisation, and the statistics travel with the weights
+    again = UNetModel(config_from_state_dict(net.state_dict(), image_size=32))
+    again.load_state_dict(net.state_dict())
+    x, t = torch.randn(2, 3, 32, 32, generator=g), torch.tensor([10, 500])
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t, feats[:2]), net(x, t, feats[:2]))

@@ -165,7 +165,7 @@ class ImageFeatureDataset(Dataset):
         feat, _key, _label = self._store[row]  # (V, D)
         if flip:
             x = x[:, ::-1]
-        h = np.asarray(feat[1 if flip else 0], dtype=np.float32)
+        h = np.array(feat[1 if flip else 0], dtype=np.float32)  # a writable copy
         return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(h), int(row)
 
     def __getstate__(self) -> dict:

@@ -105,6 +105,9 @@ def run(cfg: TrainConfig) -> Path:
         from rcdm.checkpoint import load_state_dict_strict
 
         load_state_dict_strict(net, model_setup.load_init(cfg, ucfg, store))
+    if latest is None and hasattr(net, "cond_norm") and not cfg.init_from:
+        # both views: the model sees either, as the flip picks one
+        net.cond_norm.set_statistics(torch.from_numpy(store.features(None).reshape(-1, store.dim)))
     net.to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)

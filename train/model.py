@@ -27,6 +27,7 @@ _ARCH_FIELDS = (
     "cond",
     "cond_dim",
     "cbn_dim",
+    "cond_norm",
 )
 
 
@@ -39,6 +40,7 @@ def unet_config(cfg: TrainConfig, cond_dim: int) -> UNetConfig:
         image_size=cfg.resolution,
         dropout=cfg.dropout,
         schedule=None if cfg.schedule == "default" else cfg.schedule,
+        cond_norm=cfg.cond_norm,
     )
 
 
