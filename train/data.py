@@ -166,7 +166,7 @@ class ImageFeatureDataset(Dataset):
         if flip:
             x = x[:, ::-1]
         h = np.array(feat[1 if flip else 0], dtype=np.float32)  # a writable copy
-        return torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(h), int(row)
+        return torch.from_numpy(np.array(x)), torch.from_numpy(h), int(row)  # writable, contiguous
 
     def __getstate__(self) -> dict:
         # Workers reopen the store and the source themselves.

@@ -1,0 +1,73 @@
+"""End to end: `rcdm run` on a reduced demo setting, every output checked, then re-run skips."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from rcdm.cli import cli
+
+REDUCED = [
+    "data.demo_size=32", "data.demo_train_per_photo=3", "data.demo_val_per_photo=2",
+    "extract.input_size=32", "extract.batch_size=16", "extract.workers=0",
+    "train.kimg=0.032", "train.batch_size=8", "train.checkpoint_kimg=0.016", "train.grid_kimg=0.032",
+    "train.grid_steps=3", "train.workers=0", "train.cond_norm=standardize",
+    "sample.subset=4", "sample.n_per_condition=2", "sample.steps=4",
+    "analyze.n_images=2", "analyze.n_samples=1", "analyze.steps=3", "analyze.probe_epochs=5",
+    "analyze.n_distance=2", "analyze.interp_steps=3",
+]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no Inception weights here
+    sets = [a for s in REDUCED for a in ("--set", s)]
+    r = CliRunner().invoke(cli, ["run", *sets], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    report = tmp_path / "runs/demo/analysis/report.html"
+    assert f"open the report: {report.relative_to(tmp_path)}" in r.output
+
+    w = tmp_path / "runs/demo"
+    # data: the demonstration set, verified by checksum
+    man = json.loads((tmp_path / "data/cache/demo/manifest.json").read_text())
+    assert man["n_files"] == 12 * 5 and "not a benchmark" in man["notice"]
+    # extract: both stores, complete and verified
+    from rcdm.store import FeatureStore, verify
+
+    for split, n in (("train", 36), ("val", 24)):
+        assert verify(w / "stores" / split) == []
+        st = FeatureStore(w / "stores" / split)
+        assert len(st) == n and st.dim == 2048 and st.encoder_info["name"] == "random-rn50"
+    # train: weights, model config, log and the finished marker
+    for f in ("manifest.json", "model.json", "ema.safetensors", "log.jsonl", "config.yaml"):
+        assert (w / "run" / f).exists(), f
+    assert list((w / "run/grids").glob("*.png"))
+    # sample: uint8 NHWC samples with one index line each
+    arr = np.load(w / "samples/samples.npz")["arr_0"]
+    assert arr.dtype == np.uint8 and arr.shape == (8, 32, 32, 3)
+    assert len((w / "samples/index.jsonl").read_text().splitlines()) == 8
+    assert list((w / "samples").glob("grid-*.png"))
+    # evaluate: rank / MRR against the validation split, chance beside it, FID explained
+    metrics = json.loads((w / "eval/metrics.json").read_text())
+    rank = metrics["rank"]["in_reference"]
+    assert rank["n"] == 8 and 1 <= rank["mean_rank"] <= 24 and rank["chance_mean_rank"] == 12.5
+    assert metrics["fid"]["skipped"] and "weights-inception" in metrics["fid"]["how_to_enable"]
+    for f in ("metrics.md", "metrics.csv", "ranks.npy", "manifest.json"):
+        assert (w / "eval" / f).exists(), f
+    # analyze: the report opens with the evaluation and holds every experiment
+    html = report.read_text()
+    assert "Evaluation" in html and "chance" in html
+    for title in ("Invariance", "Interpolation", "Distances", "Probe"):
+        assert title.lower() in html.lower(), title
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 8
+    assert (w / "analysis/manifest.json").exists()
+
+    # a second run skips every finished stage
+    r = CliRunner().invoke(cli, ["run", *sets], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("finished earlier, skipping") == 6
