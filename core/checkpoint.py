@@ -31,7 +31,7 @@ import torch
 
 from .unet import UNetModel
 from .unet_config import UNetConfig, config_from_state_dict
-from .utils import atomic_write_json, read_json
+from .utils import atomic_write_json, read_json, state_dict_diff
 
 META_KEY = "rcdm_meta"  # safetensors header entry holding the meta dict as JSON
 RUN_META = "model.json"
@@ -103,14 +103,8 @@ def _listing(keys: list[str], limit: int = 8) -> str:
 
 def state_dict_problems(model: torch.nn.Module, sd: Mapping[str, Any]) -> list[str]:
     """Human-readable differences between ``sd`` and the model's own state dict (empty: fits)."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [
-        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-        for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
+    missing, unexpected, misshaped = state_dict_diff(model.state_dict(), sd)
+    shapes = [f"{k}: checkpoint {theirs} vs model {ours}" for k, theirs, ours in misshaped]
     problems = []
     if missing:
         problems.append(f"missing keys: {_listing(missing)}")

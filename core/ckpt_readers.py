@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from rcdm.heads import HeadSpec
+from rcdm.utils import state_dict_diff
 from torch import nn
 
 # Globals allowed in weights-only loading besides tensors and containers: DINO's checkpoints
@@ -174,12 +175,11 @@ def strict_load(
             f"{what}: {len(not_tensors)} entries are not tensors: {_first(not_tensors)}; "
             "this is not a state dict of this encoder"
         )
-    missing = [k for k in own if k not in sd]
-    extra = list(unexpected) + [k for k in sd if k not in own]
+    missing, not_in_model, misshaped = state_dict_diff(own, sd)
+    extra = list(unexpected) + not_in_model
     shapes = [
-        f"'{k}' is {list(sd[k].shape)} in the file, the model needs {list(own[k].shape)}"
-        for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
+        f"'{k}' is {list(theirs)} in the file, the model needs {list(ours)}"
+        for k, theirs, ours in misshaped
     ]
     problems = []
     if missing:
