@@ -92,8 +92,20 @@ def _fmt(v: Any) -> str:
 def _img_tag(png: Path, alt: str) -> str:
     if not png.is_file():
         raise FileNotFoundError(f"report figure {png} is missing; the experiment did not write it")
-    data = base64.b64encode(png.read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt, quote=True)}">'
+    raw = png.read_bytes()
+    data = base64.b64encode(raw).decode("ascii")
+    # Small figures (32 px samples) are shown enlarged by a whole factor, pixels kept sharp.
+    width = _png_width(raw)
+    scale = max(1, min(4, 480 // width)) if width else 1
+    size = f' width="{width * scale}"' if width and scale > 1 else ""
+    return f'<img src="data:image/png;base64,{data}"{size} alt="{html.escape(alt, quote=True)}">'
+
+
+def _png_width(raw: bytes) -> int | None:
+    """Width from the PNG header (IHDR), without decoding the image."""
+    if raw[:8] != b"\x89PNG\r\n\x1a\n" or len(raw) < 24:
+        return None
+    return int.from_bytes(raw[16:20], "big")
 
 
 def _entry_html(entry: Entry, root: Path) -> str:
