@@ -9,7 +9,8 @@ clipping, AdamW (fused on CUDA), EMA update. Prints one JSON object.
 
 MFU = (training FLOPs per step, counted with torch.utils.flop_counter on one real step) x
 steps/s / peak FLOP/s. The peak is measured with large matmuls in the training dtype (bf16 on
-CUDA, fp32 on CPU), or given with --peak-tflops.
+CUDA, fp32 on CPU), or given with --peak-tflops. FLOPs are nominal (direct convolution); on CPU
+oneDNN may use Winograd 3x3 convolutions, which do fewer multiplies, so CPU MFU can exceed 1.
 """
 
 from __future__ import annotations
