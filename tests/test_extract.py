@@ -302,8 +302,10 @@ def test_existing_store_with_other_settings_is_refused(tiny, images, tmp_path):
     assert (other / "thesis.tex").exists()
 
 
-def test_cli_extract_wds_and_store_commands(ref_store, images, tmp_path):
+def test_cli_extract_wds_and_store_commands(ref_store, images, tmp_path, monkeypatch):
     from rcdm.cli import cli
+
+    monkeypatch.chdir(tmp_path)  # not the repository's pipeline.yaml (the demo's settings)
 
     out = tmp_path / "wds"
     runner = CliRunner()
