@@ -1,0 +1,169 @@
+"""Checking a feature store: ``info`` (a summary) and ``verify`` (counts, shapes, dtypes, sha256s).
+
+Part of ``rcdm.store``, which re-exports everything here: import ``rcdm.store``, not this file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from rcdm.store import (
+    _CLS,
+    _FEAT,
+    _FORMATS,
+    _JPG,
+    FORMAT_VERSION,
+    FeatureStore,
+    _index_tar,
+)
+from rcdm.utils import read_json, sha256_file
+
+# --------------------------------------------------------------------------------------------
+# info / verify
+# --------------------------------------------------------------------------------------------
+
+
+def _fmt_pp(pp: dict) -> str:
+    if not pp:
+        return "(not recorded)"
+    if "rule" in pp:
+        return f"{pp['rule']}; mean {pp.get('mean')}, std {pp.get('std')}"
+    return ", ".join(f"{k} {v}" for k, v in pp.items())
+
+
+def info(path: str | Path) -> str:
+    """A human summary of a store."""
+    st = FeatureStore(path)
+    m = st.manifest
+    enc = m["encoder"]
+    sha = enc.get("weights_sha256")
+    src = m.get("source", {})
+    lines = [
+        f"store       {st.path}",
+        f"encoder     {enc.get('name')} ({enc.get('arch', '?')}), layer {st.layer}, dim {st.dim}, "
+        f"weights {(sha[:16] + '...') if sha else 'none (' + str(enc.get('weights') or 'seeded init') + ')'}",
+        f"preprocess  {_fmt_pp(m.get('preprocess', {}))}",
+        f"views       {', '.join(st.views)}",
+        f"rows        {len(st)} in {len(m['shards'])} shard(s), format {st.format}, dtype {st.dtype}, "
+        f"image bytes {'yes' if st.has_images else 'no'}",
+        "source      " + ", ".join(f"{k} {v}" for k, v in src.items() if v is not None),
+        f"failed      {m.get('n_failed', 0)}"
+        + "".join(f"\n              {f.get('key')}: {f.get('reason')}" for f in m.get("failed", [])[:10])
+        + ("\n              ..." if m.get("n_failed", 0) > 10 else ""),
+        f"created     {m.get('created')} by rcdm {m.get('tool', {}).get('version')}",
+        f"manifest    sha256 {st.manifest_sha256}",
+    ]
+    return "\n".join(lines)
+
+
+def verify(path: str | Path) -> list[str]:
+    """Re-check counts, shapes, dtypes and sha256s; return the problems found (empty: OK)."""
+    path = Path(path)
+    if not (path / "manifest.json").is_file():
+        FeatureStore(path)  # raises FileNotFoundError with the reason
+    try:
+        m = read_json(path / "manifest.json")
+    except json.JSONDecodeError as e:
+        return [f"manifest.json is not valid JSON: {e}"]
+    problems: list[str] = []
+    for field in ("format_version", "encoder", "dim", "views", "dtype", "format", "shards", "source", "preprocess"):
+        if field not in m:
+            problems.append(f"manifest.json lacks the field {field!r}")
+    if problems:
+        return problems
+    if m["format_version"] != FORMAT_VERSION:
+        problems.append(f"format_version {m['format_version']!r}, expected {FORMAT_VERSION}")
+    V, D, dtype, fmt = len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), m["format"]
+    if fmt not in _FORMATS:
+        return problems + [f"unknown format {fmt!r}"]
+    total = 0
+    seen_keys: set[str] = set()
+    for s in m["shards"]:
+        f = path / s["file"]
+        if not f.is_file():
+            problems.append(f"{s['file']}: missing")
+            continue
+        digest = sha256_file(f)
+        if digest != s["sha256"]:
+            problems.append(f"{s['file']}: sha256 {digest[:16]}... does not match the manifest's {s['sha256'][:16]}...")
+        rec_path = path / (Path(s["file"]).stem + ".json")
+        if rec_path.is_file():
+            try:
+                rec = read_json(rec_path)
+                if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
+                    problems.append(f"{rec_path.name}: record disagrees with the manifest")
+            except json.JSONDecodeError:
+                problems.append(f"{rec_path.name}: not valid JSON")
+        try:
+            keys = (_verify_h5 if fmt == "h5" else _verify_tar)(f, s, V, D, dtype, bool(m.get("has_images")), problems)
+        except Exception as e:  # an unreadable shard is a finding, not a crash
+            problems.append(f"{s['file']}: cannot be read ({type(e).__name__}: {e})")
+            continue
+        dup = seen_keys.intersection(keys)
+        if dup:
+            problems.append(f"{s['file']}: {len(dup)} key(s) also in an earlier shard, e.g. {sorted(dup)[0]!r}")
+        seen_keys.update(keys)
+        total += int(s["rows"])
+    if "rows" in m and int(m["rows"]) != total:
+        problems.append(f"manifest says {m['rows']} rows but its shards list {total}")
+    n_items = m["source"].get("n_items")
+    if n_items is not None and total + int(m.get("n_failed", 0)) != int(n_items):
+        problems.append(
+            f"{total} rows + {m.get('n_failed', 0)} failed != {n_items} source items in the manifest"
+        )
+    return problems
+
+
+def _verify_h5(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bool, problems: list[str]) -> list[str]:
+    import h5py
+
+    name, n = s["file"], int(s["rows"])
+    with h5py.File(f, "r") as h:
+        for ds in ("feat", "key", "label"):
+            if ds not in h:
+                problems.append(f"{name}: dataset {ds!r} missing")
+                return []
+        feat, key, label = h["feat"], h["key"], h["label"]
+        if feat.shape != (n, V, D):
+            problems.append(f"{name}: feat shape {feat.shape}, expected {(n, V, D)}")
+        if feat.dtype != dtype:
+            problems.append(f"{name}: feat dtype {feat.dtype}, expected {dtype}")
+        if key.shape != (n,):
+            problems.append(f"{name}: key shape {key.shape}, expected {(n,)}")
+        if label.shape != (n,) or label.dtype != np.int64:
+            problems.append(f"{name}: label shape {label.shape} dtype {label.dtype}, expected ({n},) int64")
+        if feat.size and not np.isfinite(feat[:]).all():
+            problems.append(f"{name}: feat holds non-finite values")
+        return key.asstr()[:].tolist()
+
+
+def _verify_tar(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bool, problems: list[str]) -> list[str]:
+    name, n = s["file"], int(s["rows"])
+    samples = _index_tar(f)
+    if len(samples) != n:
+        problems.append(f"{name}: {len(samples)} samples, expected {n}")
+    bad = 0
+    with open(f, "rb") as fh:
+        for key, members in samples:
+            need = {_FEAT, _CLS} | ({_JPG} if has_images else set())
+            if not need <= members.keys():
+                problems.append(f"{name}: sample {key!r} lacks {sorted(need - members.keys())}")
+                continue
+            fh.seek(members[_FEAT][0])
+            arr = np.load(io.BytesIO(fh.read(members[_FEAT][1])), allow_pickle=False)
+            fh.seek(members[_CLS][0])
+            try:
+                int(fh.read(members[_CLS][1]))
+            except ValueError:
+                problems.append(f"{name}: sample {key!r} has a cls that is not an integer")
+            if arr.shape != (V, D) or arr.dtype != dtype or not np.isfinite(arr).all():
+                bad += 1
+                if bad == 1:
+                    problems.append(
+                        f"{name}: sample {key!r} feat.npy is {arr.shape} {arr.dtype}, expected {(V, D)} {dtype} and finite"
+                    )
+    return [k for k, _ in samples]
+
