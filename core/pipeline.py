@@ -79,6 +79,8 @@ def run(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, force: bool = Fal
         t0 = time.time()
         last = _run_stage(cfg, stage, force)
         print(f"[rcdm run] {stage}: done in {time.time() - t0:.0f}s -> {last}", flush=True)
+    if "analyze" in stages:
+        return Path(cfg.analyze.out) / "report.html"  # also when the stage was skipped
     return last
 
 

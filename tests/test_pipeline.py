@@ -71,3 +71,4 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     r = CliRunner().invoke(cli, ["run", *sets], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert r.output.count("finished earlier, skipping") == 6
+    assert f"open the report: {report.relative_to(tmp_path)}" in r.output
