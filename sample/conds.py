@@ -89,8 +89,8 @@ class Resolver:
     def __init__(self, cfg: SampleConfig, store: Any, device: Any):
         self.cfg, self.store, self.device = cfg, store, device
         self._feats: np.ndarray | None = None
-        self._source: Any = None
-        self._source_failed = False
+        self._images: Any = None  # rcdm.store.StoreImages, made on first use
+        self._images_failed = False
 
     @property
     def feats(self) -> np.ndarray:
@@ -100,17 +100,16 @@ class Resolver:
 
     def store_image(self, i: int):
         """The store row's image for display, or None when it cannot be found (grid only)."""
+        if self._images_failed:
+            return None
         try:
-            if self.store.has_images:
-                return decode_image(self.store.image_bytes(i))
-            if self._source is None and not self._source_failed:
-                from rcdm.images import open_source
+            if self._images is None:
+                from rcdm.store import StoreImages
 
-                self._source = open_source(self.store.source["root"])
-            if self._source is not None:
-                return self._source.load(self._source.index_of(self.store.keys[i]))
+                self._images = StoreImages(self.store)
+            return self._images.load(i)
         except Exception:  # display only: a moved image folder must not stop sampling
-            self._source_failed = True
+            self._images_failed = True
         return None
 
     def store_row(self, i: int, kind: str = "store") -> Condition:

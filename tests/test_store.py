@@ -162,3 +162,34 @@ def test_check_compatible_and_info(tmp_path):
     assert "bad: truncated" in text
     assert st.failed == [{"key": "bad", "index": 4, "reason": "truncated"}]
     assert S.verify(tmp_path / "s") == []  # 4 rows + 1 failed == 5 source items
+
+
+def test_store_images_from_source_or_from_the_store(tmp_path):
+    from PIL import Image
+
+    from rcdm.images import open_source
+    from rcdm.store import StoreImages
+    from tests.synthetic import make_image_folder
+    from tests.synthetic_store import make_store
+
+    root = make_image_folder(tmp_path / "img", n_classes=2, per_class=2)
+    src = open_source(root)
+    keys = [it.key for it in src.items]
+    feats = np.zeros((len(keys), 2, 4), np.float32)
+    h5 = S.FeatureStore(make_store(tmp_path / "h5", feats, keys=keys, source={"root": str(root), "kind": "folder"}))
+    imgs = StoreImages(h5)
+    np.testing.assert_array_equal(imgs.index(), np.arange(len(keys)))
+    assert np.array_equal(np.asarray(imgs.load(2)), np.asarray(src.load(2)))
+    # the images moved: a clear error with the hint, naming the old root
+    with pytest.raises(FileNotFoundError, match="which does not exist; look elsewhere"):
+        StoreImages(h5, root=str(tmp_path / "gone"), hint="look elsewhere").load(0)
+    # a key the source lacks is named
+    other = S.FeatureStore(make_store(tmp_path / "h5b", feats, keys=[*keys[:3], "cls_9/nope"],
+                                      source={"root": str(root), "kind": "folder"}))
+    with pytest.raises(ValueError, match="cls_9/nope"):
+        StoreImages(other).index()
+    # a webdataset store carrying its images needs no source at all
+    data = [(root / f"{k}.jpg").read_bytes() for k in keys]
+    wds = S.FeatureStore(make_store(tmp_path / "wds", feats, keys=keys, fmt="wds", images=data,
+                                    source={"root": str(tmp_path / "gone"), "kind": "folder"}))
+    assert isinstance(StoreImages(wds).load(1), Image.Image)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from rcdm.store import FeatureStore
+from rcdm.store import FeatureStore, StoreImages
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 # Separates the seeds of consecutive epochs' generators (any large odd constant will do).
@@ -75,6 +76,9 @@ class StreamSampler(Sampler):
         return 2**62
 
 
+_SOURCE_HINT = "pass train.source=PATH with the image source the store was extracted from"
+
+
 class ImageFeatureDataset(Dataset):
     """``(row, flip) -> (x (H, W, 3) uint8, h (D,) float32, row)``.
 
@@ -97,38 +101,21 @@ class ImageFeatureDataset(Dataset):
             )
         self.use_store_images = store.format == "wds" and bool(store.has_images)
         self.source_root = None
+        self._source: Any = None  # the opened image source, reused by forked workers (folders)
         self._source_index: np.ndarray | None = None
         if not self.use_store_images:
             self.source_root = source or store.source.get("root")
             self._source_index = self._map_keys(store)
         self._store: FeatureStore | None = None
-        self._source = None
+        self._images: StoreImages | None = None
         self._pid = -1
         _close(store)
 
     def _map_keys(self, store: FeatureStore) -> np.ndarray:
-        from rcdm.images import open_source
-
-        root = self.source_root
-        if not root or not Path(root).exists():
-            raise FileNotFoundError(
-                f"the images of store {self.store_path} were read from {root!r}, which does not "
-                "exist; pass train.source=PATH with the image source the store was extracted from"
-            )
-        src = open_source(root)
-        index = np.empty(self.n, dtype=np.int64)
-        missing = []
-        for i, key in enumerate(store.keys):
-            try:
-                index[i] = src.index_of(key)
-            except (KeyError, ValueError):
-                missing.append(key)
-        if missing:
-            raise ValueError(
-                f"{len(missing)} store key(s) are not in the image source {root}, e.g. "
-                f"{missing[:3]}; is train.source the source this store was extracted from?"
-            )
-        self._source = src
+        """Check every key against the image source once, up front; keep the source's index."""
+        images = StoreImages(store, root=self.source_root, hint=_SOURCE_HINT)
+        index = images.index()
+        self._source = images.source
         return index
 
     def _open(self) -> None:
@@ -137,11 +124,8 @@ class ImageFeatureDataset(Dataset):
         if self._pid != os.getpid():
             self._store = FeatureStore(self.store_path)
             # A folder listing is safe to share with forked workers; tar handles are not.
-            stale = self._source is None or getattr(self._source, "kind", "") == "wds"
-            if not self.use_store_images and stale:
-                from rcdm.images import open_source
-
-                self._source = open_source(self.source_root)
+            shared = self._source if getattr(self._source, "kind", "") not in ("", "wds") else None
+            self._images = StoreImages(self._store, root=self.source_root, hint=_SOURCE_HINT, source=shared)
             self._pid = os.getpid()
 
     def __len__(self) -> int:
@@ -149,14 +133,11 @@ class ImageFeatureDataset(Dataset):
 
     def load_image(self, row: int) -> np.ndarray:
         """The uint8 (H, W, 3) image of store row ``row`` at the model resolution (no flip)."""
-        from rcdm.images import adm_center_crop, decode_image
+        from rcdm.images import adm_center_crop
 
         self._open()
-        if self.use_store_images:
-            img = decode_image(self._store.image_bytes(row))
-        else:
-            img = self._source.load(int(self._source_index[row]))
-        return adm_center_crop(img, self.resolution)
+        known = None if self._source_index is None else self._source_index[row]
+        return adm_center_crop(self._images.load(row, known), self.resolution)
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor, int]:
         row, flip = item
@@ -172,6 +153,7 @@ class ImageFeatureDataset(Dataset):
         # Workers reopen the store and the source themselves.
         state = dict(self.__dict__)
         state["_store"] = None
+        state["_images"] = None
         state["_pid"] = -1
         return state
 

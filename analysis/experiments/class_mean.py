@@ -31,7 +31,7 @@ def run(ctx: Context) -> Entry:
         chosen = sorted(int(c) for c in ctx.rng("class-mean").choice(present, size=n, replace=False))
     classes = None
     try:
-        classes = ctx._source(train).classes
+        classes = ctx.images(train).source.classes
     except (FileNotFoundError, ValueError):
         classes = None
     tf = ctx.features(train)

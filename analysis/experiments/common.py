@@ -110,31 +110,20 @@ class Context:
 
         return check_labels(store.labels, f"{what} store {store.path}")
 
-    def _source(self, store):
-        from rcdm.images import open_source
+    def images(self, store):
+        """The store's ``StoreImages`` (cached): source images of its rows."""
+        from rcdm.store import StoreImages
 
-        root = store.source.get("root")
-        key = ("source", str(root))
+        key = ("images", str(store.path))
         if key not in self._cache:
-            if root is None:
-                raise ValueError(f"store {store.path} does not record its image source root")
-            try:
-                self._cache[key] = open_source(root)
-            except FileNotFoundError as e:
-                raise FileNotFoundError(
-                    f"the images of store {store.path} are not at {root} any more ({e}); the analyses "
-                    "show images, so run them where the store's source images are"
-                ) from e
+            self._cache[key] = StoreImages(
+                store, hint="the analyses show images, so run them where the store's source images are"
+            )
         return self._cache[key]
 
     def image(self, store, i: int) -> Image.Image:
         """The source image of store row ``i`` (RGB)."""
-        from rcdm.images import decode_image
-
-        if store.has_images:
-            return decode_image(store.image_bytes(i), key=store.keys[i])
-        src = self._source(store)
-        return src.load(src.index_of(store.keys[i]))
+        return self.images(store).load(i)
 
     def thumb(self, img: Image.Image, size: int) -> np.ndarray:
         """ADM's center crop at the figure's resolution, ``(size, size, 3)`` uint8."""
