@@ -298,6 +298,17 @@ def _official_meta(cfg: UNetConfig, path: Path) -> dict:
     return meta
 
 
+def encoder_hint_conflict(meta: Mapping[str, Any], info: Mapping[str, Any]) -> str | None:
+    """For an official checkpoint named for an encoder (``rcdm_ema_dino_trunk.pt``), a description
+    of that encoder when it is not the one ``info`` describes; None when they agree or there is
+    no hint. Checkpoints that record their encoder are checked against it instead."""
+    hint = meta.get("encoder_hint") or {}
+    if not hint or meta.get("encoder"):
+        return None
+    same = str(info.get("name", "")).startswith(str(hint.get("name"))) and hint.get("layer") == info.get("layer")
+    return None if same else f"{hint.get('name')} ({hint.get('layer')})"
+
+
 def build_model(
     cfg: UNetConfig, sd: Mapping[str, torch.Tensor], source: str, device: str | torch.device = "cpu"
 ) -> UNetModel:

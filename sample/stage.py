@@ -43,6 +43,8 @@ def weights_file(checkpoint: str | Path) -> Path | None:
 def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
     """The checkpoint must be conditioned on representations like the store's (same dim, and the
     same encoder and layer when the checkpoint records them)."""
+    from rcdm.checkpoint import encoder_hint_conflict
+
     unet = meta.get("unet") or {}
     cond, cond_dim = unet.get("cond", "embed"), unet.get("cond_dim")
     if cond == "none":
@@ -55,12 +57,10 @@ def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
         )
     enc = meta.get("encoder") or {}
     mine = store.encoder_info
-    hint = meta.get("encoder_hint") or {}  # official rcdm_ema_<encoder>_<layer>.pt file names
-    if hint and not enc and not (
-        str(mine.get("name", "")).startswith(str(hint.get("name"))) and hint.get("layer") == mine.get("layer")
-    ):
+    named = encoder_hint_conflict(meta, mine)  # official rcdm_ema_<encoder>_<layer>.pt file names
+    if named:
         raise ValueError(
-            f"checkpoint {checkpoint} is named for encoder {hint.get('name')} ({hint.get('layer')}) but "
+            f"checkpoint {checkpoint} is named for encoder {named} but "
             f"the store {store.path} was made with {mine.get('name')} ({mine.get('layer')}); pass a "
             "store extracted with that encoder and layer"
         )

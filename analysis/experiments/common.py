@@ -199,6 +199,7 @@ class Context:
         return [self.rcdm(p) for p in self.cfg.checkpoints]
 
     def _load_rcdm(self, path: str) -> RCDM:
+        from rcdm.checkpoint import encoder_hint_conflict
         from rcdm.generate import load_for_sampling
 
         if not Path(path).exists():
@@ -215,12 +216,10 @@ class Context:
         else:
             info = dict(self.store("val").encoder_info)
             note = f"not recorded in the checkpoint; taken from the val store {self.cfg.val_store}"
-            hint = meta.get("encoder_hint") or {}  # official files name their encoder
-            if hint and not (
-                str(info.get("name", "")).startswith(hint.get("name", "")) and hint.get("layer") == info.get("layer")
-            ):
+            named = encoder_hint_conflict(meta, info)  # official files name their encoder
+            if named:
                 raise ValueError(
-                    f"checkpoint {path} is named for encoder {hint.get('name')} ({hint.get('layer')}), but "
+                    f"checkpoint {path} is named for encoder {named}, but "
                     f"the val store holds {describe_encoder(info)}; give stores extracted with that encoder and layer"
                 )
         if int(info.get("dim", -1)) != cond_dim:
