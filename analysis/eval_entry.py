@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 from rcdm.analysis.report import Entry, Figure, Table
+from rcdm.analysis.tables import flat_row, table_1a
 
 __all__ = ["evaluation_entry", "verdict"]
 
@@ -61,16 +62,12 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
                    round(rank["chance_mean_rank"], 2), round(rank["mrr"], 4), round(rank["chance_mrr"], 4),
                    rank["median_rank"], rank["N"]]],
         ))  # fmt: skip
-    fid, inc = m.get("fid") or {}, m.get("is") or {}
+    fid = m.get("fid") or {}
     if fid.get("skipped"):
         entry.notes.append(f"FID and IS not computed ({fid.get('reason')}). {fid.get('how_to_enable', '')}")
-    else:
-        entry.tables.append(Table(
-            title="Image quality (Table 1a)",
-            columns=["method", "resolution", "FID", "IS", "samples", "sampler", "steps"],
-            rows=[[m.get("method"), m.get("resolution"), _num(fid.get("value", fid.get("fid"))),
-                   _is(inc), m.get("n_samples"), m.get("sampler"), m.get("steps")]],
-        ))  # fmt: skip
+    else:  # the same Table 1a row as metrics.md
+        columns, rows = table_1a([flat_row(m)])
+        entry.tables.append(Table(title="Image quality (Table 1a)", columns=columns, rows=rows))
     samples = Path((m.get("samples") or {}).get("path", ""))
     for grid in sorted(samples.glob("grid-*.png"))[:2]:
         dest = folder / grid.name
@@ -85,11 +82,3 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
         ))  # fmt: skip
     return entry
 
-
-def _num(v) -> str:
-    return "—" if v is None else f"{float(v):.2f}"
-
-
-def _is(inc: dict) -> str:
-    mean, std = inc.get("mean"), inc.get("std")
-    return "—" if mean is None else f"{mean:.2f} ± {std:.2f}"
