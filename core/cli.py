@@ -63,11 +63,13 @@ def _yaml_scalar(v: Any) -> str:
     return json.dumps(v) if isinstance(v, str) else str(v)
 
 
-def _load(config_path: str | None, sets: tuple[str, ...], extra: list[str]) -> C.PipelineConfig:
+def _load(
+    config_path: str | None, sets: tuple[str, ...], extra: list[str], resolved: bool = True
+) -> C.PipelineConfig:
     """Config file, then command-line options, then --set (the most explicit wins)."""
     try:
         cfg = C.load_config(config_path, [*extra, *sets])
-        return C.resolve(cfg)
+        return C.resolve(cfg) if resolved else cfg
     except C.ConfigError as e:
         raise click.UsageError(str(e)) from e
 
@@ -133,11 +135,12 @@ def extract(config_path, sets, dry_run, list_encoders, format_, **opts):
         click.echo(describe_registry())
         return
     opts["format"] = format_
-    cfg = _load(config_path, sets, _overrides("extract", **opts))
+    raw = _load(config_path, sets, _overrides("extract", **opts), resolved=False)
     from rcdm.pipeline import extract_jobs
 
-    raw = C.load_config(config_path, [*_overrides("extract", **opts), *sets])
-    jobs = extract_jobs(cfg, both_splits=raw.extract.source is None and raw.extract.out is None)
+    # Nothing named a source or an output: extract both splits into <workdir>/stores.
+    both = raw.extract.source is None and raw.extract.out is None
+    jobs = extract_jobs(C.resolve(raw), both_splits=both)
     for job in jobs:
         _show(f"extract {job.source} -> {job.out}", job)
     if dry_run:
