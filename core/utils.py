@@ -17,10 +17,6 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
     path = Path(path)
