@@ -132,6 +132,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     _check_encoder(ss, store)
     weights, fid_skip = fidmod.plan_fid(cfg.fid, cfg.inception_weights, cfg.allow_download)
     stats_path = Path(cfg.fid_stats_cache) if cfg.fid_stats_cache else None
+    weights_sha256 = sha256_file(weights) if weights is not None else None
     if weights is not None:
         stats_path = stats_path or fidmod.default_stats_path(out, ss.resolution)
         if len(ss.images) < 2:
@@ -139,7 +140,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         if not cfg.reference_images:
             raise ValueError("FID needs evaluate.reference_images (e.g. 10,000 validation images)")
         want = fidmod.expected_meta(
-            cfg.reference_images, ss.resolution, sha256_file(weights), cfg.fid_reference_limit
+            cfg.reference_images, ss.resolution, weights_sha256, cfg.fid_reference_limit
         )
         # A cache of another set is refused here; without a cache the image set must open.
         if fidmod.load_reference_stats(stats_path, want) is None:
@@ -171,6 +172,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             batch_size=cfg.batch_size,
             device=device,
             trust_checkpoint=cfg.trust_checkpoint,
+            weights_sha256=weights_sha256,
         )
     else:
         if cfg.fid == "off":

@@ -143,12 +143,15 @@ def fid_and_is(
     batch_size: int,
     device,
     trust_checkpoint: bool,
+    weights_sha256: str | None = None,
 ) -> dict:
-    """FID against the (cached) reference statistics and IS of ``samples`` (N, H, W, 3) uint8."""
+    """FID against the (cached) reference statistics and IS of ``samples`` (N, H, W, 3) uint8.
+
+    ``weights_sha256``: the Inception file's hash when the caller already has it (saves a read)."""
     resolution = int(samples.shape[1])
     if not reference_images:
         raise ValueError("FID needs a reference image set: set evaluate.reference_images")
-    wsha = sha256_file(weights)
+    wsha = weights_sha256 or sha256_file(weights)
     want = expected_meta(reference_images, resolution, wsha, limit)
     cached = load_reference_stats(stats_path, want)
     inception = InceptionV3(weights, device=device, trust_checkpoint=trust_checkpoint)
