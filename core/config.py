@@ -117,6 +117,9 @@ class TrainConfig:
     seed: int = 0
     schedule: Literal["default", "linear", "cosine"] = "default"
     dropout: float | None = None  # default: the preset's
+    p2_gamma: float = 0.0  # P2 loss weighting 1/(p2_k + SNR)^gamma (Choi et al. 2022); 0: ADM's uniform loss
+    p2_k: float = 1.0
+    cond_drop: float = 0.0  # train this fraction of samples without h, for classifier-free guidance (sample.guidance)
     trust_checkpoint: bool = False
     source: str | None = None  # image source of the store's keys; null: the store manifest's source root
     encoder: str | None = None  # expected store encoder name; null: accept the store's
@@ -145,6 +148,7 @@ class SampleConfig:
     steps: str = "100"  # respacing: "100", "1000", "ddim50"
     ddim: bool = False
     eta: float = 0.0
+    guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler); > 1 needs train.cond_drop > 0
     clip_denoised: bool = True
     seed: int = 0
     batch_size: int = 32
@@ -214,6 +218,7 @@ class AnalyzeConfig:
     n_samples: int = 4  # samples per condition
     steps: str = "50"
     ddim: bool = False
+    guidance: float = 1.0  # classifier-free guidance scale for every sample drawn (see sample.guidance)
     seed: int = 0
     batch_size: int = 32
     transforms: tuple[str, ...] = (

@@ -100,6 +100,7 @@ class GaussianDiffusion:
             "posterior_mean_coef2": (1.0 - acp_prev) * alphas.sqrt() / (1.0 - acp),
             # the "fixed large" variance uses beta~_1 at t = 0 so the decoder is not degenerate
             "fixed_large_variance": torch.cat([post_var[1:2], betas[1:]]),
+            "p2_snr": acp / (1.0 - acp),  # signal-to-noise ratio of x_t
         }
         self._cache: dict[tuple[str, str], torch.Tensor] = {}
 
@@ -284,12 +285,16 @@ class GaussianDiffusion:
         t: torch.Tensor,
         model_kwargs: dict[str, Any] | None = None,
         noise: torch.Tensor | None = None,
+        p2_gamma: float = 0.0,
+        p2_k: float = 1.0,
     ) -> dict[str, torch.Tensor]:
-        """Hybrid loss per sample: {"loss": mse + vb, "mse", "vb"}, each (N,) float32.
+        """Hybrid loss per sample: {"loss": w mse + vb, "mse", "vb"}, each (N,) float32.
 
         mse = |eps - eps_theta|^2 (mean over dims); vb = L_vlb term with the predicted mean
         detached, so it trains only the variance (Nichol & Dhariwal 2021, sec. 3.1). Without
-        learned sigma vb is 0.
+        learned sigma vb is 0. w = 1 / (p2_k + SNR_t)^p2_gamma is P2 weighting (Choi et al.,
+        CVPR 2022): gamma > 0 moves weight from the nearly clean steps to the noisy ones where
+        colour and layout (what h is about) are decided; gamma = 0 (default) is ADM's loss.
         """
         noise = torch.randn_like(x0) if noise is None else noise
         xt = self.q_sample(x0, t, noise)
@@ -302,7 +307,10 @@ class GaussianDiffusion:
             vb = self.vb_terms_bpd(frozen, x0.float(), xt.float(), t)
         else:
             vb = torch.zeros_like(mse)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        weighted = mse
+        if p2_gamma:
+            weighted = mse * self._extract("p2_snr", t, 1).add(p2_k).pow(-p2_gamma)
+        return {"loss": weighted + vb, "mse": mse, "vb": vb}
 
 
 def sample_timesteps(

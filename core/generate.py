@@ -18,7 +18,14 @@ import numpy as np
 import torch
 from rcdm.utils import seed_generator
 
-__all__ = ["generate", "load_for_sampling", "parse_steps", "model_image_shape", "to_uint8"]
+__all__ = [
+    "check_guidance",
+    "generate",
+    "load_for_sampling",
+    "parse_steps",
+    "model_image_shape",
+    "to_uint8",
+]
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -59,6 +66,37 @@ class _Autocast(torch.nn.Module):
         return out.float()
 
 
+class _Guided(torch.nn.Module):
+    """Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + w (eps_c - eps_u), with eps_u
+    the model's prediction under the null condition. One forward on the doubled batch; the
+    learned variance channels are the conditional prediction's."""
+
+    def __init__(self, model: torch.nn.Module, scale: float):
+        super().__init__()
+        self.model, self.scale = model, float(scale)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        drop = torch.arange(2 * n, device=x.device) >= n  # first half conditional, second null
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, cond]), cond_drop=drop)
+        out_c, out_u = out[:n], out[n:]
+        c = x.shape[1]
+        eps = out_u[:, :c] + self.scale * (out_c[:, :c] - out_u[:, :c])
+        return torch.cat([eps, out_c[:, c:]], dim=1)
+
+
+def check_guidance(guidance: float, meta: dict, checkpoint: str | Path) -> None:
+    """Guidance needs a model trained with the null condition (``train.cond_drop`` > 0)."""
+    if guidance < 0:
+        raise ValueError(f"guidance must be >= 0 (1: no guidance), got {guidance}")
+    if guidance != 1.0 and not float(meta.get("cond_drop") or 0.0) > 0:
+        raise ValueError(
+            f"guidance {guidance} needs a model trained with the null condition, but {checkpoint} was "
+            "trained with train.cond_drop=0; sample with guidance 1, or train with "
+            "--set train.cond_drop=0.1 (or more)"
+        )
+
+
 def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype | None:
     """'auto' -> bf16 on CUDA, full precision on CPU; 'bf16' / 'fp16' / 'no' as asked."""
     if mixed_precision == "auto":
@@ -86,11 +124,13 @@ def generate(
     device: torch.device | str = "cpu",
     progress: bool = True,
     mixed_precision: str = "no",
+    guidance: float = 1.0,
 ) -> np.ndarray:
     """Sample one image per ``(conds[i], seeds[i])``; returns ``(N, H, W, 3)`` uint8.
 
     ``conds`` is ``(N, D)``; ``seeds`` ``(N,)`` ints. The model should already be on ``device``
-    and in eval mode.
+    and in eval mode. ``guidance`` != 1 applies classifier-free guidance of that scale (the model
+    must have been trained with ``train.cond_drop`` > 0; see :func:`check_guidance`).
     """
     from rcdm.diffusion import sample_loop
 
@@ -110,6 +150,8 @@ def generate(
     if n == 0:
         return out
     net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
+    if guidance != 1.0:
+        net = _Guided(net, guidance)
 
     starts = range(0, n, batch_size)
     if progress:

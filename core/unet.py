@@ -158,9 +158,13 @@ class UNetModel(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
+        cond_drop: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x (N, C, H, W), t (N,) timesteps, cond (N, cond_dim) representations, y (N,) class
-        labels (only for ADM class-conditional models) -> (N, out_channels, H, W)."""
+        labels (only for ADM class-conditional models) -> (N, out_channels, H, W).
+
+        cond_drop (N,) bool marks samples drawn without their condition: their (standardised)
+        representation is replaced by zeros, the null condition of classifier-free guidance."""
         cfg = self.cfg
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -184,6 +188,8 @@ class UNetModel(nn.Module):
                 )
             if cfg.cond_norm == "standardize":
                 cond = self.cond_norm(cond)
+            if cond_drop is not None:
+                cond = cond.masked_fill(cond_drop.view(-1, 1).to(torch.bool), 0.0)
             cond = cond.to(wdtype)
             if cfg.cond == "embed":
                 emb = emb + self.ssl_emb(cond)

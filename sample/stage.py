@@ -122,7 +122,7 @@ def run(cfg: SampleConfig) -> Path:
     """Sample images for ``cfg.condition``; returns the sample directory."""
     import torch
     from accelerate import PartialState
-    from rcdm.generate import generate, load_for_sampling, parse_steps
+    from rcdm.generate import check_guidance, generate, load_for_sampling, parse_steps
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
 
@@ -157,6 +157,7 @@ def run(cfg: SampleConfig) -> Path:
         trust_checkpoint=cfg.trust_checkpoint, compile=cfg.compile,
     )
     check_checkpoint_store(meta, store, cfg.checkpoint)
+    check_guidance(cfg.guidance, meta, cfg.checkpoint)
 
     def plan_conditions() -> ConditionSet:
         save_resolved(cfg, out)
@@ -196,7 +197,7 @@ def run(cfg: SampleConfig) -> Path:
         imgs = generate(
             model, diffusion, conds[cond_index[s:e]], seeds[s:e],
             ddim=ddim, eta=cfg.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size,
-            device=device, progress=True, mixed_precision=cfg.mixed_precision,
+            device=device, progress=True, mixed_precision=cfg.mixed_precision, guidance=cfg.guidance,
         )
         O.save_npy(O.chunk_path(out, c), imgs)
     del model

@@ -187,10 +187,15 @@ def run(cfg: TrainConfig) -> Path:
                 )
                 t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device, generator=noise_gen)
                 noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
+                kwargs = {"cond": h}
+                if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
+                    kwargs["cond_drop"] = torch.rand(x.shape[0], device=device, generator=noise_gen) < cfg.cond_drop
                 sync = micro == cfg.grad_accum - 1
                 ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
                 with ctx:
-                    losses = diffusion.training_losses(model, x, t, {"cond": h}, noise=noise)
+                    losses = diffusion.training_losses(
+                        model, x, t, kwargs, noise=noise, p2_gamma=cfg.p2_gamma, p2_k=cfg.p2_k
+                    )
                     loss = losses["loss"].mean() / cfg.grad_accum
                     accelerator.backward(loss)
                 stats.add_micro(losses, t, step)

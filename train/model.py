@@ -68,6 +68,7 @@ def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: fl
         "encoder": store.encoder_info,
         "store_manifest_sha256": store.manifest_sha256,
         "ema_rates": list(cfg.ema_rates),
+        "cond_drop": cfg.cond_drop,  # > 0: trained for classifier-free guidance
         "kimg": kimg,
     }
 

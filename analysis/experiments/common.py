@@ -200,13 +200,14 @@ class Context:
 
     def _load_rcdm(self, path: str) -> RCDM:
         from rcdm.checkpoint import encoder_hint_conflict
-        from rcdm.generate import load_for_sampling
+        from rcdm.generate import check_guidance, load_for_sampling
 
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `rcdm train` first")
         model, diffusion, meta = load_for_sampling(
             path, self.cfg.steps, device=self.device, trust_checkpoint=self.cfg.trust_checkpoint
         )
+        check_guidance(self.cfg.guidance, meta, path)
         unet = meta.get("unet") or {}
         cfg = getattr(model, "cfg", None)
         cond_dim = int(unet.get("cond_dim") or getattr(cfg, "cond_dim", 0))
@@ -258,6 +259,7 @@ class Context:
         return generate(
             r.model, r.diffusion, conds, seeds, ddim=self.ddim, batch_size=self.cfg.batch_size,
             device=self.device, progress=False, mixed_precision=self.cfg.mixed_precision,
+            guidance=self.cfg.guidance,
         )  # fmt: skip
 
     def sample_grid(self, r: RCDM, conds: np.ndarray, seeds: list[int]) -> np.ndarray:
