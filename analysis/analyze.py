@@ -62,7 +62,8 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     ctx = Context(cfg=cfg, out=out, device=pick_device(cfg.device))
     meta = {"experiments": list(cfg.experiments), "checkpoints": list(cfg.checkpoints),
             "train store": cfg.train_store, "val store": cfg.val_store, "seed": cfg.seed,
-            "steps": cfg.steps, "sampler": "DDIM" if ctx.ddim else "ancestral"}  # fmt: skip
+            "steps": cfg.steps, "sampler": "DDIM" if ctx.ddim else "ancestral",
+            "guidance": cfg.guidance}  # fmt: skip
     entries: list[Entry] = []
     for i, eval_dir in enumerate(cfg.evaluations):  # what `rcdm evaluate` measured comes first
         entry = evaluation_entry(eval_dir, out, index=i)

@@ -66,6 +66,14 @@ def _check_encoder(ss: SampleSet, store) -> None:
             ) from e
 
 
+def sampler_label(manifest: dict) -> str | None:
+    """"ddim" / "ancestral", with the classifier-free guidance scale when it is not 1."""
+    sampler, g = manifest.get("sampler"), manifest.get("guidance")
+    if sampler is None or g is None or float(g) == 1.0:
+        return sampler
+    return f"{sampler}, guidance {float(g):g}"
+
+
 def _method(ss: SampleSet, encoder_name: str) -> str:
     m = ss.manifest
     if m.get("method"):
@@ -191,7 +199,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         "layer": store.layer,
         "resolution": ss.resolution,
         "n_samples": len(ss.images),
-        "sampler": m.get("sampler"),
+        "sampler": sampler_label(m),
         "steps": m.get("steps"),
         "samples": {
             "path": str(ss.path.resolve()),

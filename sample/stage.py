@@ -281,6 +281,7 @@ def _manifest(
         "sampler": "ddim" if ddim else "ancestral",
         "steps": cfg.steps,
         "eta": cfg.eta if ddim else None,
+        "guidance": cfg.guidance,
         "clip_denoised": cfg.clip_denoised,
         "mixed_precision": cfg.mixed_precision,
         "seed": cfg.seed,

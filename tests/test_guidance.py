@@ -105,3 +105,11 @@ def test_training_with_cond_drop_records_it(tmp_path):
     assert meta["cond_drop"] == 0.5
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
     assert len(log) == 4 and all(np.isfinite(r["loss"]) for r in log)
+
+
+def test_evaluation_labels_guided_samples():
+    from rcdm.analysis.evaluate import sampler_label
+
+    assert sampler_label({"sampler": "ddim", "guidance": 1.0}) == "ddim"
+    assert sampler_label({"sampler": "ddim"}) == "ddim"  # manifests from before guidance existed
+    assert sampler_label({"sampler": "ancestral", "guidance": 3.0}) == "ancestral, guidance 3"
