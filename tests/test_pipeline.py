@@ -5,17 +5,21 @@ from __future__ import annotations
 import json
 import re
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
 from rcdm.cli import cli
 
+PIPELINE = Path(__file__).resolve().parents[1] / "pipeline.yaml"  # the demo's own config
+
 REDUCED = [
     "data.demo_size=32", "data.demo_train_per_photo=3", "data.demo_val_per_photo=2",
     "extract.input_size=32", "extract.batch_size=16", "extract.workers=0",
     "train.kimg=0.032", "train.batch_size=8", "train.checkpoint_kimg=0.016", "train.grid_kimg=0.032",
-    "train.grid_steps=3", "train.workers=0", "train.cond_norm=standardize",
+    "train.grid_steps=3", "train.workers=0",
     "sample.subset=4", "sample.n_per_condition=2", "sample.steps=4",
     "analyze.n_images=2", "analyze.n_samples=1", "analyze.steps=3", "analyze.probe_epochs=5",
     "analyze.n_distance=2", "analyze.interp_steps=3",
@@ -26,7 +30,7 @@ REDUCED = [
 def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no Inception weights here
-    sets = [a for s in REDUCED for a in ("--set", s)]
+    sets = ["--config", str(PIPELINE)] + [a for s in REDUCED for a in ("--set", s)]
     r = CliRunner().invoke(cli, ["run", *sets], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = tmp_path / "runs/demo/analysis/report.html"
@@ -57,6 +61,8 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     rank = metrics["rank"]["in_reference"]
     assert rank["n"] == 8 and 1 <= rank["mean_rank"] <= 24 and rank["chance_mean_rank"] == 12.5
     assert metrics["fid"]["skipped"] and "weights-inception" in metrics["fid"]["how_to_enable"]
+    assert metrics["sampler"] == "ancestral, guidance 5"  # the demo samples with guidance, labelled
+    assert json.loads((w / "run/model.json").read_text())["cond_drop"] == 0.1
     for f in ("metrics.md", "metrics.csv", "ranks.npy", "manifest.json"):
         assert (w / "eval" / f).exists(), f
     # analyze: the report opens with the evaluation and holds every experiment
