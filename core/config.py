@@ -128,6 +128,7 @@ class TrainConfig:
     keep_checkpoints: int = 0  # keep only the newest N step-* checkpoints (0: keep all)
     grid_images: int = 4  # conditioning images (rows) in each sample grid
     grid_samples: int = 3  # samples per conditioning image in each grid
+    grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
 
 
 @dataclass(frozen=True)

@@ -100,7 +100,9 @@ def test_training_with_cond_drop_records_it(tmp_path):
 
     store = _store(tmp_path)
     run = tmp_path / "run"
-    rcdm.train.run(_cfg(store, run, kimg=0.016, cond_drop=0.5, p2_gamma=1.0))
+    rcdm.train.run(_cfg(store, run, kimg=0.016, cond_drop=0.5, p2_gamma=1.0, grid_kimg=0.016, grid_guidance=2.0,
+                        grid_images=1, grid_samples=1, grid_steps=2))
+    assert len(list((run / "grids").glob("*.png"))) == 1
     meta = json.loads((run / "model.json").read_text())
     assert meta["cond_drop"] == 0.5
     log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -113,3 +115,17 @@ def test_evaluation_labels_guided_samples():
     assert sampler_label({"sampler": "ddim", "guidance": 1.0}) == "ddim"
     assert sampler_label({"sampler": "ddim"}) == "ddim"  # manifests from before guidance existed
     assert sampler_label({"sampler": "ancestral", "guidance": 3.0}) == "ancestral, guidance 3"
+
+
+def test_bad_guidance_settings_fail_before_training(tmp_path):
+    import rcdm.train
+    from tests.test_train import _cfg, _store
+
+    store = _store(tmp_path)
+    with pytest.raises(ValueError, match="train.cond_drop=0"):
+        rcdm.train.run(_cfg(store, tmp_path / "a", grid_guidance=3.0))
+    with pytest.raises(ValueError, match=r"cond_drop must be in \[0, 1\)"):
+        rcdm.train.run(_cfg(store, tmp_path / "b", cond_drop=1.0))
+    with pytest.raises(ValueError, match="p2_gamma and train.p2_k must be >= 0"):
+        rcdm.train.run(_cfg(store, tmp_path / "c", p2_gamma=-1.0))
+    assert not (tmp_path / "a").exists()  # nothing written

@@ -20,6 +20,7 @@ class GridMaker:
         n_samples: int,
         steps: int,
         seed: int,
+        guidance: float = 1.0,
     ) -> None:
         from rcdm.diffusion import create_diffusion
         from rcdm.store import FeatureStore
@@ -34,6 +35,7 @@ class GridMaker:
         self.conds = np.repeat(feats, self.n_samples, axis=0)  # (n * S, D)
         self.seeds = seed * 1_000_003 + np.arange(len(self.conds))
         self.diffusion = create_diffusion(schedule, steps=1000, respacing=str(steps))
+        self.guidance = guidance
 
     def make(self, model: torch.nn.Module, device: torch.device, mixed_precision: str, path: Path) -> Path:
         from rcdm import viz
@@ -48,6 +50,7 @@ class GridMaker:
             device=device,
             progress=False,
             mixed_precision=mixed_precision,
+            guidance=self.guidance,
         )  # (n * S, H, W, 3) uint8
         s = self.n_samples
         rows = [[img] + list(out[i * s : (i + 1) * s]) for i, img in enumerate(self.images)]

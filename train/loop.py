@@ -48,6 +48,14 @@ def _validate(cfg: TrainConfig) -> None:
             raise ValueError(f"train.{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.log_every < 1:
         raise ValueError("train.batch_size, train.grad_accum and train.log_every must be >= 1")
+    if not 0.0 <= cfg.cond_drop < 1.0:
+        raise ValueError(f"train.cond_drop must be in [0, 1) (0.1 is usual for guidance), got {cfg.cond_drop}")
+    if cfg.p2_gamma < 0 or cfg.p2_k < 0:
+        raise ValueError(f"train.p2_gamma and train.p2_k must be >= 0, got {cfg.p2_gamma} and {cfg.p2_k}")
+    if cfg.grid_guidance != 1.0:
+        from rcdm.generate import check_guidance
+
+        check_guidance(cfg.grid_guidance, {"cond_drop": cfg.cond_drop}, f"train.out {cfg.out}")
 
 
 def run(cfg: TrainConfig) -> Path:
@@ -155,7 +163,9 @@ def run(cfg: TrainConfig) -> Path:
     if main and cfg.grid_kimg > 0:
         from rcdm.train.grid import GridMaker
 
-        grids = GridMaker(dataset, ucfg.schedule, cfg.grid_images, cfg.grid_samples, cfg.grid_steps, cfg.seed)
+        grids = GridMaker(
+            dataset, ucfg.schedule, cfg.grid_images, cfg.grid_samples, cfg.grid_steps, cfg.seed, cfg.grid_guidance
+        )
 
     model.train()
     stats = Stats(device, diffusion.num_timesteps)
