@@ -92,14 +92,29 @@ class VisionTransformer(nn.Module):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-2:] != (self.img_size, self.img_size):
+    def pos_embed_for(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an (h, w) input: the trained ones at ``img_size``, otherwise
+        the patch grid's embeddings resized bicubically to (h/p, w/p) (DINO's
+        ``interpolate_pos_encoding``, timm's ``resample_abs_pos_embed``); the CLS one is kept."""
+        p = self.patch_embed.patch_size
+        if h % p or w % p:
             raise ValueError(
-                f"this ViT takes {self.img_size}x{self.img_size} inputs, got "
-                f"{tuple(x.shape[-2:])}; use a preprocessing with crop {self.img_size}"
+                f"this ViT cuts {p}x{p} patches, so its input sides must be multiples of {p}; got "
+                f"{h}x{w}: set extract.input_size to a multiple of {p} (the checkpoint's is {self.img_size})"
             )
+        if (h, w) == (self.img_size, self.img_size):
+            return self.pos_embed
+        g = self.img_size // p
+        cls, grid = self.pos_embed[:, :1], self.pos_embed[:, 1:]
+        grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
+        grid = F.interpolate(grid.float(), size=(h // p, w // p), mode="bicubic", align_corners=False)
+        grid = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, (h // p) * (w // p), -1)
+        return torch.cat([cls, grid], dim=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pos = self.pos_embed_for(*x.shape[-2:])
         x = self.patch_embed(x)  # (N, T, D)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + pos
         for blk in self.blocks:
             x = blk(x)
         return self.norm(x)[:, 0]  # (N, D)

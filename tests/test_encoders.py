@@ -336,3 +336,26 @@ def test_encoder_from_info_rebuilds_and_checks_sha(tmp_path):
     rnd = load_encoder(tiny("random-rn50"), seed=7)
     with torch.no_grad():
         assert torch.equal(encoder_from_info(rnd.info())(x), rnd(x))
+
+
+def test_vit_takes_other_input_sizes_by_resizing_position_embeddings():
+    """At the trained size the position embeddings are used as they are; at another multiple of
+    the patch size the patch grid's embeddings are resized bicubically (DINO's rule), the CLS
+    one kept; a side that is not a multiple of the patch size is a clear error."""
+    import torch.nn.functional as F
+    from rcdm.vit import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(64, 16, 32, 1, 2).eval()  # 4x4 patch grid
+    assert vit.pos_embed_for(64, 64) is vit.pos_embed
+    pos = vit.pos_embed_for(32, 48)  # 2x3 grid
+    assert pos.shape == (1, 1 + 2 * 3, 32)
+    assert torch.equal(pos[:, 0], vit.pos_embed[:, 0])
+    grid = vit.pos_embed[:, 1:].reshape(1, 4, 4, 32).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(2, 3), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 6, 32)
+    assert torch.allclose(pos[:, 1:], want)
+    with torch.no_grad():
+        assert vit(torch.randn(2, 3, 32, 48)).shape == (2, 32)
+        assert vit(torch.randn(2, 3, 64, 64)).shape == (2, 32)
+    with pytest.raises(ValueError, match=r"multiples of 16; got 40x40: set extract.input_size"):
+        vit(torch.randn(1, 3, 40, 40))
