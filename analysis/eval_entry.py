@@ -54,7 +54,10 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     )
     rank = (m.get("rank") or {}).get("in_reference") or {}
     if rank.get("mean_rank") is not None:
-        entry.notes.append(verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"]))
+        entry.summary = (
+            verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"])
+            + f" Sampler: {m.get('sampler')}, {m.get('steps')} steps."
+        )
         entry.tables.append(Table(
             title="Nearest-neighbour rank of the conditioning image (Table 1b)",
             columns=["encoder", "samples", "mean rank", "chance mean rank", "MRR", "chance MRR", "median rank", "N"],

@@ -44,6 +44,7 @@ class Entry:
     numbers: str | None = None  # JSON of the numbers, relative to the analysis folder
     skipped: str | None = None  # why the experiment did not run (no fake figure instead)
     notes: list[str] = field(default_factory=list)
+    summary: str = ""  # the one-line result, shown in bold under the description
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,6 +81,7 @@ th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
 .skipped { background: #fff6e0; border-left: 4px solid #e0a000; padding: 0.5em 1em; }
 pre { background: #f7f7f7; padding: 0.6em; overflow-x: auto; font-size: 0.8em; max-height: 30em; }
 .meta { font-size: 0.85em; color: #555; }
+.summary { font-weight: bold; }
 """
 
 
@@ -113,6 +115,8 @@ def _entry_html(entry: Entry, root: Path) -> str:
     parts = [f'<section id="{e(entry.experiment)}"><h2>{e(entry.title)}</h2>']
     if entry.description:
         parts.append(f"<p>{e(entry.description)}</p>")
+    if entry.summary:
+        parts.append(f'<p class="summary">{e(entry.summary)}</p>')
     if entry.skipped:
         parts.append(f'<p class="skipped">Skipped: {e(entry.skipped)}</p>')
     for note in entry.notes:

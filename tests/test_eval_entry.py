@@ -46,7 +46,8 @@ def test_entry_needs_a_finished_evaluation(tmp_path):
     assert entry is not None and entry.experiment == "evaluation"
     row = entry.tables[0].rows[0]
     assert row[2:6] == [5.0, 50.5, 0.4, 0.05]
-    assert any(n.startswith("Faithful") for n in entry.notes)
+    assert entry.summary.startswith("Faithful") and entry.summary.endswith("Sampler: ancestral, 50 steps.")
+    assert not any(n.startswith("Faithful") for n in entry.notes)  # said once, as the summary
     assert any("put it there" in n for n in entry.notes)  # how to enable FID / IS
     fig = entry.figures[0]
     assert (tmp_path / "analysis" / fig.path).exists() and "conditioning image" in fig.caption
