@@ -233,6 +233,7 @@ def train(config_path, sets, dry_run, **opts):
 @click.option("--steps", help='Respacing: "100", "1000", "ddim50".')
 @click.option("--ddim", is_flag=True)
 @click.option("--eta", type=float)
+@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none; needs train.cond_drop > 0).")
 @click.option("--seed", type=int)
 @click.option("--batch-size", type=click.IntRange(min=1))
 @_common
@@ -297,6 +298,7 @@ def evaluate(config_path, sets, dry_run, tables, **opts):
 @click.option("--train-store", type=click.Path())
 @click.option("--val-store", type=click.Path())
 @click.option("--out", type=click.Path())
+@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none).")
 @click.option("--seed", type=int)
 @_common
 def analyze(config_path, sets, dry_run, experiments, **opts):

@@ -87,3 +87,12 @@ def test_set_wins_over_option_and_config(tmp_path):
 def test_missing_config_file(tmp_path):
     r = CliRunner().invoke(cli, ["train", "--dry-run", "--config", str(tmp_path / "nope.yaml")])
     assert r.exit_code == 2 and "does not exist" in r.output
+
+
+def test_guidance_option_of_sample_and_analyze(tmp_path):
+    for stage in ("sample", "analyze"):
+        r = CliRunner().invoke(cli, [stage, "--dry-run", "--guidance", "3", "--set", f"data.workdir={tmp_path}"])
+        assert r.exit_code == 0, r.output
+        assert "guidance: 3.0" in r.output
+    r = CliRunner().invoke(cli, ["sample", "--dry-run", "--guidance", "-1"])
+    assert r.exit_code == 2 and "--guidance" in r.output
