@@ -105,7 +105,7 @@ def run(cfg: TrainConfig) -> Path:
     torch.manual_seed(rank_seed)
 
     # ---- model, EMA, optimizer
-    from rcdm.diffusion import create_diffusion
+    from rcdm.diffusion import create_diffusion, sample_timesteps
     from rcdm.unet import UNetModel
 
     net = UNetModel(ucfg)
@@ -195,7 +195,7 @@ def run(cfg: TrainConfig) -> Path:
                 noise_gen.manual_seed(
                     (rank_seed * _NOISE_STRIDE + (step - 1) * cfg.grad_accum + micro) % (2**63)
                 )
-                t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=device, generator=noise_gen)
+                t = sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
                 noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
                 kwargs = {"cond": h}
                 if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
