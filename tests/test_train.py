@@ -14,7 +14,7 @@ import pytest
 import torch
 from rcdm.config import TrainConfig
 from rcdm.images import adm_center_crop, open_source
-from rcdm.train.data import ImageFeatureDataset, StreamSampler, global_items
+from rcdm.train.data import ImageFeatureDataset, StreamSampler, epoch_order
 
 from tests.synthetic import make_image_folder
 from tests.synthetic_store import make_store
@@ -73,6 +73,21 @@ def _log(run: Path) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------- data
+
+
+def global_items(n: int, seed: int, start: int, count: int) -> list[tuple[int, bool]]:
+    """The reference stream built from ``epoch_order`` alone: global positions
+    ``start .. start+count-1`` as (row, flip) pairs."""
+    out: list[tuple[int, bool]] = []
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for g in range(start, start + count):
+        e, i = divmod(g, n)
+        if e not in cache:
+            cache.clear()
+            cache[e] = epoch_order(n, seed, e)
+        perm, flip = cache[e]
+        out.append((int(perm[i]), bool(flip[i])))
+    return out
 
 
 def test_stream_is_pure_disjoint_and_resumable():

@@ -34,20 +34,6 @@ def epoch_order(n: int, seed: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
     return perm, flip
 
 
-def global_items(n: int, seed: int, start: int, count: int) -> list[tuple[int, bool]]:
-    """Global positions ``start .. start+count-1`` of the stream as (row, flip) pairs."""
-    out: list[tuple[int, bool]] = []
-    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for g in range(start, start + count):
-        e, i = divmod(g, n)
-        if e not in cache:
-            cache.clear()
-            cache[e] = epoch_order(n, seed, e)
-        perm, flip = cache[e]
-        out.append((int(perm[i]), bool(flip[i])))
-    return out
-
-
 class StreamSampler(Sampler):
     """Infinite stream of (row, flip) for one rank, starting at global position ``start``.
 
