@@ -16,7 +16,7 @@ from pathlib import Path
 from rcdm.analysis.eval_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.report import Entry, write_report
-from rcdm.config import AnalyzeConfig, save_resolved, to_dict
+from rcdm.app.config import AnalyzeConfig, save_resolved, to_dict
 from rcdm.utils import atomic_write_json, now_iso, pick_device
 
 __all__ = ["analyze", "check_config"]
@@ -40,7 +40,7 @@ def check_config(cfg: AnalyzeConfig) -> None:
         raise ValueError(f"analyze.knn_m ({cfg.knn_m}) must not exceed analyze.knn_k ({cfg.knn_k})")
     if any(e < 0 for e in cfg.epsilons):
         raise ValueError(f"analyze.epsilons must be >= 0, got {list(cfg.epsilons)}")
-    from rcdm.generate import parse_steps
+    from rcdm.diffusion.generate import parse_steps
 
     parse_steps(cfg.steps)
     if "invariance" in cfg.experiments:

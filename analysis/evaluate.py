@@ -15,7 +15,7 @@ from rcdm.analysis import fid as fidmod
 from rcdm.analysis import metrics
 from rcdm.analysis.sample_set import SampleSet, read_samples
 from rcdm.analysis.tables import table, write_metrics_files
-from rcdm.config import EvaluateConfig, save_resolved
+from rcdm.app.config import EvaluateConfig, save_resolved
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
 
 __all__ = ["evaluate", "table", "match_conditions"]
@@ -85,7 +85,7 @@ def _method(ss: SampleSet, encoder_name: str) -> str:
 def _rank(
     cfg: EvaluateConfig, ss: SampleSet, store, encoder, device
 ) -> tuple[dict, np.ndarray, np.ndarray]:
-    from rcdm.encoders import encode
+    from rcdm.encoders.build import encode
 
     # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
     queries = encode(encoder, ss.images, store.preprocess, batch_size=cfg.batch_size, device=device)
@@ -152,12 +152,12 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         )
         # A cache of another set is refused here; without a cache the image set must open.
         if fidmod.load_reference_stats(stats_path, want) is None:
-            from rcdm.images import open_source
+            from rcdm.data.images import open_source
 
             open_source(cfg.reference_images)
     device = pick_device(cfg.device)
     # The conditioning encoder, rebuilt from the store's record (its weights must be found).
-    from rcdm.encoders import encoder_from_info
+    from rcdm.encoders.build import encoder_from_info
 
     encoder = encoder_from_info(
         store.encoder_info, weights=cfg.encoder_weights, trust_checkpoint=cfg.trust_checkpoint

@@ -79,7 +79,7 @@ def compute_reference_stats(
 
     Unreadable images are skipped and counted (as extraction does).
     """
-    from rcdm.images import UnreadableImage, adm_center_crop, open_source
+    from rcdm.data.images import UnreadableImage, adm_center_crop, open_source
 
     src = open_source(source)
     if limit is None or limit >= len(src):

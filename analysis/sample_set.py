@@ -96,7 +96,7 @@ def _read_npz(path: Path) -> np.ndarray:
     if x.dtype != np.uint8:
         raise ValueError(
             f"{path}: arr_0 has dtype {x.dtype}; samples must be uint8 pixels in [0, 255] "
-            "(convert with rcdm.images.from_model_range)"
+            "(convert with rcdm.data.images.from_model_range)"
         )
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2] or len(x) == 0:
         raise ValueError(

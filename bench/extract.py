@@ -105,8 +105,8 @@ def main() -> None:
 
     import rcdm.extract
     import torch
-    from rcdm.config import ExtractConfig
-    from rcdm.encoders import load_encoder
+    from rcdm.app.config import ExtractConfig
+    from rcdm.encoders.build import load_encoder
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
 
@@ -134,8 +134,8 @@ def main() -> None:
     timing = st.manifest.get("timing", {})
 
     # decode + resize + crop on one core (what each DataLoader worker does per image)
+    from rcdm.data.images import open_source
     from rcdm.extract.dataset import ExtractDataset
-    from rcdm.images import open_source
 
     src = open_source(images)
     ds = ExtractDataset(src, load_encoder(a.encoder, a.weights, a.layer).preprocess, draft=not a.no_draft)

@@ -7,7 +7,7 @@
 The reference point (DESIGN.md): guided-diffusion does 280 adm128 forwards/s on one H100 (fp16,
 batch 64); the target is >= 840. ``--dtype bf16`` converts the weights to bf16 (no per-op casts);
 ``autocast`` runs fp32 weights under bf16 autocast (what ``rcdm sample`` does by default).
-Images/s is measured through ``rcdm.generate.generate`` (per-sample generators included).
+Images/s is measured through ``rcdm.diffusion.generate.generate`` (per-sample generators included).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _sync(device: torch.device) -> None:
 
 
 def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_mode: str | None):
-    from rcdm.unet import UNetModel, count_parameters, preset
+    from rcdm.model.unet import UNetModel, count_parameters, preset
 
     cfg = preset(name, cond="embed", cond_dim=cond_dim)
     model = UNetModel(cfg).to(device).eval().requires_grad_(False)
@@ -98,8 +98,8 @@ def bench_forward(
 def bench_sampling(model, cfg, batch: int, steps: int, device: torch.device, mixed_precision: str, cond_dim: int) -> float:
     """Images per second for ancestral sampling with ``steps`` respaced steps."""
     import numpy as np
-    from rcdm.diffusion import create_diffusion
-    from rcdm.generate import generate
+    from rcdm.diffusion.gaussian import create_diffusion
+    from rcdm.diffusion.generate import generate
 
     class _Wrap(torch.nn.Module):  # generate() reads .cfg for the image size
         def __init__(self, m, c):

@@ -50,8 +50,8 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    from rcdm.diffusion import create_diffusion
-    from rcdm.unet import UNetModel, count_parameters, preset
+    from rcdm.diffusion.gaussian import create_diffusion
+    from rcdm.model.unet import UNetModel, count_parameters, preset
 
     ucfg = preset(name, cond=args.cond, cond_dim=args.cond_dim, image_size=args.resolution)
     batch = args.batch_size or DEFAULT_BATCH[name]

@@ -1,3 +1,3 @@
-from rcdm.cli import main
+from rcdm.app.cli import main
 
 main()

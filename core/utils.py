@@ -80,3 +80,13 @@ def state_dict_diff(own: Any, sd: Any) -> tuple[list[str], list[str], list[tuple
         if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
     ]
     return missing, unexpected, misshaped
+
+
+def tool_version() -> str:
+    """rcdm's installed version, recorded in every manifest ("unknown" in a bare checkout)."""
+    try:
+        from importlib.metadata import version
+
+        return version("rcdm")
+    except Exception:  # not installed (e.g. running from a bare checkout)
+        return "unknown"

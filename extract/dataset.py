@@ -3,7 +3,7 @@
 Workers do the CPU work (read bytes, JPEG decode in PIL draft mode, resize, center crop) and
 return uint8 crops; scaling to the encoder's value range and mean/std, and the horizontal flip of
 view 1, happen on the device (4x less data through worker queues and the host-to-device copy).
-The crop rule itself is ``rcdm.images.encoder_input``'s: there is one definition of it.
+The crop rule itself is ``rcdm.data.images.encoder_input``'s: there is one definition of it.
 """
 
 from __future__ import annotations
@@ -14,13 +14,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from rcdm.images import Preprocess, UnreadableImage, decode_image, encoder_input
+from rcdm.data.images import Preprocess, UnreadableImage, decode_image, encoder_input
 
 
 def crop_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:
     """The encoder's resize + center crop before any scaling: (3, crop, crop) uint8.
 
-    ``rcdm.images.encoder_input`` stays the one definition of the rule: with value range
+    ``rcdm.data.images.encoder_input`` stays the one definition of the rule: with value range
     [0, 255] and mean 0 / std 1 its output is the crop's integer levels themselves.
     """
     raw = dataclasses.replace(pp, value_range=(0.0, 255.0), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
@@ -45,7 +45,7 @@ def normalize(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
 def device_normalisation_is_exact(pp: Preprocess) -> bool:
     """Does ``normalize(crop_uint8(img))`` equal ``encoder_input(img)`` bit for bit (on the CPU)?
 
-    If ``rcdm.images`` ever changes its scaling, extraction falls back to normalising in the
+    If ``rcdm.data.images`` ever changes its scaling, extraction falls back to normalising in the
     workers instead of storing features of a subtly different input.
     """
     rng = np.random.default_rng(0)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rcdm.config import ExtractConfig, save_resolved, to_dict
+from rcdm.app.config import ExtractConfig, save_resolved, to_dict
+from rcdm.data.images import Preprocess, get_preprocess
 from rcdm.extract import prepare
 from rcdm.extract.dataset import (
     ExtractDataset,
@@ -27,7 +28,6 @@ from rcdm.extract.dataset import (
     device_normalisation_is_exact,
     normalize,
 )
-from rcdm.images import Preprocess, get_preprocess
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
 
@@ -51,7 +51,7 @@ def _device(spec: str, state) -> torch.device:
 
 
 def _open_source(cfg: ExtractConfig):
-    from rcdm.images import open_source
+    from rcdm.data.images import open_source
 
     if not cfg.source:
         raise ValueError("extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)")
@@ -81,7 +81,7 @@ def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
         return cfg.preprocess
     if cfg.input_size < 16:
         raise ValueError(f"extract.input_size={cfg.input_size} is too small; use 16 or more (or null)")
-    from rcdm.encoders import get_spec
+    from rcdm.encoders.registry import get_spec
 
     name = get_spec(cfg.encoder).preprocess if cfg.preprocess == "default" else cfg.preprocess
     base = get_preprocess(name)
@@ -92,7 +92,7 @@ def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
 
 def run(cfg: ExtractConfig) -> Path:
     """Extract features of ``cfg.source`` into the store ``cfg.out``; return the store directory."""
-    from rcdm.encoders import load_encoder
+    from rcdm.encoders.build import load_encoder
 
     _check_config(cfg)
     out = Path(cfg.out)

@@ -1,7 +1,7 @@
 """rcdm.sample: draw images from representations (stage 3a).
 
 ``run(cfg: SampleConfig) -> Path`` is the entry point; see ``stage.py``. Conditions are built
-in ``conds.py`` (pure maths in ``rcdm.conditions``), outputs in ``outputs.py``.
+in ``conds.py`` (pure maths in ``rcdm.diffusion.conditions``), outputs in ``outputs.py``.
 """
 
 from __future__ import annotations

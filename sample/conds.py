@@ -2,7 +2,7 @@
 
 Endpoints (the representations a condition starts from) come from, in this order: store rows
 (``indices``), store keys (``keys``) and image files (``images``, encoded with the store's
-encoder and its recorded preprocessing). The pure maths lives in ``rcdm.conditions``.
+encoder and its recorded preprocessing). The pure maths lives in ``rcdm.diffusion.conditions``.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rcdm import conditions as C
-from rcdm.config import SampleConfig
-from rcdm.images import IMAGE_EXTS, UnreadableImage, decode_image
+from rcdm.app.config import SampleConfig
+from rcdm.data.images import IMAGE_EXTS, UnreadableImage, decode_image
+from rcdm.diffusion import conditions as C
 
 _EXTS = {e.lower() for e in IMAGE_EXTS}
 
@@ -129,7 +129,7 @@ class Resolver:
     def images(self, kind: str = "image") -> list[Condition]:
         paths = expand_images(self.cfg.images)
         imgs = [read_image(p) for p in paths]
-        from rcdm.encoders import encode, encoder_from_info
+        from rcdm.encoders.build import encode, encoder_from_info
 
         enc = encoder_from_info(
             self.store.encoder_info, weights=self.cfg.encoder_weights, trust_checkpoint=self.cfg.trust_checkpoint

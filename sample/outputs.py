@@ -85,7 +85,7 @@ def write_index(path: Path, cs: ConditionSet, cond_index: np.ndarray, seeds: np.
 
 def condition_tile(cs: ConditionSet, c: int, size: int) -> np.ndarray:
     """The grid's first-column image for condition c: its image (ADM center crop) or a text tile."""
-    from rcdm.images import adm_center_crop
+    from rcdm.data.images import adm_center_crop
 
     cond = cs.conditions[c]
     image = cond.load_image()
@@ -114,7 +114,7 @@ def write_grids(
 
 def write_strip(out: Path, cs: ConditionSet, samples: np.ndarray, k: int) -> Path:
     """interpolation.png: one strip per sample column j along the path, endpoints at the ends."""
-    from rcdm.images import adm_center_crop
+    from rcdm.data.images import adm_center_crop
 
     size = samples.shape[1]
     images = [load() if load is not None else None for load in cs.ends]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rcdm.config import SampleConfig, save_resolved, to_dict
+from rcdm.app.config import SampleConfig, save_resolved, to_dict
 from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 
 from . import outputs as O
@@ -43,7 +43,7 @@ def weights_file(checkpoint: str | Path) -> Path | None:
 def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
     """The checkpoint must be conditioned on representations like the store's (same dim, and the
     same encoder and layer when the checkpoint records them)."""
-    from rcdm.checkpoint import encoder_hint_conflict
+    from rcdm.model.weights import encoder_hint_conflict
 
     unet = meta.get("unet") or {}
     cond, cond_dim = unet.get("cond", "embed"), unet.get("cond_dim")
@@ -122,7 +122,7 @@ def run(cfg: SampleConfig) -> Path:
     """Sample images for ``cfg.condition``; returns the sample directory."""
     import torch
     from accelerate import PartialState
-    from rcdm.generate import check_guidance, generate, load_for_sampling, parse_steps
+    from rcdm.diffusion.generate import check_guidance, generate, load_for_sampling, parse_steps
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
 
@@ -253,7 +253,7 @@ def _on_main(state: Any, fn: Any, share: bool = True) -> Any:
 
 
 def _image_shape(model: Any) -> tuple[int, int, int]:
-    from rcdm.generate import model_image_shape
+    from rcdm.diffusion.generate import model_image_shape
 
     return model_image_shape(model)
 
@@ -263,7 +263,7 @@ def _manifest(
     n: int, n_cond: int, size: int, n_proc: int, out: Path, files: list[str],
 ) -> dict:
     run_manifest = Path(cfg.checkpoint) / "manifest.json"
-    from rcdm.store import tool_version
+    from rcdm.utils import tool_version
 
     return {
         "format_version": FORMAT_VERSION,

@@ -2,7 +2,7 @@
 
 Each ``save_*`` writes a file laid out like the published checkpoints of one repository, from
 a trunk (torchvision ResNet-50 without ``fc``, or rcdm's ViT) and an optional head
-(``nn.Sequential`` built by :func:`rcdm.heads.build_head`). The layouts are rebuilt here from
+(``nn.Sequential`` built by :func:`rcdm.encoders.heads.build_head`). The layouts are rebuilt here from
 the repositories' own module structures (VISSL's ``_feature_blocks`` ModuleDict and MLP heads
 with ``clf``, DINO's MultiCropWrapper and DINOHead, VICReg's DDP-wrapped model), independently
 of rcdm's readers, so a test that loads them checks the readers against the real layouts.
@@ -21,8 +21,9 @@ import copy
 from pathlib import Path
 
 import torch
-from rcdm.encoders import EncoderSpec, build_trunk
-from rcdm.heads import L2Norm, build_head
+from rcdm.encoders.build import build_trunk
+from rcdm.encoders.heads import L2Norm, build_head
+from rcdm.encoders.registry import EncoderSpec
 from torch import nn
 
 

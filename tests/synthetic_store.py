@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rcdm.images import PREPROCESS
+from rcdm.data.images import PREPROCESS
 from rcdm.store import build_manifest, write_manifest, write_shard
 
 # The 'rcdm' preprocessing (what the official RCDM code feeds its encoders), as manifests record it.

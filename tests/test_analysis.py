@@ -128,15 +128,15 @@ EXPERIMENTS = ["invariance", "probe", "adversarial", "manipulation", "interpolat
 
 
 def _pp32():
-    from rcdm.images import Preprocess
+    from rcdm.data.images import Preprocess
 
     # random-rn50 on 32 px inputs: a real encoder, cheap enough for CPU tests
     return Preprocess(32, 32, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
 
 def _store(src_dir: Path, out: Path, enc, labels: bool = True) -> tuple[Path, dict]:
-    from rcdm.encoders import encode
-    from rcdm.images import open_source
+    from rcdm.data.images import open_source
+    from rcdm.encoders.build import encode
 
     from tests.synthetic_store import make_store
 
@@ -152,9 +152,9 @@ def _store(src_dir: Path, out: Path, enc, labels: bool = True) -> tuple[Path, di
 
 def _checkpoint(path: Path, info: dict, seed: int, cond_dim: int | None = None) -> Path:
     import torch
-    from rcdm.checkpoint import save_weights
-    from rcdm.unet import UNetModel
-    from rcdm.unet_config import preset
+    from rcdm.model.config import preset
+    from rcdm.model.unet import UNetModel
+    from rcdm.model.weights import save_weights
 
     cfg = preset("tiny", cond="embed", cond_dim=cond_dim or int(info["dim"]), model_channels=32, image_size=16)
     torch.manual_seed(seed)
@@ -166,8 +166,8 @@ def _checkpoint(path: Path, info: dict, seed: int, cond_dim: int | None = None) 
 def world(tmp_path_factory):
     """Image folders, train / val stores of random-rn50 (seed 0), an untrained tiny RCDM on
     them, and a second one on random-rn50 seed 1 (another "checkpoint" of the encoder)."""
-    from rcdm.config import AnalyzeConfig
-    from rcdm.encoders import load_encoder
+    from rcdm.app.config import AnalyzeConfig
+    from rcdm.encoders.build import load_encoder
 
     from tests.synthetic import make_image_folder
 
@@ -369,18 +369,18 @@ def test_several_checkpoints_side_by_side(world, tmp_path):
 def test_checkpoint_without_encoder_uses_the_val_store(world, tmp_path, monkeypatch):
     """Official checkpoints record no encoder: the val store's is used (and said so in captions),
     unless the file's name hints at another encoder."""
-    import rcdm.generate
+    import rcdm.diffusion.generate
     import torch
     from rcdm.analysis.experiments.common import Context
 
-    real = rcdm.generate.load_for_sampling
+    real = rcdm.diffusion.generate.load_for_sampling
     hint: dict = {}
 
     def official(*args, **kwargs):
         model, diffusion, meta = real(*args, **kwargs)
         return model, diffusion, {**meta, "encoder": None, "encoder_hint": dict(hint)}
 
-    monkeypatch.setattr(rcdm.generate, "load_for_sampling", official)
+    monkeypatch.setattr(rcdm.diffusion.generate, "load_for_sampling", official)
     ctx = Context(cfg=world["cfg"], out=tmp_path, device=torch.device("cpu"))
     r = ctx.rcdm(str(world["ck0"]))
     assert r.encoder_info == world["info0"]

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from rcdm.checkpoint import load_model, load_state_dict_strict, meta_path, save_weights
-from rcdm.unet import UNetConfig, UNetModel, config_from_state_dict, preset
+from rcdm.model.unet import UNetConfig, UNetModel, config_from_state_dict, preset
+from rcdm.model.weights import load_model, load_state_dict_strict, meta_path, save_weights
 
 REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.txt"
 

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 from click.testing import CliRunner
-from rcdm.cli import cli
+from rcdm.app.cli import cli
 
 STAGES = ["extract", "store", "train", "sample", "evaluate", "analyze", "run"]
 
@@ -16,7 +16,7 @@ def test_help_lists_every_stage_without_importing_torch():
     code = (
         "import sys\n"
         "from click.testing import CliRunner\n"
-        "from rcdm.cli import cli\n"
+        "from rcdm.app.cli import cli\n"
         "r = CliRunner().invoke(cli, ['--help'])\n"
         "assert r.exit_code == 0, r.output\n"
         "print(r.output)\n"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rcdm import conditions as C
+from rcdm.diffusion import conditions as C
 
 
 def test_interpolate_full_path_linear():

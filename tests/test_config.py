@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 import yaml
-from rcdm import config as C
+from rcdm.app import config as C
 
 
 def test_default_pipeline_yaml_loads_and_matches_sections():

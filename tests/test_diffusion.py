@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from rcdm.diffusion import (
+from rcdm.diffusion.gaussian import (
     GaussianDiffusion,
     create_diffusion,
     discretized_gaussian_log_likelihood,
@@ -17,7 +17,7 @@ from rcdm.diffusion import (
     sample_timesteps,
     space_timesteps,
 )
-from rcdm.unet import UNetModel, preset
+from rcdm.model.unet import UNetModel, preset
 
 T = 1000
 

@@ -1,4 +1,4 @@
-"""Encoder registry, checkpoint readers and encode() (rcdm.encoders).
+"""Encoder registry, checkpoint readers and encode() (rcdm.encoders.build).
 
 Format tests use the real key layouts (tests/synthetic_ckpt.py) on the tiny variants of the
 trunks (same key names, fewer and narrower blocks) so they run in seconds; the real ResNet-50
@@ -13,18 +13,11 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rcdm.ckpt_readers import READERS, UntrustedCheckpoint, read_checkpoint, strict_load
-from rcdm.encoders import (
-    REGISTRY,
-    build_trunk,
-    describe_registry,
-    encode,
-    encoder_from_info,
-    get_spec,
-    load_encoder,
-)
-from rcdm.heads import build_head
-from rcdm.images import Preprocess, encoder_input
+from rcdm.data.images import Preprocess, encoder_input
+from rcdm.encoders.build import build_trunk, encode, encoder_from_info, load_encoder
+from rcdm.encoders.heads import build_head
+from rcdm.encoders.readers import READERS, UntrustedCheckpoint, read_checkpoint, strict_load
+from rcdm.encoders.registry import REGISTRY, describe_registry, get_spec
 
 from tests.synthetic import random_image
 from tests.synthetic_ckpt import (
@@ -343,7 +336,7 @@ def test_vit_takes_other_input_sizes_by_resizing_position_embeddings():
     the patch size the patch grid's embeddings are resized bicubically (DINO's rule), the CLS
     one kept; a side that is not a multiple of the patch size is a clear error."""
     import torch.nn.functional as F
-    from rcdm.vit import VisionTransformer
+    from rcdm.encoders.vit import VisionTransformer
 
     torch.manual_seed(0)
     vit = VisionTransformer(64, 16, 32, 1, 2).eval()  # 4x4 patch grid

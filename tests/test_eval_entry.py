@@ -6,7 +6,6 @@ import json
 
 import numpy as np
 from PIL import Image
-
 from rcdm.analysis.eval_entry import evaluation_entry, verdict
 
 

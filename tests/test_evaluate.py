@@ -17,7 +17,7 @@ import torch
 from rcdm.analysis import evaluate, table
 from rcdm.analysis.fid import expected_meta, load_reference_stats, plan_fid, save_reference_stats
 from rcdm.analysis.inception import INCEPTION_FILENAME, INCEPTION_URL, InceptionV3
-from rcdm.config import EvaluateConfig
+from rcdm.app.config import EvaluateConfig
 
 from tests.synthetic import make_image_folder
 from tests.synthetic_store import make_store
@@ -237,8 +237,8 @@ def e2e(tmp_path_factory, torch_home):
     """A random-rn50 reference store over 6 images, 10 samples at 32 px (8 conditioned on store
     rows, 2 on out-of-set images), evaluated twice (the second reuses the FID statistics)."""
     from PIL import Image
-    from rcdm.encoders import encode, load_encoder
-    from rcdm.images import PREPROCESS, adm_center_crop, open_source
+    from rcdm.data.images import PREPROCESS, adm_center_crop, open_source
+    from rcdm.encoders.build import encode, load_encoder
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
     mp = pytest.MonkeyPatch()
@@ -298,7 +298,7 @@ def _brute_force_ranks(q, ref, cond_index, conds):
 
 
 def test_e2e_outputs_and_rank(e2e):
-    from rcdm.encoders import encode
+    from rcdm.encoders.build import encode
 
     out, m = e2e["out"], e2e["first"]
     for f in ("metrics.json", "metrics.csv", "metrics.md", "ranks.npy", "rank_in_reference.npy",

@@ -19,7 +19,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from rcdm import store as S
-from rcdm.config import ExtractConfig
+from rcdm.app.config import ExtractConfig
 
 from tests.synthetic import corrupt_jpeg, make_image_folder
 
@@ -44,7 +44,7 @@ class TinyEncoder(torch.nn.Module):
     """A seeded 8-d conv encoder with the Encoder interface: loop-mechanics tests without RN50's cost."""
 
     def __init__(self, layer: str = "trunk", seed: int = 0):
-        from rcdm.images import PREPROCESS
+        from rcdm.data.images import PREPROCESS
 
         super().__init__()
         g = torch.Generator().manual_seed(seed)
@@ -67,21 +67,21 @@ class TinyEncoder(torch.nn.Module):
 @pytest.fixture
 def tiny(monkeypatch):
     """Make ``encoder="tiny"`` load TinyEncoder (other names load as usual)."""
-    import rcdm.encoders
+    import rcdm.encoders.build
 
-    real = rcdm.encoders.load_encoder
+    real = rcdm.encoders.build.load_encoder
 
     def load(name, weights=None, layer="trunk", **kw):
         if name != "tiny":
             return real(name, weights, layer, **kw)
         enc = TinyEncoder(layer, kw.get("seed", 0))
         if kw.get("preprocess") not in (None, "default"):
-            from rcdm.images import PREPROCESS
+            from rcdm.data.images import PREPROCESS
 
             enc.preprocess = PREPROCESS[kw["preprocess"]]
         return enc
 
-    monkeypatch.setattr(rcdm.encoders, "load_encoder", load)
+    monkeypatch.setattr(rcdm.encoders.build, "load_encoder", load)
 
 
 @pytest.fixture(scope="module")
@@ -107,8 +107,8 @@ def _same_content(a: Path, b: Path, exact: bool = True) -> None:
 
 def test_device_normalisation_equals_encoder_input(images):
     from PIL import Image
+    from rcdm.data.images import PREPROCESS, encoder_input
     from rcdm.extract.dataset import crop_uint8, device_normalisation_is_exact, normalize
-    from rcdm.images import PREPROCESS, encoder_input
 
     img = Image.open(images / "cls_1" / "img_000.jpg").convert("RGB").resize((61, 47))
     for pp in PREPROCESS.values():
@@ -119,8 +119,8 @@ def test_device_normalisation_equals_encoder_input(images):
 
 
 def test_store_holds_the_encoder_features(ref_store, images):
-    from rcdm.encoders import load_encoder
-    from rcdm.images import encoder_input, open_source
+    from rcdm.data.images import encoder_input, open_source
+    from rcdm.encoders.build import load_encoder
 
     st = S.FeatureStore(ref_store)
     assert S.verify(ref_store) == []
@@ -150,9 +150,9 @@ def test_store_holds_the_encoder_features(ref_store, images):
 
 
 def test_input_size_override_is_recorded_and_used(images, tmp_path):
-    from rcdm.encoders import encoder_from_info
+    from rcdm.data.images import encoder_input, open_source
+    from rcdm.encoders.build import encoder_from_info
     from rcdm.extract import run
-    from rcdm.images import encoder_input, open_source
 
     out = run(_cfg(images, tmp_path / "s32", input_size=32))
     st = S.FeatureStore(out)
@@ -215,7 +215,7 @@ def test_two_processes_give_the_same_store(ref_store, images, tmp_path):
     out = tmp_path / "store"
     script = tmp_path / "launch.py"
     script.write_text(
-        "import sys\nimport rcdm.extract\nfrom rcdm.config import ExtractConfig\n"
+        "import sys\nimport rcdm.extract\nfrom rcdm.app.config import ExtractConfig\n"
         f"rcdm.extract.run(ExtractConfig(**{json.dumps(dict(encoder='random-rn50', source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device='cpu'))}))\n"
     )
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -303,7 +303,7 @@ def test_existing_store_with_other_settings_is_refused(tiny, images, tmp_path):
 
 
 def test_cli_extract_wds_and_store_commands(ref_store, images, tmp_path, monkeypatch):
-    from rcdm.cli import cli
+    from rcdm.app.cli import cli
 
     monkeypatch.chdir(tmp_path)  # not the repository's pipeline.yaml (the demo's settings)
 

@@ -7,10 +7,10 @@ import json
 import numpy as np
 import pytest
 import torch
-from rcdm.diffusion import create_diffusion
-from rcdm.generate import _Guided, check_guidance, generate
-from rcdm.unet import UNetModel
-from rcdm.unet_config import preset
+from rcdm.diffusion.gaussian import create_diffusion
+from rcdm.diffusion.generate import _Guided, check_guidance, generate
+from rcdm.model.config import preset
+from rcdm.model.unet import UNetModel
 
 DIM = 8
 
@@ -96,6 +96,7 @@ def test_p2_weighting_scales_the_mse_by_snr():
 
 def test_training_with_cond_drop_records_it(tmp_path):
     import rcdm.train
+
     from tests.test_train import _cfg, _store
 
     store = _store(tmp_path)
@@ -119,6 +120,7 @@ def test_evaluation_labels_guided_samples():
 
 def test_bad_guidance_settings_fail_before_training(tmp_path):
     import rcdm.train
+
     from tests.test_train import _cfg, _store
 
     store = _store(tmp_path)

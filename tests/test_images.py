@@ -1,4 +1,4 @@
-"""Image sources, decoding and preprocessing (rcdm.images)."""
+"""Image sources, decoding and preprocessing (rcdm.data.images)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rcdm.images import (
+from rcdm.data.images import (
     PREPROCESS,
     Item,
     Preprocess,

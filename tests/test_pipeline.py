@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from rcdm.cli import cli
+from rcdm.app.cli import cli
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipeline.yaml"  # the demo's own config
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rcdm import readme
+from rcdm.app import readme
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rcdm.config import SampleConfig
-from rcdm.diffusion import create_diffusion, sample_loop
-from rcdm.generate import generate, parse_steps
-from rcdm.unet import UNetModel, preset
+from rcdm.app.config import SampleConfig
+from rcdm.diffusion.gaussian import create_diffusion, sample_loop
+from rcdm.diffusion.generate import generate, parse_steps
+from rcdm.model.unet import UNetModel, preset
 from rcdm.utils import seed_generator
 
 from tests.synthetic import corrupt_jpeg, jpeg_bytes, random_image
@@ -189,7 +189,7 @@ def test_interpolate_class_mean_kde_algebra(store):
 
 
 def test_manipulation_conditions(store):
-    from rcdm import conditions as C
+    from rcdm.diffusion import conditions as C
     from rcdm.sample.conds import build
 
     feats = store.features(view=0)
@@ -227,7 +227,7 @@ def test_unreadable_image_is_a_clear_error(store, tmp_path):
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory, model) -> Path:
     """An untrained tiny RCDM saved the way training saves its EMA weights."""
-    from rcdm.checkpoint import save_weights
+    from rcdm.model.weights import save_weights
 
     path = tmp_path_factory.mktemp("ckpt") / "ema.safetensors"
     meta = {"unet": model.cfg.to_dict(), "encoder": None, "store_manifest_sha256": None, "ema_rate": 0.9999, "kimg": 0}
@@ -254,8 +254,8 @@ def done_run(tmp_path_factory, ckpt, store_dir) -> Path:
 def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
     import yaml
     from rcdm import viz
-    from rcdm.generate import load_for_sampling
-    from rcdm.images import adm_center_crop, decode_image
+    from rcdm.data.images import adm_center_crop, decode_image
+    from rcdm.diffusion.generate import load_for_sampling
     from rcdm.utils import sha256_file
 
     out = done_run
@@ -288,10 +288,10 @@ def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
 
 
 def test_run_resumes_finished_chunks(done_run, ckpt, store_dir, tmp_path, monkeypatch):
-    import rcdm.generate
+    import rcdm.diffusion.generate
     import rcdm.sample
 
-    real = rcdm.generate.generate
+    real = rcdm.diffusion.generate.generate
     calls = []
 
     def failing(*a, **k):
@@ -301,14 +301,14 @@ def test_run_resumes_finished_chunks(done_run, ckpt, store_dir, tmp_path, monkey
         return real(*a, **k)
 
     cfg = _run_cfg(ckpt, store_dir, tmp_path / "s", chunk_size=2)
-    monkeypatch.setattr(rcdm.generate, "generate", failing)
+    monkeypatch.setattr(rcdm.diffusion.generate, "generate", failing)
     with pytest.raises(RuntimeError, match="killed"):
         rcdm.sample.run(cfg)
     assert (tmp_path / "s" / "partial" / "chunk-00000.npy").exists()
     assert not (tmp_path / "s" / "manifest.json").exists()
 
     calls.clear()
-    monkeypatch.setattr(rcdm.generate, "generate", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
+    monkeypatch.setattr(rcdm.diffusion.generate, "generate", lambda *a, **k: calls.append(len(a[3])) or real(*a, **k))
     out = rcdm.sample.run(cfg)
     assert calls == [2, 2]  # chunk 0 was not recomputed
     # chunking does not change the images: equal to the one-chunk-of-4 run
@@ -349,9 +349,10 @@ def test_run_images_encoded_with_the_stores_encoder(tmp_path):
     from dataclasses import replace as dc_replace
 
     import rcdm.sample
-    from rcdm.checkpoint import save_weights
-    from rcdm.encoders import encode, encoder_from_info, get_spec, load_encoder
-    from rcdm.images import adm_center_crop
+    from rcdm.data.images import adm_center_crop
+    from rcdm.encoders.build import encode, encoder_from_info, load_encoder
+    from rcdm.encoders.registry import get_spec
+    from rcdm.model.weights import save_weights
 
     spec = dc_replace(get_spec("random-rn50"), arch="resnet50-tiny", trunk_dim=2048)
     info = load_encoder(spec, None, "trunk", seed=0).info()
@@ -388,7 +389,7 @@ def test_two_processes_split_the_work_with_identical_samples(done_run, ckpt, sto
     cfg = _run_cfg(ckpt, store_dir, tmp_path / "mp", chunk_size=2)
     (tmp_path / "cfg.json").write_text(json.dumps(dataclass_dict(cfg)))
     script.write_text(
-        "import json, sys, torch, rcdm.sample\nfrom rcdm.config import SampleConfig\n"
+        "import json, sys, torch, rcdm.sample\nfrom rcdm.app.config import SampleConfig\n"
         "torch.set_num_threads(1)\n"
         "d = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(open(sys.argv[1])).items()}\n"
         "rcdm.sample.run(SampleConfig(**d))\n"

@@ -166,7 +166,7 @@ def test_check_compatible_and_info(tmp_path):
 
 def test_store_images_from_source_or_from_the_store(tmp_path):
     from PIL import Image
-    from rcdm.images import open_source
+    from rcdm.data.images import open_source
     from rcdm.store import StoreImages
 
     from tests.synthetic import make_image_folder

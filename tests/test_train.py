@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rcdm.config import TrainConfig
-from rcdm.images import adm_center_crop, open_source
+from rcdm.app.config import TrainConfig
+from rcdm.data.images import adm_center_crop, open_source
 from rcdm.train.data import ImageFeatureDataset, StreamSampler, epoch_order
 
 from tests.synthetic import make_image_folder
@@ -139,7 +139,7 @@ def test_wds_store_with_images_reads_its_own_pixels(tmp_path):
     store = make_store(tmp_path / "wds", feats, fmt="wds", images=[jpeg_bytes(im) for im in imgs], dtype="float32")
     ds = ImageFeatureDataset(store, RES)
     x, h, _ = ds[(1, True)]
-    from rcdm.images import decode_image
+    from rcdm.data.images import decode_image
 
     expect = adm_center_crop(decode_image(jpeg_bytes(imgs[1])), RES)[:, ::-1]
     assert np.array_equal(x.numpy(), expect)
@@ -177,7 +177,7 @@ def test_ema_update_matches_closed_form():
 def test_overfit_checkpoints_and_run_files(tmp_path):
     """A few dozen steps on 4 images drive the loss down; the run directory is complete."""
     import rcdm.train
-    from rcdm.checkpoint import load_model
+    from rcdm.model.weights import load_model
     from safetensors.torch import load_file
 
     store = _store(tmp_path)
@@ -276,10 +276,10 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path, monkeypatch)
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
-    import rcdm.diffusion
+    import rcdm.diffusion.gaussian
     import rcdm.train
 
-    real = rcdm.diffusion.create_diffusion
+    real = rcdm.diffusion.gaussian.create_diffusion
     calls = {"n": 0}
 
     class Poisoned:
@@ -296,7 +296,7 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
                 out = {k: v * float("nan") for k, v in out.items()}
             return out
 
-    monkeypatch.setattr(rcdm.diffusion, "create_diffusion", lambda *a, **kw: Poisoned(real(*a, **kw)))
+    monkeypatch.setattr(rcdm.diffusion.gaussian, "create_diffusion", lambda *a, **kw: Poisoned(real(*a, **kw)))
     store = _store(tmp_path)
     cfg = _cfg(store, tmp_path / "run", checkpoint_kimg=0.012, log_every=100)  # checkpoint at 3
     with pytest.raises(rcdm.train.NonFiniteLoss, match=r"step 5.*step-0000003"):
@@ -376,7 +376,7 @@ def test_two_process_cpu_run(tmp_path):
     run = tmp_path / "run"
     script = tmp_path / "go.py"
     script.write_text(
-        "import sys\nfrom rcdm.config import TrainConfig\nimport rcdm.train\n"
+        "import sys\nfrom rcdm.app.config import TrainConfig\nimport rcdm.train\n"
         f"rcdm.train.run(TrainConfig(store={str(store)!r}, out={str(run)!r}, preset='tiny', resolution={RES}, "
         "kimg=0.016, batch_size=4, grad_accum=2, checkpoint_kimg=0.008, grid_kimg=0, log_every=1, workers=0, "
         "mixed_precision='no'))\n"
@@ -434,7 +434,7 @@ def test_bf16_compile_smoke_gpu(tmp_path):
 def test_init_from_official_pt_state_dict(tmp_path):
     """A guided-diffusion style .pt (plain state dict, architecture inferred) loads strictly."""
     import rcdm.train
-    from rcdm.unet import UNetModel, preset
+    from rcdm.model.unet import UNetModel, preset
     from safetensors.torch import load_file
 
     store = _store(tmp_path)

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from rcdm.nn_blocks import AttentionBlock, timestep_embedding
-from rcdm.unet import UNetConfig, UNetModel, config_from_state_dict, count_parameters, preset
+from rcdm.model.blocks import AttentionBlock, timestep_embedding
+from rcdm.model.unet import UNetConfig, UNetModel, config_from_state_dict, count_parameters, preset
 
 REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.txt"
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -311,7 +311,7 @@ def test_bf16_autocast_and_compile_cuda(cond: str) -> None:
 
 
 def test_cond_standardize_uses_training_statistics_and_round_trips():
-    from rcdm.unet import UNetModel, config_from_state_dict, preset
+    from rcdm.model.unet import UNetModel, config_from_state_dict, preset
 
     cfg = preset("tiny", cond="embed", cond_dim=8, cond_norm="standardize")
     net = UNetModel(cfg).eval()

@@ -119,7 +119,7 @@ class ImageFeatureDataset(Dataset):
 
     def load_image(self, row: int) -> np.ndarray:
         """The uint8 (H, W, 3) image of store row ``row`` at the model resolution (no flip)."""
-        from rcdm.images import adm_center_crop
+        from rcdm.data.images import adm_center_crop
 
         self._open()
         known = None if self._source_index is None else self._source_index[row]

@@ -22,7 +22,7 @@ class GridMaker:
         seed: int,
         guidance: float = 1.0,
     ) -> None:
-        from rcdm.diffusion import create_diffusion
+        from rcdm.diffusion.gaussian import create_diffusion
         from rcdm.store import FeatureStore
 
         n = max(1, min(n_images, dataset.n))
@@ -39,7 +39,7 @@ class GridMaker:
 
     def make(self, model: torch.nn.Module, device: torch.device, mixed_precision: str, path: Path) -> Path:
         from rcdm import viz
-        from rcdm.generate import generate
+        from rcdm.diffusion.generate import generate
 
         out = generate(
             model,

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import torch
-from rcdm.config import TrainConfig, save_resolved
+from rcdm.app.config import TrainConfig, save_resolved
 from rcdm.store import FeatureStore
 from rcdm.train import model as model_setup
 from rcdm.train import state as ckpt
@@ -53,7 +53,7 @@ def _validate(cfg: TrainConfig) -> None:
     if cfg.p2_gamma < 0 or cfg.p2_k < 0:
         raise ValueError(f"train.p2_gamma and train.p2_k must be >= 0, got {cfg.p2_gamma} and {cfg.p2_k}")
     if cfg.grid_guidance != 1.0:
-        from rcdm.generate import check_guidance
+        from rcdm.diffusion.generate import check_guidance
 
         check_guidance(cfg.grid_guidance, {"cond_drop": cfg.cond_drop}, f"train.out {cfg.out}")
 
@@ -105,12 +105,12 @@ def run(cfg: TrainConfig) -> Path:
     torch.manual_seed(rank_seed)
 
     # ---- model, EMA, optimizer
-    from rcdm.diffusion import create_diffusion, sample_timesteps
-    from rcdm.unet import UNetModel
+    from rcdm.diffusion.gaussian import create_diffusion, sample_timesteps
+    from rcdm.model.unet import UNetModel
 
     net = UNetModel(ucfg)
     if latest is None and cfg.init_from:
-        from rcdm.checkpoint import load_state_dict_strict
+        from rcdm.model.weights import load_state_dict_strict
 
         load_state_dict_strict(net, model_setup.load_init(cfg, ucfg, store))
     if latest is None and hasattr(net, "cond_norm") and not cfg.init_from:
@@ -301,7 +301,7 @@ def _save_checkpoint(
     accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
     final = ckpt.checkpoints_dir(out) / ckpt.checkpoint_name(step)
     if main:
-        from rcdm.checkpoint import save_weights
+        from rcdm.model.weights import save_weights
 
         meta = meta_fn(nimg / 1000)
         sd = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
@@ -333,7 +333,7 @@ def _cpu(m: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _load_checkpoint(path: Path, accelerator, net: torch.nn.Module, ema: EMA, cfg: TrainConfig) -> tuple[int, int]:
     """Restore model, EMA, optimizer and RNG from ``path``; returns (step, nimg)."""
-    from rcdm.checkpoint import load_state_dict_strict
+    from rcdm.model.weights import load_state_dict_strict
     from safetensors.torch import load_file
 
     device = accelerator.device

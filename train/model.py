@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rcdm.config import TrainConfig
+from rcdm.app.config import TrainConfig
+from rcdm.model.config import UNetConfig, preset
 from rcdm.store import FeatureStore
-from rcdm.unet_config import UNetConfig, preset
 from rcdm.utils import read_json
 
 DIFFUSION_STEPS = 1000
@@ -109,9 +109,9 @@ def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
     """The state dict of ``cfg.init_from`` after checking it fits ``ucfg`` and the store.
 
     Accepts an official RCDM / ADM ``.pt``, one of our safetensors files, or a run directory
-    (``rcdm.checkpoint.load_model`` reads all three; official checkpoints carry no encoder).
+    (``rcdm.model.weights.load_model`` reads all three; official checkpoints carry no encoder).
     """
-    from rcdm.checkpoint import load_model
+    from rcdm.model.weights import load_model
 
     path = Path(cfg.init_from)
     if not path.exists():

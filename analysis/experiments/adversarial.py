@@ -22,7 +22,7 @@ TITLE = "Adversarial attacks on a linear probe, decoded (Fig. 4, 29)"
 def pixels_and_normalise(img, pp) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
     """The encoder input as pixels ``(1, 3, S, S)`` in [0, 1] and the differentiable map from
     pixels to the encoder's normalised input (value range, then mean / std)."""
-    from rcdm.images import encoder_input
+    from rcdm.data.images import encoder_input
 
     lo, hi = pp.value_range
     mean = torch.tensor(pp.mean, dtype=torch.float32).view(1, 3, 1, 1)

@@ -12,7 +12,7 @@ TITLE = "Class means (Fig. 27)"
 
 
 def run(ctx: Context) -> Entry:
-    from rcdm.conditions import class_mean
+    from rcdm.diffusion.conditions import class_mean
 
     cfg = ctx.cfg
     train = ctx.store("train")

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 from rcdm.analysis.report import Entry, Figure, Table, write_entry
-from rcdm.config import AnalyzeConfig
+from rcdm.app.config import AnalyzeConfig
 from rcdm.utils import atomic_write_json
 
 __all__ = ["RCDM", "Context", "same_encoder", "describe_encoder"]
@@ -127,7 +127,7 @@ class Context:
 
     def thumb(self, img: Image.Image, size: int) -> np.ndarray:
         """ADM's center crop at the figure's resolution, ``(size, size, 3)`` uint8."""
-        from rcdm.images import adm_center_crop
+        from rcdm.data.images import adm_center_crop
 
         return adm_center_crop(img, size)
 
@@ -147,7 +147,8 @@ class Context:
     # ---------------------------------------------------------------- encoders
     def encoder(self, info: dict, layer: str | None = None):
         """The encoder described by a manifest's ``encoder`` field (optionally another layer)."""
-        from rcdm.encoders import encoder_from_info, get_spec
+        from rcdm.encoders.build import encoder_from_info
+        from rcdm.encoders.registry import get_spec
 
         info = dict(info)
         if layer is not None and layer != info.get("layer"):
@@ -179,7 +180,7 @@ class Context:
 
     def encode(self, enc, images: list[Image.Image] | np.ndarray) -> np.ndarray:
         """``(N, D)`` float32 representations, preprocessed as the matching store recorded."""
-        from rcdm.encoders import encode
+        from rcdm.encoders.build import encode
 
         if isinstance(images, list) and not images:
             return np.zeros((0, enc.dim), np.float32)
@@ -199,8 +200,8 @@ class Context:
         return [self.rcdm(p) for p in self.cfg.checkpoints]
 
     def _load_rcdm(self, path: str) -> RCDM:
-        from rcdm.checkpoint import encoder_hint_conflict
-        from rcdm.generate import check_guidance, load_for_sampling
+        from rcdm.diffusion.generate import check_guidance, load_for_sampling
+        from rcdm.model.weights import encoder_hint_conflict
 
         if not Path(path).exists():
             raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `rcdm train` first")
@@ -245,13 +246,13 @@ class Context:
 
     @property
     def ddim(self) -> bool:
-        from rcdm.generate import parse_steps
+        from rcdm.diffusion.generate import parse_steps
 
         return bool(self.cfg.ddim or parse_steps(self.cfg.steps)[1])
 
     def sample(self, r: RCDM, conds: np.ndarray, seeds: list[int] | np.ndarray) -> np.ndarray:
         """``conds (N, D)``, ``seeds (N,)`` -> ``(N, H, W, 3)`` uint8."""
-        from rcdm.generate import generate
+        from rcdm.diffusion.generate import generate
 
         conds = np.asarray(conds, np.float32)
         if conds.ndim != 2 or conds.shape[1] != r.cond_dim:

@@ -23,7 +23,7 @@ def squared_distances(h: np.ndarray, feats: np.ndarray) -> np.ndarray:
 
 
 def run(ctx: Context) -> Entry:
-    from rcdm.conditions import knn
+    from rcdm.diffusion.conditions import knn
 
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")

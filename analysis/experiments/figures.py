@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 from PIL import Image
-from rcdm.images import adm_center_crop
+from rcdm.data.images import adm_center_crop
 from rcdm.viz import annotate, fit
 
 

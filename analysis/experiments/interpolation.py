@@ -13,7 +13,7 @@ TITLE = "Interpolation (Fig. 1c, 14, 15)"
 
 
 def run(ctx: Context) -> Entry:
-    from rcdm.conditions import interpolate
+    from rcdm.diffusion.conditions import interpolate
 
     cfg = ctx.cfg
     val = ctx.store("val")

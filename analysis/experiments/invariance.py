@@ -27,7 +27,7 @@ def transform_names(ctx: Context) -> list[str]:
 
 def check_layers(ctx: Context, info: dict) -> None:
     """Every layer of ``analyze.layers`` must exist in the encoder (checked before any work)."""
-    from rcdm.encoders import get_spec
+    from rcdm.encoders.registry import get_spec
 
     dims = get_spec(info["name"]).dims
     for layer in ctx.cfg.layers:

@@ -21,11 +21,11 @@ TITLE = "Manipulation: common-dimension masking, substitution and algebra (Fig. 
 def select_dims(h: np.ndarray, neighbour_feats: np.ndarray, m: int, variant: str) -> np.ndarray:
     """Dimensions to edit, sorted ``(n,)`` int64.
 
-    ``most``: non-zero in at least ``m`` of the ``k`` neighbours (``rcdm.conditions.common_dims``).
+    ``most``: non-zero in at least ``m`` of the ``k`` neighbours (``rcdm.diffusion.conditions.common_dims``).
     ``least``: the same number of dimensions, chosen among those non-zero in ``h`` with the
     fewest non-zero neighbours (ties: lower index first).
     """
-    from rcdm.conditions import common_dims
+    from rcdm.diffusion.conditions import common_dims
 
     most = common_dims(neighbour_feats, m)
     if variant == "most":
@@ -39,7 +39,7 @@ def select_dims(h: np.ndarray, neighbour_feats: np.ndarray, m: int, variant: str
 
 
 def run(ctx: Context) -> Entry:
-    from rcdm.conditions import algebra, knn, manipulate
+    from rcdm.diffusion.conditions import algebra, knn, manipulate
 
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")

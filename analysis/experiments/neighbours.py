@@ -13,7 +13,7 @@ TITLE = "Nearest training neighbours of samples (Fig. 16)"
 
 
 def run(ctx: Context) -> Entry:
-    from rcdm.conditions import knn
+    from rcdm.diffusion.conditions import knn
 
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")

@@ -16,9 +16,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-
-from .losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .respace import respaced_betas, space_timesteps
+from rcdm.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from rcdm.diffusion.respace import respaced_betas, space_timesteps
 
 __all__ = [
     "GaussianDiffusion",

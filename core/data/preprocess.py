@@ -9,7 +9,7 @@ Two pixel pipelines live here and must not be confused:
 - the *diffusion image* (:func:`adm_center_crop`, :func:`to_model_range`): what the RCDM UNet
   is trained on, guided-diffusion's center crop at the model resolution scaled to [-1, 1].
 
-Import these from :mod:`rcdm.images` (which re-exports them) or from here.
+Import these from :mod:`rcdm.data.images` (which re-exports them) or from here.
 """
 
 from __future__ import annotations

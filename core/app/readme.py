@@ -11,8 +11,8 @@ from pathlib import Path
 
 
 def _blocks() -> dict[str, str]:
-    from rcdm.config import config_reference
-    from rcdm.encoders import describe_registry
+    from rcdm.app.config import config_reference
+    from rcdm.encoders.registry import describe_registry
 
     return {"config": config_reference().strip(), "encoders": describe_registry().strip()}
 

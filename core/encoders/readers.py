@@ -1,8 +1,8 @@
 """Reading encoder checkpoints: safe loading, the repositories' key layouts, strict loading.
 
 Each reader maps a checkpoint dict (in one repository's layout) onto our module names:
-``trunk`` (a torchvision ResNet-50 without ``fc``, or :class:`rcdm.vit.VisionTransformer`) and
-``head`` (an ``nn.Sequential`` from :func:`rcdm.heads.build_head`). Keys the reader does not
+``trunk`` (a torchvision ResNet-50 without ``fc``, or :class:`rcdm.encoders.vit.VisionTransformer`) and
+``head`` (an ``nn.Sequential`` from :func:`rcdm.encoders.heads.build_head`). Keys the reader does not
 recognise are reported as unexpected, and :func:`strict_load` refuses any missing, unexpected
 or mis-shaped key, naming it: a checkpoint never half-loads into a random network.
 
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcdm.heads import HeadSpec
+from rcdm.encoders.registry import HeadSpec
 from rcdm.utils import state_dict_diff
 from torch import nn
 

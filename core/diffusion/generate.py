@@ -30,7 +30,7 @@ __all__ = [
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """``(N, 3, H, W)`` in [-1, 1] -> ``(N, H, W, 3)`` uint8 (the project's one rule, in images)."""
-    from rcdm.images import from_model_range
+    from rcdm.data.images import from_model_range
 
     return from_model_range(x)
 
@@ -132,7 +132,7 @@ def generate(
     and in eval mode. ``guidance`` != 1 applies classifier-free guidance of that scale (the model
     must have been trained with ``train.cond_drop`` > 0; see :func:`check_guidance`).
     """
-    from rcdm.diffusion import sample_loop
+    from rcdm.diffusion.gaussian import sample_loop
 
     device = torch.device(device)
     conds_t = torch.as_tensor(np.asarray(conds, dtype=np.float32) if not torch.is_tensor(conds) else conds)
@@ -211,8 +211,8 @@ def load_for_sampling(
     ``steps`` is the respacing spec (see :func:`parse_steps`); the schedule comes from the
     checkpoint's UNet config. The model is put in eval mode on ``device``.
     """
-    from rcdm.checkpoint import load_model
-    from rcdm.diffusion import create_diffusion
+    from rcdm.diffusion.gaussian import create_diffusion
+    from rcdm.model.weights import load_model
 
     respacing, _ = parse_steps(steps)
     model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)

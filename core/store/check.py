@@ -1,6 +1,6 @@
 """Checking a feature store: ``info`` (a summary) and ``verify`` (counts, shapes, dtypes, sha256s).
 
-Part of ``rcdm.store``, which re-exports everything here: import ``rcdm.store``, not this file.
+Part of :mod:`rcdm.store`.
 """
 
 from __future__ import annotations
@@ -10,15 +10,8 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rcdm.store import (
-    _CLS,
-    _FEAT,
-    _FORMATS,
-    _JPG,
-    FORMAT_VERSION,
-    FeatureStore,
-    _index_tar,
-)
+from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, FORMATS, JPG, index_tar
+from rcdm.store.read import FeatureStore
 from rcdm.utils import read_json, sha256_file
 
 # --------------------------------------------------------------------------------------------
@@ -77,7 +70,7 @@ def verify(path: str | Path) -> list[str]:
     if m["format_version"] != FORMAT_VERSION:
         problems.append(f"format_version {m['format_version']!r}, expected {FORMAT_VERSION}")
     V, D, dtype, fmt = len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), m["format"]
-    if fmt not in _FORMATS:
+    if fmt not in FORMATS:
         return problems + [f"unknown format {fmt!r}"]
     total = 0
     seen_keys: set[str] = set()
@@ -142,21 +135,21 @@ def _verify_h5(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bo
 
 def _verify_tar(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bool, problems: list[str]) -> list[str]:
     name, n = s["file"], int(s["rows"])
-    samples = _index_tar(f)
+    samples = index_tar(f)
     if len(samples) != n:
         problems.append(f"{name}: {len(samples)} samples, expected {n}")
     bad = 0
     with open(f, "rb") as fh:
         for key, members in samples:
-            need = {_FEAT, _CLS} | ({_JPG} if has_images else set())
+            need = {FEAT, CLS} | ({JPG} if has_images else set())
             if not need <= members.keys():
                 problems.append(f"{name}: sample {key!r} lacks {sorted(need - members.keys())}")
                 continue
-            fh.seek(members[_FEAT][0])
-            arr = np.load(io.BytesIO(fh.read(members[_FEAT][1])), allow_pickle=False)
-            fh.seek(members[_CLS][0])
+            fh.seek(members[FEAT][0])
+            arr = np.load(io.BytesIO(fh.read(members[FEAT][1])), allow_pickle=False)
+            fh.seek(members[CLS][0])
             try:
-                int(fh.read(members[_CLS][1]))
+                int(fh.read(members[CLS][1]))
             except ValueError:
                 problems.append(f"{name}: sample {key!r} has a cls that is not an integer")
             if arr.shape != (V, D) or arr.dtype != dtype or not np.isfinite(arr).all():

@@ -28,10 +28,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from .unet import UNetModel
-from .unet_config import UNetConfig, config_from_state_dict
-from .utils import atomic_write_json, read_json, state_dict_diff
+from rcdm.model.config import UNetConfig, config_from_state_dict
+from rcdm.model.unet import UNetModel
+from rcdm.utils import atomic_write_json, read_json, state_dict_diff
 
 META_KEY = "rcdm_meta"  # safetensors header entry holding the meta dict as JSON
 RUN_META = "model.json"

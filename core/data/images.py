@@ -3,7 +3,7 @@
 Sources give a fixed, ordered list of images with stable keys (the relative path without
 extension, or the webdataset ``__key__``) and random access by index or key. The pixel
 preprocessing (:class:`Preprocess`, :func:`encoder_input`, :func:`adm_center_crop`,
-:func:`to_model_range`) lives in :mod:`rcdm.preprocess` and is re-exported here.
+:func:`to_model_range`) lives in :mod:`rcdm.data.preprocess` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from rcdm.preprocess import (
+from rcdm.data.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     PREPROCESS,

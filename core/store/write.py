@@ -1,6 +1,6 @@
 """Writing a feature store: atomic shards, their records, and the manifest (written last).
 
-Part of ``rcdm.store``, which re-exports everything here: import ``rcdm.store``, not this file.
+Part of :mod:`rcdm.store`; the names and layout come from :mod:`rcdm.store.format`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rcdm.store import (
-    _CLS,
-    _FEAT,
-    _JPG,
-    _SHARD_RE,
+from rcdm.store.format import (
+    CLS,
+    FEAT,
     FORMAT_VERSION,
+    JPG,
+    SHARD_RECORD_RE,
     VIEWS,
-    _record_path,
+    record_path,
     shard_name,
     tool_version,
 )
@@ -88,7 +88,7 @@ def write_shard(
         "first_item": int(first_item),
         "failed": [dict(x) for x in failed],
     }
-    atomic_write_json(_record_path(store_dir, shard_index), record)
+    atomic_write_json(record_path(store_dir, shard_index), record)
     return record
 
 
@@ -123,10 +123,10 @@ def _write_tar(
 ) -> None:
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tf:  # PAX: long / utf-8 keys
         for i, key in enumerate(keys):
-            _tar_add(tf, f"{key}.{_FEAT}", _npy_bytes(feats[i]))
-            _tar_add(tf, f"{key}.{_CLS}", str(int(labels[i])).encode())
+            _tar_add(tf, f"{key}.{FEAT}", _npy_bytes(feats[i]))
+            _tar_add(tf, f"{key}.{CLS}", str(int(labels[i])).encode())
             if images is not None:
-                _tar_add(tf, f"{key}.{_JPG}", bytes(images[i]))
+                _tar_add(tf, f"{key}.{JPG}", bytes(images[i]))
 
 
 def completed_shards(store_dir: str | Path) -> dict[int, dict]:
@@ -136,7 +136,7 @@ def completed_shards(store_dir: str | Path) -> dict[int, dict]:
     if not store_dir.is_dir():
         return out
     for p in store_dir.iterdir():
-        m = _SHARD_RE.match(p.name)
+        m = SHARD_RECORD_RE.match(p.name)
         if not m:
             continue
         try:

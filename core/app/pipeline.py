@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from rcdm.config import ExtractConfig, PipelineConfig
+from rcdm.app.config import ExtractConfig, PipelineConfig
 
 STAGES = ("data", "extract", "train", "sample", "evaluate", "analyze")
 
@@ -52,7 +52,7 @@ def _finished(cfg: PipelineConfig, stage: str) -> bool:
     if stage == "data":
         if not cfg.data.demo:
             return True  # user data: nothing to build
-        from rcdm import demo
+        from rcdm.data import demo
 
         return demo.is_built(cfg.data)
     return all(p.exists() for p in _outputs(cfg)[stage])
@@ -88,7 +88,7 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool) -> Path:
     if stage == "data":
         if not cfg.data.demo:
             return Path(cfg.data.train)
-        from rcdm import demo
+        from rcdm.data import demo
 
         train, _ = demo.build(cfg.data)
         return train.parent

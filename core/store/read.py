@@ -1,17 +1,4 @@
-"""The feature store: the contract between stage 1 (extract) and every later stage.
-
-A store is a directory for one (encoder, layer, dataset split)::
-
-    manifest.json          written last: the "finished" marker (see ``build_manifest``)
-    shard-NNNNN.h5         feat [n, V, D] float16, key [n] utf-8, label [n] int64   (default)
-    shard-NNNNN.tar        webdataset: <key>.feat.npy [V, D], <key>.cls, optional <key>.jpg
-    shard-NNNNN.json       the shard's record (file, rows, sha256, first_item, failed)
-    config.yaml            the resolved extract config
-
-Shards are written under a temporary name and renamed when complete; the record is written after
-the rename, so a record always names a complete shard. View 0 is the encoder input, view 1 the
-same input flipped horizontally (training picks the view matching its flip).
-"""
+"""Reading a finished feature store: random access by index or key, or the whole matrix."""
 
 from __future__ import annotations
 
@@ -19,36 +6,14 @@ import bisect
 import io
 import json
 import os
-import re
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, JPG, MANIFEST, index_tar, read_at
 from rcdm.utils import read_json, sha256_file
 
-__all__ = [
-    "FORMAT_VERSION",
-    "VIEWS",
-    "FeatureStore",
-    "StoreImages",
-    "UnknownKey",
-    "build_manifest",
-    "completed_shards",
-    "info",
-    "shard_name",
-    "verify",
-    "write_manifest",
-    "write_shard",
-]
-
-FORMAT_VERSION = 1
-VIEWS = ["orig", "hflip"]  # view 0: encoder input; view 1: the same input flipped horizontally
-_FORMATS = ("h5", "wds")
-_EXT = {"h5": "h5", "wds": "tar"}
-_SHARD_RE = re.compile(r"^shard-(\d{5,})\.json$")
-# webdataset member suffixes we write; parsed by suffix so keys may contain dots.
-_FEAT, _CLS, _JPG = "feat.npy", "cls", "jpg"
+__all__ = ["FeatureStore", "UnknownKey"]
 
 
 class UnknownKey(KeyError, ValueError):
@@ -58,69 +23,17 @@ class UnknownKey(KeyError, ValueError):
         return str(self.args[0]) if self.args else ""
 
 
-def tool_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return version("rcdm")
-    except Exception:  # not installed (e.g. running from a bare checkout)
-        return "unknown"
-
-
-def shard_name(index: int, fmt: str = "h5") -> str:
-    if fmt not in _FORMATS:
-        raise ValueError(f"store format {fmt!r} is unknown; use one of {', '.join(_FORMATS)}")
-    return f"shard-{index:05d}.{_EXT[fmt]}"
-
-
-def _record_path(store_dir: Path, index: int) -> Path:
-    return store_dir / f"shard-{index:05d}.json"
-
-
-# --------------------------------------------------------------------------------------------
-# Reading
-# --------------------------------------------------------------------------------------------
-
-
-def _parse_member(name: str) -> tuple[str, str] | None:
-    for suffix in (_FEAT, _CLS, _JPG):
-        if name.endswith("." + suffix):
-            return name[: -len(suffix) - 1], suffix
-    return None
-
-
-def _index_tar(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
-    """[(key, {suffix: (offset, size)})] in tar order, without reading the payloads."""
-    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
-    with tarfile.open(path, "r:") as tf:
-        for ti in tf:
-            if not ti.isfile():
-                continue
-            parsed = _parse_member(ti.name)
-            if parsed is None:
-                raise ValueError(f"{path}: unexpected member {ti.name!r} (not feat.npy, cls or jpg)")
-            key, suffix = parsed
-            if not samples or samples[-1][0] != key:
-                samples.append((key, {}))
-            samples[-1][1][suffix] = (ti.offset_data, ti.size)
-    return samples
-
-
-def _read_at(path: Path, offset: int, size: int) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
 class FeatureStore:
     """Read a finished store: random access by index or key, or the whole feature matrix."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        mpath = self.path / "manifest.json"
+        mpath = self.path / MANIFEST
         if not mpath.is_file():
             if not self.path.exists():
                 raise FileNotFoundError(f"feature store {self.path} does not exist; check the path or run `rcdm extract`")
+            from rcdm.store.write import completed_shards
+
             n_done = len(completed_shards(self.path))
             hint = (
                 f"it is incomplete ({n_done} shard(s) done, no manifest.json): re-run the same "
@@ -188,7 +101,7 @@ class FeatureStore:
 
     @property
     def preprocess(self):
-        from rcdm.images import Preprocess
+        from rcdm.data.images import Preprocess
 
         return Preprocess.from_dict(self.manifest["preprocess"])
 
@@ -231,7 +144,7 @@ class FeatureStore:
 
     def _tars(self) -> list[list[tuple[str, dict[str, tuple[int, int]]]]]:
         if self._tar_index is None:
-            self._tar_index = [_index_tar(p) for p in self._files]
+            self._tar_index = [index_tar(p) for p in self._files]
         return self._tar_index
 
     def _locate(self, i: int) -> tuple[int, int]:
@@ -254,7 +167,7 @@ class FeatureStore:
         else:
             for s, samples in enumerate(self._tars()):
                 keys.extend(k for k, _ in samples)
-                lab = [int(_read_at(self._files[s], *m[_CLS])) for _, m in samples]
+                lab = [int(read_at(self._files[s], *m[CLS])) for _, m in samples]
                 labels.append(np.asarray(lab, dtype=np.int64))
         self._keys = keys
         self._labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
@@ -294,7 +207,7 @@ class FeatureStore:
             feat = self._h5_file(s)["feat"][j]
         else:
             key, members = self._tars()[s][j]
-            feat = np.load(io.BytesIO(_read_at(self._files[s], *members[_FEAT])), allow_pickle=False)
+            feat = np.load(io.BytesIO(read_at(self._files[s], *members[FEAT])), allow_pickle=False)
         return np.asarray(feat, dtype=np.float32), self._keys[row], int(self._labels[row])
 
     def features(self, view: int | None = 0) -> np.ndarray:
@@ -311,8 +224,8 @@ class FeatureStore:
                 with open(self._files[s], "rb") as f:
                     rows = []
                     for _, m in samples:
-                        f.seek(m[_FEAT][0])
-                        rows.append(np.load(io.BytesIO(f.read(m[_FEAT][1])), allow_pickle=False))
+                        f.seek(m[FEAT][0])
+                        rows.append(np.load(io.BytesIO(f.read(m[FEAT][1])), allow_pickle=False))
                 arr = np.stack(rows) if rows else np.zeros((0, len(self.views), self.dim), self.dtype)
                 parts.append(arr if view is None else arr[:, view])
         shape = (0, self.dim) if view is not None else (0, len(self.views), self.dim)
@@ -328,7 +241,7 @@ class FeatureStore:
             )
         s, j = self._locate(int(i))
         _, members = self._tars()[s][j]
-        return _read_at(self._files[s], *members[_JPG])
+        return read_at(self._files[s], *members[JPG])
 
     # ---- compatibility
     def check_compatible(self, encoder: Any = None, layer: str | None = None, dim: int | None = None) -> None:
@@ -359,66 +272,3 @@ class FeatureStore:
             raise ValueError(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
         if dim is not None and int(dim) != self.dim:
             raise ValueError(f"store {self.path} has {self.dim}-d features, not {dim}-d")
-
-
-class StoreImages:
-    """The source image of each store row: the bytes a webdataset store carries, else the image at
-    the store's recorded source root (or ``root``, where the images moved).
-
-    One place for what training, sampling grids and the analyses all need. Not shared across
-    processes: each DataLoader worker makes its own (tar handles do not survive fork).
-    """
-
-    def __init__(self, store: FeatureStore, root: str | None = None, hint: str = "", source: Any = None):
-        self.store = store
-        self.root = root or store.source.get("root")
-        self.hint = hint or "pass the folder the images moved to"
-        self._source: Any = source  # an already opened source of ``root`` may be passed in
-
-    @property
-    def source(self) -> Any:
-        """The opened image source (``rcdm.images.ImageSource``)."""
-        if self._source is None:
-            from rcdm.images import open_source
-
-            if not self.root or not Path(self.root).exists():
-                raise FileNotFoundError(
-                    f"the images of store {self.store.path} were read from {self.root!r}, which does "
-                    f"not exist; {self.hint}"
-                )
-            self._source = open_source(self.root)
-        return self._source
-
-    def index(self) -> np.ndarray:
-        """Source index of every store row; a key the source lacks is a ValueError naming it."""
-        src, index, missing = self.source, np.empty(len(self.store), dtype=np.int64), []
-        for i, key in enumerate(self.store.keys):
-            try:
-                index[i] = src.index_of(key)
-            except (KeyError, ValueError):
-                missing.append(key)
-        if missing:
-            raise ValueError(
-                f"{len(missing)} key(s) of store {self.store.path} are not in the image source "
-                f"{self.root}, e.g. {missing[:3]}; {self.hint}"
-            )
-        return index
-
-    def load(self, i: int, source_index: int | None = None) -> Any:
-        """Row ``i``'s image (PIL, RGB); ``source_index`` skips the key lookup when known."""
-        from rcdm.images import decode_image
-
-        if self.store.has_images:
-            return decode_image(self.store.image_bytes(i), key=self.store.keys[i])
-        src = self.source
-        return src.load(src.index_of(self.store.keys[i]) if source_index is None else int(source_index))
-
-
-# Writing and checking live in their own files; ``rcdm.store`` stays the one import for users.
-from rcdm.store_check import info, verify  # noqa: E402
-from rcdm.store_write import (  # noqa: E402
-    build_manifest,
-    completed_shards,
-    write_manifest,
-    write_shard,
-)

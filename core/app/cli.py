@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rcdm import config as C
+from rcdm.app import config as C
 
 
 def _common(fn):
@@ -130,13 +130,13 @@ def extract(config_path, sets, dry_run, list_encoders, format_, **opts):
     into <workdir>/stores/{train,val}.
     """
     if list_encoders:
-        from rcdm.encoders import describe_registry
+        from rcdm.encoders.registry import describe_registry
 
         click.echo(describe_registry())
         return
     opts["format"] = format_
     raw = _load(config_path, sets, _overrides("extract", **opts), resolved=False)
-    from rcdm.pipeline import extract_jobs
+    from rcdm.app.pipeline import extract_jobs
 
     # Nothing named a source or an output: extract both splits into <workdir>/stores.
     both = raw.extract.source is None and raw.extract.out is None
@@ -324,7 +324,7 @@ def analyze(config_path, sets, dry_run, experiments, **opts):
 @_common
 def run(config_path, sets, dry_run, stages, force):
     """Run the pipeline end to end (default pipeline.yaml: the embedded demo on CPU)."""
-    from rcdm import pipeline
+    from rcdm.app import pipeline
 
     cfg = _load(config_path, sets, [])
     try:
@@ -349,7 +349,7 @@ def run(config_path, sets, dry_run, stages, force):
 def config_reference(update_path):
     """Print the config reference (Markdown), generated from the dataclasses."""
     if update_path:
-        from rcdm import readme
+        from rcdm.app import readme
 
         changed = readme.update(update_path)
         click.echo(f"{update_path}: " + ("updated" if changed else "already up to date"))

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rcdm.config import DataConfig
+from rcdm.app.config import DataConfig
 from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 
 DEMO_VERSION = 1

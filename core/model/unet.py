@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.checkpoint import checkpoint
-
-from .nn_blocks import (
+from rcdm.model.blocks import (
     AttentionBlock,
     Downsample,
     GroupNorm32,
@@ -25,7 +22,9 @@ from .nn_blocks import (
     timestep_embedding,
     zero_module,
 )
-from .unet_config import PRESETS, UNetConfig, config_from_state_dict, preset
+from rcdm.model.config import PRESETS, UNetConfig, config_from_state_dict, preset
+from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = [
     "PRESETS",

@@ -9,36 +9,10 @@ the layout of DINO's ``DINOHead.mlp``, VICReg's ``projector`` and VISSL's SwAV
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
+from rcdm.encoders.registry import HeadSpec
 from torch import nn
-
-
-@dataclass(frozen=True)
-class HeadSpec:
-    dims: tuple[int, ...]  # (in, hidden..., out), e.g. (2048, 2048, 128)
-    bn: bool = False  # BatchNorm1d after every hidden Linear
-    act: str = "relu"  # "relu" | "gelu"
-    bias: tuple[bool, ...] | None = None  # per Linear; None = all True
-    l2norm: bool = False  # normalise the output to unit L2 norm (SwAV)
-
-    @property
-    def n_linear(self) -> int:
-        return len(self.dims) - 1
-
-    def linear_index(self, j: int) -> int:
-        """Sequential index of the j-th Linear (its BN, if any, is at index + 1)."""
-        return j * (3 if self.bn else 2)
-
-    def describe(self) -> str:
-        parts = [str(self.dims[0])]
-        for j, d in enumerate(self.dims[1:]):
-            parts.append(str(d))
-            if j < self.n_linear - 1:
-                parts.append(("BN-" if self.bn else "") + self.act.upper())
-        return "-".join(parts) + (" then L2-normalised" if self.l2norm else "")
 
 
 class L2Norm(nn.Module):

@@ -1,176 +1,30 @@
-"""The encoder registry: frozen image encoders whose representations RCDM visualises.
+"""Encoder modules: build a registry entry, load its weights strictly, and encode images.
 
-Every entry names an architecture, a checkpoint reader (:mod:`rcdm.ckpt_readers`), its layers
-(``trunk``: the 2048-d average-pooled ResNet-50 features or the ViT CLS token; ``head``: the
-method's projector output, where it has one) and its default preprocessing.
-
-Default preprocessing (``extract.preprocess: default``), chosen per entry:
-
-- ``rcdm`` (guided-diffusion center crop to 224, [-1, 1], no mean/std) for the encoders the
-  official RCDM code and checkpoints use (``guided_diffusion/get_ssl_models.py``): dino-rn50,
-  simclr-rn50, barlow-rn50, vicreg-rn50, supervised-rn50, and for random-rn50 (the paper's
-  untrained baseline, extracted the same way). Features extracted this way match what the
-  official RCDM checkpoints were trained on.
-- ``imagenet`` (resize 256, crop 224, [0, 1], ImageNet mean/std: the encoders' own training
-  normalisation) for swav-rn50, moco-rn50, supervised-vissl-rn50 and dino-vits16, for which
-  there is no official RCDM checkpoint.
-
-Weights come from a local file; the public URLs are recorded for the README and are fetched
-only with ``allow_download=True``.
+The registry itself (names, layers, preprocessing, URLs) is :mod:`rcdm.encoders.registry`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from rcdm.ckpt_readers import READERS, read_checkpoint, strict_load
-from rcdm.heads import HeadSpec, build_head
-from rcdm.images import PREPROCESS, Preprocess, encoder_input, get_preprocess
+from rcdm.data.images import PREPROCESS, Preprocess, encoder_input, get_preprocess
+from rcdm.encoders.heads import build_head
+from rcdm.encoders.readers import READERS, read_checkpoint, strict_load
+from rcdm.encoders.registry import EncoderSpec, get_spec
 from rcdm.utils import sha256_file
 from torch import nn
 
 __all__ = [
-    "EncoderSpec",
-    "REGISTRY",
-    "get_spec",
-    "describe_registry",
     "read_checkpoint",
     "Encoder",
     "load_encoder",
     "encoder_from_info",
     "encode",
 ]
-
-
-@dataclass(frozen=True)
-class EncoderSpec:
-    name: str
-    arch: str  # "resnet50" | "vit_small_patch16"
-    reader: str | None  # key of ckpt_readers.READERS; None: no weights (random init)
-    head: HeadSpec | None  # the projector, if the method has one in the checkpoint
-    preprocess: str  # default preprocessing: a key of rcdm.images.PREPROCESS
-    url: str | None  # public weights (README; fetched only with allow_download)
-    description: str
-    trunk_dim: int = 2048
-    head_note: str = ""  # what the head output is
-
-    @property
-    def dims(self) -> dict[str, int]:
-        d = {"trunk": self.trunk_dim}
-        if self.head is not None:
-            d["head"] = self.head.dims[-1]
-        return d
-
-    @property
-    def needs_weights(self) -> bool:
-        return self.reader is not None
-
-
-_VISSL = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
-_RN50 = 2048
-
-
-def _mlp(dims, bn=False, act="relu", bias=None, l2norm=False) -> HeadSpec:
-    return HeadSpec(tuple(dims), bn=bn, act=act, bias=bias, l2norm=l2norm)
-
-
-_SPECS = [
-    EncoderSpec(
-        "simclr-rn50", "resnet50", "vissl-mlp", _mlp([_RN50, 2048, 128]), "rcdm",
-        f"{_VISSL}/simclr_rn50_1000ep_simclr_8node_resnet_16_07_20.afe428c7/model_final_checkpoint_phase999.torch",
-        "SimCLR ResNet-50, 1000 epochs (VISSL model zoo; the checkpoint the RCDM code uses)",
-        head_note="Linear-ReLU-Linear projector",
-    ),
-    EncoderSpec(
-        "swav-rn50", "resnet50", "vissl-swav", _mlp([_RN50, 2048, 128], bn=True, l2norm=True),
-        "imagenet",
-        f"{_VISSL}/swav_in1k_rn50_800ep_swav_8node_resnet_27_07_20.a0a6b676/model_final_checkpoint_phase799.torch",
-        "SwAV ResNet-50, 800 epochs, 2x224+6x96 (VISSL model zoo)",
-        head_note="projection head, L2-normalised (before the prototypes)",
-    ),
-    EncoderSpec(
-        "barlow-rn50", "resnet50", "vissl-mlp",
-        _mlp([_RN50, 8192, 8192, 8192], bn=True, bias=(False, False, False)), "rcdm",
-        f"{_VISSL}/barlow_twins/barlow_twins_32gpus_4node_imagenet1k_1000ep_resnet50.torch",
-        "Barlow Twins ResNet-50, 1000 epochs (VISSL model zoo; used by the RCDM code)",
-        head_note="projector, Linear without bias, BN-ReLU between",
-    ),
-    EncoderSpec(
-        "moco-rn50", "resnet50", "vissl-mlp", _mlp([_RN50, 2048, 128]), "imagenet",
-        f"{_VISSL}/moco_v2_1node_lr.03_step_b32_zero_init/model_final_checkpoint_phase199.torch",
-        "MoCo v2 ResNet-50, 200 epochs (VISSL model zoo)",
-        head_note="Linear-ReLU-Linear projector",
-    ),
-    EncoderSpec(
-        "supervised-vissl-rn50", "resnet50", "vissl-mlp", _mlp([_RN50, 1000]), "imagenet",
-        f"{_VISSL}/sup_rn50_in1k_ep105_supervised_8gpu_resnet_17_07_20.733dbdee/model_final_checkpoint_phase208.torch",
-        "supervised ResNet-50, 105 epochs (VISSL model zoo)",
-        head_note="ImageNet class logits",
-    ),
-    EncoderSpec(
-        "dino-rn50", "resnet50", "dino", _mlp([_RN50, 4096, 256], bn=True, act="gelu"), "rcdm",
-        "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain_full_checkpoint.pth",
-        "DINO ResNet-50 teacher (full checkpoint; the backbone-only "
-        "dino_resnet50_pretrain.pth gives the trunk only)",
-        # the published RN50 head has 2 layers, 4096 hidden, BN (facebookresearch/dino#189;
-        # RCDM's get_ssl_models.py), not main_dino.py's defaults
-        head_note="DINOHead mlp output before normalisation and last_layer",
-    ),
-    EncoderSpec(
-        "vicreg-rn50", "resnet50", "vicreg",
-        _mlp([_RN50, 8192, 8192, 8192], bn=True, bias=(True, True, False)), "rcdm",
-        "https://dl.fbaipublicfiles.com/vicreg/resnet50_fullckpt.pth",
-        "VICReg ResNet-50 (full checkpoint; resnet50.pth gives the trunk only)",
-        head_note="expander / projector output",
-    ),
-    EncoderSpec(
-        "supervised-rn50", "resnet50", "torchvision", _mlp([_RN50, 1000]), "rcdm",
-        "https://download.pytorch.org/models/resnet50-0676ba61.pth",
-        "torchvision ResNet-50 IMAGENET1K_V1 (the supervised model of the RCDM code)",
-        head_note="ImageNet class logits (fc)",
-    ),
-    EncoderSpec(
-        "random-rn50", "resnet50", None, None, "rcdm", None,
-        "randomly initialised ResNet-50 (torchvision init, seeded): the untrained baseline",
-    ),
-    EncoderSpec(
-        "dino-vits16", "vit_small_patch16", "dino", _mlp([384, 2048, 2048, 256], act="gelu"),
-        "imagenet",
-        "https://dl.fbaipublicfiles.com/dino/dino_deitsmall16_pretrain/dino_deitsmall16_pretrain.pth",
-        "DINO ViT-S/16 (backbone file, timm-style keys; the head needs "
-        "dino_deitsmall16_pretrain_full_checkpoint.pth)",
-        trunk_dim=384,
-        head_note="DINOHead mlp output before normalisation and last_layer",
-    ),
-]  # fmt: skip
-
-REGISTRY: dict[str, EncoderSpec] = {s.name: s for s in _SPECS}
-
-
-def get_spec(name: str | EncoderSpec) -> EncoderSpec:
-    if isinstance(name, EncoderSpec):
-        return name
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown encoder {name!r}; the known encoders are: {', '.join(REGISTRY)}"
-        ) from None
-
-
-def describe_registry() -> str:
-    """A markdown table of the registry: name, layers and dims, preprocessing, weights URL."""
-    rows = ["| encoder | layers (dim) | preprocessing | weights |", "|---|---|---|---|"]
-    for s in REGISTRY.values():
-        layers = ", ".join(f"{k} ({v})" for k, v in s.dims.items())
-        if s.head is not None:
-            layers += f"; head = {s.head.describe()}"
-        rows.append(f"| `{s.name}` | {layers} | `{s.preprocess}` | {s.url or 'none (seeded init)'} |")
-    return "\n".join(rows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,11 +50,11 @@ def build_trunk(arch: str) -> nn.Module:
         m.fc = nn.Identity()  # (N, 2048) average-pooled features
         return m
     if arch == "vit_small_patch16":
-        from rcdm.vit import vit_small_patch16
+        from rcdm.encoders.vit import vit_small_patch16
 
         return vit_small_patch16()
     if arch == "vit_tiny_patch16":
-        from rcdm.vit import VisionTransformer
+        from rcdm.encoders.vit import VisionTransformer
 
         return VisionTransformer(224, 16, 64, 2, 2, 4.0)
     raise ValueError(f"unknown encoder architecture {arch!r}")

@@ -1,0 +1,31 @@
+"""The feature store: one owner for the format shared by every stage.
+
+    format.py   names, versions, the webdataset member layout (the on-disk contract)
+    read.py     FeatureStore: a finished store, by row, key or as one matrix
+    images.py   StoreImages: the source image of each row
+    write.py    atomic shards, their records, the manifest (written last)
+    check.py    info and verify
+
+Import from ``rcdm.store``; the modules above never import each other's private names.
+"""
+
+from rcdm.store.check import info, verify
+from rcdm.store.format import FORMAT_VERSION, VIEWS, shard_name
+from rcdm.store.images import StoreImages
+from rcdm.store.read import FeatureStore, UnknownKey
+from rcdm.store.write import build_manifest, completed_shards, write_manifest, write_shard
+
+__all__ = [
+    "FORMAT_VERSION",
+    "VIEWS",
+    "FeatureStore",
+    "StoreImages",
+    "UnknownKey",
+    "build_manifest",
+    "completed_shards",
+    "info",
+    "shard_name",
+    "verify",
+    "write_manifest",
+    "write_shard",
+]

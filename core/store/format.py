@@ -1,0 +1,93 @@
+"""The feature store's on-disk format: names, versions and the webdataset member layout.
+
+The contract between stage 1 (extract) and every later stage; every module of
+:mod:`rcdm.store` takes its file names and constants from here.
+
+A store is a directory for one (encoder, layer, dataset split)::
+
+    manifest.json          written last: the "finished" marker (see ``build_manifest``)
+    shard-NNNNN.h5         feat [n, V, D] float16, key [n] utf-8, label [n] int64   (default)
+    shard-NNNNN.tar        webdataset: <key>.feat.npy [V, D], <key>.cls, optional <key>.jpg
+    shard-NNNNN.json       the shard's record (file, rows, sha256, first_item, failed)
+    config.yaml            the resolved extract config
+
+Shards are written under a temporary name and renamed when complete; the record is written after
+the rename, so a record always names a complete shard. View 0 is the encoder input, view 1 the
+same input flipped horizontally (training picks the view matching its flip).
+"""
+
+from __future__ import annotations
+
+import re
+import tarfile
+from pathlib import Path
+
+from rcdm.utils import tool_version
+
+__all__ = [
+    "CLS",
+    "FEAT",
+    "FORMATS",
+    "FORMAT_VERSION",
+    "JPG",
+    "MANIFEST",
+    "SHARD_RECORD_RE",
+    "VIEWS",
+    "index_tar",
+    "parse_member",
+    "read_at",
+    "record_path",
+    "shard_name",
+    "tool_version",
+]
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"  # written last: the store is finished
+VIEWS = ["orig", "hflip"]  # view 0: encoder input; view 1: the same input flipped horizontally
+FORMATS = ("h5", "wds")
+_EXT = {"h5": "h5", "wds": "tar"}
+SHARD_RECORD_RE = re.compile(r"^shard-(\d{5,})\.json$")
+# webdataset member suffixes we write; parsed by suffix so keys may contain dots.
+FEAT, CLS, JPG = "feat.npy", "cls", "jpg"
+
+
+def shard_name(index: int, fmt: str = "h5") -> str:
+    if fmt not in FORMATS:
+        raise ValueError(f"store format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+    return f"shard-{index:05d}.{_EXT[fmt]}"
+
+
+def record_path(store_dir: Path, index: int) -> Path:
+    """The json record written beside shard ``index`` once it is complete."""
+    return Path(store_dir) / f"shard-{index:05d}.json"
+
+
+def parse_member(name: str) -> tuple[str, str] | None:
+    """``(key, suffix)`` of a webdataset member name, or None for a member we do not write."""
+    for suffix in (FEAT, CLS, JPG):
+        if name.endswith("." + suffix):
+            return name[: -len(suffix) - 1], suffix
+    return None
+
+
+def index_tar(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """[(key, {suffix: (offset, size)})] in tar order, without reading the payloads."""
+    samples: list[tuple[str, dict[str, tuple[int, int]]]] = []
+    with tarfile.open(path, "r:") as tf:
+        for ti in tf:
+            if not ti.isfile():
+                continue
+            parsed = parse_member(ti.name)
+            if parsed is None:
+                raise ValueError(f"{path}: unexpected member {ti.name!r} (not feat.npy, cls or jpg)")
+            key, suffix = parsed
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            samples[-1][1][suffix] = (ti.offset_data, ti.size)
+    return samples
+
+
+def read_at(path: Path, offset: int, size: int) -> bytes:
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
