@@ -16,6 +16,7 @@ from rcdm.analysis import metrics
 from rcdm.analysis.sample_set import SampleSet, read_samples
 from rcdm.analysis.tables import table, write_metrics_files
 from rcdm.app.config import EvaluateConfig, save_resolved
+from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
 
 __all__ = ["evaluate", "table", "match_conditions"]
@@ -49,7 +50,7 @@ def match_conditions(ss: SampleSet, keys: list[str], ref: np.ndarray) -> np.ndar
 def _check_encoder(ss: SampleSet, store) -> None:
     """The samples' conditioning must come from the reference store's encoder and layer."""
     if ss.conds.shape[1] != store.dim:
-        raise ValueError(
+        raise InvalidInput(
             f"the samples in {ss.path} were conditioned on {ss.conds.shape[1]}-d representations, "
             f"but the reference store {store.path} holds {store.dim}-d features "
             f"({store.encoder_info.get('name')}/{store.layer}); evaluate with a reference store "
@@ -60,7 +61,7 @@ def _check_encoder(ss: SampleSet, store) -> None:
         try:
             store.check_compatible(encoder=enc)
         except ValueError as e:
-            raise ValueError(
+            raise InvalidInput(
                 f"the samples in {ss.path} were conditioned on encoder {enc.get('name')!r} "
                 f"(layer {enc.get('layer')!r}) but the reference store does not match: {e}"
             ) from e
@@ -91,7 +92,7 @@ def _rank(
     queries = encode(encoder, ss.images, store.preprocess, batch_size=cfg.batch_size, device=device)
     queries = np.asarray(queries, dtype=np.float32)  # (M, D)
     if queries.shape != ss.conds.shape:
-        raise ValueError(
+        raise InvalidInput(
             f"re-encoded samples have shape {queries.shape}, conditions {ss.conds.shape}: the "
             f"encoder rebuilt from {store.path} does not produce the store's features"
         )
@@ -129,9 +130,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
 
     for name in ("samples", "reference", "out"):
         if not getattr(cfg, name):
-            raise ValueError(f"evaluate.{name} is not set; pass --{name} or set it in pipeline.yaml")
+            raise InvalidInput(f"evaluate.{name} is not set; pass --{name} or set it in pipeline.yaml")
     if cfg.is_splits < 1:
-        raise ValueError(f"evaluate.is_splits must be >= 1, got {cfg.is_splits}")
+        raise InvalidInput(f"evaluate.is_splits must be >= 1, got {cfg.is_splits}")
     out = Path(cfg.out)
 
     # Cheap checks first: nothing heavy runs on inputs that will fail later.
@@ -144,9 +145,9 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     if weights is not None:
         stats_path = stats_path or fidmod.default_stats_path(out, ss.resolution)
         if len(ss.images) < 2:
-            raise ValueError(f"FID needs at least 2 samples, {ss.path} holds {len(ss.images)}")
+            raise InvalidInput(f"FID needs at least 2 samples, {ss.path} holds {len(ss.images)}")
         if not cfg.reference_images:
-            raise ValueError("FID needs evaluate.reference_images (e.g. 10,000 validation images)")
+            raise InvalidInput("FID needs evaluate.reference_images (e.g. 10,000 validation images)")
         want = fidmod.expected_meta(
             cfg.reference_images, ss.resolution, weights_sha256, cfg.fid_reference_limit
         )

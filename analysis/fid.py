@@ -21,6 +21,7 @@ from rcdm.analysis.inception import (
     missing_weights_message,
     resolve_weights,
 )
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import atomic_write_bytes, now_iso, sha256_file
 
 CROP_RULE = "adm_center_crop"
@@ -55,20 +56,20 @@ def load_reference_stats(path: Path, want: dict) -> tuple[np.ndarray, np.ndarray
         with np.load(path, allow_pickle=False) as z:
             mu, sigma, meta = z["mu"], z["sigma"], json.loads(str(z["meta"]))
     except (KeyError, ValueError, OSError) as e:
-        raise ValueError(
+        raise InvalidInput(
             f"FID reference statistics {path} are unreadable or were not written by rcdm "
             f"(need mu, sigma and meta: {e}); delete the file to recompute it, or set "
             "evaluate.fid_stats_cache to another path"
         ) from e
     for field in ("resolution", "source", "limit", "weights_sha256", "feature", "crop"):
         if meta.get(field) != want[field]:
-            raise ValueError(
+            raise InvalidInput(
                 f"FID reference statistics {path} were computed with {field}={meta.get(field)!r}, "
                 f"but this evaluation needs {field}={want[field]!r}; delete {path} to recompute "
                 "it, or set evaluate.fid_stats_cache to a different file for this reference set"
             )
     if mu.shape != (2048,) or sigma.shape != (2048, 2048):
-        raise ValueError(f"FID reference statistics {path} have shapes {mu.shape}, {sigma.shape}")
+        raise InvalidInput(f"FID reference statistics {path} have shapes {mu.shape}, {sigma.shape}")
     return mu, sigma, meta
 
 
@@ -98,7 +99,7 @@ def compute_reference_stats(
             feats.append(inception(np.stack(batch), batch_size)[0])
             batch = []
     if not feats or sum(len(f) for f in feats) < 2:
-        raise ValueError(
+        raise InvalidInput(
             f"the FID reference set {source} has fewer than 2 readable images "
             f"({len(skipped)} unreadable); set evaluate.reference_images to a real image set"
         )
@@ -126,7 +127,7 @@ def plan_fid(mode: str, weights: str | None, allow_download: bool) -> tuple[Path
 
         msg = missing_weights_message(default_weights_path(), configured=False)
         if mode == "on":
-            raise FileNotFoundError(msg)
+            raise MissingInput(msg)
         return None, msg
     return path, None
 
@@ -150,7 +151,7 @@ def fid_and_is(
     ``weights_sha256``: the Inception file's hash when the caller already has it (saves a read)."""
     resolution = int(samples.shape[1])
     if not reference_images:
-        raise ValueError("FID needs a reference image set: set evaluate.reference_images")
+        raise InvalidInput("FID needs a reference image set: set evaluate.reference_images")
     wsha = weights_sha256 or sha256_file(weights)
     want = expected_meta(reference_images, resolution, wsha, limit)
     cached = load_reference_stats(stats_path, want)

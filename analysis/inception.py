@@ -17,6 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rcdm.errors import InvalidInput, MissingInput
 
 __all__ = [
     "INCEPTION_URL",
@@ -62,7 +63,7 @@ def resolve_weights(configured: str | None, *, allow_download: bool = False) -> 
     if configured:
         path = Path(configured).expanduser()
         if not path.is_file():
-            raise FileNotFoundError(missing_weights_message(path, configured=True))
+            raise MissingInput(missing_weights_message(path, configured=True))
         return path
     path = default_weights_path()
     if path.is_file():
@@ -90,13 +91,13 @@ class InceptionV3:
             try:
                 sd = torch.load(self.weights, map_location="cpu", weights_only=True)
             except Exception as e:
-                raise ValueError(
+                raise InvalidInput(
                     f"Inception weights {self.weights} are not a plain tensor state dict ({e}); "
                     f"replace it with {INCEPTION_URL}, or pass --set evaluate.trust_checkpoint=true "
                     "if you trust the file"
                 ) from e
             if not isinstance(sd, dict) or "fc.weight" not in sd:
-                raise ValueError(
+                raise InvalidInput(
                     f"{self.weights} is not torch-fidelity's Inception-v3 state dict (no fc.weight); "
                     f"expected {INCEPTION_URL}"
                 )
@@ -106,7 +107,7 @@ class InceptionV3:
                 FEATURE_EXTRACTOR, [POOL, LOGITS], feature_extractor_weights_path=str(self.weights)
             )
         except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped keys
-            raise ValueError(
+            raise InvalidInput(
                 f"{self.weights} does not match torch-fidelity's Inception-v3: {e}; "
                 f"expected the file {INCEPTION_URL}"
             ) from e
@@ -121,7 +122,7 @@ class InceptionV3:
 
         x = np.asarray(images)
         if x.dtype != np.uint8 or x.ndim != 4 or x.shape[-1] != 3:
-            raise ValueError(f"Inception expects uint8 (N, H, W, 3) images, got {x.dtype} {x.shape}")
+            raise InvalidInput(f"Inception expects uint8 (N, H, W, 3) images, got {x.dtype} {x.shape}")
         pools, logits = [], []
         with torch.inference_mode():
             for s in range(0, len(x), batch_size):

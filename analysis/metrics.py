@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from rcdm.errors import InvalidInput
 
 __all__ = [
     "feature_statistics",
@@ -32,7 +33,7 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(N, D) features -> mu (D,), sigma (D, D), float64, sigma the unbiased covariance."""
     f = np.asarray(features, dtype=np.float64)
     if f.ndim != 2 or f.shape[0] < 2:
-        raise ValueError(f"need at least 2 feature vectors of shape (N, D), got {f.shape}")
+        raise InvalidInput(f"need at least 2 feature vectors of shape (N, D), got {f.shape}")
     return f.mean(axis=0), np.cov(f, rowvar=False)
 
 
@@ -60,7 +61,7 @@ def frechet_distance(
     sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
     sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
-        raise ValueError(
+        raise InvalidInput(
             f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
             f"sigma {sigma1.shape} vs {sigma2.shape}"
         )
@@ -72,7 +73,7 @@ def frechet_distance(
         tr_covmean = _trace_sqrt_psd(inner)
         return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * tr_covmean)
     if method != "sqrtm":
-        raise ValueError(f"FID method {method!r} is unknown; use 'sqrtm' or 'eigh'")
+        raise InvalidInput(f"FID method {method!r} is unknown; use 'sqrtm' or 'eigh'")
     covmean = linalg.sqrtm(sigma1.dot(sigma2))
     if not np.isfinite(covmean).all():
         offset = np.eye(sigma1.shape[0]) * eps
@@ -81,7 +82,7 @@ def frechet_distance(
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
             m = float(np.max(np.abs(covmean.imag)))
-            raise ValueError(f"FID: the matrix square root has an imaginary component {m:g}")
+            raise InvalidInput(f"FID: the matrix square root has an imaginary component {m:g}")
         covmean = covmean.real
     return float(diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
 
@@ -107,7 +108,7 @@ def frechet_distance_from_features(
     x = np.asarray(features, dtype=np.float64)
     mu2, sigma2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
     if x.ndim != 2 or x.shape[0] < 2 or mu2.shape != (x.shape[1],) or sigma2.shape != (x.shape[1],) * 2:
-        raise ValueError(
+        raise InvalidInput(
             f"FID: features {x.shape} do not match statistics mu {mu2.shape}, sigma {sigma2.shape}"
         )
     n = x.shape[0]
@@ -137,10 +138,10 @@ def inception_score_from_probs(
 
     p = np.asarray(probs, dtype=np.float64)
     if p.ndim != 2:
-        raise ValueError(f"IS needs (N, C) class probabilities, got shape {p.shape}")
+        raise InvalidInput(f"IS needs (N, C) class probabilities, got shape {p.shape}")
     n = p.shape[0]
     if splits < 1 or n < splits:
-        raise ValueError(f"IS over {splits} splits needs at least {splits} samples, got {n}")
+        raise InvalidInput(f"IS over {splits} splits needs at least {splits} samples, got {n}")
     if shuffle:
         p = p[np.random.RandomState(seed).permutation(n)]
     scores = []
@@ -161,7 +162,7 @@ def inception_score(
 
     z = np.asarray(logits, dtype=np.float64)
     if z.ndim != 2:
-        raise ValueError(f"IS needs (N, C) logits, got shape {z.shape}")
+        raise InvalidInput(f"IS needs (N, C) logits, got shape {z.shape}")
     return inception_score_from_probs(softmax(z, axis=1), splits, shuffle, seed)
 
 
@@ -202,20 +203,20 @@ def nearest_neighbour_ranks(
     r_np = np.asarray(reference, dtype=np.float32)
     c_np = np.asarray(cond_index, dtype=np.int64)
     if q_np.ndim != 2 or r_np.ndim != 2 or q_np.shape[1] != r_np.shape[1]:
-        raise ValueError(
+        raise InvalidInput(
             f"rank: queries {q_np.shape} and reference {r_np.shape} must be (M, D) and (N, D)"
         )
     m, n = q_np.shape[0], r_np.shape[0]
     if c_np.shape != (m,):
-        raise ValueError(f"rank: cond_index must have shape ({m},), got {c_np.shape}")
+        raise InvalidInput(f"rank: cond_index must have shape ({m},), got {c_np.shape}")
     if (c_np >= n).any() or (c_np < -1).any():
-        raise ValueError(f"rank: cond_index must be in [-1, {n - 1}]")
+        raise InvalidInput(f"rank: cond_index must be in [-1, {n - 1}]")
     if (c_np < 0).any():
         if cond_vectors is None:
-            raise ValueError("rank: conditions outside the reference set need cond_vectors")
+            raise InvalidInput("rank: conditions outside the reference set need cond_vectors")
         v_np = np.asarray(cond_vectors, dtype=np.float32)
         if v_np.shape != q_np.shape:
-            raise ValueError(f"rank: cond_vectors must have shape {q_np.shape}, got {v_np.shape}")
+            raise InvalidInput(f"rank: cond_vectors must have shape {q_np.shape}, got {v_np.shape}")
     else:
         v_np = np.zeros_like(q_np)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rcdm.errors import InvalidInput
 from torch import nn
 
 __all__ = ["LinearProbe", "ProbeResult", "train_probe", "accuracy", "check_labels", "fgsm"]
@@ -56,10 +57,10 @@ def check_labels(labels: np.ndarray, what: str) -> np.ndarray:
     """Labels must be known (>= 0) for a probe; -1 means the store was built without classes."""
     labels = np.asarray(labels, dtype=np.int64)
     if labels.size == 0:
-        raise ValueError(f"{what} is empty; a linear probe needs labelled features")
+        raise InvalidInput(f"{what} is empty; a linear probe needs labelled features")
     if (labels < 0).any():
         n = int((labels < 0).sum())
-        raise ValueError(
+        raise InvalidInput(
             f"{what} has {n} of {labels.size} entries without a label (-1); the probe and the "
             "adversarial experiment need a labelled store: extract it from an ImageFolder tree "
             "(one folder per class) or a file list with labels"
@@ -100,14 +101,14 @@ def train_probe(
     xtr = np.asarray(train_feats, dtype=np.float32)
     xva = np.asarray(val_feats, dtype=np.float32)
     if xtr.ndim != 2 or xva.ndim != 2 or xtr.shape[1] != xva.shape[1]:
-        raise ValueError(
+        raise InvalidInput(
             f"probe: train features {xtr.shape} and val features {xva.shape} must be (N, D) with the same D"
         )
     if xtr.shape[0] != ytr.shape[0] or xva.shape[0] != yva.shape[0]:
-        raise ValueError("probe: features and labels have different lengths")
+        raise InvalidInput("probe: features and labels have different lengths")
     n_classes = int(n_classes or max(ytr.max(), yva.max()) + 1)
     if n_classes < 2:
-        raise ValueError("probe: the training labels hold a single class; a probe needs at least 2")
+        raise InvalidInput("probe: the training labels hold a single class; a probe needs at least 2")
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     Xtr = torch.from_numpy(xtr).to(device)
@@ -160,7 +161,7 @@ def fgsm(
     loss. Targeted: ``x - eps sign(grad CE(forward(x), target))`` moves toward the target class.
     """
     if eps < 0:
-        raise ValueError(f"FGSM epsilon must be >= 0, got {eps}")
+        raise InvalidInput(f"FGSM epsilon must be >= 0, got {eps}")
     x0 = x.detach()
     if eps == 0:
         return x0.clone()

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rcdm.errors import MissingInput
 from rcdm.utils import atomic_write_json, atomic_write_text, now_iso
 
 __all__ = ["Figure", "Table", "Entry", "write_entry", "read_entry", "render", "write_report"]
@@ -93,7 +94,7 @@ def _fmt(v: Any) -> str:
 
 def _img_tag(png: Path, alt: str) -> str:
     if not png.is_file():
-        raise FileNotFoundError(f"report figure {png} is missing; the experiment did not write it")
+        raise MissingInput(f"report figure {png} is missing; the experiment did not write it")
     raw = png.read_bytes()
     data = base64.b64encode(raw).decode("ascii")
     # Small figures (32 px samples) are shown enlarged by a whole factor, pixels kept sharp.

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import read_json, sha256_file
 
 
@@ -38,7 +39,7 @@ class SampleSet:
 
 def _need(path: Path, what: str) -> Path:
     if not path.is_file():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"{path} is missing: {what}. Is {path.parent} a finished `rcdm sample` output?"
         )
     return path
@@ -47,7 +48,7 @@ def _need(path: Path, what: str) -> Path:
 def read_samples(path: str | Path) -> SampleSet:
     d = Path(path)
     if not d.is_dir():
-        raise FileNotFoundError(f"sample directory {d} does not exist; run `rcdm sample` first")
+        raise MissingInput(f"sample directory {d} does not exist; run `rcdm sample` first")
     mpath = _need(d / "manifest.json", "the sampler writes it last, so the run did not finish")
     manifest = read_json(mpath)
     npz = _need(d / "samples.npz", "the samples (arr_0, uint8 NHWC)")
@@ -56,12 +57,12 @@ def read_samples(path: str | Path) -> SampleSet:
     n = len(images)
     res = manifest.get("resolution", manifest.get("image_size"))
     if res is not None and images.shape[1] != int(res):
-        raise ValueError(
+        raise InvalidInput(
             f"{d / 'samples.npz'} holds {images.shape[1]}x{images.shape[2]} images but "
             f"manifest.json says resolution {res}"
         )
     if manifest.get("n_samples") is not None and int(manifest["n_samples"]) != n:
-        raise ValueError(
+        raise InvalidInput(
             f"{d / 'samples.npz'} holds {n} samples but manifest.json says n_samples "
             f"{manifest['n_samples']}; the sample directory is inconsistent, re-run `rcdm sample`"
         )
@@ -76,7 +77,7 @@ def _check_recorded_sha(manifest: dict, d: Path, name: str) -> None:
     """The sampler records each file's sha256: a file changed since then is not its output."""
     want = (manifest.get("files") or {}).get(name)
     if want and sha256_file(d / name) != want:
-        raise ValueError(
+        raise InvalidInput(
             f"{d / name} has changed since `rcdm sample` wrote it (sha256 differs from "
             f"manifest.json); re-run `rcdm sample --out {d}`"
         )
@@ -86,20 +87,20 @@ def _read_npz(path: Path) -> np.ndarray:
     try:
         with np.load(path, allow_pickle=False) as z:
             if "arr_0" not in z.files:
-                raise ValueError(
+                raise InvalidInput(
                     f"{path} has no arr_0 (it holds {z.files}); samples must be saved as "
                     "np.savez(path, samples) with samples uint8 (N, H, W, 3)"
                 )
             x = z["arr_0"]
     except (OSError, EOFError) as e:
-        raise ValueError(f"{path} is not a readable .npz file ({e}); re-run `rcdm sample`") from e
+        raise InvalidInput(f"{path} is not a readable .npz file ({e}); re-run `rcdm sample`") from e
     if x.dtype != np.uint8:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: arr_0 has dtype {x.dtype}; samples must be uint8 pixels in [0, 255] "
             "(convert with rcdm.data.images.from_model_range)"
         )
     if x.ndim != 4 or x.shape[-1] != 3 or x.shape[1] != x.shape[2] or len(x) == 0:
-        raise ValueError(
+        raise InvalidInput(
             f"{path}: arr_0 has shape {x.shape}; expected (N, H, W, 3) square RGB images with N > 0"
         )
     return x
@@ -113,13 +114,13 @@ def _read_index(path: Path, n: int) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{lineno} is not valid JSON ({e})") from e
+            raise InvalidInput(f"{path}:{lineno} is not valid JSON ({e})") from e
     if len(rows) != n:
-        raise ValueError(f"{path} has {len(rows)} lines but samples.npz holds {n} samples")
+        raise InvalidInput(f"{path} has {len(rows)} lines but samples.npz holds {n} samples")
     for i, r in enumerate(rows):
         s = r.get("sample", r.get("i", i))
         if s != i:
-            raise ValueError(f"{path}: line {i + 1} describes sample {s}, expected {i}")
+            raise InvalidInput(f"{path}: line {i + 1} describes sample {s}, expected {i}")
     return rows
 
 
@@ -127,16 +128,16 @@ def _read_conds(path: Path, rows: list[dict]) -> np.ndarray:
     try:
         conds = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is not a readable .npy array ({e})") from e
+        raise InvalidInput(f"{path} is not a readable .npy array ({e})") from e
     if conds.ndim != 2:
-        raise ValueError(f"{path} has shape {conds.shape}; expected (N, D) conditioning vectors")
+        raise InvalidInput(f"{path} has shape {conds.shape}; expected (N, D) conditioning vectors")
     n = len(rows)
     cidx = [r.get("condition") for r in rows]
     if all(c is not None for c in cidx) and len(conds) == max(cidx) + 1:
         return conds[np.asarray(cidx, dtype=np.int64)].astype(np.float32)  # per condition
     if len(conds) == n:
         return conds.astype(np.float32)  # per sample
-    raise ValueError(
+    raise InvalidInput(
         f"{path} has {len(conds)} rows; expected one per sample ({n}) or one per condition "
         "named in index.jsonl"
     )

@@ -11,6 +11,7 @@ import csv
 import io
 from pathlib import Path
 
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import atomic_write_json, atomic_write_text, now_iso, read_json, sha256_file
 
 COLUMNS = [
@@ -144,17 +145,17 @@ def write_metrics_files(out: Path, metrics: dict) -> Path:
 def table(run_dirs: list[str], out: str) -> Path:
     """Assemble finished evaluations into Table 1a / 1b: metrics.md, .csv, .json; returns .md."""
     if not run_dirs:
-        raise ValueError("--table needs at least one evaluation directory (the --out of `rcdm evaluate`)")
+        raise InvalidInput("--table needs at least one evaluation directory (the --out of `rcdm evaluate`)")
     metrics_list, shas = [], {}
     for d in map(Path, run_dirs):
         if not (d / "manifest.json").is_file() or not (d / "metrics.json").is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"{d} is not a finished evaluation (no manifest.json / metrics.json); "
                 "run `rcdm evaluate --out` on it first"
             )
         m = read_json(d / "metrics.json")
         if not m.get("complete"):
-            raise ValueError(f"{d / 'metrics.json'} is not marked complete; re-run `rcdm evaluate`")
+            raise InvalidInput(f"{d / 'metrics.json'} is not marked complete; re-run `rcdm evaluate`")
         metrics_list.append(m)
         shas[str(d)] = sha256_file(d / "manifest.json")
     rows = [flat_row(m) for m in metrics_list]

@@ -8,6 +8,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from rcdm.errors import InvalidInput
+
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
@@ -51,7 +53,7 @@ def pick_device(spec: str = "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(spec)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {spec!r} was requested but CUDA is not available; use --device cpu")
+        raise InvalidInput(f"device {spec!r} was requested but CUDA is not available; use --device cpu")
     return dev
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_bytes
 
 __all__ = [
@@ -32,7 +33,7 @@ def _check(img: np.ndarray, where: str) -> np.ndarray:
     if a.ndim == 2:
         a = np.repeat(a[:, :, None], 3, axis=2)
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise ValueError(f"{where}: expected an (H, W, 3) uint8 image, got shape {a.shape} dtype {a.dtype}")
+        raise InvalidInput(f"{where}: expected an (H, W, 3) uint8 image, got shape {a.shape} dtype {a.dtype}")
     return a
 
 
@@ -74,7 +75,7 @@ def grid(
     the first column is set apart by a wider gap (3 * pad + 2). Short rows leave white cells.
     """
     if not rows or not any(len(r) for r in rows):
-        raise ValueError("grid needs at least one row with at least one image")
+        raise InvalidInput("grid needs at least one row with at least one image")
     first = next(r for r in rows if len(r))
     if cell is None:
         cell = _check(first[-1], "grid").shape[:2]
@@ -100,7 +101,7 @@ def strip(
     """An interpolation strip: ``images`` along the path in one row, with the two endpoint
     images (if given) set apart at the left and right ends."""
     if not images:
-        raise ValueError("strip needs at least one image")
+        raise InvalidInput("strip needs at least one image")
     cell = _check(images[0], "strip").shape[:2]
     body = grid([list(images)], pad=pad, separator_after_first=False, cell=cell)
     parts = []
@@ -130,7 +131,7 @@ def annotate(
     """Add ``text`` (PIL's default font, wrapped to the width) in a white band below or above."""
     img = _check(img, "annotate")
     if position not in ("below", "above"):
-        raise ValueError(f"annotate: position must be 'below' or 'above', got {position!r}")
+        raise InvalidInput(f"annotate: position must be 'below' or 'above', got {position!r}")
     font = ImageFont.load_default()
     chars = max(4, img.shape[1] // 6)  # the default bitmap font is about 6 px per character
     lines = [w for part in text.splitlines() for w in (textwrap.wrap(part, chars) or [""])]

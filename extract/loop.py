@@ -9,7 +9,6 @@ manifest, last, once every process is done.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import sys
 import time
@@ -19,7 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from rcdm.app.config import ExtractConfig, save_resolved, to_dict
-from rcdm.data.images import Preprocess, get_preprocess
+from rcdm.data.preprocess import Preprocess, effective_preprocess
+from rcdm.errors import InvalidInput, UserError
 from rcdm.extract import prepare
 from rcdm.extract.dataset import (
     ExtractDataset,
@@ -54,40 +54,38 @@ def _open_source(cfg: ExtractConfig):
     from rcdm.data.images import open_source
 
     if not cfg.source:
-        raise ValueError("extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)")
+        raise InvalidInput("extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)")
     src = open_source(cfg.source)
     if len(src) == 0:
-        raise ValueError(f"image source {cfg.source} holds no images; point --source at a folder of images")
+        raise InvalidInput(f"image source {cfg.source} holds no images; point --source at a folder of images")
     if cfg.limit is not None and cfg.limit < 1:
-        raise ValueError(f"extract.limit must be a positive number of images, got {cfg.limit}")
+        raise InvalidInput(f"extract.limit must be a positive number of images, got {cfg.limit}")
     return src
 
 
 def _check_config(cfg: ExtractConfig) -> None:
+    if not cfg.encoder:
+        raise InvalidInput(
+            "extract.encoder is not set; pass --encoder NAME (`rcdm extract --list-encoders` lists them)"
+        )
+    if not cfg.source:
+        raise InvalidInput("extract.source is not set; pass --source with an image folder, list or tars")
     if not cfg.out:
-        raise ValueError("extract.out is not set; pass --out STORE_DIR")
+        raise InvalidInput("extract.out is not set; pass --out STORE_DIR")
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.workers < 0:
-        raise ValueError(
+        raise InvalidInput(
             f"extract.shard_size ({cfg.shard_size}) and batch_size ({cfg.batch_size}) must be >= 1 "
             f"and workers ({cfg.workers}) >= 0"
         )
     if cfg.include_images and cfg.format != "wds":
-        raise ValueError("extract.include_images needs the webdataset format; add --format wds")
+        raise InvalidInput("extract.include_images needs the webdataset format; add --format wds")
 
 
-def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
+def _preprocess(cfg: ExtractConfig) -> Preprocess:
     """The encoder's preprocessing ("default": its own), with ``input_size`` applied if set."""
-    if cfg.input_size is None:
-        return cfg.preprocess
-    if cfg.input_size < 16:
-        raise ValueError(f"extract.input_size={cfg.input_size} is too small; use 16 or more (or null)")
     from rcdm.encoders.registry import get_spec
 
-    name = get_spec(cfg.encoder).preprocess if cfg.preprocess == "default" else cfg.preprocess
-    base = get_preprocess(name)
-    # Keep the preset's resize:crop ratio (256:224 for imagenet, 1:1 for rcdm).
-    resize = max(cfg.input_size, round(base.resize * cfg.input_size / base.crop))
-    return dataclasses.replace(base, resize=resize, crop=cfg.input_size)
+    return effective_preprocess(get_spec(cfg.encoder).preprocess, cfg.preprocess, cfg.input_size)
 
 
 def run(cfg: ExtractConfig) -> Path:
@@ -159,7 +157,7 @@ def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, sr
     records = completed_shards(out)
     missing = [k for k in range(n_shards) if k not in records]
     if missing:
-        raise RuntimeError(
+        raise UserError(
             f"shards {missing[:5]} of {out} were not written (a process failed?); re-run the same command to finish"
         )
     records = {k: records[k] for k in range(n_shards)}
@@ -167,7 +165,7 @@ def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, sr
     if rows == 0:
         failed = [f for r in records.values() for f in r["failed"]]
         prepare.clear(out)  # no store of zero rows; the source is untouched
-        raise ValueError(
+        raise InvalidInput(
             f"none of the {src_info['n_items']} images in {cfg.source} could be read "
             f"(e.g. {failed[0]['key']}: {failed[0]['reason']}); check the source files"
         )

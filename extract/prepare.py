@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 from typing import Literal
 
+from rcdm.errors import InvalidInput, OutputExists
 from rcdm.utils import atomic_write_json, read_json
 
 HEADER = "extract.json"
@@ -87,12 +88,12 @@ def _normal(v):
 def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
     """(action, clear_first). Raises on a mismatch without ``overwrite`` (nothing is touched)."""
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"output {out} exists and is a file; --out must name a directory")
+        raise OutputExists(f"output {out} exists and is a file; --out must name a directory")
     existing = _existing_header(out) if out.is_dir() else None
     if existing is None:
         foreign = [p.name for p in out.iterdir() if not _OURS.match(p.name)] if out.is_dir() else []
         if foreign:
-            raise FileExistsError(
+            raise OutputExists(
                 f"output {out} is not empty and is not a feature store (it holds {', '.join(sorted(foreign)[:3])}); "
                 "choose another --out or an empty directory"
             )
@@ -103,7 +104,7 @@ def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
         diff.append("seed")  # random-rn50: the seed is the weights
     if diff:
         if not overwrite:
-            raise ValueError(
+            raise InvalidInput(
                 f"store {out} already exists with different {', '.join(diff)}:\n"
                 f"  existing: {_describe(existing)}\n"
                 f"  this run: {_describe(header)}\n"

@@ -18,6 +18,7 @@ import numpy as np
 from rcdm.app.config import SampleConfig
 from rcdm.data.images import IMAGE_EXTS, UnreadableImage, decode_image
 from rcdm.diffusion import conditions as C
+from rcdm.errors import InvalidInput, MissingInput
 
 _EXTS = {e.lower() for e in IMAGE_EXTS}
 
@@ -63,12 +64,12 @@ def expand_images(specs: tuple[str, ...] | list[str]) -> list[Path]:
         elif p.is_dir():
             found = sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in _EXTS)
             if not found:
-                raise FileNotFoundError(f"folder {p} holds no images with extensions {sorted(_EXTS)}")
+                raise MissingInput(f"folder {p} holds no images with extensions {sorted(_EXTS)}")
             out.extend(found)
         else:
             found = sorted(Path(q) for q in glob.glob(os.path.expanduser(spec), recursive=True) if Path(q).is_file())
             if not found:
-                raise FileNotFoundError(f"image path {spec!r} is not a file, folder or matching glob")
+                raise MissingInput(f"image path {spec!r} is not a file, folder or matching glob")
             out.extend(found)
     return out
 
@@ -78,9 +79,9 @@ def read_image(path: Path):
     try:
         return decode_image(path.read_bytes(), key=str(path))
     except UnreadableImage as e:
-        raise ValueError(f"cannot read image {path}: {e.reason}; remove it from --images or replace the file") from e
+        raise InvalidInput(f"cannot read image {path}: {e.reason}; remove it from --images or replace the file") from e
     except OSError as e:
-        raise ValueError(f"cannot read image {path}: {e}") from e
+        raise InvalidInput(f"cannot read image {path}: {e}") from e
 
 
 class Resolver:
@@ -115,7 +116,7 @@ class Resolver:
     def store_row(self, i: int, kind: str = "store") -> Condition:
         n = len(self.store)
         if not -n <= i < n:
-            raise ValueError(f"store index {i} is out of range: the store {self.store.path} has {n} rows")
+            raise InvalidInput(f"store index {i} is out of range: the store {self.store.path} has {n} rows")
         i = i % n
         key = self.store.keys[i]
         label = int(self.store.labels[i])
@@ -137,7 +138,7 @@ class Resolver:
         vecs = encode(enc, imgs, self.store.preprocess, batch_size=self.cfg.batch_size, device=self.device)
         vecs = np.asarray(vecs, dtype=np.float32).reshape(len(imgs), -1)  # (N, D)
         if vecs.shape[1] != self.store.dim:
-            raise ValueError(f"the encoder gave {vecs.shape[1]}-d features but the store is {self.store.dim}-d")
+            raise InvalidInput(f"the encoder gave {vecs.shape[1]}-d features but the store is {self.store.dim}-d")
         del imgs  # re-read for the grid when needed
         return [
             Condition(v, kind, str(p), f"image {p}", -1, None, (lambda p=p: read_image(p)))
@@ -156,7 +157,7 @@ class Resolver:
 def _need(ends: list[Condition], n: int | None, what: str, at_least: int = 1) -> None:
     if (n is not None and len(ends) != n) or len(ends) < at_least:
         want = f"exactly {n}" if n is not None else f"at least {at_least}"
-        raise ValueError(
+        raise InvalidInput(
             f"condition {what} needs {want} endpoint(s) from --indices / --keys / --images, got {len(ends)}"
         )
 
@@ -170,13 +171,13 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         if cfg.indices or cfg.keys:
             return ConditionSet(r.endpoints())
         if cfg.subset < 1:
-            raise ValueError(f"subset must be at least 1, got {cfg.subset}")
+            raise InvalidInput(f"subset must be at least 1, got {cfg.subset}")
         n = min(cfg.subset, len(store))
         rows = np.random.default_rng(cfg.seed).choice(len(store), size=n, replace=False)
         return ConditionSet([r.store_row(int(i)) for i in rows])
     if kind == "images":
         if not cfg.images:
-            raise ValueError("condition 'images' needs --images (files, folders or globs)")
+            raise InvalidInput("condition 'images' needs --images (files, folders or globs)")
         return ConditionSet(r.images())
     if kind == "interpolate":
         ends = r.endpoints()
@@ -195,7 +196,7 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         return ConditionSet(conds, fixed_noise_groups=cfg.fixed_noise, ends=(a.image, b.image))
     if kind == "class-mean":
         if not cfg.labels:
-            raise ValueError("condition 'class-mean' needs --set sample.labels=[...] (class indices)")
+            raise InvalidInput("condition 'class-mean' needs --set sample.labels=[...] (class indices)")
         classes = (store.source or {}).get("classes") or []
         conds = []
         for lab in cfg.labels:
@@ -223,7 +224,7 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         return ConditionSet([Condition(v, "algebra", f"algebra:{desc}", desc, extra={"a": a.key, "b": b.key, "c": c.key})])
     if kind == "manipulate":
         return _manipulate(cfg, r)
-    raise ValueError(f"unknown condition {kind!r}")  # the config's Literal prevents this
+    raise InvalidInput(f"unknown condition {kind!r}")  # the config's Literal prevents this
 
 
 def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:

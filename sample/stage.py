@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 from rcdm.app.config import SampleConfig, save_resolved, to_dict
+from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
 from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 
 from . import outputs as O
@@ -48,9 +49,9 @@ def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
     unet = meta.get("unet") or {}
     cond, cond_dim = unet.get("cond", "embed"), unet.get("cond_dim")
     if cond == "none":
-        raise ValueError(f"checkpoint {checkpoint} is unconditional (cond 'none'); rcdm sample needs an RCDM model")
+        raise InvalidInput(f"checkpoint {checkpoint} is unconditional (cond 'none'); rcdm sample needs an RCDM model")
     if cond_dim is not None and int(cond_dim) != int(store.dim):
-        raise ValueError(
+        raise InvalidInput(
             f"checkpoint {checkpoint} is conditioned on {cond_dim}-d representations but the store "
             f"{store.path} holds {store.dim}-d features ({store.encoder_info.get('name')}, layer "
             f"{store.layer}); pass the --store made with the encoder and layer the model was trained on"
@@ -59,7 +60,7 @@ def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
     mine = store.encoder_info
     named = encoder_hint_conflict(meta, mine)  # official rcdm_ema_<encoder>_<layer>.pt file names
     if named:
-        raise ValueError(
+        raise InvalidInput(
             f"checkpoint {checkpoint} is named for encoder {named} but "
             f"the store {store.path} was made with {mine.get('name')} ({mine.get('layer')}); pass a "
             "store extracted with that encoder and layer"
@@ -67,7 +68,7 @@ def check_checkpoint_store(meta: dict, store: Any, checkpoint: str) -> None:
     for field in ("name", "layer", "weights_sha256"):
         a, b = enc.get(field), mine.get(field)
         if a is not None and b is not None and a != b:
-            raise ValueError(
+            raise InvalidInput(
                 f"checkpoint {checkpoint} was trained on encoder {field} {a!r} but the store "
                 f"{store.path} has {b!r}; use a store extracted with the same encoder"
             )
@@ -86,13 +87,13 @@ def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
 def _validate(cfg: SampleConfig) -> None:
     for name in ("n_per_condition", "batch_size", "chunk_size", "grid_rows", "grid_conditions"):
         if getattr(cfg, name) < 1:
-            raise ValueError(f"sample.{name} must be at least 1, got {getattr(cfg, name)}")
+            raise InvalidInput(f"sample.{name} must be at least 1, got {getattr(cfg, name)}")
     if cfg.eta < 0:
-        raise ValueError(f"sample.eta must be >= 0 (0: deterministic DDIM), got {cfg.eta}")
+        raise InvalidInput(f"sample.eta must be >= 0 (0: deterministic DDIM), got {cfg.eta}")
     if cfg.condition == "interpolate" and cfg.interp_steps < 2:
-        raise ValueError(f"sample.interp_steps must be at least 2, got {cfg.interp_steps}")
+        raise InvalidInput(f"sample.interp_steps must be at least 2, got {cfg.interp_steps}")
     if cfg.checkpoint is None or cfg.out is None or cfg.store is None:
-        raise ValueError("sample.checkpoint, sample.out and sample.store must be set (resolve the config)")
+        raise InvalidInput("sample.checkpoint, sample.out and sample.store must be set (resolve the config)")
 
 
 def _prepare_out(out: Path, fp: str, overwrite: bool) -> str:
@@ -105,7 +106,7 @@ def _prepare_out(out: Path, fp: str, overwrite: bool) -> str:
     elif plan_path.exists() and read_json(plan_path).get("fingerprint") == fp:
         return "resume"
     if (done_path.exists() or plan_path.exists()) and not overwrite:
-        raise FileExistsError(
+        raise OutputExists(
             f"{out} holds samples made with a different configuration; choose another --out or "
             "pass --set sample.overwrite=true to replace them"
         )
@@ -122,19 +123,19 @@ def run(cfg: SampleConfig) -> Path:
     """Sample images for ``cfg.condition``; returns the sample directory."""
     import torch
     from accelerate import PartialState
-    from rcdm.diffusion.generate import check_guidance, generate, load_for_sampling, parse_steps
+    from rcdm.diffusion.generate import check_guidance, generate, load_for_sampling
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
 
     _validate(cfg)
-    _, ddim_spaced = parse_steps(cfg.steps)
-    ddim = cfg.ddim or ddim_spaced
+    sampler = cfg.sampler
+    ddim = sampler.ddim
     # On a machine without CUDA (or with --device cpu), accelerate only joins the processes that
     # torchrun / accelerate launch started when asked for CPU explicitly.
     state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != state.num_processes:  # each process would redo all the work and race on files
-        raise RuntimeError(
+        raise UserError(
             f"launched as {world} processes but accelerate sees {state.num_processes}; "
             "use `accelerate launch` or torchrun with a working distributed setup"
         )
@@ -144,7 +145,7 @@ def run(cfg: SampleConfig) -> Path:
     store = FeatureStore(cfg.store)
     ckpt_file = weights_file(cfg.checkpoint)
     if ckpt_file is None and not Path(cfg.checkpoint).exists():
-        raise FileNotFoundError(f"checkpoint {cfg.checkpoint} does not exist; pass --checkpoint RUN_DIR or a weights file")
+        raise MissingInput(f"checkpoint {cfg.checkpoint} does not exist; pass --checkpoint RUN_DIR or a weights file")
     fp = fingerprint(cfg, store, ckpt_file)
 
     # Every process agrees on the plan: the main process decides and writes it, the others read.
@@ -196,8 +197,8 @@ def run(cfg: SampleConfig) -> Path:
         s, e = c * cfg.chunk_size, min(n, (c + 1) * cfg.chunk_size)
         imgs = generate(
             model, diffusion, conds[cond_index[s:e]], seeds[s:e],
-            ddim=ddim, eta=cfg.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size,
-            device=device, progress=True, mixed_precision=cfg.mixed_precision, guidance=cfg.guidance,
+            ddim=sampler.ddim, eta=sampler.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size,
+            device=device, progress=True, mixed_precision=cfg.mixed_precision, guidance=sampler.guidance,
         )
         O.save_npy(O.chunk_path(out, c), imgs)
     del model
@@ -213,7 +214,7 @@ def run(cfg: SampleConfig) -> Path:
         s, e = c * cfg.chunk_size, min(n, (c + 1) * cfg.chunk_size)
         arr = O.load_chunk(O.chunk_path(out, c), (e - s, h, w, c_))
         if arr is None:  # another process failed to write its part
-            raise RuntimeError(f"chunk {c} is missing from {out / 'partial'}; re-run the same command to finish it")
+            raise UserError(f"chunk {c} is missing from {out / 'partial'}; re-run the same command to finish it")
         samples[s:e] = arr
     assert cs is not None
     O.save_npz(out / "samples.npz", samples)
@@ -279,7 +280,7 @@ def _manifest(
         "unet": meta.get("unet"),
         "condition": cfg.condition,
         "sampler": "ddim" if ddim else "ancestral",
-        "steps": cfg.steps,
+        "steps": str(cfg.steps),
         "eta": cfg.eta if ddim else None,
         "guidance": cfg.guidance,
         "clip_denoised": cfg.clip_denoised,

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rcdm.errors import InvalidInput
 from rcdm.store import FeatureStore, StoreImages
 from torch.utils.data import DataLoader, Dataset, Sampler
 
@@ -42,9 +43,9 @@ class StreamSampler(Sampler):
 
     def __init__(self, n: int, seed: int, rank: int = 0, world_size: int = 1, start: int = 0):
         if n <= 0:
-            raise ValueError("the feature store has no rows to train on")
+            raise InvalidInput("the feature store has no rows to train on")
         if start % world_size:
-            raise ValueError(f"data position {start} is not a multiple of world size {world_size}")
+            raise InvalidInput(f"data position {start} is not a multiple of world size {world_size}")
         self.n, self.seed, self.rank, self.world, self.start = n, seed, rank, world_size, start
 
     def __iter__(self) -> Iterator[tuple[int, bool]]:
@@ -81,7 +82,7 @@ class ImageFeatureDataset(Dataset):
         self.n = len(store)
         views = list(store.views)
         if len(views) < 2:
-            raise ValueError(
+            raise InvalidInput(
                 f"store {self.store_path} has only the views {views}; training flips images and "
                 "needs the flipped view (re-extract with both views, the default)"
             )

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 
 import torch
+from rcdm.errors import InvalidInput
 from torch import nn
 
 
@@ -29,12 +30,12 @@ class EMA:
 
     def __init__(self, model: nn.Module, rates: tuple[float, ...], warmup: bool = True) -> None:
         if not rates:
-            raise ValueError("train.ema_rates is empty; give at least one rate, e.g. [0.9999]")
+            raise InvalidInput("train.ema_rates is empty; give at least one rate, e.g. [0.9999]")
         for r in rates:
             if not 0.0 <= r < 1.0:
-                raise ValueError(f"train.ema_rates: {r} is not in [0, 1); use e.g. 0.9999")
+                raise InvalidInput(f"train.ema_rates: {r} is not in [0, 1); use e.g. 0.9999")
         if len(set(rates)) != len(rates):
-            raise ValueError(f"train.ema_rates has duplicates: {list(rates)}")
+            raise InvalidInput(f"train.ema_rates has duplicates: {list(rates)}")
         self.rates = tuple(float(r) for r in rates)
         self.warmup = warmup
         self.models: dict[float, nn.Module] = {}
@@ -59,7 +60,7 @@ class EMA:
     def load_state_dicts(self, sds: dict[float, dict[str, torch.Tensor]]) -> None:
         missing = [r for r in self.rates if r not in sds]
         if missing:
-            raise ValueError(f"the checkpoint has no EMA for rate(s) {missing}; it has {sorted(sds)}")
+            raise InvalidInput(f"the checkpoint has no EMA for rate(s) {missing}; it has {sorted(sds)}")
         for r, m in self.models.items():
             m.load_state_dict(sds[r], strict=True)
 

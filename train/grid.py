@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from rcdm.diffusion.spec import Sampler
 from rcdm.train.data import ImageFeatureDataset
 
 
@@ -15,14 +16,13 @@ class GridMaker:
     def __init__(
         self,
         dataset: ImageFeatureDataset,
-        schedule: str,
+        diffusion_meta: dict,
         n_images: int,
         n_samples: int,
-        steps: int,
+        sampler: Sampler,
         seed: int,
-        guidance: float = 1.0,
     ) -> None:
-        from rcdm.diffusion.gaussian import create_diffusion
+        from rcdm.diffusion.generate import diffusion_for
         from rcdm.store import FeatureStore
 
         n = max(1, min(n_images, dataset.n))
@@ -34,8 +34,8 @@ class GridMaker:
         self.n_samples = max(1, n_samples)
         self.conds = np.repeat(feats, self.n_samples, axis=0)  # (n * S, D)
         self.seeds = seed * 1_000_003 + np.arange(len(self.conds))
-        self.diffusion = create_diffusion(schedule, steps=1000, respacing=str(steps))
-        self.guidance = guidance
+        self.diffusion = diffusion_for(diffusion_meta, sampler.steps)
+        self.sampler = sampler
 
     def make(self, model: torch.nn.Module, device: torch.device, mixed_precision: str, path: Path) -> Path:
         from rcdm import viz
@@ -50,7 +50,9 @@ class GridMaker:
             device=device,
             progress=False,
             mixed_precision=mixed_precision,
-            guidance=self.guidance,
+            ddim=self.sampler.ddim,
+            eta=self.sampler.eta,
+            guidance=self.sampler.guidance,
         )  # (n * S, H, W, 3) uint8
         s = self.n_samples
         rows = [[img] + list(out[i * s : (i + 1) * s]) for i, img in enumerate(self.images)]

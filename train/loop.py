@@ -9,13 +9,13 @@ data order, noise and loss sequence.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
 from pathlib import Path
 
 import torch
-from rcdm.app.config import TrainConfig, save_resolved
+from rcdm.app.config import TrainConfig, save_resolved, to_dict
+from rcdm.errors import InvalidInput, UserError
 from rcdm.store import FeatureStore
 from rcdm.train import model as model_setup
 from rcdm.train import state as ckpt
@@ -28,7 +28,7 @@ from rcdm.utils import atomic_write_json, now_iso
 _NOISE_STRIDE = 1_000_003
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError):
     """The loss became NaN or inf."""
 
 
@@ -36,22 +36,22 @@ def _mixed_precision(spec: str) -> str:
     if spec == "auto":
         return "bf16" if torch.cuda.is_available() else "no"
     if spec == "fp16" and not torch.cuda.is_available():
-        raise ValueError("train.mixed_precision=fp16 needs a GPU; use 'no' (or 'bf16') on a CPU")
+        raise InvalidInput("train.mixed_precision=fp16 needs a GPU; use 'no' (or 'bf16') on a CPU")
     return spec
 
 
 def _validate(cfg: TrainConfig) -> None:
     if not cfg.store or not cfg.out:
-        raise ValueError("train.store and train.out must be set (resolve the config first)")
+        raise InvalidInput("train.store and train.out must be set (resolve the config first)")
     for name in ("kimg", "checkpoint_kimg"):
         if getattr(cfg, name) <= 0:
-            raise ValueError(f"train.{name} must be > 0, got {getattr(cfg, name)}")
+            raise InvalidInput(f"train.{name} must be > 0, got {getattr(cfg, name)}")
     if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.log_every < 1:
-        raise ValueError("train.batch_size, train.grad_accum and train.log_every must be >= 1")
+        raise InvalidInput("train.batch_size, train.grad_accum and train.log_every must be >= 1")
     if not 0.0 <= cfg.cond_drop < 1.0:
-        raise ValueError(f"train.cond_drop must be in [0, 1) (0.1 is usual for guidance), got {cfg.cond_drop}")
+        raise InvalidInput(f"train.cond_drop must be in [0, 1) (0.1 is usual for guidance), got {cfg.cond_drop}")
     if cfg.p2_gamma < 0 or cfg.p2_k < 0:
-        raise ValueError(f"train.p2_gamma and train.p2_k must be >= 0, got {cfg.p2_gamma} and {cfg.p2_k}")
+        raise InvalidInput(f"train.p2_gamma and train.p2_k must be >= 0, got {cfg.p2_gamma} and {cfg.p2_k}")
     if cfg.grid_guidance != 1.0:
         from rcdm.diffusion.generate import check_guidance
 
@@ -78,7 +78,7 @@ def run(cfg: TrainConfig) -> Path:
     main = accelerator.is_main_process
     per_step = world * cfg.grad_accum
     if cfg.batch_size % per_step:
-        raise ValueError(
+        raise InvalidInput(
             f"train.batch_size={cfg.batch_size} is not divisible by processes x grad_accum = "
             f"{world} x {cfg.grad_accum}; use a multiple of {per_step}"
         )
@@ -105,7 +105,7 @@ def run(cfg: TrainConfig) -> Path:
     torch.manual_seed(rank_seed)
 
     # ---- model, EMA, optimizer
-    from rcdm.diffusion.gaussian import create_diffusion, sample_timesteps
+    from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion, sample_timesteps
     from rcdm.model.unet import UNetModel
 
     net = UNetModel(ucfg)
@@ -126,7 +126,7 @@ def run(cfg: TrainConfig) -> Path:
         weight_decay=cfg.weight_decay,
         fused=device.type == "cuda",  # one kernel for all parameters
     )
-    diffusion = create_diffusion(ucfg.schedule, steps=model_setup.DIFFUSION_STEPS)
+    diffusion = create_diffusion(ucfg.schedule, steps=DIFFUSION_STEPS)
     model, opt = accelerator.prepare(net, opt)
     # We write the weights ourselves (safetensors + meta json): accelerate keeps only the
     # optimizer, scaler and RNG states.
@@ -164,7 +164,7 @@ def run(cfg: TrainConfig) -> Path:
         from rcdm.train.grid import GridMaker
 
         grids = GridMaker(
-            dataset, ucfg.schedule, cfg.grid_images, cfg.grid_samples, cfg.grid_steps, cfg.seed, cfg.grid_guidance
+            dataset, meta, cfg.grid_images, cfg.grid_samples, cfg.grid_sampler, cfg.seed
         )
 
     model.train()
@@ -262,7 +262,7 @@ def run(cfg: TrainConfig) -> Path:
                 "store": str(store.path),
                 "store_manifest_sha256": store.manifest_sha256,
                 "checkpoint": str(last_good) if last_good else None,
-                "config": dataclasses.asdict(cfg),
+                "config": to_dict(cfg),
             },
         )
     accelerator.wait_for_everyone()
@@ -339,7 +339,7 @@ def _load_checkpoint(path: Path, accelerator, net: torch.nn.Module, ema: EMA, cf
     device = accelerator.device
     st = ckpt.read_state(path)
     if int(st.get("seed", cfg.seed)) != cfg.seed:
-        raise ValueError(
+        raise InvalidInput(
             f"checkpoint {path} was trained with train.seed={st['seed']}, not {cfg.seed}: resuming "
             "would change the data order and noise; use the run's seed or a new --out"
         )
@@ -348,7 +348,7 @@ def _load_checkpoint(path: Path, accelerator, net: torch.nn.Module, ema: EMA, cf
     for rate in cfg.ema_rates:
         f = path / f"ema-{rate_tag(rate)}.safetensors"
         if not f.exists():
-            raise ValueError(
+            raise InvalidInput(
                 f"checkpoint {path} has no EMA for rate {rate}; re-run with the run's ema_rates "
                 "or start a new run (--out)"
             )

@@ -7,11 +7,11 @@ from pathlib import Path
 from typing import Any
 
 from rcdm.app.config import TrainConfig
+from rcdm.diffusion.gaussian import DIFFUSION_STEPS
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, preset
 from rcdm.store import FeatureStore
 from rcdm.utils import read_json
-
-DIFFUSION_STEPS = 1000
 
 # Fields that fix the weights' shapes: an --init-from checkpoint must agree on all of them.
 _ARCH_FIELDS = (
@@ -50,7 +50,7 @@ def check_store(store: FeatureStore, cfg: TrainConfig) -> None:
         try:
             store.check_compatible(encoder=cfg.encoder, layer=cfg.layer)
         except ValueError as e:
-            raise ValueError(
+            raise InvalidInput(
                 f"{e}; train.encoder={cfg.encoder!r} train.layer={cfg.layer!r} ask for another "
                 "store: pass the store made with them, or change train.encoder / train.layer"
             ) from None
@@ -81,16 +81,16 @@ def check_run_dir(run: Path, meta: dict, store: FeatureStore) -> None:
     old = read_json(path)
     fix = "use a new --out, or the store and settings the run was started with"
     if old.get("store_manifest_sha256") != meta["store_manifest_sha256"]:
-        raise ValueError(
+        raise InvalidInput(
             f"run {run} was trained on a store with manifest sha256 "
             f"{str(old.get('store_manifest_sha256'))[:12]}..., but {store.path} has "
             f"{meta['store_manifest_sha256'][:12]}...; {fix}"
         )
     diff = _diff(old.get("unet", {}), meta["unet"])
     if diff:
-        raise ValueError(f"run {run} holds a model with other settings ({diff}); {fix}")
+        raise InvalidInput(f"run {run} holds a model with other settings ({diff}); {fix}")
     if list(old.get("ema_rates", [])) != meta["ema_rates"]:
-        raise ValueError(
+        raise InvalidInput(
             f"run {run} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}"
         )
 
@@ -115,11 +115,11 @@ def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
 
     path = Path(cfg.init_from)
     if not path.exists():
-        raise FileNotFoundError(f"--init-from {path} does not exist")
+        raise MissingInput(f"--init-from {path} does not exist")
     model, meta = load_model(str(path), ema="auto", device="cpu", trust_checkpoint=cfg.trust_checkpoint)
     theirs = meta.get("unet") or model.cfg.to_dict()
     if theirs.get("cond") != "none" and int(theirs.get("cond_dim", 0)) != store.dim:
-        raise ValueError(
+        raise InvalidInput(
             f"--init-from {path} is conditioned on {theirs.get('cond_dim')}-d features, but store "
             f"{store.path} has {store.dim}-d features ({store.encoder_info.get('name')}/"
             f"{store.layer}); use a store made with the checkpoint's encoder and layer"
@@ -129,14 +129,14 @@ def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
         mine = store.encoder_info
         for key in ("name", "layer"):
             if enc.get(key) is not None and enc.get(key) != mine.get(key):
-                raise ValueError(
+                raise InvalidInput(
                     f"--init-from {path} was trained on encoder {enc.get('name')}/"
                     f"{enc.get('layer')}, but store {store.path} holds {mine.get('name')}/"
                     f"{mine.get('layer')}; use a store made with the checkpoint's encoder and layer"
                 )
     diff = _diff(theirs, ucfg.to_dict(), _ARCH_FIELDS)
     if diff:
-        raise ValueError(
+        raise InvalidInput(
             f"--init-from {path} has another architecture than preset {cfg.preset!r} with "
             f"cond {cfg.cond!r} ({diff}); pick the matching --preset / --cond"
         )

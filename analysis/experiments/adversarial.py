@@ -14,6 +14,7 @@ from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.probe import cached_probe
 from rcdm.analysis.probe import fgsm
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import grid, red_border
 
 TITLE = "Adversarial attacks on a linear probe, decoded (Fig. 4, 29)"
@@ -42,11 +43,11 @@ def run(ctx: Context) -> Entry:
     res = cached_probe(ctx, train, val)  # checks labels and that both stores match
     probe = res.probe.to(ctx.device).eval()
     if cfg.target_class is not None and not 0 <= cfg.target_class < res.n_classes:
-        raise ValueError(
+        raise InvalidInput(
             f"analyze.target_class {cfg.target_class} is not a class of the probe (0..{res.n_classes - 1})"
         )
     if not cfg.epsilons or min(cfg.epsilons) < 0:
-        raise ValueError(f"analyze.epsilons must be a non-empty list of numbers >= 0, got {list(cfg.epsilons)}")
+        raise InvalidInput(f"analyze.epsilons must be a non-empty list of numbers >= 0, got {list(cfg.epsilons)}")
     info = val.encoder_info
     enc = ctx.encoder(info)
     pp = val.preprocess

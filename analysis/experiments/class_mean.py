@@ -6,6 +6,7 @@ import numpy as np
 from rcdm.analysis.experiments.common import Context
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
 TITLE = "Class means (Fig. 27)"
@@ -21,7 +22,7 @@ def run(ctx: Context) -> Entry:
     if cfg.class_labels:
         missing = [c for c in cfg.class_labels if c not in present]
         if missing:
-            raise ValueError(
+            raise InvalidInput(
                 f"analyze.class_labels {missing} do not occur in the train store {train.path} "
                 f"(labels present: {present[:20].tolist()})"
             )

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 from rcdm.analysis.report import Entry, Figure, Table, write_entry
 from rcdm.app.config import AnalyzeConfig
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import atomic_write_json
 
 __all__ = ["RCDM", "Context", "same_encoder", "describe_encoder"]
@@ -91,7 +92,7 @@ class Context:
 
         path = {"train": self.cfg.train_store, "val": self.cfg.val_store}.get(which, which)
         if path is None:
-            raise ValueError(f"analyze.{which}_store is not set; give the {which} feature store path")
+            raise InvalidInput(f"analyze.{which}_store is not set; give the {which} feature store path")
         key = ("store", str(path))
         if key not in self._cache:
             s = FeatureStore(path)
@@ -139,7 +140,7 @@ class Context:
                 try:
                     out.append(store.index_of(k))
                 except KeyError as e:
-                    raise ValueError(f"analyze.image_keys: {e}") from None
+                    raise InvalidInput(f"analyze.image_keys: {e}") from None
             return out
         n = min(n, len(store))
         return sorted(int(i) for i in self.rng(salt).choice(len(store), size=n, replace=False))
@@ -154,7 +155,7 @@ class Context:
         if layer is not None and layer != info.get("layer"):
             spec = get_spec(info["name"])
             if layer not in spec.dims:
-                raise ValueError(
+                raise InvalidInput(
                     f"encoder {info['name']} has no {layer!r} layer (it has: {', '.join(spec.dims)}); "
                     f"remove {layer!r} from analyze.layers or use an encoder with a projection head "
                     "(e.g. simclr-rn50, dino-rn50)"
@@ -196,7 +197,7 @@ class Context:
 
     def rcdms(self) -> list[RCDM]:
         if not self.cfg.checkpoints:
-            raise ValueError("analyze.checkpoints is empty; give at least one RCDM run or weights file")
+            raise InvalidInput("analyze.checkpoints is empty; give at least one RCDM run or weights file")
         return [self.rcdm(p) for p in self.cfg.checkpoints]
 
     def _load_rcdm(self, path: str) -> RCDM:
@@ -204,7 +205,7 @@ class Context:
         from rcdm.model.weights import encoder_hint_conflict
 
         if not Path(path).exists():
-            raise FileNotFoundError(f"checkpoint {path} does not exist; train one with `rcdm train` first")
+            raise MissingInput(f"checkpoint {path} does not exist; train one with `rcdm train` first")
         model, diffusion, meta = load_for_sampling(
             path, self.cfg.steps, device=self.device, trust_checkpoint=self.cfg.trust_checkpoint
         )
@@ -220,12 +221,12 @@ class Context:
             note = f"not recorded in the checkpoint; taken from the val store {self.cfg.val_store}"
             named = encoder_hint_conflict(meta, info)  # official files name their encoder
             if named:
-                raise ValueError(
+                raise InvalidInput(
                     f"checkpoint {path} is named for encoder {named}, but "
                     f"the val store holds {describe_encoder(info)}; give stores extracted with that encoder and layer"
                 )
         if int(info.get("dim", -1)) != cond_dim:
-            raise ValueError(
+            raise InvalidInput(
                 f"checkpoint {path} expects {cond_dim}-d conditions, but its encoder "
                 f"{describe_encoder(info)} ({note}) gives {info.get('dim')}-d representations; "
                 "use a checkpoint trained on features of this encoder and layer"
@@ -246,9 +247,7 @@ class Context:
 
     @property
     def ddim(self) -> bool:
-        from rcdm.diffusion.generate import parse_steps
-
-        return bool(self.cfg.ddim or parse_steps(self.cfg.steps)[1])
+        return self.cfg.sampler.ddim
 
     def sample(self, r: RCDM, conds: np.ndarray, seeds: list[int] | np.ndarray) -> np.ndarray:
         """``conds (N, D)``, ``seeds (N,)`` -> ``(N, H, W, 3)`` uint8."""
@@ -256,7 +255,7 @@ class Context:
 
         conds = np.asarray(conds, np.float32)
         if conds.ndim != 2 or conds.shape[1] != r.cond_dim:
-            raise ValueError(f"checkpoint {r.path} expects {r.cond_dim}-d conditions, got shape {conds.shape}")
+            raise InvalidInput(f"checkpoint {r.path} expects {r.cond_dim}-d conditions, got shape {conds.shape}")
         return generate(
             r.model, r.diffusion, conds, seeds, ddim=self.ddim, batch_size=self.cfg.batch_size,
             device=self.device, progress=False, mixed_precision=self.cfg.mixed_precision,
@@ -291,7 +290,7 @@ class Context:
             if r not in ok
         ]
         if required and not ok:
-            raise ValueError(
+            raise InvalidInput(
                 f"{experiment}: no checkpoint in analyze.checkpoints is conditioned on the representation "
                 f"of store {store.path} ({describe_encoder(store.encoder_info)}); checkpoints: "
                 + "; ".join(f"{r.path} ({describe_encoder(r.encoder_info)})" for r in rs)

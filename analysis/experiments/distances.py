@@ -10,6 +10,7 @@ from rcdm.analysis.experiments.common import Context, describe_encoder, same_enc
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.transforms import multicrop, seeded_apply, single_augmentations
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
 TITLE = "Distances in representation space (Fig. 21, 22)"
@@ -28,7 +29,7 @@ def run(ctx: Context) -> Entry:
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")
     if not same_encoder(val.encoder_info, train.encoder_info):
-        raise ValueError(
+        raise InvalidInput(
             f"distances: the train store ({describe_encoder(train.encoder_info)}) and val store "
             f"({describe_encoder(val.encoder_info)}) must hold the same representation"
         )

@@ -7,6 +7,7 @@ import numpy as np
 from rcdm.analysis.experiments.common import Context
 from rcdm.analysis.experiments.figures import display_size, tile
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import strip
 
 TITLE = "Interpolation (Fig. 1c, 14, 15)"
@@ -20,7 +21,7 @@ def run(ctx: Context) -> Entry:
     n_pairs = max(1, cfg.n_images // 2)
     rows = ctx.pick(val, 2 * n_pairs, "interpolation")
     if len(rows) < 2:
-        raise ValueError(f"interpolation needs at least 2 validation images; {val.path} has {len(val)}")
+        raise InvalidInput(f"interpolation needs at least 2 validation images; {val.path} has {len(val)}")
     pairs = [(rows[2 * j], rows[2 * j + 1]) for j in range(len(rows) // 2)]
     seeds = ctx.noise_seeds()
     n = cfg.interp_steps

@@ -11,6 +11,7 @@ from rcdm.analysis.experiments.distances import squared_distances
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.transforms import get_transform, seeded_apply
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
 TITLE = "Invariance to transformations (Fig. 3, 25)"
@@ -19,7 +20,7 @@ TITLE = "Invariance to transformations (Fig. 3, 25)"
 def transform_names(ctx: Context) -> list[str]:
     names = list(ctx.cfg.transforms) + list(ctx.cfg.custom_transforms)
     if not names:
-        raise ValueError("invariance: analyze.transforms and analyze.custom_transforms are both empty")
+        raise InvalidInput("invariance: analyze.transforms and analyze.custom_transforms are both empty")
     for n in names:
         get_transform(n)  # parse now: a bad expression fails before any sampling
     return names
@@ -32,9 +33,9 @@ def check_layers(ctx: Context, info: dict) -> None:
     dims = get_spec(info["name"]).dims
     for layer in ctx.cfg.layers:
         if layer not in ("trunk", "head"):
-            raise ValueError(f"analyze.layers: {layer!r} is not a layer; use 'trunk' and/or 'head'")
+            raise InvalidInput(f"analyze.layers: {layer!r} is not a layer; use 'trunk' and/or 'head'")
         if layer not in dims:
-            raise ValueError(
+            raise InvalidInput(
                 f"invariance: encoder {info['name']} has no {layer!r} layer (it has: {', '.join(dims)}); "
                 f"remove {layer!r} from analyze.layers or use an encoder with a projection head "
                 "(e.g. simclr-rn50, dino-rn50)"

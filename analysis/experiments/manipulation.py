@@ -13,6 +13,7 @@ import numpy as np
 from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
 TITLE = "Manipulation: common-dimension masking, substitution and algebra (Fig. 5, 30-32)"
@@ -31,7 +32,7 @@ def select_dims(h: np.ndarray, neighbour_feats: np.ndarray, m: int, variant: str
     if variant == "most":
         return most
     if variant != "least":
-        raise ValueError(f"select_dims variant must be 'most' or 'least', got {variant!r}")
+        raise InvalidInput(f"select_dims variant must be 'most' or 'least', got {variant!r}")
     counts = (np.abs(np.asarray(neighbour_feats)) > 0).sum(0)  # (D,)
     active = np.flatnonzero(np.abs(np.asarray(h)) > 0)
     order = active[np.argsort(counts[active], kind="stable")]
@@ -50,7 +51,7 @@ def run(ctx: Context) -> Entry:
     seeds = ctx.noise_seeds()
     figures, records, table_rows = [], [], []
     if not same_encoder(train.encoder_info, val.encoder_info):
-        raise ValueError(
+        raise InvalidInput(
             f"manipulation: the train store ({describe_encoder(train.encoder_info)}) and val store "
             f"({describe_encoder(val.encoder_info)}) must hold the same representation"
         )
@@ -119,13 +120,13 @@ def _triples(ctx: Context, val, rows: list[int]) -> list[tuple[int, int, int]]:
     keys = ctx.cfg.algebra_keys
     if keys:
         if len(keys) % 3:
-            raise ValueError(
+            raise InvalidInput(
                 f"analyze.algebra_keys has {len(keys)} keys; give them in threes (a, b, c per row: a - b + c)"
             )
         try:
             idx = [val.index_of(k) for k in keys]
         except KeyError as e:
-            raise ValueError(f"analyze.algebra_keys: {e}") from None
+            raise InvalidInput(f"analyze.algebra_keys: {e}") from None
         return [tuple(idx[j : j + 3]) for j in range(0, len(idx), 3)]  # type: ignore[misc]
     if len(rows) < 3:
         return []

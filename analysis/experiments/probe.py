@@ -7,6 +7,7 @@ import numpy as np
 from rcdm.analysis.experiments.common import Context, same_encoder
 from rcdm.analysis.probe import ProbeResult, train_probe
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 
 TITLE = "Linear probe (Table a)"
 
@@ -16,7 +17,7 @@ def store_pairs(ctx: Context) -> list[tuple[str, str]]:
     trains = cfg.probe_train_stores or ((cfg.train_store,) if cfg.train_store else ())
     vals = cfg.probe_val_stores or ((cfg.val_store,) if cfg.val_store else ())
     if len(trains) != len(vals) or not trains:
-        raise ValueError(
+        raise InvalidInput(
             f"probe: analyze.probe_train_stores ({len(trains)}) and analyze.probe_val_stores "
             f"({len(vals)}) must be non-empty lists of the same length, one (train, val) pair per "
             "encoder and layer"
@@ -27,7 +28,7 @@ def store_pairs(ctx: Context) -> list[tuple[str, str]]:
 def fit_store_probe(ctx: Context, train, val) -> ProbeResult:
     """Probe on ``train``'s view-0 features, accuracy on ``val`` (both need labels)."""
     if not same_encoder(train.encoder_info, val.encoder_info):
-        raise ValueError(
+        raise InvalidInput(
             f"probe: train store {train.path} ({train.encoder_info.get('name')} {train.layer}) and val "
             f"store {val.path} ({val.encoder_info.get('name')} {val.layer}) hold different representations; "
             "pair stores extracted with the same encoder, weights and layer"

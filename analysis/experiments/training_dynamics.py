@@ -6,6 +6,7 @@ from __future__ import annotations
 from rcdm.analysis.experiments.common import Context
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
+from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
 TITLE = "Training dynamics of the encoder (Fig. 35)"
@@ -22,7 +23,7 @@ def run(ctx: Context) -> Entry:
     rcdms = [ctx.rcdm(p) for p in cfg.dynamics_checkpoints]
     for r in rcdms:
         if not r.meta.get("encoder"):
-            raise ValueError(
+            raise InvalidInput(
                 f"training-dynamics: checkpoint {r.path} does not record the encoder it was trained on; "
                 "each run must come from `rcdm train` on a store of that encoder checkpoint"
             )

@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 from PIL import Image
+from rcdm.errors import InvalidInput
 
 __all__ = [
     "NAMED",
@@ -86,7 +87,7 @@ def _dotted(node: ast.AST) -> str:
         return node.id
     if isinstance(node, ast.Attribute):
         return f"{_dotted(node.value)}.{node.attr}"
-    raise ValueError("expected a transform name such as RandomRotation")
+    raise InvalidInput("expected a transform name such as RandomRotation")
 
 
 def _value(node: ast.AST, expr: str):
@@ -98,7 +99,7 @@ def _value(node: ast.AST, expr: str):
     try:
         return ast.literal_eval(node)
     except ValueError:
-        raise ValueError(
+        raise InvalidInput(
             f"custom transform {expr!r}: argument {ast.unparse(node)!r} is not a literal "
             "(numbers, strings, tuples, lists, True/False/None) or a torchvision transform"
         ) from None
@@ -121,23 +122,23 @@ def _build(node: ast.Call, expr: str):
     try:
         name = _dotted(node.func)
     except ValueError:
-        raise ValueError(f"custom transform {expr!r}: {ast.unparse(node.func)!r} is not a transform name") from None
+        raise InvalidInput(f"custom transform {expr!r}: {ast.unparse(node.func)!r} is not a transform name") from None
     prefix, _, base = name.rpartition(".")
     prefix = prefix + "." if prefix else ""
     allowed = _allowed_names(T)
     if prefix not in _PREFIXES or base not in allowed:
-        raise ValueError(
+        raise InvalidInput(
             f"custom transform {expr!r}: {name!r} is not an allowed torchvision.transforms class; "
             f"use one of {', '.join(sorted(allowed))}"
         )
     if any(kw.arg is None for kw in node.keywords):
-        raise ValueError(f"custom transform {expr!r}: **kwargs are not supported; name each argument")
+        raise InvalidInput(f"custom transform {expr!r}: **kwargs are not supported; name each argument")
     args = [_value(a, expr) for a in node.args]
     kwargs = {kw.arg: _value(kw.value, expr) for kw in node.keywords}
     try:
         return getattr(T, base)(*args, **kwargs)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"custom transform {expr!r}: {base} rejected its arguments: {e}") from None
+        raise InvalidInput(f"custom transform {expr!r}: {base} rejected its arguments: {e}") from None
 
 
 def parse_transform(expr: str) -> Transform:
@@ -146,9 +147,9 @@ def parse_transform(expr: str) -> Transform:
     try:
         tree = ast.parse(expr.strip(), mode="eval")
     except SyntaxError as e:
-        raise ValueError(f"custom transform {expr!r} is not a Python expression: {e.msg}") from None
+        raise InvalidInput(f"custom transform {expr!r} is not a Python expression: {e.msg}") from None
     if not isinstance(tree.body, ast.Call):
-        raise ValueError(
+        raise InvalidInput(
             f"custom transform {expr!r}: expected a call of a torchvision.transforms class, "
             "e.g. RandomRotation(30)"
         )
@@ -158,9 +159,9 @@ def parse_transform(expr: str) -> Transform:
         try:
             out = t(img)
         except (TypeError, ValueError, RuntimeError) as e:
-            raise ValueError(f"custom transform {expr!r} failed on a PIL image: {e}") from None
+            raise InvalidInput(f"custom transform {expr!r} failed on a PIL image: {e}") from None
         if not isinstance(out, Image.Image):
-            raise ValueError(
+            raise InvalidInput(
                 f"custom transform {expr!r} returned {type(out).__name__}, not a PIL image; "
                 "use transforms that map PIL images to PIL images"
             )
@@ -175,7 +176,7 @@ def get_transform(name: str) -> Transform:
         return NAMED[name]
     if "(" in name:
         return parse_transform(name)
-    raise ValueError(
+    raise InvalidInput(
         f"unknown transform {name!r}; use one of {', '.join(NAMED)} or a torchvision expression "
         "in analyze.custom_transforms, e.g. RandomRotation(30)"
     )

@@ -1,30 +1,56 @@
 """The ``rcdm`` command line.
 
-Each command parses its options into ``--set`` overrides, loads ``pipeline.yaml``, prints the
-resolved section, honours ``--dry-run``, and calls one typed entry point of its stage. Stages are
-imported inside the command functions so that ``rcdm --help`` never imports torch.
+Every stage command does the same five things, in :func:`_stage`: load the config from its
+layers (defaults, profile or ``pipeline.yaml``, ``--config``, the command's own options, typed by
+click, then ``--set``), print the resolved section with the origin of each non-default value,
+stop there under ``--dry-run``, call the stage's one typed entry point, and print where its
+output went. Stages are imported inside the commands, so ``rcdm --help`` never imports torch.
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from rcdm.app import config as C
+from click.core import ParameterSource
+from rcdm.app.config import EXPERIMENTS, ConfigError, PipelineConfig, dump_yaml
+from rcdm.app.load import PROFILES, load_config, resolve
+from rcdm.encoders.registry import REGISTRY
+from rcdm.errors import UserError
+
+# Errors a user can act on: printed without a traceback. Anything else (out of memory, a bug in
+# rcdm or torch) keeps its traceback. The OS errors here always name the path at fault.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+_COMMON = ("config_path", "profile", "sets", "dry_run")
 
 
-def _common(fn):
-    """--config, --set and --dry-run, shared by every stage command."""
+def _common(fn: Callable) -> Callable:
+    """--config, --profile, --set and --dry-run, shared by every stage command."""
 
     @click.option(
         "--config",
         "config_path",
         type=click.Path(dir_okay=False),
         default=None,
-        help="Pipeline config (default: ./pipeline.yaml if present, else built-in defaults).",
+        help="Pipeline config (default: ./pipeline.yaml if present and no --profile; else the paper's recipe).",
+    )
+    @click.option(
+        "--profile",
+        type=click.Choice(PROFILES),
+        default=None,
+        help="A config shipped with rcdm, the same from any directory (demo: the embedded demo run).",
     )
     @click.option(
         "--set",
@@ -35,57 +61,78 @@ def _common(fn):
     )
     @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         return fn(*args, **kwargs)
 
     return wrapper
 
 
-def _overrides(section: str, **options: Any) -> list[str]:
-    """Turn command-line options that were given into ``section.key=value`` strings."""
-    out = []
-    for key, value in options.items():
-        if value is None or value == () or value is False:
+def _options(ctx: click.Context, section: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, str]]:
+    """The command's own options that were typed on the command line, as typed values:
+    ``{"section.key": (value, "--flag")}``. An option's name is its config key."""
+    out = {}
+    for param in ctx.command.params:
+        name = param.name
+        if name in _COMMON or name in skip or not isinstance(param, click.Option):
             continue
-        if isinstance(value, tuple):
-            value = "[" + ", ".join(_yaml_scalar(v) for v in value) + "]"
-        elif value is True:
-            value = "true"
-        else:
-            value = _yaml_scalar(value)
-        out.append(f"{section}.{key}={value}")
+        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        out[f"{section}.{name}"] = (ctx.params[name], max(param.opts, key=len))
     return out
 
 
-def _yaml_scalar(v: Any) -> str:
-    import json
-
-    return json.dumps(v) if isinstance(v, str) else str(v)
-
-
-def _load(
-    config_path: str | None, sets: tuple[str, ...], extra: list[str], resolved: bool = True
-) -> C.PipelineConfig:
-    """Config file, then command-line options, then --set (the most explicit wins)."""
+def _load(ctx: click.Context, section: str | None, skip: tuple[str, ...] = (), resolved: bool = True) -> PipelineConfig:
+    p = ctx.params
     try:
-        cfg = C.load_config(config_path, [*extra, *sets])
-        return C.resolve(cfg) if resolved else cfg
-    except C.ConfigError as e:
+        cfg = load_config(
+            p["config_path"],
+            p["sets"],
+            profile=p["profile"],
+            options=_options(ctx, section, skip) if section else None,
+        )
+        return resolve(cfg) if resolved else cfg
+    except ConfigError as e:
         raise click.UsageError(str(e)) from e
 
 
 def _show(title: str, section: Any) -> None:
-    click.echo(f"# {title}\n" + C.dump_yaml(section), err=True)
+    click.echo(f"# {title}\n" + dump_yaml(section), err=True)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: BaseException) -> None:
     """Print a user-facing error without a traceback and exit non-zero."""
     click.secho(f"error: {e}", fg="red", err=True)
     sys.exit(1)
 
 
-# Errors the stages raise for bad input; anything else is a bug and keeps its traceback.
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, FileExistsError, RuntimeError)
+def _call(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except USER_ERRORS as e:
+        _fail(e)
+
+
+def _stage(
+    ctx: click.Context,
+    section: str,
+    plan: Callable[[Any], str],
+    entry: Callable[[Any], Path],
+    done: str,
+    cfg: PipelineConfig | None = None,
+) -> None:
+    """Load, show, honour --dry-run, run the stage's entry point, say where its output is."""
+    cfg = cfg or _load(ctx, section)
+    sec = getattr(cfg, section)
+    _show(section, sec)
+    if ctx.params["dry_run"]:
+        click.echo("dry run: " + _call(plan, sec))
+        return
+    click.echo(f"{done}: {_call(entry, sec)}")
+
+
+def _entry(module: str, name: str = "run") -> Callable[[Any], Path]:
+    """A stage's entry point, imported when called (so --help and --dry-run stay torch-free)."""
+    return lambda sec: getattr(importlib.import_module(module), name)(sec)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -101,19 +148,35 @@ def cli() -> None:
       sample    checkpoint + conditions -> images
       evaluate  samples -> FID, IS, rank / MRR tables
       analyze   the paper's analyses as figures and an HTML report
-      run       the whole pipeline (default: the embedded demo)
+      run       the whole pipeline on your data (pipeline.yaml)
+      demo      the whole pipeline on the embedded demo set (= run --profile demo)
     """
 
 
 # ----------------------------------------------------------------------------------- extract
+def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
+    from rcdm.data.preprocess import describe_preprocess, effective_preprocess
+    from rcdm.encoders.registry import get_spec
+
+    lines = []
+    for job in jobs:
+        pp = effective_preprocess(get_spec(job.encoder).preprocess, job.preprocess, job.input_size)
+        lines.append(
+            f"would write store {job.out} from {job.source}: encoder {job.encoder} ({job.layer}), "
+            f"encoder input {describe_preprocess(pp)}"
+        )
+    return "\n".join(lines)
+
+
 @cli.command()
-@click.option("--encoder", help="Encoder registry name (see --list-encoders).")
+@click.option("--encoder", type=click.Choice(list(REGISTRY)), help="Encoder (--list-encoders shows layers, preprocessing and weights URLs).")
 @click.option("--weights", type=click.Path(), help="Local checkpoint file for the encoder.")
 @click.option("--layer", type=click.Choice(["trunk", "head"]), help="Which layer to store.")
 @click.option("--source", type=click.Path(), help="ImageFolder tree, text file of paths, or .tar shards.")
 @click.option("--out", type=click.Path(), help="Output store directory.")
-@click.option("--format", "format_", type=click.Choice(["h5", "wds"]), help="Shard format.")
-@click.option("--preprocess", type=click.Choice(["default", "rcdm", "imagenet"]), help="Encoder input convention.")
+@click.option("--format", "format", type=click.Choice(["h5", "wds"]), help="Shard format.")
+@click.option("--preprocess", type=click.Choice(["default", "rcdm", "imagenet"]), help="Encoder input convention (default: the encoder's own).")
+@click.option("--input-size", type=click.IntRange(min=16), help="Encoder input crop (default: the encoder's own, 224).")
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0))
 @click.option("--device")
@@ -123,37 +186,33 @@ def cli() -> None:
 @click.option("--allow-download", is_flag=True, help="Download the registry's public weights if --weights is missing.")
 @click.option("--list-encoders", is_flag=True, help="List the registered encoders and exit.")
 @_common
-def extract(config_path, sets, dry_run, list_encoders, format_, **opts):
+@click.pass_context
+def extract(ctx: click.Context, list_encoders: bool, **_: Any) -> None:
     """Run a frozen encoder over images and write a feature store.
 
-    Without --source/--out (and none in the config) it extracts both data.train and data.val
-    into <workdir>/stores/{train,val}.
+    Name the encoder with --encoder (`rcdm extract --list-encoders` lists them with their layers,
+    preprocessing and weights URLs). Without --source/--out (and none in the config) it extracts
+    both data.train and data.val into <workdir>/stores/{train,val}.
     """
     if list_encoders:
         from rcdm.encoders.registry import describe_registry
 
         click.echo(describe_registry())
         return
-    opts["format"] = format_
-    raw = _load(config_path, sets, _overrides("extract", **opts), resolved=False)
     from rcdm.app.pipeline import extract_jobs
 
+    raw = _load(ctx, "extract", skip=("list_encoders",), resolved=False)
     # Nothing named a source or an output: extract both splits into <workdir>/stores.
     both = raw.extract.source is None and raw.extract.out is None
-    jobs = extract_jobs(C.resolve(raw), both_splits=both)
+    jobs = _call(extract_jobs, resolve(raw), both)
     for job in jobs:
         _show(f"extract {job.source} -> {job.out}", job)
-    if dry_run:
-        click.echo(f"dry run: would write {len(jobs)} store(s): " + ", ".join(j.out for j in jobs))
+    if ctx.params["dry_run"]:
+        click.echo("dry run: " + _call(_extract_plan, raw, jobs))
         return
-    import rcdm.extract
-
-    try:
-        for job in jobs:
-            path = rcdm.extract.run(job)
-            click.echo(f"store written: {path}")
-    except _USER_ERRORS as e:
-        _fail(e)
+    run = _entry("rcdm.extract")
+    for job in jobs:
+        click.echo(f"store written: {_call(run, job)}")
 
 
 # ------------------------------------------------------------------------------------- store
@@ -164,29 +223,23 @@ def store() -> None:
 
 @store.command("info")
 @click.argument("path", type=click.Path())
-def store_info(path):
+def store_info(path: str) -> None:
     """Summarise a store: encoder, layer, dimension, rows, shards."""
     from rcdm import store as S
 
-    try:
-        click.echo(S.info(path))
-    except _USER_ERRORS as e:
-        _fail(e)
+    click.echo(_call(S.info, path))
 
 
 @store.command("verify")
 @click.argument("path", type=click.Path())
-def store_verify(path):
+def store_verify(path: str) -> None:
     """Re-check counts, shapes, dtypes and sha256s; exit 1 on any mismatch."""
     from rcdm import store as S
 
-    try:
-        problems = S.verify(path)
-    except _USER_ERRORS as e:
-        _fail(e)
+    problems = _call(S.verify, path)
+    for p in problems:
+        click.secho(f"FAIL {p}", fg="red", err=True)
     if problems:
-        for p in problems:
-            click.secho(f"FAIL {p}", fg="red", err=True)
         sys.exit(1)
     click.echo(f"OK {path}")
 
@@ -195,166 +248,200 @@ def store_verify(path):
 @cli.command()
 @click.option("--store", type=click.Path(), help="Training feature store.")
 @click.option("--out", type=click.Path(), help="Run directory.")
-@click.option("--preset", type=click.Choice(["tiny", "adm64", "adm128", "adm256"]))
-@click.option("--cond", type=click.Choice(["embed", "cbn"]))
+@click.option("--preset", type=click.Choice(["tiny", "adm64", "adm128", "adm256"]), help="UNet architecture (ADM's for 64/128/256 px; tiny for CPU).")
+@click.option("--cond", type=click.Choice(["embed", "cbn"]), help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm).")
 @click.option("--init-from", type=click.Path(), help="Start from an official RCDM/ADM checkpoint or ours.")
-@click.option("--kimg", type=click.FloatRange(min=0), help="Total training images, thousands.")
+@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Total training images, thousands.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
-@click.option("--lr", type=float)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (the paper: 1e-4).")
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
 @_common
-def train(config_path, sets, dry_run, **opts):
+@click.pass_context
+def train(ctx: click.Context, **_: Any) -> None:
     """Train RCDM on a feature store (resumes when re-run with the same command)."""
-    cfg = _load(config_path, sets, _overrides("train", **opts))
-    _show("train", cfg.train)
-    if dry_run:
-        click.echo(f"dry run: would train {cfg.train.preset} on {cfg.train.store} -> {cfg.train.out}")
-        return
-    import rcdm.train
-
-    try:
-        path = rcdm.train.run(cfg.train)
-    except _USER_ERRORS as e:
-        _fail(e)
-    click.echo(f"run written: {path}")
+    _stage(
+        ctx, "train", lambda t: f"would train {t.preset} ({t.cond}, lr {t.lr:g}) on {t.store} -> {t.out}",
+        _entry("rcdm.train"), "run written",
+    )  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------ sample
-@cli.command()
+_CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate"
+
+
+@cli.command(
+    epilog="\b\nConditions (--condition):\n"
+    "  store        rows of --store (--indices, --keys, or a seeded --subset)\n"
+    "  images       your image files (--images), encoded with the store's encoder\n"
+    "  interpolate  a path between two store rows (--keys A B)\n"
+    "  class-mean   the mean representation of a class (sample.labels)\n"
+    "  kde          draws from a kernel density estimate over the store (sample.kde_sigma)\n"
+    "  algebra      a - b + c of three store rows (--keys A B C)\n"
+    "  manipulate   a row with the dimensions common to its neighbours zeroed or replaced"
+)
 @click.option("--checkpoint", type=click.Path(), help="Run directory or weights file.")
 @click.option("--out", type=click.Path())
 @click.option("--store", type=click.Path(), help="Store whose encoder and entries condition sampling.")
-@click.option("--condition", type=click.Choice(["store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate"]))
+@click.option("--condition", type=click.Choice(_CONDITIONS.split(", ")), help="What the samples are conditioned on (see below).")
 @click.option("--images", multiple=True, help="Image files, folders or globs (repeatable).")
 @click.option("--indices", multiple=True, type=int, help="Store rows (repeatable).")
 @click.option("--keys", multiple=True, help="Store keys (repeatable).")
 @click.option("--subset", type=click.IntRange(min=1), help="Random store rows to condition on.")
 @click.option("--n-per-condition", type=click.IntRange(min=1))
-@click.option("--steps", help='Respacing: "100", "1000", "ddim50".')
-@click.option("--ddim", is_flag=True)
-@click.option("--eta", type=float)
-@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none; needs train.cond_drop > 0).")
+@click.option("--steps", help='Respacing: "100" (the paper), "1000", "10,20,30" or "ddim50".')
+@click.option("--ddim", is_flag=True, help="DDIM update on the respaced steps.")
+@click.option("--eta", type=click.FloatRange(min=0))
+@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none, RCDM's sampler; needs train.cond_drop > 0).")
 @click.option("--seed", type=int)
 @click.option("--batch-size", type=click.IntRange(min=1))
 @_common
-def sample(config_path, sets, dry_run, **opts):
+@click.pass_context
+def sample(ctx: click.Context, **_: Any) -> None:
     """Draw images from representations."""
-    cfg = _load(config_path, sets, _overrides("sample", **opts))
-    _show("sample", cfg.sample)
-    if dry_run:
-        click.echo(f"dry run: would sample from {cfg.sample.checkpoint} -> {cfg.sample.out}")
-        return
-    import rcdm.sample
-
-    try:
-        path = rcdm.sample.run(cfg.sample)
-    except _USER_ERRORS as e:
-        _fail(e)
-    click.echo(f"samples written: {path}")
+    _stage(
+        ctx, "sample",
+        lambda s: f"would sample ({s.sampler.label()}) from {s.checkpoint} conditioned on {s.condition} -> {s.out}",
+        _entry("rcdm.sample"), "samples written",
+    )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------- evaluate
 @cli.command()
+@click.argument("runs", nargs=-1, type=click.Path())
 @click.option("--samples", type=click.Path(), help="Sample directory (samples.npz + index.jsonl).")
 @click.option("--reference", type=click.Path(), help="Reference feature store (validation).")
 @click.option("--out", type=click.Path())
 @click.option("--fid", type=click.Choice(["auto", "on", "off"]))
 @click.option("--inception-weights", type=click.Path())
-@click.option("--table", "tables", multiple=True, type=click.Path(), help="Assemble evaluated runs into one table.")
+@click.option("--table", is_flag=True, help="Assemble the evaluated RUNS (folders of rcdm evaluate) into one table.")
 @_common
-def evaluate(config_path, sets, dry_run, tables, **opts):
-    """Compute FID, IS and rank / MRR; or assemble tables with --table."""
-    cfg = _load(config_path, sets, _overrides("evaluate", **opts))
-    if tables:
-        out = opts.get("out") or str(Path(cfg.data.workdir) / "table")
-        if dry_run:
-            click.echo(f"dry run: would assemble {len(tables)} run(s) into {out}")
-            return
-        import rcdm.analysis
+@click.pass_context
+def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -> None:
+    """Compute FID, IS and rank / MRR of --samples; or, with --table RUNS..., assemble tables.
 
-        try:
-            path = rcdm.analysis.table(list(tables), out)
-        except _USER_ERRORS as e:
-            _fail(e)
-        click.echo(f"table written: {path}")
+    \b
+    rcdm evaluate --samples samples/dino --reference stores/dino-val --out eval/dino
+    rcdm evaluate --table eval/dino eval/simclr eval/supervised --out eval/table
+    """
+    if runs and not table:
+        raise click.UsageError(f"unexpected argument(s) {' '.join(runs)}: evaluated runs go after --table")
+    if not table:
+        _stage(
+            ctx, "evaluate", lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
+            _entry("rcdm.analysis", "evaluate"), "metrics written",
+        )  # fmt: skip
         return
-    _show("evaluate", cfg.evaluate)
-    if dry_run:
-        click.echo(f"dry run: would evaluate {cfg.evaluate.samples} -> {cfg.evaluate.out}")
+    if not runs:
+        raise click.UsageError("--table needs the evaluated runs: rcdm evaluate --table eval/a eval/b --out eval/table")
+    cfg = _load(ctx, None)
+    out = ctx.params["out"] or str(Path(cfg.data.workdir) / "table")
+    if ctx.params["dry_run"]:
+        click.echo(f"dry run: would assemble {len(runs)} run(s) ({', '.join(runs)}) into {out}")
         return
+    click.echo(f"table written: {_call(_table, list(runs), out)}")
+
+
+def _table(runs: list[str], out: str) -> Path:
     import rcdm.analysis
 
-    try:
-        path = rcdm.analysis.evaluate(cfg.evaluate)
-    except _USER_ERRORS as e:
-        _fail(e)
-    click.echo(f"metrics written: {path}")
+    return rcdm.analysis.table(runs, out)
 
 
 # ----------------------------------------------------------------------------------- analyze
-@cli.command()
-@click.argument("experiments", nargs=-1)
+@cli.command(
+    help="Run the paper's analyses into report.html.\n\n"
+    "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS)
+)
+@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS))
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable).")
 @click.option("--train-store", type=click.Path())
 @click.option("--val-store", type=click.Path())
 @click.option("--out", type=click.Path())
+@click.option("--steps", help='Respacing of every sample drawn (as rcdm sample --steps).')
 @click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none).")
 @click.option("--seed", type=int)
 @_common
-def analyze(config_path, sets, dry_run, experiments, **opts):
-    """Run the paper's analyses (default: all in analyze.experiments) into report.html."""
-    cfg = _load(config_path, sets, _overrides("analyze", experiments=tuple(experiments), **opts))
-    _show("analyze", cfg.analyze)
-    if dry_run:
-        click.echo("dry run: would run " + ", ".join(cfg.analyze.experiments) + f" -> {cfg.analyze.out}")
-        return
-    import rcdm.analysis
+@click.pass_context
+def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
+    cfg = _load(ctx, "analyze")
+    if experiments:
+        from rcdm.app.load import set_value
 
-    try:
-        path = rcdm.analysis.analyze(cfg.analyze)
-    except _USER_ERRORS as e:
-        _fail(e)
-    click.echo(f"report: {path}")
+        cfg = set_value(cfg, "analyze", "experiments", experiments, "command-line EXPERIMENTS")
+    _stage(
+        ctx, "analyze",
+        lambda a: f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}",
+        _entry("rcdm.analysis", "analyze"), "report", cfg=cfg,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------- run
-@cli.command()
-@click.option("--stages", help="Comma-separated subset of data,extract,train,sample,evaluate,analyze.")
-@click.option("--force", is_flag=True, help="Re-run stages that already finished.")
-@_common
-def run(config_path, sets, dry_run, stages, force):
-    """Run the pipeline end to end (default pipeline.yaml: the embedded demo on CPU)."""
+def _run_pipeline(ctx: click.Context, stages: str | None, force: bool) -> None:
     from rcdm.app import pipeline
 
-    cfg = _load(config_path, sets, [])
+    cfg = _load(ctx, None)
     try:
         names = pipeline.parse_stages(stages)
-    except ValueError as e:
+    except UserError as e:
         raise click.BadParameter(str(e), param_hint="--stages") from e
     _show("pipeline", cfg)
-    if dry_run:
-        for line in pipeline.plan(cfg, names, force=force):
+    if ctx.params["dry_run"]:
+        for line in _call(pipeline.plan, cfg, names, force):
             click.echo(line)
         return
-    try:
-        path = pipeline.run(cfg, names, force=force)
-    except _USER_ERRORS as e:
-        _fail(e)
+    path = _call(pipeline.run, cfg, names, force)
     click.echo(f"\ndone. open the report: {path}")
+
+
+_STAGES_HELP = "Comma-separated subset of data,extract,train,sample,evaluate,analyze."
+_FORCE_HELP = "Re-run stages that already finished."
+
+
+@cli.command()
+@click.option("--stages", help=_STAGES_HELP)
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
+@_common
+@click.pass_context
+def run(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
+    """Run the pipeline end to end on your data (set data.train / data.val in pipeline.yaml).
+
+    Finished stages are skipped. `rcdm run --profile demo` (or `rcdm demo`) runs the embedded demo.
+    """
+    _run_pipeline(ctx, stages, force)
+
+
+@cli.command()
+@click.option("--stages", help=_STAGES_HELP)
+@click.option("--force", is_flag=True, help=_FORCE_HELP)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="A config applied on top of the demo profile.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable).")
+@click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
+@click.pass_context
+def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
+    """The embedded demo, end to end on a CPU in about 10 minutes (= rcdm run --profile demo).
+
+    Works from any directory: it builds a small image set from photographs shipped with
+    scikit-image and scikit-learn, and writes everything under ./runs/demo. Its shortcuts
+    (32 px encoder input, guidance 5, ...) are the demo profile's, never the recipe's.
+    """
+    ctx.params["profile"] = "demo"
+    _run_pipeline(ctx, stages, force)
 
 
 @cli.command("config-reference")
 @click.option("--update", "update_path", type=click.Path(exists=True, dir_okay=False),
               help="Rewrite the generated sections of this README instead of printing.")
-def config_reference(update_path):
+def config_reference(update_path: str | None) -> None:
     """Print the config reference (Markdown), generated from the dataclasses."""
+    from rcdm.app.config import config_reference as reference
+
     if update_path:
         from rcdm.app import readme
 
         changed = readme.update(update_path)
         click.echo(f"{update_path}: " + ("updated" if changed else "already up to date"))
         return
-    click.echo(C.config_reference())
+    click.echo(reference())
 
 
 def main() -> None:

@@ -1,8 +1,14 @@
-"""Typed, frozen configuration for every stage, loaded from ``pipeline.yaml``.
+"""Typed, frozen configuration for every stage: one dataclass per section of ``pipeline.yaml``.
 
-One dataclass per section of ``pipeline.yaml``. Loading is strict: an unknown key or a value of
-the wrong type is an error that names the section and the key. Paths left ``null`` are derived
-from ``data.workdir`` by :func:`resolve`, so the config written next to every output is explicit.
+The defaults are the paper's recipe (224 px encoder input, the ``adm128`` preset, lr 1e-4, raw h,
+no P2 weighting, no condition dropout, no guidance, 100 respaced ancestral steps), so a command
+typed without a config does what the README's ImageNet recipe says. The embedded demo's
+shortcuts live in a named profile (``app/profiles/demo.yaml``), never here.
+
+Every section remembers where each value that is not a default came from (``origin``), and
+:func:`dump_yaml` writes it as a comment: the config printed by ``--dry-run`` and the
+``config.yaml`` written beside every output say which file, profile or option set what. Loading
+(layers, type checks, paths derived from ``data.workdir``) is :mod:`rcdm.app.load`.
 
 This module must not import torch: ``rcdm --help`` and ``--dry-run`` use it.
 """
@@ -10,50 +16,76 @@ This module must not import torch: ``rcdm --help`` and ``--dry-run`` use it.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
-import typing
-from dataclasses import dataclass, field, fields, is_dataclass, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
+from rcdm.diffusion.spec import Sampler, Steps
+from rcdm.errors import InvalidInput
 
 __all__ = [
+    "AnalyzeConfig",
     "ConfigError",
     "DataConfig",
-    "ExtractConfig",
-    "TrainConfig",
-    "SampleConfig",
+    "EXPERIMENTS",
     "EvaluateConfig",
-    "AnalyzeConfig",
+    "ExtractConfig",
     "PipelineConfig",
-    "load_config",
-    "apply_overrides",
-    "resolve",
-    "to_dict",
+    "SECTIONS",
+    "SampleConfig",
+    "TrainConfig",
+    "config_reference",
     "dump_yaml",
     "save_resolved",
-    "config_reference",
+    "section_fields",
+    "to_dict",
 ]
 
+# The paper's analyses, in the order the report shows them (``rcdm analyze --help``).
+EXPERIMENTS: tuple[str, ...] = (
+    "invariance",
+    "probe",
+    "adversarial",
+    "manipulation",
+    "interpolation",
+    "distances",
+    "neighbours",
+    "class-mean",
+    "training-dynamics",
+)
 
-class ConfigError(ValueError):
+
+class ConfigError(InvalidInput):
     """A configuration value is unknown, mistyped or inconsistent."""
 
 
-# --------------------------------------------------------------------------------------------
-# Sections
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Section:
+    """Base of every section: ``origin`` maps a key to where its non-default value came from
+    ("file pipeline.yaml", "profile demo", "option --lr", "--set train.lr", "derived from data.workdir")."""
+
+    origin: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # A section built in code (tests, notebooks) may spell steps as text: parse it here too.
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("Steps", Steps) and not isinstance(value, Steps):
+                object.__setattr__(self, f.name, Steps.parse(value))
 
 
 @dataclass(frozen=True)
-class DataConfig:
+class DataConfig(Section):
     """Where the images are and where outputs go."""
 
-    demo: bool = True  # build the embedded demonstration set into train/val if they are missing
-    train: str = "data/cache/demo/train"  # training images: ImageFolder tree, file list or tars
-    val: str = "data/cache/demo/val"  # validation images (reference set for rank / MRR)
-    workdir: str = "runs/demo"  # stores, runs, samples, metrics and the report go under here
+    demo: bool = False  # build the embedded demonstration set into train/val (the demo profile sets it)
+    train: str | None = None  # training images: ImageFolder tree, file list or tars (e.g. /data/imagenet/train)
+    val: str | None = None  # validation images (reference set for rank / MRR)
+    workdir: str = "runs"  # stores, runs, samples, metrics and the report go under here
     demo_size: int = 64  # side of each demo image in pixels
     demo_train_per_photo: int = 200  # random-resized crops per source photo (train split)
     demo_val_per_photo: int = 16  # crops per source photo (validation split)
@@ -61,17 +93,17 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
-class ExtractConfig:
+class ExtractConfig(Section):
     """Stage 1: run a frozen encoder over images into a feature store."""
 
-    encoder: str = "random-rn50"  # registry name (``rcdm extract --list-encoders``)
+    encoder: str | None = None  # registry name, required (``rcdm extract --list-encoders``)
     weights: str | None = None  # local checkpoint file; random-rn50 needs none
     layer: Literal["trunk", "head"] = "trunk"
     source: str | None = None  # default: data.train (the pipeline also extracts data.val)
     out: str | None = None  # default: <workdir>/stores/train
     format: Literal["h5", "wds"] = "h5"
     preprocess: Literal["default", "rcdm", "imagenet"] = "default"  # default: the encoder's own
-    input_size: int | None = None  # override the encoder's input crop (e.g. 64 for quick CPU runs); recorded in the manifest
+    input_size: int | None = None  # encoder input crop; null: the encoder's own (224 for every registry entry); recorded in the manifest
     batch_size: int = 64
     workers: int = 2
     shard_size: int = 1024  # rows per shard
@@ -89,17 +121,17 @@ class ExtractConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(Section):
     """Stage 2: train RCDM on a feature store."""
 
     store: str | None = None  # default: <workdir>/stores/train
     out: str | None = None  # default: <workdir>/run
-    preset: Literal["tiny", "adm64", "adm128", "adm256"] = "tiny"
+    preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
     cond: Literal["embed", "cbn"] = "embed"
-    cond_norm: Literal["none", "standardize"] = "none"  # standardize h with the training store's per-dimension mean/std (saved with the model)
+    cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
-    kimg: float = 4.0  # total training images, in thousands
+    kimg: float = 50000.0  # total training images, in thousands
     batch_size: int = 16  # global batch size (all processes, one optimiser step)
     grad_accum: int = 1
     lr: float = 1e-4
@@ -109,9 +141,9 @@ class TrainConfig:
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, no on CPU
     compile: bool = False
     channels_last: bool = False
-    checkpoint_kimg: float = 1.0  # checkpoint every N kimg
-    grid_kimg: float = 2.0  # sample grid every N kimg (0: never)
-    grid_steps: int = 25  # sampling steps for the training grids
+    checkpoint_kimg: float = 1000.0  # checkpoint every N kimg (an adm128 checkpoint is ~7 GB)
+    grid_kimg: float = 1000.0  # sample grid every N kimg (0: never)
+    grid_steps: Steps = Steps.parse("25")  # respacing of the training grids' sampler
     log_every: int = 10  # optimiser steps between log.jsonl lines
     workers: int = 2
     seed: int = 0
@@ -130,9 +162,14 @@ class TrainConfig:
     grid_samples: int = 3  # samples per conditioning image in each grid
     grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
 
+    @property
+    def grid_sampler(self) -> Sampler:
+        """The training grids' sampler (ancestral unless grid_steps is "ddimN")."""
+        return Sampler(self.grid_steps, guidance=self.grid_guidance)
+
 
 @dataclass(frozen=True)
-class SampleConfig:
+class SampleConfig(Section):
     """Stage 3a: draw images from representations."""
 
     checkpoint: str | None = None  # run directory or weights file; default: <workdir>/run
@@ -140,14 +177,14 @@ class SampleConfig:
     store: str | None = None  # conditions' store; default: <workdir>/stores/val
     condition: Literal[
         "store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate"
-    ] = "store"
+    ] = "store"  # what the samples are conditioned on (rcdm sample --help)
     images: tuple[str, ...] = ()  # files, folders or globs (condition: images)
     indices: tuple[int, ...] = ()  # store rows (condition: store)
     keys: tuple[str, ...] = ()  # store keys (condition: store; also a, b, c for algebra etc.)
     subset: int = 16  # random store rows when no indices/keys are given
     n_per_condition: int = 4
-    steps: str = "100"  # respacing: "100", "1000", "ddim50"
-    ddim: bool = False
+    steps: Steps = Steps.parse("100")  # respacing: "100" (the paper), "1000", "10,20,30" or "ddim50"
+    ddim: bool = False  # DDIM update on the respaced steps (always for "ddimN")
     eta: float = 0.0
     guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler); > 1 needs train.cond_drop > 0
     clip_denoised: bool = True
@@ -172,9 +209,13 @@ class SampleConfig:
     device: str = "auto"  # single process: auto | cpu | cuda | cuda:N (accelerate launch picks per rank)
     overwrite: bool = False  # discard partial or finished samples made with a different configuration
 
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(self.steps, self.ddim, self.eta, self.guidance)
+
 
 @dataclass(frozen=True)
-class EvaluateConfig:
+class EvaluateConfig(Section):
     """Stage 3b: FID, IS and nearest-neighbour rank / MRR."""
 
     samples: str | None = None  # default: <workdir>/samples
@@ -196,20 +237,10 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
-class AnalyzeConfig:
+class AnalyzeConfig(Section):
     """The paper's analyses as experiments with figures and an HTML report."""
 
-    experiments: tuple[str, ...] = (
-        "invariance",
-        "probe",
-        "adversarial",
-        "manipulation",
-        "interpolation",
-        "distances",
-        "neighbours",
-        "class-mean",
-        "training-dynamics",
-    )
+    experiments: tuple[str, ...] = EXPERIMENTS  # any of them, in this order by default
     checkpoints: tuple[str, ...] = ()  # RCDM runs to compare; default: (<workdir>/run,)
     train_store: str | None = None  # default: <workdir>/stores/train
     val_store: str | None = None  # default: <workdir>/stores/val
@@ -217,7 +248,7 @@ class AnalyzeConfig:
     evaluations: tuple[str, ...] = ()  # `rcdm evaluate` outputs shown first in the report; default: (<workdir>/eval,) when it exists
     n_images: int = 4  # conditioning images per experiment
     n_samples: int = 4  # samples per condition
-    steps: str = "50"
+    steps: Steps = Steps.parse("100")  # respacing, as sample.steps
     ddim: bool = False
     guidance: float = 1.0  # classifier-free guidance scale for every sample drawn (see sample.guidance)
     seed: int = 0
@@ -251,6 +282,10 @@ class AnalyzeConfig:
     class_labels: tuple[int, ...] = ()  # class-mean: labels; default: n_images labels picked by seed
     algebra_keys: tuple[str, ...] = ()  # manipulation: val keys a, b, c per algebra row (a - b + c)
 
+    @property
+    def sampler(self) -> Sampler:
+        return Sampler(self.steps, self.ddim, 0.0, self.guidance)
+
 
 @dataclass(frozen=True)
 class PipelineConfig:
@@ -262,7 +297,7 @@ class PipelineConfig:
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
 
 
-_SECTION_TYPES: dict[str, type] = {
+SECTIONS: dict[str, type] = {
     "data": DataConfig,
     "extract": ExtractConfig,
     "train": TrainConfig,
@@ -272,244 +307,9 @@ _SECTION_TYPES: dict[str, type] = {
 }
 
 
-# --------------------------------------------------------------------------------------------
-# Typed conversion
-# --------------------------------------------------------------------------------------------
-
-
-def _type_name(tp: Any) -> str:
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if get_origin(tp) in (Union, types.UnionType):
-        return " | ".join(_type_name(a) for a in get_args(tp))
-    if get_origin(tp) is tuple:
-        return f"list of {_type_name(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML / command-line value to ``tp``, or raise ConfigError naming ``where``."""
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("null", "none", "~") and type(None) in args:
-            return None
-        errors = []
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if isinstance(value, bool):
-            # YAML 1.1 reads a bare no/off/false as False: map it back to the one allowed word.
-            words = {"no", "off", "false"} if not value else {"yes", "on", "true"}
-            match = [a for a in allowed if isinstance(a, str) and a.lower() in words]
-            if len(match) == 1:
-                return match[0]
-        if value in allowed:
-            return value
-        raise ConfigError(
-            f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}"
-        )
-    if origin is tuple:
-        (item,) = get_args(tp)[:1]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
-        raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
-    raise ConfigError(f"{where}: unsupported config type {tp!r}")  # internal
-
-
-def _section_from_dict(cls: type, raw: Any, section: str) -> Any:
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"section '{section}' must be a mapping of keys to values, got {raw!r}")
-    hints = get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    kwargs = {}
-    for key, value in raw.items():
-        if key not in known:
-            close = _close_matches(key, known)
-            raise ConfigError(
-                f"unknown key '{key}' in section '{section}'"
-                + (f"; did you mean '{close}'?" if close else "")
-                + f" Known keys: {', '.join(sorted(known))}"
-            )
-        kwargs[key] = _coerce(value, hints[key], f"{section}.{key}")
-    return cls(**kwargs)
-
-
-def _close_matches(word: str, options: set[str]) -> str | None:
-    import difflib
-
-    m = difflib.get_close_matches(word, sorted(options), n=1)
-    return m[0] if m else None
-
-
-def from_dict(raw: dict | None) -> PipelineConfig:
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"the config must be a mapping of sections, got {type(raw).__name__}")
-    for name in raw:
-        if name not in _SECTION_TYPES:
-            raise ConfigError(
-                f"unknown section '{name}'; the sections are {', '.join(_SECTION_TYPES)}"
-            )
-    return PipelineConfig(
-        **{name: _section_from_dict(cls, raw.get(name), name) for name, cls in _SECTION_TYPES.items()}
-    )
-
-
-def load_config(path: str | Path | None = None, overrides: typing.Sequence[str] = ()) -> PipelineConfig:
-    """Load ``path`` (default ``pipeline.yaml`` if it exists, else the built-in defaults)."""
-    raw: dict = {}
-    if path is None:
-        default = Path("pipeline.yaml")
-        path = default if default.exists() else None
-    if path is not None:
-        p = Path(path)
-        if not p.exists():
-            raise ConfigError(f"config file {p} does not exist; pass --config with an existing file")
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{p} is not valid YAML: {e}") from e
-    cfg = from_dict(raw)
-    return apply_overrides(cfg, overrides)
-
-
-def apply_overrides(cfg: PipelineConfig, overrides: typing.Sequence[str]) -> PipelineConfig:
-    """Apply ``section.key=value`` strings (values parsed as YAML scalars / lists)."""
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.kimg=10")
-        dotted, value_text = item.split("=", 1)
-        if "." not in dotted:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.kimg=10")
-        section, key = dotted.strip().split(".", 1)
-        try:
-            value = yaml.safe_load(value_text) if value_text.strip() else ""
-        except yaml.YAMLError:
-            value = value_text
-        if isinstance(value, bool) and _wants_text(section, key):
-            value = value_text.strip()  # --set sample.ema=no means the word, not a boolean
-        cfg = set_value(cfg, section, key, value)
-    return cfg
-
-
-def _wants_text(section: str, key: str) -> bool:
-    """True for fields typed str / str | None (not bool, not Literal)."""
-    cls = _SECTION_TYPES.get(section)
-    tp = get_type_hints(cls).get(key) if cls else None
-    if tp is str:
-        return True
-    return get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and bool not in get_args(tp)
-
-
-def set_value(cfg: PipelineConfig, section: str, key: str, value: Any) -> PipelineConfig:
-    """Return ``cfg`` with ``section.key`` set to ``value`` (type-checked)."""
-    if section not in _SECTION_TYPES:
-        raise ConfigError(f"unknown section '{section}'; the sections are {', '.join(_SECTION_TYPES)}")
-    cls = _SECTION_TYPES[section]
-    hints = get_type_hints(cls)
-    if key not in hints:
-        close = _close_matches(key, set(hints))
-        raise ConfigError(
-            f"unknown key '{key}' in section '{section}'"
-            + (f"; did you mean '{close}'?" if close else "")
-        )
-    sec = replace(getattr(cfg, section), **{key: _coerce(value, hints[key], f"{section}.{key}")})
-    return replace(cfg, **{section: sec})
-
-
-# --------------------------------------------------------------------------------------------
-# Derived paths
-# --------------------------------------------------------------------------------------------
-
-
-def resolve(cfg: PipelineConfig) -> PipelineConfig:
-    """Fill every ``null`` path from ``data.workdir`` so the config is explicit."""
-    w = Path(cfg.data.workdir)
-    train_store = str(w / "stores" / "train")
-    val_store = str(w / "stores" / "val")
-    run_dir = str(w / "run")
-    ex = cfg.extract
-    ex = replace(ex, source=ex.source or cfg.data.train, out=ex.out or train_store)
-    tr = cfg.train
-    tr = replace(tr, store=tr.store or train_store, out=tr.out or run_dir)
-    sa = cfg.sample
-    sa = replace(
-        sa,
-        checkpoint=sa.checkpoint or run_dir,
-        out=sa.out or str(w / "samples"),
-        store=sa.store or val_store,
-    )
-    ev = cfg.evaluate
-    ev = replace(
-        ev,
-        samples=ev.samples or str(w / "samples"),
-        reference=ev.reference or val_store,
-        out=ev.out or str(w / "eval"),
-        reference_images=ev.reference_images or cfg.data.val,
-    )
-    an = cfg.analyze
-    an = replace(
-        an,
-        checkpoints=an.checkpoints or (run_dir,),
-        train_store=an.train_store or train_store,
-        val_store=an.val_store or val_store,
-        out=an.out or str(w / "analysis"),
-        evaluations=an.evaluations or (str(w / "eval"),),
-    )
-    return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an)
+def section_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
+    """The user-facing fields of a section (everything but ``origin``)."""
+    return [f for f in fields(cls_or_obj) if f.name != "origin"]
 
 
 # --------------------------------------------------------------------------------------------
@@ -518,14 +318,44 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
 
 
 def to_dict(obj: Any) -> Any:
-    if is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in fields(obj)}
+    """Plain YAML/JSON data: sections as dicts (without ``origin``), tuples as lists, steps as text."""
+    if isinstance(obj, Steps):
+        return str(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        names = [f.name for f in (section_fields(obj) if isinstance(obj, Section) else fields(obj))]
+        return {n: to_dict(getattr(obj, n)) for n in names}
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]
     return obj
 
 
+_LEGEND = "# values without a comment are rcdm's built-in defaults (the paper's recipe)"
+
+
+def _yaml_line(key: str, value: Any) -> str:
+    text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=True, width=1_000_000)
+    return text.strip()[1:-1].strip()  # "{key: value}" -> "key: value"
+
+
+def _section_lines(sec: Section, indent: str = "") -> list[str]:
+    lines = []
+    for f in section_fields(sec):
+        line = indent + _yaml_line(f.name, to_dict(getattr(sec, f.name)))
+        where = sec.origin.get(f.name)
+        lines.append(f"{line}  # {where}" if where else line)
+    return lines
+
+
 def dump_yaml(obj: Any) -> str:
+    """YAML of a section or the whole pipeline, each non-default value commented with its origin."""
+    if isinstance(obj, PipelineConfig):
+        lines = [_LEGEND]
+        for name in SECTIONS:
+            lines.append(f"{name}:")
+            lines += _section_lines(getattr(obj, name), "  ")
+        return "\n".join(lines) + "\n"
+    if isinstance(obj, Section):
+        return "\n".join([_LEGEND, *_section_lines(obj)]) + "\n"
     return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
 
 
@@ -540,21 +370,33 @@ def save_resolved(obj: Any, out_dir: str | Path, name: str = "config.yaml") -> P
     return path
 
 
+def type_name(tp: Any) -> str:
+    """How the config reference and error messages name a field's type."""
+    if tp is Steps:
+        return "steps"
+    if get_origin(tp) is Literal:
+        return " | ".join(repr(a) for a in get_args(tp))
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in get_args(tp))
+    if get_origin(tp) is tuple:
+        return f"list of {type_name(get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    return getattr(tp, "__name__", str(tp))
+
+
 def config_reference() -> str:
     """Markdown reference of every section and key, generated from the dataclasses."""
-    import inspect
-
-    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
     out = []
-    for name, cls in _SECTION_TYPES.items():
+    for name, cls in SECTIONS.items():
         out.append(f"### `{name}`\n\n{(cls.__doc__ or '').strip()}\n")
         hints = get_type_hints(cls)
         comments = _field_comments(inspect.getsource(cls))
-        rows = list(lines)
-        for f in fields(cls):
+        rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in section_fields(cls):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             rows.append(
-                f"| `{f.name}` | {_type_name(hints[f.name])} | `{to_dict(default)!r}` | "
+                f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | "
                 f"{comments.get(f.name, '')} |"
             )
         out.append("\n".join(rows) + "\n")

@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from rcdm.app.config import ExtractConfig, PipelineConfig
+from rcdm.errors import InvalidInput
 
 STAGES = ("data", "extract", "train", "sample", "evaluate", "analyze")
 
@@ -20,15 +21,30 @@ def parse_stages(text: str | None) -> tuple[str, ...]:
     names = tuple(s.strip() for s in text.split(",") if s.strip())
     bad = [n for n in names if n not in STAGES]
     if bad:
-        raise ValueError(f"unknown stage(s) {', '.join(bad)}; choose from {','.join(STAGES)}")
+        raise InvalidInput(f"unknown stage(s) {', '.join(bad)}; choose from {','.join(STAGES)}")
     return tuple(s for s in STAGES if s in names)  # always in pipeline order
 
 
 def extract_jobs(cfg: PipelineConfig, both_splits: bool = True) -> list[ExtractConfig]:
-    """The stores to extract: data.train and data.val by default, else the one configured."""
+    """The stores to extract: data.train and data.val into <workdir>/stores/{train,val} by
+    default (what ``rcdm run`` and a bare ``rcdm extract`` do), else the one configured."""
     ex = cfg.extract
     if not both_splits:
         return [ex]
+    mine = {k: ex.origin[k] for k in ("source", "out") if k in ex.origin and not ex.origin[k].startswith("derived ")}
+    if mine:
+        set_by = "; ".join(f"extract.{k} from {v}" for k, v in mine.items())
+        raise InvalidInput(
+            f"the pipeline extracts both splits into {Path(cfg.data.workdir) / 'stores'}/{{train,val}}, "
+            f"so it cannot honour {set_by}: set data.workdir to move every output, data.train / "
+            "data.val to change the images, or run `rcdm extract --source ... --out ...` for one store"
+        )
+    if not cfg.data.train or not cfg.data.val:
+        raise InvalidInput(
+            "data.train and data.val are not set: give your image folders in pipeline.yaml (or "
+            "--set data.train=/data/imagenet/train --set data.val=/data/imagenet/val); for the "
+            "embedded demo, run `rcdm demo`"
+        )
     w = Path(cfg.data.workdir) / "stores"
     return [
         replace(ex, source=cfg.data.train, out=str(w / "train")),
@@ -36,16 +52,14 @@ def extract_jobs(cfg: PipelineConfig, both_splits: bool = True) -> list[ExtractC
     ]
 
 
-def _outputs(cfg: PipelineConfig) -> dict[str, list[Path]]:
-    """Each stage's finished markers."""
-    return {
-        "data": [Path(cfg.data.train), Path(cfg.data.val)],
-        "extract": [Path(j.out) / "manifest.json" for j in extract_jobs(cfg)],
-        "train": [Path(cfg.train.out) / "manifest.json"],
-        "sample": [Path(cfg.sample.out) / "manifest.json"],
-        "evaluate": [Path(cfg.evaluate.out) / "manifest.json"],
-        "analyze": [Path(cfg.analyze.out) / "manifest.json"],
-    }
+def _outputs(cfg: PipelineConfig, stage: str) -> list[Path]:
+    """A stage's finished markers."""
+    if stage == "data":
+        return [Path(p) for p in (cfg.data.train, cfg.data.val) if p]
+    if stage == "extract":
+        return [Path(j.out) / "manifest.json" for j in extract_jobs(cfg)]
+    section = getattr(cfg, stage)
+    return [Path(section.out) / "manifest.json"]
 
 
 def _finished(cfg: PipelineConfig, stage: str) -> bool:
@@ -55,14 +69,14 @@ def _finished(cfg: PipelineConfig, stage: str) -> bool:
         from rcdm.data import demo
 
         return demo.is_built(cfg.data)
-    return all(p.exists() for p in _outputs(cfg)[stage])
+    return all(p.exists() for p in _outputs(cfg, stage))
 
 
 def plan(cfg: PipelineConfig, stages: tuple[str, ...], force: bool = False) -> list[str]:
     lines = []
     for s in stages:
         state = "skip (finished)" if (not force and _finished(cfg, s)) else "run"
-        outs = ", ".join(str(p) for p in _outputs(cfg)[s])
+        outs = ", ".join(str(p) for p in _outputs(cfg, s))
         lines.append(f"{s:9s} {state:16s} -> {outs}")
     return lines
 
@@ -73,7 +87,7 @@ def run(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, force: bool = Fal
     for stage in stages:
         if not force and _finished(cfg, stage):
             print(f"[rcdm run] {stage}: finished earlier, skipping (use --force to redo)", flush=True)
-            last = _outputs(cfg)[stage][0].parent
+            last = _outputs(cfg, stage)[0].parent
             continue
         print(f"[rcdm run] {stage}: starting", flush=True)
         t0 = time.time()
@@ -87,7 +101,7 @@ def run(cfg: PipelineConfig, stages: tuple[str, ...] = STAGES, force: bool = Fal
 def _run_stage(cfg: PipelineConfig, stage: str, force: bool) -> Path:
     if stage == "data":
         if not cfg.data.demo:
-            return Path(cfg.data.train)
+            return Path(cfg.data.train or cfg.data.workdir)
         from rcdm.data import demo
 
         train, _ = demo.build(cfg.data)

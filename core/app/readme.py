@@ -9,6 +9,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rcdm.errors import InvalidInput
+
 
 def _blocks() -> dict[str, str]:
     from rcdm.app.config import config_reference
@@ -21,7 +23,7 @@ def render(text: str) -> str:
     for name, body in _blocks().items():
         pattern = re.compile(rf"(<!-- {name}:begin -->\n).*?(<!-- {name}:end -->)", re.S)
         if not pattern.search(text):
-            raise ValueError(f"README has no '<!-- {name}:begin -->' / '<!-- {name}:end -->' markers")
+            raise InvalidInput(f"README has no '<!-- {name}:begin -->' / '<!-- {name}:end -->' markers")
         text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
     return text
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 from rcdm.app.config import DataConfig
+from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 
 DEMO_VERSION = 1
@@ -133,7 +134,7 @@ def build(cfg: DataConfig, force: bool = False) -> tuple[Path, Path]:
     """Write the demo train/val ImageFolder trees (once); return their paths."""
     train_dir, val_dir = _split_dirs(cfg)
     if train_dir.parent != val_dir.parent:
-        raise ValueError(
+        raise InvalidInput(
             f"data.train ({train_dir}) and data.val ({val_dir}) must share a parent folder for the "
             "demo set; set both under one folder, e.g. data/cache/demo/{train,val}"
         )

@@ -30,6 +30,7 @@ from rcdm.data.preprocess import (
     get_preprocess,
     to_model_range,
 )
+from rcdm.errors import InvalidInput, MissingInput
 
 __all__ = [
     "IMAGE_EXTS",
@@ -199,7 +200,7 @@ def open_source(path: str | Path) -> ImageSource:
         return _open_tar_pattern(text)
     p = Path(text)
     if not p.exists():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"image source {p} does not exist; give an ImageFolder directory, a .txt list of "
             "image paths, a .tar file, or a brace/glob pattern of .tar files"
         )
@@ -209,7 +210,7 @@ def open_source(path: str | Path) -> ImageSource:
         tars = sorted(str(t) for t in p.glob("*.tar"))
         if tars:
             return _open_tars(tars, root=str(p))
-        raise ValueError(
+        raise InvalidInput(
             f"image source {p} is empty: it holds no image files ({', '.join(sorted(_IMAGE_EXTS_LOWER))}) "
             "in class sub-folders and no .tar shards"
         )
@@ -217,7 +218,7 @@ def open_source(path: str | Path) -> ImageSource:
         return _open_tars([str(p)], root=str(p))
     if p.suffix == ".txt":
         return _open_list(p)
-    raise ValueError(
+    raise InvalidInput(
         f"image source {p} is a file of unknown kind; expected a directory, a .txt list of paths "
         "or a .tar (webdataset) file"
     )
@@ -248,7 +249,7 @@ def _check_unique(items: list[Item], where: str) -> None:
     for i, it in enumerate(items):
         if it.key in seen:
             other = items[seen[it.key]]
-            raise ValueError(
+            raise InvalidInput(
                 f"{where}: two images have the key {it.key!r} ({other.path or other.tar} and "
                 f"{it.path or it.tar}); keys must be unique: rename or remove one of them"
             )
@@ -301,11 +302,11 @@ def _open_list(path: Path) -> ImageSource:
         try:
             rel, label = _parse_list_line(line)
         except ValueError as e:
-            raise ValueError(f"{path}:{n}: cannot read the label in {raw!r}: {e}") from e
+            raise InvalidInput(f"{path}:{n}: cannot read the label in {raw!r}: {e}") from e
         full = Path(rel) if os.path.isabs(rel) else base / rel
         items.append(Item(key=_strip_ext(rel), label=label, path=str(full)))
     if not items:
-        raise ValueError(f"image list {path} is empty: expected one image path per line")
+        raise InvalidInput(f"image list {path} is empty: expected one image path per line")
     _check_unique(items, f"image list {path}")
     return ImageSource(
         kind="list",
@@ -326,12 +327,12 @@ def _open_tar_pattern(pattern: str) -> ImageSource:
             paths.append(expanded)
     missing = [p for p in paths if not os.path.exists(p)]
     if missing:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"tar pattern {pattern!r}: {len(missing)} of {len(paths)} files do not exist "
             f"(first: {missing[0]}); fix the pattern or the path"
         )
     if not paths:
-        raise FileNotFoundError(f"tar pattern {pattern!r} matches no files; fix the pattern")
+        raise MissingInput(f"tar pattern {pattern!r} matches no files; fix the pattern")
     return _open_tars(paths, root=pattern)
 
 
@@ -350,7 +351,7 @@ def _open_tars(tars: list[str], root: str) -> ImageSource:
         try:
             samples = _scan_tar(tar_path)
         except (tarfile.TarError, OSError) as e:
-            raise ValueError(f"{tar_path} is not a readable tar file: {e}") from e
+            raise InvalidInput(f"{tar_path} is not a readable tar file: {e}") from e
         for key, fields_ in samples:
             img = next((fields_[f] for f in _WDS_IMAGE_FIELDS if f in fields_), None)
             if img is None:
@@ -360,7 +361,7 @@ def _open_tars(tars: list[str], root: str) -> ImageSource:
             items.append(Item(key=key, label=label, tar=tar_path))
             members.append(img)
     if not items:
-        raise ValueError(
+        raise InvalidInput(
             f"webdataset source {root} is empty: no sample has an image field "
             f"({'|'.join(_WDS_IMAGE_FIELDS)})"
         )

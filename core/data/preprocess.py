@@ -14,10 +14,11 @@ Import these from :mod:`rcdm.data.images` (which re-exports them) or from here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from PIL import Image
+from rcdm.errors import InvalidInput
 
 __all__ = [
     "Preprocess",
@@ -59,17 +60,17 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise ValueError(
+            raise InvalidInput(
                 f"preprocess interpolation {self.interpolation!r}: use 'bicubic' or 'bilinear'"
             )
         if self.resize_rule not in ("torchvision", "adm"):
-            raise ValueError(f"preprocess resize_rule {self.resize_rule!r}: use 'torchvision' or 'adm'")
+            raise InvalidInput(f"preprocess resize_rule {self.resize_rule!r}: use 'torchvision' or 'adm'")
         if self.resize_rule == "adm" and self.interpolation != "bicubic":
-            raise ValueError("preprocess resize_rule 'adm' resizes with bicubic interpolation only")
+            raise InvalidInput("preprocess resize_rule 'adm' resizes with bicubic interpolation only")
         if self.crop > self.resize:
-            raise ValueError(f"preprocess crop {self.crop} is larger than resize {self.resize}")
+            raise InvalidInput(f"preprocess crop {self.crop} is larger than resize {self.resize}")
         if self.value_range[1] <= self.value_range[0]:
-            raise ValueError(f"preprocess value_range {self.value_range}: expected (low, high)")
+            raise InvalidInput(f"preprocess value_range {self.value_range}: expected (low, high)")
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -119,9 +120,30 @@ def get_preprocess(name_or_pp: str | Preprocess) -> Preprocess:
     try:
         return PREPROCESS[name_or_pp]
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown preprocessing {name_or_pp!r}; choose one of {', '.join(PREPROCESS)}"
         ) from None
+
+
+def effective_preprocess(own: str, choice: str = "default", input_size: int | None = None) -> Preprocess:
+    """What an encoder whose own preset is ``own`` is fed: ``choice`` ("default": its own), with
+    the crop set to ``input_size`` when given (the preset's resize:crop ratio kept: 256:224 for
+    imagenet, 1:1 for rcdm)."""
+    base = get_preprocess(own if choice == "default" else choice)
+    if input_size is None:
+        return base
+    if input_size < 16:
+        raise InvalidInput(f"extract.input_size={input_size} is too small; use 16 or more (or null)")
+    resize = max(input_size, round(base.resize * input_size / base.crop))
+    return replace(base, resize=resize, crop=input_size)
+
+
+def describe_preprocess(pp: Preprocess) -> str:
+    """One line for plans and logs: ``224 px (adm center crop, [-1, 1])``."""
+    how = "adm center crop" if pp.resize_rule == "adm" else f"resize {pp.resize} {pp.interpolation}, center crop"
+    norm = ", ImageNet mean/std" if pp.std != (1.0, 1.0, 1.0) else ""
+    lo, hi = pp.value_range
+    return f"{pp.crop} px ({how}, [{lo:g}, {hi:g}]{norm})"
 
 
 def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
@@ -195,11 +217,11 @@ def to_model_range(x_uint8):
 
     x = torch.as_tensor(np.asarray(x_uint8)) if not isinstance(x_uint8, torch.Tensor) else x_uint8
     if x.dtype != torch.uint8:
-        raise ValueError(f"to_model_range expects uint8 pixels, got {x.dtype}")
+        raise InvalidInput(f"to_model_range expects uint8 pixels, got {x.dtype}")
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[-1] != 3:
-        raise ValueError(f"to_model_range expects (N, H, W, 3) pixels, got shape {tuple(x.shape)}")
+        raise InvalidInput(f"to_model_range expects (N, H, W, 3) pixels, got shape {tuple(x.shape)}")
     return x.permute(0, 3, 1, 2).float() / 127.5 - 1.0
 
 
@@ -215,6 +237,6 @@ def from_model_range(x) -> np.ndarray:
     if x.ndim == 3:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
-        raise ValueError(f"from_model_range expects (N, 3, H, W), got shape {tuple(x.shape)}")
+        raise InvalidInput(f"from_model_range expects (N, 3, H, W), got shape {tuple(x.shape)}")
     y = ((x.detach().float().cpu() + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return y.permute(0, 2, 3, 1).contiguous().numpy()

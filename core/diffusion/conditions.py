@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Literal
 
 import numpy as np
+from rcdm.errors import InvalidInput
 
 __all__ = [
     "interpolate",
@@ -30,7 +31,7 @@ __all__ = [
 def _vec(x: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(x, dtype=np.float32)
     if a.ndim != 1:
-        raise ValueError(f"{name} must be one representation of shape (D,), got shape {a.shape}")
+        raise InvalidInput(f"{name} must be one representation of shape (D,), got shape {a.shape}")
     return a
 
 
@@ -42,9 +43,9 @@ def interpolate(a: np.ndarray, b: np.ndarray, n: int) -> np.ndarray:
     """
     a, b = _vec(a, "a"), _vec(b, "b")
     if a.shape != b.shape:
-        raise ValueError(f"cannot interpolate between shapes {a.shape} and {b.shape}")
+        raise InvalidInput(f"cannot interpolate between shapes {a.shape} and {b.shape}")
     if n < 2:
-        raise ValueError(f"interpolation needs at least 2 points (both ends), got n={n}")
+        raise InvalidInput(f"interpolation needs at least 2 points (both ends), got n={n}")
     alpha = np.linspace(0.0, 1.0, n, dtype=np.float64)[:, None]  # (n, 1)
     path = (1.0 - alpha) * a.astype(np.float64) + alpha * b.astype(np.float64)
     return path.astype(np.float32)
@@ -67,11 +68,11 @@ def kde_sample(
     """
     feats = np.asarray(feats, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] == 0:
-        raise ValueError(f"kde_sample needs a non-empty (N, D) feature matrix, got shape {feats.shape}")
+        raise InvalidInput(f"kde_sample needs a non-empty (N, D) feature matrix, got shape {feats.shape}")
     if n < 1:
-        raise ValueError(f"kde_sample: n must be at least 1, got {n}")
+        raise InvalidInput(f"kde_sample: n must be at least 1, got {n}")
     if sigma < 0:
-        raise ValueError(f"kde_sample: sigma is a standard deviation and must be >= 0, got {sigma}")
+        raise InvalidInput(f"kde_sample: sigma is a standard deviation and must be >= 0, got {sigma}")
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, feats.shape[0], size=n)  # (n,)
     noise = rng.standard_normal((n, feats.shape[1]))  # (n, D)
@@ -84,13 +85,13 @@ def class_mean(feats: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
     feats = np.asarray(feats, dtype=np.float32)
     labels = np.asarray(labels)
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
-        raise ValueError(
+        raise InvalidInput(
             f"class_mean needs feats (N, D) and labels (N,), got {feats.shape} and {labels.shape}"
         )
     rows = labels == label
     if not rows.any():
         known = sorted(int(v) for v in np.unique(labels))
-        raise ValueError(
+        raise InvalidInput(
             f"no entry has label {label}; labels present: {known[:20]}{' ...' if len(known) > 20 else ''}"
         )
     return feats[rows].astype(np.float64).mean(axis=0).astype(np.float32)
@@ -100,7 +101,7 @@ def algebra(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     """Representation algebra ``a - b + c`` (e.g. "this image, minus its class, plus another")."""
     a, b, c = _vec(a, "a"), _vec(b, "b"), _vec(c, "c")
     if not (a.shape == b.shape == c.shape):
-        raise ValueError(f"algebra needs equal shapes, got {a.shape}, {b.shape}, {c.shape}")
+        raise InvalidInput(f"algebra needs equal shapes, got {a.shape}, {b.shape}, {c.shape}")
     return (a - b + c).astype(np.float32)
 
 
@@ -122,10 +123,10 @@ def knn(
     single = q.ndim == 1
     q2 = q[None] if single else q  # (Q, D)
     if feats.ndim != 2 or q2.ndim != 2 or q2.shape[1] != feats.shape[1]:
-        raise ValueError(f"knn: feats (N, D) and query (D,) or (Q, D) needed, got {feats.shape}, {q.shape}")
+        raise InvalidInput(f"knn: feats (N, D) and query (D,) or (Q, D) needed, got {feats.shape}, {q.shape}")
     n_avail = feats.shape[0] - (1 if exclude is not None else 0)
     if not 1 <= k <= n_avail:
-        raise ValueError(f"knn: k={k} but only {n_avail} candidate rows are available")
+        raise InvalidInput(f"knn: k={k} but only {n_avail} candidate rows are available")
     # Squared distances ||f||^2 - 2 f.q + ||q||^2 in float64, chunked over the rows of feats.
     d2 = np.empty((q2.shape[0], feats.shape[0]), dtype=np.float64)  # (Q, N)
     qq = (q2.astype(np.float64) ** 2).sum(1)[:, None]
@@ -145,9 +146,9 @@ def common_dims(neighbour_feats: np.ndarray, m: int, *, threshold: float = 0.0) 
     """
     nf = np.asarray(neighbour_feats, dtype=np.float32)
     if nf.ndim != 2:
-        raise ValueError(f"common_dims needs (k, D) neighbour features, got shape {nf.shape}")
+        raise InvalidInput(f"common_dims needs (k, D) neighbour features, got shape {nf.shape}")
     if not 1 <= m <= nf.shape[0]:
-        raise ValueError(f"common_dims: m={m} must be between 1 and the number of neighbours k={nf.shape[0]}")
+        raise InvalidInput(f"common_dims: m={m} must be between 1 and the number of neighbours k={nf.shape[0]}")
     counts = (np.abs(nf) > threshold).sum(axis=0)  # (D,)
     return np.flatnonzero(counts >= m).astype(np.int64)
 
@@ -165,16 +166,16 @@ def manipulate(
     out = np.array(h, dtype=np.float32, copy=True)
     dims = np.asarray(dims, dtype=np.int64)
     if dims.size and (dims.min() < 0 or dims.max() >= out.shape[-1]):
-        raise ValueError(f"manipulate: dimensions must be in [0, {out.shape[-1]}), got {dims.min()}..{dims.max()}")
+        raise InvalidInput(f"manipulate: dimensions must be in [0, {out.shape[-1]}), got {dims.min()}..{dims.max()}")
     if mode == "zero":
         out[..., dims] = 0.0
     elif mode == "replace":
         if target is None:
-            raise ValueError("manipulate mode 'replace' needs a target representation")
+            raise InvalidInput("manipulate mode 'replace' needs a target representation")
         t = np.asarray(target, dtype=np.float32)
         if t.shape[-1] != out.shape[-1]:
-            raise ValueError(f"manipulate: target has dim {t.shape[-1]}, h has {out.shape[-1]}")
+            raise InvalidInput(f"manipulate: target has dim {t.shape[-1]}, h has {out.shape[-1]}")
         out[..., dims] = t[..., dims]
     else:
-        raise ValueError(f"manipulate mode must be 'zero' or 'replace', got {mode!r}")
+        raise InvalidInput(f"manipulate mode must be 'zero' or 'replace', got {mode!r}")
     return out

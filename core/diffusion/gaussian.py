@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from rcdm.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from rcdm.diffusion.respace import respaced_betas, space_timesteps
+from rcdm.diffusion.spec import Steps
+from rcdm.errors import InvalidInput
 
 __all__ = [
     "GaussianDiffusion",
@@ -54,7 +56,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int = 1000) -> torch.Tenso
         return betas_for_alpha_bar(
             num_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
         )
-    raise ValueError(f"unknown beta schedule {name!r}: expected 'linear' or 'cosine'")
+    raise InvalidInput(f"unknown beta schedule {name!r}: expected 'linear' or 'cosine'")
 
 
 class GaussianDiffusion:
@@ -69,14 +71,14 @@ class GaussianDiffusion:
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if not (betas > 0).all() or not (betas <= 1).all():
-            raise ValueError("betas must lie in (0, 1]")
+            raise InvalidInput("betas must lie in (0, 1]")
         if fixed_variance not in ("large", "small"):
-            raise ValueError(f"fixed_variance={fixed_variance!r}: expected 'large' or 'small'")
+            raise InvalidInput(f"fixed_variance={fixed_variance!r}: expected 'large' or 'small'")
         self.num_timesteps = int(betas.shape[0])
         self.learn_sigma, self.fixed_variance = learn_sigma, fixed_variance
         self.timestep_map = None if timestep_map is None else list(timestep_map)
         if self.timestep_map is not None and len(self.timestep_map) != self.num_timesteps:
-            raise ValueError("timestep_map needs one original step per step")
+            raise InvalidInput("timestep_map needs one original step per step")
 
         # float64 schedule quantities (Ho et al. 2020, eqs. 4, 6, 7)
         alphas = 1.0 - betas
@@ -177,7 +179,7 @@ class GaussianDiffusion:
         c = xt.shape[1]
         if self.learn_sigma:
             if model_output.shape[1] != 2 * c:
-                raise ValueError(
+                raise InvalidInput(
                     f"learned sigma needs {2 * c} output channels, the model gave {model_output.shape[1]}"
                 )
             eps, v = model_output.split(c, dim=1)
@@ -324,10 +326,13 @@ def sample_timesteps(
     return t.to(device)
 
 
+DIFFUSION_STEPS = 1000  # the chain every RCDM / ADM model is trained on (recorded in model.json)
+
+
 def create_diffusion(
     schedule: str = "linear",
-    steps: int = 1000,
-    respacing: str | None = "",
+    steps: int = DIFFUSION_STEPS,
+    respacing: Steps | str | None = None,
     learn_sigma: bool = True,
 ) -> GaussianDiffusion:
     """The ``steps``-step diffusion of ``schedule``, respaced to ``respacing`` ("", "100", "ddim50",
@@ -354,7 +359,7 @@ def draw_noise(
     """
     if generators is None:
         if n is None:
-            raise ValueError("draw_noise needs generators or n")
+            raise InvalidInput("draw_noise needs generators or n")
         return torch.randn(n, *shape, device=device)
     rows = [torch.randn(*shape, generator=g, device=g.device) for g in generators]
     return torch.stack(rows).to(device)
@@ -379,9 +384,9 @@ def sample_loop(
     """
     n = noise.shape[0]
     if generators is not None and len(generators) != n:
-        raise ValueError(f"{len(generators)} generators for {n} samples: pass one per sample")
+        raise InvalidInput(f"{len(generators)} generators for {n} samples: pass one per sample")
     if cond is not None and cond.shape[0] != n:
-        raise ValueError(f"{cond.shape[0]} conditions for {n} noise images")
+        raise InvalidInput(f"{cond.shape[0]} conditions for {n} noise images")
     kwargs = {} if cond is None else {"cond": cond}
     x = noise.float()
     steps = list(range(diffusion.num_timesteps))[::-1]

@@ -16,13 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
+from rcdm.diffusion.spec import Steps
+from rcdm.errors import InvalidInput
 from rcdm.utils import seed_generator
 
 __all__ = [
     "check_guidance",
     "generate",
     "load_for_sampling",
-    "parse_steps",
+    "diffusion_for",
     "model_image_shape",
     "to_uint8",
 ]
@@ -40,7 +42,7 @@ def model_image_shape(model: torch.nn.Module) -> tuple[int, int, int]:
     # a DDP / accelerate wrapper keeps the UNet in .module
     cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
     if cfg is None:
-        raise ValueError("the model has no .cfg (UNetConfig); cannot tell the image size to sample")
+        raise InvalidInput("the model has no .cfg (UNetConfig); cannot tell the image size to sample")
     return int(getattr(cfg, "in_channels", 3)), int(cfg.image_size), int(cfg.image_size)
 
 
@@ -88,9 +90,9 @@ class _Guided(torch.nn.Module):
 def check_guidance(guidance: float, meta: dict, checkpoint: str | Path) -> None:
     """Guidance needs a model trained with the null condition (``train.cond_drop`` > 0)."""
     if guidance < 0:
-        raise ValueError(f"guidance must be >= 0 (1: no guidance), got {guidance}")
+        raise InvalidInput(f"guidance must be >= 0 (1: no guidance), got {guidance}")
     if guidance != 1.0 and not float(meta.get("cond_drop") or 0.0) > 0:
-        raise ValueError(
+        raise InvalidInput(
             f"guidance {guidance} needs a model trained with the null condition, but {checkpoint} was "
             "trained with train.cond_drop=0; sample with guidance 1, or train with "
             "--set train.cond_drop=0.1 (or more)"
@@ -107,7 +109,7 @@ def resolve_precision(mixed_precision: str, device: torch.device) -> torch.dtype
         return torch.float16
     if mixed_precision in ("no", "none", "fp32"):
         return None
-    raise ValueError(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
+    raise InvalidInput(f"mixed_precision must be 'auto', 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
 
 
 @torch.no_grad()
@@ -139,11 +141,11 @@ def generate(
     conds_t = conds_t.float()
     seeds = [int(s) for s in np.asarray(seeds).reshape(-1)]
     if conds_t.ndim != 2 or conds_t.shape[0] != len(seeds):
-        raise ValueError(
+        raise InvalidInput(
             f"generate needs conds (N, D) and N seeds, got conds {tuple(conds_t.shape)} and {len(seeds)} seeds"
         )
     if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        raise InvalidInput(f"batch_size must be at least 1, got {batch_size}")
     c, h, w = model_image_shape(model)
     n = len(seeds)
     out = np.empty((n, h, w, c), dtype=np.uint8)
@@ -178,28 +180,21 @@ def generate(
     return out
 
 
-def parse_steps(steps: str | int) -> tuple[str, bool]:
-    """A respacing spec -> (respacing string for ``create_diffusion``, whether it asks for DDIM).
+def diffusion_for(meta: dict, steps: Steps | str) -> Any:
+    """The respaced diffusion a model samples with: its schedule and its number of training
+    steps from its ``model.json`` (``meta["diffusion"]``), respaced to ``steps``."""
+    from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
 
-    "100" (ancestral on 100 evenly spaced steps, the paper's choice), "1000" (all), "ddim50"
-    (guided-diffusion's DDIM striding), or comma lists per section ("10,20,30").
-    """
-    text = str(steps).strip()
-    if not text:
-        raise ValueError('steps must be a respacing like "100", "1000" or "ddim50", got an empty string')
-    if text.startswith("ddim"):
-        if not text[4:].isdigit() or int(text[4:]) < 1:
-            raise ValueError(f'steps {text!r}: expected "ddimN" with N a positive integer, e.g. "ddim50"')
-        return text, True
-    parts = text.split(",")
-    if not all(p.strip().isdigit() and int(p) > 0 for p in parts):
-        raise ValueError(f'steps {text!r}: expected a positive integer ("100"), a comma list or "ddimN"')
-    return text, False
+    recorded = meta.get("diffusion") or {}
+    schedule = recorded.get("schedule") or (meta.get("unet") or {}).get("schedule") or "linear"
+    # weights with no meta at all: every RCDM / ADM model has a 1000-step chain
+    num = int(recorded.get("steps") or DIFFUSION_STEPS)
+    return create_diffusion(schedule, steps=num, respacing=Steps.parse(steps), learn_sigma=recorded.get("learn_sigma", True))
 
 
 def load_for_sampling(
     checkpoint: str | Path,
-    steps: str | int = "100",
+    steps: Steps | str = "100",
     *,
     ema: str = "auto",
     device: torch.device | str = "cpu",
@@ -208,18 +203,14 @@ def load_for_sampling(
 ) -> tuple[torch.nn.Module, Any, dict]:
     """Load (model, respaced diffusion, meta) from a run directory or weights file.
 
-    ``steps`` is the respacing spec (see :func:`parse_steps`); the schedule comes from the
-    checkpoint's UNet config. The model is put in eval mode on ``device``.
+    The schedule and the chain's length come from the checkpoint's meta (:func:`diffusion_for`).
+    The model is put in eval mode on ``device``.
     """
-    from rcdm.diffusion.gaussian import create_diffusion
     from rcdm.model.weights import load_model
 
-    respacing, _ = parse_steps(steps)
     model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)
     model = model.to(device).eval()
-    unet = meta.get("unet") or {}
-    schedule = unet.get("schedule") or getattr(getattr(model, "cfg", None), "schedule", "linear")
-    diffusion = create_diffusion(schedule, steps=1000, respacing=respacing)
+    diffusion = diffusion_for(meta, steps)
     if compile:
         model = torch.compile(model)  # attribute lookups (.cfg) pass through to the module
     return model, diffusion, meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
+from rcdm.errors import InvalidInput
 
 
 def mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -39,7 +40,7 @@ def discretized_gaussian_log_likelihood(
     eq. 13). ``log_scales`` is log(standard deviation).
     """
     if not x.shape == means.shape == log_scales.shape:
-        raise ValueError(
+        raise InvalidInput(
             f"shapes differ: x {x.shape}, means {means.shape}, log_scales {log_scales.shape}"
         )
     centered = x - means

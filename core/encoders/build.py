@@ -15,6 +15,7 @@ from rcdm.data.images import PREPROCESS, Preprocess, encoder_input, get_preproce
 from rcdm.encoders.heads import build_head
 from rcdm.encoders.readers import READERS, read_checkpoint, strict_load
 from rcdm.encoders.registry import EncoderSpec, get_spec
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import sha256_file
 from torch import nn
 
@@ -57,7 +58,7 @@ def build_trunk(arch: str) -> nn.Module:
         from rcdm.encoders.vit import VisionTransformer
 
         return VisionTransformer(224, 16, 64, 2, 2, 4.0)
-    raise ValueError(f"unknown encoder architecture {arch!r}")
+    raise InvalidInput(f"unknown encoder architecture {arch!r}")
 
 
 class Encoder(nn.Module):
@@ -114,13 +115,13 @@ def _resolve_weights(spec: EncoderSpec, weights: str | None, allow_download: boo
     if weights is not None:
         p = Path(weights).expanduser()
         if not p.is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"weights file {p} for encoder {spec.name} does not exist"
                 + (f"; the public weights are at {spec.url}" if spec.url else "")
             )
         return p
     if not allow_download or spec.url is None:
-        raise FileNotFoundError(
+        raise MissingInput(
             f"encoder {spec.name} needs a weights file: pass --weights FILE (extract.weights)"
             + (
                 f"; download it from {spec.url}, or let rcdm fetch it with --allow-download "
@@ -155,13 +156,13 @@ def load_encoder(
     """
     spec = get_spec(name)
     if layer not in spec.dims:
-        raise ValueError(
+        raise InvalidInput(
             f"encoder {spec.name} has no layer {layer!r}; its layers are {', '.join(spec.dims)}"
         )
     pp = get_preprocess(spec.preprocess if preprocess in (None, "default") else preprocess)
     if not spec.needs_weights:
         if weights is not None:
-            raise ValueError(f"{spec.name} is randomly initialised and takes no weights file")
+            raise InvalidInput(f"{spec.name} is randomly initialised and takes no weights file")
         # seeded init that leaves the global RNG untouched: same seed, same network
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -174,13 +175,13 @@ def load_encoder(
     try:
         mapped = READERS[spec.reader](ckpt, spec.head, layer == "head")  # type: ignore[index]
     except ValueError as e:
-        raise ValueError(f"{path}: {e} (expected the {spec.name} format)") from e
+        raise InvalidInput(f"{path}: {e} (expected the {spec.name} format)") from e
     trunk = _empty(lambda: build_trunk(spec.arch))
     strict_load(trunk, mapped.trunk, f"{path} ({mapped.layout}) trunk", mapped.unexpected)
     head = None
     if layer == "head":
         if not mapped.head:
-            raise ValueError(
+            raise InvalidInput(
                 f"{path} ({mapped.layout}) has no head weights for {spec.name}; the head needs "
                 f"the method's full checkpoint ({spec.url or 'see the registry'}), or use layer trunk"
             )
@@ -222,19 +223,19 @@ def encoder_from_info(
     else:
         path = weights or info.get("weights")
         if path is None or not Path(path).is_file():
-            raise FileNotFoundError(
+            raise MissingInput(
                 f"the weights of encoder {spec.name} (sha256 {info.get('weights_sha256')}) are "
                 f"not at {path}; pass the weights file explicitly"
             )
         expected = info.get("weights_sha256")
         if expected and sha256_file(path) != expected:
-            raise ValueError(
+            raise InvalidInput(
                 f"weights file {path} has a different sha256 than the one the store was made "
                 f"with ({expected}); pass the original weights file"
             )
         enc = load_encoder(spec, str(path), layer, preprocess=pp, trust_checkpoint=trust_checkpoint)
     if "dim" in info and int(info["dim"]) != enc.dim:
-        raise ValueError(f"encoder info says dim {info['dim']}, but {spec.name}/{layer} gives {enc.dim}")
+        raise InvalidInput(f"encoder info says dim {info['dim']}, but {spec.name}/{layer} gives {enc.dim}")
     return enc
 
 
@@ -265,7 +266,7 @@ def encode(
         device = param.device if param is not None else torch.device("cpu")
     if isinstance(images, np.ndarray):
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-            raise ValueError(f"encode expects uint8 (N, H, W, 3) pixels, got {images.dtype} {images.shape}")
+            raise InvalidInput(f"encode expects uint8 (N, H, W, 3) pixels, got {images.dtype} {images.shape}")
         images = [Image.fromarray(a) for a in images]
     out = []
     for start in range(0, len(images), batch_size):
@@ -278,5 +279,5 @@ def encode(
             f = encoder(x)
         out.append(f.float().cpu().numpy())
     if not out:
-        raise ValueError("encode: no images given")
+        raise InvalidInput("encode: no images given")
     return np.concatenate(out)

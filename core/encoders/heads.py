@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from rcdm.encoders.registry import HeadSpec
+from rcdm.errors import InvalidInput
 from torch import nn
 
 
@@ -23,7 +24,7 @@ class L2Norm(nn.Module):
 def build_head(spec: HeadSpec) -> nn.Sequential:
     biases = spec.bias if spec.bias is not None else (True,) * spec.n_linear
     if len(biases) != spec.n_linear:
-        raise ValueError(f"head spec {spec}: {len(biases)} bias flags for {spec.n_linear} layers")
+        raise InvalidInput(f"head spec {spec}: {len(biases)} bias flags for {spec.n_linear} layers")
     layers: list[nn.Module] = []
     for j in range(spec.n_linear):
         layers.append(nn.Linear(spec.dims[j], spec.dims[j + 1], bias=biases[j]))

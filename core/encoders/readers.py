@@ -32,6 +32,7 @@ from typing import Any
 
 import torch
 from rcdm.encoders.registry import HeadSpec
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import state_dict_diff
 from torch import nn
 
@@ -40,7 +41,7 @@ from torch import nn
 SAFE_GLOBALS = [argparse.Namespace]
 
 
-class UntrustedCheckpoint(ValueError):
+class UntrustedCheckpoint(InvalidInput):
     """The checkpoint needs full pickle loading, which can run code: refused unless trusted."""
 
 
@@ -72,14 +73,14 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file {path} does not exist")
+        raise MissingInput(f"checkpoint file {path} does not exist")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return dict(load_file(str(path), device="cpu"))
         except Exception as e:
-            raise ValueError(f"{path} is not a readable safetensors file ({e})") from e
+            raise InvalidInput(f"{path} is not a readable safetensors file ({e})") from e
     try:
         if trust_checkpoint:
             obj = torch.load(path, map_location="cpu", weights_only=False)
@@ -96,14 +97,14 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
                 + "), which can run arbitrary code. If you trust where the file comes from, pass "
                 "--trust-checkpoint (trust_checkpoint=True)"
             ) from e
-        raise ValueError(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})") from e
+        raise InvalidInput(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})") from e
     except (RuntimeError, EOFError, KeyError, OSError, ValueError, IndexError) as e:
-        raise ValueError(
+        raise InvalidInput(
             f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
             "download it again or check the path"
         ) from e
     if not isinstance(obj, dict):
-        raise ValueError(
+        raise InvalidInput(
             f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"
         )
     return obj
@@ -171,7 +172,7 @@ def strict_load(
     own = module.state_dict()
     not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
     if not_tensors:
-        raise ValueError(
+        raise InvalidInput(
             f"{what}: {len(not_tensors)} entries are not tensors: {_first(not_tensors)}; "
             "this is not a state dict of this encoder"
         )
@@ -189,7 +190,7 @@ def strict_load(
     if shapes:
         problems.append(f"{len(shapes)} mis-shaped key(s): " + "; ".join(shapes[:3]))
     if problems:
-        raise ValueError(
+        raise InvalidInput(
             f"{what} does not match the architecture: " + ". ".join(problems)
             + ". Check that the weights file belongs to this encoder (see `rcdm extract --list-encoders`)"
         )
@@ -221,7 +222,7 @@ def _top_keys(d: dict) -> str:
 def _vissl_model(ckpt: dict) -> dict:
     model = _dig(ckpt, "classy_state_dict", "base_model", "model")
     if model is None or "trunk" not in model:
-        raise ValueError(
+        raise InvalidInput(
             "not a VISSL checkpoint: expected classy_state_dict.base_model.model.trunk; "
             f"top-level keys are {_top_keys(ckpt)}"
         )
@@ -284,7 +285,7 @@ def read_dino(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
             unexpected += [k for k in head_part if not k.startswith(("head.mlp.", "head.last_layer."))]
         return Mapped(trunk, head_sd, unexpected, "DINO full checkpoint (teacher)")
     if "student" in ckpt:
-        raise ValueError("DINO checkpoint without a 'teacher' entry: RCDM uses the teacher weights")
+        raise InvalidInput("DINO checkpoint without a 'teacher' entry: RCDM uses the teacher weights")
     return Mapped(strip_prefix(ckpt), None, [], "DINO backbone-only file")
 
 

@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rcdm.errors import InvalidInput
+
 __all__ = ["HeadSpec", "EncoderSpec", "REGISTRY", "get_spec", "describe_registry"]
 
 
@@ -163,7 +165,7 @@ def get_spec(name: str | EncoderSpec) -> EncoderSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise ValueError(
+        raise InvalidInput(
             f"unknown encoder {name!r}; the known encoders are: {', '.join(REGISTRY)}"
         ) from None
 

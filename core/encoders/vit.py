@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from rcdm.errors import InvalidInput
 from torch import nn
 
 
@@ -98,7 +99,7 @@ class VisionTransformer(nn.Module):
         ``interpolate_pos_encoding``, timm's ``resample_abs_pos_embed``); the CLS one is kept."""
         p = self.patch_embed.patch_size
         if h % p or w % p:
-            raise ValueError(
+            raise InvalidInput(
                 f"this ViT cuts {p}x{p} patches, so its input sides must be multiples of {p}; got "
                 f"{h}x{w}: set extract.input_size to a multiple of {p} (the checkpoint's is {self.img_size})"
             )

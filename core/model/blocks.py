@@ -18,6 +18,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from rcdm.errors import InvalidInput
 from torch import nn
 
 GROUPS = 32
@@ -102,7 +103,7 @@ def normalization(channels: int, cbn_dim: int = 0) -> nn.Module:
 def _norm(layer: nn.Module, x: torch.Tensor, s: torch.Tensor | None) -> torch.Tensor:
     if isinstance(layer, CondGroupNorm):
         if s is None:
-            raise ValueError("a cbn-conditioned model needs a condition (cond=...)")
+            raise InvalidInput("a cbn-conditioned model needs a condition (cond=...)")
         return layer(x, s)
     return layer(x)
 
@@ -210,7 +211,7 @@ class AttentionBlock(nn.Module):
     def __init__(self, channels: int, num_heads: int, legacy: bool = True) -> None:
         super().__init__()
         if channels % num_heads:
-            raise ValueError(f"{channels} channels do not split into {num_heads} heads")
+            raise InvalidInput(f"{channels} channels do not split into {num_heads} heads")
         self.num_heads, self.legacy = num_heads, legacy
         self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)

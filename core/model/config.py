@@ -12,6 +12,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from rcdm.errors import InvalidInput
+
 CondMethod = Literal["embed", "cbn", "none"]
 COND_METHODS = ("embed", "cbn", "none")
 
@@ -49,33 +51,33 @@ class UNetConfig:
 
     def __post_init__(self) -> None:
         if self.cond not in COND_METHODS:
-            raise ValueError(f"cond={self.cond!r}: expected one of {COND_METHODS}")
+            raise InvalidInput(f"cond={self.cond!r}: expected one of {COND_METHODS}")
         if self.cond != "none" and self.cond_dim <= 0:
-            raise ValueError(f"cond={self.cond!r} needs cond_dim > 0, got {self.cond_dim}")
+            raise InvalidInput(f"cond={self.cond!r} needs cond_dim > 0, got {self.cond_dim}")
         if self.schedule not in ("linear", "cosine"):
-            raise ValueError(f"schedule={self.schedule!r}: expected 'linear' or 'cosine'")
+            raise InvalidInput(f"schedule={self.schedule!r}: expected 'linear' or 'cosine'")
         expect_out = self.in_channels * (2 if self.learn_sigma else 1)
         if self.out_channels != expect_out:
-            raise ValueError(
+            raise InvalidInput(
                 f"out_channels={self.out_channels} but learn_sigma={self.learn_sigma} with "
                 f"{self.in_channels} input channels needs {expect_out}"
             )
         levels = len(self.channel_mult)
         if self.image_size % (2 ** (levels - 1)) != 0:
-            raise ValueError(
+            raise InvalidInput(
                 f"image_size={self.image_size} is not divisible by 2**{levels - 1} "
                 f"(channel_mult has {levels} levels)"
             )
         for ch in self._attention_channels():
             heads = self.heads_for(ch)
             if heads <= 0 or ch % heads != 0:
-                raise ValueError(
+                raise InvalidInput(
                     f"attention with {ch} channels cannot be split into heads "
                     f"(num_heads={self.num_heads}, num_head_channels={self.num_head_channels})"
                 )
         for ch in {self.model_channels * m for m in self.channel_mult}:
             if ch % 32 != 0:
-                raise ValueError(f"{ch} channels is not a multiple of the 32 GroupNorm groups")
+                raise InvalidInput(f"{ch} channels is not a multiple of the 32 GroupNorm groups")
 
     @property
     def time_embed_dim(self) -> int:
@@ -111,7 +113,7 @@ class UNetConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
-            raise ValueError(f"unknown UNetConfig keys {unknown}; known: {sorted(names)}")
+            raise InvalidInput(f"unknown UNetConfig keys {unknown}; known: {sorted(names)}")
         kw = dict(d)
         for k in ("channel_mult", "attention_resolutions"):
             if k in kw:
@@ -166,12 +168,12 @@ PRESETS = tuple(_PRESETS)
 def preset(name: str, cond: str = "embed", cond_dim: int = 2048, **overrides: Any) -> UNetConfig:
     """The named architecture; ``overrides`` replace any UNetConfig field (e.g. image_size)."""
     if name not in _PRESETS:
-        raise ValueError(f"unknown UNet preset {name!r}; known: {', '.join(PRESETS)}")
+        raise InvalidInput(f"unknown UNet preset {name!r}; known: {', '.join(PRESETS)}")
     kw = dict(_PRESETS[name], cond=cond, cond_dim=0 if cond == "none" else cond_dim)
     names = {f.name for f in dataclasses.fields(UNetConfig)}
     bad = sorted(set(overrides) - names)
     if bad:
-        raise ValueError(f"unknown UNetConfig fields {bad}; known: {sorted(names)}")
+        raise InvalidInput(f"unknown UNetConfig fields {bad}; known: {sorted(names)}")
     kw.update({k: v for k, v in overrides.items() if v is not None})
     return UNetConfig(**kw)
 
@@ -190,7 +192,7 @@ def config_from_state_dict(
     warning), and ``overrides`` win over both.
     """
     if "input_blocks.0.0.weight" not in sd or "out.2.weight" not in sd:
-        raise ValueError(
+        raise InvalidInput(
             "not a guided-diffusion UNet state dict: keys 'input_blocks.0.0.weight' and "
             "'out.2.weight' are missing"
         )
@@ -216,7 +218,7 @@ def config_from_state_dict(
                 resblock_updown = False
     levels = n_up + 1
     if n_out % levels:
-        raise ValueError(f"cannot infer the levels: {n_out} output blocks, {n_up} up layers")
+        raise InvalidInput(f"cannot infer the levels: {n_out} output blocks, {n_up} up layers")
     nrb = n_out // levels - 1
     # Encoder: block 1 + l * (nrb + 1) is the first ResBlock of level l (ds = 2**l).
     mult, attn_ds = [], []
@@ -257,7 +259,7 @@ def config_from_state_dict(
         )
         known = dict(num_heads=4, dropout=0.0, schedule="linear")
         if image_size is None:
-            raise ValueError(
+            raise InvalidInput(
                 "cannot infer the image size of this architecture; pass image_size explicitly"
             )
     size = image_size or known["image_size"]

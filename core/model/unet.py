@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from rcdm.errors import InvalidInput
 from rcdm.model.blocks import (
     AttentionBlock,
     Downsample,
@@ -173,16 +174,16 @@ class UNetModel(nn.Module):
         emb = self.time_embed(timestep_embedding(t, cfg.model_channels).to(wdtype))  # (N, 4 mc)
         if cfg.num_classes:
             if y is None:
-                raise ValueError("this ADM model is class-conditional: pass labels y=(N,)")
+                raise InvalidInput("this ADM model is class-conditional: pass labels y=(N,)")
             emb = emb + self.label_emb(y)
         s = None
         if cfg.cond != "none":
             if cond is None:
-                raise ValueError(
+                raise InvalidInput(
                     f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})"
                 )
             if cond.shape[-1] != cfg.cond_dim:
-                raise ValueError(
+                raise InvalidInput(
                     f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}"
                 )
             if cfg.cond_norm == "standardize":

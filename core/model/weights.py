@@ -28,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from rcdm.diffusion.gaussian import DIFFUSION_STEPS
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, config_from_state_dict
 from rcdm.model.unet import UNetModel
 from rcdm.utils import atomic_write_json, read_json, state_dict_diff
@@ -59,7 +61,7 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta:
     try:
         meta_json = json.dumps(meta)
     except TypeError as e:
-        raise ValueError(f"checkpoint meta for {path} is not JSON-serialisable: {e}") from None
+        raise InvalidInput(f"checkpoint meta for {path} is not JSON-serialisable: {e}") from None
     tensors, storages = {}, set()
     for k, v in strip_prefixes(state_dict).items():
         v = v.detach().to("cpu").contiguous()
@@ -136,7 +138,7 @@ def load_state_dict_strict(
             if isinstance(arch, UNetConfig)
             else ""
         )
-        raise ValueError(f"{source} does not fit the model: " + "; ".join(problems) + "." + hint)
+        raise InvalidInput(f"{source} does not fit the model: " + "; ".join(problems) + "." + hint)
     model.load_state_dict(sd, strict=True, assign=assign)
     return model
 
@@ -153,16 +155,16 @@ def read_official(path: str | Path, trust_checkpoint: bool = False) -> dict[str,
     """The state dict of a guided-diffusion / RCDM ``.pt`` file, read without pickle."""
     path = Path(path)
     if path.stat().st_size == 0:
-        raise ValueError(f"{path} is empty: the download or copy did not finish")
+        raise InvalidInput(f"{path} is empty: the download or copy did not finish")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         if "Weights only load failed" not in str(e):
-            raise ValueError(
+            raise InvalidInput(
                 f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})"
             ) from None
         if not trust_checkpoint:
-            raise ValueError(
+            raise InvalidInput(
                 f"{path} holds pickled Python objects, not only tensors, and loading it would run "
                 "code from the file. Pass --trust-checkpoint (trust_checkpoint=True) only if you "
                 "trust its source."
@@ -170,9 +172,9 @@ def read_official(path: str | Path, trust_checkpoint: bool = False) -> dict[str,
         try:
             obj = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as e2:  # noqa: BLE001 - any failure here means an unreadable file
-            raise ValueError(f"{path} could not be read ({_first_line(e2)})") from None
+            raise InvalidInput(f"{path} could not be read ({_first_line(e2)})") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise ValueError(
+        raise InvalidInput(
             f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); download it again"
         ) from None
     sd = _unwrap(obj, path)
@@ -197,10 +199,10 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
                 and all(torch.is_tensor(v) for v in inner.values())
             ):
                 return dict(inner)
-        raise ValueError(
+        raise InvalidInput(
             f"{path} is not a model state dict (top-level keys: {_listing(sorted(map(str, obj)))})"
         )
-    raise ValueError(f"{path} holds a {type(obj).__name__}, not a model state dict")
+    raise InvalidInput(f"{path} holds a {type(obj).__name__}, not a model state dict")
 
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -216,7 +218,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
     except (SafetensorError, OSError) as e:
-        raise ValueError(
+        raise InvalidInput(
             f"{path} is truncated or not a safetensors file ({_first_line(e)})"
         ) from None
     meta: dict = {}
@@ -253,7 +255,7 @@ def _ema_file(folder: Path, ema: Any) -> Path:
         try:
             rate = float(ema)
         except (TypeError, ValueError):
-            raise ValueError(
+            raise InvalidInput(
                 f"ema={ema!r}: expected 'auto', 'no' or an EMA rate like 0.9999"
             ) from None
         for p in folder.glob("ema-*.safetensors"):
@@ -262,7 +264,7 @@ def _ema_file(folder: Path, ema: Any) -> Path:
                 return p
         if (folder / RUN_WEIGHTS).exists() and meta_rate(folder / RUN_WEIGHTS) == rate:
             return folder / RUN_WEIGHTS
-    raise FileNotFoundError(
+    raise MissingInput(
         f"no weights for ema={ema!r} in {folder} (it has: {', '.join(have) or 'no .safetensors files'}); "
         "pass a run directory written by rcdm train, a checkpoints/step-N folder, or a weights file"
     )
@@ -283,7 +285,7 @@ def meta_rate(weights: Path) -> float | None:
 def _official_meta(cfg: UNetConfig, path: Path) -> dict:
     meta: dict[str, Any] = {
         "unet": cfg.to_dict(),
-        "diffusion": {"schedule": cfg.schedule, "steps": 1000, "learn_sigma": cfg.learn_sigma},
+        "diffusion": {"schedule": cfg.schedule, "steps": DIFFUSION_STEPS, "learn_sigma": cfg.learn_sigma},
         "encoder": None,  # official checkpoints do not record it
         "store_manifest_sha256": None,
         "ema_rate": None,
@@ -336,7 +338,7 @@ def load_model(
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
+        raise MissingInput(
             f"checkpoint {path} does not exist: pass a run directory, a .safetensors file or an "
             "official RCDM / ADM .pt file"
         )
@@ -353,9 +355,9 @@ def load_model(
         try:
             cfg = config_from_state_dict(sd, image_size=image_size)
         except KeyError as e:
-            raise ValueError(f"{path}: cannot infer the architecture, key {e} is missing") from None
+            raise InvalidInput(f"{path}: cannot infer the architecture, key {e} is missing") from None
         except ValueError as e:
-            raise ValueError(f"{path}: {e} (load_model(..., image_size=N))") from None
+            raise InvalidInput(f"{path}: {e} (load_model(..., image_size=N))") from None
         return build_model(cfg, sd, str(path), device), _official_meta(cfg, path)
 
     if meta.get("unet"):

@@ -22,6 +22,7 @@ import re
 import tarfile
 from pathlib import Path
 
+from rcdm.errors import InvalidInput
 from rcdm.utils import tool_version
 
 __all__ = [
@@ -53,7 +54,7 @@ FEAT, CLS, JPG = "feat.npy", "cls", "jpg"
 
 def shard_name(index: int, fmt: str = "h5") -> str:
     if fmt not in FORMATS:
-        raise ValueError(f"store format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
+        raise InvalidInput(f"store format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
     return f"shard-{index:05d}.{_EXT[fmt]}"
 
 
@@ -79,7 +80,7 @@ def index_tar(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
                 continue
             parsed = parse_member(ti.name)
             if parsed is None:
-                raise ValueError(f"{path}: unexpected member {ti.name!r} (not feat.npy, cls or jpg)")
+                raise InvalidInput(f"{path}: unexpected member {ti.name!r} (not feat.npy, cls or jpg)")
             key, suffix = parsed
             if not samples or samples[-1][0] != key:
                 samples.append((key, {}))

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.store.read import FeatureStore
 
 __all__ = ["StoreImages"]
@@ -32,7 +33,7 @@ class StoreImages:
             from rcdm.data.images import open_source
 
             if not self.root or not Path(self.root).exists():
-                raise FileNotFoundError(
+                raise MissingInput(
                     f"the images of store {self.store.path} were read from {self.root!r}, which does "
                     f"not exist; {self.hint}"
                 )
@@ -48,7 +49,7 @@ class StoreImages:
             except (KeyError, ValueError):
                 missing.append(key)
         if missing:
-            raise ValueError(
+            raise InvalidInput(
                 f"{len(missing)} key(s) of store {self.store.path} are not in the image source "
                 f"{self.root}, e.g. {missing[:3]}; {self.hint}"
             )

@@ -10,13 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rcdm.errors import InvalidInput, MissingInput
 from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, JPG, MANIFEST, index_tar, read_at
 from rcdm.utils import read_json, sha256_file
 
 __all__ = ["FeatureStore", "UnknownKey"]
 
 
-class UnknownKey(KeyError, ValueError):
+class UnknownKey(KeyError, InvalidInput):
     """A key that is not in the store (a KeyError for dict-like use, a ValueError for the CLI)."""
 
     def __str__(self) -> str:  # KeyError would print the repr of the message
@@ -31,7 +32,7 @@ class FeatureStore:
         mpath = self.path / MANIFEST
         if not mpath.is_file():
             if not self.path.exists():
-                raise FileNotFoundError(f"feature store {self.path} does not exist; check the path or run `rcdm extract`")
+                raise MissingInput(f"feature store {self.path} does not exist; check the path or run `rcdm extract`")
             from rcdm.store.write import completed_shards
 
             n_done = len(completed_shards(self.path))
@@ -41,13 +42,13 @@ class FeatureStore:
                 if n_done
                 else "it has no manifest.json; is it a feature store made by `rcdm extract`?"
             )
-            raise FileNotFoundError(f"feature store {self.path}: {hint}")
+            raise MissingInput(f"feature store {self.path}: {hint}")
         try:
             self.manifest: dict = read_json(mpath)
         except json.JSONDecodeError as e:
-            raise ValueError(f"{mpath} is not valid JSON ({e}); re-run `rcdm extract --overwrite`") from e
+            raise InvalidInput(f"{mpath} is not valid JSON ({e}); re-run `rcdm extract --overwrite`") from e
         if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise InvalidInput(
                 f"{mpath}: format_version {self.manifest.get('format_version')!r} is not supported "
                 f"(this rcdm reads version {FORMAT_VERSION}); re-extract the store"
             )
@@ -213,7 +214,7 @@ class FeatureStore:
     def features(self, view: int | None = 0) -> np.ndarray:
         """All rows: (N, D) float32 for one view, or (N, V, D) for ``view=None``."""
         if view is not None and not 0 <= view < len(self.views):
-            raise ValueError(f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}")
+            raise InvalidInput(f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}")
         parts = []
         if self.format == "h5":
             for s in range(len(self._files)):
@@ -235,7 +236,7 @@ class FeatureStore:
     def image_bytes(self, i: int) -> bytes:
         """The source image stored with row ``i`` (webdataset stores made with images)."""
         if not self.has_images:
-            raise ValueError(
+            raise InvalidInput(
                 f"store {self.path} holds no image bytes; re-extract with --format wds --include-images, "
                 "or read the images from the source it names"
             )
@@ -255,12 +256,12 @@ class FeatureStore:
             if isinstance(theirs, str):
                 theirs = {"name": theirs}
             if theirs.get("name") != mine.get("name"):
-                raise ValueError(
+                raise InvalidInput(
                     f"store {self.path} was made with encoder {mine.get('name')!r}, not {theirs.get('name')!r}"
                 )
             a, b = mine.get("weights_sha256"), theirs.get("weights_sha256")
             if a and b and a != b:
-                raise ValueError(
+                raise InvalidInput(
                     f"store {self.path} was made with {mine.get('name')} weights sha256 {a[:12]}..., "
                     f"but these weights have sha256 {b[:12]}..."
                 )
@@ -269,6 +270,6 @@ class FeatureStore:
             if dim is None and theirs.get("dim") is not None:
                 dim = theirs["dim"]
         if layer is not None and layer != self.layer:
-            raise ValueError(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
+            raise InvalidInput(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
         if dim is not None and int(dim) != self.dim:
-            raise ValueError(f"store {self.path} has {self.dim}-d features, not {dim}-d")
+            raise InvalidInput(f"store {self.path} has {self.dim}-d features, not {dim}-d")

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from rcdm.errors import InvalidInput
 from rcdm.store.format import (
     CLS,
     FEAT,
@@ -54,17 +55,17 @@ def write_shard(
     store_dir.mkdir(parents=True, exist_ok=True)
     feats = np.asarray(feats)
     if feats.ndim != 3:
-        raise ValueError(f"shard features must be (n, V, D), got shape {feats.shape}")
+        raise InvalidInput(f"shard features must be (n, V, D), got shape {feats.shape}")
     n = feats.shape[0]
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(keys) != n or len(labels) != n:
-        raise ValueError(f"shard {shard_index}: {n} feature rows but {len(keys)} keys and {len(labels)} labels")
+        raise InvalidInput(f"shard {shard_index}: {n} feature rows but {len(keys)} keys and {len(labels)} labels")
     if images is not None and len(images) != n:
-        raise ValueError(f"shard {shard_index}: {n} feature rows but {len(images)} images")
+        raise InvalidInput(f"shard {shard_index}: {n} feature rows but {len(images)} images")
     if images is not None and fmt != "wds":
-        raise ValueError("image bytes can only be stored in webdataset shards; use --format wds")
+        raise InvalidInput("image bytes can only be stored in webdataset shards; use --format wds")
     if dtype not in ("float16", "float32"):
-        raise ValueError(f"store dtype {dtype!r} is not supported; use float16 or float32")
+        raise InvalidInput(f"store dtype {dtype!r} is not supported; use float16 or float32")
     feats = feats.astype(dtype, copy=False)
 
     name = shard_name(shard_index, fmt)

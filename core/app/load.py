@@ -1,0 +1,288 @@
+"""Loading the config: layers of values, each type-checked and remembered with its origin.
+
+Layers, the later winning:
+
+1. the built-in defaults (the paper's recipe, :mod:`rcdm.app.config`);
+2. a profile shipped with the package (``--profile demo``), or else ``./pipeline.yaml`` when it
+   exists and no ``--config`` is given (a profile never picks up the current folder's file, so
+   the demo runs the same from any directory);
+3. ``--config FILE``;
+4. the command's own options (``--lr 1e-3``), typed by click;
+5. ``--set section.key=value``.
+
+Loading is strict: an unknown section or key, or a value of the wrong type, is a
+:class:`ConfigError` naming it. Paths left ``null`` are derived from ``data.workdir`` by
+:func:`resolve`, so the config written next to every output is explicit.
+"""
+
+from __future__ import annotations
+
+import difflib
+import types
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import replace
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+
+import yaml
+from rcdm.app.config import (
+    SECTIONS,
+    ConfigError,
+    PipelineConfig,
+    Section,
+    section_fields,
+    type_name,
+)
+from rcdm.diffusion.spec import Steps
+from rcdm.errors import InvalidInput
+
+__all__ = [
+    "PROFILES",
+    "apply_mapping",
+    "apply_overrides",
+    "load_config",
+    "profile_path",
+    "resolve",
+    "set_value",
+]
+
+PROFILES = ("demo",)  # app/profiles/<name>.yaml
+
+
+# --------------------------------------------------------------------------------------------
+# Typed conversion
+# --------------------------------------------------------------------------------------------
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Convert a YAML / command-line value to ``tp``, or raise ConfigError naming ``where``."""
+    origin = get_origin(tp)
+    if tp is Steps:
+        try:
+            return Steps.parse(value)
+        except InvalidInput as e:
+            raise ConfigError(f"{where}: {e}") from None
+    if origin in (Union, types.UnionType):
+        args = get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        if isinstance(value, str) and value.lower() in ("null", "none", "~") and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
+    if origin is Literal:
+        allowed = get_args(tp)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare no/off/false as False: map it back to the one allowed word.
+            words = {"no", "off", "false"} if not value else {"yes", "on", "true"}
+            match = [a for a in allowed if isinstance(a, str) and a.lower() in words]
+            if len(match) == 1:
+                return match[0]
+        if value in allowed:
+            return value
+        raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
+    if origin is tuple:
+        (item,) = get_args(tp)[:1]
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
+            return True
+        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
+            return False
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
+        raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
+    raise AssertionError(f"{where}: unsupported config type {tp!r}")
+
+
+def _unknown_key(section: str, key: str, known: Iterable[str]) -> ConfigError:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return ConfigError(
+        f"unknown key '{key}' in section '{section}'"
+        + (f"; did you mean '{close[0]}'?" if close else "")
+        + f" Known keys: {', '.join(sorted(known))}"
+    )
+
+
+def _check_section(section: str) -> type:
+    if section not in SECTIONS:
+        raise ConfigError(f"unknown section '{section}'; the sections are {', '.join(SECTIONS)}")
+    return SECTIONS[section]
+
+
+def set_value(cfg: PipelineConfig, section: str, key: str, value: Any, origin: str = "") -> PipelineConfig:
+    """``cfg`` with ``section.key`` set to ``value`` (type-checked), remembering ``origin``."""
+    cls = _check_section(section)
+    hints = get_type_hints(cls)
+    known = {f.name for f in section_fields(cls)}
+    if key not in known:
+        raise _unknown_key(section, key, known)
+    old: Section = getattr(cfg, section)
+    where = {**old.origin, key: origin} if origin else dict(old.origin)
+    sec = replace(old, **{key: _coerce(value, hints[key], f"{section}.{key}")}, origin=where)
+    return replace(cfg, **{section: sec})
+
+
+def apply_mapping(cfg: PipelineConfig, raw: Any, origin: str) -> PipelineConfig:
+    """Apply a parsed YAML document ``{section: {key: value}}`` as one layer."""
+    if raw is None:
+        return cfg
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: the config must be a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        _check_section(section)
+        if values is None:
+            continue
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{origin}: section '{section}' must be a mapping of keys to values, got {values!r}")
+        for key, value in values.items():
+            cfg = set_value(cfg, section, key, value, origin)
+    return cfg
+
+
+def apply_overrides(cfg: PipelineConfig, overrides: Sequence[str]) -> PipelineConfig:
+    """Apply ``--set section.key=value`` strings (values parsed as YAML scalars / lists)."""
+    for item in overrides:
+        dotted, sep, value_text = item.partition("=")
+        if not sep or "." not in dotted:
+            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. train.kimg=10")
+        section, key = dotted.strip().split(".", 1)
+        try:
+            value = yaml.safe_load(value_text) if value_text.strip() else ""
+        except yaml.YAMLError:
+            value = value_text
+        if isinstance(value, bool) and _wants_text(section, key):
+            value = value_text.strip()  # --set sample.ema=no means the word, not a boolean
+        cfg = set_value(cfg, section, key, value, f"--set {dotted.strip()}")
+    return cfg
+
+
+def _wants_text(section: str, key: str) -> bool:
+    """True for fields typed str / str | None (not bool, not Literal)."""
+    tp = get_type_hints(SECTIONS[section]).get(key) if section in SECTIONS else None
+    if tp is str:
+        return True
+    return get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and bool not in get_args(tp)
+
+
+# --------------------------------------------------------------------------------------------
+# Files and profiles
+# --------------------------------------------------------------------------------------------
+
+
+def _read_yaml(path: Path, what: str) -> Any:
+    try:
+        return yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{what} {path} is not valid YAML: {e}") from e
+
+
+def profile_path(name: str) -> Path:
+    """The YAML file of a profile shipped inside the package."""
+    if name not in PROFILES:
+        raise ConfigError(f"unknown profile {name!r}; the profiles are {', '.join(PROFILES)}")
+    return Path(str(resources.files("rcdm.app") / "profiles" / f"{name}.yaml"))
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] = (),
+    *,
+    profile: str | None = None,
+    options: Mapping[str, tuple[Any, str]] | None = None,
+) -> PipelineConfig:
+    """The config from its layers (see the module docstring).
+
+    ``options`` maps ``"section.key"`` to ``(value, "--flag")`` for the command's own options.
+    """
+    cfg = PipelineConfig()
+    if profile is not None:
+        cfg = apply_mapping(cfg, _read_yaml(profile_path(profile), "profile"), f"profile {profile}")
+    if path is None and profile is None and Path("pipeline.yaml").is_file():
+        path = "pipeline.yaml"
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist; pass --config with an existing file")
+        cfg = apply_mapping(cfg, _read_yaml(p, "config file"), f"file {p}")
+    for dotted, (value, flag) in (options or {}).items():
+        section, key = dotted.split(".", 1)
+        cfg = set_value(cfg, section, key, value, f"option {flag}")
+    return apply_overrides(cfg, overrides)
+
+
+# --------------------------------------------------------------------------------------------
+# Derived paths
+# --------------------------------------------------------------------------------------------
+
+
+def _fill(sec: Section, **derived: Any) -> Section:
+    """Set the fields of ``sec`` that are unset (None or empty) to ``derived``, noting the origin."""
+    changes, where = {}, dict(sec.origin)
+    for key, (value, why) in derived.items():
+        if getattr(sec, key) in (None, ()) and value not in (None, ()):
+            changes[key], where[key] = value, why
+    return replace(sec, **changes, origin=where) if changes else sec
+
+
+def resolve(cfg: PipelineConfig) -> PipelineConfig:
+    """Fill every ``null`` path from ``data.workdir`` (and data.train / data.val)."""
+    w = Path(cfg.data.workdir)
+    stores, run = w / "stores", str(w / "run")
+    from_w = "derived from data.workdir"
+    train_store, val_store = (str(stores / "train"), from_w), (str(stores / "val"), from_w)
+    ex = _fill(cfg.extract, source=(cfg.data.train, "derived from data.train"), out=train_store)
+    tr = _fill(cfg.train, store=train_store, out=(run, from_w))
+    sa = _fill(cfg.sample, checkpoint=(run, from_w), out=(str(w / "samples"), from_w), store=val_store)
+    ev = _fill(
+        cfg.evaluate,
+        samples=(str(w / "samples"), from_w),
+        reference=val_store,
+        out=(str(w / "eval"), from_w),
+        reference_images=(cfg.data.val, "derived from data.val"),
+    )
+    an = _fill(
+        cfg.analyze,
+        checkpoints=((run,), from_w),
+        train_store=train_store,
+        val_store=val_store,
+        out=(str(w / "analysis"), from_w),
+        evaluations=((str(w / "eval"),), from_w),
+    )
+    return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an)

@@ -1,0 +1,125 @@
+"""The typed sampling spec: which timesteps to keep, DDIM or ancestral, eta, guidance.
+
+Parsed once, when the config is loaded (``sample.steps``, ``analyze.steps``, ``train.grid_steps``
+are :class:`Steps`); everything downstream takes these objects, never the strings. Pure Python,
+no torch: the command line and ``--dry-run`` use it.
+
+Respacing follows guided-diffusion's ``space_timesteps`` exactly (Nichol & Dhariwal 2021):
+
+- ``"100"``: 100 steps spread over the whole chain;
+- ``"10,15,20"``: the chain cut into equal sections, that many steps from each;
+- ``"ddim50"``: one constant integer stride giving exactly 50 steps (the DDIM paper's striding),
+  sampled with the DDIM update.
+
+The number of steps of the chain itself (1000 for every RCDM / ADM model) is not part of the
+spec: it comes from the model's ``model.json``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rcdm.errors import InvalidInput
+
+__all__ = ["Steps", "Sampler"]
+
+_FORMS = '"100" (steps spread over the chain), "10,15,20" (steps per section) or "ddim50"'
+
+
+@dataclass(frozen=True)
+class Steps:
+    """A respacing of the diffusion chain: steps per section, or one DDIM stride."""
+
+    counts: tuple[int, ...]  # steps kept from each equal section of the chain
+    ddim_stride: bool = False  # "ddimN": one section, a constant integer stride (implies DDIM)
+
+    @classmethod
+    def parse(cls, spec: str | int | Steps) -> Steps:
+        """``"100"``, ``100``, ``"10,15,20"`` or ``"ddim50"``; anything else is an InvalidInput."""
+        if isinstance(spec, Steps):
+            return spec
+        if isinstance(spec, bool) or not isinstance(spec, (str, int)):
+            raise InvalidInput(f"steps must be {_FORMS}, got {spec!r}")
+        text = str(spec).strip()
+        if text.startswith("ddim"):
+            n = text[len("ddim") :]
+            if not n.isdigit() or int(n) < 1:
+                raise InvalidInput(f'steps {text!r}: expected "ddimN" with N a positive integer, e.g. "ddim50"')
+            return cls((int(n),), ddim_stride=True)
+        parts = [p.strip() for p in text.split(",")]
+        if not text or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise InvalidInput(f"steps {text!r}: expected {_FORMS}")
+        return cls(tuple(int(p) for p in parts))
+
+    def __str__(self) -> str:
+        if self.ddim_stride:
+            return f"ddim{self.counts[0]}"
+        return ",".join(str(c) for c in self.counts)
+
+    @property
+    def total(self) -> int:
+        """How many network evaluations one sample takes."""
+        return sum(self.counts)
+
+    def timesteps(self, num_timesteps: int) -> list[int]:
+        """The kept steps of a ``num_timesteps`` chain, ascending (guided-diffusion's rule)."""
+        if self.ddim_stride:
+            (want,) = self.counts
+            for stride in range(1, num_timesteps):
+                kept = range(0, num_timesteps, stride)
+                if len(kept) == want:
+                    return list(kept)
+            raise InvalidInput(
+                f"cannot take exactly {want} of {num_timesteps} steps with a constant stride "
+                f"(steps {str(self)!r}); use a plain count like '{want}' instead"
+            )
+        size_per, extra = divmod(num_timesteps, len(self.counts))
+        start, kept = 0, []
+        for i, count in enumerate(self.counts):
+            size = size_per + (1 if i < extra else 0)
+            if size < count:
+                raise InvalidInput(
+                    f"steps {str(self)!r}: cannot take {count} steps from a section of {size} "
+                    f"(of {num_timesteps} steps in all)"
+                )
+            # The position is accumulated in floating point, as the reference does: computing
+            # j * stride instead rounds differently at exact halves (e.g. "21" keeps 499, not 500).
+            stride = 1.0 if count <= 1 else (size - 1) / (count - 1)
+            pos = 0.0
+            for _ in range(count):
+                kept.append(start + round(pos))
+                pos += stride
+            start += size
+        return sorted(set(kept))
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """How to draw samples: the respacing, the update rule, and classifier-free guidance."""
+
+    steps: Steps
+    ddim: bool = False  # DDIM update (always for "ddimN" steps)
+    eta: float = 0.0  # DDIM noise (0: deterministic)
+    guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler)
+
+    def __post_init__(self) -> None:
+        if self.steps.ddim_stride and not self.ddim:
+            object.__setattr__(self, "ddim", True)
+        if self.eta < 0:
+            raise InvalidInput(f"eta must be >= 0 (0: deterministic DDIM), got {self.eta}")
+        if self.guidance < 0:
+            raise InvalidInput(f"guidance must be >= 0 (1: no guidance), got {self.guidance}")
+
+    @property
+    def name(self) -> str:
+        """``"ddim"`` or ``"ancestral"``."""
+        return "ddim" if self.ddim else "ancestral"
+
+    @property
+    def guided(self) -> bool:
+        return self.guidance != 1.0
+
+    def label(self) -> str:
+        """What every table and caption names: ``"ancestral, 100 steps"``, ``"ddim50, guidance 5"``."""
+        text = f"{self.name}, {self.steps.total} steps" if not self.steps.ddim_stride else str(self.steps)
+        return text + (f", guidance {self.guidance:g}" if self.guided else "")
