@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from rcdm.app.config import ExtractConfig, save_resolved, to_dict
 from rcdm.data.preprocess import Preprocess, effective_preprocess
+from rcdm.encoders.registry import get_spec
 from rcdm.errors import InvalidInput, UserError
 from rcdm.extract import prepare
 from rcdm.extract.dataset import (
@@ -65,9 +66,7 @@ def _open_source(cfg: ExtractConfig):
 
 def _check_config(cfg: ExtractConfig) -> None:
     if not cfg.encoder:
-        raise InvalidInput(
-            "extract.encoder is not set; pass --encoder NAME (`rcdm extract --list-encoders` lists them)"
-        )
+        get_spec(cfg.encoder)  # the error says how to name one
     if not cfg.source:
         raise InvalidInput("extract.source is not set; pass --source with an image folder, list or tars")
     if not cfg.out:
@@ -81,10 +80,10 @@ def _check_config(cfg: ExtractConfig) -> None:
         raise InvalidInput("extract.include_images needs the webdataset format; add --format wds")
 
 
-def _preprocess(cfg: ExtractConfig) -> Preprocess:
+def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
     """The encoder's preprocessing ("default": its own), with ``input_size`` applied if set."""
-    from rcdm.encoders.registry import get_spec
-
+    if cfg.input_size is None:
+        return cfg.preprocess  # the encoder resolves "default" to its own
     return effective_preprocess(get_spec(cfg.encoder).preprocess, cfg.preprocess, cfg.input_size)
 
 

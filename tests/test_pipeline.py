@@ -1,17 +1,15 @@
-"""End to end: `rcdm run` on a reduced demo setting, every output checked, then re-run skips."""
+"""End to end: `rcdm demo` (the shipped demo profile) on reduced settings, every output
+checked, then a re-run skips."""
 
 from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
 from rcdm.app.cli import cli
-
-PIPELINE = Path(__file__).resolve().parents[1] / "pipeline.yaml"  # the demo's own config
 
 REDUCED = [
     "data.demo_size=32", "data.demo_train_per_photo=3", "data.demo_val_per_photo=2",
@@ -28,8 +26,8 @@ REDUCED = [
 def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no Inception weights here
-    sets = ["--config", str(PIPELINE)] + [a for s in REDUCED for a in ("--set", s)]
-    r = CliRunner().invoke(cli, ["run", *sets], catch_exceptions=False)
+    sets = [a for s in REDUCED for a in ("--set", s)]
+    r = CliRunner().invoke(cli, ["demo", *sets], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     report = tmp_path / "runs/demo/analysis/report.html"
     assert f"open the report: {report.relative_to(tmp_path)}" in r.output
@@ -73,7 +71,7 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     assert (w / "analysis/manifest.json").exists()
 
     # a second run skips every finished stage
-    r = CliRunner().invoke(cli, ["run", *sets], catch_exceptions=False)
+    r = CliRunner().invoke(cli, ["run", "--profile", "demo", *sets], catch_exceptions=False)
     assert r.exit_code == 0, r.output
     assert r.output.count("finished earlier, skipping") == 6
     assert f"open the report: {report.relative_to(tmp_path)}" in r.output

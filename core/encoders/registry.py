@@ -159,9 +159,13 @@ _SPECS = [
 REGISTRY: dict[str, EncoderSpec] = {s.name: s for s in _SPECS}
 
 
-def get_spec(name: str | EncoderSpec) -> EncoderSpec:
+def get_spec(name: str | EncoderSpec | None) -> EncoderSpec:
     if isinstance(name, EncoderSpec):
         return name
+    if not name:
+        raise InvalidInput(
+            "extract.encoder is not set; pass --encoder NAME (`rcdm extract --list-encoders` lists them)"
+        )
     try:
         return REGISTRY[name]
     except KeyError:
