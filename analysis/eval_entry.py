@@ -13,6 +13,7 @@ from pathlib import Path
 
 from rcdm.analysis.report import Entry, Figure, Table
 from rcdm.analysis.tables import flat_row, table_1a
+from rcdm.run.sampleset import INDEX, grid_files
 
 __all__ = ["evaluation_entry", "verdict"]
 
@@ -72,7 +73,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
         columns, rows = table_1a([flat_row(m)])
         entry.tables.append(Table(title="Image quality (Table 1a)", columns=columns, rows=rows))
     samples = Path((m.get("samples") or {}).get("path", ""))
-    for grid in sorted(samples.glob("grid-*.png"))[:2]:
+    for grid in grid_files(samples)[:2]:
         dest = folder / grid.name
         shutil.copyfile(grid, dest)
         entry.figures.append(Figure(
@@ -81,7 +82,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
             caption=(f"First column: conditioning image; then samples from its {m.get('encoder')} "
                      f"{m.get('layer')} representation ({m.get('sampler')}, {m.get('steps')} steps, "
                      f"checkpoint {(m.get('samples') or {}).get('checkpoint')}, seeds in "
-                     f"{samples / 'index.jsonl'})."),
+                     f"{samples / INDEX})."),
         ))  # fmt: skip
     return entry
 

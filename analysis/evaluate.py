@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 from rcdm.analysis import fid as fidmod
 from rcdm.analysis import metrics
-from rcdm.analysis.sample_set import SampleSet, read_samples
 from rcdm.analysis.tables import table, write_metrics_files
 from rcdm.app.config import EvaluateConfig, save_resolved
 from rcdm.errors import InvalidInput
+from rcdm.run.sampleset import SampleSet, read_samples
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
 
 __all__ = ["evaluate", "table", "match_conditions"]

@@ -71,19 +71,6 @@ def now_iso() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
 
 
-def state_dict_diff(own: Any, sd: Any) -> tuple[list[str], list[str], list[tuple[str, tuple, tuple]]]:
-    """Keys of the model's state dict ``own`` missing from ``sd``, keys of ``sd`` the model does
-    not have, and ``(key, shape in sd, shape in own)`` for keys whose shapes differ."""
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    misshaped = [
-        (k, tuple(sd[k].shape), tuple(own[k].shape))
-        for k in own
-        if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)
-    ]
-    return missing, unexpected, misshaped
-
-
 def tool_version() -> str:
     """rcdm's installed version, recorded in every manifest ("unknown" in a bare checkout)."""
     try:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Literal
 
 from rcdm.errors import InvalidInput, OutputExists
+from rcdm.store.format import MANIFEST
 from rcdm.utils import atomic_write_json, read_json
 
 HEADER = "extract.json"
@@ -61,8 +62,8 @@ def _describe(h: dict) -> str:
 def _existing_header(out: Path) -> dict | None:
     if (out / HEADER).is_file():
         return read_json(out / HEADER)
-    if (out / "manifest.json").is_file():  # a store made without a header (e.g. by hand): rebuild one
-        m = read_json(out / "manifest.json")
+    if (out / MANIFEST).is_file():  # a store made without a header (e.g. by hand): rebuild one
+        m = read_json(out / MANIFEST)
         cfg = m.get("extract_config", {})
         enc = m.get("encoder", {})
         return {
@@ -111,7 +112,7 @@ def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
                 "pass --overwrite to replace it, or choose another --out"
             )
         return "start", True
-    if (out / "manifest.json").is_file():
+    if (out / MANIFEST).is_file():
         return "finished", False
     return "resume", False
 

@@ -19,6 +19,7 @@ from rcdm.app.config import SampleConfig
 from rcdm.data.images import IMAGE_EXTS, UnreadableImage, decode_image
 from rcdm.diffusion import conditions as C
 from rcdm.errors import InvalidInput, MissingInput
+from rcdm.run.sampleset import IndexRow
 
 _EXTS = {e.lower() for e in IMAGE_EXTS}
 
@@ -34,7 +35,7 @@ class Condition:
     label: int = -1
     store_index: int | None = None  # row of the conditions' store, when the condition is one
     image: Callable[[], Any] | None = None  # loads the PIL image for the grid (None: a text tile)
-    extra: dict = field(default_factory=dict)  # written to index.jsonl (alpha, dims, ...)
+    extra: dict = field(default_factory=dict)  # written to the index rows (alpha, dims, ...)
 
     def load_image(self) -> Any:
         """The conditioning image (PIL) or None; loaded only when a grid shows it, so 10,000
@@ -51,6 +52,19 @@ class ConditionSet:
     @property
     def vectors(self) -> np.ndarray:
         return np.stack([c.vector for c in self.conditions]).astype(np.float32)  # (C, D)
+
+    def index_rows(self, cond_index: np.ndarray, seeds: np.ndarray, k: int) -> list[IndexRow]:
+        """The sample set's index rows: sample s is the (s % k)-th of condition cond_index[s], drawn
+        with seeds[s]."""
+        rows = []
+        for s, (c, seed) in enumerate(zip(cond_index.tolist(), seeds.tolist(), strict=True)):
+            cond = self.conditions[c]
+            rows.append(IndexRow(
+                sample=s, condition=c, key=cond.key, kind=cond.kind, seed=int(seed),
+                description=cond.description, label=int(cond.label), store_index=cond.store_index,
+                sample_of_condition=s % k, extra=cond.extra,
+            ))  # fmt: skip
+        return rows
 
 
 # ----------------------------------------------------------------------------------- images

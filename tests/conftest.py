@@ -15,3 +15,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+# The sampling tests' module-scoped fixtures (a tiny RCDM, its checkpoint, a store with images).
+from tests.sample_setup import ckpt, model, store_dir  # noqa: E402, F401

@@ -1,5 +1,5 @@
-"""rcdm analyze: the pure parts (masking, distances, transforms, report) and every experiment
-end to end on tiny synthetic data (random-rn50 on 32 px images, an untrained tiny UNet)."""
+"""rcdm analyze: every experiment end to end on tiny synthetic data (random-rn50 on 32 px
+images, an untrained tiny UNet). The pure parts are in test_analysis_parts.py."""
 
 from __future__ import annotations
 
@@ -10,116 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from rcdm.analysis.experiments.distances import squared_distances
-from rcdm.analysis.experiments.manipulation import select_dims
-from rcdm.analysis.experiments.transforms import NAMED, get_transform, parse_transform, seeded_apply
-from rcdm.analysis.report import Entry, Figure, Table, read_entry, render, write_entry
-from rcdm.viz import save_png
-
-# ---------------------------------------------------------------------------------- pure parts
-
-
-def test_masking_picks_expected_dims():
-    """k = 4 neighbours in D = 8; dims 1 and 4 are non-zero in all four, dim 6 in three, dim 2
-    in two, dim 7 in one, dims 0, 3, 5 in none."""
-    nb = np.zeros((4, 8), np.float32)
-    nb[:, 1] = 1.0
-    nb[:, 4] = 0.5
-    nb[:3, 6] = 2.0
-    nb[1:3, 2] = -1.0  # negative values count as active too
-    nb[0, 7] = 3.0
-    h = np.array([0, 1, 1, 0, 1, 1, 1, 1], np.float32)  # h is active on 1, 2, 4, 5, 6, 7
-    assert select_dims(h, nb, m=3, variant="most").tolist() == [1, 4, 6]
-    assert select_dims(h, nb, m=4, variant="most").tolist() == [1, 4]
-    assert select_dims(h, nb, m=2, variant="most").tolist() == [1, 2, 4, 6]
-    # least-common: as many dims as "most", among h's active dims with the fewest active
-    # neighbours: 5 (0 neighbours), 7 (1), 2 (2); ties broken by index
-    assert select_dims(h, nb, m=3, variant="least").tolist() == [2, 5, 7]
-    assert select_dims(h, nb, m=4, variant="least").tolist() == [5, 7]
-    with pytest.raises(ValueError, match="variant"):
-        select_dims(h, nb, m=3, variant="middle")
-
-
-def test_squared_distances_direct():
-    rng = np.random.default_rng(0)
-    h = rng.normal(size=16).astype(np.float32)
-    f = rng.normal(size=(5, 16)).astype(np.float32)
-    d = squared_distances(h, f)
-    for i in range(5):
-        assert d[i] == pytest.approx(sum((float(h[j]) - float(f[i, j])) ** 2 for j in range(16)), rel=1e-9)
-    assert squared_distances(h, h[None])[0] == 0.0
-
-
-def _img(seed: int = 0, size=(48, 40)) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    return Image.fromarray(rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
-
-
-def test_named_transforms():
-    img = _img()
-    for name, t in NAMED.items():
-        out = seeded_apply(t, img, 0, name)
-        assert isinstance(out, Image.Image) and out.size == img.size, name
-    a = np.asarray(img)
-    assert np.array_equal(np.asarray(NAMED["hflip"](img)), a[:, ::-1])
-    g = np.asarray(NAMED["grayscale"](img))
-    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
-    # vshift moves content down: the top quarter is black, the rest is the image shifted
-    v = np.asarray(NAMED["vshift"](img))
-    assert (v[:10] == 0).all() and np.array_equal(v[10:], a[:-10])
-    # colour jitter is random but seeded: same seed same image, another seed another image
-    j1 = np.asarray(seeded_apply(NAMED["color-jitter"], img, 0, "x"))
-    j2 = np.asarray(seeded_apply(NAMED["color-jitter"], img, 0, "x"))
-    j3 = np.asarray(seeded_apply(NAMED["color-jitter"], img, 1, "x"))
-    assert np.array_equal(j1, j2) and not np.array_equal(j1, j3)
-
-
-def test_custom_transform_parsing_is_safe():
-    img = _img()
-    t = parse_transform("RandomRotation(30)")
-    assert seeded_apply(t, img, 0).size == img.size
-    t = parse_transform("T.Compose([CenterCrop(20), Resize(size=(40, 48))])")
-    assert t(img).size == (48, 40)
-    assert get_transform("transforms.RandomHorizontalFlip(p=1.0)")(img).size == img.size
-    bad = [
-        "__import__('os').system('true')",  # not a transforms class
-        "os.system('true')",
-        "RandomRotation(degrees=abs(-30))",  # a non-literal argument
-        "ToTensor()",  # does not return a PIL image
-        "Lambda(print)",
-        "RandomRotation(**{'degrees': 3})",
-        "RandomRotation(",  # syntax
-        "numpy.transforms.RandomRotation(3)",  # wrong module
-        "RandomRotation",  # not a call
-    ]
-    for expr in bad:
-        with pytest.raises(ValueError):
-            get_transform(expr)
-    with pytest.raises(ValueError, match="unknown transform"):
-        get_transform("zoom-sideways")
-
-
-def test_report_round_trip_and_render(tmp_path):
-    fig = np.zeros((8, 12, 3), np.uint8)
-    fig[:, :6] = 255
-    save_png(fig, tmp_path / "exp" / "a.png")
-    (tmp_path / "exp" / "exp.json").write_text(json.dumps({"x": 1.5}))
-    e = Entry(
-        experiment="exp", title="An <experiment>", description="d",
-        figures=[Figure("exp/a.png", "caption & seeds [0]", "ckpt")],
-        tables=[Table("t", ["a", "b"], [["r", 0.123456]])], numbers="exp/exp.json",
-    )  # fmt: skip
-    write_entry(tmp_path, e)
-    assert read_entry(tmp_path / "exp" / "entry.json") == e
-    skipped = Entry(experiment="dyn", title="Dynamics", skipped="nothing configured")
-    page = render([e, skipped], tmp_path, {"seed": 0})
-    assert "data:image/png;base64," in page
-    assert "An &lt;experiment&gt;" in page and "caption &amp; seeds [0]" in page
-    assert "0.1235" in page and "Skipped: nothing configured" in page
-    e.figures.append(Figure("exp/missing.png", "c"))
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        render([e], tmp_path)
-
+from rcdm.analysis.report import read_entry
 
 # ---------------------------------------------------------------------------------- end to end
 
@@ -388,3 +279,47 @@ def test_checkpoint_without_encoder_uses_the_val_store(world, tmp_path, monkeypa
     hint.update(name="dino", layer="trunk")
     with pytest.raises(ValueError, match="named for encoder dino"):
         Context(cfg=world["cfg"], out=tmp_path, device=torch.device("cpu")).rcdm(str(world["ck0"]))
+
+
+def test_cached_features_condition_only_a_matching_run(tmp_path):
+    """A store's cached features condition an RCDM only when they are what it was trained on:
+    stores of random-rn50 with another seed, input size or preprocessing are left out (and
+    refused when an experiment needs one), a store made the same way is used."""
+    from dataclasses import replace as dc_replace
+
+    import torch
+    from rcdm.analysis.experiments.common import RCDM, Context, same_encoder
+    from rcdm.app.config import AnalyzeConfig
+    from rcdm.data.images import PREPROCESS
+    from rcdm.run.conditioning import Conditioning
+    from rcdm.store import FeatureStore
+
+    from tests.synthetic_store import make_store
+
+    info = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": 2048, "weights": None,
+            "weights_sha256": None, "seed": 0}  # fmt: skip
+    pp = PREPROCESS["rcdm"]
+    meta = {"unet": {"cond": "embed", "cond_dim": 2048}, "encoder": info, "preprocess": pp.to_dict()}
+    r = RCDM(path="runs/a", label="a", model=None, diffusion=None, meta=meta, encoder_info=info,
+             encoder_note="recorded in the checkpoint", conditioning=Conditioning.of_run(meta), cond_dim=2048,
+             image_size=32)  # fmt: skip
+    ctx = Context(cfg=AnalyzeConfig(checkpoints=("runs/a",)), out=tmp_path, device=torch.device("cpu"))
+    ctx._cache[("rcdm", "runs/a")] = r
+    feats = np.random.default_rng(0).standard_normal((3, 2048)).astype(np.float32)
+    variants = {
+        "same": (info, pp),
+        "seed": ({**info, "seed": 1}, pp),
+        "size": (info, dc_replace(pp, resize=112, crop=112)),
+        "preprocessing": (info, PREPROCESS["imagenet"]),
+    }
+    for name, (enc, p) in variants.items():
+        store = FeatureStore(make_store(tmp_path / name, feats, encoder_info=enc, preprocess=p.to_dict(), dtype="float32"))
+        assert same_encoder(store, r) == (name == "same"), name
+        if name == "same":
+            assert ctx.store_rcdms(store, "neighbours")[0] == [r]
+            np.testing.assert_array_equal(ctx.conditions(r, store, [2, 0]), feats[[2, 0]])
+        else:
+            ok, notes = ctx.store_rcdms(store, "neighbours", required=False)
+            assert ok == [] and "left out" in notes[0]
+            with pytest.raises(ValueError, match="must come from a store of the checkpoint's encoder"):
+                ctx.store_rcdms(store, "neighbours")

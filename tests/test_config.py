@@ -130,7 +130,9 @@ def test_resolve_derives_paths_from_workdir():
 
 
 def test_config_reference_covers_every_key():
-    ref = C.config_reference()
+    from rcdm.app.readme import config_reference
+
+    ref = config_reference()
     for cls in C.SECTIONS.values():
         for f in C.section_fields(cls):
             assert f"`{f.name}`" in ref, f.name

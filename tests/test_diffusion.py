@@ -12,13 +12,12 @@ from rcdm.diffusion.gaussian import (
     GaussianDiffusion,
     create_diffusion,
     discretized_gaussian_log_likelihood,
-    draw_noise,
     get_named_beta_schedule,
     normal_kl,
-    sample_loop,
     sample_timesteps,
     space_timesteps,
 )
+from rcdm.diffusion.generate import draw_noise, sample_loop
 from rcdm.diffusion.spec import Sampler, Steps
 from rcdm.model.unet import UNetModel, preset
 

@@ -68,29 +68,13 @@ def use_torch_home(monkeypatch, torch_home):
     return torch_home
 
 
-def write_samples(d: Path, images, rows, conds, record_sha: bool = False, **manifest) -> Path:
-    """A sample directory shaped like `rcdm sample`'s (manifest fields as sample/stage.py)."""
-    from rcdm.utils import sha256_file
+def write_samples(d: Path, images, rows: list[dict], conds, **manifest) -> Path:
+    """A sample set written by the core writer (``rows``: IndexRow fields; ``conds``: one row per
+    condition), with the sampler's manifest fields as sample/stage.py records them."""
+    from rcdm.run.sampleset import IndexRow, write_sample_set
 
-    d.mkdir(parents=True, exist_ok=True)
-    np.savez(d / "samples.npz", images)
-    (d / "index.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    np.save(d / "conds.npy", conds)
-    man = {
-        "stage": "sample",
-        "checkpoint": "synthetic",
-        "store": "synthetic",
-        "sampler": "ancestral",
-        "steps": "100",
-        "n_samples": len(images),
-        "image_size": int(np.asarray(images).shape[1]) if np.asarray(images).ndim == 4 else None,
-    }
-    if record_sha:
-        names = ("samples.npz", "index.jsonl", "conds.npy")
-        man["files"] = {f: sha256_file(d / f) for f in names}
-    man.update(manifest)
-    (d / "manifest.json").write_text(json.dumps(man))
-    return d
+    record = {"checkpoint": "synthetic", "store": "synthetic", "sampler": "ancestral", "steps": "100"}
+    return write_sample_set(d, images, [IndexRow(**r) for r in rows], conds, {**record, **manifest})
 
 
 def simple_case(tmp: Path, n: int = 4, dim: int = 8):
@@ -98,7 +82,7 @@ def simple_case(tmp: Path, n: int = 4, dim: int = 8):
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(n, dim)).astype(np.float32)
     store = make_store(tmp / "store", feats)
-    rows = [{"sample": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(n)]
+    rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(n)]
     images = rng.integers(0, 256, size=(n, RES, RES, 3), dtype=np.uint8)
     samples = write_samples(tmp / "samples", images, rows, feats)
     return samples, store, images, rows, feats
@@ -166,20 +150,10 @@ def test_reference_stats_cache_refuses_another_resolution_or_set(tmp_path):
 
 # ------------------------------------------------------------------------------- bad input
 def test_bad_sample_files(tmp_path):
+    """The sample set's own checks are in test_sampleset.py: evaluate stops on them first."""
     samples, store, images, rows, feats = simple_case(tmp_path)
     out = tmp_path / "eval"
     cfg = cfg_for(samples, store, out)
-    np.savez(samples / "samples.npz", images.astype(np.float32))
-    with pytest.raises(ValueError, match="dtype float32"):
-        evaluate(cfg)
-    np.savez(samples / "samples.npz", images[..., 0])
-    with pytest.raises(ValueError, match=r"expected \(N, H, W, 3\)"):
-        evaluate(cfg)
-    np.savez(samples / "samples.npz", images[:3])
-    with pytest.raises(ValueError, match="n_samples"):
-        evaluate(cfg)
-    np.savez(samples / "samples.npz", images)
-    write_samples(samples, images, rows, feats, record_sha=True)
     np.savez(samples / "samples.npz", images[::-1].copy())  # changed after the sampler wrote it
     with pytest.raises(ValueError, match="has changed since"):
         evaluate(cfg)
@@ -195,7 +169,7 @@ def test_bad_sample_files(tmp_path):
 
 def test_condition_dimension_must_match_reference(tmp_path):
     samples, store, images, rows, feats = simple_case(tmp_path)
-    np.save(samples / "conds.npy", np.zeros((len(images), 5), np.float32))
+    write_samples(samples, images, rows, np.zeros((len(images), 5), np.float32))
     with pytest.raises(ValueError, match="conditioned on 5-d"):
         evaluate(cfg_for(samples, store, tmp_path / "eval"))
 
@@ -274,8 +248,8 @@ def e2e(tmp_path_factory, torch_home):
                      "key": f"/ood/{j}.png", "store_index": None, "seed": 8 + j})  # fmt: skip
     images = np.stack(images)
     conds = np.concatenate([ref[:4], ood_feats]).astype(np.float32)  # (6 conditions, D)
-    samples = write_samples(tmp / "samples", images, rows, conds, record_sha=True,
-                            encoder=enc.info(), unet={"cond": "embed"})  # fmt: skip
+    samples = write_samples(tmp / "samples", images, rows, conds, encoder=enc.info(),
+                            unet={"cond": "embed"})  # fmt: skip
     cfg = cfg_for(samples, store, tmp / "eval", fid="on", reference_images=str(val),
                   is_splits=5, fid_method="eigh", batch_size=8)  # fmt: skip
     first = json.loads(evaluate(cfg).read_text())
@@ -368,7 +342,7 @@ def test_e2e_table(e2e, tmp_path):
 
 def test_match_conditions_uses_key_and_vector(tmp_path):
     from rcdm.analysis.evaluate import match_conditions
-    from rcdm.analysis.sample_set import read_samples
+    from rcdm.run.sampleset import read_samples
 
     samples, store, images, rows, feats = simple_case(tmp_path)
     conds = feats.copy()
@@ -418,7 +392,7 @@ def test_missing_encoder_weights_stop_before_output(tmp_path):
     info = {"name": "supervised-rn50", "arch": "resnet50", "layer": "trunk", "dim": 8,
             "weights": str(tmp_path / "gone.pth"), "weights_sha256": "0" * 64}  # fmt: skip
     store = make_store(tmp_path / "store", feats, encoder_info=info)
-    rows = [{"sample": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(3)]
+    rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(3)]
     images = rng.integers(0, 256, size=(3, RES, RES, 3), dtype=np.uint8)
     samples = write_samples(tmp_path / "samples", images, rows, feats)
     with pytest.raises(FileNotFoundError, match="gone.pth"):

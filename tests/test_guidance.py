@@ -97,7 +97,8 @@ def test_p2_weighting_scales_the_mse_by_snr():
 def test_training_with_cond_drop_records_it(tmp_path):
     import rcdm.train
 
-    from tests.test_train import _cfg, _store
+    from tests.train_setup import train_cfg as _cfg
+    from tests.train_setup import train_store as _store
 
     store = _store(tmp_path)
     run = tmp_path / "run"
@@ -121,7 +122,8 @@ def test_evaluation_labels_guided_samples():
 def test_bad_guidance_settings_fail_before_training(tmp_path):
     import rcdm.train
 
-    from tests.test_train import _cfg, _store
+    from tests.train_setup import train_cfg as _cfg
+    from tests.train_setup import train_store as _store
 
     store = _store(tmp_path)
     with pytest.raises(ValueError, match="train.cond_drop=0"):

@@ -7,169 +7,13 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from rcdm.app.config import TrainConfig
-from rcdm.data.images import adm_center_crop, open_source
-from rcdm.train.data import ImageFeatureDataset, StreamSampler, epoch_order
 
-from tests.synthetic import make_image_folder
 from tests.synthetic_store import make_store
-
-ROOT = Path(__file__).resolve().parents[1]
-RES = 16  # model resolution in the tests
-DIM = 8  # feature dimension
-
-
-
-def _store(tmp: Path, name: str = "store", dim: int = DIM, encoder: str = "synthetic", layer: str = "trunk",
-           n_classes: int = 2, per_class: int = 2, seed: int = 0) -> Path:
-    """An image folder and a store whose keys are its images; view 1 differs from view 0."""
-    images = tmp / "images"
-    if not images.exists():
-        make_image_folder(images, n_classes=n_classes, per_class=per_class, size=(40, 36), seed=seed)
-    src = open_source(images)
-    rng = np.random.default_rng(seed)
-    n = len(src)
-    feats = rng.standard_normal((n, 2, dim)).astype(np.float32)
-    feats[:, 1] += 10.0  # view 1 (hflip) is recognisable
-    return make_store(
-        tmp / name,
-        feats,
-        keys=[it.key for it in src.items],
-        labels=[it.label for it in src.items],
-        encoder_info={"name": encoder, "arch": "none", "layer": layer, "dim": dim, "weights": None,
-                      "weights_sha256": None},
-        source=src.describe(),
-        dtype="float32",
-    )
-
-
-def _cfg(store: Path, out: Path, **kw) -> TrainConfig:
-    base = dict(
-        store=str(store),
-        out=str(out),
-        preset="tiny",
-        resolution=RES,
-        kimg=0.032,  # 8 steps of 4 images
-        batch_size=4,
-        lr=1e-3,
-        checkpoint_kimg=0.016,
-        grid_kimg=0.0,
-        log_every=1,
-        workers=0,
-        ema_rates=(0.999, 0.9),
-        mixed_precision="no",
-    )
-    base.update(kw)
-    return TrainConfig(**base)
-
-
-def _log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-
-
-# ------------------------------------------------------------------------------------- data
-
-
-def global_items(n: int, seed: int, start: int, count: int) -> list[tuple[int, bool]]:
-    """The reference stream built from ``epoch_order`` alone: global positions
-    ``start .. start+count-1`` as (row, flip) pairs."""
-    out: list[tuple[int, bool]] = []
-    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-    for g in range(start, start + count):
-        e, i = divmod(g, n)
-        if e not in cache:
-            cache.clear()
-            cache[e] = epoch_order(n, seed, e)
-        perm, flip = cache[e]
-        out.append((int(perm[i]), bool(flip[i])))
-    return out
-
-
-def test_stream_is_pure_disjoint_and_resumable():
-    n, seed = 7, 3
-    stream = global_items(n, seed, 0, 40)
-    # every epoch is a permutation of the rows
-    for e in range(5):
-        assert sorted(r for r, _ in stream[e * n : (e + 1) * n]) == list(range(n))
-    flips = [f for _, f in stream]
-    assert 0 < sum(flips) < len(flips)
-    # rank r of 2 takes global positions r, r + 2, ...: disjoint, and together the whole stream
-    it0, it1 = iter(StreamSampler(n, seed, 0, 2)), iter(StreamSampler(n, seed, 1, 2))
-    r0 = [next(it0) for _ in range(20)]
-    r1 = [next(it1) for _ in range(20)]
-    assert r0 == stream[0::2] and r1 == stream[1::2]
-    # resuming at position 10 continues the same stream
-    it = iter(StreamSampler(n, seed, 0, 1, start=10))
-    assert [next(it) for _ in range(30)] == stream[10:40]
-    with pytest.raises(ValueError, match="multiple of world size"):
-        StreamSampler(n, seed, 0, 4, start=6)
-
-
-def test_flip_picks_view_one(tmp_path):
-    store = _store(tmp_path)
-    ds = ImageFeatureDataset(store, RES)
-    src = open_source(tmp_path / "images")
-    from rcdm.store import FeatureStore
-
-    fs = FeatureStore(store)
-    for row in range(len(fs)):
-        feat, key, _ = fs[row]
-        x0, h0, r0 = ds[(row, False)]
-        x1, h1, r1 = ds[(row, True)]
-        assert r0 == r1 == row
-        # the image is the source image of this key, ADM-cropped to the model resolution
-        expect = adm_center_crop(src.load(src.index_of(key)), RES)
-        assert np.array_equal(x0.numpy(), expect)
-        assert np.array_equal(x1.numpy(), expect[:, ::-1])
-        assert np.allclose(h0.numpy(), feat[0]) and np.allclose(h1.numpy(), feat[1])
-        assert x0.shape == (RES, RES, 3) and x0.dtype == torch.uint8
-
-
-def test_wds_store_with_images_reads_its_own_pixels(tmp_path):
-    from tests.synthetic import jpeg_bytes, random_image
-
-    rng = np.random.default_rng(0)
-    imgs = [random_image(rng, (30, 30)) for _ in range(3)]
-    feats = rng.standard_normal((3, 2, DIM)).astype(np.float32)
-    store = make_store(tmp_path / "wds", feats, fmt="wds", images=[jpeg_bytes(im) for im in imgs], dtype="float32")
-    ds = ImageFeatureDataset(store, RES)
-    x, h, _ = ds[(1, True)]
-    from rcdm.data.images import decode_image
-
-    expect = adm_center_crop(decode_image(jpeg_bytes(imgs[1])), RES)[:, ::-1]
-    assert np.array_equal(x.numpy(), expect)
-    assert np.allclose(h.numpy(), feats[1, 1])
-
-
-def test_missing_source_is_a_clear_error(tmp_path):
-    store = _store(tmp_path)
-    with pytest.raises(FileNotFoundError, match="train.source"):
-        ImageFeatureDataset(store, RES, source=str(tmp_path / "nowhere"))
-
-
-def test_ema_update_matches_closed_form():
-    from rcdm.train.ema import EMA, ema_rate_at
-
-    net = torch.nn.Linear(3, 2)
-    ema = EMA(net, (0.9, 0.5), warmup=False)
-    start = {k: v.clone() for k, v in net.state_dict().items()}
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(1.0)
-    ema.update(net, step=1)
-    for rate, m in ema.models.items():
-        for k, v in m.state_dict().items():
-            assert torch.allclose(v, rate * start[k] + (1 - rate) * (start[k] + 1.0))
-    assert ema_rate_at(0.9999, 1, True) == pytest.approx(2 / 11)
-    assert ema_rate_at(0.9999, 10**7, True) == 0.9999 and ema_rate_at(0.9999, 1, False) == 0.9999
-    with pytest.raises(ValueError, match="not in"):
-        EMA(net, (1.5,))
-
+from tests.train_setup import DIM, RES, ROOT, read_log, train_cfg, train_store
 
 # ------------------------------------------------------------------------------------- loop
 
@@ -180,12 +24,12 @@ def test_overfit_checkpoints_and_run_files(tmp_path):
     from rcdm.model.weights import load_model
     from safetensors.torch import load_file
 
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     run = tmp_path / "run"
-    cfg = _cfg(store, run, kimg=0.160, checkpoint_kimg=0.080, grid_kimg=0.160, grid_images=2, grid_samples=2,
+    cfg = train_cfg(store, run, kimg=0.160, checkpoint_kimg=0.080, grid_kimg=0.160, grid_images=2, grid_samples=2,
                grid_steps=4, lr=2e-3, ema_rates=(0.9,), keep_checkpoints=1)
     assert rcdm.train.run(cfg) == run
-    log = _log(run)
+    log = read_log(run)
     assert [r["step"] for r in log] == list(range(1, 41))
     first = np.mean([r["mse"] for r in log[:8]])
     last = np.mean([r["mse"] for r in log[-8:]])
@@ -205,6 +49,7 @@ def test_overfit_checkpoints_and_run_files(tmp_path):
     man = json.loads((run / "manifest.json").read_text())
     from rcdm.store import FeatureStore
 
+    assert meta["preprocess"] == FeatureStore(store).manifest["preprocess"]  # what h was made from
     assert man["store_manifest_sha256"] == FeatureStore(store).manifest_sha256 == meta["store_manifest_sha256"]
     assert (run / "config.yaml").exists() and any((run / "tb").iterdir())
     grids = sorted((run / "grids").glob("*.png"))
@@ -234,10 +79,10 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path, monkeypatch)
     import rcdm.train
     from rcdm.train import monitor
 
-    store = _store(tmp_path)
-    cfg_a = _cfg(store, tmp_path / "a", kimg=0.032, checkpoint_kimg=0.012)  # checkpoints at 3, 6, 8
+    store = train_store(tmp_path)
+    cfg_a = train_cfg(store, tmp_path / "a", kimg=0.032, checkpoint_kimg=0.012)  # checkpoints at 3, 6, 8
     rcdm.train.run(cfg_a)
-    full = _log(tmp_path / "a")
+    full = read_log(tmp_path / "a")
 
     # the same command, killed after it logged step 5 (last checkpoint: step 3)
     cfg_b = replace(cfg_a, out=str(tmp_path / "b"))
@@ -256,7 +101,7 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path, monkeypatch)
     assert names == ["step-0000003"] and not (tmp_path / "b" / "manifest.json").exists()
 
     rcdm.train.run(cfg_b)  # re-run: resumes from step 3
-    resumed = _log(tmp_path / "b")
+    resumed = read_log(tmp_path / "b")
     assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 9))
     for a, b in zip(full, resumed, strict=True):
         for k in ("loss", "mse", "vb", "grad_norm"):
@@ -272,7 +117,7 @@ def test_resume_after_interruption_continues_the_same_run(tmp_path, monkeypatch)
         rcdm.train.run(replace(cfg_b, kimg=0.040, seed=1))
     # training further with a larger kimg continues from the finished run
     rcdm.train.run(replace(cfg_b, kimg=0.040))
-    assert [r["step"] for r in _log(tmp_path / "b")] == list(range(1, 11))
+    assert [r["step"] for r in read_log(tmp_path / "b")] == list(range(1, 11))
 
 
 def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
@@ -297,8 +142,8 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
             return out
 
     monkeypatch.setattr(rcdm.diffusion.gaussian, "create_diffusion", lambda *a, **kw: Poisoned(real(*a, **kw)))
-    store = _store(tmp_path)
-    cfg = _cfg(store, tmp_path / "run", checkpoint_kimg=0.012, log_every=100)  # checkpoint at 3
+    store = train_store(tmp_path)
+    cfg = train_cfg(store, tmp_path / "run", checkpoint_kimg=0.012, log_every=100)  # checkpoint at 3
     with pytest.raises(rcdm.train.NonFiniteLoss, match=r"step 5.*step-0000003"):
         rcdm.train.run(cfg)
     # the poisoned step 6 checkpoint was never written
@@ -311,48 +156,57 @@ def test_nan_loss_stops_with_step_and_checkpoint(tmp_path, monkeypatch):
 def test_store_mismatch_errors(tmp_path):
     import rcdm.train
 
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     with pytest.raises(ValueError, match="encoder 'synthetic', not 'dino-rn50'"):
-        rcdm.train.run(_cfg(store, tmp_path / "r1", encoder="dino-rn50"))
+        rcdm.train.run(train_cfg(store, tmp_path / "r1", encoder="dino-rn50"))
     with pytest.raises(ValueError, match="layer 'trunk', not 'head'"):
-        rcdm.train.run(_cfg(store, tmp_path / "r2", layer="head"))
+        rcdm.train.run(train_cfg(store, tmp_path / "r2", layer="head"))
     # a run directory started on one store refuses another (here: other dim)
     run = tmp_path / "run"
-    rcdm.train.run(_cfg(store, run, kimg=0.004, checkpoint_kimg=0.004))
-    other = _store(tmp_path, name="store16", dim=16)
+    rcdm.train.run(train_cfg(store, run, kimg=0.004, checkpoint_kimg=0.004))
+    other = train_store(tmp_path, name="store16", dim=16)
     with pytest.raises(ValueError, match="use a new --out"):
-        rcdm.train.run(_cfg(other, run, kimg=0.008, checkpoint_kimg=0.004))
+        rcdm.train.run(train_cfg(other, run, kimg=0.008, checkpoint_kimg=0.004))
 
 
 def test_init_from_checks_and_loads(tmp_path):
     import rcdm.train
     from safetensors.torch import load_file
 
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     src_run = tmp_path / "src"
-    rcdm.train.run(_cfg(store, src_run, kimg=0.004, checkpoint_kimg=0.004, ema_rates=(0.5,)))
+    rcdm.train.run(train_cfg(store, src_run, kimg=0.004, checkpoint_kimg=0.004, ema_rates=(0.5,)))
     init = src_run / "ema.safetensors"
 
     # dim: the checkpoint is conditioned on 8-d features, the store has 16
-    s16 = _store(tmp_path, name="s16", dim=16)
+    s16 = train_store(tmp_path, name="s16", dim=16)
     with pytest.raises(ValueError, match="8-d features.*16-d"):
-        rcdm.train.run(_cfg(s16, tmp_path / "r1", init_from=str(init)))
+        rcdm.train.run(train_cfg(s16, tmp_path / "r1", init_from=str(init)))
     # encoder / layer recorded in our checkpoint
-    s_enc = _store(tmp_path, name="s_enc", encoder="other")
+    s_enc = train_store(tmp_path, name="s_enc", encoder="other")
     with pytest.raises(ValueError, match="encoder synthetic/trunk.*other/trunk"):
-        rcdm.train.run(_cfg(s_enc, tmp_path / "r2", init_from=str(init)))
-    s_layer = _store(tmp_path, name="s_layer", layer="head")
+        rcdm.train.run(train_cfg(s_enc, tmp_path / "r2", init_from=str(init)))
+    s_layer = train_store(tmp_path, name="s_layer", layer="head")
     with pytest.raises(ValueError, match="synthetic/trunk.*synthetic/head"):
-        rcdm.train.run(_cfg(s_layer, tmp_path / "r3", init_from=str(init)))
+        rcdm.train.run(train_cfg(s_layer, tmp_path / "r3", init_from=str(init)))
+    # the encoder input's preprocessing recorded in model.json
+    from rcdm.data.images import PREPROCESS
+    from rcdm.store import FeatureStore
+
+    fs = FeatureStore(store)
+    s_pp = make_store(tmp_path / "s_pp", fs.features(None), keys=fs.keys, labels=fs.labels,
+                      encoder_info=fs.encoder_info, preprocess=PREPROCESS["imagenet"].to_dict())  # fmt: skip
+    with pytest.raises(ValueError, match=r"value range \[-1.0, 1.0\] vs \[0.0, 1.0\].*extract.preprocess=rcdm"):
+        rcdm.train.run(train_cfg(s_pp, tmp_path / "r6", init_from=str(init)))
     # architecture
     with pytest.raises(ValueError, match="another architecture.*cond"):
-        rcdm.train.run(_cfg(store, tmp_path / "r4", init_from=str(init), cond="cbn"))
+        rcdm.train.run(train_cfg(store, tmp_path / "r4", init_from=str(init), cond="cbn"))
     with pytest.raises(FileNotFoundError):
-        rcdm.train.run(_cfg(store, tmp_path / "r5", init_from=str(tmp_path / "nope.pt")))
+        rcdm.train.run(train_cfg(store, tmp_path / "r5", init_from=str(tmp_path / "nope.pt")))
 
     # a matching checkpoint initialises the model: with lr 0 the weights stay the init
     run = tmp_path / "ok"
-    rcdm.train.run(_cfg(store, run, init_from=str(init), kimg=0.004, checkpoint_kimg=0.004, lr=0.0))
+    rcdm.train.run(train_cfg(store, run, init_from=str(init), kimg=0.004, checkpoint_kimg=0.004, lr=0.0))
     a = load_file(str(init))
     b = load_file(str(run / "checkpoints" / "step-0000001" / "model.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -361,9 +215,9 @@ def test_init_from_checks_and_loads(tmp_path):
 def test_batch_not_divisible_is_an_error(tmp_path):
     import rcdm.train
 
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     with pytest.raises(ValueError, match="not divisible"):
-        rcdm.train.run(_cfg(store, tmp_path / "r", batch_size=5, grad_accum=2))
+        rcdm.train.run(train_cfg(store, tmp_path / "r", batch_size=5, grad_accum=2))
 
 
 # ------------------------------------------------------------------------------ processes
@@ -372,7 +226,7 @@ def test_batch_not_divisible_is_an_error(tmp_path):
 @pytest.mark.slow
 def test_two_process_cpu_run(tmp_path):
     """2 CPU processes (gloo DDP): one set of files, an RNG state per rank, same step count."""
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     run = tmp_path / "run"
     script = tmp_path / "go.py"
     script.write_text(
@@ -394,7 +248,7 @@ def test_two_process_cpu_run(tmp_path):
         capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    log = _log(run)
+    log = read_log(run)
     assert [r["step"] for r in log] == [1, 2, 3, 4]
     assert (run / "manifest.json").exists()
     acc = run / "checkpoints" / "step-0000004" / "accelerate"
@@ -424,10 +278,10 @@ def test_bench_train_runs_on_cpu():
 def test_bf16_compile_smoke_gpu(tmp_path):
     import rcdm.train
 
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     run = tmp_path / "run"
-    rcdm.train.run(_cfg(store, run, mixed_precision="bf16", compile=True, channels_last=True, kimg=0.016))
-    log = _log(run)
+    rcdm.train.run(train_cfg(store, run, mixed_precision="bf16", compile=True, channels_last=True, kimg=0.016))
+    log = read_log(run)
     assert all(np.isfinite(r["loss"]) for r in log) and log[-1]["mem_gb"] > 0
 
 
@@ -437,16 +291,16 @@ def test_init_from_official_pt_state_dict(tmp_path):
     from rcdm.model.unet import UNetModel, preset
     from safetensors.torch import load_file
 
-    store = _store(tmp_path)
+    store = train_store(tmp_path)
     torch.manual_seed(1)
     official = UNetModel(preset("tiny", cond="embed", cond_dim=DIM)).state_dict()
     pt = tmp_path / "rcdm_ema_test.pt"
     torch.save(official, pt)
     run = tmp_path / "run"
-    rcdm.train.run(_cfg(store, run, resolution=None, init_from=str(pt), kimg=0.004, checkpoint_kimg=0.004, lr=0.0))
+    rcdm.train.run(train_cfg(store, run, resolution=None, init_from=str(pt), kimg=0.004, checkpoint_kimg=0.004, lr=0.0))
     got = load_file(str(run / "checkpoints" / "step-0000001" / "model.safetensors"))
     assert set(got) == set(official) and all(torch.equal(got[k], official[k]) for k in got)
     # the same checkpoint on a store of other features is refused before training
-    s16 = _store(tmp_path, name="s16", dim=16)
+    s16 = train_store(tmp_path, name="s16", dim=16)
     with pytest.raises(ValueError, match="8-d features"):
-        rcdm.train.run(_cfg(s16, tmp_path / "r2", resolution=None, init_from=str(pt)))
+        rcdm.train.run(train_cfg(s16, tmp_path / "r2", resolution=None, init_from=str(pt)))

@@ -68,8 +68,3 @@ class EMA:
         for m in self.models.values():
             m.to(device)
         return self
-
-
-def rate_tag(rate: float) -> str:
-    """A file-name tag for a rate: 0.9999 -> '0.9999'."""
-    return f"{rate:.10g}"

@@ -9,6 +9,7 @@ data order, noise and loss sequence.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -16,11 +17,12 @@ from pathlib import Path
 import torch
 from rcdm.app.config import TrainConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, UserError
+from rcdm.run.rundir import RunDir
 from rcdm.store import FeatureStore
 from rcdm.train import model as model_setup
-from rcdm.train import state as ckpt
+from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, make_loader, to_model_input
-from rcdm.train.ema import EMA, rate_tag
+from rcdm.train.ema import EMA
 from rcdm.train.monitor import Logger, Stats, memory_gb
 from rcdm.utils import atomic_write_json, now_iso
 
@@ -58,22 +60,28 @@ def _validate(cfg: TrainConfig) -> None:
         check_guidance(cfg.grid_guidance, {"cond_drop": cfg.cond_drop}, f"train.out {cfg.out}")
 
 
-def run(cfg: TrainConfig) -> Path:
-    """Train (or resume) the run in ``cfg.out``; returns the run directory."""
+def _accelerator(mixed_precision: str, compile: bool):
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    _validate(cfg)
-    mp = _mixed_precision(cfg.mixed_precision)
     # run() may be called several times in one process (the pipeline, tests) with other
     # precisions; the process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(
-        mixed_precision=mp,
+    return Accelerator(
+        mixed_precision=mixed_precision,
         cpu=not torch.cuda.is_available(),
         # prepare() compiles the model last (after DDP), the way accelerate supports it
-        dynamo_backend="inductor" if cfg.compile else "no",
+        dynamo_backend="inductor" if compile else "no",
     )
+
+
+def run(cfg: TrainConfig) -> Path:
+    """Train (or resume) the run in ``cfg.out``; returns the run directory."""
+    from rcdm.diffusion import gaussian
+
+    _validate(cfg)
+    mp = _mixed_precision(cfg.mixed_precision)
+    accelerator = _accelerator(mp, cfg.compile)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     main = accelerator.is_main_process
     per_step = world * cfg.grad_accum
@@ -83,40 +91,27 @@ def run(cfg: TrainConfig) -> Path:
             f"{world} x {cfg.grad_accum}; use a multiple of {per_step}"
         )
     batch_per_process = cfg.batch_size // per_step  # micro-batch size on each rank
-    out = Path(cfg.out)
+    total_nimg = int(round(cfg.kimg * 1000))
+    run_dir = RunDir(cfg.out)
 
-    # ---- store, model config, consistency with the run directory and --init-from
+    # Store and model config; a run folder that holds a run continues only that run.
     store = FeatureStore(cfg.store)
     model_setup.check_store(store, cfg)
     ucfg = model_setup.unet_config(cfg, store.dim)
-    total_nimg = int(round(cfg.kimg * 1000))
-    meta = model_setup.model_meta(ucfg, store, cfg, kimg=0.0)
-    model_setup.check_run_dir(out, meta, store)
-    latest = ckpt.latest_checkpoint(out)
-    if latest is not None and (out / "manifest.json").exists():
-        done = ckpt.read_state(latest)
-        if done["nimg"] >= total_nimg:
-            if main:
-                print(f"run {out} is finished ({done['nimg'] / 1000:g} kimg); nothing to do")
-            return out
+    meta_at = lambda kimg: model_setup.model_meta(ucfg, store, cfg, kimg)  # noqa: E731
+    run_dir.check_continues(meta_at(0.0), store)
+    latest = run_dir.latest()
+    if latest is not None and run_dir.manifest.exists() and RunDir.read_state(latest)["nimg"] >= total_nimg:
+        if main:
+            print(f"run {run_dir.path} is finished ({RunDir.read_state(latest)['nimg'] / 1000:g} kimg); nothing to do")
+        return run_dir.path
 
-    # ---- seeds: one per rank (DiT: global_seed * world_size + rank)
+    # Seeds: one per rank (DiT: global_seed * world_size + rank).
     rank_seed = cfg.seed * world + rank
     torch.manual_seed(rank_seed)
 
-    # ---- model, EMA, optimizer
-    from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion, sample_timesteps
-    from rcdm.model.unet import UNetModel
-
-    net = UNetModel(ucfg)
-    if latest is None and cfg.init_from:
-        from rcdm.model.weights import load_state_dict_strict
-
-        load_state_dict_strict(net, model_setup.load_init(cfg, ucfg, store))
-    if latest is None and hasattr(net, "cond_norm") and not cfg.init_from:
-        # both views: the model sees either, as the flip picks one
-        net.cond_norm.set_statistics(torch.from_numpy(store.features(None).reshape(-1, store.dim)))
-    net.to(device)
+    # Model, EMA, optimizer, diffusion; then the state training resumes from.
+    net = model_setup.build_net(cfg, ucfg, store, fresh=latest is None).to(device)
     if cfg.channels_last:
         net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema_rates, warmup=cfg.ema_warmup)
@@ -126,27 +121,21 @@ def run(cfg: TrainConfig) -> Path:
         weight_decay=cfg.weight_decay,
         fused=device.type == "cuda",  # one kernel for all parameters
     )
-    diffusion = create_diffusion(ucfg.schedule, steps=DIFFUSION_STEPS)
+    diffusion = gaussian.create_diffusion(ucfg.schedule, steps=gaussian.DIFFUSION_STEPS)
     model, opt = accelerator.prepare(net, opt)
-    # We write the weights ourselves (safetensors + meta json): accelerate keeps only the
-    # optimizer, scaler and RNG states.
-    accelerator.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
-    accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
-
-    # ---- resume
-    step, nimg = 0, 0
+    state = TrainState(accelerator, net, ema, seed=cfg.seed, batch_size=cfg.batch_size)
     if latest is not None:
-        step, nimg = _load_checkpoint(latest, accelerator, net, ema, cfg)
+        state.load(latest)
         if main:
-            print(f"resuming {out} from {latest.name} ({nimg / 1000:g} kimg)")
+            print(f"resuming {run_dir.path} from {latest.name} ({state.nimg / 1000:g} kimg)")
     if main:
-        out.mkdir(parents=True, exist_ok=True)
-        save_resolved(cfg, out)
-        ckpt.truncate_log(out / "log.jsonl", step)
-        (out / "manifest.json").unlink(missing_ok=True)  # training more: not finished any more
+        run_dir.path.mkdir(parents=True, exist_ok=True)
+        save_resolved(cfg, run_dir.path)
+        run_dir.truncate_log(state.step)
+        run_dir.manifest.unlink(missing_ok=True)  # training more: not finished any more
     accelerator.wait_for_everyone()
 
-    # ---- data
+    # Data: this rank's share of one seeded stream, from the position reached.
     dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source)
     loader = make_loader(
         dataset,
@@ -154,7 +143,7 @@ def run(cfg: TrainConfig) -> Path:
         seed=cfg.seed,
         rank=rank,
         world_size=world,
-        start=nimg,
+        start=state.nimg,
         workers=cfg.workers,
         pin_memory=device.type == "cuda",
     )
@@ -163,28 +152,27 @@ def run(cfg: TrainConfig) -> Path:
     if main and cfg.grid_kimg > 0:
         from rcdm.train.grid import GridMaker
 
-        grids = GridMaker(
-            dataset, meta, cfg.grid_images, cfg.grid_samples, cfg.grid_sampler, cfg.seed
-        )
+        grids = GridMaker(dataset, meta_at(0.0), cfg.grid_images, cfg.grid_samples, cfg.grid_sampler, cfg.seed)
 
+    # Main training loop.
     model.train()
     stats = Stats(device, diffusion.num_timesteps)
-    logger = Logger(out, step, enabled=main)
+    logger = Logger(run_dir.log, run_dir.tensorboard, state.step, enabled=main)
     noise_gen = torch.Generator(device=device)
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0
     last_good = latest
-    meta_fn = lambda kimg: model_setup.model_meta(ucfg, store, cfg, kimg)  # noqa: E731
 
     from tqdm.auto import tqdm
 
     # counted in images; unit_scale shows thousands as "k" (kimg)
-    bar = tqdm(total=total_nimg, initial=nimg, unit="img", unit_scale=True, disable=not main)
-    t_log, nimg_log = time.perf_counter(), nimg
+    bar = tqdm(total=total_nimg, initial=state.nimg, unit="img", unit_scale=True, disable=not main)
+    t_log, nimg_log = time.perf_counter(), state.nimg
     try:
-        while nimg < total_nimg:
-            step += 1
-            # ---- one optimiser step: grad_accum micro-batches per rank
+        while state.nimg < total_nimg:
+            state.step += 1
+
+            # Accumulate gradients over grad_accum micro-batches; DDP all-reduces on the last.
             for micro in range(cfg.grad_accum):
                 x, h, _rows = next(batches)
                 x = to_model_input(x.to(device, non_blocking=True))  # (b, 3, H, W) in [-1, 1]
@@ -192,90 +180,80 @@ def run(cfg: TrainConfig) -> Path:
                 if cfg.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 # t and noise depend on (seed, rank, step, micro) only: resuming redraws them
-                noise_gen.manual_seed(
-                    (rank_seed * _NOISE_STRIDE + (step - 1) * cfg.grad_accum + micro) % (2**63)
-                )
-                t = sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
+                noise_gen.manual_seed((rank_seed * _NOISE_STRIDE + (state.step - 1) * cfg.grad_accum + micro) % (2**63))
+                t = gaussian.sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
                 noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
                 kwargs = {"cond": h}
                 if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
                     kwargs["cond_drop"] = torch.rand(x.shape[0], device=device, generator=noise_gen) < cfg.cond_drop
-                sync = micro == cfg.grad_accum - 1
-                ctx = accelerator.no_sync(model) if not sync and world > 1 else _null()
-                with ctx:
+                last = micro == cfg.grad_accum - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     losses = diffusion.training_losses(
                         model, x, t, kwargs, noise=noise, p2_gamma=cfg.p2_gamma, p2_k=cfg.p2_k
                     )
-                    loss = losses["loss"].mean() / cfg.grad_accum
-                    accelerator.backward(loss)
-                stats.add_micro(losses, t, step)
+                    accelerator.backward(losses["loss"].mean() / cfg.grad_accum)
+                stats.add_micro(losses, t, state.step)
+
+            # Clip, step, average.
             clip = cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            grad_norm = accelerator.clip_grad_norm_(model.parameters(), clip)
-            stats.add_step(grad_norm)
+            stats.add_step(accelerator.clip_grad_norm_(model.parameters(), clip))
             opt.step()
             opt.zero_grad(set_to_none=True)
-            ema.update(net, step)
-            prev, nimg = nimg, nimg + cfg.batch_size
+            ema.update(net, state.step)
+            prev, state.nimg = state.nimg, state.nimg + cfg.batch_size
             bar.update(cfg.batch_size)
+            finished = state.nimg >= total_nimg
+            save_now = finished or state.nimg // ckpt_nimg > prev // ckpt_nimg
 
-            finished = nimg >= total_nimg
-            save_now = finished or nimg // ckpt_nimg > prev // ckpt_nimg
-            # ---- log (the only host sync of the step, every log_every steps)
-            if step % cfg.log_every == 0 or save_now:
+            # Log: the only host sync of the step, every log_every steps.
+            if state.step % cfg.log_every == 0 or save_now:
                 _check_finite(stats, last_good)
-                rec = stats.collect(accelerator.reduce)
+                means = stats.collect(accelerator.reduce)
                 now = time.perf_counter()
                 rec = {
-                    "step": step,
-                    "kimg": nimg / 1000,
-                    **rec,
-                    "img_per_s": (nimg - nimg_log) / max(now - t_log, 1e-9),
-                    "sec_per_step": (now - t_log) / max((nimg - nimg_log) / cfg.batch_size, 1),
+                    "step": state.step,
+                    "kimg": state.nimg / 1000,
+                    **means,
+                    "img_per_s": (state.nimg - nimg_log) / max(now - t_log, 1e-9),
+                    "sec_per_step": (now - t_log) / max((state.nimg - nimg_log) / cfg.batch_size, 1),
                     "mem_gb": memory_gb(device),
                     "lr": cfg.lr,
                     "time": now_iso(),
                 }
-                t_log, nimg_log = now, nimg
+                t_log, nimg_log = now, state.nimg
                 logger.write(rec)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
+
+            # Checkpoint, and a sample grid from the first EMA.
             if save_now:
-                last_good = _save_checkpoint(out, accelerator, net, ema, step, nimg, meta_fn, cfg)
-            if grid_nimg and (finished or nimg // grid_nimg > prev // grid_nimg):
+                last_good = state.save(run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints)
+            if grid_nimg and (finished or state.nimg // grid_nimg > prev // grid_nimg):
                 if grids is not None:
-                    first = ema.models[cfg.ema_rates[0]]
                     grid_mp = "bf16" if mp == "bf16" else "no"
-                    grids.make(first, device, grid_mp, out / "grids" / f"kimg-{nimg / 1000:09.3f}.png")
+                    path = run_dir.grids / f"kimg-{state.nimg / 1000:09.3f}.png"
+                    grids.make(ema.models[ema.rates[0]], device, grid_mp, path)
                 accelerator.wait_for_everyone()
     finally:
         bar.close()
         logger.close()
         del batches  # stops the loader's worker processes
 
+    # Done: the run's manifest, last.
     if main:
-        atomic_write_json(
-            out / "manifest.json",
-            {
-                "stage": "train",
-                "finished": now_iso(),
-                "kimg": nimg / 1000,
-                "step": step,
-                "store": str(store.path),
-                "store_manifest_sha256": store.manifest_sha256,
-                "checkpoint": str(last_good) if last_good else None,
-                "config": to_dict(cfg),
-            },
-        )
+        record = {
+            "stage": "train",
+            "finished": now_iso(),
+            "kimg": state.nimg / 1000,
+            "step": state.step,
+            "store": str(store.path),
+            "store_manifest_sha256": store.manifest_sha256,
+            "checkpoint": str(last_good) if last_good else None,
+            "config": to_dict(cfg),
+        }
+        atomic_write_json(run_dir.manifest, record)
     accelerator.wait_for_everyone()
     accelerator.end_training()
-    return out
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None
+    return run_dir.path
 
 
 def _check_finite(stats: Stats, last_good: Path | None) -> None:
@@ -286,73 +264,3 @@ def _check_finite(stats: Stats, last_good: Path | None) -> None:
             f"the loss became NaN or inf at step {bad}; {where}. Lower train.lr, keep "
             "train.grad_clip > 0, or try train.mixed_precision=no, then re-run to resume from it"
         )
-
-
-def _save_checkpoint(
-    out: Path, accelerator, net: torch.nn.Module, ema: EMA, step: int, nimg: int, meta_fn, cfg: TrainConfig
-) -> Path:
-    """Write ``checkpoints/step-NNNNNNN`` atomically, then the run-level EMA and model.json."""
-    main = accelerator.is_main_process
-    tmp = ckpt.checkpoints_dir(out) / f".{ckpt.checkpoint_name(step)}.tmp"
-    if main:
-        tmp = ckpt.begin_checkpoint(out, step)
-    accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp / "accelerate"))  # optimizer, scaler, RNG of every rank
-    accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
-    final = ckpt.checkpoints_dir(out) / ckpt.checkpoint_name(step)
-    if main:
-        from rcdm.model.weights import save_weights
-
-        meta = meta_fn(nimg / 1000)
-        sd = {k: v.detach().float().cpu() for k, v in net.state_dict().items()}
-        save_weights(tmp / "model.safetensors", sd, {**meta, "ema_rate": None})
-        for rate, m in ema.models.items():
-            save_weights(tmp / f"ema-{rate_tag(rate)}.safetensors", _cpu(m), {**meta, "ema_rate": rate})
-        atomic_write_json(tmp / "model.json", meta)
-        state = {
-            "step": step,
-            "nimg": nimg,  # the data position: global stream index of the next image
-            "kimg": nimg / 1000,
-            "seed": cfg.seed,  # the stream and the noise are functions of it
-            "batch_size": cfg.batch_size,
-            "time": now_iso(),
-        }
-        final = ckpt.commit_checkpoint(tmp, state)
-        # run level: the first EMA rate's weights, what sampling loads by default
-        first = cfg.ema_rates[0]
-        save_weights(out / "ema.safetensors", _cpu(ema.models[first]), {**meta, "ema_rate": first})
-        atomic_write_json(out / "model.json", meta)
-        ckpt.prune_checkpoints(out, cfg.keep_checkpoints)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _cpu(m: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().cpu().contiguous() for k, v in m.state_dict().items()}
-
-
-def _load_checkpoint(path: Path, accelerator, net: torch.nn.Module, ema: EMA, cfg: TrainConfig) -> tuple[int, int]:
-    """Restore model, EMA, optimizer and RNG from ``path``; returns (step, nimg)."""
-    from rcdm.model.weights import load_state_dict_strict
-    from safetensors.torch import load_file
-
-    device = accelerator.device
-    st = ckpt.read_state(path)
-    if int(st.get("seed", cfg.seed)) != cfg.seed:
-        raise InvalidInput(
-            f"checkpoint {path} was trained with train.seed={st['seed']}, not {cfg.seed}: resuming "
-            "would change the data order and noise; use the run's seed or a new --out"
-        )
-    load_state_dict_strict(net, load_file(str(path / "model.safetensors"), device=str(device)))
-    sds = {}
-    for rate in cfg.ema_rates:
-        f = path / f"ema-{rate_tag(rate)}.safetensors"
-        if not f.exists():
-            raise InvalidInput(
-                f"checkpoint {path} has no EMA for rate {rate}; re-run with the run's ema_rates "
-                "or start a new run (--out)"
-            )
-        sds[rate] = load_file(str(f), device=str(device))
-    ema.load_state_dicts(sds)
-    accelerator.load_state(str(path / "accelerate"))
-    return int(st["step"]), int(st["nimg"])

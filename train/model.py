@@ -1,17 +1,18 @@
-"""The model a run trains: its config from the preset and the store, the consistency checks
-between the store, the run directory and ``--init-from``, and the initial weights."""
+"""The model a run trains: its config from the preset and the store, its ``model.json``, the
+checks of the store and ``--init-from``, and the initial weights."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import torch
 from rcdm.app.config import TrainConfig
 from rcdm.diffusion.gaussian import DIFFUSION_STEPS
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, preset
+from rcdm.run.conditioning import check_conditioning
 from rcdm.store import FeatureStore
-from rcdm.utils import read_json
 
 # Fields that fix the weights' shapes: an --init-from checkpoint must agree on all of them.
 _ARCH_FIELDS = (
@@ -57,7 +58,8 @@ def check_store(store: FeatureStore, cfg: TrainConfig) -> None:
 
 
 def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: float) -> dict:
-    """``<run>/model.json``: everything needed to rebuild and use the model."""
+    """``<run>/model.json``: everything needed to rebuild and use the model, and what its
+    conditions are (the store's encoder and preprocessing: ``rcdm.run.conditioning``)."""
     return {
         "unet": ucfg.to_dict(),
         "diffusion": {
@@ -66,6 +68,7 @@ def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: fl
             "learn_sigma": ucfg.learn_sigma,
         },
         "encoder": store.encoder_info,
+        "preprocess": store.manifest.get("preprocess"),
         "store_manifest_sha256": store.manifest_sha256,
         "ema_rates": list(cfg.ema_rates),
         "cond_drop": cfg.cond_drop,  # > 0: trained for classifier-free guidance
@@ -73,36 +76,30 @@ def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: fl
     }
 
 
-def check_run_dir(run: Path, meta: dict, store: FeatureStore) -> None:
-    """A run directory that already holds a run must be the same model on the same store."""
-    path = run / "model.json"
-    if not path.exists():
-        return
-    old = read_json(path)
-    fix = "use a new --out, or the store and settings the run was started with"
-    if old.get("store_manifest_sha256") != meta["store_manifest_sha256"]:
-        raise InvalidInput(
-            f"run {run} was trained on a store with manifest sha256 "
-            f"{str(old.get('store_manifest_sha256'))[:12]}..., but {store.path} has "
-            f"{meta['store_manifest_sha256'][:12]}...; {fix}"
-        )
-    diff = _diff(old.get("unet", {}), meta["unet"])
-    if diff:
-        raise InvalidInput(f"run {run} holds a model with other settings ({diff}); {fix}")
-    if list(old.get("ema_rates", [])) != meta["ema_rates"]:
-        raise InvalidInput(
-            f"run {run} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}"
-        )
-
-
-def _diff(a: dict, b: dict, fields: tuple[str, ...] | None = None) -> str:
-    keys = fields or tuple(sorted(set(a) | set(b)))
+def _diff(a: dict, b: dict, fields: tuple[str, ...]) -> str:
+    keys = fields
     parts = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in keys if _norm(a.get(k)) != _norm(b.get(k))]
     return ", ".join(parts)
 
 
 def _norm(v: Any) -> Any:
     return list(v) if isinstance(v, (tuple, list)) else v
+
+
+def build_net(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore, fresh: bool):
+    """The UNet to train. A fresh run starts from ``--init-from`` or, for a model that
+    standardises its condition, with the store's feature statistics; a resumed one gets its
+    weights from the checkpoint."""
+    from rcdm.model.unet import UNetModel
+    from rcdm.model.weights import load_state_dict_strict
+
+    net = UNetModel(ucfg)
+    if fresh and cfg.init_from:
+        load_state_dict_strict(net, load_init(cfg, ucfg, store))
+    elif fresh and hasattr(net, "cond_norm"):
+        # both views: the model sees either, as the flip picks one
+        net.cond_norm.set_statistics(torch.from_numpy(store.features(None).reshape(-1, store.dim)))
+    return net
 
 
 def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
@@ -117,23 +114,9 @@ def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
     if not path.exists():
         raise MissingInput(f"--init-from {path} does not exist")
     model, meta = load_model(str(path), ema="auto", device="cpu", trust_checkpoint=cfg.trust_checkpoint)
+    # its conditioning layers were trained on its store's features: this store must hold the same
+    check_conditioning(meta, store, what=f"--init-from {path}")
     theirs = meta.get("unet") or model.cfg.to_dict()
-    if theirs.get("cond") != "none" and int(theirs.get("cond_dim", 0)) != store.dim:
-        raise InvalidInput(
-            f"--init-from {path} is conditioned on {theirs.get('cond_dim')}-d features, but store "
-            f"{store.path} has {store.dim}-d features ({store.encoder_info.get('name')}/"
-            f"{store.layer}); use a store made with the checkpoint's encoder and layer"
-        )
-    enc = meta.get("encoder")
-    if enc:
-        mine = store.encoder_info
-        for key in ("name", "layer"):
-            if enc.get(key) is not None and enc.get(key) != mine.get(key):
-                raise InvalidInput(
-                    f"--init-from {path} was trained on encoder {enc.get('name')}/"
-                    f"{enc.get('layer')}, but store {store.path} holds {mine.get('name')}/"
-                    f"{mine.get('layer')}; use a store made with the checkpoint's encoder and layer"
-                )
     diff = _diff(theirs, ucfg.to_dict(), _ARCH_FIELDS)
     if diff:
         raise InvalidInput(

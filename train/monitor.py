@@ -92,20 +92,21 @@ def memory_gb(device: torch.device) -> float:
 
 
 class Logger:
-    """Appends to ``<run>/log.jsonl`` and writes TensorBoard scalars (main process only)."""
+    """Appends to ``log`` (``<run>/log.jsonl``) and writes TensorBoard scalars to
+    ``tensorboard`` (``<run>/tb``; None: none), on the main process only."""
 
-    def __init__(self, run: Path, resume_step: int, enabled: bool, tensorboard: bool = True):
+    def __init__(self, log: Path, tensorboard: Path | None, resume_step: int, enabled: bool):
         self.enabled = enabled
-        self.path = run / "log.jsonl"
+        self.path = log
         self.tb = None
-        if enabled and tensorboard:
+        if enabled and tensorboard is not None:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError:  # tensorboard is a dependency, but a missing one must not stop training
                 SummaryWriter = None
             if SummaryWriter is not None:
                 # purge_step drops events a killed run wrote after its last checkpoint
-                self.tb = SummaryWriter(str(run / "tb"), purge_step=resume_step + 1)
+                self.tb = SummaryWriter(str(tensorboard), purge_step=resume_step + 1)
         self.t_last = time.perf_counter()
 
     def write(self, record: dict) -> None:

@@ -2,15 +2,7 @@
 
 from __future__ import annotations
 
-# experiment name (as in ``analyze.experiments``) -> module under rcdm.analysis.experiments
-EXPERIMENTS: dict[str, str] = {
-    "invariance": "invariance",
-    "probe": "probe",
-    "adversarial": "adversarial",
-    "manipulation": "manipulation",
-    "interpolation": "interpolation",
-    "distances": "distances",
-    "neighbours": "neighbours",
-    "class-mean": "class_mean",
-    "training-dynamics": "training_dynamics",
-}
+from rcdm.app.config import EXPERIMENTS as NAMES
+
+# experiment name (as in ``analyze.experiments``; the list is the config's) -> module here
+EXPERIMENTS: dict[str, str] = {name: name.replace("-", "_") for name in NAMES}

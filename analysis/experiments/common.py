@@ -19,6 +19,8 @@ from PIL import Image
 from rcdm.analysis.report import Entry, Figure, Table, write_entry
 from rcdm.app.config import AnalyzeConfig
 from rcdm.errors import InvalidInput, MissingInput
+from rcdm.run.conditioning import Conditioning, check_conditioning, same_representation
+from rcdm.store.format import MANIFEST as STORE_MANIFEST
 from rcdm.utils import atomic_write_json
 
 __all__ = ["RCDM", "Context", "same_encoder", "describe_encoder"]
@@ -30,15 +32,21 @@ def describe_encoder(info: dict) -> str:
     return f"{info.get('name', '?')} {info.get('layer', '?')} ({info.get('dim', '?')}-d{w})"
 
 
-def same_encoder(a: dict, b: dict) -> bool:
-    """Two encoder infos describe the same features (name, layer, dim, weights, seed)."""
-    for k in ("name", "layer", "dim"):
-        if a.get(k) != b.get(k):
-            return False
-    for k in ("weights_sha256", "seed"):
-        if a.get(k) is not None and b.get(k) is not None and a.get(k) != b.get(k):
-            return False
-    return True
+def same_encoder(a: Any, b: Any) -> bool:
+    """``a`` and ``b`` (feature stores, RCDMs, encoder infos) stand for the same representation:
+    a store's cached features can condition the RCDM, two stores' features share one space.
+    The comparison is ``rcdm.run.conditioning``'s, the one ``rcdm sample`` refuses stores with."""
+    return same_representation(_conditioning(a), _conditioning(b))
+
+
+def _conditioning(x: Any) -> Conditioning:
+    if isinstance(x, Conditioning):
+        return x
+    if isinstance(x, RCDM):
+        return x.conditioning
+    if isinstance(x, dict):
+        return Conditioning.of_encoder(x)
+    return Conditioning.of_store(x)  # a FeatureStore
 
 
 def checkpoint_label(path: str) -> str:
@@ -61,6 +69,7 @@ class RCDM:
     meta: dict
     encoder_info: dict  # the encoder whose representation conditions this RCDM
     encoder_note: str  # where encoder_info came from
+    conditioning: Conditioning  # what its conditions are (encoder, preprocessing): stores must match
     cond_dim: int
     image_size: int
     kimg: Any = None
@@ -97,7 +106,7 @@ class Context:
         if key not in self._cache:
             s = FeatureStore(path)
             self._cache[key] = s
-            self.upstream[str(Path(path) / "manifest.json")] = s.manifest_sha256
+            self.upstream[str(Path(path) / STORE_MANIFEST)] = s.manifest_sha256
         return self._cache[key]
 
     def features(self, store) -> np.ndarray:
@@ -161,7 +170,8 @@ class Context:
                     "(e.g. simclr-rn50, dino-rn50)"
                 )
             info["layer"], info["dim"] = layer, spec.dims[layer]
-        key = ("encoder", info.get("name"), info.get("layer"), info.get("weights_sha256"), info.get("seed"))
+        key = ("encoder", info.get("name"), info.get("layer"), info.get("weights_sha256"), info.get("seed"),
+               repr(info.get("preprocess")))  # fmt: skip
         if key not in self._cache:
             enc = encoder_from_info(info, trust_checkpoint=self.cfg.trust_checkpoint)
             self._cache[key] = enc.to(self.device).eval()
@@ -172,10 +182,10 @@ class Context:
         with), else the encoder's own."""
         for which in ("val", "train"):
             path = getattr(self.cfg, f"{which}_store")
-            if path is None or not (Path(path) / "manifest.json").is_file():
+            if path is None or not (Path(path) / STORE_MANIFEST).is_file():
                 continue
             store = self.store(which)
-            if same_encoder(store.encoder_info, info):
+            if same_encoder(store, info):
                 return store.preprocess
         return None
 
@@ -202,7 +212,6 @@ class Context:
 
     def _load_rcdm(self, path: str) -> RCDM:
         from rcdm.diffusion.generate import check_guidance, load_for_sampling
-        from rcdm.model.weights import encoder_hint_conflict
 
         if not Path(path).exists():
             raise MissingInput(f"checkpoint {path} does not exist; train one with `rcdm train` first")
@@ -216,33 +225,35 @@ class Context:
         image_size = int(unet.get("image_size") or getattr(cfg, "image_size", 0))
         if meta.get("encoder"):
             info, note = dict(meta["encoder"]), "recorded in the checkpoint"
-        else:
-            info = dict(self.store("val").encoder_info)
+            conditioning = Conditioning.of_run(meta)
+            if conditioning.preprocess and not info.get("preprocess"):
+                info["preprocess"] = conditioning.preprocess  # the encoder is rebuilt with it
+        else:  # an official checkpoint: its conditions are the val store's features
+            val = self.store("val")
+            check_conditioning(meta, val, what=f"checkpoint {path}")  # dim, the file-name hint
+            info, conditioning = dict(val.encoder_info), Conditioning.of_store(val)
             note = f"not recorded in the checkpoint; taken from the val store {self.cfg.val_store}"
-            named = encoder_hint_conflict(meta, info)  # official files name their encoder
-            if named:
-                raise InvalidInput(
-                    f"checkpoint {path} is named for encoder {named}, but "
-                    f"the val store holds {describe_encoder(info)}; give stores extracted with that encoder and layer"
-                )
         if int(info.get("dim", -1)) != cond_dim:
             raise InvalidInput(
                 f"checkpoint {path} expects {cond_dim}-d conditions, but its encoder "
                 f"{describe_encoder(info)} ({note}) gives {info.get('dim')}-d representations; "
                 "use a checkpoint trained on features of this encoder and layer"
             )
+        from rcdm.model.weights import meta_path
+        from rcdm.run.rundir import RunDir
         from rcdm.utils import sha256_file
 
-        p = Path(path)
-        # the run's manifest / the weights' meta JSON (cheap), else the weights file itself
-        for f in (p / "manifest.json", p / "model.json", p.with_name(p.name + ".json"), p):
+        p, run = Path(path), RunDir(path)
+        # the run's manifest / model.json / the weights' meta JSON (cheap), else the weights file
+        for f in (run.manifest, run.meta_file, meta_path(p), p):
             if f.is_file():
                 self.upstream[str(f)] = sha256_file(f)
                 break
         label = checkpoint_label(path)
         return RCDM(
             path=path, label=label, model=model, diffusion=diffusion, meta=meta, encoder_info=info,
-            encoder_note=note, cond_dim=cond_dim, image_size=image_size, kimg=meta.get("kimg"),
+            encoder_note=note, conditioning=conditioning, cond_dim=cond_dim, image_size=image_size,
+            kimg=meta.get("kimg"),
         )  # fmt: skip
 
     @property
@@ -272,7 +283,7 @@ class Context:
     def conditions(self, r: RCDM, store, rows: list[int]) -> np.ndarray:
         """Representations of store rows for RCDM ``r``: the cached features when the store was
         made with r's encoder, otherwise r's encoder run on the rows' images. ``(N, D)``."""
-        if same_encoder(store.encoder_info, r.encoder_info):
+        if same_encoder(store, r):
             return self.features(store)[rows]
         enc = self.encoder(r.encoder_info)
         return self.encode(enc, [self.image(store, i) for i in rows])
@@ -282,7 +293,7 @@ class Context:
         one (left out: neighbours / class means / probes must live in the checkpoint's space).
         With ``required``, no matching checkpoint is an error naming both representations."""
         rs = self.rcdms()
-        ok = [r for r in rs if same_encoder(store.encoder_info, r.encoder_info)]
+        ok = [r for r in rs if same_encoder(store, r)]
         notes = [
             f"checkpoint {r.path} is conditioned on {describe_encoder(r.encoder_info)}, but store "
             f"{store.path} holds {describe_encoder(store.encoder_info)}: left out of this experiment"

@@ -28,7 +28,7 @@ def run(ctx: Context) -> Entry:
 
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")
-    if not same_encoder(val.encoder_info, train.encoder_info):
+    if not same_encoder(val, train):
         raise InvalidInput(
             f"distances: the train store ({describe_encoder(train.encoder_info)}) and val store "
             f"({describe_encoder(val.encoder_info)}) must hold the same representation"

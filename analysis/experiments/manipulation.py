@@ -50,7 +50,7 @@ def run(ctx: Context) -> Entry:
     rows = ctx.pick(val, max(3, cfg.n_images), "manipulation")  # algebra needs 3
     seeds = ctx.noise_seeds()
     figures, records, table_rows = [], [], []
-    if not same_encoder(train.encoder_info, val.encoder_info):
+    if not same_encoder(train, val):
         raise InvalidInput(
             f"manipulation: the train store ({describe_encoder(train.encoder_info)}) and val store "
             f"({describe_encoder(val.encoder_info)}) must hold the same representation"

@@ -27,7 +27,7 @@ def store_pairs(ctx: Context) -> list[tuple[str, str]]:
 
 def fit_store_probe(ctx: Context, train, val) -> ProbeResult:
     """Probe on ``train``'s view-0 features, accuracy on ``val`` (both need labels)."""
-    if not same_encoder(train.encoder_info, val.encoder_info):
+    if not same_encoder(train, val):
         raise InvalidInput(
             f"probe: train store {train.path} ({train.encoder_info.get('name')} {train.layer}) and val "
             f"store {val.path} ({val.encoder_info.get('name')} {val.layer}) hold different representations; "

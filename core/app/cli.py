@@ -1,138 +1,20 @@
-"""The ``rcdm`` command line.
-
-Every stage command does the same five things, in :func:`_stage`: load the config from its
-layers (defaults, profile or ``pipeline.yaml``, ``--config``, the command's own options, typed by
-click, then ``--set``), print the resolved section with the origin of each non-default value,
-stop there under ``--dry-run``, call the stage's one typed entry point, and print where its
-output went. Stages are imported inside the commands, so ``rcdm --help`` never imports torch.
-"""
+"""The ``rcdm`` command line: one click command per stage, each a thin layer over
+:func:`rcdm.app.commandline.stage` (load the config, show it with its origins, honour
+--dry-run, call the stage's one entry point). Stages are imported inside the commands, so
+``rcdm --help`` never imports torch."""
 
 from __future__ import annotations
 
-import functools
-import importlib
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import click
-from click.core import ParameterSource
-from rcdm.app.config import EXPERIMENTS, ConfigError, PipelineConfig, dump_yaml
-from rcdm.app.load import PROFILES, load_config, resolve
+from rcdm.app.commandline import call, common_options, entry, load, show, stage
+from rcdm.app.config import EXPERIMENTS, PipelineConfig
+from rcdm.app.load import resolve
 from rcdm.encoders.registry import REGISTRY
 from rcdm.errors import UserError
-
-# Errors a user can act on: printed without a traceback. Anything else (out of memory, a bug in
-# rcdm or torch) keeps its traceback. The OS errors here always name the path at fault.
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    UserError,
-    FileNotFoundError,
-    FileExistsError,
-    PermissionError,
-    IsADirectoryError,
-    NotADirectoryError,
-)
-_COMMON = ("config_path", "profile", "sets", "dry_run")
-
-
-def _common(fn: Callable) -> Callable:
-    """--config, --profile, --set and --dry-run, shared by every stage command."""
-
-    @click.option(
-        "--config",
-        "config_path",
-        type=click.Path(dir_okay=False),
-        default=None,
-        help="Pipeline config (default: ./pipeline.yaml if present and no --profile; else the paper's recipe).",
-    )
-    @click.option(
-        "--profile",
-        type=click.Choice(PROFILES),
-        default=None,
-        help="A config shipped with rcdm, the same from any directory (demo: the embedded demo run).",
-    )
-    @click.option(
-        "--set",
-        "sets",
-        multiple=True,
-        metavar="SECTION.KEY=VALUE",
-        help="Override one config value, e.g. --set train.kimg=10 (repeatable).",
-    )
-    @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        return fn(*args, **kwargs)
-
-    return wrapper
-
-
-def _options(ctx: click.Context, section: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, str]]:
-    """The command's own options that were typed on the command line, as typed values:
-    ``{"section.key": (value, "--flag")}``. An option's name is its config key."""
-    out = {}
-    for param in ctx.command.params:
-        name = param.name
-        if name in _COMMON or name in skip or not isinstance(param, click.Option):
-            continue
-        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
-            continue
-        out[f"{section}.{name}"] = (ctx.params[name], max(param.opts, key=len))
-    return out
-
-
-def _load(ctx: click.Context, section: str | None, skip: tuple[str, ...] = (), resolved: bool = True) -> PipelineConfig:
-    p = ctx.params
-    try:
-        cfg = load_config(
-            p["config_path"],
-            p["sets"],
-            profile=p["profile"],
-            options=_options(ctx, section, skip) if section else None,
-        )
-        return resolve(cfg) if resolved else cfg
-    except ConfigError as e:
-        raise click.UsageError(str(e)) from e
-
-
-def _show(title: str, section: Any) -> None:
-    click.echo(f"# {title}\n" + dump_yaml(section), err=True)
-
-
-def _fail(e: BaseException) -> None:
-    """Print a user-facing error without a traceback and exit non-zero."""
-    click.secho(f"error: {e}", fg="red", err=True)
-    sys.exit(1)
-
-
-def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    try:
-        return fn(*args)
-    except USER_ERRORS as e:
-        _fail(e)
-
-
-def _stage(
-    ctx: click.Context,
-    section: str,
-    plan: Callable[[Any], str],
-    entry: Callable[[Any], Path],
-    done: str,
-    cfg: PipelineConfig | None = None,
-) -> None:
-    """Load, show, honour --dry-run, run the stage's entry point, say where its output is."""
-    cfg = cfg or _load(ctx, section)
-    sec = getattr(cfg, section)
-    _show(section, sec)
-    if ctx.params["dry_run"]:
-        click.echo("dry run: " + _call(plan, sec))
-        return
-    click.echo(f"{done}: {_call(entry, sec)}")
-
-
-def _entry(module: str, name: str = "run") -> Callable[[Any], Path]:
-    """A stage's entry point, imported when called (so --help and --dry-run stay torch-free)."""
-    return lambda sec: getattr(importlib.import_module(module), name)(sec)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -185,7 +67,7 @@ def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
 @click.option("--trust-checkpoint", is_flag=True, help="Allow pickle when loading weights (trusted files only).")
 @click.option("--allow-download", is_flag=True, help="Download the registry's public weights if --weights is missing.")
 @click.option("--list-encoders", is_flag=True, help="List the registered encoders and exit.")
-@_common
+@common_options
 @click.pass_context
 def extract(ctx: click.Context, list_encoders: bool, **_: Any) -> None:
     """Run a frozen encoder over images and write a feature store.
@@ -201,18 +83,18 @@ def extract(ctx: click.Context, list_encoders: bool, **_: Any) -> None:
         return
     from rcdm.app.pipeline import extract_jobs
 
-    raw = _load(ctx, "extract", skip=("list_encoders",), resolved=False)
+    raw = load(ctx, "extract", skip=("list_encoders",), resolved=False)
     # Nothing named a source or an output: extract both splits into <workdir>/stores.
     both = raw.extract.source is None and raw.extract.out is None
-    jobs = _call(extract_jobs, resolve(raw), both)
+    jobs = call(extract_jobs, resolve(raw), both)
     for job in jobs:
-        _show(f"extract {job.source} -> {job.out}", job)
+        show(f"extract {job.source} -> {job.out}", job)
     if ctx.params["dry_run"]:
-        click.echo("dry run: " + _call(_extract_plan, raw, jobs))
+        click.echo("dry run: " + call(_extract_plan, raw, jobs))
         return
-    run = _entry("rcdm.extract")
+    run = entry("rcdm.extract")
     for job in jobs:
-        click.echo(f"store written: {_call(run, job)}")
+        click.echo(f"store written: {call(run, job)}")
 
 
 # ------------------------------------------------------------------------------------- store
@@ -227,7 +109,7 @@ def store_info(path: str) -> None:
     """Summarise a store: encoder, layer, dimension, rows, shards."""
     from rcdm import store as S
 
-    click.echo(_call(S.info, path))
+    click.echo(call(S.info, path))
 
 
 @store.command("verify")
@@ -236,7 +118,7 @@ def store_verify(path: str) -> None:
     """Re-check counts, shapes, dtypes and sha256s; exit 1 on any mismatch."""
     from rcdm import store as S
 
-    problems = _call(S.verify, path)
+    problems = call(S.verify, path)
     for p in problems:
         click.secho(f"FAIL {p}", fg="red", err=True)
     if problems:
@@ -255,13 +137,13 @@ def store_verify(path: str) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (the paper: 1e-4).")
 @click.option("--compile", is_flag=True, help="torch.compile the model.")
-@_common
+@common_options
 @click.pass_context
 def train(ctx: click.Context, **_: Any) -> None:
     """Train RCDM on a feature store (resumes when re-run with the same command)."""
-    _stage(
+    stage(
         ctx, "train", lambda t: f"would train {t.preset} ({t.cond}, lr {t.lr:g}) on {t.store} -> {t.out}",
-        _entry("rcdm.train"), "run written",
+        entry("rcdm.train"), "run written",
     )  # fmt: skip
 
 
@@ -294,14 +176,14 @@ _CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate"
 @click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none, RCDM's sampler; needs train.cond_drop > 0).")
 @click.option("--seed", type=int)
 @click.option("--batch-size", type=click.IntRange(min=1))
-@_common
+@common_options
 @click.pass_context
 def sample(ctx: click.Context, **_: Any) -> None:
     """Draw images from representations."""
-    _stage(
+    stage(
         ctx, "sample",
         lambda s: f"would sample ({s.sampler.label()}) from {s.checkpoint} conditioned on {s.condition} -> {s.out}",
-        _entry("rcdm.sample"), "samples written",
+        entry("rcdm.sample"), "samples written",
     )  # fmt: skip
 
 
@@ -314,7 +196,7 @@ def sample(ctx: click.Context, **_: Any) -> None:
 @click.option("--fid", type=click.Choice(["auto", "on", "off"]))
 @click.option("--inception-weights", type=click.Path())
 @click.option("--table", is_flag=True, help="Assemble the evaluated RUNS (folders of rcdm evaluate) into one table.")
-@_common
+@common_options
 @click.pass_context
 def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -> None:
     """Compute FID, IS and rank / MRR of --samples; or, with --table RUNS..., assemble tables.
@@ -326,19 +208,19 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -
     if runs and not table:
         raise click.UsageError(f"unexpected argument(s) {' '.join(runs)}: evaluated runs go after --table")
     if not table:
-        _stage(
+        stage(
             ctx, "evaluate", lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
-            _entry("rcdm.analysis", "evaluate"), "metrics written",
+            entry("rcdm.analysis", "evaluate"), "metrics written",
         )  # fmt: skip
         return
     if not runs:
         raise click.UsageError("--table needs the evaluated runs: rcdm evaluate --table eval/a eval/b --out eval/table")
-    cfg = _load(ctx, None)
+    cfg = load(ctx, None)
     out = ctx.params["out"] or str(Path(cfg.data.workdir) / "table")
     if ctx.params["dry_run"]:
         click.echo(f"dry run: would assemble {len(runs)} run(s) ({', '.join(runs)}) into {out}")
         return
-    click.echo(f"table written: {_call(_table, list(runs), out)}")
+    click.echo(f"table written: {call(_table, list(runs), out)}")
 
 
 def _table(runs: list[str], out: str) -> Path:
@@ -360,18 +242,18 @@ def _table(runs: list[str], out: str) -> Path:
 @click.option("--steps", help='Respacing of every sample drawn (as rcdm sample --steps).')
 @click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none).")
 @click.option("--seed", type=int)
-@_common
+@common_options
 @click.pass_context
 def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
-    cfg = _load(ctx, "analyze")
+    cfg = load(ctx, "analyze")
     if experiments:
         from rcdm.app.load import set_value
 
         cfg = set_value(cfg, "analyze", "experiments", experiments, "command-line EXPERIMENTS")
-    _stage(
+    stage(
         ctx, "analyze",
         lambda a: f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}",
-        _entry("rcdm.analysis", "analyze"), "report", cfg=cfg,
+        entry("rcdm.analysis", "analyze"), "report", cfg=cfg,
     )  # fmt: skip
 
 
@@ -379,17 +261,17 @@ def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
 def _run_pipeline(ctx: click.Context, stages: str | None, force: bool) -> None:
     from rcdm.app import pipeline
 
-    cfg = _load(ctx, None)
+    cfg = load(ctx, None)
     try:
         names = pipeline.parse_stages(stages)
     except UserError as e:
         raise click.BadParameter(str(e), param_hint="--stages") from e
-    _show("pipeline", cfg)
+    show("pipeline", cfg)
     if ctx.params["dry_run"]:
-        for line in _call(pipeline.plan, cfg, names, force):
+        for line in call(pipeline.plan, cfg, names, force):
             click.echo(line)
         return
-    path = _call(pipeline.run, cfg, names, force)
+    path = call(pipeline.run, cfg, names, force)
     click.echo(f"\ndone. open the report: {path}")
 
 
@@ -400,7 +282,7 @@ _FORCE_HELP = "Re-run stages that already finished."
 @cli.command()
 @click.option("--stages", help=_STAGES_HELP)
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
-@_common
+@common_options
 @click.pass_context
 def run(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
     """Run the pipeline end to end on your data (set data.train / data.val in pipeline.yaml).
@@ -433,7 +315,7 @@ def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
               help="Rewrite the generated sections of this README instead of printing.")
 def config_reference(update_path: str | None) -> None:
     """Print the config reference (Markdown), generated from the dataclasses."""
-    from rcdm.app.config import config_reference as reference
+    from rcdm.app.readme import config_reference as reference
 
     if update_path:
         from rcdm.app import readme

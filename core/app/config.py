@@ -16,12 +16,11 @@ This module must not import torch: ``rcdm --help`` and ``--dry-run`` use it.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from rcdm.diffusion.spec import Sampler, Steps
@@ -38,7 +37,6 @@ __all__ = [
     "SECTIONS",
     "SampleConfig",
     "TrainConfig",
-    "config_reference",
     "dump_yaml",
     "save_resolved",
     "section_fields",
@@ -383,32 +381,3 @@ def type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
-
-
-def config_reference() -> str:
-    """Markdown reference of every section and key, generated from the dataclasses."""
-    out = []
-    for name, cls in SECTIONS.items():
-        out.append(f"### `{name}`\n\n{(cls.__doc__ or '').strip()}\n")
-        hints = get_type_hints(cls)
-        comments = _field_comments(inspect.getsource(cls))
-        rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
-        for f in section_fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            rows.append(
-                f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | "
-                f"{comments.get(f.name, '')} |"
-            )
-        out.append("\n".join(rows) + "\n")
-    return "\n".join(out)
-
-
-def _field_comments(source: str) -> dict[str, str]:
-    result = {}
-    for line in source.splitlines():
-        s = line.strip()
-        if ":" in s and "#" in s and not s.startswith("#"):
-            name = s.split(":", 1)[0].strip()
-            if name.isidentifier():
-                result[name] = s.split("#", 1)[1].strip().replace("|", "\\|")
-    return result

@@ -6,14 +6,17 @@ tests/test_readme.py fails when the README differs from what the code generates.
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
 from pathlib import Path
+from typing import get_type_hints
 
+from rcdm.app.config import SECTIONS, section_fields, to_dict, type_name
 from rcdm.errors import InvalidInput
 
 
 def _blocks() -> dict[str, str]:
-    from rcdm.app.config import config_reference
     from rcdm.encoders.registry import describe_registry
 
     return {"config": config_reference().strip(), "encoders": describe_registry().strip()}
@@ -36,3 +39,32 @@ def update(path: str | Path) -> bool:
     if new != old:
         path.write_text(new)
     return new != old
+
+
+def config_reference() -> str:
+    """Markdown reference of every section and key, generated from the dataclasses."""
+    out = []
+    for name, cls in SECTIONS.items():
+        out.append(f"### `{name}`\n\n{(cls.__doc__ or '').strip()}\n")
+        hints = get_type_hints(cls)
+        comments = _field_comments(inspect.getsource(cls))
+        rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
+        for f in section_fields(cls):
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            rows.append(
+                f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | "
+                f"{comments.get(f.name, '')} |"
+            )
+        out.append("\n".join(rows) + "\n")
+    return "\n".join(out)
+
+
+def _field_comments(source: str) -> dict[str, str]:
+    result = {}
+    for line in source.splitlines():
+        s = line.strip()
+        if ":" in s and "#" in s and not s.startswith("#"):
+            name = s.split(":", 1)[0].strip()
+            if name.isidentifier():
+                result[name] = s.split("#", 1)[1].strip().replace("|", "\\|")
+    return result

@@ -25,10 +25,8 @@ __all__ = [
     "GaussianDiffusion",
     "create_diffusion",
     "discretized_gaussian_log_likelihood",
-    "draw_noise",
     "get_named_beta_schedule",
     "normal_kl",
-    "sample_loop",
     "sample_timesteps",
     "space_timesteps",
 ]
@@ -345,63 +343,3 @@ def create_diffusion(
         return GaussianDiffusion(betas, learn_sigma)
     new_betas, tmap = respaced_betas(torch.cumprod(1.0 - betas, dim=0), use)
     return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap)
-
-
-def draw_noise(
-    generators: Sequence[torch.Generator] | None,
-    shape: Sequence[int],
-    device: torch.device | str,
-    n: int | None = None,
-) -> torch.Tensor:
-    """(N, *shape) standard normal noise, row i drawn from generators[i] (on its own device).
-
-    Without generators, N = n rows from the global RNG.
-    """
-    if generators is None:
-        if n is None:
-            raise InvalidInput("draw_noise needs generators or n")
-        return torch.randn(n, *shape, device=device)
-    rows = [torch.randn(*shape, generator=g, device=g.device) for g in generators]
-    return torch.stack(rows).to(device)
-
-
-def sample_loop(
-    model: Model,
-    diffusion: GaussianDiffusion,
-    cond: torch.Tensor | None,
-    noise: torch.Tensor,
-    *,
-    ddim: bool = False,
-    eta: float = 0.0,
-    clip_denoised: bool = True,
-    generators: Sequence[torch.Generator] | None = None,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Run the reverse chain from x_T = noise (N, C, H, W) to x_0 in [-1, 1] (float32).
-
-    With ``generators`` (one per sample) every random draw of sample i comes from generators[i],
-    so a sample depends only on its own condition and seed, not on its batch or position.
-    """
-    n = noise.shape[0]
-    if generators is not None and len(generators) != n:
-        raise InvalidInput(f"{len(generators)} generators for {n} samples: pass one per sample")
-    if cond is not None and cond.shape[0] != n:
-        raise InvalidInput(f"{cond.shape[0]} conditions for {n} noise images")
-    kwargs = {} if cond is None else {"cond": cond}
-    x = noise.float()
-    steps = list(range(diffusion.num_timesteps))[::-1]
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(steps, desc="sampling", leave=False)
-    stochastic = not ddim or eta > 0
-    with torch.no_grad():
-        for i in steps:
-            t = torch.full((n,), i, device=x.device, dtype=torch.long)
-            z = draw_noise(generators, x.shape[1:], x.device, n) if stochastic and i > 0 else None
-            if ddim:
-                out = diffusion.ddim_sample(model, x, t, z, clip_denoised, kwargs, eta)
-            else:
-                out = diffusion.p_sample(model, x, t, z, clip_denoised, kwargs)
-            x = out["sample"]
-    return x

@@ -1,7 +1,7 @@
 """Generation: conditions + seeds -> uint8 images, one random generator per sample.
 
 Every sample i gets its own ``torch.Generator`` seeded with ``seeds[i]``; it draws that sample's
-initial noise x_T and every step's noise (``diffusion.sample_loop`` takes the per-sample
+initial noise x_T and every step's noise (:func:`sample_loop` takes the per-sample
 generators). So sample i depends on ``(conds[i], seeds[i])`` only: not on the batch size, the
 number of processes, or its position in the batch (EDM's convention). Results are reproducible
 on one device type; the CPU and CUDA generators draw different numbers.
@@ -21,6 +21,8 @@ from rcdm.errors import InvalidInput
 from rcdm.utils import seed_generator
 
 __all__ = [
+    "draw_noise",
+    "sample_loop",
     "check_guidance",
     "generate",
     "load_for_sampling",
@@ -28,6 +30,66 @@ __all__ = [
     "model_image_shape",
     "to_uint8",
 ]
+
+
+def draw_noise(
+    generators: Sequence[torch.Generator] | None,
+    shape: Sequence[int],
+    device: torch.device | str,
+    n: int | None = None,
+) -> torch.Tensor:
+    """(N, *shape) standard normal noise, row i drawn from generators[i] (on its own device).
+
+    Without generators, N = n rows from the global RNG.
+    """
+    if generators is None:
+        if n is None:
+            raise InvalidInput("draw_noise needs generators or n")
+        return torch.randn(n, *shape, device=device)
+    rows = [torch.randn(*shape, generator=g, device=g.device) for g in generators]
+    return torch.stack(rows).to(device)
+
+
+def sample_loop(
+    model: torch.nn.Module,
+    diffusion: Any,
+    cond: torch.Tensor | None,
+    noise: torch.Tensor,
+    *,
+    ddim: bool = False,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    generators: Sequence[torch.Generator] | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Run the reverse chain from x_T = noise (N, C, H, W) to x_0 in [-1, 1] (float32).
+
+    With ``generators`` (one per sample) every random draw of sample i comes from generators[i],
+    so a sample depends only on its own condition and seed, not on its batch or position.
+    """
+    n = noise.shape[0]
+    if generators is not None and len(generators) != n:
+        raise InvalidInput(f"{len(generators)} generators for {n} samples: pass one per sample")
+    if cond is not None and cond.shape[0] != n:
+        raise InvalidInput(f"{cond.shape[0]} conditions for {n} noise images")
+    kwargs = {} if cond is None else {"cond": cond}
+    x = noise.float()
+    steps = list(range(diffusion.num_timesteps))[::-1]
+    if progress:
+        from tqdm.auto import tqdm
+
+        steps = tqdm(steps, desc="sampling", leave=False)
+    stochastic = not ddim or eta > 0
+    with torch.no_grad():
+        for i in steps:
+            t = torch.full((n,), i, device=x.device, dtype=torch.long)
+            z = draw_noise(generators, x.shape[1:], x.device, n) if stochastic and i > 0 else None
+            if ddim:
+                out = diffusion.ddim_sample(model, x, t, z, clip_denoised, kwargs, eta)
+            else:
+                out = diffusion.p_sample(model, x, t, z, clip_denoised, kwargs)
+            x = out["sample"]
+    return x
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
@@ -134,8 +196,6 @@ def generate(
     and in eval mode. ``guidance`` != 1 applies classifier-free guidance of that scale (the model
     must have been trained with ``train.cond_drop`` > 0; see :func:`check_guidance`).
     """
-    from rcdm.diffusion.gaussian import sample_loop
-
     device = torch.device(device)
     conds_t = torch.as_tensor(np.asarray(conds, dtype=np.float32) if not torch.is_tensor(conds) else conds)
     conds_t = conds_t.float()

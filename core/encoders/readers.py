@@ -33,7 +33,7 @@ from typing import Any
 import torch
 from rcdm.encoders.registry import HeadSpec
 from rcdm.errors import InvalidInput, MissingInput
-from rcdm.utils import state_dict_diff
+from rcdm.statedict import load_strict
 from torch import nn
 
 # Globals allowed in weights-only loading besides tensors and containers: DINO's checkpoints
@@ -165,36 +165,12 @@ def remap(
     return out, unexpected
 
 
-def strict_load(
-    module: nn.Module, sd: dict[str, Any], what: str, unexpected: list[str] = ()
-) -> None:
-    """Load ``sd`` into ``module`` or raise ``ValueError`` naming every bad key (first ones)."""
-    own = module.state_dict()
-    not_tensors = [k for k, v in sd.items() if not isinstance(v, torch.Tensor)]
-    if not_tensors:
-        raise InvalidInput(
-            f"{what}: {len(not_tensors)} entries are not tensors: {_first(not_tensors)}; "
-            "this is not a state dict of this encoder"
-        )
-    missing, not_in_model, misshaped = state_dict_diff(own, sd)
-    extra = list(unexpected) + not_in_model
-    shapes = [
-        f"'{k}' is {list(theirs)} in the file, the model needs {list(ours)}"
-        for k, theirs, ours in misshaped
-    ]
-    problems = []
-    if missing:
-        problems.append(f"{len(missing)} missing key(s): {_first(missing)}")
-    if extra:
-        problems.append(f"{len(extra)} unexpected key(s): {_first(extra)}")
-    if shapes:
-        problems.append(f"{len(shapes)} mis-shaped key(s): " + "; ".join(shapes[:3]))
-    if problems:
-        raise InvalidInput(
-            f"{what} does not match the architecture: " + ". ".join(problems)
-            + ". Check that the weights file belongs to this encoder (see `rcdm extract --list-encoders`)"
-        )
-    module.load_state_dict({k: sd[k] for k in own}, strict=True)
+def strict_load(module: nn.Module, sd: dict[str, Any], what: str, unexpected: list[str] = ()) -> None:
+    """Load ``sd`` into ``module`` or raise InvalidInput naming every bad key."""
+    load_strict(
+        module, sd, what, unexpected=unexpected,
+        hint="Check that the weights file belongs to this encoder (see `rcdm extract --list-encoders`)",
+    )  # fmt: skip
 
 
 def _first(keys: list[str], n: int = 5) -> str:

@@ -2,10 +2,10 @@
 
 Formats read by :func:`load_model`:
 
-- a run directory written by ``rcdm train``: ``<run>/model.json`` (``{"unet": UNetConfig dict,
-  "diffusion": {...}, "encoder": {...}, "store_manifest_sha256", "ema_rates", "kimg"}``) beside
-  ``<run>/ema.safetensors``; also a checkpoint folder ``checkpoints/step-N/`` with
-  ``model.safetensors`` and ``ema-<rate>.safetensors``;
+- a run directory written by ``rcdm train``, or one of its ``checkpoints/step-N`` folders:
+  :class:`rcdm.run.rundir.RunDir` says which weights file (``RunDir.weights(ema)``) and reads its
+  ``model.json`` (``{"unet": UNetConfig dict, "diffusion": {...}, "encoder": {...}, "preprocess":
+  {...}, "store_manifest_sha256", "ema_rates", "kimg"}``);
 - one of our safetensors files: the meta dict is stored in the file's header (key
   ``rcdm_meta``) and beside it as ``<file>.json``;
 - an official guided-diffusion / RCDM ``.pt`` state dict (``rcdm_ema_dino_trunk.pt``, ADM
@@ -32,12 +32,11 @@ from rcdm.diffusion.gaussian import DIFFUSION_STEPS
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, config_from_state_dict
 from rcdm.model.unet import UNetModel
-from rcdm.utils import atomic_write_json, read_json, state_dict_diff
+from rcdm.run.rundir import RunDir
+from rcdm.statedict import load_strict, strip_prefixes
+from rcdm.utils import atomic_write_json, read_json
 
 META_KEY = "rcdm_meta"  # safetensors header entry holding the meta dict as JSON
-RUN_META = "model.json"
-RUN_WEIGHTS = "ema.safetensors"
-_PREFIXES = ("module.", "_orig_mod.")  # DDP / torch.compile wrappers
 
 
 # -- writing ---------------------------------------------------------------------------------
@@ -83,39 +82,6 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta:
 
 
 # -- strict state-dict loading ---------------------------------------------------------------
-def strip_prefixes(sd: Mapping[str, Any]) -> dict[str, Any]:
-    """Drop DDP ``module.`` and torch.compile ``_orig_mod.`` prefixes from every key."""
-    out = {}
-    for k, v in sd.items():
-        changed = True
-        while changed:
-            changed = False
-            for p in _PREFIXES:
-                if k.startswith(p):
-                    k, changed = k[len(p) :], True
-        out[k] = v
-    return out
-
-
-def _listing(keys: list[str], limit: int = 8) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
-
-
-def state_dict_problems(model: torch.nn.Module, sd: Mapping[str, Any]) -> list[str]:
-    """Human-readable differences between ``sd`` and the model's own state dict (empty: fits)."""
-    missing, unexpected, misshaped = state_dict_diff(model.state_dict(), sd)
-    shapes = [f"{k}: checkpoint {theirs} vs model {ours}" for k, theirs, ours in misshaped]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {_listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {_listing(unexpected)}")
-    if shapes:
-        problems.append(f"mis-shaped: {_listing(shapes, 4)}")
-    return problems
-
-
 def load_state_dict_strict(
     model: torch.nn.Module,
     sd: Mapping[str, torch.Tensor],
@@ -123,24 +89,20 @@ def load_state_dict_strict(
     source: str = "checkpoint",
     assign: bool = False,
 ) -> torch.nn.Module:
-    """Load ``sd`` into ``model`` (in place) or raise ``ValueError`` naming every bad key.
+    """Load ``sd`` into ``model`` (in place) or raise InvalidInput naming every bad key
+    (:func:`rcdm.statedict.load_strict`, with the UNet's architecture in the hint).
 
     ``assign=True`` adopts the tensors themselves (for a model built on the meta device).
     """
-    sd = strip_prefixes(sd)
-    problems = state_dict_problems(model, sd)
-    if problems:
-        arch = getattr(model, "cfg", None)
-        hint = (
-            f" The model is {_describe(arch)}; the checkpoint was made for another architecture "
-            "or conditioning: pick the matching preset / --cond, or let the architecture be "
-            "inferred from the checkpoint."
-            if isinstance(arch, UNetConfig)
-            else ""
-        )
-        raise InvalidInput(f"{source} does not fit the model: " + "; ".join(problems) + "." + hint)
-    model.load_state_dict(sd, strict=True, assign=assign)
-    return model
+    arch = getattr(model, "cfg", None)
+    hint = (
+        f"The model is {_describe(arch)}; the checkpoint was made for another architecture "
+        "or conditioning: pick the matching preset / --cond, or let the architecture be "
+        "inferred from the checkpoint"
+        if isinstance(arch, UNetConfig)
+        else ""
+    )
+    return load_strict(model, strip_prefixes(sd), source, hint=hint, assign=assign)
 
 
 def _describe(cfg: UNetConfig) -> str:
@@ -200,7 +162,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             ):
                 return dict(inner)
         raise InvalidInput(
-            f"{path} is not a model state dict (top-level keys: {_listing(sorted(map(str, obj)))})"
+            f"{path} is not a model state dict (top-level keys: {', '.join(sorted(map(str, obj))[:8])})"
         )
     raise InvalidInput(f"{path} holds a {type(obj).__name__}, not a model state dict")
 
@@ -226,60 +188,9 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(header[META_KEY])
     elif meta_path(path).exists():
         meta = read_json(meta_path(path))
-    elif (path.parent / RUN_META).exists():
-        meta = read_json(path.parent / RUN_META)
+    elif (path.parent / RunDir.META).exists():  # a weights file in a run / checkpoint folder
+        meta = RunDir(path.parent).meta()
     return sd, meta
-
-
-def _ema_file(folder: Path, ema: Any) -> Path:
-    """The weights file in a run / checkpoint folder for the ``ema`` choice."""
-    have = sorted(p.name for p in folder.glob("*.safetensors"))
-    want_raw = ema in (False, "no", "none", "raw", "model")
-    if ema in ("auto", True, "yes") or ema is None:
-        if (folder / RUN_WEIGHTS).exists():
-            return folder / RUN_WEIGHTS
-        emas = sorted(folder.glob("ema-*.safetensors"))
-        rates = (
-            read_json(folder / RUN_META).get("ema_rates") if (folder / RUN_META).exists() else None
-        )
-        if emas and rates:  # the run's first EMA rate, as the run-level ema.safetensors
-            return _ema_file(folder, rates[0])
-        if emas:
-            return emas[0]
-        if (folder / "model.safetensors").exists():
-            return folder / "model.safetensors"
-    elif want_raw:
-        if (folder / "model.safetensors").exists():
-            return folder / "model.safetensors"
-    else:
-        try:
-            rate = float(ema)
-        except (TypeError, ValueError):
-            raise InvalidInput(
-                f"ema={ema!r}: expected 'auto', 'no' or an EMA rate like 0.9999"
-            ) from None
-        for p in folder.glob("ema-*.safetensors"):
-            m = re.fullmatch(r"ema-(.+)\.safetensors", p.name)
-            if m and _float_or_none(m.group(1)) == rate:
-                return p
-        if (folder / RUN_WEIGHTS).exists() and meta_rate(folder / RUN_WEIGHTS) == rate:
-            return folder / RUN_WEIGHTS
-    raise MissingInput(
-        f"no weights for ema={ema!r} in {folder} (it has: {', '.join(have) or 'no .safetensors files'}); "
-        "pass a run directory written by rcdm train, a checkpoints/step-N folder, or a weights file"
-    )
-
-
-def _float_or_none(s: str) -> float | None:
-    try:
-        return float(s)
-    except ValueError:
-        return None
-
-
-def meta_rate(weights: Path) -> float | None:
-    p = meta_path(weights)
-    return read_json(p).get("ema_rate") if p.exists() else None
 
 
 def _official_meta(cfg: UNetConfig, path: Path) -> dict:
@@ -293,21 +204,11 @@ def _official_meta(cfg: UNetConfig, path: Path) -> dict:
         "source": {"kind": "official", "path": str(path)},
     }
     # rcdm_ema_{simclr,barlow,vicreg,dino}_{trunk,head}.pt name their encoder: a hint only
+    # (rcdm.run.conditioning compares it with a store's encoder)
     m = re.match(r"rcdm_ema_([a-z]+?)(?:_(trunk|head))?\.pt$", path.name)
     if m:
         meta["encoder_hint"] = {"name": m.group(1), "layer": m.group(2) or "trunk"}
     return meta
-
-
-def encoder_hint_conflict(meta: Mapping[str, Any], info: Mapping[str, Any]) -> str | None:
-    """For an official checkpoint named for an encoder (``rcdm_ema_dino_trunk.pt``), a description
-    of that encoder when it is not the one ``info`` describes; None when they agree or there is
-    no hint. Checkpoints that record their encoder are checked against it instead."""
-    hint = meta.get("encoder_hint") or {}
-    if not hint or meta.get("encoder"):
-        return None
-    same = str(info.get("name", "")).startswith(str(hint.get("name"))) and hint.get("layer") == info.get("layer")
-    return None if same else f"{hint.get('name')} ({hint.get('layer')})"
 
 
 def build_model(
@@ -343,10 +244,11 @@ def load_model(
             "official RCDM / ADM .pt file"
         )
     if path.is_dir():
-        weights = _ema_file(path, ema)
+        run = RunDir(path)
+        weights = run.weights(ema)  # the one rule for which file a folder gives
         sd, meta = read_safetensors(weights)
-        if (path / RUN_META).exists():
-            meta = {**meta, **read_json(path / RUN_META), "ema_rate": meta.get("ema_rate")}
+        if run.meta_file.exists():
+            meta = {**meta, **run.meta(), "ema_rate": meta.get("ema_rate")}
     elif path.suffix == ".safetensors":
         weights = path
         sd, meta = read_safetensors(path)

@@ -1,0 +1,136 @@
+"""What every ``rcdm`` command shares: the common options, typed option values with their
+origin, config loading, the one stage-command body, and user errors without a traceback.
+
+Every stage command does the same five things, in :func:`stage`: load the config from its layers
+(defaults, profile or ``pipeline.yaml``, ``--config``, the command's own options typed by click,
+then ``--set``), print the resolved section with the origin of each non-default value, stop
+there under ``--dry-run``, call the stage's one typed entry point, and say where its output went.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+from click.core import ParameterSource
+from rcdm.app.config import ConfigError, PipelineConfig, dump_yaml
+from rcdm.app.load import PROFILES, load_config, resolve
+from rcdm.errors import UserError
+
+__all__ = ["USER_ERRORS", "call", "common_options", "entry", "fail", "load", "show", "stage", "typed_options"]
+
+# Errors a user can act on: printed without a traceback. Anything else (out of memory, a bug in
+# rcdm or torch) keeps its traceback. The OS errors here always name the path at fault.
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    UserError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    IsADirectoryError,
+    NotADirectoryError,
+)
+COMMON = ("config_path", "profile", "sets", "dry_run")
+
+
+def common_options(fn: Callable) -> Callable:
+    """--config, --profile, --set and --dry-run, shared by every stage command."""
+
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Pipeline config (default: ./pipeline.yaml if present and no --profile; else the paper's recipe).",
+    )
+    @click.option(
+        "--profile",
+        type=click.Choice(PROFILES),
+        default=None,
+        help="A config shipped with rcdm, the same from any directory (demo: the embedded demo run).",
+    )
+    @click.option(
+        "--set",
+        "sets",
+        multiple=True,
+        metavar="SECTION.KEY=VALUE",
+        help="Override one config value, e.g. --set train.kimg=10 (repeatable).",
+    )
+    @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def typed_options(ctx: click.Context, section: str, skip: tuple[str, ...] = ()) -> dict[str, tuple[Any, str]]:
+    """The command's own options that were typed on the command line, as typed values:
+    ``{"section.key": (value, "--flag")}``. An option's name is its config key."""
+    out = {}
+    for param in ctx.command.params:
+        name = param.name
+        if name in COMMON or name in skip or not isinstance(param, click.Option):
+            continue
+        if ctx.get_parameter_source(name) != ParameterSource.COMMANDLINE:
+            continue
+        out[f"{section}.{name}"] = (ctx.params[name], max(param.opts, key=len))
+    return out
+
+
+def load(ctx: click.Context, section: str | None, skip: tuple[str, ...] = (), resolved: bool = True) -> PipelineConfig:
+    p = ctx.params
+    try:
+        cfg = load_config(
+            p["config_path"],
+            p["sets"],
+            profile=p["profile"],
+            options=typed_options(ctx, section, skip) if section else None,
+        )
+        return resolve(cfg) if resolved else cfg
+    except ConfigError as e:
+        raise click.UsageError(str(e)) from e
+
+
+def show(title: str, section: Any) -> None:
+    click.echo(f"# {title}\n" + dump_yaml(section), err=True)
+
+
+def fail(e: BaseException) -> None:
+    """Print a user-facing error without a traceback and exit non-zero."""
+    click.secho(f"error: {e}", fg="red", err=True)
+    sys.exit(1)
+
+
+def call(fn: Callable[..., Any], *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except USER_ERRORS as e:
+        fail(e)
+
+
+def stage(
+    ctx: click.Context,
+    section: str,
+    plan: Callable[[Any], str],
+    entry: Callable[[Any], Path],
+    done: str,
+    cfg: PipelineConfig | None = None,
+) -> None:
+    """Load, show, honour --dry-run, run the stage's entry point, say where its output is."""
+    cfg = cfg or load(ctx, section)
+    sec = getattr(cfg, section)
+    show(section, sec)
+    if ctx.params["dry_run"]:
+        click.echo("dry run: " + call(plan, sec))
+        return
+    click.echo(f"{done}: {call(entry, sec)}")
+
+
+def entry(module: str, name: str = "run") -> Callable[[Any], Path]:
+    """A stage's entry point, imported when called (so --help and --dry-run stay torch-free)."""
+    return lambda sec: getattr(importlib.import_module(module), name)(sec)

@@ -1,0 +1,296 @@
+"""The training-run folder: ``rcdm train`` writes it, ``rcdm sample`` / ``analyze`` read it.
+
+This module is the one owner of its layout:
+
+    <run>/config.yaml                  the resolved TrainConfig
+    <run>/model.json                   unet + diffusion config, encoder and preprocess of the
+                                       training store, store manifest sha256, ema_rates, kimg
+    <run>/ema.safetensors (+ .json)    the first EMA rate's weights of the newest checkpoint
+    <run>/checkpoints/step-NNNNNNN/    model.safetensors, ema-<rate>.safetensors (+ meta json
+                                       each), model.json, accelerate/ (optimizer, scaler, RNG),
+                                       state.json (written last)
+    <run>/log.jsonl, <run>/tb/, <run>/grids/
+    <run>/manifest.json                written last: the run is finished
+
+A checkpoint is written under a temporary name and renamed into place when complete, so a
+``step-*`` folder is always whole; resuming takes the newest one. A ``step-*`` folder has the
+run folder's file names, so ``RunDir(step_folder).weights(...)`` / ``.meta()`` read it too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from rcdm.errors import InvalidInput, MissingInput
+from rcdm.utils import atomic_write_json, read_json
+
+__all__ = ["RunDir", "parse_ema"]
+
+_STEP_RE = re.compile(r"^step-(\d{7})$")
+_EMA_RE = re.compile(r"^ema-(.+)\.safetensors$")
+_AUTO = ("auto", "yes")
+_RAW = ("no", "none", "raw", "model")
+
+
+def parse_ema(ema: Any) -> str | float:
+    """``"auto"`` (the run's first EMA rate), ``"no"`` (the raw weights) or a rate (float)."""
+    if ema is None or ema is True or (isinstance(ema, str) and ema.lower() in _AUTO):
+        return "auto"
+    if ema is False or (isinstance(ema, str) and ema.lower() in _RAW):
+        return "no"
+    try:
+        return float(ema)
+    except (TypeError, ValueError):
+        raise InvalidInput(f"ema={ema!r}: expected 'auto', 'no' or an EMA rate like 0.9999") from None
+
+
+class RunDir:
+    """A training-run folder (or one of its ``checkpoints/step-N`` folders)."""
+
+    CONFIG = "config.yaml"
+    META = "model.json"
+    WEIGHTS = "ema.safetensors"  # run level: the first EMA rate
+    RAW = "model.safetensors"  # in a checkpoint: the trained (not averaged) weights
+    CHECKPOINTS = "checkpoints"
+    STATE = "state.json"
+    ACCELERATE = "accelerate"
+    LOG = "log.jsonl"
+    TENSORBOARD = "tb"
+    GRIDS = "grids"
+    MANIFEST = "manifest.json"
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    def __repr__(self) -> str:
+        return f"RunDir({str(self.path)!r})"
+
+    # ---- names
+    @staticmethod
+    def ema_name(rate: float) -> str:
+        """``ema-<rate>.safetensors``: 0.9999 -> ``ema-0.9999.safetensors``."""
+        return f"ema-{float(rate):.10g}.safetensors"
+
+    @staticmethod
+    def checkpoint_name(step: int) -> str:
+        return f"step-{step:07d}"
+
+    @property
+    def meta_file(self) -> Path:
+        return self.path / self.META
+
+    @property
+    def manifest(self) -> Path:
+        return self.path / self.MANIFEST
+
+    @property
+    def log(self) -> Path:
+        return self.path / self.LOG
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.path / self.TENSORBOARD
+
+    @property
+    def grids(self) -> Path:
+        return self.path / self.GRIDS
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.path / self.CHECKPOINTS
+
+    # ---- checkpoints
+    def checkpoints(self) -> list[tuple[int, Path]]:
+        """Complete checkpoints as (step, folder), oldest first."""
+        d = self.checkpoints_dir
+        if not d.is_dir():
+            return []
+        found = []
+        for p in d.iterdir():
+            m = _STEP_RE.match(p.name)
+            if m and p.is_dir() and (p / self.STATE).is_file():
+                found.append((int(m.group(1)), p))
+        return sorted(found)
+
+    def latest(self) -> Path | None:
+        """The newest complete checkpoint folder, None if there is none."""
+        cks = self.checkpoints()
+        return cks[-1][1] if cks else None
+
+    def begin(self, step: int) -> Path:
+        """An empty temporary folder to write checkpoint ``step`` into (main process only)."""
+        tmp = self.pending(step)
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        if tmp.exists():  # left by a run killed while writing
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+        return tmp
+
+    def pending(self, step: int) -> Path:
+        """The temporary folder :meth:`begin` makes for ``step`` (every rank needs its name)."""
+        return self.checkpoints_dir / f".{self.checkpoint_name(step)}.tmp"
+
+    def commit(self, tmp: Path, state: dict) -> Path:
+        """Write ``state.json`` last, then rename ``tmp`` to its ``step-NNNNNNN`` name."""
+        atomic_write_json(tmp / self.STATE, state)
+        final = self.checkpoints_dir / self.checkpoint_name(int(state["step"]))
+        if final.exists():  # same step written again (e.g. the final one after a resume)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        return final
+
+    @classmethod
+    def read_state(cls, checkpoint: Path) -> dict:
+        """A checkpoint's ``state.json`` (step, nimg, seed, ...)."""
+        return read_json(Path(checkpoint) / cls.STATE)
+
+    def prune(self, keep: int) -> list[Path]:
+        """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0: keep all)."""
+        if keep <= 0:
+            return []
+        removed = []
+        for _, p in self.checkpoints()[:-keep]:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+        return removed
+
+    def publish(self, checkpoint: Path) -> None:
+        """Make ``checkpoint`` the run's current one: copy its first EMA rate's weights (meta JSON
+        first, as ``save_weights`` does) to ``ema.safetensors``, then its ``model.json``."""
+        from rcdm.model.weights import meta_path
+
+        meta = read_json(checkpoint / self.META)
+        src = checkpoint / self.ema_name(meta["ema_rates"][0])
+        for a, b in ((meta_path(src), meta_path(self.path / self.WEIGHTS)), (src, self.path / self.WEIGHTS)):
+            tmp = b.with_name(f".{b.name}.tmp-{os.getpid()}")
+            shutil.copyfile(a, tmp)
+            os.replace(tmp, b)
+        atomic_write_json(self.meta_file, meta)
+
+    def truncate_log(self, step: int) -> None:
+        """Drop log lines written after ``step`` by a run killed before its next checkpoint."""
+        path = self.log
+        if not path.exists():
+            return
+        kept = []
+        for line in path.read_text().splitlines():
+            try:
+                if json.loads(line).get("step", 0) <= step:
+                    kept.append(line)
+            except json.JSONDecodeError:  # a half-written last line
+                continue
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        os.replace(tmp, path)
+
+    # ---- the model
+    def meta(self) -> dict:
+        """``model.json``: what the model is and what it was trained on."""
+        if not self.meta_file.is_file():
+            raise MissingInput(
+                f"{self.path} has no {self.META}: pass a run directory written by rcdm train "
+                "(or one of its checkpoints/step-N folders)"
+            )
+        return read_json(self.meta_file)
+
+    def write_meta(self, meta: dict) -> Path:
+        return atomic_write_json(self.meta_file, meta)
+
+    def ema_files(self) -> dict[float, Path]:
+        """This folder's ``ema-<rate>.safetensors`` files by rate."""
+        found = {}
+        for p in self.path.glob("ema-*.safetensors"):
+            m = _EMA_RE.match(p.name)
+            try:
+                found[float(m.group(1))] = p  # type: ignore[union-attr]
+            except ValueError:
+                continue
+        return found
+
+    def weights(self, ema: Any = "auto") -> Path:
+        """THE weights file this folder gives for ``ema`` (``load_model`` loads this file).
+
+        - ``"auto"``: the run's first EMA rate: ``ema.safetensors`` in a run folder, the
+          ``ema-<ema_rates[0]>`` file in a checkpoint folder (one EMA file: that one; none:
+          ``model.safetensors``);
+        - a rate: ``ema-<rate>.safetensors`` (or ``ema.safetensors`` when it holds that rate);
+        - ``"no"``: ``model.safetensors``, the raw weights.
+
+        A run folder that lacks the file asks its newest checkpoint.
+        """
+        choice = parse_ema(ema)
+        found = self._weights_here(choice)
+        if found is not None:
+            return found
+        latest = self.latest()
+        if latest is not None:
+            return RunDir(latest).weights(choice)
+        have = sorted(p.name for p in self.path.glob("*.safetensors")) if self.path.is_dir() else []
+        raise MissingInput(
+            f"no weights for ema={ema!r} in {self.path} (it has: {', '.join(have) or 'no .safetensors files'}); "
+            "pass a run directory written by rcdm train, a checkpoints/step-N folder, or a weights file"
+        )
+
+    def _weights_here(self, choice: str | float) -> Path | None:
+        raw, run_level, emas = self.path / self.RAW, self.path / self.WEIGHTS, self.ema_files()
+        if choice == "no":
+            return raw if raw.is_file() else None
+        if choice == "auto":
+            if run_level.is_file():
+                return run_level
+            rates = self.meta().get("ema_rates") if self.meta_file.is_file() else None
+            if rates and float(rates[0]) in emas:
+                return emas[float(rates[0])]
+            if len(emas) > 1:
+                raise InvalidInput(
+                    f"{self.path} holds EMA rates {sorted(emas)} and no {self.META} naming the run's "
+                    "first: pass ema=RATE (sample.ema / --set sample.ema=0.9999)"
+                )
+            if emas:
+                return next(iter(emas.values()))
+            return raw if raw.is_file() else None
+        if choice in emas:
+            return emas[choice]  # type: ignore[index]
+        if run_level.is_file() and self._rate_of(run_level) == choice:
+            return run_level
+        return None
+
+    def _rate_of(self, weights: Path) -> float | None:
+        """The EMA rate a run-level weights file holds (its meta, else model.json's first)."""
+        from rcdm.model.weights import meta_path
+
+        if meta_path(weights).is_file():
+            rate = read_json(meta_path(weights)).get("ema_rate")
+        else:
+            rates = self.meta().get("ema_rates") if self.meta_file.is_file() else None
+            rate = rates[0] if rates else None
+        return None if rate is None else float(rate)
+
+    def check_continues(self, meta: dict, store: Any) -> None:
+        """A folder that already holds a run takes more training only of the same model on the
+        same store (``meta``: the model.json training would write; ``store``: its FeatureStore)."""
+        if not self.meta_file.exists():
+            return
+        old = self.meta()
+        fix = "use a new --out, or the store and settings the run was started with"
+        if old.get("store_manifest_sha256") != meta["store_manifest_sha256"]:
+            raise InvalidInput(
+                f"run {self.path} was trained on a store with manifest sha256 "
+                f"{str(old.get('store_manifest_sha256'))[:12]}..., but {store.path} has "
+                f"{meta['store_manifest_sha256'][:12]}...; {fix}"
+            )
+        a, b = old.get("unet", {}), meta["unet"]
+        diff = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if _norm(a.get(k)) != _norm(b.get(k))]
+        if diff:
+            raise InvalidInput(f"run {self.path} holds a model with other settings ({', '.join(diff)}); {fix}")
+        if list(old.get("ema_rates", [])) != list(meta["ema_rates"]):
+            raise InvalidInput(f"run {self.path} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}")
+
+
+def _norm(v: Any) -> Any:
+    return list(v) if isinstance(v, (tuple, list)) else v

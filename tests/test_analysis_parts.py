@@ -1,0 +1,118 @@
+"""The analyses' pure parts: dimension masking, distances, transforms, the report round trip."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from rcdm.analysis.experiments.distances import squared_distances
+from rcdm.analysis.experiments.manipulation import select_dims
+from rcdm.analysis.experiments.transforms import NAMED, get_transform, parse_transform, seeded_apply
+from rcdm.analysis.report import Entry, Figure, Table, read_entry, render, write_entry
+from rcdm.viz import save_png
+
+
+def test_masking_picks_expected_dims():
+    """k = 4 neighbours in D = 8; dims 1 and 4 are non-zero in all four, dim 6 in three, dim 2
+    in two, dim 7 in one, dims 0, 3, 5 in none."""
+    nb = np.zeros((4, 8), np.float32)
+    nb[:, 1] = 1.0
+    nb[:, 4] = 0.5
+    nb[:3, 6] = 2.0
+    nb[1:3, 2] = -1.0  # negative values count as active too
+    nb[0, 7] = 3.0
+    h = np.array([0, 1, 1, 0, 1, 1, 1, 1], np.float32)  # h is active on 1, 2, 4, 5, 6, 7
+    assert select_dims(h, nb, m=3, variant="most").tolist() == [1, 4, 6]
+    assert select_dims(h, nb, m=4, variant="most").tolist() == [1, 4]
+    assert select_dims(h, nb, m=2, variant="most").tolist() == [1, 2, 4, 6]
+    # least-common: as many dims as "most", among h's active dims with the fewest active
+    # neighbours: 5 (0 neighbours), 7 (1), 2 (2); ties broken by index
+    assert select_dims(h, nb, m=3, variant="least").tolist() == [2, 5, 7]
+    assert select_dims(h, nb, m=4, variant="least").tolist() == [5, 7]
+    with pytest.raises(ValueError, match="variant"):
+        select_dims(h, nb, m=3, variant="middle")
+
+
+def test_squared_distances_direct():
+    rng = np.random.default_rng(0)
+    h = rng.normal(size=16).astype(np.float32)
+    f = rng.normal(size=(5, 16)).astype(np.float32)
+    d = squared_distances(h, f)
+    for i in range(5):
+        assert d[i] == pytest.approx(sum((float(h[j]) - float(f[i, j])) ** 2 for j in range(16)), rel=1e-9)
+    assert squared_distances(h, h[None])[0] == 0.0
+
+
+def _img(seed: int = 0, size=(48, 40)) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)).resize(size, Image.BICUBIC)
+
+
+def test_named_transforms():
+    img = _img()
+    for name, t in NAMED.items():
+        out = seeded_apply(t, img, 0, name)
+        assert isinstance(out, Image.Image) and out.size == img.size, name
+    a = np.asarray(img)
+    assert np.array_equal(np.asarray(NAMED["hflip"](img)), a[:, ::-1])
+    g = np.asarray(NAMED["grayscale"](img))
+    assert (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    # vshift moves content down: the top quarter is black, the rest is the image shifted
+    v = np.asarray(NAMED["vshift"](img))
+    assert (v[:10] == 0).all() and np.array_equal(v[10:], a[:-10])
+    # colour jitter is random but seeded: same seed same image, another seed another image
+    j1 = np.asarray(seeded_apply(NAMED["color-jitter"], img, 0, "x"))
+    j2 = np.asarray(seeded_apply(NAMED["color-jitter"], img, 0, "x"))
+    j3 = np.asarray(seeded_apply(NAMED["color-jitter"], img, 1, "x"))
+    assert np.array_equal(j1, j2) and not np.array_equal(j1, j3)
+
+
+def test_custom_transform_parsing_is_safe():
+    img = _img()
+    t = parse_transform("RandomRotation(30)")
+    assert seeded_apply(t, img, 0).size == img.size
+    t = parse_transform("T.Compose([CenterCrop(20), Resize(size=(40, 48))])")
+    assert t(img).size == (48, 40)
+    assert get_transform("transforms.RandomHorizontalFlip(p=1.0)")(img).size == img.size
+    bad = [
+        "__import__('os').system('true')",  # not a transforms class
+        "os.system('true')",
+        "RandomRotation(degrees=abs(-30))",  # a non-literal argument
+        "ToTensor()",  # does not return a PIL image
+        "Lambda(print)",
+        "RandomRotation(**{'degrees': 3})",
+        "RandomRotation(",  # syntax
+        "numpy.transforms.RandomRotation(3)",  # wrong module
+        "RandomRotation",  # not a call
+    ]
+    for expr in bad:
+        with pytest.raises(ValueError):
+            get_transform(expr)
+    with pytest.raises(ValueError, match="unknown transform"):
+        get_transform("zoom-sideways")
+
+
+def test_report_round_trip_and_render(tmp_path):
+    fig = np.zeros((8, 12, 3), np.uint8)
+    fig[:, :6] = 255
+    save_png(fig, tmp_path / "exp" / "a.png")
+    (tmp_path / "exp" / "exp.json").write_text(json.dumps({"x": 1.5}))
+    e = Entry(
+        experiment="exp", title="An <experiment>", description="d",
+        figures=[Figure("exp/a.png", "caption & seeds [0]", "ckpt")],
+        tables=[Table("t", ["a", "b"], [["r", 0.123456]])], numbers="exp/exp.json",
+    )  # fmt: skip
+    write_entry(tmp_path, e)
+    assert read_entry(tmp_path / "exp" / "entry.json") == e
+    skipped = Entry(experiment="dyn", title="Dynamics", skipped="nothing configured")
+    page = render([e, skipped], tmp_path, {"seed": 0})
+    assert "data:image/png;base64," in page
+    assert "An &lt;experiment&gt;" in page and "caption &amp; seeds [0]" in page
+    assert "0.1235" in page and "Skipped: nothing configured" in page
+    e.figures.append(Figure("exp/missing.png", "c"))
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        render([e], tmp_path)
+
+

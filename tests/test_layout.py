@@ -1,0 +1,57 @@
+"""The layout rules of docs/internals.md, checked on the source: core modules share only public
+names, stages import core and never each other, and no file grows past ~400 lines."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = {"extract": "rcdm.extract", "train": "rcdm.train", "sample": "rcdm.sample", "analysis": "rcdm.analysis"}
+MAX_LINES = 400
+
+
+def _sources(*folders: str) -> list[Path]:
+    return sorted(p for f in folders for p in (REPO / f).rglob("*.py"))
+
+
+def _imports(path: Path) -> list[tuple[str, list[str], int]]:
+    """(module, imported names, line) of every ``import`` / ``from ... import`` in ``path``."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            out.append((node.module, [a.name for a in node.names], node.lineno))
+        elif isinstance(node, ast.Import):
+            out += [(a.name, [], node.lineno) for a in node.names]
+    return out
+
+
+def test_core_modules_import_no_private_names():
+    bad = [
+        f"{p.relative_to(REPO)}:{line} imports {name} from {module}"
+        for p in _sources("core", "extract", "train", "sample", "analysis")
+        for module, names, line in _imports(p)
+        if module.startswith("rcdm")
+        for name in names
+        if name.startswith("_")
+    ]
+    assert bad == []
+
+
+def test_stages_never_import_each_other():
+    bad = []
+    for folder, package in STAGES.items():
+        for p in _sources(folder):
+            for module, _, line in _imports(p):
+                others = [pkg for pkg in STAGES.values() if pkg != package]
+                if any(module == o or module.startswith(o + ".") for o in others):
+                    bad.append(f"{p.relative_to(REPO)}:{line} imports {module}")
+    assert bad == []
+
+
+@pytest.mark.parametrize("folder", ["core", "extract", "train", "sample", "analysis", "bench", "tests"])
+def test_no_file_past_the_line_limit(folder):
+    long = {str(p.relative_to(REPO)): n for p in _sources(folder) if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == {}, f"split these files (over {MAX_LINES} lines): {long}"
