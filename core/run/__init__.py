@@ -2,5 +2,5 @@
 
     rundir.py        RunDir: checkpoints, EMA weights, model.json, log
     conditioning.py  check_conditioning: does a store's features fit a run (encoder, preprocessing)
-    sampleset.py   SampleSet: samples.npz + index.jsonl + conds.npy + manifest (format_version)
+    sampleset.py     SampleSet: samples.npz + index.jsonl + conds.npy + manifest (format_version)
 """
