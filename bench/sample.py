@@ -58,11 +58,13 @@ def bench_forward(
     fwd, cfg, batch: int, device: torch.device, iters: int, warmup: int, cuda_graphs: bool, cond_dim: int
 ) -> float:
     """Forwards per second (images through the UNet per second) at ``batch``."""
+    from rcdm.diffusion.gaussian import DIFFUSION_STEPS
+
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g, device=device)
     if device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    t = torch.randint(0, 1000, (batch,), generator=g, device=device)
+    t = torch.randint(0, DIFFUSION_STEPS, (batch,), generator=g, device=device)
     c = torch.randn(batch, cond_dim, generator=g, device=device)
     with torch.no_grad():
         if cuda_graphs and device.type == "cuda":
@@ -98,7 +100,7 @@ def bench_forward(
 def bench_sampling(model, cfg, batch: int, steps: int, device: torch.device, mixed_precision: str, cond_dim: int) -> float:
     """Images per second for ancestral sampling with ``steps`` respaced steps."""
     import numpy as np
-    from rcdm.diffusion.gaussian import create_diffusion
+    from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
     from rcdm.diffusion.generate import generate
 
     class _Wrap(torch.nn.Module):  # generate() reads .cfg for the image size
@@ -110,7 +112,7 @@ def bench_sampling(model, cfg, batch: int, steps: int, device: torch.device, mix
             p = next(self.m.parameters())
             return self.m(x.to(p.dtype), t, cond.to(p.dtype)).float()
 
-    diffusion = create_diffusion(cfg.schedule, steps=1000, respacing=str(steps))
+    diffusion = create_diffusion(cfg.schedule, steps=DIFFUSION_STEPS, respacing=str(steps))
     conds = np.random.default_rng(0).standard_normal((batch, cond_dim)).astype(np.float32)
     seeds = np.arange(batch)
     kw: dict[str, Any] = dict(batch_size=batch, device=device, progress=False, mixed_precision=mixed_precision)

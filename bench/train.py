@@ -50,7 +50,7 @@ def _sync(device: torch.device) -> None:
 
 
 def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> dict:
-    from rcdm.diffusion.gaussian import create_diffusion
+    from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
     from rcdm.model.unet import UNetModel, count_parameters, preset
 
     ucfg = preset(name, cond=args.cond, cond_dim=args.cond_dim, image_size=args.resolution)
@@ -62,7 +62,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         net.to(memory_format=torch.channels_last)
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
-    diffusion = create_diffusion(ucfg.schedule, steps=1000)
+    diffusion = create_diffusion(ucfg.schedule, steps=DIFFUSION_STEPS)
     model = torch.compile(net) if args.compile else net
     res = ucfg.image_size
     x = torch.rand(batch, 3, res, res, device=device) * 2 - 1  # (N, 3, H, W) in [-1, 1]
