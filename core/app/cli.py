@@ -234,7 +234,7 @@ def _table(runs: list[str], out: str) -> Path:
     help="Run the paper's analyses into report.html.\n\n"
     "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS)
 )
-@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS))
+@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS), metavar="[EXPERIMENT]...")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable).")
 @click.option("--train-store", type=click.Path())
 @click.option("--val-store", type=click.Path())
