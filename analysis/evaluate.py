@@ -16,6 +16,7 @@ from rcdm.analysis import metrics
 from rcdm.analysis.tables import table, write_metrics_files
 from rcdm.app.config import EvaluateConfig, save_resolved
 from rcdm.errors import InvalidInput
+from rcdm.run.conditioning import Conditioning, extraction_for, mismatches
 from rcdm.run.sampleset import SampleSet, read_samples
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
 
@@ -48,7 +49,9 @@ def match_conditions(ss: SampleSet, keys: list[str], ref: np.ndarray) -> np.ndar
 
 
 def _check_encoder(ss: SampleSet, store) -> None:
-    """The samples' conditioning must come from the reference store's encoder and layer."""
+    """The samples' conditioning must be the reference store's representation: the same
+    dimension, encoder (name, architecture, layer, weights, seed) and preprocessing (input size
+    included). One comparison with training and sampling: :mod:`rcdm.run.conditioning`."""
     if ss.conds.shape[1] != store.dim:
         raise InvalidInput(
             f"the samples in {ss.path} were conditioned on {ss.conds.shape[1]}-d representations, "
@@ -57,14 +60,18 @@ def _check_encoder(ss: SampleSet, store) -> None:
             "made by the encoder the model was trained on"
         )
     enc = ss.manifest.get("encoder")
-    if isinstance(enc, dict) and enc.get("name"):
-        try:
-            store.check_compatible(encoder=enc)
-        except ValueError as e:
-            raise InvalidInput(
-                f"the samples in {ss.path} were conditioned on encoder {enc.get('name')!r} "
-                f"(layer {enc.get('layer')!r}) but the reference store does not match: {e}"
-            ) from e
+    if not isinstance(enc, dict) or not enc.get("name"):
+        return  # the sample set does not say (conditions typed in by hand): nothing to compare
+    pp = ss.manifest.get("preprocess") or enc.get("preprocess")
+    theirs = Conditioning(dim=int(ss.conds.shape[1]), encoder=enc, preprocess=pp)
+    found = mismatches(theirs, Conditioning.of_store(store))
+    if found:
+        raise InvalidInput(
+            f"the samples in {ss.path} were conditioned on {theirs.describe()} (store "
+            f"{ss.manifest.get('store')}), but the reference store {store.path} holds other features: "
+            f"{', '.join(map(str, found))} (samples vs reference). Evaluate with a reference store "
+            f"extracted with {extraction_for(theirs, found)}"
+        )
 
 
 def sampler_label(manifest: dict) -> str | None:

@@ -11,7 +11,7 @@ The subclasses are also the built-in exception they stand for, so ``except Value
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists"]
+__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists", "DiskFull"]
 
 
 class UserError(Exception):
@@ -28,3 +28,7 @@ class MissingInput(UserError, FileNotFoundError):
 
 class OutputExists(UserError, FileExistsError):
     """An output already holds something else; it is not overwritten without being asked."""
+
+
+class DiskFull(UserError, OSError):
+    """The disk (or the quota) filled up while writing an output; free space and re-run."""

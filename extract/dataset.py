@@ -61,11 +61,16 @@ class ExtractDataset(torch.utils.data.Dataset):
     ``x`` is (3, crop, crop) uint8 (``uint8=True``: normalised on the device) or the float32
     encoder input.
     An unreadable image gives ``ok=False`` and its reason instead of raising: corrupt files are
-    counted and skipped, they never stop a run.
+    counted and skipped, they never stop a run. So is an image of more than ``max_pixels`` pixels,
+    found from its header without decoding it.
     """
 
-    def __init__(self, source, pp: Preprocess, *, draft: bool = True, keep_bytes: bool = False, uint8: bool = True):
+    def __init__(
+        self, source, pp: Preprocess, *, draft: bool = True, keep_bytes: bool = False, uint8: bool = True,
+        max_pixels: int | None = None,
+    ):  # fmt: skip
         self.source = source
+        self.max_pixels = max_pixels
         self.uint8 = uint8
         self.pp = pp
         self.draft = pp.draft_size() if draft else None
@@ -79,7 +84,7 @@ class ExtractDataset(torch.utils.data.Dataset):
         data = b""
         try:
             data = self.source.read_bytes(i)
-            img = decode_image(data, self.draft, key=key)
+            img = decode_image(data, self.draft, key=key, max_pixels=self.max_pixels)
             x = crop_uint8(img, self.pp) if self.uint8 else encoder_input(img, self.pp)  # (3, crop, crop)
             ok, reason = True, ""
         except UnreadableImage as e:

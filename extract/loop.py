@@ -3,13 +3,15 @@
 Shard k holds source items [k * shard_size, (k + 1) * shard_size) minus the unreadable ones, and
 is written by process k % world_size (``accelerate launch`` / ``torchrun``), so any number of
 processes writes the same shards. Finished shards are skipped on a re-run; process 0 writes the
-manifest, last, once every process is done.
+manifest, last, once every process is done. A re-run first checks the shards it would keep against
+their recorded sha256; ``--repair`` re-encodes the damaged ones.
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 import time
 from dataclasses import replace
@@ -29,6 +31,7 @@ from rcdm.extract.dataset import (
     device_normalisation_is_exact,
     normalize,
 )
+from rcdm.run.lock import holding_output_lock
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
 
@@ -56,7 +59,8 @@ def _open_source(cfg: ExtractConfig):
 
     if not cfg.source:
         raise InvalidInput("extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)")
-    src = open_source(cfg.source)
+    # An absolute root in the manifest: later stages find the images from any directory.
+    src = open_source(os.path.abspath(cfg.source))
     if len(src) == 0:
         raise InvalidInput(f"image source {cfg.source} holds no images; point --source at a folder of images")
     if cfg.limit is not None and cfg.limit < 1:
@@ -71,6 +75,7 @@ def _check_config(cfg: ExtractConfig) -> None:
         raise InvalidInput("extract.source is not set; pass --source with an image folder, list or tars")
     if not cfg.out:
         raise InvalidInput("extract.out is not set; pass --out STORE_DIR")
+    prepare.check_out(Path(cfg.out))
     if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.workers < 0:
         raise InvalidInput(
             f"extract.shard_size ({cfg.shard_size}) and batch_size ({cfg.batch_size}) must be >= 1 "
@@ -78,6 +83,8 @@ def _check_config(cfg: ExtractConfig) -> None:
         )
     if cfg.include_images and cfg.format != "wds":
         raise InvalidInput("extract.include_images needs the webdataset format; add --format wds")
+    if cfg.max_pixels < 1:
+        raise InvalidInput(f"extract.max_pixels must be a positive number of pixels (width x height), got {cfg.max_pixels}")
 
 
 def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
@@ -87,6 +94,7 @@ def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
     return effective_preprocess(get_spec(cfg.encoder).preprocess, cfg.preprocess, cfg.input_size)
 
 
+@holding_output_lock("rcdm extract")  # one writer per store (rank 0 holds it for a launch)
 def run(cfg: ExtractConfig) -> Path:
     """Extract features of ``cfg.source`` into the store ``cfg.out``; return the store directory."""
     from rcdm.encoders.build import load_encoder
@@ -114,15 +122,21 @@ def run(cfg: ExtractConfig) -> Path:
     src_info.update(n_items=n_items, n_items_in_source=len(source), limit=cfg.limit)
     header = prepare.make_header(enc_info, pp.to_dict(), src_info, cfg)
 
-    # Decide on every process (the same answer), then let process 0 touch the directory.
+    # Decide on every process (the same answer), then let process 0 touch the directory. The
+    # shards a re-run would keep must be what they record: process 0 hashes, all act on it.
     action, clear_first = prepare.decide(out, header, cfg.overwrite)
+    damaged = _on_main(state, lambda: prepare.damaged_shards(out)) if action != "start" else {}
+    action = prepare.after_damage(out, action, damaged, cfg.repair)
     state.wait_for_everyone()
     if state.is_main_process:
         if action == "finished":
-            tqdm.write(f"store {out} is already complete; nothing to do", file=sys.stderr)
+            tqdm.write(f"store {out} is already complete and matches its manifest; nothing to do", file=sys.stderr)
         else:
             if clear_first:
                 prepare.clear(out)
+            if damaged:
+                tqdm.write(f"store {out}: re-encoding {', '.join(sorted(damaged))}", file=sys.stderr)
+                prepare.drop(out, sorted(damaged))
             prepare.write_header(out, header)
             prepare.clear_temp(out)
             save_resolved(replace(cfg, out=str(out)), out)
@@ -150,6 +164,24 @@ def run(cfg: ExtractConfig) -> Path:
     if error is not None:
         raise error
     return out
+
+
+def _on_main(state, fn):
+    """``fn()`` on process 0, its result (or its error) on every process."""
+    if state.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    msg: list = [None, None]
+    if state.is_main_process:
+        try:
+            msg[0] = fn()
+        except Exception as e:  # raised on every process below, so none waits at a barrier
+            msg[1] = e
+    broadcast_object_list(msg, from_process=0)
+    if msg[1] is not None:
+        raise msg[1]
+    return msg[0]
 
 
 def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, src_info: dict, timing: dict) -> None:
@@ -243,7 +275,7 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     uint8 = device_normalisation_is_exact(pp)  # else normalise in the workers (exact by definition)
     sampler = ShardBatches(shards, S, n_items, cfg.batch_size)
     loader = torch.utils.data.DataLoader(
-        ExtractDataset(source, pp, draft=cfg.draft, keep_bytes=cfg.include_images, uint8=uint8),
+        ExtractDataset(source, pp, draft=cfg.draft, keep_bytes=cfg.include_images, uint8=uint8, max_pixels=cfg.max_pixels),
         batch_sampler=sampler,
         num_workers=cfg.workers,
         collate_fn=collate,

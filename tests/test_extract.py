@@ -19,12 +19,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 from rcdm import store as S
-from rcdm.app.config import ExtractConfig
 
+from tests.extract_setup import extract_cfg as _cfg
+from tests.extract_setup import tiny_encoder  # noqa: F401 (the fixture `tiny`)
 from tests.synthetic import corrupt_jpeg, make_image_folder
 
 N_GOOD = 3  # 4 images, one corrupt
-
 
 
 @pytest.fixture(scope="module")
@@ -32,56 +32,6 @@ def images(tmp_path_factory) -> Path:
     root = make_image_folder(tmp_path_factory.mktemp("img") / "train", n_classes=2, per_class=2, size=(40, 32))
     corrupt_jpeg(root / "cls_0" / "img_001.jpg")
     return root
-
-
-def _cfg(images: Path, out: Path, **kw) -> ExtractConfig:
-    base = dict(encoder="random-rn50", source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device="cpu")
-    base.update(kw)
-    return ExtractConfig(**base)
-
-
-class TinyEncoder(torch.nn.Module):
-    """A seeded 8-d conv encoder with the Encoder interface: loop-mechanics tests without RN50's cost."""
-
-    def __init__(self, layer: str = "trunk", seed: int = 0):
-        from rcdm.data.images import PREPROCESS
-
-        super().__init__()
-        g = torch.Generator().manual_seed(seed)
-        self.conv = torch.nn.Conv2d(3, 8, 16, stride=16)
-        with torch.no_grad():
-            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.05)
-            self.conv.bias.zero_()
-        self.name, self.layer, self.dim, self.seed = "tiny", layer, 8, seed
-        self.preprocess = PREPROCESS["rcdm"]
-        self.weights_sha256 = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, 3, 224, 224) -> (N, 8)
-        return self.conv(x).mean((2, 3))
-
-    def info(self) -> dict:
-        return {"name": "tiny", "arch": "conv", "layer": self.layer, "dim": 8, "weights": None,
-                "weights_sha256": None, "seed": self.seed}
-
-
-@pytest.fixture
-def tiny(monkeypatch):
-    """Make ``encoder="tiny"`` load TinyEncoder (other names load as usual)."""
-    import rcdm.encoders.build
-
-    real = rcdm.encoders.build.load_encoder
-
-    def load(name, weights=None, layer="trunk", **kw):
-        if name != "tiny":
-            return real(name, weights, layer, **kw)
-        enc = TinyEncoder(layer, kw.get("seed", 0))
-        if kw.get("preprocess") not in (None, "default"):
-            from rcdm.data.images import PREPROCESS
-
-            enc.preprocess = PREPROCESS[kw["preprocess"]]
-        return enc
-
-    monkeypatch.setattr(rcdm.encoders.build, "load_encoder", load)
 
 
 @pytest.fixture(scope="module")

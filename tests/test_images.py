@@ -247,3 +247,56 @@ def test_model_range_roundtrip():
     assert from_model_range(torch.full((3, 2, 2), 5.0)).max() == 255
     with pytest.raises(ValueError, match="uint8"):
         to_model_range(a.astype(np.float32))
+
+
+def _encoded(img: Image.Image, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def test_16_bit_images_are_scaled_to_8_bits():
+    """16-bit grey levels k * 257 are the 8-bit levels k (not clipped to white above 255)."""
+    levels = np.array([[0, 1, 64, 128, 200, 255]], dtype=np.uint16)
+    x16 = levels * 257  # (1, 6) in [0, 65535]
+    cases = {
+        "PNG I;16": Image.frombytes("I;16", (6, 1), x16.astype("<u2").tobytes()),
+        "TIFF I;16B": Image.frombytes("I;16B", (6, 1), x16.astype(">u2").tobytes()),
+        "PPM I": Image.fromarray(x16.astype(np.int32)),  # 16-bit PGM opens as mode I
+    }
+    for name, img in cases.items():
+        data = _encoded(img, name.split()[0])
+        assert Image.open(io.BytesIO(data)).mode == name.split()[1], name
+        rgb = np.asarray(decode_image(data))  # (1, 6, 3) uint8
+        assert rgb.dtype == np.uint8 and rgb.shape == (1, 6, 3)
+        np.testing.assert_array_equal(rgb[..., 0], levels, err_msg=name)
+        np.testing.assert_array_equal(rgb[..., 0], rgb[..., 2])
+    # in-between values round to the nearest 8-bit level; a mode-I image outside 16 bits uses its range
+    mid = Image.frombytes("I;16", (3, 1), np.array([128, 385, 65407], "<u2").tobytes())
+    np.testing.assert_array_equal(np.asarray(decode_image(_encoded(mid, "PNG")))[0, :, 0], [0, 1, 255])
+    wide = Image.fromarray(np.array([[-1000, 0, 1000]], dtype=np.int32))
+    np.testing.assert_array_equal(np.asarray(decode_image(_encoded(wide, "TIFF")))[0, :, 0], [0, 128, 255])
+
+
+def test_images_over_the_pixel_budget_are_refused_before_decoding(monkeypatch):
+    import warnings
+
+    from PIL import ImageFile
+
+    huge = _encoded(Image.new("L", (11000, 11000), 128), "PNG")  # 121 Mpx in ~140 KB
+    assert len(huge) < 300_000
+    loaded = []
+    real_load = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: loaded.append(self.size) or real_load(self))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no DecompressionBombWarning either
+        with pytest.raises(UnreadableImage, match=r"11000x11000.*121\.0 Mpx.*max_pixels"):
+            decode_image(huge, key="huge", max_pixels=64_000_000)
+    assert loaded == []  # the header was read, the pixels never decoded
+    assert decode_image(jpeg_bytes(random_image(np.random.default_rng(0))), max_pixels=48 * 40).size == (48, 40)
+    with pytest.raises(UnreadableImage, match="max_pixels"):
+        decode_image(jpeg_bytes(random_image(np.random.default_rng(0))), max_pixels=48 * 40 - 1)
+    # past PIL's own decompression-bomb limit the image is unreadable, not an error of the run
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(UnreadableImage, match="DecompressionBomb"):
+        decode_image(huge, key="huge", max_pixels=None)

@@ -64,6 +64,7 @@ def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
 @click.option("--device")
 @click.option("--include-images", is_flag=True, help="wds: store the image bytes too.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
+@click.option("--repair", is_flag=True, help="Re-encode only the damaged or missing shards of an existing store.")
 @click.option("--trust-checkpoint", is_flag=True, help="Allow pickle when loading weights (trusted files only).")
 @click.option("--allow-download", is_flag=True, help="Download the registry's public weights if --weights is missing.")
 @click.option("--list-encoders", is_flag=True, help="List the registered encoders and exit.")
@@ -121,6 +122,8 @@ def store_verify(path: str) -> None:
     problems = call(S.verify, path)
     for p in problems:
         click.secho(f"FAIL {p}", fg="red", err=True)
+    if any(p.startswith("shard-") for p in problems):
+        click.echo(f"fix: {S.REPAIR}", err=True)
     if problems:
         sys.exit(1)
     click.echo(f"OK {path}")

@@ -116,6 +116,8 @@ class ExtractConfig(Section):
     seed: int = 0  # random-rn50 initialisation seed
     limit: int | None = None  # encode only the first N images (debugging)
     draft: bool = True  # JPEG draft-mode decoding (libjpeg DCT downscale when >= 2x the resize; faster, not bit-identical)
+    max_pixels: int = 64_000_000  # images larger than this (width x height, read from the header) are skipped and listed like unreadable ones, never decoded; recorded with the store
+    repair: bool = False  # re-encode only the shards whose file is missing or differs from its recorded sha256, keep the rest
 
 
 @dataclass(frozen=True)

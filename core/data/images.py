@@ -1,7 +1,8 @@
 """Image sources (ImageFolder trees, path lists, webdataset tars) and decoding.
 
 Sources give a fixed, ordered list of images with stable keys (the relative path without
-extension, or the webdataset ``__key__``) and random access by index or key. The pixel
+extension, or the webdataset ``__key__``) and random access by index or key. Decoding
+(:func:`decode_image`, :class:`UnreadableImage`) lives in :mod:`rcdm.data.decode`; the pixel
 preprocessing (:class:`Preprocess`, :func:`encoder_input`, :func:`adm_center_crop`,
 :func:`to_model_range`) lives in :mod:`rcdm.data.preprocess` and is re-exported here.
 """
@@ -9,7 +10,6 @@ preprocessing (:class:`Preprocess`, :func:`encoder_input`, :func:`adm_center_cro
 from __future__ import annotations
 
 import glob
-import io
 import os
 import re
 import tarfile
@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
+from rcdm.data.decode import UnreadableImage, decode_image, to_rgb
 from rcdm.data.preprocess import (
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -39,6 +40,7 @@ __all__ = [
     "ImageSource",
     "open_source",
     "decode_image",
+    "to_rgb",
     "Preprocess",
     "PREPROCESS",
     "get_preprocess",
@@ -72,39 +74,6 @@ class Item:
     label: int
     path: str | None = None  # file on disk (folder / list sources)
     tar: str | None = None  # tar file holding the image (webdataset sources)
-
-
-class UnreadableImage(Exception):
-    """An image that cannot be read or decoded. Extraction counts and skips these."""
-
-    def __init__(self, key: str, reason: str):
-        super().__init__(f"cannot read image {key!r}: {reason}")
-        self.key = key
-        self.reason = reason
-
-
-# --------------------------------------------------------------------------------------------
-# Decoding
-# --------------------------------------------------------------------------------------------
-
-
-def decode_image(
-    data: bytes, draft: tuple[int, int] | None = None, *, key: str = "<bytes>"
-) -> Image.Image:
-    """Decode image bytes to an RGB PIL image.
-
-    ``draft=(w, h)`` lets libjpeg decode at a reduced DCT scale (1/2, 1/4, 1/8) that is still at
-    least ``w`` x ``h``: several times faster for large JPEGs, but not bit-identical to a full
-    decode followed by resizing. Ignored for non-JPEG images.
-    """
-    try:
-        img = Image.open(io.BytesIO(data))
-        if draft is not None and img.format == "JPEG":
-            img.draft("RGB", (int(draft[0]), int(draft[1])))
-        img.load()  # decode now, so truncated files fail here and not later
-        return img.convert("RGB")
-    except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
-        raise UnreadableImage(key, f"{type(e).__name__}: {e}") from e
 
 
 # --------------------------------------------------------------------------------------------

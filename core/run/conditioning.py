@@ -23,6 +23,7 @@ __all__ = [
     "mismatches",
     "same_representation",
     "check_conditioning",
+    "extraction_for",
 ]
 
 # Encoder-info fields that change h, with how a mismatch is named.
@@ -164,6 +165,12 @@ def check_conditioning(meta: Mapping[str, Any], store: Any, *, what: str = "the 
         f"{mine.describe()}: {', '.join(map(str, found))}. Pass the store extracted with "
         f"{_wanted(run, found)}, or a checkpoint trained on this store's features"
     )
+
+
+def extraction_for(cond: Conditioning, found: list[Mismatch]) -> str:
+    """The `rcdm extract` settings that make ``cond``'s features, given what ``found`` differs
+    in (the fix a message names; evaluation's check of its reference store uses it too)."""
+    return _wanted(cond, found)
 
 
 def _wanted(run: Conditioning, found: list[Mismatch]) -> str:

@@ -5,6 +5,7 @@
     images.py   StoreImages: the source image of each row
     write.py    atomic shards, their records, the manifest (written last)
     check.py    info and verify
+    integrity.py  is a shard what its manifest records (sha256, once per shard per process)
 
 Import from ``rcdm.store``; the modules above never import each other's private names.
 """
@@ -12,6 +13,7 @@ Import from ``rcdm.store``; the modules above never import each other's private 
 from rcdm.store.check import info, verify
 from rcdm.store.format import FORMAT_VERSION, VIEWS, shard_name
 from rcdm.store.images import StoreImages
+from rcdm.store.integrity import REPAIR, bad_shards, check_shard
 from rcdm.store.read import FeatureStore, UnknownKey
 from rcdm.store.write import build_manifest, completed_shards, write_manifest, write_shard
 
@@ -19,9 +21,12 @@ __all__ = [
     "FORMAT_VERSION",
     "VIEWS",
     "FeatureStore",
+    "REPAIR",
     "StoreImages",
     "UnknownKey",
+    "bad_shards",
     "build_manifest",
+    "check_shard",
     "completed_shards",
     "info",
     "shard_name",

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import bisect
+import contextlib
 import io
 import json
 import os
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rcdm.errors import InvalidInput, MissingInput
+from rcdm.errors import InvalidInput, MissingInput, UserError
 from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, JPG, MANIFEST, index_tar, read_at
+from rcdm.store.integrity import check_shard, unreadable
 from rcdm.utils import read_json, sha256_file
 
 __all__ = ["FeatureStore", "UnknownKey"]
@@ -25,7 +29,12 @@ class UnknownKey(KeyError, InvalidInput):
 
 
 class FeatureStore:
-    """Read a finished store: random access by index or key, or the whole feature matrix."""
+    """Read a finished store: random access by index or key, or the whole feature matrix.
+
+    Opening reads the manifest only. Each shard is checked against the sha256 its manifest
+    records when this process first opens it (:mod:`rcdm.store.integrity`): a damaged shard is
+    an error naming it and the fix, never features read silently.
+    """
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -59,7 +68,8 @@ class FeatureStore:
         self._keys: list[str] | None = None
         self._labels: np.ndarray | None = None
         self._key_index: dict[str, int] | None = None
-        self._tar_index: list[list[tuple[str, dict[str, tuple[int, int]]]]] | None = None
+        self._rows: dict[int, tuple[list[str], np.ndarray]] = {}  # shard -> (keys, labels)
+        self._tar_index: dict[int, list[tuple[str, dict[str, tuple[int, int]]]]] = {}
         self._h5: dict[int, Any] = {}
         self._pid = os.getpid()
 
@@ -134,19 +144,43 @@ class FeatureStore:
         if os.getpid() == getattr(self, "_pid", None):
             self.close()
 
+    def _check(self, s: int) -> None:
+        """Shard ``s`` is the file the manifest records.
+
+        Hashed once per process, when first opened: DataLoader workers are processes of their
+        own, so a spawned worker hashes the shards it touches once (forked ones inherit the
+        parent's checks); a few ms per 1024-row shard against hours of reading.
+        """
+        check_shard(self._files[s], self.manifest["shards"][s].get("sha256"))
+
+    @contextlib.contextmanager
+    def _reading(self, s: int) -> Iterator[None]:
+        """A shard that h5py, tarfile or numpy cannot read is one error naming it and the fix."""
+        try:
+            yield
+        except UserError:
+            raise
+        except (OSError, KeyError, ValueError, EOFError, tarfile.TarError) as e:
+            raise unreadable(self._files[s], e) from e
+
     def _h5_file(self, s: int):
         import h5py
 
         if self._pid != os.getpid():  # forked: handles of the parent are not ours
             self._h5, self._pid = {}, os.getpid()
         if s not in self._h5:
-            self._h5[s] = h5py.File(self._files[s], "r")
+            self._check(s)
+            with self._reading(s):
+                self._h5[s] = h5py.File(self._files[s], "r")
         return self._h5[s]
 
-    def _tars(self) -> list[list[tuple[str, dict[str, tuple[int, int]]]]]:
-        if self._tar_index is None:
-            self._tar_index = [index_tar(p) for p in self._files]
-        return self._tar_index
+    def _tar(self, s: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+        """Shard ``s``'s samples: [(key, {suffix: (offset, size)})]."""
+        if s not in self._tar_index:
+            self._check(s)
+            with self._reading(s):
+                self._tar_index[s] = index_tar(self._files[s])
+        return self._tar_index[s]
 
     def _locate(self, i: int) -> tuple[int, int]:
         n = len(self)
@@ -157,21 +191,25 @@ class FeatureStore:
         return s, i - self._offsets[s]
 
     # ---- keys and labels
-    def _load_keys_labels(self) -> None:
-        keys: list[str] = []
-        labels: list[np.ndarray] = []
-        if self.format == "h5":
-            for s in range(len(self._files)):
+    def _shard_rows(self, s: int) -> tuple[list[str], np.ndarray]:
+        """Shard ``s``'s keys and labels (read once)."""
+        if s not in self._rows:
+            if self.format == "h5":
                 f = self._h5_file(s)
-                keys.extend(f["key"].asstr()[:].tolist())
-                labels.append(f["label"][:].astype(np.int64))
-        else:
-            for s, samples in enumerate(self._tars()):
-                keys.extend(k for k, _ in samples)
-                lab = [int(read_at(self._files[s], *m[CLS])) for _, m in samples]
-                labels.append(np.asarray(lab, dtype=np.int64))
-        self._keys = keys
-        self._labels = np.concatenate(labels) if labels else np.zeros(0, dtype=np.int64)
+                with self._reading(s):
+                    rows = f["key"].asstr()[:].tolist(), f["label"][:].astype(np.int64)
+            else:
+                samples = self._tar(s)
+                with self._reading(s):
+                    lab = [int(read_at(self._files[s], *m[CLS])) for _, m in samples]
+                rows = [k for k, _ in samples], np.asarray(lab, dtype=np.int64)
+            self._rows[s] = rows
+        return self._rows[s]
+
+    def _load_keys_labels(self) -> None:
+        rows = [self._shard_rows(s) for s in range(len(self._files))]
+        self._keys = [k for keys, _ in rows for k in keys]
+        self._labels = np.concatenate([lab for _, lab in rows]) if rows else np.zeros(0, dtype=np.int64)
 
     @property
     def keys(self) -> list[str]:
@@ -201,34 +239,36 @@ class FeatureStore:
     def __getitem__(self, i: int) -> tuple[np.ndarray, str, int]:
         """Row ``i``: (feat (V, D) float32, key, label)."""
         s, j = self._locate(int(i))
-        if self._keys is None:
-            self._load_keys_labels()
-        row = self._offsets[s] + j
+        keys, labels = self._shard_rows(s)  # only this row's shard is opened (and checked)
         if self.format == "h5":
-            feat = self._h5_file(s)["feat"][j]
+            ds = self._h5_file(s)["feat"]
+            with self._reading(s):
+                feat = ds[j]
         else:
-            key, members = self._tars()[s][j]
-            feat = np.load(io.BytesIO(read_at(self._files[s], *members[FEAT])), allow_pickle=False)
-        return np.asarray(feat, dtype=np.float32), self._keys[row], int(self._labels[row])
+            _, members = self._tar(s)[j]
+            with self._reading(s):
+                feat = np.load(io.BytesIO(read_at(self._files[s], *members[FEAT])), allow_pickle=False)
+        return np.asarray(feat, dtype=np.float32), keys[j], int(labels[j])
 
     def features(self, view: int | None = 0) -> np.ndarray:
         """All rows: (N, D) float32 for one view, or (N, V, D) for ``view=None``."""
         if view is not None and not 0 <= view < len(self.views):
             raise InvalidInput(f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}")
         parts = []
-        if self.format == "h5":
-            for s in range(len(self._files)):
-                ds = self._h5_file(s)["feat"]
-                parts.append(ds[:] if view is None else ds[:, view])
-        else:
-            for s, samples in enumerate(self._tars()):
-                with open(self._files[s], "rb") as f:
-                    rows = []
-                    for _, m in samples:
-                        f.seek(m[FEAT][0])
-                        rows.append(np.load(io.BytesIO(f.read(m[FEAT][1])), allow_pickle=False))
-                arr = np.stack(rows) if rows else np.zeros((0, len(self.views), self.dim), self.dtype)
-                parts.append(arr if view is None else arr[:, view])
+        for s in range(len(self._files)):
+            if self.format == "h5":
+                f = self._h5_file(s)
+                with self._reading(s):
+                    parts.append(f["feat"][:] if view is None else f["feat"][:, view])
+                continue
+            samples = self._tar(s)
+            with self._reading(s), open(self._files[s], "rb") as fh:
+                rows = []
+                for _, m in samples:
+                    fh.seek(m[FEAT][0])
+                    rows.append(np.load(io.BytesIO(fh.read(m[FEAT][1])), allow_pickle=False))
+            arr = np.stack(rows) if rows else np.zeros((0, len(self.views), self.dim), self.dtype)
+            parts.append(arr if view is None else arr[:, view])
         shape = (0, self.dim) if view is not None else (0, len(self.views), self.dim)
         out = np.concatenate(parts) if parts else np.zeros(shape)
         return out.astype(np.float32, copy=False)
@@ -241,8 +281,9 @@ class FeatureStore:
                 "or read the images from the source it names"
             )
         s, j = self._locate(int(i))
-        _, members = self._tars()[s][j]
-        return read_at(self._files[s], *members[JPG])
+        _, members = self._tar(s)[j]
+        with self._reading(s):
+            return read_at(self._files[s], *members[JPG])
 
     # ---- compatibility
     def check_compatible(self, encoder: Any = None, layer: str | None = None, dim: int | None = None) -> None:

@@ -5,6 +5,7 @@ Part of :mod:`rcdm.store`; the names and layout come from :mod:`rcdm.store.forma
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -13,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rcdm.errors import InvalidInput
+from rcdm.errors import DiskFull, InvalidInput
 from rcdm.store.format import (
     CLS,
     FEAT,
@@ -30,6 +31,20 @@ from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 # --------------------------------------------------------------------------------------------
 # Writing
 # --------------------------------------------------------------------------------------------
+
+RESUME = "free some space (or quota), then re-run the same `rcdm extract` command: it resumes from the last complete shard"
+
+
+def disk_full(error: BaseException, path: Path) -> DiskFull | None:
+    """The one-line error for a full disk while writing ``path`` (None: another OSError).
+
+    HDF5 also spells the errno out in its message ("errno = 28,"), which is checked too."""
+    text = str(error)
+    full = isinstance(error, OSError) and (
+        error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno = 28," in text
+    )
+    return DiskFull(f"no space left on the device while writing {path}; {RESUME}") if full else None
+
 
 
 def write_shard(
@@ -79,9 +94,14 @@ def write_shard(
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, final)
+    except OSError as e:
+        full = disk_full(e, final)
+        if full is None:
+            raise
+        raise full from e
     finally:
         if tmp.exists():
-            tmp.unlink()
+            tmp.unlink()  # a half-written shard never stays behind
     record = {
         "file": name,
         "rows": int(n),
@@ -89,7 +109,14 @@ def write_shard(
         "first_item": int(first_item),
         "failed": [dict(x) for x in failed],
     }
-    atomic_write_json(record_path(store_dir, shard_index), record)
+    rpath = record_path(store_dir, shard_index)
+    try:
+        atomic_write_json(rpath, record)
+    except OSError as e:  # the shard has no record: a re-run writes it again
+        full = disk_full(e, rpath)
+        if full is None:
+            raise
+        raise full from e
     return record
 
 
@@ -194,6 +221,13 @@ def build_manifest(
 
 def write_manifest(store_dir: str | Path, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically; call it last, it marks the store finished."""
-    return atomic_write_json(Path(store_dir) / "manifest.json", manifest)
+    path = Path(store_dir) / "manifest.json"
+    try:
+        return atomic_write_json(path, manifest)
+    except OSError as e:
+        full = disk_full(e, path)
+        if full is None:
+            raise
+        raise full from e
 
 
