@@ -114,6 +114,71 @@ def test_weights_rule_of_a_run_folder_and_publish(tmp_path):
     assert run.weights("no") == ck / "model.safetensors"
 
 
+def test_stale_run_level_files_give_way_to_the_newest_checkpoint(tmp_path):
+    """ema.safetensors / model.json that are not copies of the newest complete checkpoint (a run
+    killed between commit and publish, a checkpoint deleted, an older run) are not what a reader
+    gets: weights() and meta() read that checkpoint until it is published."""
+    import shutil
+
+    run = RunDir(tmp_path / "run")
+
+    def commit(step: int) -> Path:
+        tmp = run.begin(step)
+        _step_folder(tmp, [0.9999])
+        (tmp / "model.json").write_text(json.dumps({"ema_rates": [0.9999], "kimg": step}))
+        return run.commit(tmp, {"step": step, "nimg": 1000 * step})
+
+    first = commit(1)
+    assert run.stale() == first and run.meta()["kimg"] == 1  # nothing published yet
+    run.publish(first)
+    assert run.stale() is None and run.weights() == run.path / "ema.safetensors"
+    assert run.meta() == {"ema_rates": [0.9999], "kimg": 1}  # the bookkeeping key is not meta
+    assert json.loads(run.meta_file.read_text())[RunDir.PUBLISHED]["checkpoint"] == "step-0000001"
+    second = commit(2)  # killed before publish
+    assert run.stale() == second
+    assert run.weights() == second / "ema-0.9999.safetensors" and run.meta()["kimg"] == 2
+    assert run.weights("no") == second / "model.safetensors"
+    run.publish(second)
+    assert run.stale() is None and run.meta()["kimg"] == 2
+    shutil.rmtree(second)  # deleted by hand: the run-level files are newer than any checkpoint
+    assert run.stale() == first and run.weights() == first / "ema-0.9999.safetensors"
+    run.publish(first)
+    assert run.stale() is None
+    # the same step written again (another state.json) is not the published one
+    tmp = run.begin(1)
+    _step_folder(tmp, [0.9999])
+    (tmp / "model.json").write_text(json.dumps({"ema_rates": [0.9999], "kimg": 1}))
+    assert run.commit(tmp, {"step": 1, "nimg": 1000, "time": "later"}) == first and run.stale() == first
+    # a model.json without the record (written before it existed): current if it is the
+    # checkpoint's model.json, else the checkpoint answers
+    run.publish(first)
+    assert run.stale() is None
+    run.meta_file.write_text(json.dumps({"ema_rates": [0.9999], "kimg": 1}))
+    assert run.stale() is None
+    run.meta_file.write_text(json.dumps({"ema_rates": [0.9999], "kimg": 0.5}))
+    assert run.stale() == first and run.meta()["kimg"] == 1
+    # a checkpoint folder, or a run without checkpoints, is never stale
+    assert RunDir(first).stale() is None
+    shutil.rmtree(run.checkpoints_dir)
+    assert run.stale() is None and run.weights() == run.path / "ema.safetensors"
+
+
+def test_damaged_checkpoint_file_message(tmp_path):
+    run = RunDir(tmp_path / "run")
+    for step in (3, 6):
+        _commit(run, step)
+    bad = run.checkpoints_dir / "step-0000006" / "accelerate" / "optimizer.bin"
+    msg = str(RunDir.damaged(bad, RuntimeError("PytorchStreamReader failed. This is an internal error.\nmore")))
+    assert msg == (
+        f"{bad} cannot be read (PytorchStreamReader failed), so training cannot resume from step-0000006; "
+        f"delete {bad.parent.parent} to resume from the checkpoint before it, step-0000003, or start a new --out"
+    )
+    (run.checkpoints_dir / "step-0000006" / "state.json").write_text("{")
+    with pytest.raises(InvalidInput, match=r"state\.json cannot be read .*step-0000003"):
+        RunDir.read_state(run.latest())
+    assert "no earlier checkpoint" in str(RunDir.damaged(run.checkpoints_dir / "step-0000003" / "x", ValueError()))
+
+
 def test_meta_of_a_folder_without_model_json(tmp_path):
     with pytest.raises(MissingInput, match="has no model.json"):
         RunDir(tmp_path).meta()

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from rcdm.app.config import TrainConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, UserError
+from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
 from rcdm.store import FeatureStore
 from rcdm.train import model as model_setup
@@ -75,6 +76,7 @@ def _accelerator(mixed_precision: str, compile: bool):
     )
 
 
+@holding_output_lock("rcdm train")  # one writer per run folder (rank 0 holds it for a launch)
 def run(cfg: TrainConfig) -> Path:
     """Train (or resume) the run in ``cfg.out``; returns the run directory."""
     from rcdm.diffusion import gaussian
@@ -101,6 +103,8 @@ def run(cfg: TrainConfig) -> Path:
     meta_at = lambda kimg: model_setup.model_meta(ucfg, store, cfg, kimg)  # noqa: E731
     run_dir.check_continues(meta_at(0.0), store)
     latest = run_dir.latest()
+    if main and run_dir.stale() is not None:  # killed before its newest checkpoint was published
+        run_dir.publish(latest)
     if latest is not None and run_dir.manifest.exists() and RunDir.read_state(latest)["nimg"] >= total_nimg:
         if main:
             print(f"run {run_dir.path} is finished ({RunDir.read_state(latest)['nimg'] / 1000:g} kimg); nothing to do")
@@ -158,6 +162,8 @@ def run(cfg: TrainConfig) -> Path:
     model.train()
     stats = Stats(device, diffusion.num_timesteps)
     logger = Logger(run_dir.log, run_dir.tensorboard, state.step, enabled=main)
+    for record in state.rng_lost_records():  # resumed without a saved RNG state: say so in the log
+        logger.write(record)
     noise_gen = torch.Generator(device=device)
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0

@@ -20,9 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,7 @@ from rcdm.model.config import UNetConfig, config_from_state_dict
 from rcdm.model.unet import UNetModel
 from rcdm.run.rundir import RunDir
 from rcdm.statedict import load_strict, strip_prefixes
+from rcdm.torchload import load_weights_only
 from rcdm.utils import atomic_write_json, read_json
 
 META_KEY = "rcdm_meta"  # safetensors header entry holding the meta dict as JSON
@@ -116,29 +115,8 @@ def _describe(cfg: UNetConfig) -> str:
 def read_official(path: str | Path, trust_checkpoint: bool = False) -> dict[str, torch.Tensor]:
     """The state dict of a guided-diffusion / RCDM ``.pt`` file, read without pickle."""
     path = Path(path)
-    if path.stat().st_size == 0:
-        raise InvalidInput(f"{path} is empty: the download or copy did not finish")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        if "Weights only load failed" not in str(e):
-            raise InvalidInput(
-                f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})"
-            ) from None
-        if not trust_checkpoint:
-            raise InvalidInput(
-                f"{path} holds pickled Python objects, not only tensors, and loading it would run "
-                "code from the file. Pass --trust-checkpoint (trust_checkpoint=True) only if you "
-                "trust its source."
-            ) from None
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as e2:  # noqa: BLE001 - any failure here means an unreadable file
-            raise InvalidInput(f"{path} could not be read ({_first_line(e2)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        raise InvalidInput(
-            f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); download it again"
-        ) from None
+    # the one rule for files that need pickle (UntrustedCheckpoint) and damaged files
+    obj = load_weights_only(path, trust_checkpoint=trust_checkpoint, fix="download it again")
     sd = _unwrap(obj, path)
     return {k: v.float() if v.is_floating_point() else v for k, v in strip_prefixes(sd).items()}
 
@@ -247,8 +225,10 @@ def load_model(
         run = RunDir(path)
         weights = run.weights(ema)  # the one rule for which file a folder gives
         sd, meta = read_safetensors(weights)
-        if run.meta_file.exists():
+        try:  # the run's model.json (its newest checkpoint's when the run-level files lag behind)
             meta = {**meta, **run.meta(), "ema_rate": meta.get("ema_rate")}
+        except MissingInput:  # a folder of weights files without model.json
+            pass
     elif path.suffix == ".safetensors":
         weights = path
         sd, meta = read_safetensors(path)

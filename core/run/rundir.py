@@ -4,7 +4,8 @@ This module is the one owner of its layout:
 
     <run>/config.yaml                  the resolved TrainConfig
     <run>/model.json                   unet + diffusion config, encoder and preprocess of the
-                                       training store, store manifest sha256, ema_rates, kimg
+                                       training store, store manifest sha256, ema_rates, kimg,
+                                       and which checkpoint the run-level files were copied from
     <run>/ema.safetensors (+ .json)    the first EMA rate's weights of the newest checkpoint
     <run>/checkpoints/step-NNNNNNN/    model.safetensors, ema-<rate>.safetensors (+ meta json
                                        each), model.json, accelerate/ (optimizer, scaler, RNG),
@@ -15,10 +16,17 @@ This module is the one owner of its layout:
 A checkpoint is written under a temporary name and renamed into place when complete, so a
 ``step-*`` folder is always whole; resuming takes the newest one. A ``step-*`` folder has the
 run folder's file names, so ``RunDir(step_folder).weights(...)`` / ``.meta()`` read it too.
+
+The run-level ``ema.safetensors`` and ``model.json`` are copies of the newest checkpoint's
+(:meth:`RunDir.publish`, ``model.json`` last, naming the checkpoint). A run killed between a
+checkpoint's rename and that copy, or a newest checkpoint deleted by hand, leaves them older
+or newer than the newest complete checkpoint: :meth:`RunDir.stale` sees it, and ``weights`` /
+``meta`` then read that checkpoint instead, so a reader never gets other weights than it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -27,9 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from rcdm.errors import InvalidInput, MissingInput
-from rcdm.utils import atomic_write_json, read_json
+from rcdm.utils import atomic_write_json, read_json, sha256_file
 
-__all__ = ["RunDir", "parse_ema"]
+__all__ = ["RunDir", "first_line", "parse_ema"]
 
 _STEP_RE = re.compile(r"^step-(\d{7})$")
 _EMA_RE = re.compile(r"^ema-(.+)\.safetensors$")
@@ -63,6 +71,7 @@ class RunDir:
     TENSORBOARD = "tb"
     GRIDS = "grids"
     MANIFEST = "manifest.json"
+    PUBLISHED = "published_from"  # model.json key: the checkpoint the run-level files copy
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -147,7 +156,30 @@ class RunDir:
     @classmethod
     def read_state(cls, checkpoint: Path) -> dict:
         """A checkpoint's ``state.json`` (step, nimg, seed, ...)."""
-        return read_json(Path(checkpoint) / cls.STATE)
+        path = Path(checkpoint) / cls.STATE
+        try:
+            state = read_json(path)
+            state["step"], state["nimg"] = int(state["step"]), int(state["nimg"])
+        except (ValueError, KeyError, TypeError) as e:  # JSONDecodeError and UnicodeDecodeError too
+            raise cls.damaged(path, e) from None
+        return state
+
+    @classmethod
+    def damaged(cls, file: Path, error: BaseException) -> InvalidInput:
+        """The error for a file of a checkpoint (``checkpoints/step-N/...``) that cannot be read:
+        it names the file and the fix (delete that checkpoint to resume from the one before)."""
+        file = Path(file)
+        ckpt = next((p for p in (file, *file.parents) if _STEP_RE.match(p.name)), file.parent)
+        before = [p for s, p in cls(ckpt.parent.parent).checkpoints() if p.name < ckpt.name]
+        fix = (
+            f"delete {ckpt} to resume from the checkpoint before it, {before[-1].name}"
+            if before
+            else f"delete {ckpt} to start over (there is no earlier checkpoint)"
+        )
+        return InvalidInput(
+            f"{file} cannot be read ({first_line(error)}), so training cannot resume from "
+            f"{ckpt.name}; {fix}, or start a new --out"
+        )
 
     def prune(self, keep: int) -> list[Path]:
         """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0: keep all)."""
@@ -161,16 +193,45 @@ class RunDir:
 
     def publish(self, checkpoint: Path) -> None:
         """Make ``checkpoint`` the run's current one: copy its first EMA rate's weights (meta JSON
-        first, as ``save_weights`` does) to ``ema.safetensors``, then its ``model.json``."""
+        first, as ``save_weights`` does) to ``ema.safetensors``, then its ``model.json``, last,
+        naming the checkpoint (until then :meth:`stale` sends readers to the checkpoint)."""
         from rcdm.model.weights import meta_path
 
         meta = read_json(checkpoint / self.META)
         src = checkpoint / self.ema_name(meta["ema_rates"][0])
         for a, b in ((meta_path(src), meta_path(self.path / self.WEIGHTS)), (src, self.path / self.WEIGHTS)):
             tmp = b.with_name(f".{b.name}.tmp-{os.getpid()}")
-            shutil.copyfile(a, tmp)
-            os.replace(tmp, b)
-        atomic_write_json(self.meta_file, meta)
+            try:
+                shutil.copyfile(a, tmp)
+                os.replace(tmp, b)
+            except OSError as e:
+                # a full disk names the source (shutil) or nothing: name the file being written
+                if e.filename is None or e.errno in (errno.ENOSPC, errno.EDQUOT):
+                    e.filename, e.filename2 = str(b), None
+                raise
+            finally:
+                tmp.unlink(missing_ok=True)
+        atomic_write_json(self.meta_file, {**meta, self.PUBLISHED: self._identity(checkpoint)})
+
+    def _identity(self, checkpoint: Path) -> dict:
+        return {"checkpoint": checkpoint.name, "state_sha256": sha256_file(checkpoint / self.STATE)}
+
+    def stale(self) -> Path | None:
+        """The newest complete checkpoint if the run-level ``ema.safetensors`` / ``model.json`` are
+        not copies of it (a run killed before :meth:`publish` finished, a checkpoint deleted);
+        None if they are, or if this folder has no checkpoints (a checkpoint folder itself)."""
+        latest = self.latest()
+        if latest is None:
+            return None
+        try:
+            meta = read_json(self.meta_file)
+            if self.PUBLISHED in meta:
+                current = meta[self.PUBLISHED] == self._identity(latest)
+            else:  # written before model.json named its checkpoint: the same model.json will do
+                current = meta == read_json(latest / self.META)
+        except (OSError, ValueError):
+            current = False
+        return None if current else latest
 
     def truncate_log(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run killed before its next checkpoint."""
@@ -190,13 +251,19 @@ class RunDir:
 
     # ---- the model
     def meta(self) -> dict:
-        """``model.json``: what the model is and what it was trained on."""
+        """``model.json``: what the model is and what it was trained on (the newest checkpoint's
+        when the run-level files are :meth:`stale`)."""
+        stale = self.stale()
+        if stale is not None:
+            return RunDir(stale).meta()
         if not self.meta_file.is_file():
             raise MissingInput(
                 f"{self.path} has no {self.META}: pass a run directory written by rcdm train "
                 "(or one of its checkpoints/step-N folders)"
             )
-        return read_json(self.meta_file)
+        meta = read_json(self.meta_file)
+        meta.pop(self.PUBLISHED, None)
+        return meta
 
     def write_meta(self, meta: dict) -> Path:
         return atomic_write_json(self.meta_file, meta)
@@ -221,9 +288,13 @@ class RunDir:
         - a rate: ``ema-<rate>.safetensors`` (or ``ema.safetensors`` when it holds that rate);
         - ``"no"``: ``model.safetensors``, the raw weights.
 
-        A run folder that lacks the file asks its newest checkpoint.
+        A run folder that lacks the file, or whose run-level files are :meth:`stale`, asks its
+        newest checkpoint.
         """
         choice = parse_ema(ema)
+        stale = self.stale()
+        if stale is not None:
+            return RunDir(stale).weights(choice)
         found = self._weights_here(choice)
         if found is not None:
             return found
@@ -274,9 +345,10 @@ class RunDir:
     def check_continues(self, meta: dict, store: Any) -> None:
         """A folder that already holds a run takes more training only of the same model on the
         same store (``meta``: the model.json training would write; ``store``: its FeatureStore)."""
-        if not self.meta_file.exists():
+        try:
+            old = self.meta()
+        except MissingInput:  # a new run
             return
-        old = self.meta()
         fix = "use a new --out, or the store and settings the run was started with"
         if old.get("store_manifest_sha256") != meta["store_manifest_sha256"]:
             raise InvalidInput(
@@ -290,6 +362,12 @@ class RunDir:
             raise InvalidInput(f"run {self.path} holds a model with other settings ({', '.join(diff)}); {fix}")
         if list(old.get("ema_rates", [])) != list(meta["ema_rates"]):
             raise InvalidInput(f"run {self.path} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}")
+
+
+def first_line(e: BaseException, limit: int = 160) -> str:
+    """The gist of an exception's message: its first sentence, at most ``limit`` characters."""
+    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0] or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _norm(v: Any) -> Any:
