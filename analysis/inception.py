@@ -9,7 +9,9 @@ Weights: one file, ``weights-inception-2015-12-05-6726825d.pth``. torch-fidelity
 ``torch.hub.load_state_dict_from_url``, which caches it at
 ``torch.hub.get_dir()/checkpoints/<file>`` = ``$TORCH_HOME/hub/checkpoints/<file>`` (TORCH_HOME
 defaults to ``$XDG_CACHE_HOME/torch``, else ``~/.cache/torch``). We look there (or at the path the
-config gives) and download only when the user allows it.
+config gives) and download only when the user allows it. The file is read once, by rcdm, with
+``torch.load(weights_only=True)`` (``--set evaluate.trust_checkpoint=true`` allows pickle), and
+torch-fidelity's network is given that state dict (:func:`fidelity_inception`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ __all__ = [
     "resolve_weights",
     "missing_weights_message",
     "InceptionV3",
+    "fidelity_inception",
 ]
 
 INCEPTION_URL = (
@@ -77,38 +80,57 @@ def resolve_weights(configured: str | None, *, allow_download: bool = False) -> 
     return None
 
 
+def fidelity_inception(state_dict: dict):
+    """torch-fidelity's ``inception-v3-compat`` network holding ``state_dict``.
+
+    Its constructor loads the weights itself: from a path with ``torch.load(weights_only=False)``,
+    or, given no path, from its URL with ``torch.hub.load_state_dict_from_url``. We give no path
+    and answer that download with the state dict we already read and checked, so the file is read
+    once, never unpickled, and nothing is downloaded.
+    """
+    import torch_fidelity.feature_extractor_inceptionv3 as fe
+
+    asked: list[str] = []
+
+    def checked_weights(url: str, *args, **kwargs) -> dict:
+        asked.append(url)
+        return state_dict
+
+    if not callable(getattr(fe, "load_state_dict_from_url", None)):
+        raise ImportError("this torch-fidelity version loads its Inception weights another way; rcdm needs updating")
+    original, fe.load_state_dict_from_url = fe.load_state_dict_from_url, checked_weights
+    try:
+        model = fe.FeatureExtractorInceptionV3(FEATURE_EXTRACTOR, [POOL, LOGITS])
+    finally:
+        fe.load_state_dict_from_url = original
+    assert len(asked) == 1, f"torch-fidelity asked for its weights {len(asked)} times, expected once"
+    return model
+
+
 class InceptionV3:
     """uint8 images (N, H, W, 3) -> pool features (N, 2048) and unbiased logits (N, 1008)."""
 
     def __init__(self, weights: str | Path, device=None, trust_checkpoint: bool = False):
         import torch
-        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+        from rcdm.torchload import load_weights_only
 
         self.weights = Path(weights)
-        # torch-fidelity loads the file with weights_only=False (pickle); check first that it is
-        # a plain state dict, unless the user vouches for the file.
-        if not trust_checkpoint:
-            try:
-                sd = torch.load(self.weights, map_location="cpu", weights_only=True)
-            except Exception as e:
-                raise InvalidInput(
-                    f"Inception weights {self.weights} are not a plain tensor state dict ({e}); "
-                    f"replace it with {INCEPTION_URL}, or pass --set evaluate.trust_checkpoint=true "
-                    "if you trust the file"
-                ) from e
-            if not isinstance(sd, dict) or "fc.weight" not in sd:
-                raise InvalidInput(
-                    f"{self.weights} is not torch-fidelity's Inception-v3 state dict (no fc.weight); "
-                    f"expected {INCEPTION_URL}"
-                )
-            del sd
-        try:
-            self.model = FeatureExtractorInceptionV3(
-                FEATURE_EXTRACTOR, [POOL, LOGITS], feature_extractor_weights_path=str(self.weights)
+        # Read once, without pickle (unless the user vouches for the file), and checked here;
+        # torch-fidelity's model then gets this state dict, not the file.
+        sd = load_weights_only(
+            self.weights, trust_checkpoint=trust_checkpoint, trust_hint="--set evaluate.trust_checkpoint=true",
+            fix=f"replace it with {INCEPTION_URL}",
+        )  # fmt: skip
+        if not isinstance(sd, dict) or "fc.weight" not in sd:
+            raise InvalidInput(
+                f"{self.weights} is not torch-fidelity's Inception-v3 state dict (no fc.weight); "
+                f"expected {INCEPTION_URL}"
             )
+        try:
+            self.model = fidelity_inception(sd)
         except RuntimeError as e:  # load_state_dict: missing / unexpected / mis-shaped keys
             raise InvalidInput(
-                f"{self.weights} does not match torch-fidelity's Inception-v3: {e}; "
+                f"{self.weights} does not match torch-fidelity's Inception-v3: {' '.join(str(e).split())}; "
                 f"expected the file {INCEPTION_URL}"
             ) from e
         self.device = torch.device(device) if device is not None else torch.device("cpu")

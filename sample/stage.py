@@ -17,6 +17,7 @@ from typing import Any
 from rcdm.app.config import SampleConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
 from rcdm.run.conditioning import check_conditioning
+from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
 from rcdm.run.sampleset import Chunks, SampleSetWriter, assign_seeds
 from rcdm.utils import sha256_file
@@ -79,6 +80,7 @@ def _prepare_out(writer: SampleSetWriter, fp: str, overwrite: bool) -> str:
     return "fresh"
 
 
+@holding_output_lock("rcdm sample")  # one writer per sample folder (rank 0 holds it for a launch)
 def run(cfg: SampleConfig) -> Path:
     """Sample images for ``cfg.condition``; returns the sample directory."""
     import torch
@@ -220,6 +222,7 @@ def _manifest(
         "store": str(cfg.store),
         "store_manifest_sha256": store.manifest_sha256,
         "encoder": store.encoder_info,
+        "preprocess": store.manifest.get("preprocess"),
         "unet": meta.get("unet"),
         "condition": cfg.condition,
         "sampler": "ddim" if ddim else "ancestral",

@@ -24,7 +24,6 @@ Layouts (read without importing the training frameworks):
 from __future__ import annotations
 
 import argparse
-import pickle
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,15 +33,13 @@ import torch
 from rcdm.encoders.registry import HeadSpec
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.statedict import load_strict
+from rcdm.torchload import UntrustedCheckpoint as UntrustedCheckpoint  # raised by read_checkpoint
+from rcdm.torchload import load_weights_only
 from torch import nn
 
 # Globals allowed in weights-only loading besides tensors and containers: DINO's checkpoints
 # pickle the training arguments as an argparse.Namespace, which holds plain values only.
 SAFE_GLOBALS = [argparse.Namespace]
-
-
-class UntrustedCheckpoint(InvalidInput):
-    """The checkpoint needs full pickle loading, which can run code: refused unless trusted."""
 
 
 @dataclass
@@ -66,10 +63,10 @@ Reader = Callable[[dict, "HeadSpec | None", bool], Mapped]
 def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
     """Load a checkpoint file to a dict of (nested dicts of) tensors.
 
-    ``torch.load(weights_only=True)``: a file that needs other pickled objects is refused with
-    :class:`UntrustedCheckpoint` unless ``trust_checkpoint`` (``--trust-checkpoint``).
-    ``.safetensors`` files are read with safetensors. A truncated file or one that is not a
-    checkpoint is a ``ValueError`` naming the file.
+    ``torch.load(weights_only=True)`` (:func:`rcdm.torchload.load_weights_only`): a file that needs
+    other pickled objects is refused with :class:`UntrustedCheckpoint` unless ``trust_checkpoint``
+    (``--trust-checkpoint``). ``.safetensors`` files are read with safetensors. A truncated file or
+    one that is not a checkpoint is a ``ValueError`` naming the file.
     """
     path = Path(path)
     if not path.is_file():
@@ -81,57 +78,12 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
             return dict(load_file(str(path), device="cpu"))
         except Exception as e:
             raise InvalidInput(f"{path} is not a readable safetensors file ({e})") from e
-    try:
-        if trust_checkpoint:
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-        else:
-            with _allow_safe_globals():
-                obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        msg = str(e)
-        if "Unsupported global" in msg or "Unsupported class" in msg:
-            needed = _unsafe_globals(path)
-            raise UntrustedCheckpoint(
-                f"{path} needs full pickle loading (it stores Python objects"
-                + (f": {', '.join(needed)}" if needed else "")
-                + "), which can run arbitrary code. If you trust where the file comes from, pass "
-                "--trust-checkpoint (trust_checkpoint=True)"
-            ) from e
-        raise InvalidInput(f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)})") from e
-    except (RuntimeError, EOFError, KeyError, OSError, ValueError, IndexError) as e:
-        raise InvalidInput(
-            f"{path} is truncated or not a PyTorch checkpoint ({_first_line(e)}); "
-            "download it again or check the path"
-        ) from e
+    obj = load_weights_only(path, trust_checkpoint=trust_checkpoint, safe_globals=SAFE_GLOBALS)
     if not isinstance(obj, dict):
         raise InvalidInput(
             f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"
         )
     return obj
-
-
-def _allow_safe_globals():
-    """``torch.serialization.safe_globals(SAFE_GLOBALS)``, on the torch versions that have it."""
-    import contextlib
-
-    ser = torch.serialization
-    if hasattr(ser, "safe_globals"):  # torch >= 2.5
-        return ser.safe_globals(SAFE_GLOBALS)
-    if hasattr(ser, "add_safe_globals"):  # torch 2.4: process-wide allow-list
-        ser.add_safe_globals(SAFE_GLOBALS)
-    return contextlib.nullcontext()
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"
-
-
-def _unsafe_globals(path: Path) -> list[str]:
-    try:
-        return list(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception:  # legacy (non-zip) files or torch < 2.5: the names are not listed
-        return []
 
 
 # --------------------------------------------------------------------------------------------
