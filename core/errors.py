@@ -11,7 +11,7 @@ The subclasses are also the built-in exception they stand for, so ``except Value
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists", "DiskFull"]
+__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists", "DiskFull", "first_line"]
 
 
 class UserError(Exception):
@@ -32,3 +32,14 @@ class OutputExists(UserError, FileExistsError):
 
 class DiskFull(UserError, OSError):
     """The disk (or the quota) filled up while writing an output; free space and re-run."""
+
+
+def first_line(e: BaseException, limit: int = 200, *, typed: bool = False) -> str:
+    """The gist of a library's error for a one-line message: its first sentence (torch and h5py
+    run on for lines of advice), at most ``limit`` characters, ``Type: ...`` with ``typed``."""
+    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0]
+    if len(text) > limit:
+        text = text[: limit - 3] + "..."
+    if not text:
+        return type(e).__name__
+    return f"{type(e).__name__}: {text}" if typed else text

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from rcdm.errors import InvalidInput, MissingInput
+from rcdm.errors import InvalidInput, MissingInput, first_line
 
 __all__ = ["TRUST_FLAG", "UntrustedCheckpoint", "load_weights_only", "needs_pickle"]
 
@@ -83,13 +83,6 @@ def _safe_globals(allowed: Sequence[Any]):
     return contextlib.nullcontext()
 
 
-def _first_line(e: BaseException) -> str:
-    """``Type: first sentence`` of an error (torch's run on for several lines of advice)."""
-    text = str(e).strip().splitlines()
-    first = text[0].split(". ")[0][:200] if text else ""
-    return f"{type(e).__name__}: {first}" if first else type(e).__name__
-
-
 def load_weights_only(
     path: str | Path,
     *,
@@ -127,7 +120,7 @@ def load_weights_only(
         raise
     except Exception as e:  # noqa: BLE001 - whatever torch raises on a damaged file
         # (torch's words for a refusal would suggest weights_only=False: not what is wrong here)
-        why = "its pickled data does not parse" if isinstance(e, pickle.UnpicklingError) else _first_line(e)
+        why = "its pickled data does not parse" if isinstance(e, pickle.UnpicklingError) else first_line(e, typed=True)
         raise InvalidInput(f"{path} is truncated or not a PyTorch checkpoint ({why}); {fix}") from e
     objects = f" ({', '.join(refused)})" if refused else ""
     raise UntrustedCheckpoint(

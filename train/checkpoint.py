@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcdm.errors import DiskFull, InvalidInput
-from rcdm.run.rundir import RunDir, first_line
+from rcdm.errors import DiskFull, InvalidInput, first_line
+from rcdm.run.rundir import RunDir
 from rcdm.train.ema import EMA
 from rcdm.utils import now_iso
 
@@ -163,7 +163,7 @@ class TrainState:
                 return None
             reason = "it was read but not restored"
         except Exception as e:  # missing, truncated, not accelerate's: the state is lost
-            reason = f"cannot be read ({first_line(e)})"
+            reason = f"cannot be read ({first_line(e, 160)})"
         return {"file": str(f), "reason": reason}
 
     def rng_lost_records(self) -> list[dict]:

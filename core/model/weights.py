@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 from rcdm.diffusion.gaussian import DIFFUSION_STEPS
-from rcdm.errors import InvalidInput, MissingInput
+from rcdm.errors import InvalidInput, MissingInput, first_line
 from rcdm.model.config import UNetConfig, config_from_state_dict
 from rcdm.model.unet import UNetModel
 from rcdm.run.rundir import RunDir
@@ -121,11 +121,6 @@ def read_official(path: str | Path, trust_checkpoint: bool = False) -> dict[str,
     return {k: v.float() if v.is_floating_point() else v for k, v in strip_prefixes(sd).items()}
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
-
-
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     """A plain state dict, or one nested under a usual key ("state_dict", "model", "ema")."""
     if isinstance(obj, Mapping):
@@ -159,7 +154,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = f.metadata() or {}
     except (SafetensorError, OSError) as e:
         raise InvalidInput(
-            f"{path} is truncated or not a safetensors file ({_first_line(e)})"
+            f"{path} is truncated or not a safetensors file ({first_line(e)})"
         ) from None
     meta: dict = {}
     if META_KEY in header:

@@ -34,10 +34,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rcdm.errors import InvalidInput, MissingInput
+from rcdm.errors import InvalidInput, MissingInput, first_line
 from rcdm.utils import atomic_write_json, read_json, sha256_file
 
-__all__ = ["RunDir", "first_line", "parse_ema"]
+__all__ = ["RunDir", "parse_ema"]
 
 _STEP_RE = re.compile(r"^step-(\d{7})$")
 _EMA_RE = re.compile(r"^ema-(.+)\.safetensors$")
@@ -177,7 +177,7 @@ class RunDir:
             else f"delete {ckpt} to start over (there is no earlier checkpoint)"
         )
         return InvalidInput(
-            f"{file} cannot be read ({first_line(error)}), so training cannot resume from "
+            f"{file} cannot be read ({first_line(error, 160)}), so training cannot resume from "
             f"{ckpt.name}; {fix}, or start a new --out"
         )
 
@@ -362,12 +362,6 @@ class RunDir:
             raise InvalidInput(f"run {self.path} holds a model with other settings ({', '.join(diff)}); {fix}")
         if list(old.get("ema_rates", [])) != list(meta["ema_rates"]):
             raise InvalidInput(f"run {self.path} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}")
-
-
-def first_line(e: BaseException, limit: int = 160) -> str:
-    """The gist of an exception's message: its first sentence, at most ``limit`` characters."""
-    text = (str(e).strip().splitlines() or [""])[0].split(". ")[0] or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _norm(v: Any) -> Any:
