@@ -11,7 +11,11 @@ The subclasses are also the built-in exception they stand for, so ``except Value
 
 from __future__ import annotations
 
-__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists", "DiskFull", "first_line"]
+import errno
+import shutil
+from pathlib import Path
+
+__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists", "DiskFull", "disk_full_errno", "first_line"]
 
 
 class UserError(Exception):
@@ -43,3 +47,20 @@ def first_line(e: BaseException, limit: int = 200, *, typed: bool = False) -> st
     if not text:
         return type(e).__name__
     return f"{type(e).__name__}: {text}" if typed else text
+
+
+def disk_full_errno(error: BaseException, folder: str | Path | None = None) -> int | None:
+    """``errno.ENOSPC`` / ``EDQUOT`` if ``error`` is a write that found the disk (or the quota)
+    full, else None. HDF5, torch and safetensors say so in their own words, which count too.
+    With ``folder``, an error that names no cause (torch.save's "file write failed") counts as a
+    full disk when under 64 MiB are left there."""
+    if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+        return error.errno
+    text = str(error)
+    if any(w in text for w in ("No space left on device", "errno = 28,", "StorageFull", "os error 28")):
+        return errno.ENOSPC
+    if "Disk quota exceeded" in text or "os error 122" in text:
+        return errno.EDQUOT
+    if folder is not None and shutil.disk_usage(folder).free < 64 * 2**20:
+        return errno.ENOSPC
+    return None

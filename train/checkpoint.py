@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcdm.errors import DiskFull, InvalidInput, first_line
+from rcdm.errors import DiskFull, InvalidInput, disk_full_errno, first_line
 from rcdm.run.rundir import RunDir
 from rcdm.train.ema import EMA
 from rcdm.utils import now_iso
@@ -209,7 +209,7 @@ class _Writes:
         file = Path(e.filename) if isinstance(e, OSError) and e.filename else self.file
         if file.name == RunDir.ACCELERATE:
             file = _written_last(file)
-        code = _disk_full(e, self.tmp.parent)
+        code = disk_full_errno(e, self.tmp.parent)
         if self.main and self.committed is None:
             shutil.rmtree(self.tmp, ignore_errors=True)
         if code is None:
@@ -231,22 +231,6 @@ class _Writes:
         )
         err.errno = code
         raise err from None
-
-
-def _disk_full(e: BaseException, folder: Path) -> int | None:
-    """errno.ENOSPC / EDQUOT if ``e`` is a write that found the disk full, else None. torch and
-    safetensors report it in their own words."""
-    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-        return e.errno
-    text = str(e)
-    if "No space left on device" in text or "StorageFull" in text or "os error 28" in text:
-        return errno.ENOSPC
-    if "Disk quota exceeded" in text or "os error 122" in text:
-        return errno.EDQUOT
-    # torch.save says only "file write failed" or "unexpected pos": judge by the space left
-    if shutil.disk_usage(folder).free < 64 * 2**20:
-        return errno.ENOSPC
-    return None
 
 
 def _written_last(folder: Path) -> Path:

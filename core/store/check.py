@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, FORMATS, JPG, index_tar
+from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, FORMATS, JPG, MANIFEST, index_tar
 from rcdm.store.integrity import shard_problem
 from rcdm.store.read import FeatureStore
 from rcdm.utils import read_json
@@ -56,10 +56,10 @@ def info(path: str | Path) -> str:
 def verify(path: str | Path) -> list[str]:
     """Re-check counts, shapes, dtypes and sha256s; return the problems found (empty: OK)."""
     path = Path(path)
-    if not (path / "manifest.json").is_file():
+    if not (path / MANIFEST).is_file():
         FeatureStore(path)  # raises FileNotFoundError with the reason
     try:
-        m = read_json(path / "manifest.json")
+        m = read_json(path / MANIFEST)
     except json.JSONDecodeError as e:
         return [f"manifest.json is not valid JSON: {e}"]
     problems: list[str] = []

@@ -5,7 +5,6 @@ Part of :mod:`rcdm.store`; the names and layout come from :mod:`rcdm.store.forma
 
 from __future__ import annotations
 
-import errno
 import io
 import json
 import os
@@ -14,12 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from rcdm.errors import DiskFull, InvalidInput
+from rcdm.errors import DiskFull, InvalidInput, disk_full_errno
 from rcdm.store.format import (
     CLS,
     FEAT,
     FORMAT_VERSION,
     JPG,
+    MANIFEST,
     SHARD_RECORD_RE,
     VIEWS,
     record_path,
@@ -36,15 +36,8 @@ RESUME = "free some space (or quota), then re-run the same `rcdm extract` comman
 
 
 def disk_full(error: BaseException, path: Path) -> DiskFull | None:
-    """The one-line error for a full disk while writing ``path`` (None: another OSError).
-
-    HDF5 also spells the errno out in its message ("errno = 28,"), which is checked too."""
-    text = str(error)
-    full = isinstance(error, OSError) and (
-        error.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in text or "errno = 28," in text
-    )
-    return DiskFull(f"no space left on the device while writing {path}; {RESUME}") if full else None
-
+    """The one-line error for a full disk while writing ``path`` (None: another OSError)."""
+    return DiskFull(f"no space left on the device while writing {path}; {RESUME}") if disk_full_errno(error) else None
 
 
 def write_shard(
@@ -221,7 +214,7 @@ def build_manifest(
 
 def write_manifest(store_dir: str | Path, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically; call it last, it marks the store finished."""
-    path = Path(store_dir) / "manifest.json"
+    path = Path(store_dir) / MANIFEST
     try:
         return atomic_write_json(path, manifest)
     except OSError as e:
