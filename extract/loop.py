@@ -31,6 +31,7 @@ from rcdm.extract.dataset import (
     device_normalisation_is_exact,
     normalize,
 )
+from rcdm.launch import on_main
 from rcdm.run.lock import holding_output_lock
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
@@ -125,7 +126,7 @@ def run(cfg: ExtractConfig) -> Path:
     # Decide on every process (the same answer), then let process 0 touch the directory. The
     # shards a re-run would keep must be what they record: process 0 hashes, all act on it.
     action, clear_first = prepare.decide(out, header, cfg.overwrite)
-    damaged = _on_main(state, lambda: prepare.damaged_shards(out)) if action != "start" else {}
+    damaged = on_main(lambda: prepare.damaged_shards(out)) if action != "start" else {}
     action = prepare.after_damage(out, action, damaged, cfg.repair)
     state.wait_for_everyone()
     if state.is_main_process:
@@ -164,24 +165,6 @@ def run(cfg: ExtractConfig) -> Path:
     if error is not None:
         raise error
     return out
-
-
-def _on_main(state, fn):
-    """``fn()`` on process 0, its result (or its error) on every process."""
-    if state.num_processes == 1:
-        return fn()
-    from accelerate.utils import broadcast_object_list
-
-    msg: list = [None, None]
-    if state.is_main_process:
-        try:
-            msg[0] = fn()
-        except Exception as e:  # raised on every process below, so none waits at a barrier
-            msg[1] = e
-    broadcast_object_list(msg, from_process=0)
-    if msg[1] is not None:
-        raise msg[1]
-    return msg[0]
 
 
 def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, src_info: dict, timing: dict) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 from rcdm.app.config import SampleConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
+from rcdm.launch import on_main
 from rcdm.run.conditioning import check_conditioning
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -110,7 +111,7 @@ def run(cfg: SampleConfig) -> Path:
     fp = fingerprint(cfg, store, ckpt_file)
 
     # Every process agrees on the plan: the main process decides and writes it, the others read.
-    status = _on_main(state, lambda: _prepare_out(writer, fp, cfg.overwrite))
+    status = on_main(lambda: _prepare_out(writer, fp, cfg.overwrite))
     if (writer.finished() or {}).get("fingerprint") == fp:
         return out
 
@@ -130,7 +131,7 @@ def run(cfg: SampleConfig) -> Path:
         writer.write_plan({"fingerprint": fp, "n_conditions": len(cs.conditions), "fixed_noise": cs.fixed_noise_groups})
         return cs
 
-    cs: ConditionSet | None = _on_main(state, plan_conditions, share=False)
+    cs: ConditionSet | None = on_main(plan_conditions, share=False)
     conds = writer.read_conds()  # (C, D)
     plan = writer.plan()
     assert plan is not None
@@ -175,30 +176,6 @@ def run(cfg: SampleConfig) -> Path:
     record = _manifest(cfg, store, meta, ckpt_file, fp, ddim, state.num_processes)
     writer.finish(chunks, cs.index_rows(cond_index, seeds, k), record, ["config.yaml", *pictures])
     return out
-
-
-def _on_main(state: Any, fn: Any, share: bool = True) -> Any:
-    """Run ``fn`` on the main process only; the others wait. An error on the main process is
-    raised on every process (instead of leaving them waiting at a barrier); with ``share`` the
-    result is sent to all of them."""
-    result, error = None, None
-    if state.is_main_process:
-        try:
-            result = fn()
-        except Exception as e:  # re-raised below, after telling the other processes
-            error = e
-    if state.num_processes > 1:
-        from accelerate.utils import broadcast_object_list
-
-        msg = [None if error is None else f"{type(error).__name__}: {error}", result if share else None]
-        broadcast_object_list(msg, from_process=0)
-        if error is None and msg[0] is not None:
-            raise RuntimeError(f"the main process failed: {msg[0]}")
-        if not state.is_main_process:
-            result = msg[1]
-    if error is not None:
-        raise error
-    return result
 
 
 def _image_shape(model: Any) -> tuple[int, int, int]:

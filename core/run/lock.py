@@ -36,7 +36,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rcdm.errors import OutputExists, UserError
+from rcdm.errors import OutputExists
+from rcdm.launch import on_main
 
 __all__ = ["LOCK_FILE", "OutputLocked", "holding_output_lock", "is_main_process", "output_lock", "read_holder"]
 
@@ -227,24 +228,6 @@ def _sigterm_exits() -> Iterator[None]:
         yield
 
 
-def _agree(error: BaseException | None, main: bool) -> None:
-    """Across the processes of one launch (when torch.distributed runs): the main process tells
-    the others whether it took the lock, and every process raises the same error if not."""
-    dist = sys.modules.get("torch.distributed")
-    if dist is not None and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        msg = [None if error is None else (type(error).__name__, isinstance(error, UserError), str(error))]
-        dist.broadcast_object_list(msg, src=0)
-        if not main and msg[0] is not None:
-            name, user, text = msg[0]
-            if name == OutputLocked.__name__:
-                raise OutputLocked(text)
-            if user:
-                raise UserError(text)
-            raise RuntimeError(f"the main process could not lock the output: {name}: {text}")
-    if error is not None:
-        raise error
-
-
 def _check_folder(folder: Path) -> None:
     """``--out`` must name a folder, new or existing (refused before anything is written)."""
     if folder.exists() and not folder.is_dir():
@@ -266,22 +249,23 @@ def output_lock(
     ``wait_s``: how long an unreadable lock (one being written) is re-read before it is refused.
     """
     folder = Path(folder)
-    mine, made, error = None, False, None
-    if main:
+    made = False
+
+    def take() -> bytes:
+        nonlocal made
+        _check_folder(folder)
+        made = not folder.exists()
+        folder.mkdir(parents=True, exist_ok=True)
         try:
-            _check_folder(folder)
-            made = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            mine = _acquire(folder, command, wait_s)
-        except BaseException as e:
+            return _acquire(folder, command, wait_s)
+        except BaseException:
             if made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
-            if not sync or not isinstance(e, Exception):
-                raise
-            error = e
-    if sync:
-        _agree(error, main)
+            raise
+
+    # with sync, a refusal on the main process is raised on every process of the launch
+    mine = on_main(take, main=main, share=False) if sync else (take() if main else None)
     if mine is None:
         yield None
         return
