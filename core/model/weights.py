@@ -142,16 +142,13 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, meta) of one of our safetensors files (meta {} if it has none)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from safetensors import SafetensorError, safe_open
 
     path = Path(path)
     try:
-        sd = load_file(str(path), device="cpu")
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as f:
+        with safe_open(str(path), framework="pt", device="cpu") as f:  # one open: header and tensors
             header = f.metadata() or {}
+            sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError) as e:
         raise InvalidInput(
             f"{path} is truncated or not a safetensors file ({first_line(e)})"
