@@ -103,32 +103,29 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
             return False
         raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if tp in (int, float):
+        return _number(value, tp, where)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
         raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
     raise AssertionError(f"{where}: unsupported config type {tp!r}")
+
+
+def _number(value: Any, tp: type, where: str) -> int | float:
+    """An int or float from a number or its text; a float with a fraction is not an int."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if tp is float:
+            return float(value)
+        if isinstance(value, int) or value.is_integer():
+            return int(value)
+    elif isinstance(value, str):
+        try:
+            return tp(value)
+        except ValueError:
+            pass
+    raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
 
 
 def _unknown_key(section: str, key: str, known: Iterable[str]) -> ConfigError:
