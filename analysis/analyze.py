@@ -16,7 +16,8 @@ from pathlib import Path
 from rcdm.analysis.eval_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.report import Entry, write_report
-from rcdm.app.config import AnalyzeConfig, save_resolved, to_dict
+from rcdm.app.config import AnalyzeConfig, to_dict
+from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_json, now_iso, pick_device
 

@@ -14,7 +14,8 @@ import numpy as np
 from rcdm.analysis import fid as fidmod
 from rcdm.analysis import metrics
 from rcdm.analysis.tables import table, write_metrics_files
-from rcdm.app.config import EvaluateConfig, save_resolved
+from rcdm.app.config import EvaluateConfig
+from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput
 from rcdm.run.conditioning import Conditioning, extraction_for, mismatches
 from rcdm.run.sampleset import SampleSet, read_samples

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rcdm.app.config import ExtractConfig, save_resolved, to_dict
+from rcdm.app.config import ExtractConfig, to_dict
+from rcdm.app.configio import save_resolved
 from rcdm.data.preprocess import Preprocess, effective_preprocess
 from rcdm.encoders.registry import get_spec
 from rcdm.errors import InvalidInput, UserError

@@ -14,7 +14,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rcdm.app.config import SampleConfig, save_resolved, to_dict
+from rcdm.app.config import SampleConfig, to_dict
+from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
 from rcdm.launch import on_main
 from rcdm.run.conditioning import check_conditioning

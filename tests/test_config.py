@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from rcdm.app import config as C
+from rcdm.app import configio
 from rcdm.app.load import apply_mapping, load_config, profile_path, resolve
 from rcdm.diffusion.spec import Steps
 
@@ -51,14 +52,14 @@ def test_origins_of_every_layer(tmp_path):
     assert o["preset"] == "profile demo" and o["lr"] == f"file {p}"
     assert o["batch_size"] == "option --batch-size" and o["kimg"] == "--set train.kimg"
     assert o["store"] == "derived from data.workdir" and "grad_clip" not in o
-    text = C.dump_yaml(cfg.train)
+    text = configio.dump_yaml(cfg.train)
     assert "kimg: 9.0  # --set train.kimg" in text and "batch_size: 8  # option --batch-size" in text
     assert "grad_clip: 1.0\n" in text  # a built-in default carries no comment
 
 
 def test_saved_config_round_trips_with_its_comments(tmp_path):
     cfg = resolve(load_config(REPO / "pipeline.yaml", ["train.ema_rates=[0.5]", "sample.steps=ddim25"]))
-    path = C.save_resolved(cfg, tmp_path)
+    path = configio.save_resolved(cfg, tmp_path)
     assert "# --set train.ema_rates" in path.read_text()
     again = apply_mapping(C.PipelineConfig(), yaml.safe_load(path.read_text()), "saved")
     assert C.to_dict(again) == C.to_dict(cfg) and again == cfg

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import torch
-from rcdm.app.config import TrainConfig, save_resolved, to_dict
+from rcdm.app.config import TrainConfig, to_dict
+from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, UserError
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir

@@ -18,7 +18,8 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-from rcdm.app.config import ConfigError, PipelineConfig, dump_yaml
+from rcdm.app.config import ConfigError, PipelineConfig
+from rcdm.app.configio import dump_yaml
 from rcdm.app.load import PROFILES, load_config, resolve
 from rcdm.errors import UserError
 

@@ -6,7 +6,7 @@ typed without a config does what the README's ImageNet recipe says. The embedded
 shortcuts live in a named profile (``app/profiles/demo.yaml``), never here.
 
 Every section remembers where each value that is not a default came from (``origin``), and
-:func:`dump_yaml` writes it as a comment: the config printed by ``--dry-run`` and the
+:func:`rcdm.app.configio.dump_yaml` writes it as a comment: the config printed by ``--dry-run`` and the
 ``config.yaml`` written beside every output say which file, profile or option set what. Loading
 (layers, type checks, paths derived from ``data.workdir``) is :mod:`rcdm.app.load`.
 
@@ -16,13 +16,10 @@ This module must not import torch: ``rcdm --help`` and ``--dry-run`` use it.
 from __future__ import annotations
 
 import dataclasses
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, is_dataclass
-from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
-import yaml
 from rcdm.diffusion.spec import Sampler, Steps
 from rcdm.errors import InvalidInput
 
@@ -37,8 +34,6 @@ __all__ = [
     "SECTIONS",
     "SampleConfig",
     "TrainConfig",
-    "dump_yaml",
-    "save_resolved",
     "section_fields",
     "to_dict",
 ]
@@ -312,11 +307,6 @@ def section_fields(cls_or_obj: Any) -> list[dataclasses.Field]:
     return [f for f in fields(cls_or_obj) if f.name != "origin"]
 
 
-# --------------------------------------------------------------------------------------------
-# Output
-# --------------------------------------------------------------------------------------------
-
-
 def to_dict(obj: Any) -> Any:
     """Plain YAML/JSON data: sections as dicts (without ``origin``), tuples as lists, steps as text."""
     if isinstance(obj, Steps):
@@ -327,59 +317,3 @@ def to_dict(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return [to_dict(v) for v in obj]
     return obj
-
-
-_LEGEND = "# values without a comment are rcdm's built-in defaults (the paper's recipe)"
-
-
-def _yaml_line(key: str, value: Any) -> str:
-    text = yaml.safe_dump({key: value}, sort_keys=False, default_flow_style=True, width=1_000_000)
-    return text.strip()[1:-1].strip()  # "{key: value}" -> "key: value"
-
-
-def _section_lines(sec: Section, indent: str = "") -> list[str]:
-    lines = []
-    for f in section_fields(sec):
-        line = indent + _yaml_line(f.name, to_dict(getattr(sec, f.name)))
-        where = sec.origin.get(f.name)
-        lines.append(f"{line}  # {where}" if where else line)
-    return lines
-
-
-def dump_yaml(obj: Any) -> str:
-    """YAML of a section or the whole pipeline, each non-default value commented with its origin."""
-    if isinstance(obj, PipelineConfig):
-        lines = [_LEGEND]
-        for name in SECTIONS:
-            lines.append(f"{name}:")
-            lines += _section_lines(getattr(obj, name), "  ")
-        return "\n".join(lines) + "\n"
-    if isinstance(obj, Section):
-        return "\n".join([_LEGEND, *_section_lines(obj)]) + "\n"
-    return yaml.safe_dump(to_dict(obj), sort_keys=False, default_flow_style=None)
-
-
-def save_resolved(obj: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
-    """Write a resolved config (a section or the whole pipeline) next to a stage's outputs."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_yaml(obj))
-    tmp.replace(path)
-    return path
-
-
-def type_name(tp: Any) -> str:
-    """How the config reference and error messages name a field's type."""
-    if tp is Steps:
-        return "steps"
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if get_origin(tp) in (Union, types.UnionType):
-        return " | ".join(type_name(a) for a in get_args(tp))
-    if get_origin(tp) is tuple:
-        return f"list of {type_name(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))

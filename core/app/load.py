@@ -32,8 +32,8 @@ from rcdm.app.config import (
     PipelineConfig,
     Section,
     section_fields,
-    type_name,
 )
+from rcdm.app.configio import type_name
 from rcdm.diffusion.spec import Steps
 from rcdm.errors import InvalidInput
 

@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import get_type_hints
 
-from rcdm.app.config import SECTIONS, section_fields, to_dict, type_name
+from rcdm.app.config import SECTIONS, section_fields, to_dict
+from rcdm.app.configio import type_name
 from rcdm.errors import InvalidInput
 
 
