@@ -1,6 +1,7 @@
 """Pure metrics: FID from statistics, Inception Score from logits, nearest-neighbour rank / MRR.
 
-Arrays in, numbers out; no I/O and no model. The Inception network lives in
+Arrays in, numbers out; no I/O and no model. Rank / MRR live in core (:mod:`rcdm.faithfulness`:
+training logs them too) and are re-exported here. The Inception network lives in
 :mod:`rcdm.analysis.inception`, the file handling in :mod:`rcdm.analysis.evaluate`.
 """
 
@@ -10,6 +11,7 @@ import math
 
 import numpy as np
 from rcdm.errors import InvalidInput
+from rcdm.faithfulness import chance_mean_rank, chance_mrr, nearest_neighbour_ranks, rank_summary
 
 __all__ = [
     "feature_statistics",
@@ -164,121 +166,3 @@ def inception_score(
     if z.ndim != 2:
         raise InvalidInput(f"IS needs (N, C) logits, got shape {z.shape}")
     return inception_score_from_probs(softmax(z, axis=1), splits, shuffle, seed)
-
-
-# --------------------------------------------------------------------------------------------
-# Rank / MRR
-# --------------------------------------------------------------------------------------------
-
-
-def nearest_neighbour_ranks(
-    queries: np.ndarray,
-    reference: np.ndarray,
-    cond_index: np.ndarray,
-    cond_vectors: np.ndarray | None = None,
-    *,
-    device=None,
-    max_chunk_bytes: int = 1 << 28,
-) -> np.ndarray:
-    """Rank of each sample's conditioning image among the reference set, by Euclidean distance.
-
-    queries (M, D): the re-encoded samples f(x_hat); reference (N, D): the reference store's
-    features; cond_index (M,): the row c of each sample's conditioning image in ``reference``, or
-    -1 when the condition is not in the reference set, in which case ``cond_vectors[m]`` (D,) is
-    the condition itself. With d_j = ||f(x_hat) - reference_j||:
-
-        in the set:  rank = 1 + #{j != c : d_j < d_c}
-        outside:     rank = 1 + #{j : d_j < ||f(x_hat) - h||}   (rank among reference + h)
-
-    Ties count in the condition's favour (strict <). Distances are computed in float32 with the
-    matmul expansion ||q||^2 + ||r||^2 - 2 q.r after centering on the reference mean, a chunk of
-    queries against all N references at a time so that the (chunk, N) distance block stays under
-    ``max_chunk_bytes``. Pairs whose float32 distance is within rounding of d_c are recomputed
-    exactly in float64, so ties and near-ties are decided on the true distances. Returns (M,)
-    int64 ranks: in [1, N] for conditions in the set, in [1, N + 1] for those outside.
-    """
-    import torch
-
-    q_np = np.asarray(queries, dtype=np.float32)
-    r_np = np.asarray(reference, dtype=np.float32)
-    c_np = np.asarray(cond_index, dtype=np.int64)
-    if q_np.ndim != 2 or r_np.ndim != 2 or q_np.shape[1] != r_np.shape[1]:
-        raise InvalidInput(
-            f"rank: queries {q_np.shape} and reference {r_np.shape} must be (M, D) and (N, D)"
-        )
-    m, n = q_np.shape[0], r_np.shape[0]
-    if c_np.shape != (m,):
-        raise InvalidInput(f"rank: cond_index must have shape ({m},), got {c_np.shape}")
-    if (c_np >= n).any() or (c_np < -1).any():
-        raise InvalidInput(f"rank: cond_index must be in [-1, {n - 1}]")
-    if (c_np < 0).any():
-        if cond_vectors is None:
-            raise InvalidInput("rank: conditions outside the reference set need cond_vectors")
-        v_np = np.asarray(cond_vectors, dtype=np.float32)
-        if v_np.shape != q_np.shape:
-            raise InvalidInput(f"rank: cond_vectors must have shape {q_np.shape}, got {v_np.shape}")
-    else:
-        v_np = np.zeros_like(q_np)
-
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    ref_raw = torch.from_numpy(r_np).to(dev)  # (N, D) float32, for the exact float64 recheck
-    centre = ref_raw.mean(dim=0, keepdim=True)
-    ref = ref_raw - centre  # (N, D)
-    ref_sq = (ref * ref).sum(dim=1)  # (N,)
-    chunk = max(1, int(max_chunk_bytes // (4 * max(n, 1))))
-    ranks = np.empty(m, dtype=np.int64)
-    for s in range(0, m, chunk):
-        e = min(m, s + chunk)
-        q_raw = torch.from_numpy(q_np[s:e]).to(dev)  # (B, D)
-        c = torch.from_numpy(c_np[s:e]).to(dev)  # (B,)
-        inside = c >= 0
-        # The condition vector h_c: the reference row c, or the given vector for outside ones.
-        h_raw = torch.from_numpy(v_np[s:e]).to(dev)
-        h_raw[inside] = ref_raw[c[inside]]
-        q, h = q_raw - centre, h_raw - centre
-        q_sq = (q * q).sum(dim=1)  # (B,)
-        d2 = q_sq[:, None] + ref_sq[None, :] - 2.0 * (q @ ref.T)  # (B, N) squared distances
-        d_c = (q * q).sum(1) + (h * h).sum(1) - 2.0 * (q * h).sum(1)  # (B,)
-        rows = torch.arange(e - s, device=dev)
-        d_c[inside] = d2[rows[inside], c[inside]]  # same computation as the d_j it is compared to
-        # float32 rounding of the expansion is a few ulps of ||q||^2 + ||r||^2 (sqrt(D) terms).
-        tol = 1e-5 * (q_sq + ref_sq.max()) + 1e-12  # (B,)
-        closer = (d2 < (d_c - tol)[:, None]).sum(dim=1)  # (B,) certainly closer
-        near = (d2 - d_c[:, None]).abs() <= tol[:, None]  # (B, N) too close to call in float32
-        near[rows[inside], c[inside]] = False  # j != c
-        ii, jj = near.nonzero(as_tuple=True)
-        if ii.numel():
-            q64, h64 = q_raw.double(), h_raw.double()
-            dc64 = ((q64 - h64) ** 2).sum(1)  # (B,) exact squared distance to the condition
-            for p in range(0, ii.numel(), 8192):
-                a, b = ii[p : p + 8192], jj[p : p + 8192]
-                dj64 = ((q64[a] - ref_raw[b].double()) ** 2).sum(1)
-                closer.index_add_(0, a, (dj64 < dc64[a]).to(closer.dtype))
-        ranks[s:e] = (1 + closer).cpu().numpy()
-    return ranks
-
-
-def chance_mean_rank(n: int) -> float:
-    """Expected rank when the sample says nothing about its condition: (N + 1) / 2."""
-    return (n + 1) / 2.0
-
-
-def chance_mrr(n: int) -> float:
-    """Expected 1/rank for a uniform rank in 1..N: H_N / N."""
-    return float(np.sum(1.0 / np.arange(1, n + 1)) / n) if n > 0 else float("nan")
-
-
-def rank_summary(ranks: np.ndarray, n_reference: int) -> dict:
-    """Mean rank, MRR, median rank and the chance levels for a reference set of N items."""
-    r = np.asarray(ranks, dtype=np.float64)
-    out: dict = {"n": int(r.size), "N": int(n_reference)}
-    if r.size:
-        out.update(
-            mean_rank=float(r.mean()),
-            mrr=float((1.0 / r).mean()),
-            median_rank=float(np.median(r)),
-        )
-    else:
-        out.update(mean_rank=None, mrr=None, median_rank=None)
-    out.update(chance_mean_rank=chance_mean_rank(n_reference), chance_mrr=chance_mrr(n_reference))
-    return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, make_loader, to_model_input
 from rcdm.train.ema import EMA
 from rcdm.train.monitor import Logger, Stats, memory_gb
+from rcdm.train.threads import apply_threads, resolve_threads
 from rcdm.utils import atomic_write_json, now_iso
 
 # Separates the noise generators' seeds of consecutive micro-batches and of ranks.
@@ -87,6 +89,10 @@ def run(cfg: TrainConfig) -> Path:
     accelerator = _accelerator(mp, cfg.compile)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
     main = accelerator.is_main_process
+    # torch threads: the cores this machine's processes share, minus their loader workers
+    cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    if device.type == "cpu":
+        apply_threads(cfg.threads)
     per_step = world * cfg.grad_accum
     if cfg.batch_size % per_step:
         raise InvalidInput(
@@ -158,6 +164,12 @@ def run(cfg: TrainConfig) -> Path:
         from rcdm.train.grid import GridMaker
 
         grids = GridMaker(dataset, meta_at(0.0), cfg.grid_images, cfg.grid_samples, cfg.grid_sampler, cfg.seed)
+    check = None
+    if main:
+        from rcdm.train.faithcheck import check_nimg, make_check
+
+        check, said = make_check(cfg, meta_at(0.0), device)
+        print(said)
 
     # Main training loop.
     model.train()
@@ -168,6 +180,7 @@ def run(cfg: TrainConfig) -> Path:
     noise_gen = torch.Generator(device=device)
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0
+    eval_nimg = check_nimg(cfg) if check is not None else 0
     last_good = latest
 
     from tqdm.auto import tqdm
@@ -240,6 +253,13 @@ def run(cfg: TrainConfig) -> Path:
                     path = run_dir.grids / f"kimg-{state.nimg / 1000:09.3f}.png"
                     grids.make(ema.models[ema.rates[0]], device, grid_mp, path)
                 accelerator.wait_for_everyone()
+            # Faithfulness of the first EMA on the held-out conditions (main process; no sync:
+            # the other ranks meet it at the next all-reduce).
+            if eval_nimg and (finished or state.nimg // eval_nimg > prev // eval_nimg):
+                rec = check.run(ema.models[ema.rates[0]], "bf16" if mp == "bf16" else "no")
+                logger.write({"step": state.step, "kimg": state.nimg / 1000, "event": "faithfulness", **rec},
+                             tb_prefix="faithfulness")  # fmt: skip
+                t_log += rec["eval_sec"]  # the check's time is not counted as training time
     finally:
         bar.close()
         logger.close()

@@ -109,7 +109,7 @@ class Logger:
                 self.tb = SummaryWriter(str(tensorboard), purge_step=resume_step + 1)
         self.t_last = time.perf_counter()
 
-    def write(self, record: dict) -> None:
+    def write(self, record: dict, tb_prefix: str = "train") -> None:
         if not self.enabled:
             return
         # JSON has no NaN: an empty timestep quartile is written as null
@@ -120,7 +120,7 @@ class Logger:
             step = int(record["step"])
             for k, v in record.items():
                 if k != "step" and isinstance(v, (int, float)):
-                    self.tb.add_scalar(f"train/{k}", v, step)
+                    self.tb.add_scalar(f"{tb_prefix}/{k}", v, step)
             self.tb.flush()
 
     def close(self) -> None:

@@ -156,6 +156,15 @@ class TrainConfig(Section):
     grid_images: int = 4  # conditioning images (rows) in each sample grid
     grid_samples: int = 3  # samples per conditioning image in each grid
     grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
+    threads: int = 0  # torch CPU threads; 0: auto = usable cores minus train.workers (at least 1), so loader workers and torch do not oversubscribe the cores; the value used is written to the run's config.yaml
+    val_store: str | None = None  # held-out store for faithfulness while training (rank / MRR logged at each eval_kimg); null: <workdir>/stores/val when data.val is set, else the check is skipped
+    eval_kimg: float = 0.0  # faithfulness check every N kimg; 0: with each checkpoint
+    eval_conditions: int = 64  # val_store rows (a seeded pick, the same at every check) sampled once each; 0: no check
+    eval_steps: Steps = Steps.parse("ddim25")  # respacing of the check's sampler
+    eval_guidance: float | None = None  # guidance of the check; null: grid_guidance. Unguided is logged too when cond_drop > 0
+    prediction: Literal["eps", "v"] = "eps"  # what the network predicts: eps (ADM, the paper) or v = sqrt(acp) eps - sqrt(1 - acp) x0 (Salimans & Ho 2022)
+    min_snr_gamma: float = 0.0  # min-SNR-gamma loss weight min(SNR, gamma) / SNR (eps) or / (SNR + 1) (v) (Hang et al. 2023); 0: off
+    zero_terminal_snr: bool = False  # rescale the schedule so SNR(T) = 0 (Lin et al. 2024; use with prediction v and trailing steps)
 
     @property
     def grid_sampler(self) -> Sampler:

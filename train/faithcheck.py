@@ -1,0 +1,122 @@
+"""Faithfulness while training: every ``train.eval_kimg``, sample a fixed held-out set of
+conditions with the EMA model, re-encode the samples and log mean rank / MRR (and chance).
+
+The conditions are ``train.eval_conditions`` rows of ``train.val_store`` picked with
+``train.seed``; each gets one sample from a fixed seed, so successive checks differ only by the
+weights. Ranks are those of ``rcdm evaluate`` (:mod:`rcdm.faithfulness`): the condition's rank
+among every row of the validation store, by the distance of the re-encoded sample. With a null
+condition (``train.cond_drop`` > 0) the check runs unguided and at ``train.eval_guidance``.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rcdm.app.config import TrainConfig
+from rcdm.errors import MissingInput
+from rcdm.faithfulness import rank_summary, reencode_ranks
+
+# Separates the check's sample seeds from the grids' (seed * 1_000_003 + i).
+_SEED_OFFSET = 500_000
+
+
+def check_nimg(cfg: TrainConfig) -> int:
+    """Images between checks: ``eval_kimg``, or ``checkpoint_kimg`` when 0."""
+    kimg = cfg.eval_kimg if cfg.eval_kimg > 0 else cfg.checkpoint_kimg
+    return max(1, int(round(kimg * 1000)))
+
+
+def guidances(cfg: TrainConfig) -> list[float]:
+    """Unguided always; and the guided scale when the model has a null condition."""
+    g = cfg.grid_guidance if cfg.eval_guidance is None else cfg.eval_guidance
+    return [1.0] + ([float(g)] if cfg.cond_drop > 0 and g != 1.0 else [])
+
+
+def keys_for(g: float) -> str:
+    """Log-key suffix of a guidance scale: "" unguided, "_g5" for guidance 5."""
+    return "" if g == 1.0 else f"_g{g:g}".replace(".", "p")
+
+
+class FaithCheck:
+    """The fixed conditions, seeds, encoder and reference features of one run's check."""
+
+    def __init__(self, cfg: TrainConfig, meta: dict, device: torch.device) -> None:
+        from rcdm.diffusion.generate import diffusion_for
+        from rcdm.encoders.build import encoder_from_info
+        from rcdm.run.conditioning import check_conditioning
+        from rcdm.store import FeatureStore
+
+        path = Path(str(cfg.val_store))
+        if not path.exists():
+            raise MissingInput(
+                f"train.val_store {path} does not exist; pass an extracted validation store, or "
+                "turn the check off with --set train.eval_conditions=0"
+            )
+        store = FeatureStore(path)
+        check_conditioning(meta, store, what=f"the run (train.val_store {path})")
+        self.reference = store.features(view=0)  # (N, D) float32
+        n = min(max(1, cfg.eval_conditions), len(store))
+        rng = np.random.default_rng(cfg.seed)
+        self.rows = np.sort(rng.choice(len(store), n, replace=False))  # (n,) held-out rows
+        self.conds = self.reference[self.rows]  # (n, D)
+        self.seeds = cfg.seed * 1_000_003 + _SEED_OFFSET + np.arange(n)
+        self.preprocess = store.preprocess
+        self.encoder = encoder_from_info(store.encoder_info, trust_checkpoint=cfg.trust_checkpoint).to(device).eval()
+        store.close()
+        self.diffusion = diffusion_for(meta, cfg.eval_steps)
+        self.ddim = bool(cfg.eval_steps.ddim_stride)
+        self.guidances = guidances(cfg)
+        self.device = device
+        self.store_path = str(path)
+
+    def describe(self) -> str:
+        gs = ", ".join("unguided" if g == 1 else f"guidance {g:g}" for g in self.guidances)
+        return (
+            f"faithfulness check: {len(self.rows)} conditions of {self.store_path} "
+            f"(N = {len(self.reference)}), {self.diffusion.num_timesteps} steps, {gs}"
+        )
+
+    @torch.no_grad()
+    def run(self, model: torch.nn.Module, mixed_precision: str) -> dict:
+        """``{"eval_mean_rank": ..., "eval_mrr": ..., "eval_mrr_g5": ..., "eval_chance_mrr": ...}``."""
+        from rcdm.diffusion.generate import generate
+
+        t0 = time.perf_counter()
+        out: dict = {}
+        n_ref = len(self.reference)
+        for g in self.guidances:
+            images = generate(
+                model, self.diffusion, self.conds, self.seeds, batch_size=64, device=self.device,
+                progress=False, mixed_precision=mixed_precision, ddim=self.ddim, guidance=g,
+            )  # fmt: skip
+            ranks = reencode_ranks(
+                self.encoder, images, self.preprocess, self.reference, self.rows, device=self.device
+            )
+            s = rank_summary(ranks, n_ref)
+            out[f"eval_mean_rank{keys_for(g)}"] = s["mean_rank"]
+            out[f"eval_mrr{keys_for(g)}"] = s["mrr"]
+        out.update(
+            eval_chance_mean_rank=rank_summary(np.zeros(0), n_ref)["chance_mean_rank"],
+            eval_chance_mrr=rank_summary(np.zeros(0), n_ref)["chance_mrr"],
+            eval_n=len(self.rows),
+            eval_N=n_ref,
+            eval_sec=time.perf_counter() - t0,
+        )
+        return out
+
+
+def make_check(cfg: TrainConfig, meta: dict, device: torch.device) -> tuple[FaithCheck | None, str]:
+    """The run's check, or None and why not (said once in the training output). A store derived
+    from data.val that was not extracted is skipped; one given explicitly must exist."""
+    if cfg.eval_conditions <= 0:
+        return None, "faithfulness check off (train.eval_conditions=0)"
+    if not cfg.val_store:
+        return None, "no faithfulness check during training: no train.val_store (set it, or data.val)"
+    derived = "derived" in (cfg.origin.get("val_store") or "")
+    if derived and not Path(cfg.val_store).exists():
+        return None, f"no faithfulness check during training: {cfg.val_store} (derived from data.val) is not extracted yet"
+    check = FaithCheck(cfg, meta, device)
+    return check, check.describe()
