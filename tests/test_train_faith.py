@@ -104,3 +104,25 @@ def test_threads_auto_recorded_in_run_config(stores, tmp_path):
     assert cfg["threads"] == auto_threads(0, usable_cores()) >= 1  # train_cfg uses workers=0
     assert "auto:" in (a / "config.yaml").read_text()  # its origin is written beside it
     assert np.isfinite([r["loss"] for r in read_log(a) if "loss" in r]).all()
+
+
+def test_curve_plots_several_runs(stores, tmp_path):
+    import json
+
+    from click.testing import CliRunner
+    from PIL import Image
+    from rcdm.app.cli import cli
+    from rcdm.train import run
+
+    a = run(_cfg(stores, tmp_path / "a"))
+    b = run(_cfg(stores, tmp_path / "b", cond_drop=0.0, seed=1))
+    out = tmp_path / "curve"
+    r = CliRunner().invoke(cli, ["evaluate", "--curve", str(a), str(b), "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    data = json.loads((out / "curve.json").read_text())["runs"]
+    assert set(data[0]["series"]) == {"unguided", "guidance 3"} and set(data[1]["series"]) == {"unguided"}
+    logged = [x["eval_mrr_g3"] for x in _faith(a)]
+    assert data[0]["series"]["guidance 3"]["mrr"] == logged and data[0]["series"]["unguided"]["kimg"] == [0.016, 0.032]
+    assert Image.open(out / "curve.png").size[0] > 500
+    bad = CliRunner().invoke(cli, ["evaluate", "--curve", str(stores["train"]), "--out", str(out)])
+    assert bad.exit_code != 0 and "log.jsonl" in bad.output

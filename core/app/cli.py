@@ -199,15 +199,20 @@ def sample(ctx: click.Context, **_: Any) -> None:
 @click.option("--fid", type=click.Choice(["auto", "on", "off"]))
 @click.option("--inception-weights", type=click.Path())
 @click.option("--table", is_flag=True, help="Assemble the evaluated RUNS (folders of rcdm evaluate) into one table.")
+@click.option("--curve", is_flag=True, help="Plot rank / MRR against kimg of the training RUNS (their faithfulness checks) into --out.")
 @common_options
 @click.pass_context
-def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -> None:
+def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool, **_: Any) -> None:
     """Compute FID, IS and rank / MRR of --samples; or, with --table RUNS..., assemble tables.
 
     \b
     rcdm evaluate --samples samples/dino --reference stores/dino-val --out eval/dino
     rcdm evaluate --table eval/dino eval/simclr eval/supervised --out eval/table
+    rcdm evaluate --curve runs/paper runs/fast --out eval/curve
     """
+    if curve:
+        _curve(ctx, runs)
+        return
     if runs and not table:
         raise click.UsageError(f"unexpected argument(s) {' '.join(runs)}: evaluated runs go after --table")
     if not table:
@@ -224,6 +229,22 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -
         click.echo(f"dry run: would assemble {len(runs)} run(s) ({', '.join(runs)}) into {out}")
         return
     click.echo(f"table written: {call(_table, list(runs), out)}")
+
+
+def _curve(ctx: click.Context, runs: tuple[str, ...]) -> None:
+    if not runs:
+        raise click.UsageError("--curve needs training runs: rcdm evaluate --curve runs/a runs/b --out eval/curve")
+    out = ctx.params["out"] or str(Path(load(ctx, None).data.workdir) / "curve")
+    if ctx.params["dry_run"]:
+        click.echo(f"dry run: would plot the faithfulness curves of {len(runs)} run(s) into {out}")
+        return
+    click.echo(f"curve written: {call(_plot_curve, list(runs), out)}")
+
+
+def _plot_curve(runs: list[str], out: str) -> Path:
+    from rcdm.analysis.curve import curve
+
+    return curve(runs, out)
 
 
 def _table(runs: list[str], out: str) -> Path:
