@@ -126,3 +126,22 @@ def test_curve_plots_several_runs(stores, tmp_path):
     assert Image.open(out / "curve.png").size[0] > 500
     bad = CliRunner().invoke(cli, ["evaluate", "--curve", str(stores["train"]), "--out", str(out)])
     assert bad.exit_code != 0 and "log.jsonl" in bad.output
+
+
+def test_recipe_options_train_record_and_sample(stores, tmp_path):
+    import json
+
+    from rcdm.errors import InvalidInput
+    from rcdm.train import run
+
+    a = run(_cfg(stores, tmp_path / "a", prediction="v", zero_terminal_snr=True, min_snr_gamma=5.0, cond="both",
+                 eval_steps="trailing3", eval_guidance_interval=(0.2, 1.0)))  # fmt: skip
+    meta = json.loads((a / "model.json").read_text())
+    assert meta["diffusion"]["prediction"] == "v" and meta["diffusion"]["zero_terminal_snr"] is True
+    assert meta["unet"]["cond"] == "both"
+    recs = _faith(a)
+    assert len(recs) == 2 and all(np.isfinite([r["eval_mrr"], r["eval_mrr_g3"]]).all() for r in recs)
+    paper = json.loads((run(_cfg(stores, tmp_path / "p", val_store=None)) / "model.json").read_text())
+    assert "prediction" not in paper["diffusion"] and "zero_terminal_snr" not in paper["diffusion"]
+    with pytest.raises(InvalidInput, match="prediction=v"):
+        run(_cfg(stores, tmp_path / "b", zero_terminal_snr=True))

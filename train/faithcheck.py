@@ -67,8 +67,11 @@ class FaithCheck:
         self.encoder = encoder_from_info(store.encoder_info, trust_checkpoint=cfg.trust_checkpoint).to(device).eval()
         store.close()
         self.diffusion = diffusion_for(meta, cfg.eval_steps)
-        self.ddim = bool(cfg.eval_steps.ddim_stride)
+        from rcdm.diffusion.spec import Sampler
+
+        self.ddim = Sampler(cfg.eval_steps).ddim
         self.guidances = guidances(cfg)
+        self.interval = tuple(cfg.eval_guidance_interval)
         self.device = device
         self.store_path = str(path)
 
@@ -91,6 +94,7 @@ class FaithCheck:
             images = generate(
                 model, self.diffusion, self.conds, self.seeds, batch_size=64, device=self.device,
                 progress=False, mixed_precision=mixed_precision, ddim=self.ddim, guidance=g,
+                guidance_interval=self.interval,
             )  # fmt: skip
             ranks = reencode_ranks(
                 self.encoder, images, self.preprocess, self.reference, self.rows, device=self.device

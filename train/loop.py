@@ -58,6 +58,13 @@ def _validate(cfg: TrainConfig) -> None:
         raise InvalidInput(f"train.cond_drop must be in [0, 1) (0.1 is usual for guidance), got {cfg.cond_drop}")
     if cfg.p2_gamma < 0 or cfg.p2_k < 0:
         raise InvalidInput(f"train.p2_gamma and train.p2_k must be >= 0, got {cfg.p2_gamma} and {cfg.p2_k}")
+    if cfg.min_snr_gamma < 0:
+        raise InvalidInput(f"train.min_snr_gamma must be >= 0 (5 is usual; 0: off), got {cfg.min_snr_gamma}")
+    if cfg.zero_terminal_snr and cfg.prediction != "v":
+        raise InvalidInput(
+            "train.zero_terminal_snr needs train.prediction=v (eps cannot be predicted from pure noise); "
+            "add --set train.prediction=v"
+        )
     if cfg.grid_guidance != 1.0:
         from rcdm.diffusion.generate import check_guidance
 
@@ -132,7 +139,9 @@ def run(cfg: TrainConfig) -> Path:
         weight_decay=cfg.weight_decay,
         fused=device.type == "cuda",  # one kernel for all parameters
     )
-    diffusion = gaussian.create_diffusion(ucfg.schedule, steps=gaussian.DIFFUSION_STEPS)
+    diffusion = gaussian.create_diffusion(
+        ucfg.schedule, steps=gaussian.DIFFUSION_STEPS, prediction=cfg.prediction, zero_terminal_snr=cfg.zero_terminal_snr
+    )
     model, opt = accelerator.prepare(net, opt)
     state = TrainState(accelerator, net, ema, seed=cfg.seed, batch_size=cfg.batch_size)
     if latest is not None:
@@ -209,8 +218,9 @@ def run(cfg: TrainConfig) -> Path:
                 last = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     losses = diffusion.training_losses(
-                        model, x, t, kwargs, noise=noise, p2_gamma=cfg.p2_gamma, p2_k=cfg.p2_k
-                    )
+                        model, x, t, kwargs, noise=noise, p2_gamma=cfg.p2_gamma, p2_k=cfg.p2_k,
+                        min_snr_gamma=cfg.min_snr_gamma,
+                    )  # fmt: skip
                     accelerator.backward(losses["loss"].mean() / cfg.grad_accum)
                 stats.add_micro(losses, t, state.step)
 

@@ -66,6 +66,7 @@ def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: fl
             "schedule": ucfg.schedule,
             "steps": DIFFUSION_STEPS,
             "learn_sigma": ucfg.learn_sigma,
+            **recipe_meta(cfg),
         },
         "encoder": store.encoder_info,
         "preprocess": store.manifest.get("preprocess"),
@@ -74,6 +75,17 @@ def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: fl
         "cond_drop": cfg.cond_drop,  # > 0: trained for classifier-free guidance
         "kimg": kimg,
     }
+
+
+def recipe_meta(cfg: TrainConfig) -> dict:
+    """The diffusion options a sampler must know, recorded only when they depart from the
+    paper's (so a paper-recipe run's model.json is what it always was)."""
+    out: dict = {}
+    if cfg.prediction != "eps":
+        out["prediction"] = cfg.prediction
+    if cfg.zero_terminal_snr:
+        out["zero_terminal_snr"] = True
+    return out
 
 
 def _diff(a: dict, b: dict, fields: tuple[str, ...]) -> str:

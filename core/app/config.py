@@ -122,7 +122,7 @@ class TrainConfig(Section):
     store: str | None = None  # default: <workdir>/stores/train
     out: str | None = None  # default: <workdir>/run
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
-    cond: Literal["embed", "cbn"] = "embed"
+    cond: Literal["embed", "cbn", "both"] = "embed"  # how h enters the UNet: embed (RCDM's code), cbn (the paper's conditional norm), both (an rcdm addition)
     cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
@@ -162,6 +162,7 @@ class TrainConfig(Section):
     eval_conditions: int = 64  # val_store rows (a seeded pick, the same at every check) sampled once each; 0: no check
     eval_steps: Steps = Steps.parse("ddim25")  # respacing of the check's sampler
     eval_guidance: float | None = None  # guidance of the check; null: grid_guidance. Unguided is logged too when cond_drop > 0
+    eval_guidance_interval: tuple[float, float] = (0.0, 1.0)  # the check's guided steps, as sample.guidance_interval
     prediction: Literal["eps", "v"] = "eps"  # what the network predicts: eps (ADM, the paper) or v = sqrt(acp) eps - sqrt(1 - acp) x0 (Salimans & Ho 2022)
     min_snr_gamma: float = 0.0  # min-SNR-gamma loss weight min(SNR, gamma) / SNR (eps) or / (SNR + 1) (v) (Hang et al. 2023); 0: off
     zero_terminal_snr: bool = False  # rescale the schedule so SNR(T) = 0 (Lin et al. 2024; use with prediction v and trailing steps)
@@ -191,6 +192,7 @@ class SampleConfig(Section):
     ddim: bool = False  # DDIM update on the respaced steps (always for "ddimN")
     eta: float = 0.0
     guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler); > 1 needs train.cond_drop > 0
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only the steps with lo <= t/T <= hi (Kynkaanniemi et al. 2024); [0, 1]: every step
     clip_denoised: bool = True
     seed: int = 0
     batch_size: int = 32
@@ -215,7 +217,7 @@ class SampleConfig(Section):
 
     @property
     def sampler(self) -> Sampler:
-        return Sampler(self.steps, self.ddim, self.eta, self.guidance)
+        return Sampler(self.steps, self.ddim, self.eta, self.guidance, self.guidance_interval)
 
 
 @dataclass(frozen=True)

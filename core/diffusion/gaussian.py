@@ -7,6 +7,11 @@ detached, in bits per dimension), timestep respacing, ancestral and DDIM samplin
 Schedules are float64 and extracted to float32 per timestep, as in guided-diffusion. A respaced
 diffusion is a GaussianDiffusion over fewer steps with ``timestep_map`` giving the original step
 the model is called with.
+
+Opt-in additions, none of them in guided-diffusion (the paper's recipe is the defaults, and its
+loss is unchanged bit for bit): v-prediction (``prediction="v"``, Salimans & Ho 2022), a schedule
+rescaled to zero terminal SNR (:func:`rescale_zero_terminal_snr`, Lin et al. 2024) and min-SNR-gamma
+loss weighting (Hang et al. 2023).
 """
 
 from __future__ import annotations
@@ -57,6 +62,18 @@ def get_named_beta_schedule(name: str, num_timesteps: int = 1000) -> torch.Tenso
     raise InvalidInput(f"unknown beta schedule {name!r}: expected 'linear' or 'cosine'")
 
 
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Betas whose last step has SNR 0 (Lin et al. 2024, Algorithm 1): sqrt(alpha_bar) is shifted
+    so its last value is 0 and scaled so its first is unchanged. Needs v-prediction (eps cannot
+    be predicted from pure noise)."""
+    ab_sqrt = torch.cumprod(1.0 - betas.double(), dim=0).sqrt()
+    first, last = ab_sqrt[0].clone(), ab_sqrt[-1].clone()
+    ab_sqrt = (ab_sqrt - last) * first / (first - last)
+    ab = ab_sqrt**2
+    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
+    return 1.0 - alphas
+
+
 class GaussianDiffusion:
     """The forward process q and the learned reverse process p over ``len(betas)`` steps."""
 
@@ -66,12 +83,16 @@ class GaussianDiffusion:
         learn_sigma: bool = True,
         timestep_map: Sequence[int] | None = None,
         fixed_variance: str = "large",
+        prediction: str = "eps",
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if not (betas > 0).all() or not (betas <= 1).all():
             raise InvalidInput("betas must lie in (0, 1]")
         if fixed_variance not in ("large", "small"):
             raise InvalidInput(f"fixed_variance={fixed_variance!r}: expected 'large' or 'small'")
+        if prediction not in ("eps", "v"):
+            raise InvalidInput(f"prediction={prediction!r}: expected 'eps' or 'v'")
+        self.prediction = prediction
         self.num_timesteps = int(betas.shape[0])
         self.learn_sigma, self.fixed_variance = learn_sigma, fixed_variance
         self.timestep_map = None if timestep_map is None else list(timestep_map)
@@ -198,7 +219,12 @@ class GaussianDiffusion:
                 if self.fixed_variance == "large"
                 else self._extract("posterior_log_variance_clipped", t, xt.ndim).expand_as(xt)
             )
-        pred_xstart = self.predict_xstart_from_eps(xt, t, eps)
+        if self.prediction == "v":  # x0 = sqrt(acp) xt - sqrt(1 - acp) v, eps = sqrt(1 - acp) xt + sqrt(acp) v
+            a = self._extract("sqrt_alphas_cumprod", t, xt.ndim)
+            s = self._extract("sqrt_one_minus_alphas_cumprod", t, xt.ndim)
+            pred_xstart, eps = a * xt - s * eps, s * xt + a * eps
+        else:
+            pred_xstart = self.predict_xstart_from_eps(xt, t, eps)
         if clip_denoised:
             pred_xstart = pred_xstart.clamp(-1, 1)
         mean, _, _ = self.q_posterior_mean_variance(pred_xstart, xt, t)
@@ -252,7 +278,12 @@ class GaussianDiffusion:
         """One DDIM step (Song et al. 2021, eq. 12); eta = 0 is deterministic."""
         out = self.p_mean_variance(model, xt, t, clip_denoised, model_kwargs)
         # re-derive eps from the (possibly clipped) x0 guess, as guided-diffusion does
-        eps = self.predict_eps_from_xstart(xt, t, out["pred_xstart"])
+        if self.prediction == "v":  # the same eps, written so that it stays finite at SNR 0
+            eps = (xt - self._extract("sqrt_alphas_cumprod", t, xt.ndim) * out["pred_xstart"]) / self._extract(
+                "sqrt_one_minus_alphas_cumprod", t, xt.ndim
+            )
+        else:
+            eps = self.predict_eps_from_xstart(xt, t, out["pred_xstart"])
         ab = self._extract("alphas_cumprod", t, xt.ndim)
         ab_prev = self._extract("alphas_cumprod_prev", t, xt.ndim)
         sigma = eta * torch.sqrt((1 - ab_prev) / (1 - ab)) * torch.sqrt(1 - ab / ab_prev)
@@ -286,6 +317,7 @@ class GaussianDiffusion:
         noise: torch.Tensor | None = None,
         p2_gamma: float = 0.0,
         p2_k: float = 1.0,
+        min_snr_gamma: float = 0.0,
     ) -> dict[str, torch.Tensor]:
         """Hybrid loss per sample: {"loss": w mse + vb, "mse", "vb"}, each (N,) float32.
 
@@ -294,13 +326,23 @@ class GaussianDiffusion:
         learned sigma vb is 0. w = 1 / (p2_k + SNR_t)^p2_gamma is P2 weighting (Choi et al.,
         CVPR 2022): gamma > 0 moves weight from the nearly clean steps to the noisy ones where
         colour and layout (what h is about) are decided; gamma = 0 (default) is ADM's loss.
+        With ``prediction="v"`` the regression target is v = sqrt(acp) eps - sqrt(1 - acp) x0.
+        ``min_snr_gamma`` > 0 multiplies mse by min(SNR_t, gamma) / SNR_t (eps) or
+        min(SNR_t, gamma) / (SNR_t + 1) (v): the min-SNR-gamma weighting (Hang et al. 2023).
         """
         noise = torch.randn_like(x0) if noise is None else noise
         xt = self.q_sample(x0, t, noise)
         out = model(xt, self.model_timesteps(t), **(model_kwargs or {})).float()
         c = x0.shape[1]
         eps = out[:, :c]
-        mse = mean_flat((noise.float() - eps) ** 2)
+        if self.prediction == "v":
+            target = (
+                self._extract("sqrt_alphas_cumprod", t, x0.ndim) * noise.float()
+                - self._extract("sqrt_one_minus_alphas_cumprod", t, x0.ndim) * x0.float()
+            )
+        else:
+            target = noise.float()
+        mse = mean_flat((target - eps) ** 2)
         if self.learn_sigma:
             frozen = torch.cat([eps.detach(), out[:, c:]], dim=1)
             vb = self.vb_terms_bpd(frozen, x0.float(), xt.float(), t)
@@ -309,6 +351,10 @@ class GaussianDiffusion:
         weighted = mse
         if p2_gamma:
             weighted = mse * self._extract("p2_snr", t, 1).add(p2_k).pow(-p2_gamma)
+        if min_snr_gamma:
+            snr = self._extract("p2_snr", t, 1)
+            denom = snr + 1.0 if self.prediction == "v" else snr.clamp(min=1e-20)
+            weighted = weighted * snr.clamp(max=min_snr_gamma) / denom
         return {"loss": weighted + vb, "mse": mse, "vb": vb}
 
 
@@ -332,14 +378,21 @@ def create_diffusion(
     steps: int = DIFFUSION_STEPS,
     respacing: Steps | str | None = None,
     learn_sigma: bool = True,
+    prediction: str = "eps",
+    zero_terminal_snr: bool = False,
 ) -> GaussianDiffusion:
     """The ``steps``-step diffusion of ``schedule``, respaced to ``respacing`` ("", "100", "ddim50",
-    "10,20,30"; "" keeps every step)."""
+    "trailing25", "10,20,30"; "" keeps every step); optionally v-predicting and rescaled to zero
+    terminal SNR (which needs v-prediction)."""
     betas = get_named_beta_schedule(schedule, steps)
+    if zero_terminal_snr:
+        if prediction != "v":
+            raise InvalidInput("a zero-terminal-SNR schedule needs prediction 'v' (eps is undefined at SNR 0)")
+        betas = rescale_zero_terminal_snr(betas)
     if not respacing:
-        return GaussianDiffusion(betas, learn_sigma)
+        return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
     use = space_timesteps(steps, respacing)
     if len(use) == steps:
-        return GaussianDiffusion(betas, learn_sigma)
+        return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
     new_betas, tmap = respaced_betas(torch.cumprod(1.0 - betas, dim=0), use)
-    return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap)
+    return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap, prediction=prediction)

@@ -133,13 +133,29 @@ class _Autocast(torch.nn.Module):
 class _Guided(torch.nn.Module):
     """Classifier-free guidance (Ho & Salimans 2022): eps = eps_u + w (eps_c - eps_u), with eps_u
     the model's prediction under the null condition. One forward on the doubled batch; the
-    learned variance channels are the conditional prediction's."""
+    learned variance channels are the conditional prediction's.
 
-    def __init__(self, model: torch.nn.Module, scale: float):
+    ``interval`` (lo, hi), an rcdm addition: guide only the steps whose original timestep t
+    has lo <= t / T <= hi (guidance in a limited interval, Kynkaanniemi et al. 2024); elsewhere
+    the plain conditional prediction, one forward. (0, 1), the default, guides every step."""
+
+    def __init__(self, model: torch.nn.Module, scale: float, interval: tuple[float, float] = (0.0, 1.0), num_timesteps: int = 1000):
         super().__init__()
         self.model, self.scale = model, float(scale)
+        self.interval, self.num_timesteps = (float(interval[0]), float(interval[1])), num_timesteps
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.interval
+        if lo > 0.0 or hi < 1.0:
+            frac = t.float() / self.num_timesteps
+            inside = (frac >= lo) & (frac <= hi)
+            if not bool(inside.any()):
+                return self.model(x, t, cond=cond)
+            if not bool(inside.all()):  # rows of one batch share t in sampling; mixed only in tests
+                return torch.where(inside.view(-1, 1, 1, 1), self._guided(x, t, cond), self.model(x, t, cond=cond))
+        return self._guided(x, t, cond)
+
+    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         drop = torch.arange(2 * n, device=x.device) >= n  # first half conditional, second null
         out = self.model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, cond]), cond_drop=drop)
@@ -189,6 +205,7 @@ def generate(
     progress: bool = True,
     mixed_precision: str = "no",
     guidance: float = 1.0,
+    guidance_interval: tuple[float, float] = (0.0, 1.0),
 ) -> np.ndarray:
     """Sample one image per ``(conds[i], seeds[i])``; returns ``(N, H, W, 3)`` uint8.
 
@@ -213,7 +230,7 @@ def generate(
         return out
     net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
     if guidance != 1.0:
-        net = _Guided(net, guidance)
+        net = _Guided(net, guidance, guidance_interval, _chain_length(diffusion))
 
     starts = range(0, n, batch_size)
     if progress:
@@ -240,6 +257,14 @@ def generate(
     return out
 
 
+def _chain_length(diffusion: Any) -> int:
+    """Steps of the original chain a (respaced) diffusion was cut from (its model timesteps' range)."""
+    from rcdm.diffusion.gaussian import DIFFUSION_STEPS
+
+    tmap = getattr(diffusion, "timestep_map", None)
+    return DIFFUSION_STEPS if tmap else int(diffusion.num_timesteps)
+
+
 def diffusion_for(meta: dict, steps: Steps | str) -> Any:
     """The respaced diffusion a model samples with: its schedule and its number of training
     steps from its ``model.json`` (``meta["diffusion"]``), respaced to ``steps``."""
@@ -249,7 +274,11 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
     schedule = recorded.get("schedule") or (meta.get("unet") or {}).get("schedule") or "linear"
     # weights with no meta at all: every RCDM / ADM model has a 1000-step chain
     num = int(recorded.get("steps") or DIFFUSION_STEPS)
-    return create_diffusion(schedule, steps=num, respacing=Steps.parse(steps), learn_sigma=recorded.get("learn_sigma", True))
+    return create_diffusion(
+        schedule, steps=num, respacing=Steps.parse(steps), learn_sigma=recorded.get("learn_sigma", True),
+        # opt-in recipe options, recorded only when a run used them
+        prediction=recorded.get("prediction", "eps"), zero_terminal_snr=bool(recorded.get("zero_terminal_snr", False)),
+    )  # fmt: skip
 
 
 def load_for_sampling(

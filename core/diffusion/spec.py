@@ -10,6 +10,10 @@ Respacing follows guided-diffusion's ``space_timesteps`` exactly (Nichol & Dhari
 - ``"10,15,20"``: the chain cut into equal sections, that many steps from each;
 - ``"ddim50"``: one constant integer stride giving exactly 50 steps (the DDIM paper's striding),
   sampled with the DDIM update.
+- ``"trailing50"``: 50 steps ending at the last one, ``round(T - i T / N) - 1`` (the "trailing"
+  spacing of Lin et al. 2024; with ``T = 1000``: 999, 979, ..., 19), sampled with DDIM. An
+  addition, not in guided-diffusion: the sampler starts from the noisiest step (with a
+  zero-terminal-SNR schedule, pure noise) rather than t = 980.
 
 The number of steps of the chain itself (1000 for every RCDM / ADM model) is not part of the
 spec: it comes from the model's ``model.json``.
@@ -23,7 +27,7 @@ from rcdm.errors import InvalidInput
 
 __all__ = ["Steps", "Sampler"]
 
-_FORMS = '"100" (steps spread over the chain), "10,15,20" (steps per section) or "ddim50"'
+_FORMS = '"100" (steps spread over the chain), "10,15,20" (steps per section), "ddim50" or "trailing50"'
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Steps:
 
     counts: tuple[int, ...]  # steps kept from each equal section of the chain
     ddim_stride: bool = False  # "ddimN": one section, a constant integer stride (implies DDIM)
+    trailing: bool = False  # "trailingN": N steps ending at the chain's last step (implies DDIM)
 
     @classmethod
     def parse(cls, spec: str | int | Steps) -> Steps:
@@ -41,6 +46,11 @@ class Steps:
         if isinstance(spec, bool) or not isinstance(spec, (str, int)):
             raise InvalidInput(f"steps must be {_FORMS}, got {spec!r}")
         text = str(spec).strip()
+        if text.startswith("trailing"):
+            n = text[len("trailing") :]
+            if not n.isdigit() or int(n) < 1:
+                raise InvalidInput(f'steps {text!r}: expected "trailingN" with N a positive integer, e.g. "trailing25"')
+            return cls((int(n),), trailing=True)
         if text.startswith("ddim"):
             n = text[len("ddim") :]
             if not n.isdigit() or int(n) < 1:
@@ -52,6 +62,8 @@ class Steps:
         return cls(tuple(int(p) for p in parts))
 
     def __str__(self) -> str:
+        if self.trailing:
+            return f"trailing{self.counts[0]}"
         if self.ddim_stride:
             return f"ddim{self.counts[0]}"
         return ",".join(str(c) for c in self.counts)
@@ -63,6 +75,12 @@ class Steps:
 
     def timesteps(self, num_timesteps: int) -> list[int]:
         """The kept steps of a ``num_timesteps`` chain, ascending (guided-diffusion's rule)."""
+        if self.trailing:
+            (want,) = self.counts
+            if want > num_timesteps:
+                raise InvalidInput(f"steps {str(self)!r}: cannot take {want} of {num_timesteps} steps")
+            # float arithmetic as Lin et al.'s np.round(np.arange(T, 0, -T / N)) - 1
+            return sorted({int(round(num_timesteps - i * num_timesteps / want)) - 1 for i in range(want)})
         if self.ddim_stride:
             (want,) = self.counts
             for stride in range(1, num_timesteps):
@@ -101,9 +119,15 @@ class Sampler:
     ddim: bool = False  # DDIM update (always for "ddimN" steps)
     eta: float = 0.0  # DDIM noise (0: deterministic)
     guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler)
+    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where lo <= t / T <= hi
 
     def __post_init__(self) -> None:
-        if self.steps.ddim_stride and not self.ddim:
+        gi = tuple(float(v) for v in self.guidance_interval)
+        if len(gi) != 2 or not 0.0 <= gi[0] <= gi[1] <= 1.0:
+            raise InvalidInput(
+                f"guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the chain), got {list(self.guidance_interval)}"
+            )
+        if (self.steps.ddim_stride or self.steps.trailing) and not self.ddim:
             object.__setattr__(self, "ddim", True)
         if self.eta < 0:
             raise InvalidInput(f"eta must be >= 0 (0: deterministic DDIM), got {self.eta}")
@@ -121,5 +145,8 @@ class Sampler:
 
     def label(self) -> str:
         """What every table and caption names: ``"ancestral, 100 steps"``, ``"ddim50, guidance 5"``."""
-        text = f"{self.name}, {self.steps.total} steps" if not self.steps.ddim_stride else str(self.steps)
-        return text + (f", guidance {self.guidance:g}" if self.guided else "")
+        short = self.steps.ddim_stride or self.steps.trailing
+        text = f"{self.name}, {self.steps.total} steps" if not short else str(self.steps)
+        text += f", guidance {self.guidance:g}" if self.guided else ""
+        lo, hi = self.guidance_interval
+        return text + (f" in t/T [{lo:g}, {hi:g}]" if self.guided and (lo > 0 or hi < 1) else "")

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from rcdm.errors import InvalidInput
 
-CondMethod = Literal["embed", "cbn", "none"]
-COND_METHODS = ("embed", "cbn", "none")
+CondMethod = Literal["embed", "cbn", "both", "none"]
+COND_METHODS = ("embed", "cbn", "both", "none")
 
 
 @dataclass(frozen=True)
@@ -229,13 +229,15 @@ def config_from_state_dict(
             attn_ds.append(2**level)
     channel_mult = tuple(mult)
 
-    if "ssl_emb.weight" in sd:
+    if "ssl_emb.weight" in sd and "cbn_shared.weight" in sd:
+        cond, cond_dim = "both", _shape(sd, "ssl_emb.weight")[1]
+    elif "ssl_emb.weight" in sd:
         cond, cond_dim = "embed", _shape(sd, "ssl_emb.weight")[1]
     elif "cbn_shared.weight" in sd:
         cond, cond_dim = "cbn", _shape(sd, "cbn_shared.weight")[1]
     else:
         cond, cond_dim = "none", 0
-    cbn_dim = _shape(sd, "cbn_shared.weight")[0] if cond == "cbn" else 512
+    cbn_dim = _shape(sd, "cbn_shared.weight")[0] if cond in ("cbn", "both") else 512
     emb_out = _shape(sd, "input_blocks.1.0.emb_layers.1.weight")[0]
     use_ssn = emb_out == 2 * mc * channel_mult[0]
 

@@ -6,6 +6,8 @@ Conditioning (``UNetConfig.cond``):
 - ``cbn`` (the RCDM paper's main method): ``cbn_shared = Linear(cond_dim, cbn_dim)`` gives s, and
   every ResBlock GroupNorm becomes affine-free with gain ``1 + W_g s`` and bias ``W_b s`` (see
   ``nn_blocks.CondGroupNorm``; group statistics, so samples in a batch are independent).
+- ``both`` (an rcdm addition, opt-in): ``ssl_emb`` and ``cbn_shared`` together, h enters the
+  timestep embedding and modulates every ResBlock GroupNorm.
 - ``none``: unconditional (e.g. ADM's unconditional 256 px model).
 """
 
@@ -84,7 +86,7 @@ class UNetModel(nn.Module):
         self.cfg = cfg
         self.grad_checkpointing = False  # recompute each block in backward (saves memory)
         mc, ted = cfg.model_channels, cfg.time_embed_dim
-        cbn_dim = cfg.cbn_dim if cfg.cond == "cbn" else 0
+        cbn_dim = cfg.cbn_dim if cfg.cond in ("cbn", "both") else 0
 
         def res(ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
             return ResBlock(
@@ -100,9 +102,9 @@ class UNetModel(nn.Module):
             self.label_emb = nn.Embedding(cfg.num_classes, ted)
         if cfg.cond != "none" and cfg.cond_norm == "standardize":
             self.cond_norm = CondStandardize(cfg.cond_dim)
-        if cfg.cond == "embed":
+        if cfg.cond in ("embed", "both"):
             self.ssl_emb = nn.Linear(cfg.cond_dim, ted)
-        elif cfg.cond == "cbn":
+        if cfg.cond in ("cbn", "both"):
             self.cbn_shared = nn.Linear(cfg.cond_dim, cfg.cbn_dim)
 
         ch = mc * cfg.channel_mult[0]
@@ -191,9 +193,9 @@ class UNetModel(nn.Module):
             if cond_drop is not None:
                 cond = cond.masked_fill(cond_drop.view(-1, 1).to(torch.bool), 0.0)
             cond = cond.to(wdtype)
-            if cfg.cond == "embed":
+            if cfg.cond in ("embed", "both"):
                 emb = emb + self.ssl_emb(cond)
-            else:
+            if cfg.cond in ("cbn", "both"):
                 s = self.cbn_shared(cond)  # (N, cbn_dim)
         # every ResBlock starts its embedding path with SiLU: apply it once here
         emb_act = F.silu(emb)

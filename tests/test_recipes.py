@@ -1,0 +1,163 @@
+"""The opt-in recipe options change the loss / sampler exactly as their formulas say, and the
+paper's recipe is unchanged bit for bit (its loss on a fixed batch equals the one recorded
+before the options existed, tests/data/paper_loss_reference.npz)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from rcdm.diffusion.gaussian import (
+    create_diffusion,
+    get_named_beta_schedule,
+    rescale_zero_terminal_snr,
+)
+from rcdm.diffusion.spec import Sampler, Steps
+from rcdm.errors import InvalidInput
+
+REF = Path(__file__).parent / "data" / "paper_loss_reference.npz"
+
+
+def _fixed():
+    ref = np.load(REF)
+    x0, noise, t, w = (torch.from_numpy(ref[k]) for k in ("x0", "noise", "t", "w"))
+
+    def model(xt, ts, **kw):  # the deterministic "network" the reference was made with
+        out = torch.einsum("oc,nchw->nohw", w, xt)
+        return torch.tanh(out + ts.float().view(-1, 1, 1, 1) / 1000.0)
+
+    return ref, x0, noise, t, model
+
+
+@pytest.mark.parametrize("schedule", ["linear", "cosine"])
+@pytest.mark.parametrize("p2", [0.0, 1.0])
+def test_paper_recipe_loss_unchanged_bit_for_bit(schedule, p2):
+    ref, x0, noise, t, model = _fixed()
+    assert "before recipe options" in str(ref["source"])
+    d = create_diffusion(schedule)  # the defaults: eps, the schedule as published, no min-SNR
+    out = d.training_losses(model, x0, t, {}, noise=noise, p2_gamma=p2, p2_k=1.0)
+    for k in ("loss", "mse", "vb"):
+        assert np.array_equal(out[k].numpy(), ref[f"{schedule}_p2{p2:g}_{k}"]), k
+    # the options at their neutral values are the same computation
+    again = create_diffusion(schedule, prediction="eps", zero_terminal_snr=False).training_losses(
+        model, x0, t, {}, noise=noise, p2_gamma=p2, min_snr_gamma=0.0
+    )
+    assert torch.equal(again["loss"], out["loss"])
+
+
+@pytest.mark.parametrize("prediction", ["eps", "v"])
+def test_min_snr_gamma_weights_mse_by_its_formula(prediction):
+    _, x0, noise, t, model = _fixed()
+    d = create_diffusion("linear", prediction=prediction)
+    plain = d.training_losses(model, x0, t, {}, noise=noise)
+    gamma = 5.0
+    weighted = d.training_losses(model, x0, t, {}, noise=noise, min_snr_gamma=gamma)
+    snr = (d.alphas_cumprod / (1 - d.alphas_cumprod))[t].float()
+    w = torch.minimum(snr, torch.tensor(gamma)) / (snr + 1 if prediction == "v" else snr)
+    torch.testing.assert_close(weighted["loss"], plain["mse"] * w + plain["vb"])
+    assert torch.equal(weighted["mse"], plain["mse"])  # the logged mse stays unweighted
+    assert (w[snr > gamma] < 1).all() and (w[snr <= gamma] == (1 if prediction == "eps" else w[snr <= gamma])).all()
+
+
+def test_v_prediction_target_and_inversion():
+    _, x0, noise, t, _ = _fixed()
+    d = create_diffusion("linear", prediction="v")
+    a = d.alphas_cumprod[t].sqrt().float().view(-1, 1, 1, 1)
+    s = (1 - d.alphas_cumprod[t]).sqrt().float().view(-1, 1, 1, 1)
+    v = a * noise - s * x0  # the closed-form target
+    oracle = lambda xt, ts, **kw: torch.cat([v, torch.zeros_like(v)], 1)  # noqa: E731
+    out = d.training_losses(oracle, x0, t, {}, noise=noise)
+    assert out["mse"].abs().max() < 1e-10
+    zero = lambda xt, ts, **kw: torch.zeros(x0.shape[0], 6, 8, 8)  # noqa: E731
+    torch.testing.assert_close(d.training_losses(zero, x0, t, {}, noise=noise)["mse"], (v**2).mean((1, 2, 3)))
+    # from v the model's x0 and eps are the true ones
+    xt = d.q_sample(x0, t, noise)
+    pm = d.p_mean_variance_from_output(torch.cat([v, torch.zeros_like(v)], 1), xt, t, clip_denoised=False)
+    torch.testing.assert_close(pm["pred_xstart"], x0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(pm["eps"], noise, atol=1e-5, rtol=1e-5)
+
+
+def test_zero_terminal_snr_schedule():
+    betas = get_named_beta_schedule("linear", 1000)
+    z = rescale_zero_terminal_snr(betas)
+    ab0, abz = torch.cumprod(1 - betas, 0), torch.cumprod(1 - z, 0)
+    assert abz[-1].abs() < 1e-30 and z[-1] == 1.0  # SNR(T) = 0: x_T is pure noise
+    torch.testing.assert_close(abz[0], ab0[0])  # the first step is kept
+    # sqrt(alpha_bar) is an affine map of the original's, as Lin et al.'s Algorithm 1
+    f, l_ = ab0[0].sqrt(), ab0[-1].sqrt()
+    torch.testing.assert_close(abz.sqrt(), (ab0.sqrt() - l_) * f / (f - l_))
+    with pytest.raises(InvalidInput, match="prediction 'v'"):
+        create_diffusion("linear", zero_terminal_snr=True)
+    # v-prediction samples from SNR 0 without inf / nan (an oracle of a point mass at 0.3)
+    d = create_diffusion("linear", respacing="trailing5", prediction="v", zero_terminal_snr=True)
+    assert d.timestep_map[-1] == 999 and d.alphas_cumprod[-1] == 0
+
+    def oracle(xt, ts, **kw):
+        ab = torch.cumprod(1 - z, 0)[ts].float().view(-1, 1, 1, 1)
+        x0 = torch.full_like(xt, 0.3)
+        eps = (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+        return torch.cat([ab.sqrt() * eps - (1 - ab).sqrt() * x0, torch.zeros_like(xt)], 1)
+
+    x = torch.randn(2, 3, 4, 4)
+    for i in reversed(range(d.num_timesteps)):
+        x = d.ddim_sample(oracle, x, torch.full((2,), i))["sample"]
+        assert torch.isfinite(x).all()
+    torch.testing.assert_close(x, torch.full_like(x, 0.3), atol=1e-4, rtol=0)
+
+
+def test_trailing_spacing():
+    st = Steps.parse("trailing50")
+    assert str(st) == "trailing50" and Sampler(st).ddim  # implies DDIM, like ddimN
+    kept = st.timesteps(1000)
+    assert kept == sorted((np.round(np.arange(1000, 0, -1000 / 50)) - 1).astype(int).tolist())
+    assert kept[-1] == 999 and kept[0] == 19 and Steps.parse("ddim50").timesteps(1000)[-1] == 980
+    with pytest.raises(InvalidInput, match="trailingN"):
+        Steps.parse("trailingx")
+
+
+def test_guidance_interval():
+    from rcdm.diffusion.generate import generate
+    from rcdm.model.config import preset
+    from rcdm.model.unet import UNetModel
+
+    torch.manual_seed(0)
+    m = UNetModel(preset("tiny", cond="embed", cond_dim=4, image_size=8, model_channels=32)).eval()
+    with torch.no_grad():  # ADM zero-initialises its output layers: make h matter
+        for p in m.parameters():
+            p.normal_(0.0, 0.2)
+    d = create_diffusion("linear", respacing="ddim5")  # original steps 0, 200, ..., 800
+    conds, seeds = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32), [1, 2]
+    run = lambda g, gi=(0.0, 1.0): generate(m, d, conds, seeds, ddim=True, progress=False, guidance=g, guidance_interval=gi)  # noqa: E731
+    plain, full = run(1.0), run(3.0)
+    assert np.array_equal(run(3.0, (0.0, 1.0)), full)  # the default interval guides every step
+    assert np.array_equal(run(3.0, (0.9, 1.0)), plain)  # no step inside: the conditional model only
+    part = run(3.0, (0.3, 1.0))  # guided at 400, 600, 800 only
+    assert not np.array_equal(part, plain) and not np.array_equal(part, full)
+    with pytest.raises(InvalidInput, match="guidance_interval"):
+        Sampler(Steps.parse("10"), guidance=2.0, guidance_interval=(0.7, 0.2))
+
+
+def test_cond_both_uses_embedding_and_cbn():
+    from rcdm.model.config import config_from_state_dict, preset
+    from rcdm.model.unet import UNetModel
+
+    cfg = preset("tiny", cond="both", cond_dim=6, image_size=16, model_channels=32)
+    torch.manual_seed(0)
+    m = UNetModel(cfg).eval()
+    with torch.no_grad():  # ADM zero-initialises its output layers: make h matter
+        for p in m.parameters():
+            p.normal_(0.0, 0.2)
+    sd = m.state_dict()
+    assert "ssl_emb.weight" in sd and "cbn_shared.weight" in sd
+    with pytest.warns(UserWarning, match="unknown architecture"):  # tiny is not an ADM preset
+        assert config_from_state_dict(sd, image_size=16).cond == "both"
+    x, t, h = torch.randn(2, 3, 16, 16), torch.tensor([10, 500]), torch.randn(2, 6)
+    with torch.no_grad():
+        base = m(x, t, cond=h)
+        torch.nn.init.zeros_(m.ssl_emb.weight)
+        torch.nn.init.zeros_(m.ssl_emb.bias)
+        no_emb = m(x, t, cond=h)
+        assert not torch.allclose(base, no_emb)  # h reaches the net through the embedding
+        assert not torch.allclose(no_emb, m(x, t, cond=h + 1))  # and through the cbn norms
