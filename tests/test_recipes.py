@@ -161,3 +161,20 @@ def test_cond_both_uses_embedding_and_cbn():
         no_emb = m(x, t, cond=h)
         assert not torch.allclose(base, no_emb)  # h reaches the net through the embedding
         assert not torch.allclose(no_emb, m(x, t, cond=h + 1))  # and through the cbn norms
+
+
+def test_named_recipe_fills_unset_fields_and_records_them(tmp_path, monkeypatch):
+    from rcdm.app.config import RECIPES, TrainConfig
+    from rcdm.app.configio import dump_yaml
+    from rcdm.app.load import load_config
+
+    monkeypatch.chdir(tmp_path)  # no pipeline.yaml here
+    paper = load_config().train
+    for key in RECIPES["fast"]:
+        assert getattr(paper, key) == getattr(TrainConfig(), key)  # the default stays the paper's
+    fast = load_config(overrides=["train.recipe=fast", "train.min_snr_gamma=2"]).train
+    for key, value in RECIPES["fast"].items():
+        if key != "min_snr_gamma":
+            assert getattr(fast, key) == value and fast.origin[key] == "recipe fast"
+    assert fast.min_snr_gamma == 2.0  # a value set by a layer wins over the recipe
+    assert "recipe fast" in dump_yaml(fast)

@@ -29,6 +29,7 @@ __all__ = [
     "DataConfig",
     "EXPERIMENTS",
     "EvaluateConfig",
+    "RECIPES",
     "ExtractConfig",
     "PipelineConfig",
     "SECTIONS",
@@ -50,6 +51,14 @@ EXPERIMENTS: tuple[str, ...] = (
     "class-mean",
     "training-dynamics",
 )
+
+
+# Named training recipes (``train.recipe``; docs/recipes.md has the measurements behind them).
+# "paper" is the fields' defaults; another name fills the fields it lists that no layer set.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {},
+    "fast": {"prediction": "v", "zero_terminal_snr": True, "min_snr_gamma": 5.0, "p2_gamma": 0.0},
+}
 
 
 class ConfigError(InvalidInput):
@@ -156,6 +165,7 @@ class TrainConfig(Section):
     grid_images: int = 4  # conditioning images (rows) in each sample grid
     grid_samples: int = 3  # samples per conditioning image in each grid
     grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
+    recipe: Literal["paper", "fast"] = "paper"  # named recipe (docs/recipes.md): paper = these defaults; fast fills the options it names that no layer set (origin "recipe fast")
     threads: int = 0  # torch CPU threads; 0: auto = usable cores minus train.workers (at least 1), so loader workers and torch do not oversubscribe the cores; the value used is written to the run's config.yaml
     val_store: str | None = None  # held-out store for faithfulness while training (rank / MRR logged at each eval_kimg); null: <workdir>/stores/val when data.val is set, else the check is skipped
     eval_kimg: float = 0.0  # faithfulness check every N kimg; 0: with each checkpoint

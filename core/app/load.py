@@ -27,6 +27,7 @@ from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 from rcdm.app.config import (
+    RECIPES,
     SECTIONS,
     ConfigError,
     PipelineConfig,
@@ -40,6 +41,7 @@ from rcdm.errors import InvalidInput
 __all__ = [
     "PROFILES",
     "apply_mapping",
+    "apply_recipe",
     "apply_overrides",
     "load_config",
     "profile_path",
@@ -241,7 +243,16 @@ def load_config(
     for dotted, (value, flag) in (options or {}).items():
         section, key = dotted.split(".", 1)
         cfg = set_value(cfg, section, key, value, f"option {flag}")
-    return apply_overrides(cfg, overrides)
+    return apply_recipe(apply_overrides(cfg, overrides))
+
+
+def apply_recipe(cfg: PipelineConfig) -> PipelineConfig:
+    """Fill the training fields a named recipe (``train.recipe``) lists, unless a layer set them."""
+    name = cfg.train.recipe
+    for key, value in RECIPES[name].items():
+        if key not in cfg.train.origin:
+            cfg = set_value(cfg, "train", key, value, f"recipe {name}")
+    return cfg
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,73 @@
+"""Side-by-side recipe trials with the faithfulness curve (docs/recipes.md).
+
+    python bench/recipe_trials.py digits-data WORKDIR      # the second data set (sklearn digits)
+    python bench/recipe_trials.py trial WORKDIR NAME KIMG [--set k=v ...]
+
+``digits-data`` writes scikit-learn's packaged handwritten digits (1797 8x8 grey images,
+upscaled to 32 px RGB; not the demo's photographs) as an ImageFolder ``WORKDIR/data/digits/
+{train,val}`` (val: 192 images, as the demo's) and extracts both with the demo's encoder.
+``trial`` trains one run of the demo profile under ``WORKDIR/runs/NAME`` with the given
+overrides and prints the faithfulness records as JSON (one line per check). Both run from
+WORKDIR, one process, ``train.threads=1``.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+COMMON = [
+    "train.threads=1", "train.grid_kimg=0", "train.eval_conditions=32", "train.eval_steps=ddim10",
+]  # fmt: skip
+
+
+def digits_data(work: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(d.images))
+    val = set(order[:192].tolist())
+    for i, (img, label) in enumerate(zip(d.images, d.target, strict=True)):
+        split = "val" if i in val else "train"
+        folder = work / "data" / "digits" / split / str(label)
+        folder.mkdir(parents=True, exist_ok=True)
+        g = (img / 16.0 * 255).astype(np.uint8)  # 0..16 ink -> 0..255
+        Image.fromarray(g).resize((32, 32), Image.BICUBIC).convert("RGB").save(folder / f"{i:04d}.png")
+    cfg = work / "digits.yaml"
+    cfg.write_text(
+        "data: {demo: false, train: data/digits/train, val: data/digits/val, workdir: runs/digits}\n"
+    )
+    _rcdm(work, ["run", "--profile", "demo", "--config", str(cfg), "--stages", "extract"])
+
+
+def _rcdm(work: Path, args: list[str]) -> None:
+    subprocess.run(["rcdm", *args], cwd=work, check=True)
+
+
+def trial(work: Path, name: str, kimg: str, sets: list[str], config: str | None) -> None:
+    args = ["train", "--profile", "demo", "--set", f"train.out=runs/{name}", "--set", f"train.kimg={kimg}"]
+    if config:
+        args += ["--config", config]
+    for s in COMMON + sets:
+        args += ["--set", s]
+    _rcdm(work, args)
+    for line in (work / "runs" / name / "log.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        if rec.get("event") == "faithfulness":
+            print(json.dumps({"trial": name, **rec}))
+
+
+if __name__ == "__main__":
+    cmd, work = sys.argv[1], Path(sys.argv[2])
+    if cmd == "digits-data":
+        digits_data(work)
+    else:
+        rest = sys.argv[5:]
+        sets = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
+        config = next((rest[i + 1] for i in range(len(rest)) if rest[i] == "--config"), None)
+        trial(work, sys.argv[3], sys.argv[4], sets, config)
