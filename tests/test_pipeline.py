@@ -15,7 +15,7 @@ REDUCED = [
     "data.demo_size=32", "data.demo_train_per_photo=3", "data.demo_val_per_photo=2",
     "extract.input_size=32", "extract.batch_size=16", "extract.workers=0",
     "train.kimg=0.032", "train.batch_size=8", "train.checkpoint_kimg=0.016", "train.grid_kimg=0.032",
-    "train.grid_steps=3", "train.workers=0",
+    "train.grid_steps=3", "train.workers=0", "train.eval_conditions=4", "train.eval_steps=ddim2",
     "sample.subset=4", "sample.n_per_condition=2", "sample.steps=4",
     "analyze.n_images=2", "analyze.n_samples=1", "analyze.steps=3", "analyze.probe_epochs=5",
     "analyze.n_distance=2", "analyze.interp_steps=3",
@@ -47,6 +47,9 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     for f in ("manifest.json", "model.json", "ema.safetensors", "log.jsonl", "config.yaml"):
         assert (w / "run" / f).exists(), f
     assert list((w / "run/grids").glob("*.png"))
+    # the faithfulness check ran at each checkpoint against the val store (derived from data.val)
+    checks = [json.loads(x) for x in (w / "run/log.jsonl").read_text().splitlines() if '"faithfulness"' in x]
+    assert [c["kimg"] for c in checks] == [0.016, 0.032] and all(c["eval_N"] == 24 and "eval_mrr_g5" in c for c in checks)
     # sample: uint8 NHWC samples with one index line each
     arr = np.load(w / "samples/samples.npz")["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (8, 32, 32, 3)
