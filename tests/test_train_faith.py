@@ -143,5 +143,7 @@ def test_recipe_options_train_record_and_sample(stores, tmp_path):
     assert len(recs) == 2 and all(np.isfinite([r["eval_mrr"], r["eval_mrr_g3"]]).all() for r in recs)
     paper = json.loads((run(_cfg(stores, tmp_path / "p", val_store=None)) / "model.json").read_text())
     assert "prediction" not in paper["diffusion"] and "zero_terminal_snr" not in paper["diffusion"]
+    with pytest.raises(InvalidInput, match="trained with prediction 'v', not 'eps'"):  # no silent switch on resume
+        run(_cfg(stores, a, cond="both"))
     with pytest.raises(InvalidInput, match="prediction=v"):
         run(_cfg(stores, tmp_path / "b", zero_terminal_snr=True))
