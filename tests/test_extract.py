@@ -328,11 +328,11 @@ def test_gpu_extraction_matches_cpu(tiny, images, tmp_path):
     import rcdm.extract
 
     cpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "cpu", encoder="tiny")))
-    gpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2)))
+    gpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2, decode="cpu")))
     assert gpu.keys == cpu.keys
     np.testing.assert_allclose(gpu.features(None), cpu.features(None), rtol=1e-2, atol=1e-3)
     amp = S.FeatureStore(rcdm.extract.run(
-        _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True)
+        _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True, decode="cpu")
     ))
     a = cpu.features(None)
     np.testing.assert_allclose(amp.features(None), a, rtol=0.05, atol=0.02 * np.abs(a).max())

@@ -98,12 +98,13 @@ class ExtractConfig(Section):
     preprocess: Literal["default", "rcdm", "imagenet"] = "default"  # default: the encoder's own
     input_size: int | None = None  # encoder input crop; null: the encoder's own (224 for every registry entry); recorded in the manifest
     batch_size: int = 64
-    workers: int = 2
+    workers: int | Literal["auto"] = "auto"  # DataLoader decode workers; auto: the CPU cores less one (max 16)
     shard_size: int = 1024  # rows per shard
     dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on a CPU
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG decoding: cpu (PIL in workers) or gpu (nvjpeg, exact resize/crop); auto: gpu on CUDA
     include_images: bool = False  # wds only: store the source image bytes beside the features
     overwrite: bool = False
     trust_checkpoint: bool = False  # allow pickle in torch.load (only for files you trust)
