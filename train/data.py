@@ -151,9 +151,12 @@ def _close(store: FeatureStore) -> None:
         close()
 
 
-def to_model_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``)."""
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+def to_model_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``), in the
+    model's layout: contiguous NCHW, or channels-last strides when ``channels_last`` (a bare
+    permute of NHWC pixels would be channels-last whatever the model uses, mixing layouts)."""
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt).div_(127.5).sub_(1.0)
 
 
 def make_loader(

@@ -20,6 +20,7 @@ from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, UserError
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
+from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last, resolve_compile
 from rcdm.store import FeatureStore
 from rcdm.train import model as model_setup
 from rcdm.train.checkpoint import TrainState
@@ -84,8 +85,12 @@ def run(cfg: TrainConfig) -> Path:
 
     _validate(cfg)
     mp = _mixed_precision(cfg.mixed_precision)
-    accelerator = _accelerator(mp, cfg.compile)
+    cuda = torch.cuda.is_available()
+    compile_ = resolve_compile(cfg.compile, "cuda" if cuda else "cpu")  # auto: on CUDA, as bench/train.py
+    accelerator = _accelerator(mp, compile_)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    enable_fast_math(device)  # cuDNN autotune + TF32 on CUDA
+    channels_last = resolve_channels_last(cfg.channels_last, compile_, device)
     main = accelerator.is_main_process
     per_step = world * cfg.grad_accum
     if cfg.batch_size % per_step:
@@ -117,7 +122,7 @@ def run(cfg: TrainConfig) -> Path:
 
     # Model, EMA, optimizer, diffusion; then the state training resumes from.
     net = model_setup.build_net(cfg, ucfg, store, fresh=latest is None).to(device)
-    if cfg.channels_last:
+    if channels_last:
         net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema_rates, warmup=cfg.ema_warmup)
     opt = torch.optim.AdamW(
@@ -149,7 +154,7 @@ def run(cfg: TrainConfig) -> Path:
         rank=rank,
         world_size=world,
         start=state.nimg,
-        workers=cfg.workers,
+        workers=auto_workers(cfg.workers, cap=8),
         pin_memory=device.type == "cuda",
     )
     batches = iter(loader)
@@ -166,6 +171,7 @@ def run(cfg: TrainConfig) -> Path:
     for record in state.rng_lost_records():  # resumed without a saved RNG state: say so in the log
         logger.write(record)
     noise_gen = torch.Generator(device=device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format  # one layout end to end
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0
     last_good = latest
@@ -182,14 +188,12 @@ def run(cfg: TrainConfig) -> Path:
             # Accumulate gradients over grad_accum micro-batches; DDP all-reduces on the last.
             for micro in range(cfg.grad_accum):
                 x, h, _rows = next(batches)
-                x = to_model_input(x.to(device, non_blocking=True))  # (b, 3, H, W) in [-1, 1]
+                x = to_model_input(x.to(device, non_blocking=True), channels_last)  # (b, 3, H, W) in [-1, 1]
                 h = h.to(device, non_blocking=True)  # (b, D)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 # t and noise depend on (seed, rank, step, micro) only: resuming redraws them
                 noise_gen.manual_seed((rank_seed * _NOISE_STRIDE + (state.step - 1) * cfg.grad_accum + micro) % (2**63))
                 t = gaussian.sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
-                noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
+                noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype).contiguous(memory_format=fmt)
                 kwargs = {"cond": h}
                 if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
                     kwargs["cond_drop"] = torch.rand(x.shape[0], device=device, generator=noise_gen) < cfg.cond_drop
@@ -233,7 +237,7 @@ def run(cfg: TrainConfig) -> Path:
 
             # Checkpoint, and a sample grid from the first EMA.
             if save_now:
-                last_good = state.save(run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints)
+                last_good = state.save(run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints, milestone_kimg=cfg.milestone_kimg)
             if grid_nimg and (finished or state.nimg // grid_nimg > prev // grid_nimg):
                 if grids is not None:
                     grid_mp = "bf16" if mp == "bf16" else "no"
@@ -241,6 +245,7 @@ def run(cfg: TrainConfig) -> Path:
                     grids.make(ema.models[ema.rates[0]], device, grid_mp, path)
                 accelerator.wait_for_everyone()
     finally:
+        state.wait_for_writes()  # a checkpoint still being written in the background lands first
         bar.close()
         logger.close()
         del batches  # stops the loader's worker processes

@@ -135,13 +135,14 @@ class TrainConfig(Section):
     grad_clip: float = 1.0
     ema_rates: tuple[float, ...] = (0.9999,)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, no on CPU
-    compile: bool = False
-    channels_last: bool = False
-    checkpoint_kimg: float = 1000.0  # checkpoint every N kimg (an adm128 checkpoint is ~7 GB)
-    grid_kimg: float = 1000.0  # sample grid every N kimg (0: never)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile; auto: on CUDA
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA when compiled (eager GroupNorm wants NCHW)
+    checkpoint_kimg: float = 500.0  # checkpoint every N kimg (an adm128 checkpoint is ~7 GB; written in the background on CUDA)
+    milestone_kimg: float = 5000.0  # checkpoints at multiples of this are kept whatever keep_checkpoints says (0: none)
+    grid_kimg: float = 2500.0  # sample grid every N kimg (0: never)
     grid_steps: Steps = Steps.parse("25")  # respacing of the training grids' sampler
     log_every: int = 10  # optimiser steps between log.jsonl lines
-    workers: int = 2
+    workers: int | Literal["auto"] = "auto"  # DataLoader workers; auto: the CPU cores less one (max 8)
     seed: int = 0
     schedule: Literal["default", "linear", "cosine"] = "default"
     dropout: float | None = None  # default: the preset's
@@ -153,7 +154,7 @@ class TrainConfig(Section):
     encoder: str | None = None  # expected store encoder name; null: accept the store's
     layer: Literal["trunk", "head"] | None = None  # expected store layer; null: accept the store's
     ema_warmup: bool = True  # EMA rate min(rate, (1+step)/(10+step)), so short runs get a useful EMA
-    keep_checkpoints: int = 0  # keep only the newest N step-* checkpoints (0: keep all)
+    keep_checkpoints: int = 3  # keep only the newest N step-* checkpoints, plus milestones (0: keep all)
     grid_images: int = 4  # conditioning images (rows) in each sample grid
     grid_samples: int = 3  # samples per conditioning image in each grid
     grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
@@ -196,7 +197,7 @@ class SampleConfig(Section):
     manipulate_mode: Literal["zero", "replace"] = "zero"
     ema: str = "auto"  # which EMA rate's weights; auto: the first
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the UNet; auto: on CUDA (with channels-last)
     trust_checkpoint: bool = False
     encoder_weights: str | None = None  # images condition: encoder weights; default: the store's recorded file
     chunk_size: int = 256  # samples per resumable chunk (<out>/partial/chunk-NNNNN.npy)
