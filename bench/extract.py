@@ -85,7 +85,7 @@ def forward_alone(encoder, device, batch_size: int, amp: str, channels_last: boo
             enc(x)
         sync()
         n, t0 = 0, time.perf_counter()
-        while time.perf_counter() - t0 < seconds or n < 3 * batch_size:
+        while time.perf_counter() - t0 < seconds or n < batch_size:
             enc(x)
             n += batch_size
         sync()
@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         "seconds": {"make_jpegs": round(t_make, 1), "run": round(t_run, 2)},
     }
     if a.compare_decode:
-        result["decode_difference"] = decode_difference(images, load_encoder(a.encoder, a.weights, a.layer, preprocess=enc_pp), device)
+        result["decode_difference"] = decode_difference(images, enc, device)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

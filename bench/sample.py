@@ -29,12 +29,12 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_spec: bool | str):
+def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_spec: bool | str, image_size: int | None = None):
     from rcdm.diffusion.generate import prepare_for_sampling
     from rcdm.model.unet import UNetModel, count_parameters, preset
     from rcdm.speed import resolve_compile
 
-    cfg = preset(name, cond="embed", cond_dim=cond_dim)
+    cfg = preset(name, cond="embed", cond_dim=cond_dim, image_size=image_size)
     model = UNetModel(cfg).eval().requires_grad_(False)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
@@ -130,6 +130,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--sample-steps", type=int, default=100, help="respaced steps for images/s (0: skip)")
     ap.add_argument("--cond-dim", type=int, default=2048)
+    ap.add_argument("--image-size", type=int, default=None, help="default: the preset's")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
 
@@ -147,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
     for i, name in enumerate(a.presets):
         batch = a.batch[min(i, len(a.batch) - 1)] if a.batch else (SampleConfig().batch_size if on_gpu else 2)
-        model, cfg, n_params, compiled = _build(name, a.cond_dim, a.dtype, device, compile_spec)
+        model, cfg, n_params, compiled = _build(name, a.cond_dim, a.dtype, device, compile_spec, a.image_size)
         net = _Net(model, cfg)
         row: dict[str, Any] = {
             "preset": name,
