@@ -75,9 +75,12 @@ class ImageFeatureDataset(Dataset):
     the feature is view 1.
     """
 
-    def __init__(self, store_path: str | Path, resolution: int, source: str | None = None):
+    def __init__(self, store_path: str | Path, resolution: int, source: str | None = None, draft: bool = False):
         self.store_path = str(store_path)
         self.resolution = int(resolution)
+        self.draft = bool(draft)  # JPEG draft-mode decoding (opt-in: not guided-diffusion's pixels)
+        self.cache: Path | None = None  # rcdm.train.cache folder: rows read from it, not decoded
+        self._cache_arr: np.ndarray | None = None
         store = FeatureStore(self.store_path)
         self.n = len(store)
         views = list(store.views)
@@ -113,18 +116,35 @@ class ImageFeatureDataset(Dataset):
             # A folder listing is safe to share with forked workers; tar handles are not.
             shared = self._source if getattr(self._source, "kind", "") not in ("", "wds") else None
             self._images = StoreImages(self._store, root=self.source_root, hint=_SOURCE_HINT, source=shared)
+            if self.cache is not None:
+                self._cache_arr = np.load(self.cache / "images.npy", mmap_mode="r")  # (N, R, R, 3) uint8
             self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self.n
 
+    def use_cache(self, folder: Path) -> None:
+        """Read rows from the image cache ``folder`` (``rcdm.train.cache.build``) from now on."""
+        self.cache, self._pid = Path(folder), -1
+
     def load_image(self, row: int) -> np.ndarray:
         """The uint8 (H, W, 3) image of store row ``row`` at the model resolution (no flip)."""
-        from rcdm.data.images import adm_center_crop
+        from rcdm.data.images import adm_center_crop, decode_image
 
         self._open()
-        known = None if self._source_index is None else self._source_index[row]
-        return adm_center_crop(self._images.load(row, known), self.resolution)
+        if self._cache_arr is not None:
+            return np.array(self._cache_arr[row])
+        if not self.draft:
+            known = None if self._source_index is None else self._source_index[row]
+            return adm_center_crop(self._images.load(row, known), self.resolution)
+        # draft: libjpeg's DCT scaling to no less than the model resolution, then ADM's rule
+        size = (self.resolution, self.resolution)
+        if self._store.has_images:
+            img = decode_image(self._store.image_bytes(row), size, key=self._store.keys[row])
+        else:
+            src = self._images.source
+            img = src.load(src.index_of(self._store.keys[row]) if self._source_index is None else int(self._source_index[row]), size)
+        return adm_center_crop(img, self.resolution)
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor, int]:
         row, flip = item
@@ -141,6 +161,7 @@ class ImageFeatureDataset(Dataset):
         state = dict(self.__dict__)
         state["_store"] = None
         state["_images"] = None
+        state["_cache_arr"] = None
         state["_pid"] = -1
         return state
 

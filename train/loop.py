@@ -18,10 +18,12 @@ import torch
 from rcdm.app.config import TrainConfig, to_dict
 from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, UserError
+from rcdm.launch import on_main
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
 from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last, resolve_compile
 from rcdm.store import FeatureStore
+from rcdm.train import cache as image_cache
 from rcdm.train import model as model_setup
 from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, make_loader, to_model_input
@@ -146,7 +148,10 @@ def run(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
 
     # Data: this rank's share of one seeded stream, from the position reached.
-    dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source)
+    dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
+    workers = auto_workers(cfg.workers, cap=8)
+    if image_cache.wanted(cfg.image_cache, store, ucfg.image_size, device, cfg.draft):  # decode + resize once
+        dataset.use_cache(on_main(lambda: image_cache.build(dataset, store, workers, show=main)))
     loader = make_loader(
         dataset,
         batch_per_process,
@@ -154,7 +159,7 @@ def run(cfg: TrainConfig) -> Path:
         rank=rank,
         world_size=world,
         start=state.nimg,
-        workers=auto_workers(cfg.workers, cap=8),
+        workers=workers,
         pin_memory=device.type == "cuda",
     )
     batches = iter(loader)

@@ -143,6 +143,8 @@ class TrainConfig(Section):
     grid_steps: Steps = Steps.parse("25")  # respacing of the training grids' sampler
     log_every: int = 10  # optimiser steps between log.jsonl lines
     workers: int | Literal["auto"] = "auto"  # DataLoader workers; auto: the CPU cores less one (max 8)
+    image_cache: Literal["auto", "on", "off"] = "auto"  # images decoded + ADM-resized once into <store>.images-<R>px; auto: on CUDA if it fits
+    draft: bool = False  # JPEG draft-mode decoding (faster; not guided-diffusion's exact pixels)
     seed: int = 0
     schedule: Literal["default", "linear", "cosine"] = "default"
     dropout: float | None = None  # default: the preset's
