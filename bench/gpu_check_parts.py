@@ -137,7 +137,7 @@ def summary_rows(report: dict) -> list[dict]:
 
     add("bf16 matmul peak (measured)", _first(report, "info", "matmul_peak_tflops"), "TFLOP/s", part="info")
     for part, preset, okey in (("train_adm128_compiled", "adm128", "train_adm128"), ("train_adm128_eager", "adm128", None),
-                               ("train_adm64", "adm64", "train_adm64"), ("train_adm256", "adm256", "train_adm256"), ("train_tiny", "tiny", None)):
+                               ("train_adm64_eager", "adm64", "train_adm64"), ("train_adm256_eager", "adm256", "train_adm256"), ("train_tiny", "tiny", None)):
         if part not in report["parts"]:
             continue
         add(f"{part}: img/s", _first(report, part, "img_per_s", preset), "img/s", TARGET.get(okey or ""), ORIGINAL.get(okey or ""), part)
