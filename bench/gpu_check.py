@@ -96,7 +96,7 @@ def plan(cpu: bool, out: Path) -> list[dict]:
           for n, a in train_rows[1:]],
     ]
     if not cpu:
-        graphs = [str(HERE / "sample.py"), "--presets", "adm128", "--batch", "64", "--cuda-graphs", "--sample-steps", "0", "--out", str(res / "sample_adm128_graphs.json")]
+        graphs = [str(HERE / "sample.py"), "--presets", "adm128", "--batch", "64", "--cuda-graphs", "--dtype", "bf16", "--sample-steps", "0", "--out", str(res / "sample_adm128_graphs.json")]
         parts.append({"name": "sample_adm128_graphs", "argv": _py(*graphs), "gpu_s": 25, "json": res / "sample_adm128_graphs.json"})
     return parts
 
