@@ -62,6 +62,7 @@ def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0))
 @click.option("--device")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), help="JPEG decoding: PIL in workers, or batched on the GPU (auto: gpu on CUDA).")
 @click.option("--include-images", is_flag=True, help="wds: store the image bytes too.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @click.option("--repair", is_flag=True, help="Re-encode only the damaged or missing shards of an existing store.")
