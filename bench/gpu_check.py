@@ -12,6 +12,7 @@ order of importance; a part that fails or times out is recorded and the rest sti
                and the same forward replayed from a CUDA graph
   extract_*    bench/extract.py on a few thousand synthetic JPEGs, CPU-worker then GPU decoding
                (the latter also measures PIL vs nvjpeg pixel and feature differences)
+  loader       bench/loader.py: training loader img/s per core, decoding vs the image cache
   e2e          ``accelerate launch --num_processes 1`` of extract -> train (adm64, a few steps)
                -> sample -> evaluate on a small synthetic set, checking every output file
                (compile off there: the benches time it; GPU decoding and the image cache on)
@@ -98,6 +99,8 @@ def plan(cpu: bool, out: Path) -> list[dict]:
     if not cpu:
         graphs = [str(HERE / "sample.py"), "--presets", "adm128", "--batch", "64", "--cuda-graphs", "--dtype", "bf16", "--sample-steps", "0", "--out", str(res / "sample_adm128_graphs.json")]
         parts.append({"name": "sample_adm128_graphs", "argv": _py(*graphs), "gpu_s": 25, "json": res / "sample_adm128_graphs.json"})
+        loader = [str(HERE / "loader.py"), "--n", "200", "--resolution", "128", "--out", str(res / "loader.json")]
+        parts.append({"name": "loader", "argv": _py(*loader), "gpu_s": 30, "json": res / "loader.json"})
     return parts
 
 

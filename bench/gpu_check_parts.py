@@ -155,6 +155,9 @@ def summary_rows(report: dict) -> list[dict]:
     diff = ((report["parts"].get("extract_gpu_decode") or {}).get("result") or {}).get("decode_difference") or {}
     add("decode difference: feature rel. L2 (mean)", diff.get("feature_rel_l2_mean"), "", part="extract_gpu_decode")
     add("decode difference: pixel mean abs", diff.get("pixel_mean_abs_diff"), "levels", part="extract_gpu_decode")
+    per_core = ((report["parts"].get("loader") or {}).get("result") or {}).get("img_per_s_per_core") or {}
+    add("train loader, full decode (per core)", per_core.get("decode_full"), "img/s", part="loader")
+    add("train loader, image cache (per core)", per_core.get("cache"), "img/s", part="loader")
     t = (report["parts"].get("pytest_gpu") or {}).get("result") or {}
     add("pytest -m gpu: passed", t.get("passed"), f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors", part="pytest_gpu")
     e2e = report["parts"].get("e2e") or {}
