@@ -34,7 +34,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
     from rcdm.model.unet import UNetModel, count_parameters, preset
     from rcdm.speed import resolve_channels_last, resolve_compile
-    from rcdm.train.data import to_model_input
+    from rcdm.train.data import input_layout, to_model_input
 
     ucfg = preset(name, cond=args.cond, cond_dim=args.cond_dim, image_size=args.resolution)
     batch = args.batch_size or DEFAULT_BATCH[name]
@@ -52,12 +52,14 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
     res = ucfg.image_size
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     pixels = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8, device=device)
-    x = to_model_input(pixels, channels_last)  # (N, 3, H, W) in [-1, 1], as rcdm train
+    layout = input_layout(channels_last, device)
+    x = to_model_input(pixels, layout)  # (N, 3, H, W) in [-1, 1], as rcdm train
     h = torch.randn(batch, ucfg.cond_dim, device=device)  # (N, D)
 
     def step() -> None:
         t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
-        noise = torch.randn(x.shape, device=device).contiguous(memory_format=fmt)
+        noise = torch.randn(x.shape, device=device)
+        noise = noise if layout is None else noise.contiguous(memory_format=fmt)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             loss = diffusion.training_losses(model, x, t, {"cond": h}, noise=noise)["loss"].mean()
         loss.backward()

@@ -12,7 +12,7 @@ from rcdm.diffusion import generate as G
 from rcdm.diffusion.gaussian import create_diffusion
 from rcdm.model.unet import UNetModel, preset
 from rcdm.speed import auto_workers, resolve_channels_last, resolve_compile
-from rcdm.train.data import to_model_input
+from rcdm.train.data import input_layout, to_model_input
 
 
 class _Noisy(torch.nn.Module):
@@ -55,6 +55,10 @@ def test_model_input_layout_is_explicit():
     assert nchw.is_contiguous() and nchw.stride() == (768, 256, 16, 1)
     assert nhwc.is_contiguous(memory_format=torch.channels_last) and nhwc.stride() == (768, 1, 48, 3)
     assert torch.equal(nchw, nhwc) and torch.equal(nchw, x.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    pixels = to_model_input(x, None)  # the CPU path's: the permuted pixels' strides, no copy
+    assert pixels.stride() == (768, 1, 48, 3) and torch.equal(pixels, nchw)
+    assert input_layout(False, torch.device("cuda")) is False and input_layout(True, torch.device("cuda")) is True
+    assert input_layout(True, torch.device("cpu")) is True and input_layout(False, torch.device("cpu")) is None
     net = UNetModel(preset("tiny", cond="embed", cond_dim=4, model_channels=32, image_size=16)).eval()
     t, h = torch.tensor([3, 500]), torch.randn(2, 4)
     with torch.no_grad():

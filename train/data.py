@@ -172,12 +172,23 @@ def _close(store: FeatureStore) -> None:
         close()
 
 
-def to_model_input(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``), in the
-    model's layout: contiguous NCHW, or channels-last strides when ``channels_last`` (a bare
-    permute of NHWC pixels would be channels-last whatever the model uses, mixing layouts)."""
+def to_model_input(x: torch.Tensor, channels_last: bool | None = False) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``) in an explicit
+    layout: contiguous NCHW (``False``) or channels-last (``True``). ``None`` keeps the strides of
+    the permuted NHWC pixels (channels-last, without a copy), which is what the CPU training path
+    uses: the demo's recorded figures were trained with it and the CPU's float results depend on
+    the layout (see :func:`input_layout`)."""
+    if channels_last is None:
+        return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     return x.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt).div_(127.5).sub_(1.0)
+
+
+def input_layout(channels_last: bool, device: torch.device) -> bool | None:
+    """The ``to_model_input`` layout for a model in ``channels_last`` on ``device``: the model's
+    own on CUDA or when channels-last (one layout end to end, no NHWC/NCHW mixing on every add);
+    on a CPU model in NCHW, the pixels' own strides (None), so CPU results stay what they were."""
+    return channels_last if channels_last or device.type == "cuda" else None
 
 
 def make_loader(

@@ -26,7 +26,7 @@ from rcdm.store import FeatureStore
 from rcdm.train import cache as image_cache
 from rcdm.train import model as model_setup
 from rcdm.train.checkpoint import TrainState
-from rcdm.train.data import ImageFeatureDataset, make_loader, to_model_input
+from rcdm.train.data import ImageFeatureDataset, input_layout, make_loader, to_model_input
 from rcdm.train.ema import EMA
 from rcdm.train.monitor import Logger, Stats, memory_gb
 from rcdm.utils import atomic_write_json, now_iso
@@ -176,7 +176,8 @@ def run(cfg: TrainConfig) -> Path:
     for record in state.rng_lost_records():  # resumed without a saved RNG state: say so in the log
         logger.write(record)
     noise_gen = torch.Generator(device=device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format  # one layout end to end
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    layout = input_layout(channels_last, device)  # one layout end to end (CPU + NCHW: the pixels' strides)
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0
     last_good = latest
@@ -193,12 +194,14 @@ def run(cfg: TrainConfig) -> Path:
             # Accumulate gradients over grad_accum micro-batches; DDP all-reduces on the last.
             for micro in range(cfg.grad_accum):
                 x, h, _rows = next(batches)
-                x = to_model_input(x.to(device, non_blocking=True), channels_last)  # (b, 3, H, W) in [-1, 1]
+                x = to_model_input(x.to(device, non_blocking=True), layout)  # (b, 3, H, W) in [-1, 1]
                 h = h.to(device, non_blocking=True)  # (b, D)
                 # t and noise depend on (seed, rank, step, micro) only: resuming redraws them
                 noise_gen.manual_seed((rank_seed * _NOISE_STRIDE + (state.step - 1) * cfg.grad_accum + micro) % (2**63))
                 t = gaussian.sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
-                noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype).contiguous(memory_format=fmt)
+                noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
+                if layout is not None:
+                    noise = noise.contiguous(memory_format=fmt)
                 kwargs = {"cond": h}
                 if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
                     kwargs["cond_drop"] = torch.rand(x.shape[0], device=device, generator=noise_gen) < cfg.cond_drop
