@@ -67,12 +67,18 @@ def pil_weights(in_size: int, out_size: int, kind: str) -> tuple[np.ndarray, np.
     return index.astype(np.int64), fixed.astype(np.int32)
 
 
+@lru_cache(maxsize=4096)
+def _device_weights(in_size: int, out_size: int, kind: str, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """``pil_weights`` as tensors on ``device`` (flat index (out * k,), weight (out, k)), cached:
+    one host-to-device copy per distinct pair of sizes, not per image."""
+    index, weight = pil_weights(in_size, out_size, kind)
+    return torch.from_numpy(index.reshape(-1)).to(device), torch.from_numpy(weight).to(device)
+
+
 def _pass(x: torch.Tensor, dim: int, out_size: int, kind: str) -> torch.Tensor:
     """One Pillow pass along ``dim`` of int32 pixels (..., H, W): clipped 8-bit levels, int32."""
-    index, weight = pil_weights(x.shape[dim], out_size, kind)
-    k = index.shape[1]
-    idx = torch.from_numpy(index.reshape(-1)).to(x.device)
-    w = torch.from_numpy(weight).to(x.device)  # (out, k)
+    idx, w = _device_weights(int(x.shape[dim]), int(out_size), kind, x.device)  # w: (out, k)
+    k = w.shape[1]
     g = x.index_select(dim, idx)
     if dim == x.ndim - 1:  # (..., H, out * k) -> (..., H, out, k)
         s = (g.unflatten(-1, (out_size, k)) * w).sum(-1, dtype=torch.int32)
