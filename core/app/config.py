@@ -91,11 +91,11 @@ class ExtractConfig(Section):
 
     encoder: str | None = None  # registry name, required (``rcdm extract --list-encoders``)
     weights: str | None = None  # local checkpoint file; random-rn50 needs none
-    layer: Literal["trunk", "head"] = "trunk"
+    layer: Literal["trunk", "cls", "mean", "tokens", "head"] = "trunk"  # ViTs: cls (the method's pooled output), mean (of the patch tokens), tokens (the patch grid)
     source: str | None = None  # default: data.train (the pipeline also extracts data.val)
     out: str | None = None  # default: <workdir>/stores/train
     format: Literal["h5", "wds"] = "h5"
-    preprocess: Literal["default", "rcdm", "imagenet"] = "default"  # default: the encoder's own
+    preprocess: Literal["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"] = "default"  # default: the encoder's own
     input_size: int | None = None  # encoder input crop; null: the encoder's own (224 for every registry entry); recorded in the manifest
     batch_size: int = 64
     workers: int = 2
@@ -122,7 +122,7 @@ class TrainConfig(Section):
     store: str | None = None  # default: <workdir>/stores/train
     out: str | None = None  # default: <workdir>/run
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
-    cond: Literal["embed", "cbn"] = "embed"
+    cond: Literal["embed", "cbn", "xattn"] = "embed"  # xattn: cross-attention to a tokens store's patch grid (embed / cbn on a tokens store condition on the token mean)
     cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
@@ -150,7 +150,7 @@ class TrainConfig(Section):
     trust_checkpoint: bool = False
     source: str | None = None  # image source of the store's keys; null: the store manifest's source root
     encoder: str | None = None  # expected store encoder name; null: accept the store's
-    layer: Literal["trunk", "head"] | None = None  # expected store layer; null: accept the store's
+    layer: Literal["trunk", "cls", "mean", "tokens", "head"] | None = None  # expected store layer; null: accept the store's
     ema_warmup: bool = True  # EMA rate min(rate, (1+step)/(10+step)), so short runs get a useful EMA
     keep_checkpoints: int = 0  # keep only the newest N step-* checkpoints (0: keep all)
     grid_images: int = 4  # conditioning images (rows) in each sample grid
