@@ -106,15 +106,19 @@ def _rank(
         )
     ref = store.features(view=0)  # (N, D)
     cond_index = match_conditions(ss, store.keys, ref)  # (M,) row c, or -1 outside
-    ranks = metrics.nearest_neighbour_ranks(
-        queries, ref, cond_index, ss.conds, device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20
-    )
+    kw = dict(device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20)
+    pooled = None
+    if store.token_shape:  # a patch grid: rank by the token distance and by the pooled one
+        both = metrics.token_ranks(queries, ref, cond_index, store.token_shape, ss.conds, **kw)
+        ranks, pooled = both["tokens"], both["pooled"]
+    else:
+        ranks = metrics.nearest_neighbour_ranks(queries, ref, cond_index, ss.conds, **kw)
     inside = cond_index >= 0
     n = len(ref)
     kinds = np.array(ss.kinds())
     outside = metrics.rank_summary(ranks[~inside], n + 1)
     result = {
-        "distance": "euclidean",
+        "distance": "mean over tokens of the squared euclidean distance" if pooled is not None else "euclidean",
         "view": 0,
         "encoder": store.encoder_info.get("name"),
         "layer": store.layer,
@@ -128,6 +132,12 @@ def _rank(
             },
         },
     }
+    if pooled is not None:
+        result["pooled"] = {
+            "distance": "euclidean distance of the token means",
+            "in_reference": metrics.rank_summary(pooled[inside], n),
+            "outside_reference": metrics.rank_summary(pooled[~inside], n + 1),
+        }
     return result, ranks, inside
 
 
