@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 from rcdm.app.commandline import call, common_options, entry, load, show, stage
-from rcdm.app.config import EXPERIMENTS, PipelineConfig
+from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig
 from rcdm.app.load import resolve
 from rcdm.encoders.registry import REGISTRY
 from rcdm.errors import UserError
@@ -235,9 +235,9 @@ def _table(runs: list[str], out: str) -> Path:
 # ----------------------------------------------------------------------------------- analyze
 @cli.command(
     help="Run the paper's analyses into report.html.\n\n"
-    "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS)
+    "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS + EXTRA_EXPERIMENTS)
 )
-@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS), metavar="[EXPERIMENT]...")
+@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS + EXTRA_EXPERIMENTS), metavar="[EXPERIMENT]...")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable).")
 @click.option("--train-store", type=click.Path())
 @click.option("--val-store", type=click.Path())

@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EXPERIMENTS",
+    "EXTRA_EXPERIMENTS",
     "EvaluateConfig",
     "ExtractConfig",
     "PipelineConfig",
@@ -50,6 +51,8 @@ EXPERIMENTS: tuple[str, ...] = (
     "class-mean",
     "training-dynamics",
 )
+# Analyses beyond the paper's, run only when named (``rcdm analyze pooled-vs-tokens``).
+EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens",)
 
 
 class ConfigError(InvalidInput):

@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 from rcdm.errors import InvalidInput, MissingInput, UserError
-from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, JPG, MANIFEST, index_tar, read_at, token_layout
+from rcdm.store.format import (
+    CLS,
+    FEAT,
+    FORMAT_VERSION,
+    JPG,
+    MANIFEST,
+    index_tar,
+    read_at,
+    token_layout,
+)
 from rcdm.store.integrity import check_shard, unreadable
 from rcdm.utils import read_json, sha256_file
 
