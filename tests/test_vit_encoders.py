@@ -201,3 +201,20 @@ def test_every_architecture_has_the_published_shapes():
     assert g["blocks.39.mlp.fc1.weight"].shape == (8192, 1536)  # DINOv2's w12: 2 x 4096
     assert set(ARCHS) >= {s.arch for s in REGISTRY.values() if s.is_vit}
     assert isinstance(ViTArch(14, 32, 1, 2, 56), ViTArch)
+
+
+def test_dinov2_position_embeddings_follow_its_interpolate_pos_encoding():
+    """dinov2/models/vision_transformer.py: without registers, F.interpolate(scale_factor=
+    ((w0 + 0.1) / M, (h0 + 0.1) / M)), no antialiasing; the register models: size (w0, h0),
+    antialiasing; the CLS entry kept (folded into the token for the register models)."""
+    import torch.nn.functional as F
+
+    for arch, offset, aa in (("vit_small_patch14_dinov2-tiny", 0.1, False), ("vit_small_patch14_reg4_dinov2-tiny", 0.0, True)):
+        vit = randomized(arch)
+        m = 4  # the tiny checkpoint grid
+        n_pre = 0 if vit.no_embed_class else 1
+        grid = vit.pos_embed[:, n_pre:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
+        kw = {"scale_factor": ((3 + offset) / m, (3 + offset) / m)} if offset else {"size": (3, 3)}
+        want = F.interpolate(grid, mode="bicubic", antialias=aa, **kw).permute(0, 2, 3, 1).reshape(1, 9, -1)
+        got = vit.pos_embed_for(42, 42)
+        assert torch.equal(got[:, n_pre:], want) and torch.equal(got[:, :n_pre], vit.pos_embed[:, :n_pre])

@@ -9,8 +9,10 @@
   CLS token, I-JEPA), ``mean`` (the mean of the normalised patch tokens), ``tokens`` (the patch
   grid ``(N, T, D)``, row-major over the (h/p, w/p) grid; register and CLS tokens left out);
 - the position embeddings of the checkpoint's grid are resized bicubically for another input
-  size (DINO's ``interpolate_pos_encoding`` rule, prefix tokens kept), and an input side that is
-  not a multiple of the patch size is an ``InvalidInput`` naming ``extract.input_size``.
+  size (prefix tokens kept): to the new grid size, or for DINOv2 exactly as its
+  ``interpolate_pos_encoding`` does (scale factor (grid + 0.1) / 37 without registers,
+  antialiasing with registers), so DINOv2's 518 px embeddings give its own 224 px features; an
+  input side that is not a multiple of the patch size is an ``InvalidInput`` naming ``extract.input_size``.
 
 ``ARCHS`` holds every architecture of the registry (the timm arguments of the published models);
 ``tiny(arch)`` is the same layout at test size (2 blocks, 32-d or 64-d).
@@ -50,6 +52,7 @@ class ViTArch:
     act: str = "gelu"  # "gelu" | "quick_gelu" (OpenAI CLIP) | "swiglu" (DINOv2 ViT-g)
     pool: str = "token"  # what "cls" returns: "token" | "avg" (I-JEPA) | "map" (SigLIP)
     antialias: bool = False  # position-embedding resize with antialiasing (DINOv2 registers)
+    interp_offset: float = 0.0  # DINOv2 (no registers): resize by scale factor (grid + 0.1) / old grid
 
     @property
     def name(self) -> str:
@@ -61,17 +64,20 @@ class ViTArch:
         return size // self.patch
 
 
+# DINOv2's interpolate_pos_encoding: hub backbones without registers use interpolate_offset 0.1 and
+# no antialiasing, those with registers offset 0 and antialiasing (dinov2/hub/backbones.py)
 _DINOV2 = dict(patch=14, img=518, layer_scale=True)
 _REG = dict(reg_tokens=4, no_embed_class=True, antialias=True)
+_NOREG = dict(interp_offset=0.1)
 _G = dict(dim=1536, depth=40, heads=24, mlp_ratio=2.66667 * 2, act="swiglu")
 ARCHS: dict[str, ViTArch] = {
     # DINO ViT-S/16 (facebookresearch/dino vision_transformer.vit_small)
     "vit_small_patch16": ViTArch(16, 384, 12, 6, 224),
     # DINOv2 (facebookresearch/dinov2 hub backbones: img_size 518, init_values 1e-5)
-    "vit_small_patch14_dinov2": ViTArch(dim=384, depth=12, heads=6, **_DINOV2),
-    "vit_base_patch14_dinov2": ViTArch(dim=768, depth=12, heads=12, **_DINOV2),
-    "vit_large_patch14_dinov2": ViTArch(dim=1024, depth=24, heads=16, **_DINOV2),
-    "vit_giant_patch14_dinov2": ViTArch(**_G, **_DINOV2),
+    "vit_small_patch14_dinov2": ViTArch(dim=384, depth=12, heads=6, **_DINOV2, **_NOREG),
+    "vit_base_patch14_dinov2": ViTArch(dim=768, depth=12, heads=12, **_DINOV2, **_NOREG),
+    "vit_large_patch14_dinov2": ViTArch(dim=1024, depth=24, heads=16, **_DINOV2, **_NOREG),
+    "vit_giant_patch14_dinov2": ViTArch(**_G, **_DINOV2, **_NOREG),
     "vit_small_patch14_reg4_dinov2": ViTArch(dim=384, depth=12, heads=6, **_DINOV2, **_REG),
     "vit_base_patch14_reg4_dinov2": ViTArch(dim=768, depth=12, heads=12, **_DINOV2, **_REG),
     "vit_large_patch14_reg4_dinov2": ViTArch(dim=1024, depth=24, heads=16, **_DINOV2, **_REG),
@@ -148,9 +154,12 @@ class ViT(VisionTransformer):
         n_pre = 0 if self.no_embed_class else self.num_prefix_tokens
         pre, grid = self.pos_embed[:, :n_pre], self.pos_embed[:, n_pre:]
         grid = grid.reshape(1, g, g, -1).permute(0, 3, 1, 2)  # (1, D, g, g)
-        grid = F.interpolate(
-            grid.float(), size=(h // p, w // p), mode="bicubic", align_corners=False, antialias=self.arch.antialias
-        )
+        off, aa = self.arch.interp_offset, self.arch.antialias
+        if off:  # DINOv2's rule: the output size from a scale factor nudged by the offset
+            scale = ((h // p + off) / g, (w // p + off) / g)
+            grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False, antialias=aa)
+        else:
+            grid = F.interpolate(grid.float(), size=(h // p, w // p), mode="bicubic", align_corners=False, antialias=aa)
         grid = grid.to(self.pos_embed.dtype).permute(0, 2, 3, 1).reshape(1, (h // p) * (w // p), -1)
         return torch.cat([pre, grid], dim=1)
 
