@@ -107,7 +107,15 @@ def test_tokens_store_given_to_a_pooled_model_and_the_reverse(tmp_path):
     with pytest.raises(ValueError, match=r"trained on a patch-token grid .* holds pooled 'cls' vectors: pass a "
                        r"store extracted with --layer tokens"):  # fmt: skip
         check_conditioning(token_meta, pooled, what="checkpoint runs/b")
-    with pytest.raises(ValueError, match=r"cond='xattn' attends to a patch-token grid"):
-        import rcdm.train
+    import rcdm.train
 
+    with pytest.raises(ValueError, match=r"cond='xattn' attends to a patch-token grid"):
         rcdm.train.run(train_cfg(pooled.path, tmp_path / "bad", cond="xattn"))
+    # end to end: `rcdm sample --store` with a tokens store for a model trained on pooled vectors
+    import rcdm.sample
+    from rcdm.app.config import SampleConfig
+
+    run = rcdm.train.run(train_cfg(pooled.path, tmp_path / "pooled-run", kimg=0.004))
+    with pytest.raises(ValueError, match=r"checkpoint .* trained on pooled 'cls' vectors, but the store .*--layer cls"):
+        rcdm.sample.run(SampleConfig(checkpoint=str(run), store=str(tokens.path), out=str(tmp_path / "s"),
+                                     subset=2, n_per_condition=1, steps="2", device="cpu"))  # fmt: skip
