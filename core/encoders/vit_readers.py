@@ -38,9 +38,11 @@ from rcdm.errors import InvalidInput
 
 __all__ = ["VIT_READERS"]
 
-# open_clip text-tower keys (not used for the image tower)
+# open_clip text-tower keys (not used for the image tower); an OpenAI state dict also records
+# input_resolution / context_length / vocab_size (open_clip drops them on load)
 _TEXT = ("token_embedding.", "transformer.", "positional_embedding", "ln_final.", "text_projection",
-         "logit_scale", "logit_bias", "text.", "attn_mask")  # fmt: skip
+         "logit_scale", "logit_bias", "text.", "attn_mask", "input_resolution", "context_length",
+         "vocab_size")  # fmt: skip
 
 
 def _state_dict(ckpt: dict, *wrappers: str) -> dict:
