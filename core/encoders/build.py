@@ -216,24 +216,18 @@ def check_vit_fits(trunk: nn.Module, sd: dict, spec: EncoderSpec, path: Path, la
     """A ViT file of another size (ViT-B for a ViT-L entry) or without the registers the entry
     has is one clear error naming the entry that fits, before the key-by-key comparison."""
     from rcdm.encoders.registry import REGISTRY
-    from rcdm.encoders.vit import describe_state_dict
+    from rcdm.encoders.vit import ARCHS, describe_state_dict
 
-    own = {k: v for k, v in trunk.state_dict().items()}
-    want, got = describe_state_dict(own), describe_state_dict(sd)
+    want, got = describe_state_dict(trunk.state_dict()), describe_state_dict(sd)
     if want == got:
         return
-    fits = [s.name for s in REGISTRY.values() if s.reader == spec.reader and s.is_vit
-            and describe_state_dict(_meta_state(s.arch)) == got]  # fmt: skip
+    fits = [s.name for s in REGISTRY.values() if s.reader == spec.reader and s.arch in ARCHS
+            and ARCHS[s.arch].describe() == got]  # fmt: skip
     raise InvalidInput(
         f"{path} ({layout}) holds a {got}, but encoder {spec.name} is a {want}: pass the "
         f"{spec.name} weights ({spec.url or 'see the registry'})"
         + (f", or use --encoder {' / '.join(fits)} for this file" if fits else "")
     )
-
-
-def _meta_state(arch: str) -> dict:
-    with torch.device("meta"):
-        return build_trunk(arch).state_dict()
 
 
 def _empty(make) -> nn.Module:

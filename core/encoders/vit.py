@@ -63,6 +63,10 @@ class ViTArch:
     def grid(self, size: int) -> int:
         return size // self.patch
 
+    def describe(self) -> str:
+        """``ViT-B/14 (768-d, 12 blocks, 4 register tokens)``, as :func:`describe_state_dict` says it."""
+        return f"{self.name}/{self.patch} ({self.dim}-d, {self.depth} blocks, {self.reg_tokens} register tokens)"
+
 
 # DINOv2's interpolate_pos_encoding: hub backbones without registers use interpolate_offset 0.1 and
 # no antialiasing, those with registers offset 0 and antialiasing (dinov2/hub/backbones.py)
@@ -208,6 +212,5 @@ def describe_state_dict(sd: dict) -> str:
         return "no ViT patch embedding"
     dim, patch = int(w.shape[0]), int(w.shape[-1])
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
-    name = ViTArch(patch, dim, depth, 1, 0).name
     regs = int(sd["reg_token"].shape[1]) if "reg_token" in sd else 0
-    return f"{name}/{patch} ({dim}-d, {depth} blocks, {regs} register tokens)"
+    return ViTArch(patch, dim, depth, 1, 0, reg_tokens=regs).describe()
