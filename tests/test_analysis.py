@@ -246,10 +246,11 @@ def test_several_checkpoints_side_by_side(world, tmp_path):
                   probe_train_stores=(str(world["train"]),) * 2, probe_val_stores=(str(world["val"]),) * 2)  # fmt: skip
     page = analyze(cfg).read_text()
     interp = read_entry(tmp_path / "two" / "interpolation" / "entry.json")
-    assert [f.title.split(":")[0] for f in interp.figures] == ["enc-seed0", "enc-seed1"]
+    # each figure names its run, the encoder and the layer
+    assert [f.title.split(":")[0] for f in interp.figures] == ["enc-seed0 (random-rn50 trunk)", "enc-seed1 (random-rn50 trunk)"]
     assert str(world["ck1"]) in interp.figures[1].caption
     nb = read_entry(tmp_path / "two" / "neighbours" / "entry.json")
-    assert [f.title for f in nb.figures] == ["enc-seed0"]
+    assert [f.title for f in nb.figures] == ["enc-seed0 (random-rn50 trunk)"]
     assert len(nb.notes) == 1 and "left out" in nb.notes[0] and str(world["ck1"]) in nb.notes[0]
     probe = read_entry(tmp_path / "two" / "probe" / "entry.json")
     assert len(probe.tables[0].rows) == 2 and probe.tables[0].rows[0] == probe.tables[0].rows[1]

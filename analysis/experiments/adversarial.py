@@ -116,7 +116,7 @@ def run(ctx: Context) -> Entry:
                 f"prediction {clean_pred}. Rows: attacked input, then samples from its representation. "
                 "Red border: probe prediction differs from the clean one",
             )  # fmt: skip
-            figures.append(ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
+            figures.append(ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}"))
         records.append(rec)
     n = max(1, len(rows))
     table_rows = [[eps, changed_inputs[e] / n] + [changed_samples[r.label][e] / n for r in rcdms]

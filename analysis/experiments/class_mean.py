@@ -61,7 +61,7 @@ def run(ctx: Context) -> Entry:
             "Samples from the mean training representation of each class (left: the class member "
             f"nearest the mean); classes {chosen}",
         )
-        figures.append(ctx.save_figure("class-mean", r.label, grid(grid_rows), cap, r.label))
+        figures.append(ctx.save_figure("class-mean", r.label, grid(grid_rows), cap, r.title))
     table = Table("Class means", ["checkpoint", "class", "members", "nearest member sq. distance"], table_rows)
     return ctx.finish("class-mean", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "labels": chosen,
                                             "classes": records}, figures, [table], notes=notes)  # fmt: skip

@@ -8,6 +8,7 @@ what lets several checkpoints trained on different encoders be compared on the s
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,13 +50,24 @@ def _conditioning(x: Any) -> Conditioning:
     return Conditioning.of_store(x)  # a FeatureStore
 
 
+GENERIC_RUN_NAMES = ("run", "runs", "model", "rcdm", "train", "checkpoints", "weights")
+
+
 def checkpoint_label(path: str) -> str:
-    """A short name for figure titles: the run folder's name for ``<run>/ema*.safetensors`` or a
-    run directory, the file's stem otherwise."""
+    """A short name for figure titles and table rows: the run folder's name for
+    ``<run>/ema*.safetensors`` or a run directory, the file's stem otherwise; a generic folder
+    name ("run", a ``step-N`` checkpoint) is prefixed by its parent's ("demo/run",
+    "demo/run/step-64"), so the run is named, not "run" in every column."""
     p = Path(path)
     if p.is_file() and p.stem.split("-")[0] in ("ema", "model") and p.parent.name:
-        return p.parent.name
-    return p.stem if p.is_file() else (p.name or str(p))
+        p = p.parent
+    elif p.is_file():
+        return p.stem
+    parts = [p.name or str(p)]
+    while (parts[0] in GENERIC_RUN_NAMES or parts[0].startswith("step-")) and p.parent.name:
+        p = p.parent
+        parts.insert(0, p.name)
+    return "/".join(parts)
 
 
 @dataclass
@@ -63,7 +75,7 @@ class RCDM:
     """A loaded checkpoint, ready to sample, with the encoder its conditions come from."""
 
     path: str
-    label: str  # short name for figure titles
+    label: str  # short name for figure titles: the run ("demo/run")
     model: torch.nn.Module
     diffusion: Any
     meta: dict
@@ -73,6 +85,11 @@ class RCDM:
     cond_dim: int
     image_size: int
     kimg: Any = None
+
+    @property
+    def title(self) -> str:
+        """The run, its encoder and layer: "demo/run (random-rn50 trunk)"."""
+        return f"{self.label} ({self.encoder_info.get('name', '?')} {self.encoder_info.get('layer', '?')})"
 
 
 @dataclass
@@ -335,7 +352,7 @@ class Context:
     def save_figure(self, experiment: str, name: str, arr: np.ndarray, caption: str, title: str = "") -> Figure:
         from rcdm.viz import save_png
 
-        path = self.dir(experiment) / f"{name}.png"
+        path = self.dir(experiment) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.png"
         save_png(arr, path)
         return Figure(path=str(path.relative_to(self.out)), caption=caption, title=title)
 

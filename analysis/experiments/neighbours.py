@@ -50,7 +50,7 @@ def run(ctx: Context) -> Entry:
             f"under it the squared distance of its representation to the condition); right: its {k} nearest "
             "training images in representation space with squared distances",
         )  # fmt: skip
-        figures.append(ctx.save_figure("neighbours", r.label, grid(grid_rows), cap, r.label))
+        figures.append(ctx.save_figure("neighbours", r.label, grid(grid_rows), cap, r.title))
     table = Table("Nearest training neighbour of each sample",
                   ["checkpoint", "condition", "seed", "sq. dist. to condition", "sq. dist. to NN 1", "NN 1"],
                   table_rows)  # fmt: skip
