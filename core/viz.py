@@ -51,9 +51,10 @@ def _check(img: np.ndarray, where: str) -> np.ndarray:
 FONT_SIZE = 11  # pixels; labels shrink to MIN_FONT_SIZE before a word would be cut
 MIN_FONT_SIZE = 8
 MARGIN = 2  # pixels left and right of a label
-# Where a token without spaces may break: after "/" or "_", or after a hyphen between letters
-# ("color-" / "jitter"); never inside a number ("2.01e+03", "-0.5") or a plain word.
-_BREAK = re.compile(r"(?<=[/_])(?=.)|(?<=[A-Za-z]-)(?=[A-Za-z])")
+# Where a token without spaces may break: after "/" or "_", after a hyphen between letters
+# ("color-" / "jitter"), before the "(" of a call ("RandomRotation" / "(20)"); never inside a
+# number ("2.01e+03", "-0.5") or a plain word.
+_BREAK = re.compile(r"(?<=[/_])(?=.)|(?<=[A-Za-z]-)(?=[A-Za-z])|(?<=[A-Za-z])(?=\()")
 
 
 @functools.lru_cache(maxsize=16)

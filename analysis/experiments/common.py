@@ -137,6 +137,19 @@ class Context:
 
         return check_labels(store.labels, f"{what} store {store.path}")
 
+    def class_names(self, store) -> list[str] | None:
+        """The store's class names (its image source's class folders), or None when unknown."""
+        try:
+            classes = self.images(store).source.classes
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        return list(classes) if classes else None
+
+    def class_name(self, store, label: int) -> str:
+        """``label``'s class name where the store has them, else "class <label>"."""
+        names = self.class_names(store)
+        return names[label] if names and 0 <= label < len(names) else f"class {label}"
+
     def images(self, store):
         """The store's ``StoreImages`` (cached): source images of its rows."""
         from rcdm.store import StoreImages

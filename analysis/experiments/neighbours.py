@@ -36,7 +36,7 @@ def run(ctx: Context) -> Entry:
             i, s = divmod(j, len(seeds))
             d = squared_distances(h_s, tf[idx])
             d_cond = float(squared_distances(h_s, conds[i][None])[0])
-            row = [labelled(s_img, f"d(h)={d_cond:.3g}", size)]
+            row = [labelled(s_img, f"d(h) {d_cond:.3g}", size)]
             row += [labelled(ctx.image(train, t), f"{dt:.3g}", size) for t, dt in zip(idx, d, strict=True)]
             grid_rows.append(row)
             records.append({"checkpoint": r.path, "condition": val.keys[rows[i]], "seed": seeds[s],
