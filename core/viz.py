@@ -27,6 +27,9 @@ __all__ = [
     "save_png",
     "annotate",
     "red_border",
+    "enlarge",
+    "display_scale",
+    "headed_grid",
     "font",
     "text_width",
     "wrap",
@@ -247,6 +250,36 @@ def strip(
     if ends[1] is not None:
         parts += [gap, grid([[ends[1]]], pad=pad, separator_after_first=False, cell=cell)]
     return np.concatenate(parts, axis=1)
+
+
+def display_scale(size: int, target: int = 128) -> int:
+    """The whole factor that brings a ``size``-px sample to at least ``target`` px (1 when it
+    is already that big), so small samples are enlarged with sharp pixels, never blurred."""
+    return max(1, -(-int(target) // max(1, int(size))))
+
+
+def headed_grid(
+    rows: list[list[np.ndarray]],
+    column_labels: list[str],
+    title: str = "",
+    scale: int = 1,
+    pad: int = 2,
+) -> np.ndarray:
+    """:func:`grid` of ``rows`` with every cell enlarged by the whole factor ``scale``, a label
+    above each column (``column_labels``; the first names the conditioning column) and
+    ``title`` above it all (what drew the samples: checkpoint, kimg, sampler, guidance)."""
+    if not rows or not rows[0]:
+        raise InvalidInput("headed_grid needs at least one row with at least one image")
+    ch, cw = _check(rows[0][-1], "headed_grid").shape[:2]
+    body = grid([[enlarge(fit(_check(im, "headed_grid"), (ch, cw)), scale) for im in r] for r in rows], pad=pad)
+    n_cols = max(len(r) for r in rows)
+    labels = (list(column_labels) + [""] * n_cols)[:n_cols]
+    blank = np.full((0, cw * scale, 3), BACKGROUND, np.uint8)
+    heads = [annotate(blank, text, lines=1) for text in labels]
+    head_h = max(h.shape[0] for h in heads)
+    header = grid([heads], pad=pad, cell=(head_h, cw * scale))[pad:]  # no gap above the labels
+    out = np.concatenate([header, body], axis=0)
+    return annotate(out, title, position="above") if title else out
 
 
 def save_png(arr: np.ndarray, path: str | Path) -> Path:
