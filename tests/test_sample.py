@@ -102,7 +102,7 @@ def _cfg(**kw) -> SampleConfig:
     return replace(SampleConfig(checkpoint="unused", out="unused", store="unused"), **kw)
 
 
-def test_store_conditions(store):
+def test_store_conditions(store, capsys):
     from rcdm.sample.conds import build
 
     feats = store.features(view=0)
@@ -117,6 +117,9 @@ def test_store_conditions(store):
     assert rows == [c.store_index for c in build(_cfg(condition="store", subset=5, seed=1), store).conditions]
     with pytest.raises(ValueError, match="out of range"):
         build(_cfg(condition="store", indices=(N_ROWS,)), store)
+    capsys.readouterr()
+    assert len(build(_cfg(condition="store", subset=N_ROWS + 5), store).conditions) == N_ROWS
+    assert f"--subset {N_ROWS + 5} is more than the {N_ROWS} rows" in capsys.readouterr().err  # said, not silent
 
 
 def test_interpolate_class_mean_kde_algebra(store):
