@@ -78,4 +78,4 @@ def test_entry_with_fid(tmp_path):
     (ev / "manifest.json").write_text("{}")
     entry = evaluation_entry(ev, tmp_path / "analysis")
     quality = [t for t in entry.tables if "quality" in t.title][0]
-    assert quality.rows[0][2:4] == ["12.35", "3.20 ± 0.10"]
+    assert quality.rows[0][3:5] == ["12.35", "3.20 ± 0.10"]

@@ -15,8 +15,8 @@ import importlib
 import json
 import sys
 import textwrap
-from dataclasses import MISSING
 from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
