@@ -3,9 +3,11 @@
 Faithfulness is measured by re-encoding each sample and ranking its conditioning image among the
 reference images (``rcdm evaluate``: mean rank, MRR). The verdict is read off the MRR on a fixed,
 documented scale, and is always printed beside chance (and beside the retrieval baseline when the
-evaluation reports one), so neither the report nor the terminal ever says more than the numbers:
+evaluation reports one), so neither the report nor the terminal ever says more than the numbers.
+The scale applies to the chance-corrected MRR, (MRR - chance) / (1 - chance), which is the MRR
+itself for a large reference set and does not flatter a small one (24 images: chance 0.157):
 
-    MRR below 0.2: weak;  0.2 to 0.6: partial;  above 0.6: faithful;
+    corrected MRR below 0.2: weak;  0.2 to 0.6: partial;  above 0.6: faithful;
     not above chance (MRR <= 1.1 x chance MRR, or mean rank >= chance): no better than chance.
 
 No torch, no numpy: the CLI and the report both use it.
@@ -15,11 +17,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SCALE", "SCALE_TEXT", "Verdict", "grade", "metrics_summary", "verdict"]
+__all__ = ["SCALE", "SCALE_TEXT", "Verdict", "corrected", "grade", "metrics_summary", "verdict"]
 
 # (lowest MRR, word), best first: 0.6 itself is "partial", 0.2 itself is "partial".
 SCALE: tuple[tuple[float, str], ...] = ((0.6, "faithful"), (0.2, "partial"), (0.0, "weak"))
-SCALE_TEXT = "scale: MRR < 0.2 weak, 0.2-0.6 partial, > 0.6 faithful"
+SCALE_TEXT = "scale on the chance-corrected MRR: < 0.2 weak, 0.2-0.6 partial, > 0.6 faithful"
 CHANCE_MARGIN = 1.1  # an MRR within 10% of chance is not read as better than chance
 
 
@@ -38,9 +40,15 @@ def grade(mrr: float, chance_mrr: float, mean_rank: float | None = None, chance_
         mean_rank is not None and chance_rank is not None and mean_rank >= chance_rank
     ):
         return "no better than chance"
-    if mrr > SCALE[0][0]:
+    c = corrected(mrr, chance_mrr)
+    if c > SCALE[0][0]:
         return SCALE[0][1]
-    return SCALE[1][1] if mrr >= SCALE[1][0] else SCALE[2][1]
+    return SCALE[1][1] if c >= SCALE[1][0] else SCALE[2][1]
+
+
+def corrected(mrr: float, chance_mrr: float) -> float:
+    """(MRR - chance) / (1 - chance): 0 at chance, 1 when every conditioning image ranks first."""
+    return (mrr - chance_mrr) / max(1e-12, 1.0 - chance_mrr)
 
 
 def verdict(
@@ -56,7 +64,8 @@ def verdict(
     reports, ``{"name": ..., "mrr": ..., "mean_rank": ...}``, printed beside the numbers."""
     word = grade(mrr, chance_mrr, mean_rank, chance_rank)
     of = f" of {n_reference}" if n_reference else ""
-    parts = [f"MRR {mrr:.3f} (chance {chance_mrr:.3f}), mean rank {mean_rank:.1f}{of} (chance {chance_rank:.1f})"]
+    parts = [f"MRR {mrr:.3f} (chance {chance_mrr:.3f}; chance-corrected {corrected(mrr, chance_mrr):.3f}), "
+             f"mean rank {mean_rank:.1f}{of} (chance {chance_rank:.1f})"]  # fmt: skip
     if baseline and baseline.get("mrr") is not None:
         b = f"{baseline.get('name') or 'retrieval baseline'}: MRR {float(baseline['mrr']):.3f}"
         if baseline.get("mean_rank") is not None:
@@ -88,7 +97,7 @@ def metrics_summary(m: dict) -> list[str]:
             txt += f", IS {is_['mean']:.2f} ± {is_.get('std', 0.0):.2f}"
         lines.append(txt + f" ({m.get('n_samples')} samples)")
     else:
-        why = fid.get("reason") or "not computed"
-        how = fid.get("how_to_enable")
-        lines.append(f"FID / IS not computed: {why}" + (f" ({how})" if how else ""))
+        lines.append(f"FID / IS not computed: {fid.get('reason') or 'not asked for'}")
+        if fid.get("how_to_enable"):
+            lines.append(f"  to compute them: {fid['how_to_enable']}")
     return lines

@@ -62,8 +62,8 @@ def test_evaluate_and_run_end_with_the_numbers(tmp_path):
 
     path = _metrics(tmp_path)
     lines = evaluate_lines(path)
-    assert lines[0].startswith("faithfulness (64 samples): Weak: MRR 0.154 (chance 0.030), mean rank 32.0 of 192")
-    assert lines[1] == "FID / IS not computed: no Inception weights (pass --inception-weights)"
+    assert lines[0].startswith("faithfulness (64 samples): Weak: MRR 0.154 (chance 0.030; chance-corrected 0.127), mean rank 32.0 of 192")
+    assert lines[1:3] == ["FID / IS not computed: no Inception weights", "  to compute them: pass --inception-weights"]
     assert lines[-1] == f"tables: {path.with_name('metrics.md')}"
     cfg = load_config(None, [f"evaluate.out={path.parent}"])
     assert run_lines(cfg, ("evaluate", "analyze")) == lines
