@@ -68,7 +68,7 @@ def read_entry(path: str | Path) -> Entry:
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1400px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-top: 0.5em; }
 .figs { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
 /* A figure is as wide as its image (shown at a whole factor, never squeezed: the labels drawn in

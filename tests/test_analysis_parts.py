@@ -138,3 +138,16 @@ def test_report_round_trip_and_render(tmp_path):
         render([e], tmp_path)
 
 
+
+
+def test_runs_are_named_not_run_in_every_column(tmp_path):
+    from rcdm.analysis.experiments.names import checkpoint_label
+
+    run = tmp_path / "demo" / "run"
+    (run / "checkpoints" / "step-64").mkdir(parents=True)
+    (run / "ema.safetensors").write_bytes(b"")
+    (tmp_path / "dino-rn50").mkdir()
+    assert checkpoint_label(str(run / "ema.safetensors")) == "demo/run"
+    assert checkpoint_label(str(run)) == "demo/run"
+    assert checkpoint_label(str(run / "checkpoints" / "step-64")) == "demo/run/checkpoints/step-64"
+    assert checkpoint_label(str(tmp_path / "dino-rn50")) == "dino-rn50"

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from rcdm.analysis.experiments.names import checkpoint_label
 from rcdm.analysis.report import Entry, Figure, Table, write_entry
 from rcdm.app.config import AnalyzeConfig
 from rcdm.errors import InvalidInput, MissingInput
@@ -48,26 +49,6 @@ def _conditioning(x: Any) -> Conditioning:
     if isinstance(x, dict):
         return Conditioning.of_encoder(x)
     return Conditioning.of_store(x)  # a FeatureStore
-
-
-GENERIC_RUN_NAMES = ("run", "runs", "model", "rcdm", "train", "checkpoints", "weights")
-
-
-def checkpoint_label(path: str) -> str:
-    """A short name for figure titles and table rows: the run folder's name for
-    ``<run>/ema*.safetensors`` or a run directory, the file's stem otherwise; a generic folder
-    name ("run", a ``step-N`` checkpoint) is prefixed by its parent's ("demo/run",
-    "demo/run/step-64"), so the run is named, not "run" in every column."""
-    p = Path(path)
-    if p.is_file() and p.stem.split("-")[0] in ("ema", "model") and p.parent.name:
-        p = p.parent
-    elif p.is_file():
-        return p.stem
-    parts = [p.name or str(p)]
-    while (parts[0] in GENERIC_RUN_NAMES or parts[0].startswith("step-")) and p.parent.name:
-        p = p.parent
-        parts.insert(0, p.name)
-    return "/".join(parts)
 
 
 @dataclass
