@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,6 +188,9 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         if cfg.subset < 1:
             raise InvalidInput(f"subset must be at least 1, got {cfg.subset}")
         n = min(cfg.subset, len(store))
+        if cfg.subset > n:
+            print(f"note: --subset {cfg.subset} is more than the {n} rows of the store {getattr(store, 'path', '')}; "
+                  f"conditioning on all {n} (give --subset {n} or less to choose a random part)", file=sys.stderr)  # fmt: skip
         rows = np.random.default_rng(cfg.seed).choice(len(store), size=n, replace=False)
         return ConditionSet([r.store_row(int(i)) for i in rows])
     if kind == "images":

@@ -171,7 +171,9 @@ def run(cfg: SampleConfig) -> Path:
     # set's data files and its manifest last.
     assert cs is not None
     shown = writer.read_range(chunks, 0, n if cfg.condition == "interpolate" else min(n, cfg.grid_conditions * k))
-    pictures = [p.name for p in O.write_grids(out, cs, shown, k, cfg.grid_rows, cfg.grid_conditions)]
+    kimg = f", {meta['kimg']:g} kimg" if isinstance(meta.get("kimg"), (int, float)) else ""
+    title = f"{cfg.checkpoint}{kimg}; sampler {sampler.label()}" + ("" if sampler.guided else ", no guidance")
+    pictures = [p.name for p in O.write_grids(out, cs, shown, k, cfg.grid_rows, cfg.grid_conditions, title)]
     if cfg.condition == "interpolate":
         pictures.append(O.write_strip(out, cs, shown, k).name)
     record = _manifest(cfg, store, meta, ckpt_file, fp, ddim, state.num_processes)

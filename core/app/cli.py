@@ -14,7 +14,7 @@ from rcdm.app.commandline import call, common_options, entry, load, show, stage
 from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig
 from rcdm.app.load import resolve
 from rcdm.encoders.registry import REGISTRY
-from rcdm.errors import UserError
+from rcdm.errors import InvalidInput, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -89,7 +89,7 @@ def extract(ctx: click.Context, list_encoders: bool, **_: Any) -> None:
     both = raw.extract.source is None and raw.extract.out is None
     jobs = call(extract_jobs, resolve(raw), both)
     for job in jobs:
-        show(f"extract {job.source} -> {job.out}", job)
+        show(f"extract {job.source} -> {job.out}", job, full=ctx.params["dry_run"], prefix="extract.")
     if ctx.params["dry_run"]:
         click.echo("dry run: " + call(_extract_plan, raw, jobs))
         return
@@ -135,6 +135,7 @@ def store_verify(path: str) -> None:
 @click.option("--out", type=click.Path(), help="Run directory.")
 @click.option("--preset", type=click.Choice(["tiny", "adm64", "adm128", "adm256"]), help="UNet architecture (ADM's for 64/128/256 px; tiny for CPU).")
 @click.option("--cond", type=click.Choice(["embed", "cbn", "xattn"]), help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm; xattn: cross-attention to a tokens store's patch grid).")
+@click.option("--source", type=click.Path(), help="Image source of the store's keys, when the images moved since extraction (default: the store's own).")
 @click.option("--init-from", type=click.Path(), help="Start from an official RCDM/ADM checkpoint or ours.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Total training images, thousands.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
@@ -186,7 +187,7 @@ def sample(ctx: click.Context, **_: Any) -> None:
     stage(
         ctx, "sample",
         lambda s: f"would sample ({s.sampler.label()}) from {s.checkpoint} conditioned on {s.condition} -> {s.out}",
-        entry("rcdm.sample"), "samples written",
+        entry("rcdm.sample"), "samples written", after=_results("sample_lines"),
     )  # fmt: skip
 
 
@@ -213,7 +214,7 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -
     if not table:
         stage(
             ctx, "evaluate", lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
-            entry("rcdm.analysis", "evaluate"), "metrics written",
+            entry("rcdm.analysis", "evaluate"), "metrics written", after=_results("evaluate_lines"),
         )  # fmt: skip
         return
     if not runs:
@@ -224,6 +225,15 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, **_: Any) -
         click.echo(f"dry run: would assemble {len(runs)} run(s) ({', '.join(runs)}) into {out}")
         return
     click.echo(f"table written: {call(_table, list(runs), out)}")
+
+
+def _results(name: str):
+    def after(out: Path) -> list[str]:
+        from rcdm.app import results
+
+        return getattr(results, name)(out)
+
+    return after
 
 
 def _table(runs: list[str], out: str) -> Path:
@@ -253,11 +263,18 @@ def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
         from rcdm.app.load import set_value
 
         cfg = set_value(cfg, "analyze", "experiments", experiments, "command-line EXPERIMENTS")
-    stage(
-        ctx, "analyze",
-        lambda a: f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}",
-        entry("rcdm.analysis", "analyze"), "report", cfg=cfg,
-    )  # fmt: skip
+    stage(ctx, "analyze", _analyze_plan, entry("rcdm.analysis", "analyze"), "report", cfg=cfg)
+
+
+def _analyze_plan(a: Any) -> str:
+    known = EXPERIMENTS + EXTRA_EXPERIMENTS
+    unknown = [e for e in a.experiments if e not in known]
+    if unknown:
+        origin = a.origin.get("experiments", "analyze.experiments")
+        raise InvalidInput(f"unknown experiment(s) {', '.join(unknown)} (from {origin}); choose from {', '.join(known)}")
+    if not a.experiments:
+        raise InvalidInput(f"no experiment selected; choose from {', '.join(EXPERIMENTS)}")
+    return f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}"
 
 
 # --------------------------------------------------------------------------------------- run
@@ -269,13 +286,18 @@ def _run_pipeline(ctx: click.Context, stages: str | None, force: bool) -> None:
         names = pipeline.parse_stages(stages)
     except UserError as e:
         raise click.BadParameter(str(e), param_hint="--stages") from e
-    show("pipeline", cfg)
+    show("pipeline", cfg, full=ctx.params["dry_run"])
     if ctx.params["dry_run"]:
         for line in call(pipeline.plan, cfg, names, force):
             click.echo(line)
         return
     path = call(pipeline.run, cfg, names, force)
-    click.echo(f"\ndone. open the report: {path}")
+    from rcdm.app.results import run_lines
+
+    click.echo("")
+    for line in run_lines(cfg, names):
+        click.echo(line)
+    click.echo(f"done. open the report: {path}" if "analyze" in names else f"done: {path}")
 
 
 _STAGES_HELP = "Comma-separated subset of data,extract,train,sample,evaluate,analyze."
