@@ -232,6 +232,7 @@ class EvaluateConfig(Section):
     fid_reference_limit: int | None = None  # use N reference images, evenly spaced (e.g. 10000)
     encoder_weights: str | None = None  # the reference store's encoder weights, if the file moved
     rank_chunk_mb: int = 256  # memory for one (chunk, N) block of rank distances
+    train_store: str | None = None  # retrieval baseline: the nearest training image to each condition; default: <workdir>/stores/train when it exists
     second_references: tuple[str, ...] = ()  # stores of the same reference images by other encoders: rank / MRR, top-k, cosine and diversity in their spaces
     fd_extractors: tuple[str, ...] = ("dinov2-vit-b-14",)  # torch-fidelity extractors for FD and precision / recall, computed when their weights are present locally (fid: off skips them)
 

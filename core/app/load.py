@@ -274,6 +274,7 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
         reference=val_store,
         out=(str(w / "eval"), from_w),
         reference_images=(cfg.data.val, "derived from data.val"),
+        train_store=train_store,
     )
     an = _fill(
         cfg.analyze,
