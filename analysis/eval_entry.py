@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from rcdm.analysis.faithfulness_entry import add_faithfulness
 from rcdm.analysis.report import Entry, Figure, Table
 from rcdm.analysis.tables import flat_row, table_1a
 from rcdm.run.sampleset import INDEX, grid_files
@@ -72,6 +73,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     else:  # the same Table 1a row as metrics.md
         columns, rows = table_1a([flat_row(m)])
         entry.tables.append(Table(title="Image quality (Table 1a)", columns=columns, rows=rows))
+    add_faithfulness(entry, m)  # second encoders' spaces, baseline, diversity, FD (issue 14)
     samples = Path((m.get("samples") or {}).get("path", ""))
     for grid in grid_files(samples)[:2]:
         dest = folder / grid.name
