@@ -34,8 +34,8 @@ def store_of(src_dir: Path, out: Path, enc) -> Path:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    import torch
     import rcdm.sample
+    import torch
     from rcdm.analysis import analyze, evaluate
     from rcdm.app.config import AnalyzeConfig, EvaluateConfig, PriorConfig, SampleConfig
     from rcdm.encoders.build import load_encoder
