@@ -94,19 +94,23 @@ def _method(ss: SampleSet, encoder_name: str) -> str:
 
 
 def _train_store(cfg: EvaluateConfig, reference):
-    """The retrieval baseline's training store, or None when the derived default does not exist."""
+    """The retrieval baseline's training store, or None when the derived default (<workdir>/stores/
+    train) does not exist or holds another representation; a store the user named must fit."""
     from rcdm.store import FeatureStore
     from rcdm.store.format import MANIFEST
 
     if not cfg.train_store:
         return None
+    derived = "derived" in str(cfg.origin.get("train_store", "derived"))
     if not (Path(cfg.train_store) / MANIFEST).is_file():
-        if "derived" in str(cfg.origin.get("train_store", "derived")):
+        if derived:
             return None
         raise MissingInput(f"evaluate.train_store {cfg.train_store} is not a finished feature store; "
                            "give the training store of the reference's encoder, or unset it")  # fmt: skip
     train = FeatureStore(cfg.train_store)
     if not same_representation(Conditioning.of_store(train), Conditioning.of_store(reference)):
+        if derived:
+            return None
         raise InvalidInput(
             f"evaluate.train_store {train.path} holds {Conditioning.of_store(train).describe()}, the reference "
             f"{reference.path} {Conditioning.of_store(reference).describe()}: the retrieval baseline needs the "

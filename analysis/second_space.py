@@ -149,7 +149,8 @@ def evaluate_spaces(
         baseline_info = {"train_store": str(train_store.path.resolve()), "N_train": len(train_store),
                          "mean_distance_condition_to_nearest_train": float(nn_dist.mean())}  # fmt: skip
     else:
-        notes.append("retrieval baseline not computed: evaluate.train_store does not exist")
+        notes.append("retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
+                     "layer (set evaluate.train_store to the training store)")
     ref = store.features(view=0)
     cond_space = Space("conditioning", store, np.arange(len(store)))
     base = train_store.features(view=0)[nn] if nn is not None else None

@@ -151,3 +151,15 @@ def test_evaluate_reports_second_space_beside_conditioning(second):
     px = f["pixel_diversity"]
     assert px["samples_per_condition"] > 0 and px["random_reference_pairs"] > 0
     assert set(second["m"]["fd"]) == {"dinov2-vit-b-14"}  # skipped: fid=off
+
+
+def test_a_named_train_store_of_another_encoder_is_refused(tmp_path):
+    from tests.test_evaluate import simple_case
+
+    samples, store, *_ = simple_case(tmp_path)
+    other = make_store(tmp_path / "other", np.zeros((3, 9), np.float32))
+    cfg = cfg_for(samples, store, tmp_path / "eval", train_store=str(other))
+    cfg = dataclasses.replace(cfg, origin={"train_store": "--set evaluate.train_store"})
+    with pytest.raises(ValueError, match="retrieval baseline needs the training store"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()  # refused before any output

@@ -77,6 +77,13 @@ def _second(ctx: Context, r):
     return ctx.encoder(r.encoder_info), f"the conditioning encoder {describe_encoder(r.encoder_info)} (no analyze.second_store)"
 
 
+def _mean(values: list[float]) -> float:
+    """Mean over the images that have the number (nan when none has: e.g. (b) with one sample)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def run(ctx: Context) -> Entry:
     cfg = ctx.cfg
     names = transform_names(ctx)
@@ -142,7 +149,7 @@ def run(ctx: Context) -> Entry:
                 "representation, the same noise seed per column",
             )  # fmt: skip
             figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
-        mean = {t: {k: float(np.nanmean(v)) for k, v in per_t[t].items()} for t in names}
+        mean = {t: {k: _mean(v) for k, v in per_t[t].items()} for t in names}
         for layer in cfg.layers:
             for t in names:
                 m = mean[t]
@@ -173,6 +180,8 @@ def run(ctx: Context) -> Entry:
         if std_note:
             notes.append(f"{r.label}:{std_note}")
         notes.append(f"{r.label}: sample movement measured in the space of {second_desc}.")
+        if len(seeds) < 2:
+            notes.append("(b) needs at least 2 samples per condition (analyze.n_samples) for the diversity at a fixed h.")
     tables = [
         Table(f"(a) How far each augmentation moves h, beside the distance to the nearest training neighbour (mean over {len(rows)} images)",
               ["checkpoint", "encoder (layer)", "transform", "||h(Tx) - h(x)||", "nearest-neighbour distance",
