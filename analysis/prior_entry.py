@@ -36,7 +36,7 @@ def draw_statistics(draws: np.ndarray, train: np.ndarray, target: np.ndarray | N
            "spread": F.random_pair_distance(draws, 10000, seed) if len(draws) > 1 else None}  # fmt: skip
     if target is not None and len(target) > 1 and len(draws) > 1:
         mu, sigma = metrics.feature_statistics(target)
-        out["frechet_to_val"] = metrics.frechet_distance_from_features(draws, mu, sigma)
+        out["frechet_to_val"] = max(0.0, metrics.frechet_distance_from_features(draws, mu, sigma))  # -1e-16 is 0
     return out
 
 
