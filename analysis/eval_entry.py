@@ -11,12 +11,14 @@ import json
 import shutil
 from pathlib import Path
 
+from rcdm.analysis.faithfulness_entry import add_faithfulness
 from rcdm.analysis.report import Entry, Figure, Table
 from rcdm.analysis.tables import flat_row, table_1a
 from rcdm.run.sampleset import INDEX, grid_files
+from rcdm.verdict import retrieval_baseline
 from rcdm.verdict import verdict as verdict_of
 
-__all__ = ["evaluation_entry", "retrieval_baseline", "verdict"]
+__all__ = ["evaluation_entry", "verdict"]
 
 
 def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float,
@@ -24,13 +26,6 @@ def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float,
     """One sentence: the verdict on ``rcdm.verdict``'s fixed scale, beside chance (and the
     retrieval baseline when the evaluation reports one)."""
     return verdict_of(mean_rank, chance_rank, mrr, chance_mrr, n_reference, baseline).sentence
-
-
-def retrieval_baseline(m: dict) -> dict | None:
-    """The retrieval baseline of a metrics.json, when ``rcdm evaluate`` reports one
-    (``rank.retrieval_baseline`` with ``mrr``, optionally ``mean_rank`` and ``name``)."""
-    b = (m.get("rank") or {}).get("retrieval_baseline")
-    return b if isinstance(b, dict) and b.get("mrr") is not None else None
 
 
 def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> Entry | None:
@@ -73,6 +68,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     else:  # the same Table 1a row as metrics.md
         columns, rows = table_1a([flat_row(m)])
         entry.tables.append(Table(title="Image quality (Table 1a)", columns=columns, rows=rows))
+    add_faithfulness(entry, m)  # second encoders' spaces, baseline, diversity, FD (issue 14)
     samples = Path((m.get("samples") or {}).get("path", ""))
     for grid in grid_files(samples)[:2]:
         dest = folder / grid.name

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["SCALE", "SCALE_TEXT", "Verdict", "corrected", "grade", "metrics_summary", "verdict"]
+__all__ = [
+    "SCALE", "SCALE_TEXT", "Verdict", "corrected", "grade", "metrics_summary", "retrieval_baseline", "verdict",
+]
 
 # (lowest MRR, word), best first: 0.6 itself is "partial", 0.2 itself is "partial".
 SCALE: tuple[tuple[float, str], ...] = ((0.6, "faithful"), (0.2, "partial"), (0.0, "weak"))
@@ -78,15 +80,25 @@ def verdict(
     return Verdict(word, f"{word[0].upper() + word[1:]}: {'; '.join(parts)} ({SCALE_TEXT}).{hint}")
 
 
+def retrieval_baseline(m: dict) -> dict | None:
+    """The retrieval baseline of an evaluation's ``metrics.json`` in the conditioning space, when
+    ``rcdm evaluate`` computed one (``evaluate.train_store``): the nearest training image to each
+    condition, scored as if it were the sample (``faithfulness.spaces[0].baseline``)."""
+    spaces = (m.get("faithfulness") or {}).get("spaces") or []
+    b = spaces[0].get("baseline") if spaces and isinstance(spaces[0], dict) else None
+    if not isinstance(b, dict) or b.get("mrr") is None:
+        return None
+    return {"name": "retrieval baseline (nearest training image)", "mrr": b["mrr"], "mean_rank": b.get("mean_rank")}
+
+
 def metrics_summary(m: dict) -> list[str]:
     """What ``rcdm evaluate`` / ``rcdm run`` end with: the verdict and its numbers, then FID / IS
     or why they were not computed. ``m`` is an evaluation's ``metrics.json``."""
     lines = []
     rank = (m.get("rank") or {}).get("in_reference") or {}
     if rank.get("mrr") is not None:
-        base = (m.get("rank") or {}).get("retrieval_baseline")
         v = verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
-                    rank.get("N"), base if isinstance(base, dict) else None)  # fmt: skip
+                    rank.get("N"), retrieval_baseline(m))  # fmt: skip
         lines.append(f"faithfulness ({rank.get('n')} samples): {v.sentence}")
     else:
         lines.append("faithfulness: no sample was conditioned on a reference image, so no rank / MRR")

@@ -45,6 +45,8 @@ def weights_file(checkpoint: str | Path, ema: str = "auto") -> Path:
 def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
     """Identity of the samples a configuration produces, to refuse mixing runs on resume."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    if cfg.condition != "prior":  # the prior's settings draw nothing otherwise (and older sets lack them)
+        d.pop("prior", None), d.pop("prior_n", None)
     d["store_manifest_sha256"] = store.manifest_sha256
     if ckpt_file is not None:
         st = ckpt_file.stat()

@@ -35,6 +35,11 @@ def test_metrics_summary_for_the_terminal():
     m["fid"], m["is"] = {"value": 12.345}, {"mean": 3.2, "std": 0.1}
     assert metrics_summary(m)[1] == "FID 12.35, IS 3.20 ± 0.10 (8 samples)"
     assert "no rank / MRR" in metrics_summary({"rank": {}})[0]
+    # the retrieval baseline rcdm evaluate computes (evaluate.train_store) is printed beside the verdict
+    m["faithfulness"] = {"spaces": [{"space": "conditioning", "mrr": 0.4, "baseline": {"mrr": 0.9, "mean_rank": 1.5}}]}
+    assert "retrieval baseline (nearest training image): MRR 0.900, mean rank 1.5" in metrics_summary(m)[0]
+    m["faithfulness"]["spaces"][0].pop("baseline")
+    assert "baseline" not in metrics_summary(m)[0]
 
 
 def _eval_dir(tmp_path, fid_skipped=True):

@@ -27,6 +27,7 @@ def cli() -> None:
       extract   images + frozen encoder -> feature store
       store     inspect or verify a feature store
       train     feature store + images -> RCDM checkpoints
+      train-prior  feature store -> a prior over representations (sampling with no image)
       sample    checkpoint + conditions -> images
       evaluate  samples -> FID, IS, rank / MRR tables
       analyze   the paper's analyses as figures and an HTML report
@@ -151,8 +152,26 @@ def train(ctx: click.Context, **_: Any) -> None:
     )  # fmt: skip
 
 
+@cli.command("train-prior")
+@click.option("--store", type=click.Path(), help="Feature store whose representations the prior learns.")
+@click.option("--out", type=click.Path(), help="Prior folder (default: <workdir>/prior).")
+@click.option("--iters", type=click.IntRange(min=1), help="Optimiser steps.")
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--device")
+@click.option("--overwrite", is_flag=True, help="Replace a finished prior in --out.")
+@common_options
+@click.pass_context
+def train_prior(ctx: click.Context, **_: Any) -> None:
+    """Train a prior over representations (RCG's MLP diffusion), for `rcdm sample --condition prior`."""
+    stage(
+        ctx, "prior",
+        lambda p: f"would train a {p.blocks}-block, {p.width}-wide prior for {p.iters} steps on {p.store} -> {p.out}",
+        entry("rcdm.train.prior", "train_prior"), "prior written",
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------ sample
-_CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate"
+_CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate, prior"
 
 
 @cli.command(
@@ -163,7 +182,8 @@ _CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate"
     "  class-mean   the mean representation of a class (sample.labels)\n"
     "  kde          draws from a kernel density estimate over the store (sample.kde_sigma)\n"
     "  algebra      a - b + c of three store rows (--keys A B C)\n"
-    "  manipulate   a row with the dimensions common to its neighbours zeroed or replaced"
+    "  manipulate   a row with the dimensions common to its neighbours zeroed or replaced\n"
+    "  prior        draws from a learned prior over representations (rcdm train-prior; sample.prior)"
 )
 @click.option("--checkpoint", type=click.Path(), help="Run directory or weights file.")
 @click.option("--out", type=click.Path())
