@@ -5,6 +5,7 @@
 
 Defaults are ``rcdm extract``'s (``auto``: workers sized to the machine, bf16, channels-last and
 GPU decoding on CUDA), so the bench measures what the stage runs.
+    python bench/extract.py --encoder mae-vitb16 --random-weights --layer tokens   # ViT-B/16 (timm)
 
 Prints one JSON object: images/s end to end (``rcdm.extract.run``, the whole call, and its
 encoding loop alone) and images/s of the encoder forward alone on the same device with the same
@@ -62,6 +63,31 @@ def make_jpeg_folder(root: Path, n: int, size: tuple[int, int], quality: int, n_
         list(pool.map(_make_jpeg, jobs, chunksize=64))
     stamp.touch()
     return root
+
+
+def random_weights(name: str, path: Path) -> Path:
+    """A randomly initialised checkpoint of registry entry ``name`` in its method's file layout
+    (the ViT readers' layouts; throughput does not depend on the values)."""
+    import torch
+    from rcdm.encoders.build import build_trunk
+    from rcdm.encoders.registry import get_spec
+
+    spec = get_spec(name)
+    torch.manual_seed(0)
+    sd = build_trunk(spec.arch).state_dict()
+    if spec.reader == "mae":
+        ckpt = {"model": sd}
+    elif spec.reader == "ijepa":
+        ckpt = {"target_encoder": {"module." + k: v for k, v in sd.items()}}
+    elif spec.reader in ("dino", "siglip") or (spec.reader == "dinov2" and "reg_token" not in sd):
+        ckpt = sd  # backbone files in timm names
+    elif spec.reader == "clip":
+        ckpt = {**sd, "head.weight": torch.randn(spec.head.dims[-1], spec.trunk_dim) * 0.02,
+                "head.bias": torch.zeros(spec.head.dims[-1])}  # fmt: skip
+    else:
+        raise SystemExit(f"--random-weights supports the ViT entries without registers, not {name}")
+    torch.save(ckpt, path)
+    return path
 
 
 def forward_alone(encoder, device, batch_size: int, amp: str, channels_last: bool, seconds: float = 5.0) -> float:
@@ -139,6 +165,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="auto", help="auto: as rcdm extract (the cores less one, max 16)")
     p.add_argument("--encoder", default="random-rn50")
     p.add_argument("--weights", default=None)
+    p.add_argument("--random-weights", action="store_true", help="ViT entries: a random checkpoint in the entry's layout")
     p.add_argument("--layer", default="trunk")
     p.add_argument("--input-size", type=int, default=None, help="encoder input crop (default: the encoder's, 224)")
     p.add_argument("--device", default="auto")
@@ -170,6 +197,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.perf_counter()
     make_jpeg_folder(images, a.n, (w, h), a.quality)
     t_make = time.perf_counter() - t0
+    if a.random_weights:
+        a.weights = str(random_weights(a.encoder, tmp / "random.pth"))
     mean_kb = np.mean([p.stat().st_size for p in list(images.rglob("*.jpg"))[:200]]) / 1024
 
     cfg = ExtractConfig(
@@ -218,6 +247,8 @@ def main(argv: list[str] | None = None) -> None:
         "channels_last": channels_last,
         "draft": not a.no_draft,
         "rows": len(st),
+        "row_values": st.dim,  # per view (tokens: T x D)
+        "store_mb": round(sum(f.stat().st_size for f in Path(store).glob("shard-*")) / 2**20, 1),
         "end_to_end_img_s": round(a.n / t_run, 1),  # the whole run() call: model load, workers, writes
         "loop_img_s": timing.get("img_per_s"),  # the encoding loop (decode + 2 views + shard writes)
         "decode_crop_per_core_img_s": round(per_core, 1),  # x workers = the loader's ceiling

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from rcdm.data.decode import readable_reason
 from rcdm.data.images import Preprocess, UnreadableImage, decode_image, encoder_input
 from rcdm.extract.gpudecode import device_decodable
 
@@ -95,7 +96,7 @@ class ExtractDataset(torch.utils.data.Dataset):
         except UnreadableImage as e:
             x, ok, reason = None, False, e.reason
         except Exception as e:  # anything else about one image (odd modes, huge sizes) is skipped too
-            x, ok, reason = None, False, f"{type(e).__name__}: {e}"
+            x, ok, reason = None, False, readable_reason(f"{type(e).__name__}: {e}")
         if x is None:
             x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8 if self.uint8 else torch.float32)
             data = b""

@@ -286,6 +286,7 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     total = sum(min((k + 1) * S, n_items) - k * S for k in shards)
     pending: dict[int, dict] = {}
     writer = _ShardWriter()
+    skipped = [0]  # unreadable images: not counted as encoded
 
     def file_batch(batch: dict, feats: np.ndarray) -> None:
         """Put a batch's rows into their shards' buffers; hand complete shards to the writer."""
@@ -302,6 +303,7 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
                 m += 1
             else:
                 buf["failed"].append({"key": item.key, "index": i, "reason": batch["reason"][j]})
+                skipped[0] += 1
             buf["seen"] += 1
             if buf["seen"] == min((k + 1) * S, n_items) - k * S:
                 writer.submit(cfg, out, k, pending.pop(k), encoder.dim)
@@ -332,9 +334,13 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     if pending:  # internal invariant: every shard's items came through
         raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
     dt = time.perf_counter() - t0
+    encoded = total - skipped[0]
     if show:
-        tqdm.write(f"encoded {total} images in {dt:.1f} s ({total / max(dt, 1e-9):.1f} img/s) on {device}", file=sys.stderr)
-    return {"images": total, "seconds": round(dt, 3), "img_per_s": round(total / max(dt, 1e-9), 1), "decode": decode, "workers": workers}
+        tqdm.write(f"encoded {encoded} images in {dt:.1f} s ({encoded / max(dt, 1e-9):.1f} img/s) on {device}"
+                   + (f"; {skipped[0]} unreadable image(s) skipped" if skipped[0] else ""), file=sys.stderr)  # fmt: skip
+    return {"images": encoded, "skipped": skipped[0], "seconds": round(dt, 3),
+            "img_per_s": round(encoded / max(dt, 1e-9), 1),
+            "decode": decode, "workers": workers}  # fmt: skip
 
 
 @torch.inference_mode()

@@ -79,6 +79,8 @@ def test_store_holds_the_encoder_features(ref_store, images):
     # the corrupt image is skipped, counted and listed
     assert st.manifest["n_failed"] == 1 and st.failed[0]["key"] == "cls_0/img_001"
     assert "cls_0/img_001" not in st.keys
+    assert " at 0x" not in st.failed[0]["reason"] and st.failed[0]["reason"]  # no Python object address
+    assert st.manifest["timing"]["images"] == N_GOOD and st.manifest["timing"]["skipped"] == 1  # encoded excludes it
     src = open_source(images)
     good = [it for it in src.items if it.key != "cls_0/img_001"]
     assert st.keys == [it.key for it in good]

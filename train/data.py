@@ -63,7 +63,8 @@ class StreamSampler(Sampler):
         return 2**62
 
 
-_SOURCE_HINT = "pass train.source=PATH with the image source the store was extracted from"
+_SOURCE_HINT = ("give the image source the store was extracted from: `rcdm train --source PATH` "
+                "(train.source in pipeline.yaml)")
 
 
 class ImageFeatureDataset(Dataset):

@@ -107,7 +107,7 @@ def run(cfg: TrainConfig) -> Path:
     # Store and model config; a run folder that holds a run continues only that run.
     store = FeatureStore(cfg.store)
     model_setup.check_store(store, cfg)
-    ucfg = model_setup.unet_config(cfg, store.dim)
+    ucfg = model_setup.unet_config(cfg, store.dim, (store.token_shape or (0,))[0])
     meta_at = lambda kimg: model_setup.model_meta(ucfg, store, cfg, kimg)  # noqa: E731
     run_dir.check_continues(meta_at(0.0), store)
     latest = run_dir.latest()

@@ -28,9 +28,11 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EXPERIMENTS",
+    "EXTRA_EXPERIMENTS",
     "EvaluateConfig",
     "ExtractConfig",
     "PipelineConfig",
+    "PriorConfig",
     "SECTIONS",
     "SampleConfig",
     "TrainConfig",
@@ -50,6 +52,8 @@ EXPERIMENTS: tuple[str, ...] = (
     "class-mean",
     "training-dynamics",
 )
+# Analyses beyond the paper's, run only when named (``rcdm analyze pooled-vs-tokens``).
+EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens",)
 
 
 class ConfigError(InvalidInput):
@@ -91,11 +95,11 @@ class ExtractConfig(Section):
 
     encoder: str | None = None  # registry name, required (``rcdm extract --list-encoders``)
     weights: str | None = None  # local checkpoint file; random-rn50 needs none
-    layer: Literal["trunk", "head"] = "trunk"
+    layer: Literal["trunk", "cls", "mean", "tokens", "head"] = "trunk"  # ViTs: cls (the method's pooled output), mean (of the patch tokens), tokens (the patch grid)
     source: str | None = None  # default: data.train (the pipeline also extracts data.val)
     out: str | None = None  # default: <workdir>/stores/train
     format: Literal["h5", "wds"] = "h5"
-    preprocess: Literal["default", "rcdm", "imagenet"] = "default"  # default: the encoder's own
+    preprocess: Literal["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"] = "default"  # default: the encoder's own
     input_size: int | None = None  # encoder input crop; null: the encoder's own (224 for every registry entry); recorded in the manifest
     batch_size: int = 64
     workers: int | Literal["auto"] = "auto"  # DataLoader decode workers; auto: the CPU cores less one (max 16)
@@ -123,7 +127,7 @@ class TrainConfig(Section):
     store: str | None = None  # default: <workdir>/stores/train
     out: str | None = None  # default: <workdir>/run
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
-    cond: Literal["embed", "cbn"] = "embed"
+    cond: Literal["embed", "cbn", "xattn"] = "embed"  # xattn: cross-attention to a tokens store's patch grid (embed / cbn on a tokens store condition on the token mean)
     cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
@@ -154,7 +158,7 @@ class TrainConfig(Section):
     trust_checkpoint: bool = False
     source: str | None = None  # image source of the store's keys; null: the store manifest's source root
     encoder: str | None = None  # expected store encoder name; null: accept the store's
-    layer: Literal["trunk", "head"] | None = None  # expected store layer; null: accept the store's
+    layer: Literal["trunk", "cls", "mean", "tokens", "head"] | None = None  # expected store layer; null: accept the store's
     ema_warmup: bool = True  # EMA rate min(rate, (1+step)/(10+step)), so short runs get a useful EMA
     keep_checkpoints: int = 3  # keep only the newest N step-* checkpoints, plus milestones (0: keep all)
     grid_images: int = 4  # conditioning images (rows) in each sample grid
@@ -175,7 +179,7 @@ class SampleConfig(Section):
     out: str | None = None  # default: <workdir>/samples
     store: str | None = None  # conditions' store; default: <workdir>/stores/val
     condition: Literal[
-        "store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate"
+        "store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate", "prior"
     ] = "store"  # what the samples are conditioned on (rcdm sample --help)
     images: tuple[str, ...] = ()  # files, folders or globs (condition: images)
     indices: tuple[int, ...] = ()  # store rows (condition: store)
@@ -194,6 +198,8 @@ class SampleConfig(Section):
     labels: tuple[int, ...] = ()  # class-mean: which labels
     kde_sigma: float = 0.01  # KDE bandwidth: standard deviation of the Gaussian kernel
     kde_n: int = 16
+    prior: str | None = None  # condition prior: a `rcdm train-prior` folder; default: <workdir>/prior
+    prior_n: int = 16  # condition prior: representations drawn from the prior
     knn_k: int = 20
     knn_m: int = 14
     manipulate_mode: Literal["zero", "replace"] = "zero"
@@ -233,6 +239,9 @@ class EvaluateConfig(Section):
     fid_reference_limit: int | None = None  # use N reference images, evenly spaced (e.g. 10000)
     encoder_weights: str | None = None  # the reference store's encoder weights, if the file moved
     rank_chunk_mb: int = 256  # memory for one (chunk, N) block of rank distances
+    train_store: str | None = None  # retrieval baseline: the nearest training image to each condition; default: <workdir>/stores/train when it exists
+    second_references: tuple[str, ...] = ()  # stores of the same reference images by other encoders: rank / MRR, top-k, cosine and diversity in their spaces
+    fd_extractors: tuple[str, ...] = ("dinov2-vit-b-14",)  # torch-fidelity extractors for FD and precision / recall, computed when their weights are present locally (fid: off skips them)
 
 
 @dataclass(frozen=True)
@@ -280,10 +289,33 @@ class AnalyzeConfig(Section):
     n_distance: int = 6  # distances: images shown per group (random, same class, augmentations)
     class_labels: tuple[int, ...] = ()  # class-mean: labels; default: n_images labels picked by seed
     algebra_keys: tuple[str, ...] = ()  # manipulation: val keys a, b, c per algebra row (a - b + c)
+    second_store: str | None = None  # invariance: a store of another encoder; sample movement is measured in its space (default: the conditioning encoder's)
+    prior: str | None = None  # a `rcdm train-prior` folder: the report compares its draws with KDE's; default: <workdir>/prior when it exists
 
     @property
     def sampler(self) -> Sampler:
         return Sampler(self.steps, self.ddim, 0.0, self.guidance)
+
+
+@dataclass(frozen=True)
+class PriorConfig(Section):
+    """A learned prior over representations (RCG's MLP diffusion), for sampling with no image."""
+
+    store: str | None = None  # training feature store; default: <workdir>/stores/train
+    out: str | None = None  # default: <workdir>/prior
+    width: int = 1024  # hidden width of the residual MLP
+    blocks: int = 6  # residual blocks
+    timesteps: int = 1000  # diffusion steps (cosine schedule, epsilon prediction)
+    iters: int = 4000  # optimiser steps
+    batch_size: int = 256
+    lr: float = 5e-4  # AdamW, constant after a 100-step warm-up
+    weight_decay: float = 0.0
+    ema_rate: float = 0.999
+    sample_steps: int = 100  # DDIM steps when drawing from the prior
+    sample_eta: float = 1.0  # DDIM eta (1: ancestral-like, RCG's; 0: deterministic)
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False  # replace a finished prior in out
 
 
 @dataclass(frozen=True)
@@ -294,6 +326,7 @@ class PipelineConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -303,6 +336,7 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
     "analyze": AnalyzeConfig,
+    "prior": PriorConfig,
 }
 
 
