@@ -100,7 +100,7 @@ def run(ctx: Context) -> Entry:
         refs = {layer: _nn_reference(ctx, r, layer) for layer in cfg.layers}
         if std is not None and cond_layer in refs:  # compare in the space the model sees
             refs[cond_layer] = ((refs[cond_layer][0] - std[0]) / std[1], refs[cond_layer][1])
-        size = display_size(r.image_size)
+        size = display_size(r.image_size, ["original", *names])  # tiles wide enough for every row label
         per_t: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for n_img, i in enumerate(rows):
             img = ctx.image(val, i)
@@ -148,7 +148,7 @@ def run(ctx: Context) -> Entry:
                 f"random ones seeded by analysis seed {cfg.seed}), each followed by samples from its "
                 "representation, the same noise seed per column",
             )  # fmt: skip
-            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
+            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}"))
         mean = {t: {k: _mean(v) for k, v in per_t[t].items()} for t in names}
         for layer in cfg.layers:
             for t in names:
@@ -176,7 +176,7 @@ def run(ctx: Context) -> Entry:
             f"the mean pairwise distance of the samples from h(x) (diversity at a fixed h). 0: invariant; the "
             f"dashed line at 1: the augmentation moves as far as the reference distance.{std_note}",
         )  # fmt: skip
-        figures.append(ctx.save_figure("invariance", f"{r.label}_scores", plot_scores(names, series, f"{r.label}: invariance scores"), cap, f"{r.label}: scores"))
+        figures.append(ctx.save_figure("invariance", f"{r.label}_scores", plot_scores(names, series, f"{r.title}: invariance scores"), cap, f"{r.title}: scores"))
         if std_note:
             notes.append(f"{r.label}:{std_note}")
         notes.append(f"{r.label}: sample movement measured in the space of {second_desc}.")
