@@ -301,14 +301,20 @@ class AnalyzeConfig(Section):
 class PriorConfig(Section):
     """A learned prior over representations (RCG's MLP diffusion), for sampling with no image."""
 
+    # The defaults train a 2048-d prior in ~5 CPU minutes (one thread: OMP_NUM_THREADS=1 on a shared
+    # CPU) and match held-out data on the demo's store (docs/prior.md). They are small for an ImageNet-scale store (1.28M entries):
+    # there, on a GPU, use RCG's size and more steps, e.g. --set prior.width=1536
+    # --set prior.blocks=12 --set prior.batch_size=512 --set prior.iters=100000 (RCG: 200 epochs),
+    # which is ~57x the defaults' compute per step.
+
     store: str | None = None  # training feature store; default: <workdir>/stores/train
     out: str | None = None  # default: <workdir>/prior
-    width: int = 1024  # hidden width of the residual MLP
-    blocks: int = 6  # residual blocks
-    timesteps: int = 1000  # diffusion steps (cosine schedule, epsilon prediction)
-    iters: int = 4000  # optimiser steps
-    batch_size: int = 256
-    lr: float = 5e-4  # AdamW, constant after a 100-step warm-up
+    width: int = 512  # hidden width of the residual MLP (RCG: 1536, for 256-d features)
+    blocks: int = 6  # residual blocks (RCG: 12)
+    timesteps: int = 1000  # diffusion steps (RCG's linear schedule, x0 prediction)
+    iters: int = 2000  # optimiser steps
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW, a 100-step warm-up then a cosine decay to 0 at iters
     weight_decay: float = 0.0
     ema_rate: float = 0.999
     sample_steps: int = 100  # DDIM steps when drawing from the prior

@@ -20,7 +20,7 @@ __all__ = ["WEIGHTS", "META", "save_prior", "load_prior", "is_prior", "draw", "c
 
 WEIGHTS = "prior.safetensors"
 META = "prior.json"
-FORMAT = "rcdm-prior/1"
+FORMAT = "rcdm-prior/2"  # 2: x0 prediction, linear schedule (1 predicted the noise, cosine schedule)
 
 
 def is_prior(path: str | Path) -> bool:
@@ -55,7 +55,10 @@ def load_prior(path: str | Path, device: Any = "cpu") -> tuple[Any, dict]:
         )
     meta = read_json(path / META)
     if meta.get("format") != FORMAT:
-        raise InvalidInput(f"{path / META} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        raise InvalidInput(
+            f"{path / META} has format {meta.get('format')!r}, expected {FORMAT!r} (a prior of an older rcdm, "
+            f"which predicted the noise); retrain it: `rcdm train-prior --out {path} --overwrite`"
+        )
     model = PriorMLP(PriorSpec.from_dict(meta["spec"]))
     load_strict(model, load_file(str(path / WEIGHTS)), f"prior {path}")
     return model.to(device).eval(), meta

@@ -2,12 +2,15 @@
 
 The network is RCG's representation diffusion model (Li, Katabi & He 2023, ``rdm``): a linear
 input layer, ``blocks`` residual blocks (LayerNorm, shift/scale/gate from the time embedding,
-Linear-SiLU-Linear), and a modulated LayerNorm + Linear output, predicting the noise. The
-diffusion is DDPM's (cosine schedule, epsilon prediction) over standardised h; sampling is DDIM
-on ``steps`` evenly spaced time steps with ``eta`` (1: ancestral-like, RCG's choice; 0:
-deterministic), the predicted x0 clipped to the largest |standardised h| seen in training (as
-guided-diffusion clips images to [-1, 1]): near t = T, where alpha_bar is ~1e-7, an error in the
-predicted noise would otherwise be amplified thousands of times.
+Linear-SiLU-Linear), and a modulated LayerNorm + Linear output. The diffusion is RCG's too
+(its ``config/rdm/*.yaml``): DDPM over standardised h with the "linear" schedule of latent
+diffusion (sqrt(beta) linear from sqrt(0.0015) to sqrt(0.0195) over 1000 steps) and the network
+predicting x0, not the noise. Both matter for a wide vector: predicting the noise needs the
+network to pass all D dimensions of x_t through (a width-512 MLP cannot carry 2048-d noise),
+and turning a noise prediction into x0 divides its error by sqrt(alpha_bar), 5e-5 at t = T
+under the cosine schedule; measured in docs/prior.md. Sampling is DDIM on ``steps`` evenly
+spaced time steps with ``eta`` (1: ancestral-like, RCG's choice; 0: deterministic), the
+predicted x0 clipped to the largest |standardised h| seen in training.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-__all__ = ["PriorSpec", "PriorMLP", "VectorDiffusion", "cosine_alphas_cumprod"]
+__all__ = ["PriorSpec", "PriorMLP", "VectorDiffusion", "linear_alphas_cumprod"]
 
 
 @dataclass(frozen=True)
@@ -27,7 +30,7 @@ class PriorSpec:
     """The prior's architecture and diffusion; saved in ``prior.json``."""
 
     dim: int
-    width: int = 1024
+    width: int = 512
     blocks: int = 6
     timesteps: int = 1000
 
@@ -55,13 +58,13 @@ class ResBlock(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
 
-    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
-        shift, scale, gate = self.ada(emb).chunk(3, dim=-1)
+    def forward(self, x: torch.Tensor, emb: torch.Tensor, inv: torch.Tensor) -> torch.Tensor:
+        shift, scale, gate = self.ada(emb)[inv].chunk(3, dim=-1)
         return x + gate * self.mlp(self.norm(x) * (1 + scale) + shift)
 
 
 class PriorMLP(nn.Module):
-    """eps_theta(x_t, t): (N, dim), (N,) -> (N, dim)."""
+    """x0_theta(x_t, t): (N, dim), (N,) -> (N, dim)."""
 
     def __init__(self, spec: PriorSpec):
         super().__init__()
@@ -87,36 +90,41 @@ class PriorMLP(nn.Module):
         self.register_buffer("bound", torch.tensor(float("inf")))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        emb = self.time(timestep_embedding(t, self.spec.width))
+        # The time embedding and the modulations depend on t only: computed once per distinct t
+        # (while sampling every row shares one t, and the modulations are most of the weights).
+        tu, inv = torch.unique(t, return_inverse=True)
+        emb = self.time(timestep_embedding(tu, self.spec.width))
         h = self.inp(x)
         for b in self.blocks:
-            h = b(h, emb)
-        shift, scale = self.out_ada(emb).chunk(2, dim=-1)
+            h = b(h, emb, inv)
+        shift, scale = self.out_ada(emb)[inv].chunk(2, dim=-1)
         return self.out(self.out_norm(h) * (1 + scale) + shift)
 
 
-def cosine_alphas_cumprod(timesteps: int, s: float = 0.008) -> np.ndarray:
-    """alpha_bar_t of Nichol & Dhariwal's cosine schedule, betas clipped at 0.999 (guided-diffusion)."""
-    f = lambda t: math.cos((t + s) / (1 + s) * math.pi / 2) ** 2  # noqa: E731
-    betas = np.array([min(1 - f((i + 1) / timesteps) / f(i / timesteps), 0.999) for i in range(timesteps)])
-    return np.cumprod(1.0 - betas)
+def linear_alphas_cumprod(timesteps: int, start: float = 0.0015, end: float = 0.0195) -> np.ndarray:
+    """alpha_bar_t of latent diffusion's "linear" schedule (RCG's rdm): sqrt(beta) linear in t.
+
+    The betas are scaled by 1000 / ``timesteps``, so that alpha_bar_T stays ~1e-4 whatever their number."""
+    k = 1000 / timesteps
+    betas = np.linspace(math.sqrt(start * k), math.sqrt(end * k), timesteps, dtype=np.float64) ** 2
+    return np.cumprod(1.0 - np.minimum(betas, 0.999))
 
 
 class VectorDiffusion:
-    """DDPM over (N, D) vectors: the epsilon loss and a DDIM sampler."""
+    """DDPM over (N, D) vectors: the x0 loss and a DDIM sampler."""
 
     def __init__(self, timesteps: int):
         self.T = int(timesteps)
-        self.abar = torch.from_numpy(cosine_alphas_cumprod(self.T)).float()  # (T,)
+        self.abar = torch.from_numpy(linear_alphas_cumprod(self.T)).float()  # (T,)
 
     def loss(self, model: nn.Module, x0: torch.Tensor, gen: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error of the predicted noise at a uniform random t."""
+        """Mean squared error of the predicted x0 at a uniform random t (RCG's l2 loss)."""
         n = x0.shape[0]
         t = torch.randint(0, self.T, (n,), device=x0.device, generator=gen)
         noise = torch.randn(x0.shape, device=x0.device, generator=gen)
         a = self.abar.to(x0.device)[t][:, None]
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        return ((model(xt, t) - noise) ** 2).mean()
+        return ((model(xt, t) - x0) ** 2).mean()
 
     @torch.no_grad()
     def sample(
@@ -131,9 +139,8 @@ class VectorDiffusion:
         for i, t in enumerate(ts):
             a_t = abar[t]
             a_prev = abar[ts[i + 1]] if i + 1 < len(ts) else torch.tensor(1.0, device=device)
-            eps = model(x, torch.full((n,), int(t), device=device, dtype=torch.long))
-            x0 = ((x - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-model.bound, model.bound)
-            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()  # consistent with the clipped x0
+            x0 = model(x, torch.full((n,), int(t), device=device, dtype=torch.long)).clamp(-model.bound, model.bound)
+            eps = (x - a_t.sqrt() * x0) / (1 - a_t).sqrt()
             sigma = eta * ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).clamp_min(0).sqrt()
             dir_xt = (1 - a_prev - sigma**2).clamp_min(0).sqrt() * eps
             noise = torch.randn(x.shape, generator=generator, device="cpu").to(device)
