@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rcdm.analysis.eval_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
+from rcdm.analysis.prior_entry import prior_entry
 from rcdm.analysis.report import Entry, write_report
 from rcdm.app.config import AnalyzeConfig, to_dict
 from rcdm.app.configio import save_resolved
@@ -68,6 +69,9 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         entry = evaluation_entry(eval_dir, out, index=i)
         if entry is not None:
             entries.append(entry)
+    prior = prior_entry(ctx)  # the learned prior vs KDE, when analyze.prior holds one (issue 14)
+    if prior is not None:
+        entries.append(prior)
     timings: dict[str, float] = {}
     for name in cfg.experiments:
         t0 = time.perf_counter()

@@ -11,26 +11,21 @@ import json
 import shutil
 from pathlib import Path
 
+from rcdm.analysis.faithfulness_entry import add_faithfulness
 from rcdm.analysis.report import Entry, Figure, Table
 from rcdm.analysis.tables import flat_row, table_1a
 from rcdm.run.sampleset import INDEX, grid_files
+from rcdm.verdict import retrieval_baseline
+from rcdm.verdict import verdict as verdict_of
 
 __all__ = ["evaluation_entry", "verdict"]
 
 
-def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float) -> str:
-    """One sentence comparing rank / MRR with chance (rank: lower is better; MRR: higher)."""
-    factor = chance_rank / mean_rank if mean_rank > 0 else float("inf")
-    if factor >= 2:
-        return (f"Faithful: the conditioning image's mean rank among its samples' nearest neighbours is "
-                f"{mean_rank:.1f}, {factor:.1f}x better than the {chance_rank:.1f} expected by chance "
-                f"(MRR {mrr:.3f} vs {chance_mrr:.3f}).")
-    if factor > 1.1:
-        return (f"Somewhat better than chance: mean rank {mean_rank:.1f} vs {chance_rank:.1f} by chance "
-                f"(MRR {mrr:.3f} vs {chance_mrr:.3f}); train longer for faithful samples.")
-    return (f"Not better than chance: mean rank {mean_rank:.1f} vs {chance_rank:.1f} by chance "
-            f"(MRR {mrr:.3f} vs {chance_mrr:.3f}); the model has not learned to use the "
-            "representation yet: train longer.")
+def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float,
+            n_reference: int | None = None, baseline: dict | None = None) -> str:
+    """One sentence: the verdict on ``rcdm.verdict``'s fixed scale, beside chance (and the
+    retrieval baseline when the evaluation reports one)."""
+    return verdict_of(mean_rank, chance_rank, mrr, chance_mrr, n_reference, baseline).sentence
 
 
 def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> Entry | None:
@@ -56,7 +51,8 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     rank = (m.get("rank") or {}).get("in_reference") or {}
     if rank.get("mean_rank") is not None:
         entry.summary = (
-            verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"])
+            verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
+                    rank.get("N"), retrieval_baseline(m))
             + f" Sampler: {m.get('sampler')}, {m.get('steps')} steps."
         )
         entry.tables.append(Table(
@@ -72,6 +68,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     else:  # the same Table 1a row as metrics.md
         columns, rows = table_1a([flat_row(m)])
         entry.tables.append(Table(title="Image quality (Table 1a)", columns=columns, rows=rows))
+    add_faithfulness(entry, m)  # second encoders' spaces, baseline, diversity, FD (issue 14)
     samples = Path((m.get("samples") or {}).get("path", ""))
     for grid in grid_files(samples)[:2]:
         dest = folder / grid.name

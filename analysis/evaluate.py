@@ -11,13 +11,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from rcdm.analysis import fd as fdmod
 from rcdm.analysis import fid as fidmod
 from rcdm.analysis import metrics
+from rcdm.analysis.second_space import evaluate_spaces, open_second_stores
 from rcdm.analysis.tables import table, write_metrics_files
 from rcdm.app.config import EvaluateConfig
 from rcdm.app.configio import save_resolved
-from rcdm.errors import InvalidInput
-from rcdm.run.conditioning import Conditioning, extraction_for, mismatches
+from rcdm.errors import InvalidInput, MissingInput
+from rcdm.run.conditioning import Conditioning, extraction_for, mismatches, same_representation
 from rcdm.run.sampleset import SampleSet, read_samples
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
 
@@ -91,9 +93,35 @@ def _method(ss: SampleSet, encoder_name: str) -> str:
     return f"RCDM ({encoder_name}{', ' + cond if cond else ''})"
 
 
+def _train_store(cfg: EvaluateConfig, reference):
+    """The retrieval baseline's training store, or None when the derived default (<workdir>/stores/
+    train) does not exist or holds another representation; a store the user named must fit."""
+    from rcdm.store import FeatureStore
+    from rcdm.store.format import MANIFEST
+
+    if not cfg.train_store:
+        return None
+    derived = "derived" in str(cfg.origin.get("train_store", "derived"))
+    if not (Path(cfg.train_store) / MANIFEST).is_file():
+        if derived:
+            return None
+        raise MissingInput(f"evaluate.train_store {cfg.train_store} is not a finished feature store; "
+                           "give the training store of the reference's encoder, or unset it")  # fmt: skip
+    train = FeatureStore(cfg.train_store)
+    if not same_representation(Conditioning.of_store(train), Conditioning.of_store(reference)):
+        if derived:
+            return None
+        raise InvalidInput(
+            f"evaluate.train_store {train.path} holds {Conditioning.of_store(train).describe()}, the reference "
+            f"{reference.path} {Conditioning.of_store(reference).describe()}: the retrieval baseline needs the "
+            "training store of the same encoder and layer"
+        )
+    return train
+
+
 def _rank(
     cfg: EvaluateConfig, ss: SampleSet, store, encoder, device
-) -> tuple[dict, np.ndarray, np.ndarray]:
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from rcdm.encoders.build import encode
 
     # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
@@ -106,15 +134,19 @@ def _rank(
         )
     ref = store.features(view=0)  # (N, D)
     cond_index = match_conditions(ss, store.keys, ref)  # (M,) row c, or -1 outside
-    ranks = metrics.nearest_neighbour_ranks(
-        queries, ref, cond_index, ss.conds, device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20
-    )
+    kw = dict(device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20)
+    pooled = None
+    if store.token_shape:  # a patch grid: rank by the token distance and by the pooled one
+        both = metrics.token_ranks(queries, ref, cond_index, store.token_shape, ss.conds, **kw)
+        ranks, pooled = both["tokens"], both["pooled"]
+    else:
+        ranks = metrics.nearest_neighbour_ranks(queries, ref, cond_index, ss.conds, **kw)
     inside = cond_index >= 0
     n = len(ref)
     kinds = np.array(ss.kinds())
     outside = metrics.rank_summary(ranks[~inside], n + 1)
     result = {
-        "distance": "euclidean",
+        "distance": "mean over tokens of the squared euclidean distance" if pooled is not None else "euclidean",
         "view": 0,
         "encoder": store.encoder_info.get("name"),
         "layer": store.layer,
@@ -128,7 +160,13 @@ def _rank(
             },
         },
     }
-    return result, ranks, inside
+    if pooled is not None:
+        result["pooled"] = {
+            "distance": "euclidean distance of the token means",
+            "in_reference": metrics.rank_summary(pooled[inside], n),
+            "outside_reference": metrics.rank_summary(pooled[~inside], n + 1),
+        }
+    return result, ranks, inside, queries, cond_index
 
 
 def evaluate(cfg: EvaluateConfig) -> Path:
@@ -147,6 +185,13 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     ss = read_samples(cfg.samples)
     store = FeatureStore(cfg.reference)
     _check_encoder(ss, store)
+    seconds = open_second_stores(cfg.second_references, store)
+    train_store = _train_store(cfg, store)
+    fd_names, fd_skipped = fdmod.plan_fd(cfg.fid, cfg.fd_extractors)
+    if fd_names and not cfg.reference_images:
+        fd_skipped.update({n: {"skipped": True, "reason": "no evaluate.reference_images",
+                               "how_to_enable": "set evaluate.reference_images"} for n in fd_names})  # fmt: skip
+        fd_names = []
     weights, fid_skip = fidmod.plan_fid(cfg.fid, cfg.inception_weights, cfg.allow_download)
     stats_path = Path(cfg.fid_stats_cache) if cfg.fid_stats_cache else None
     weights_sha256 = sha256_file(weights) if weights is not None else None
@@ -171,12 +216,24 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     encoder = encoder_from_info(
         store.encoder_info, weights=cfg.encoder_weights, trust_checkpoint=cfg.trust_checkpoint
     ).to(device)
+    for sp in seconds:  # the second encoders, rebuilt from their stores' records
+        sp.encoder = encoder_from_info(sp.store.encoder_info, trust_checkpoint=cfg.trust_checkpoint).to(device)
 
     # No stale "finished" marker while we work.
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
 
-    rank, ranks, inside = _rank(cfg, ss, store, encoder, device)
+    rank, ranks, inside, queries, cond_index = _rank(cfg, ss, store, encoder, device)
+    from rcdm.encoders.build import encode
+
+    faithfulness = evaluate_spaces(
+        ss, store, queries, cond_index, seconds, train_store, device=device, chunk_bytes=cfg.rank_chunk_mb << 20,
+        encode=lambda enc, imgs, pp: np.asarray(encode(enc, imgs, pp, batch_size=cfg.batch_size, device=device), np.float32),
+    )  # fmt: skip
+    fd = dict(fd_skipped)
+    if fd_names:
+        ref_imgs = fdmod.reference_images(cfg.reference_images, ss.resolution, cfg.fid_reference_limit)
+        fd.update(fdmod.compute(fd_names, ss.images, ref_imgs, batch_size=cfg.batch_size, device=device))
     if weights is not None:
         quality = fidmod.fid_and_is(
             ss.images,
@@ -223,6 +280,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         },
         **quality,
         "rank": rank,
+        "faithfulness": faithfulness,
+        "fd": fd,
         "complete": True,
         "created": now_iso(),
     }

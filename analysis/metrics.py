@@ -23,6 +23,9 @@ __all__ = [
     "rank_summary",
     "chance_mean_rank",
     "chance_mrr",
+    "pool_tokens",
+    "token_sq_distance",
+    "token_ranks",
 ]
 
 
@@ -166,3 +169,52 @@ def inception_score(
     if z.ndim != 2:
         raise InvalidInput(f"IS needs (N, C) logits, got shape {z.shape}")
     return inception_score_from_probs(softmax(z, axis=1), splits, shuffle, seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Token representations (a ViT's patch grid, stored flat as T x D per row)
+# --------------------------------------------------------------------------------------------
+
+
+def pool_tokens(x: np.ndarray, token_shape: tuple[int, int]) -> np.ndarray:
+    """(M, T * D) flat token grids -> (M, D) their mean over the T tokens (the pooled vector)."""
+    t, d = token_shape
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or x.shape[1] != t * d:
+        raise InvalidInput(f"token grids must be (M, {t} x {d} = {t * d}), got {x.shape}")
+    return x.reshape(len(x), t, d).mean(1)
+
+
+def token_sq_distance(a: np.ndarray, b: np.ndarray, token_shape: tuple[int, int]) -> np.ndarray:
+    """The token distance: the mean over tokens of the squared Euclidean distance between the
+    tokens at the same grid position, (1/T) sum_t ||a_t - b_t||^2, for rows of (M, T * D).
+
+    It is ||a - b||^2 / T on the flat rows, so ranking by it is ranking by the flat Euclidean
+    distance (what :func:`token_ranks` uses)."""
+    t, d = token_shape
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return ((a - b).reshape(-1, t, d) ** 2).sum(-1).mean(-1)
+
+
+def token_ranks(
+    queries: np.ndarray,
+    reference: np.ndarray,
+    cond_index: np.ndarray,
+    token_shape: tuple[int, int],
+    cond_vectors: np.ndarray | None = None,
+    **kw,
+) -> dict[str, np.ndarray]:
+    """Ranks of each sample's condition for token representations, under both distances:
+
+    - ``tokens``: the mean over tokens of the squared distance (:func:`token_sq_distance`),
+      position by position: a sample must put the right content in the right place;
+    - ``pooled``: the Euclidean distance between the token means (:func:`pool_tokens`): the
+      content, wherever it is.
+
+    Arguments as :func:`nearest_neighbour_ranks` with (M, T * D) / (N, T * D) rows; ``kw`` goes to it."""
+    tokens = nearest_neighbour_ranks(queries, reference, cond_index, cond_vectors, **kw)
+    pooled_cond = pool_tokens(cond_vectors, token_shape) if cond_vectors is not None else None
+    pooled = nearest_neighbour_ranks(
+        pool_tokens(queries, token_shape), pool_tokens(reference, token_shape), cond_index, pooled_cond, **kw
+    )
+    return {"tokens": tokens, "pooled": pooled}

@@ -68,13 +68,14 @@ def read_entry(path: str | Path) -> Entry:
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; padding: 0 1em; max-width: 1400px; color: #222; }
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-top: 0.5em; }
 .figs { display: flex; flex-wrap: wrap; gap: 1.5em; align-items: flex-start; }
-figure { margin: 0; max-width: calc(50% - 1em); }  /* two side by side: compare checkpoints */
-figure:only-child { max-width: 100%; }
-figure img { max-width: 100%; image-rendering: pixelated; border: 1px solid #ddd; }
-figcaption { font-size: 0.85em; color: #444; max-width: 60em; }
+/* A figure is as wide as its image (shown at a whole factor, never squeezed: the labels drawn in
+   it stay as laid out), at least 24em so its caption reads; side by side when they fit. */
+figure { margin: 0; width: min-content; min-width: min(24em, 100%); max-width: 100%; }
+figure img { max-width: none; image-rendering: pixelated; border: 1px solid #ddd; }
+figcaption { font-size: 0.85em; color: #444; }
 .ftitle { font-weight: 600; margin-bottom: 0.3em; }
 table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
 th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
@@ -97,10 +98,11 @@ def _img_tag(png: Path, alt: str) -> str:
         raise MissingInput(f"report figure {png} is missing; the experiment did not write it")
     raw = png.read_bytes()
     data = base64.b64encode(raw).decode("ascii")
-    # Small figures (32 px samples) are shown enlarged by a whole factor, pixels kept sharp.
+    # Small figures (32 px samples) are shown enlarged by a whole factor, pixels kept sharp; a
+    # figure is never shown smaller than it was drawn (its labels would be squeezed).
     width = _png_width(raw)
     scale = max(1, min(4, 480 // width)) if width else 1
-    size = f' width="{width * scale}"' if width and scale > 1 else ""
+    size = f' width="{width * scale}"' if width else ""
     return f'<img src="data:image/png;base64,{data}"{size} alt="{html.escape(alt, quote=True)}">'
 
 
@@ -109,6 +111,12 @@ def _png_width(raw: bytes) -> int | None:
     if raw[:8] != b"\x89PNG\r\n\x1a\n" or len(raw) < 24:
         return None
     return int.from_bytes(raw[16:20], "big")
+
+
+def breakable(text: str) -> str:
+    """HTML-escaped ``text`` that may wrap after "/" or "_" (long keys such as
+    ``n01440764/n01440764_10026``) as well as at spaces, never inside a word."""
+    return "".join(html.escape(c) + ("<wbr>" if c in "/_" else "") for c in text)
 
 
 def _entry_html(entry: Entry, root: Path) -> str:
@@ -125,7 +133,7 @@ def _entry_html(entry: Entry, root: Path) -> str:
     if entry.figures:
         parts.append('<div class="figs">')
         for fig in entry.figures:
-            title = f'<div class="ftitle">{e(fig.title)}</div>' if fig.title else ""
+            title = f'<div class="ftitle">{breakable(fig.title)}</div>' if fig.title else ""
             parts.append(
                 f"<figure>{title}{_img_tag(root / fig.path, fig.title or fig.path)}"
                 f"<figcaption>{e(fig.caption)}</figcaption></figure>"

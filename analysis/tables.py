@@ -15,7 +15,7 @@ from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import atomic_write_json, atomic_write_text, now_iso, read_json, sha256_file
 
 COLUMNS = [
-    "method", "encoder", "layer", "resolution", "n_samples", "sampler", "steps",
+    "run", "method", "encoder", "layer", "resolution", "n_samples", "sampler", "steps",
     "fid", "is_mean", "is_std", "is_splits",
     "mean_rank", "mrr", "median_rank", "n_in_reference", "N",
     "chance_mean_rank", "chance_mrr",
@@ -24,11 +24,13 @@ COLUMNS = [
 ]  # fmt: skip
 
 
-def flat_row(m: dict) -> dict:
-    """One evaluation's metrics.json -> one CSV row (None where a metric was skipped)."""
+def flat_row(m: dict, run: str | None = None) -> dict:
+    """One evaluation's metrics.json -> one CSV row (None where a metric was skipped); ``run``
+    names the row (the evaluation's folder, or a label)."""
     fid, is_, rank = m.get("fid", {}), m.get("is", {}), m.get("rank", {})
     inr, outr = rank.get("in_reference", {}), rank.get("outside_reference", {})
     return {
+        "run": run or m.get("label") or (m.get("samples") or {}).get("path"),
         "method": m.get("method"),
         "encoder": m.get("encoder"),
         "layer": m.get("layer"),
@@ -69,19 +71,20 @@ def _md_table(header: list[str], rows: list[list[str]]) -> str:
 
 
 def table_1a(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["method", "resolution", "FID", "IS", "samples", "sampler", "steps"]
+    header = ["run", "method", "resolution", "FID", "IS", "samples", "sampler", "steps"]
     body = [
-        [r["method"], r["resolution"], _f(r["fid"]), _is(r), r["n_samples"], r["sampler"], r["steps"]]
+        [r.get("run"), r["method"], r["resolution"], _f(r["fid"]), _is(r), r["n_samples"], r["sampler"], r["steps"]]
         for r in rows
     ]
     return header, body
 
 
 def table_1b(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["encoder", "mean rank", "MRR", "median rank", "N", "chance rank / MRR",
+    header = ["run", "encoder", "mean rank", "MRR", "median rank", "N", "chance rank / MRR",
               "samples", "sampler", "steps"]  # fmt: skip
     body = [
         [
+            r.get("run"),
             f"{r['encoder']} ({r['layer']})",
             _f(r["mean_rank"], ".1f"),
             _f(r["mrr"], ".3f"),
@@ -124,21 +127,48 @@ def _csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def render_markdown(metrics_list: list[dict], title: str) -> str:
-    rows = [flat_row(m) for m in metrics_list]
+def render_markdown(metrics_list: list[dict], title: str, runs: list[str] | None = None) -> str:
+    runs = runs or [flat_row(m)["run"] for m in metrics_list]
+    rows = [flat_row(m, r) for m, r in zip(metrics_list, runs, strict=True)]
     parts = [f"# {title}", "", "## Table 1a: image quality", "", _md_table(*table_1a(rows)), "",
              "## Table 1b: nearest-neighbour rank of the conditioning image", "",
              _md_table(*table_1b(rows)), ""]  # fmt: skip
-    notes = [n for m in metrics_list for n in _skips(m)]
+    notes: dict[str, list[str]] = {}  # each note once, with the runs it is about
+    for m, run in zip(metrics_list, runs, strict=True):
+        for n in _skips(m):
+            notes.setdefault(n, []).append(str(run))
     if notes:
-        parts += ["## Notes", "", *notes, ""]
+        lines = [n if len(who) == len(runs) else f"{n} (run{'s' if len(who) > 1 else ''} {', '.join(who)})"
+                 for n, who in notes.items()]  # fmt: skip
+        parts += ["## Notes", "", *lines, ""]
     return "\n".join(parts)
+
+
+def run_labels(run_dirs: list[Path]) -> list[str]:
+    """Short distinct names for evaluation folders: the folder's name, with as many parent
+    folders as it takes to tell them apart ("dino", "simclr"; "a/eval", "b/eval")."""
+    paths = [Path(d).resolve() for d in run_dirs]
+    distinct = set(paths)
+
+    def label(p: Path) -> str:
+        depth = 1
+        while depth < len(p.parts) and any(q != p and q.parts[-depth:] == p.parts[-depth:] for q in distinct):
+            depth += 1
+        return "/".join(p.parts[-depth:])
+
+    labels = [label(p) for p in paths]
+    seen: dict[str, int] = {}
+    out = []
+    for lab in labels:  # the same folder given twice: number the repeats
+        seen[lab] = seen.get(lab, 0) + 1
+        out.append(lab if seen[lab] == 1 else f"{lab} #{seen[lab]}")
+    return out
 
 
 def write_metrics_files(out: Path, metrics: dict) -> Path:
     """metrics.csv and metrics.md, then metrics.json (returned)."""
-    atomic_write_text(out / "metrics.csv", _csv([flat_row(metrics)]))
-    atomic_write_text(out / "metrics.md", render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}"))
+    atomic_write_text(out / "metrics.csv", _csv([flat_row(metrics, out.name)]))
+    atomic_write_text(out / "metrics.md", render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}", [out.name]))
     return atomic_write_json(out / "metrics.json", metrics)
 
 
@@ -158,7 +188,8 @@ def table(run_dirs: list[str], out: str) -> Path:
             raise InvalidInput(f"{d / 'metrics.json'} is not marked complete; re-run `rcdm evaluate`")
         metrics_list.append(m)
         shas[str(d)] = sha256_file(d / "manifest.json")
-    rows = [flat_row(m) for m in metrics_list]
+    labels = run_labels([Path(d) for d in run_dirs])
+    rows = [flat_row(m, lab) for m, lab in zip(metrics_list, labels, strict=True)]
     o = Path(out)
     o.mkdir(parents=True, exist_ok=True)
     (o / "manifest.json").unlink(missing_ok=True)
@@ -173,7 +204,7 @@ def table(run_dirs: list[str], out: str) -> Path:
             "rows": rows,
         },
     )
-    md = atomic_write_text(o / "metrics.md", render_markdown(metrics_list, "RCDM evaluation: Table 1"))
+    md = atomic_write_text(o / "metrics.md", render_markdown(metrics_list, "RCDM evaluation: Table 1", labels))
     atomic_write_json(
         o / "manifest.json",
         {"stage": "evaluate-table", "evaluations": shas, "created": now_iso()},

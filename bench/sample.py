@@ -1,13 +1,16 @@
 """Sampling throughput: raw UNet forwards/s and images/s for N-step sampling, printed as JSON.
 
-    python bench/sample.py                                   # adm64, adm128, adm256 on the GPU
-    python bench/sample.py --presets adm128 --batch 64 --compile --cuda-graphs
-    python bench/sample.py --presets tiny --device cpu --dtype fp32 --sample-steps 5   # CPU smoke
+    python bench/sample.py                                   # adm64, adm128, adm256 as rcdm sample runs them
+    python bench/sample.py --presets adm128 --batch 64 --compile on --cuda-graphs
+    python bench/sample.py --presets tiny --device cpu --sample-steps 5   # CPU smoke
 
-The reference point (DESIGN.md): guided-diffusion does 280 adm128 forwards/s on one H100 (fp16,
-batch 64); the target is >= 840. ``--dtype bf16`` converts the weights to bf16 (no per-op casts);
-``autocast`` runs fp32 weights under bf16 autocast (what ``rcdm sample`` does by default).
-Images/s is measured through ``rcdm.diffusion.generate.generate`` (per-sample generators included).
+By default it measures what ``rcdm sample`` runs: the model prepared by
+``rcdm.diffusion.generate.prepare_for_sampling`` (on CUDA: compile, channels-last, cuDNN autotune,
+TF32), fp32 weights under bf16 autocast on CUDA (``--dtype autocast``), ``sample.batch_size``,
+and images/s through ``generate`` itself (per-sample generators and batched step noise included).
+``--dtype bf16`` converts the weights to bf16 instead (what guided-diffusion's fp16 sampling did).
+The warm-up uses the timed batch size. Reference point: guided-diffusion does 280 adm128
+forwards/s on one H100 (fp16, batch 64); the target is >= 840.
 """
 
 from __future__ import annotations
@@ -26,49 +29,48 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_mode: str | None):
+def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_spec: bool | str, image_size: int | None = None):
+    from rcdm.diffusion.generate import prepare_for_sampling
     from rcdm.model.unet import UNetModel, count_parameters, preset
+    from rcdm.speed import resolve_compile
 
-    cfg = preset(name, cond="embed", cond_dim=cond_dim)
-    model = UNetModel(cfg).to(device).eval().requires_grad_(False)
+    cfg = preset(name, cond="embed", cond_dim=cond_dim, image_size=image_size)
+    model = UNetModel(cfg).eval().requires_grad_(False)
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
     n_params = count_parameters(model)
-    if compile_mode:
-        model = torch.compile(model, mode=compile_mode)
-    return model, cfg, n_params
+    model = prepare_for_sampling(model, device, compile_spec)
+    return model, cfg, n_params, resolve_compile(compile_spec, device)
 
 
-def _forward_fn(model, dtype: str, device: torch.device):
-    """forward(x, t, cond) in the requested precision, always returning float32."""
-    in_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+class _Net(torch.nn.Module):
+    """The UNet as ``generate`` calls it: inputs cast to the weights' dtype, float32 out."""
 
-    def fwd(x, t, c):
-        if dtype == "autocast":
-            with torch.autocast(device.type, dtype=torch.bfloat16):
-                return model(x, t, c).float()
-        return model(x.to(in_dtype), t, c.to(in_dtype)).float()
+    def __init__(self, model, cfg):
+        super().__init__()
+        self.m, self.cfg = model, cfg
+        self.dtype = next(model.parameters()).dtype
 
-    return fwd
+    def forward(self, x, t, cond):
+        return self.m(x.to(self.dtype), t, cond.to(self.dtype)).float()
 
 
-def bench_forward(
-    fwd, cfg, batch: int, device: torch.device, iters: int, warmup: int, cuda_graphs: bool, cond_dim: int
-) -> float:
+def _precision(dtype: str, device: torch.device) -> str:
+    return "bf16" if dtype == "autocast" and device.type == "cuda" else "no"
+
+
+def bench_forward(net, cfg, batch: int, device: torch.device, iters: int, warmup: int, cuda_graphs: bool, cond_dim: int, mp: str) -> float:
     """Forwards per second (images through the UNet per second) at ``batch``."""
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS
+    from rcdm.diffusion.generate import _Autocast, resolve_precision
 
+    fwd = _Autocast(net, device.type, resolve_precision(mp, device))  # generate()'s own wrapper
     g = torch.Generator(device=device).manual_seed(0)
     x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g, device=device)
-    if device.type == "cuda":
-        x = x.contiguous(memory_format=torch.channels_last)
     t = torch.randint(0, DIFFUSION_STEPS, (batch,), generator=g, device=device)
     c = torch.randn(batch, cond_dim, generator=g, device=device)
     with torch.no_grad():
         if cuda_graphs and device.type == "cuda":
-            # Capture one forward into a CUDA graph (static inputs), then replay it.
             s = torch.cuda.Stream()
             s.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(s):
@@ -97,29 +99,21 @@ def bench_forward(
     return batch * iters / dt
 
 
-def bench_sampling(model, cfg, batch: int, steps: int, device: torch.device, mixed_precision: str, cond_dim: int) -> float:
-    """Images per second for ancestral sampling with ``steps`` respaced steps."""
+def bench_sampling(net, batch: int, steps: int, device: torch.device, mp: str, cond_dim: int) -> float:
+    """Images per second for ancestral sampling with ``steps`` respaced steps, through ``generate``."""
     import numpy as np
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
     from rcdm.diffusion.generate import generate
 
-    class _Wrap(torch.nn.Module):  # generate() reads .cfg for the image size
-        def __init__(self, m, c):
-            super().__init__()
-            self.m, self.cfg = m, c
-
-        def forward(self, x, t, cond):
-            p = next(self.m.parameters())
-            return self.m(x.to(p.dtype), t, cond.to(p.dtype)).float()
-
-    diffusion = create_diffusion(cfg.schedule, steps=DIFFUSION_STEPS, respacing=str(steps))
+    diffusion = create_diffusion(net.cfg.schedule, steps=DIFFUSION_STEPS, respacing=str(steps))
+    warm = create_diffusion(net.cfg.schedule, steps=DIFFUSION_STEPS, respacing="2")
     conds = np.random.default_rng(0).standard_normal((batch, cond_dim)).astype(np.float32)
     seeds = np.arange(batch)
-    kw: dict[str, Any] = dict(batch_size=batch, device=device, progress=False, mixed_precision=mixed_precision)
-    generate(_Wrap(model, cfg), diffusion, conds[: min(batch, 2)], seeds[:2], **kw)  # warm-up
+    kw: dict[str, Any] = dict(batch_size=batch, device=device, progress=False, mixed_precision=mp)
+    generate(net, warm, conds, seeds, **kw)  # warm-up at the timed batch size (compile, autotune)
     _sync(device)
     t0 = time.perf_counter()
-    generate(_Wrap(model, cfg), diffusion, conds, seeds, **kw)
+    generate(net, diffusion, conds, seeds, **kw)
     _sync(device)
     return batch / (time.perf_counter() - t0)
 
@@ -127,54 +121,53 @@ def bench_sampling(model, cfg, batch: int, steps: int, device: torch.device, mix
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--presets", nargs="+", default=["adm64", "adm128", "adm256"])
-    ap.add_argument("--batch", type=int, nargs="+", default=None, help="per preset; default 64 (adm256: 16; CPU: 2)")
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="per preset; default sample.batch_size (CPU: 2)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", choices=["bf16", "autocast", "fp32"], default=None, help="default: bf16 on GPU, fp32 on CPU")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the UNet")
-    ap.add_argument("--cuda-graphs", action="store_true", help="replay the forward from a CUDA graph")
+    ap.add_argument("--dtype", choices=["autocast", "bf16", "fp32"], default="autocast", help="autocast: as rcdm sample (bf16 autocast on CUDA, fp32 on CPU)")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: as rcdm sample (on CUDA)")
+    ap.add_argument("--cuda-graphs", action="store_true", help="replay the forward from a CUDA graph (eager model)")
     ap.add_argument("--iters", type=int, default=None, help="timed forwards (default 20 on GPU, 2 on CPU)")
     ap.add_argument("--warmup", type=int, default=None)
     ap.add_argument("--sample-steps", type=int, default=100, help="respaced steps for images/s (0: skip)")
     ap.add_argument("--cond-dim", type=int, default=2048)
+    ap.add_argument("--image-size", type=int, default=None, help="default: the preset's")
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
 
+    from rcdm.app.config import SampleConfig
     from rcdm.utils import pick_device
 
     device = pick_device(a.device)
     on_gpu = device.type == "cuda"
-    dtype = a.dtype or ("bf16" if on_gpu else "fp32")
     iters = a.iters or (20 if on_gpu else 2)
     warmup = a.warmup if a.warmup is not None else (5 if on_gpu else 1)
-    if on_gpu:
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    compile_spec: bool | str = {"on": True, "off": False}.get(a.compile, "auto")
+    if a.cuda_graphs:
+        compile_spec = False  # graphs capture the eager model here
+    mp = _precision(a.dtype, device)
     results = []
     for i, name in enumerate(a.presets):
-        default_batch = (16 if name == "adm256" else 64) if on_gpu else 2
-        batch = a.batch[min(i, len(a.batch) - 1)] if a.batch else default_batch
-        mode = None
-        if a.compile:
-            mode = "max-autotune-no-cudagraphs" if on_gpu else "default"
-        model, cfg, n_params = _build(name, a.cond_dim, dtype, device, mode)
-        fwd = _forward_fn(model, dtype, device)
+        batch = a.batch[min(i, len(a.batch) - 1)] if a.batch else (SampleConfig().batch_size if on_gpu else 2)
+        model, cfg, n_params, compiled = _build(name, a.cond_dim, a.dtype, device, compile_spec, a.image_size)
+        net = _Net(model, cfg)
         row: dict[str, Any] = {
             "preset": name,
             "image_size": cfg.image_size,
             "params": n_params,
             "batch": batch,
-            "dtype": dtype,
-            "compile": a.compile,
+            "dtype": a.dtype,
+            "compile": compiled,
             "cuda_graphs": a.cuda_graphs and on_gpu,
-            "forwards_per_s": round(bench_forward(fwd, cfg, batch, device, iters, warmup, a.cuda_graphs, a.cond_dim), 2),
+            "forwards_per_s": round(bench_forward(net, cfg, batch, device, iters, warmup, a.cuda_graphs, a.cond_dim, mp), 2),
         }
         if a.sample_steps > 0:
-            mp = "bf16" if dtype == "autocast" else "no"
             row["sample_steps"] = a.sample_steps
-            row["images_per_s"] = round(bench_sampling(model, cfg, batch, a.sample_steps, device, mp, a.cond_dim), 4)
+            row["images_per_s"] = round(bench_sampling(net, batch, a.sample_steps, device, mp, a.cond_dim), 4)
+        if on_gpu:
+            row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+            torch.cuda.reset_peak_memory_stats(device)
         results.append(row)
-        del model, fwd
+        del model, net
         if on_gpu:
             torch.cuda.empty_cache()
     report = {

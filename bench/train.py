@@ -4,13 +4,17 @@ Synthetic data (no store needed); the step is the training loop's: hybrid loss, 
 clipping, AdamW (fused on CUDA), EMA update. Prints one JSON object.
 
     python bench/train.py                                   # every preset (CUDA) / tiny (CPU)
-    python bench/train.py --preset adm128 --batch-size 32 --compile --channels-last
+    python bench/train.py --preset adm128 --batch-size 32 --compile on --channels-last on
     python bench/train.py --preset tiny --steps 3 --device cpu
 
-MFU = (training FLOPs per step, counted with torch.utils.flop_counter on one real step) x
-steps/s / peak FLOP/s. The peak is measured with large matmuls in the training dtype (bf16 on
-CUDA, fp32 on CPU), or given with --peak-tflops. FLOPs are nominal (direct convolution); on CPU
-oneDNN may use Winograd 3x3 convolutions, which do fewer multiplies, so CPU MFU can exceed 1.
+MFU = (training FLOPs per step, counted with torch.utils.flop_counter on one real step, SDPA
+included on every device) x steps/s / peak FLOP/s, reported twice: against a peak measured with
+large matmuls in the training dtype (bf16 on CUDA, fp32 on CPU; or --peak-tflops) and against the
+datasheet's dense bf16 peak (989 TFLOP/s for H100/H200 SXM; bench/flops.py). FLOPs are nominal
+(direct convolution); on CPU oneDNN may use Winograd 3x3 convolutions, so CPU MFU can exceed 1.
+
+``--compile`` and ``--channels-last`` default to ``auto``: what ``rcdm train`` resolves them to on
+this device (rcdm.speed), with its input path (``to_model_input`` in the model's layout).
 """
 
 from __future__ import annotations
@@ -21,59 +25,43 @@ import math
 import time
 
 import torch
+from flops import count_cpu_sdpa, datasheet_tflops, measure_peak_tflops, sync
 
 DEFAULT_BATCH = {"tiny": 8, "adm64": 64, "adm128": 32, "adm256": 16}
-
-
-def measure_peak_tflops(device: torch.device, dtype: torch.dtype) -> float:
-    """Achieved matmul TFLOP/s: the practical peak for MFU."""
-    n = 8192 if device.type == "cuda" else 1024
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    iters = 20 if device.type == "cuda" else 3
-    for _ in range(2):
-        a @ b
-    best = 0.0
-    for _ in range(5):  # the best of a few trials: a shared machine only ever slows it down
-        _sync(device)
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            a @ b
-        _sync(device)
-        best = max(best, 2 * n**3 * iters / (time.perf_counter() - t0) / 1e12)
-    return best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> dict:
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
     from rcdm.model.unet import UNetModel, count_parameters, preset
+    from rcdm.speed import resolve_channels_last, resolve_compile
+    from rcdm.train.data import input_layout, to_model_input
 
     ucfg = preset(name, cond=args.cond, cond_dim=args.cond_dim, image_size=args.resolution)
     batch = args.batch_size or DEFAULT_BATCH[name]
     bf16 = device.type == "cuda" and not args.fp32
     torch.manual_seed(0)
     net = UNetModel(ucfg).to(device)
-    if args.channels_last:
+    compiled = resolve_compile(args.compile, device)
+    channels_last = resolve_channels_last(args.channels_last, compiled, device)
+    if channels_last:
         net.to(memory_format=torch.channels_last)
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     diffusion = create_diffusion(ucfg.schedule, steps=DIFFUSION_STEPS)
-    model = torch.compile(net) if args.compile else net
+    model = torch.compile(net) if compiled else net
     res = ucfg.image_size
-    x = torch.rand(batch, 3, res, res, device=device) * 2 - 1  # (N, 3, H, W) in [-1, 1]
-    if args.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    pixels = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8, device=device)
+    layout = input_layout(channels_last, device)
+    x = to_model_input(pixels, layout)  # (N, 3, H, W) in [-1, 1], as rcdm train
     h = torch.randn(batch, ucfg.cond_dim, device=device)  # (N, D)
 
     def step() -> None:
         t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
+        noise = torch.randn(x.shape, device=device)
+        noise = noise if layout is None else noise.contiguous(memory_format=fmt)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = diffusion.training_losses(model, x, t, {"cond": h})["loss"].mean()
+            loss = diffusion.training_losses(model, x, t, {"cond": h}, noise=noise)["loss"].mean()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
@@ -84,6 +72,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
     # FLOPs of one step, counted on the eager model (compile does not change the maths)
     from torch.utils.flop_counter import FlopCounterMode
 
+    count_cpu_sdpa()
     t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
     counter = FlopCounterMode(display=False)
     with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -93,13 +82,13 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
 
     for _ in range(args.warmup):
         step()
-    _sync(device)
+    sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     for _ in range(args.steps):
         step()
-    _sync(device)
+    sync(device)
     dt = (time.perf_counter() - t0) / args.steps
     if device.type == "cuda":
         peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
@@ -114,8 +103,8 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         "params": count_parameters(net),
         "batch_size": batch,
         "mixed_precision": "bf16" if bf16 else "no",
-        "compile": args.compile,
-        "channels_last": args.channels_last,
+        "compile": compiled,
+        "channels_last": channels_last,
         "steps": args.steps,
         "step_time_s": dt,
         "img_per_s": batch / dt,
@@ -123,6 +112,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         "train_gflop_per_img": flops_per_step / batch / 1e9,
         "achieved_tflops": achieved,
         "mfu": achieved / args.peak_tflops if args.peak_tflops else None,
+        "mfu_datasheet": achieved / args.datasheet_tflops if args.datasheet_tflops else None,
     }
 
 
@@ -133,14 +123,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--resolution", type=int, default=None, help="default: the preset's")
     p.add_argument("--cond", choices=["embed", "cbn"], default="embed")
     p.add_argument("--cond-dim", type=int, default=2048)
-    p.add_argument("--compile", action="store_true", help="torch.compile the model")
-    p.add_argument("--channels-last", action="store_true")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile; auto: as rcdm train (on CUDA)")
+    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: as rcdm train (CUDA + compile)")
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 20 on CUDA, 5 on CPU")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile needs a few)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: measured matmul peak")
+    p.add_argument("--datasheet-tflops", type=float, default=None, help="default: the device's dense bf16 datasheet peak")
+    p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
+    args.compile = {"on": True, "off": False}.get(args.compile, "auto")
+    args.channels_last = {"on": True, "off": False}.get(args.channels_last, "auto")
     from rcdm.utils import pick_device
 
     device = pick_device(args.device)
@@ -148,14 +142,16 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps = 20 if device.type == "cuda" else 5
     if args.steps < 1 or args.warmup < 0:
         p.error("--steps must be >= 1 and --warmup >= 0")
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+    from rcdm.speed import enable_fast_math
+
+    enable_fast_math(device)  # what rcdm train sets: cuDNN autotune + TF32 on CUDA
     presets = args.preset or (list(DEFAULT_BATCH) if device.type == "cuda" else ["tiny"])
     bf16 = device.type == "cuda" and not args.fp32
     if args.peak_tflops is None:
         args.peak_tflops = measure_peak_tflops(device, torch.bfloat16 if bf16 else torch.float32)
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    if args.datasheet_tflops is None:
+        args.datasheet_tflops = datasheet_tflops(dev_name)
     results = []
     for name in presets:
         try:
@@ -165,13 +161,19 @@ def main(argv: list[str] | None = None) -> dict:
         if device.type == "cuda":
             torch.cuda.empty_cache()
     report = {
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "bench": "train",
+        "device": dev_name,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "peak_tflops": args.peak_tflops,
+        "datasheet_tflops": args.datasheet_tflops,
         "results": results,
     }
-    print(json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    text = json.dumps(report, indent=2, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v))
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
     return report
 
 

@@ -6,8 +6,12 @@ the analyses. No torch.
 
 from __future__ import annotations
 
+import functools
 import io
-import textwrap
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,15 @@ __all__ = [
     "save_png",
     "annotate",
     "red_border",
+    "enlarge",
+    "display_scale",
+    "headed_grid",
+    "font",
+    "text_width",
+    "wrap",
+    "label_problems",
+    "LabelLayout",
+    "recording",
 ]
 
 BACKGROUND = 255  # white gaps, as in the paper's figures
@@ -35,6 +48,128 @@ def _check(img: np.ndarray, where: str) -> np.ndarray:
     if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
         raise InvalidInput(f"{where}: expected an (H, W, 3) uint8 image, got shape {a.shape} dtype {a.dtype}")
     return a
+
+
+# ------------------------------------------------------------------------------ text layout
+FONT_SIZE = 11  # pixels; labels shrink to MIN_FONT_SIZE before a word would be cut
+MIN_FONT_SIZE = 8
+MARGIN = 2  # pixels left and right of a label
+# Where a token without spaces may break: after "/" or "_", after a hyphen between letters
+# ("color-" / "jitter"), before the "(" of a call ("RandomRotation" / "(20)"); never inside a
+# number ("2.01e+03", "-0.5") or a plain word.
+_BREAK = re.compile(r"(?<=[/_])(?=.)|(?<=[A-Za-z]-)(?=[A-Za-z])|(?<=[A-Za-z])(?=\()")
+
+
+@functools.lru_cache(maxsize=16)
+def font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    """Pillow's built-in font at ``size`` px (a scalable font when Pillow has FreeType, the
+    fixed bitmap font otherwise); every width below is measured with it."""
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ValueError, OSError):  # Pillow < 10.1 or no FreeType: the bitmap font
+        return ImageFont.load_default()
+
+
+def text_width(text: str, f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> float:
+    """Measured width of ``text`` in pixels."""
+    return float((f or font()).getlength(text))
+
+
+def _pieces(word: str) -> list[str]:
+    return [p for p in _BREAK.split(word) if p]
+
+
+def wrap(text: str, width: float, f: ImageFont.ImageFont | ImageFont.FreeTypeFont | None = None) -> list[str]:
+    """``text`` broken into lines no wider than ``width`` px (measured), at spaces and the given
+    line breaks; a word wider than the line breaks only where ``_BREAK`` allows (after "/", "_",
+    a hyphen between letters). A piece that still does not fit stays whole on its own line (too
+    wide: :func:`label_problems` reports it), it is never cut."""
+    f = f or font()
+    lines: list[str] = []
+    for para in text.split("\n"):
+        line = ""
+        for word in para.split():
+            for k, piece in enumerate(_pieces(word) if text_width(word, f) > width else [word]):
+                glue = " " if (line and k == 0) else ""
+                if not line or text_width(line + glue + piece, f) <= width:
+                    line += glue + piece
+                else:
+                    lines.append(line)
+                    line = piece
+        lines.append(line)
+    return lines
+
+
+def label_problems(text: str, lines: list[str] | tuple[str, ...], width: float, f=None) -> list[str]:
+    """What is wrong with ``lines`` as a layout of ``text`` in ``width`` px: a line wider than
+    the width (cut when drawn), a word broken where :func:`wrap` may not break, text lost."""
+    f = f or font()
+    problems = [f"line {line!r} is {text_width(line, f):.0f} px wide, more than {width:.0f}"
+                for line in lines if text_width(line, f) > width]  # fmt: skip
+    # (token, first on its line) in reading order
+    tokens = [(t, k == 0) for line in lines for k, t in enumerate(line.split())]
+    i = 0
+    for word in (w for para in text.split("\n") for w in para.split()):
+        allowed = {m.start() for m in _BREAK.finditer(word)}
+        got = tokens[i][0] if i < len(tokens) else ""
+        i += 1
+        while got != word and i < len(tokens) and tokens[i][1] and len(got) in allowed:
+            got += tokens[i][0]  # the word continues on the next line, at an allowed break
+            i += 1
+        if got != word:
+            problems.append(f"word {word!r} is cut inside (or lost) in {list(lines)!r}")
+            return problems
+    if i != len(tokens):
+        problems.append(f"lines {list(lines)!r} hold more than {text!r}")
+    return problems
+
+
+@dataclass(frozen=True)
+class LabelLayout:
+    text: str
+    width: float  # px available
+    lines: tuple[str, ...]
+    font_size: int
+
+
+_RECORDS: list[list[LabelLayout]] = []
+
+
+@contextmanager
+def recording() -> Iterator[list[LabelLayout]]:
+    """Collect every label laid out inside the block (the figure tests check them all)."""
+    log: list[LabelLayout] = []
+    _RECORDS.append(log)
+    try:
+        yield log
+    finally:
+        _RECORDS.remove(log)
+
+
+def layout(text: str, width: float, max_lines: int | None = None) -> tuple[list[str], int]:
+    """Lines and font size for ``text`` in ``width`` px: the default size, or a smaller one down
+    to ``MIN_FONT_SIZE`` when a word would not fit on a line (or more than ``max_lines`` lines
+    would be needed)."""
+    for size in range(FONT_SIZE, MIN_FONT_SIZE - 1, -1):
+        f = font(size)
+        lines = wrap(text, width, f)
+        fits = all(text_width(x, f) <= width for x in lines)
+        if fits and (max_lines is None or len(lines) <= max_lines):
+            break
+    for log in _RECORDS:
+        log.append(LabelLayout(text, width, tuple(lines), size))
+    return lines, size
+
+
+def _draw_lines(im: Image.Image, lines: list[str], size: int, x0: int = MARGIN, y0: int = 2) -> None:
+    draw = ImageDraw.Draw(im)
+    f = font(size)
+    for i, line in enumerate(lines):
+        draw.text((x0, y0 + line_height(size) * i), line, fill=(0, 0, 0), font=f)
+
+
+def line_height(size: int = FONT_SIZE) -> int:
+    return size + 3
 
 
 def fit(img: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -52,12 +187,9 @@ def placeholder(size: tuple[int, int], text: str = "", value: int = 200) -> np.n
     if not text:
         return tile
     im = Image.fromarray(tile)
-    draw = ImageDraw.Draw(im)
-    font = ImageFont.load_default()
-    chars = max(4, size[1] // 6)
-    lines = textwrap.wrap(text, chars)[: max(1, size[0] // 12)]
-    for i, line in enumerate(lines):
-        draw.text((2, 2 + 11 * i), line, fill=(0, 0, 0), font=font)
+    max_lines = max(1, (size[0] - 4) // line_height(MIN_FONT_SIZE))
+    lines, fsize = layout(text, size[1] - 2 * MARGIN, max_lines)
+    _draw_lines(im, lines, fsize)
     return np.asarray(im)
 
 
@@ -70,15 +202,17 @@ def grid(
     """Lay ``rows`` of images out as one ``(H, W, 3)`` uint8 image.
 
     Row r is ``[condition image, sample 1, sample 2, ...]``, the layout of the paper's figures.
-    Every cell is resized to ``cell = (H, W)`` (default: the size of the last image of the first
-    row, i.e. a sample). ``pad`` pixels of white separate cells; with ``separator_after_first``
+    Every cell is resized to ``cell = (H, W)`` (default: the width of the last image of the first
+    row, i.e. a sample, and the height of the tallest image of that width); an image of the cell's
+    width but shorter (a tile with fewer label lines) is padded with white below, not stretched. ``pad`` pixels of white separate cells; with ``separator_after_first``
     the first column is set apart by a wider gap (3 * pad + 2). Short rows leave white cells.
     """
     if not rows or not any(len(r) for r in rows):
         raise InvalidInput("grid needs at least one row with at least one image")
     first = next(r for r in rows if len(r))
-    if cell is None:
-        cell = _check(first[-1], "grid").shape[:2]
+    if cell is None:  # a sample's width; the tallest tile of that width (labels may differ)
+        cw = _check(first[-1], "grid").shape[1]
+        cell = (max(np.asarray(im).shape[0] for r in rows for im in r if np.asarray(im).shape[1] == cw), cw)
     ch, cw = cell
     n_cols = max(len(r) for r in rows)
     gap0 = 3 * pad + 2 if separator_after_first and n_cols > 1 else pad
@@ -89,7 +223,11 @@ def grid(
         y = pad + r * (ch + pad)
         for c, img in enumerate(row):
             x = pad + c * (cw + pad) + (gap0 - pad if c >= 1 else 0)
-            out[y : y + ch, x : x + cw] = fit(_check(img, f"grid row {r} column {c}"), cell)
+            img = _check(img, f"grid row {r} column {c}")
+            if img.shape[1] == cw and img.shape[0] < ch:  # a shorter label band: pad, never stretch
+                out[y : y + img.shape[0], x : x + cw] = img
+            else:
+                out[y : y + ch, x : x + cw] = fit(img, cell)
     return out
 
 
@@ -114,6 +252,36 @@ def strip(
     return np.concatenate(parts, axis=1)
 
 
+def display_scale(size: int, target: int = 128) -> int:
+    """The whole factor that brings a ``size``-px sample to at least ``target`` px (1 when it
+    is already that big), so small samples are enlarged with sharp pixels, never blurred."""
+    return max(1, -(-int(target) // max(1, int(size))))
+
+
+def headed_grid(
+    rows: list[list[np.ndarray]],
+    column_labels: list[str],
+    title: str = "",
+    scale: int = 1,
+    pad: int = 2,
+) -> np.ndarray:
+    """:func:`grid` of ``rows`` with every cell enlarged by the whole factor ``scale``, a label
+    above each column (``column_labels``; the first names the conditioning column) and
+    ``title`` above it all (what drew the samples: checkpoint, kimg, sampler, guidance)."""
+    if not rows or not rows[0]:
+        raise InvalidInput("headed_grid needs at least one row with at least one image")
+    ch, cw = _check(rows[0][-1], "headed_grid").shape[:2]
+    body = grid([[enlarge(fit(_check(im, "headed_grid"), (ch, cw)), scale) for im in r] for r in rows], pad=pad)
+    n_cols = max(len(r) for r in rows)
+    labels = (list(column_labels) + [""] * n_cols)[:n_cols]
+    blank = np.full((0, cw * scale, 3), BACKGROUND, np.uint8)
+    heads = [annotate(blank, text, lines=1) for text in labels]
+    head_h = max(h.shape[0] for h in heads)
+    header = grid([heads], pad=pad, cell=(head_h, cw * scale))[pad:]  # no gap above the labels
+    out = np.concatenate([header, body], axis=0)
+    return annotate(out, title, position="above") if title else out
+
+
 def save_png(arr: np.ndarray, path: str | Path) -> Path:
     """Write ``arr`` (H, W, 3) uint8 as a PNG, atomically."""
     arr = _check(arr, "save_png")
@@ -122,26 +290,31 @@ def save_png(arr: np.ndarray, path: str | Path) -> Path:
     return atomic_write_bytes(path, buf.getvalue())
 
 
-def annotate(
-    img: np.ndarray,
-    text: str,
-    position: str = "below",
-    line_height: int = 12,
-) -> np.ndarray:
-    """Add ``text`` (PIL's default font, wrapped to the width) in a white band below or above."""
+def annotate(img: np.ndarray, text: str, position: str = "below", lines: int = 1) -> np.ndarray:
+    """Add ``text`` in a white band below or above, laid out with measured widths (:func:`layout`:
+    broken at spaces, never inside a word; a smaller font before a word would not fit). The band
+    holds at least ``lines`` lines, so tiles labelled alike line up."""
     img = _check(img, "annotate")
     if position not in ("below", "above"):
         raise InvalidInput(f"annotate: position must be 'below' or 'above', got {position!r}")
-    font = ImageFont.load_default()
-    chars = max(4, img.shape[1] // 6)  # the default bitmap font is about 6 px per character
-    lines = [w for part in text.splitlines() for w in (textwrap.wrap(part, chars) or [""])]
-    band = Image.new("RGB", (img.shape[1], line_height * max(1, len(lines)) + 4), (255, 255, 255))
-    draw = ImageDraw.Draw(band)
-    for i, line in enumerate(lines):
-        draw.text((2, 2 + line_height * i), line, fill=(0, 0, 0), font=font)
+    text_lines, size = layout(text, img.shape[1] - 2 * MARGIN, max(1, lines))
+    band = Image.new("RGB", (img.shape[1], band_height(max(len(text_lines), lines))), (255, 255, 255))
+    _draw_lines(band, text_lines, size)
     band_arr = np.asarray(band)
     parts = [img, band_arr] if position == "below" else [band_arr, img]
     return np.concatenate(parts, axis=0)
+
+
+def band_height(n_lines: int) -> int:
+    """Height of a label band of ``n_lines`` lines."""
+    return line_height() * max(1, n_lines) + 4
+
+
+def enlarge(img: np.ndarray, factor: int) -> np.ndarray:
+    """``img`` enlarged by a whole ``factor`` (each pixel a factor x factor block: nothing blurred)."""
+    img = _check(img, "enlarge")
+    f = max(1, int(factor))
+    return img if f == 1 else np.repeat(np.repeat(img, f, axis=0), f, axis=1)
 
 
 def red_border(img: np.ndarray, width: int = 2, color: tuple[int, int, int] = (255, 0, 0)) -> np.ndarray:

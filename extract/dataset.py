@@ -14,7 +14,9 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
+from rcdm.data.decode import readable_reason
 from rcdm.data.images import Preprocess, UnreadableImage, decode_image, encoder_input
+from rcdm.extract.gpudecode import device_decodable
 
 
 def crop_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:
@@ -67,7 +69,7 @@ class ExtractDataset(torch.utils.data.Dataset):
 
     def __init__(
         self, source, pp: Preprocess, *, draft: bool = True, keep_bytes: bool = False, uint8: bool = True,
-        max_pixels: int | None = None,
+        max_pixels: int | None = None, device_decode: bool = False,
     ):  # fmt: skip
         self.source = source
         self.max_pixels = max_pixels
@@ -75,26 +77,30 @@ class ExtractDataset(torch.utils.data.Dataset):
         self.pp = pp
         self.draft = pp.draft_size() if draft else None
         self.keep_bytes = keep_bytes
+        self.device_decode = device_decode  # JPEGs travel as bytes, decoded on the device (gpudecode)
 
     def __len__(self) -> int:
         return len(self.source)
 
     def __getitem__(self, i: int) -> dict:
         key = self.source.items[i].key
-        data = b""
+        data, jpeg = b"", b""
         try:
             data = self.source.read_bytes(i)
+            if self.device_decode and device_decodable(data, self.max_pixels):
+                x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8)  # filled on the device
+                return {"index": i, "x": x, "ok": True, "reason": "", "data": data if self.keep_bytes else b"", "jpeg": data}
             img = decode_image(data, self.draft, key=key, max_pixels=self.max_pixels)
             x = crop_uint8(img, self.pp) if self.uint8 else encoder_input(img, self.pp)  # (3, crop, crop)
             ok, reason = True, ""
         except UnreadableImage as e:
             x, ok, reason = None, False, e.reason
         except Exception as e:  # anything else about one image (odd modes, huge sizes) is skipped too
-            x, ok, reason = None, False, f"{type(e).__name__}: {e}"
+            x, ok, reason = None, False, readable_reason(f"{type(e).__name__}: {e}")
         if x is None:
             x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8 if self.uint8 else torch.float32)
             data = b""
-        return {"index": i, "x": x, "ok": ok, "reason": reason, "data": data if self.keep_bytes else b""}
+        return {"index": i, "x": x, "ok": ok, "reason": reason, "data": data if self.keep_bytes else b"", "jpeg": jpeg}
 
 
 def collate(batch: list[dict]) -> dict:
@@ -104,6 +110,7 @@ def collate(batch: list[dict]) -> dict:
         "ok": torch.tensor([b["ok"] for b in batch], dtype=torch.bool),
         "reason": [b["reason"] for b in batch],
         "data": [b["data"] for b in batch],
+        "jpeg": [b["jpeg"] for b in batch],  # bytes to decode on the device (decode: gpu), else b""
     }
 
 

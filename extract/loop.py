@@ -32,8 +32,10 @@ from rcdm.extract.dataset import (
     device_normalisation_is_exact,
     normalize,
 )
+from rcdm.extract.gpudecode import decode_on_device, resolve_decode
 from rcdm.launch import on_main
 from rcdm.run.lock import holding_output_lock
+from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
 
@@ -78,7 +80,7 @@ def _check_config(cfg: ExtractConfig) -> None:
     if not cfg.out:
         raise InvalidInput("extract.out is not set; pass --out STORE_DIR")
     prepare.check_out(Path(cfg.out))
-    if cfg.shard_size < 1 or cfg.batch_size < 1 or cfg.workers < 0:
+    if cfg.shard_size < 1 or cfg.batch_size < 1 or auto_workers(cfg.workers) < 0:
         raise InvalidInput(
             f"extract.shard_size ({cfg.shard_size}) and batch_size ({cfg.batch_size}) must be >= 1 "
             f"and workers ({cfg.workers}) >= 0"
@@ -108,6 +110,7 @@ def run(cfg: ExtractConfig) -> Path:
     state = _process_state(cfg.device)
     rank, world = state.process_index, state.num_processes
     device = _device(cfg.device, state)
+    cfg = _resolve_auto(cfg, device)
 
     encoder = load_encoder(
         cfg.encoder,
@@ -166,6 +169,15 @@ def run(cfg: ExtractConfig) -> Path:
     if error is not None:
         raise error
     return out
+
+
+def _resolve_auto(cfg: ExtractConfig, device: torch.device) -> ExtractConfig:
+    """The ``auto`` settings for this device (bf16, channels-last, cuDNN autotune + TF32 on CUDA;
+    none of them on a CPU): what ``bench/extract.py`` measures. ``decode`` resolves per run."""
+    enable_fast_math(device)
+    cuda = device.type == "cuda"
+    amp = ("bf16" if cuda else "none") if cfg.amp == "auto" else cfg.amp
+    return replace(cfg, amp=amp, channels_last=resolve_channels_last(cfg.channels_last, cuda, device))
 
 
 def _finish(cfg: ExtractConfig, out: Path, n_shards: int, enc_info: dict, pp, src_info: dict, timing: dict) -> None:
@@ -257,18 +269,24 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
         encoder = encoder.to(memory_format=torch.channels_last)
     S = cfg.shard_size
     uint8 = device_normalisation_is_exact(pp)  # else normalise in the workers (exact by definition)
+    decode = resolve_decode(cfg.decode, device, uint8)
     sampler = ShardBatches(shards, S, n_items, cfg.batch_size)
+    workers = auto_workers(cfg.workers)
     loader = torch.utils.data.DataLoader(
-        ExtractDataset(source, pp, draft=cfg.draft, keep_bytes=cfg.include_images, uint8=uint8, max_pixels=cfg.max_pixels),
+        ExtractDataset(
+            source, pp, draft=cfg.draft, keep_bytes=cfg.include_images, uint8=uint8, max_pixels=cfg.max_pixels,
+            device_decode=decode == "gpu",
+        ),  # fmt: skip
         batch_sampler=sampler,
-        num_workers=cfg.workers,
+        num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        prefetch_factor=4 if workers > 0 else None,
     )
     total = sum(min((k + 1) * S, n_items) - k * S for k in shards)
     pending: dict[int, dict] = {}
     writer = _ShardWriter()
+    skipped = [0]  # unreadable images: not counted as encoded
 
     def file_batch(batch: dict, feats: np.ndarray) -> None:
         """Put a batch's rows into their shards' buffers; hand complete shards to the writer."""
@@ -285,6 +303,7 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
                 m += 1
             else:
                 buf["failed"].append({"key": item.key, "index": i, "reason": batch["reason"][j]})
+                skipped[0] += 1
             buf["seen"] += 1
             if buf["seen"] == min((k + 1) * S, n_items) - k * S:
                 writer.submit(cfg, out, k, pending.pop(k), encoder.dim)
@@ -294,10 +313,14 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
         with tqdm(total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1) as bar:
             previous = None
             for batch in loader:
+                # Copy the whole (pinned) batch first, then decode JPEGs and drop failures on the device.
+                x = batch["x"].to(device, non_blocking=True)
+                if decode == "gpu":
+                    decode_on_device(batch, pp, device, x)
                 ok = batch["ok"]
                 result = None
                 if ok.any():
-                    x = batch["x"][ok].to(device, non_blocking=True)
+                    x = x if ok.all() else x[ok.to(device)]
                     result = _launch(encoder, normalize(x, pp) if uint8 else x, cfg, device)
                 if previous is not None:
                     file_batch(previous[0], _collect(previous[1], encoder.dim))
@@ -311,9 +334,13 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     if pending:  # internal invariant: every shard's items came through
         raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
     dt = time.perf_counter() - t0
+    encoded = total - skipped[0]
     if show:
-        tqdm.write(f"encoded {total} images in {dt:.1f} s ({total / max(dt, 1e-9):.1f} img/s) on {device}", file=sys.stderr)
-    return {"images": total, "seconds": round(dt, 3), "img_per_s": round(total / max(dt, 1e-9), 1)}
+        tqdm.write(f"encoded {encoded} images in {dt:.1f} s ({encoded / max(dt, 1e-9):.1f} img/s) on {device}"
+                   + (f"; {skipped[0]} unreadable image(s) skipped" if skipped[0] else ""), file=sys.stderr)  # fmt: skip
+    return {"images": encoded, "skipped": skipped[0], "seconds": round(dt, 3),
+            "img_per_s": round(encoded / max(dt, 1e-9), 1),
+            "decode": decode, "workers": workers}  # fmt: skip
 
 
 @torch.inference_mode()

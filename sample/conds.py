@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ class Condition:
     """One conditioning representation and what it is."""
 
     vector: np.ndarray  # (D,) float32
-    kind: str  # store | image | interpolate | class-mean | kde | algebra | manipulate-original | manipulate
+    kind: str  # store | image | interpolate | class-mean | kde | prior | algebra | manipulate-original | manipulate
     key: str  # store key, image path, or a made-up name ("class:3", "kde:0")
     description: str
     label: int = -1
@@ -187,6 +188,9 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         if cfg.subset < 1:
             raise InvalidInput(f"subset must be at least 1, got {cfg.subset}")
         n = min(cfg.subset, len(store))
+        if cfg.subset > n:
+            print(f"note: --subset {cfg.subset} is more than the {n} rows of the store {getattr(store, 'path', '')}; "
+                  f"conditioning on all {n} (give --subset {n} or less to choose a random part)", file=sys.stderr)  # fmt: skip
         rows = np.random.default_rng(cfg.seed).choice(len(store), size=n, replace=False)
         return ConditionSet([r.store_row(int(i)) for i in rows])
     if kind == "images":
@@ -229,6 +233,8 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
                 for j, (v, i) in enumerate(zip(vecs, idx, strict=True))
             ]
         )
+    if kind == "prior":
+        return _prior(cfg, store, device)
     if kind == "algebra":
         ends = r.endpoints()
         _need(ends, 3, "algebra")
@@ -239,6 +245,27 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
     if kind == "manipulate":
         return _manipulate(cfg, r)
     raise InvalidInput(f"unknown condition {kind!r}")  # the config's Literal prevents this
+
+
+def _prior(cfg: SampleConfig, store: Any, device: Any) -> ConditionSet:
+    """``prior_n`` draws from the learned prior of ``rcdm train-prior`` (seeded by sample.seed),
+    which must live in the store's representation space."""
+    from rcdm.prior.folder import WEIGHTS, check_store, draw, load_prior
+    from rcdm.utils import sha256_file
+
+    if not cfg.prior:
+        raise InvalidInput("condition 'prior' needs sample.prior: a folder written by `rcdm train-prior`")
+    if cfg.prior_n < 1:
+        raise InvalidInput(f"sample.prior_n must be at least 1, got {cfg.prior_n}")
+    model, meta = load_prior(cfg.prior, device)
+    check_store(meta, store, cfg.prior)
+    vecs = draw(model, cfg.prior_n, seed=cfg.seed, device=device, meta=meta)  # (n, D)
+    sha = sha256_file(Path(cfg.prior) / WEIGHTS)
+    extra = {"prior": str(cfg.prior), "prior_sha256": sha, "prior_steps": meta.get("sample_steps")}
+    return ConditionSet([
+        Condition(v, "prior", f"prior:{j}", f"prior draw {j} (seed {cfg.seed})", extra=dict(extra))
+        for j, v in enumerate(vecs)
+    ])  # fmt: skip
 
 
 def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:

@@ -45,6 +45,8 @@ def weights_file(checkpoint: str | Path, ema: str = "auto") -> Path:
 def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
     """Identity of the samples a configuration produces, to refuse mixing runs on resume."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    if cfg.condition != "prior":  # the prior's settings draw nothing otherwise (and older sets lack them)
+        d.pop("prior", None), d.pop("prior_n", None)
     d["store_manifest_sha256"] = store.manifest_sha256
     if ckpt_file is not None:
         st = ckpt_file.stat()
@@ -172,7 +174,9 @@ def run(cfg: SampleConfig) -> Path:
     # set's data files and its manifest last.
     assert cs is not None
     shown = writer.read_range(chunks, 0, n if cfg.condition == "interpolate" else min(n, cfg.grid_conditions * k))
-    pictures = [p.name for p in O.write_grids(out, cs, shown, k, cfg.grid_rows, cfg.grid_conditions)]
+    kimg = f", {meta['kimg']:g} kimg" if isinstance(meta.get("kimg"), (int, float)) else ""
+    title = f"{cfg.checkpoint}{kimg}; sampler {sampler.label()}" + ("" if sampler.guided else ", no guidance")
+    pictures = [p.name for p in O.write_grids(out, cs, shown, k, cfg.grid_rows, cfg.grid_conditions, title)]
     if cfg.condition == "interpolate":
         pictures.append(O.write_strip(out, cs, shown, k).name)
     record = _manifest(cfg, store, meta, ckpt_file, fp, ddim, state.num_processes)

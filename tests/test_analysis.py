@@ -79,10 +79,12 @@ def world(tmp_path_factory):
         probe_epochs=60, knn_k=4, knn_m=3, neighbours_k=3, n_distance=3, interp_steps=3,
         dynamics_checkpoints=(str(ck0), str(ck1)), device="cpu",
     )  # fmt: skip
+    from rcdm import viz
     from rcdm.analysis import analyze
 
-    report = analyze(cfg)
-    return {"root": root, "cfg": cfg, "report": report, "train": train, "val": val,
+    with viz.recording() as labels:  # every label drawn into every figure
+        report = analyze(cfg)
+    return {"root": root, "cfg": cfg, "report": report, "train": train, "val": val, "labels": labels,
             "unlabelled": unlabelled, "ck0": ck0, "ck1": ck1, "info0": info0}  # fmt: skip
 
 
@@ -106,6 +108,41 @@ def test_experiment_writes_figure_json_and_entry(world, experiment):
     assert entry.tables and all(t.rows for t in entry.tables)
     page = world["report"].read_text()
     assert f'<section id="{experiment}">' in page
+
+
+@pytest.mark.slow
+def test_every_figure_label_fits_whole_words(world):
+    """Each label of each figure, as laid out: no line wider than its tile (cut when drawn) and
+    no word broken inside ("color-jitt / er", "d(h)=2.01e / +03" before)."""
+    from rcdm import viz
+
+    labels = world["labels"]
+    texts = {lab.text for lab in labels}
+    assert {"original", "hflip", "eps 0"} <= {t.split("\n")[0] for t in texts}, texts  # drawn at all
+    problems = [p for lab in labels for p in viz.label_problems(lab.text, lab.lines, lab.width, viz.font(lab.font_size))]
+    assert not problems, problems
+
+
+@pytest.mark.slow
+def test_adversarial_baseline_and_manipulation_selection(world):
+    out = Path(world["cfg"].out)
+    adv = json.loads((out / "adversarial" / "adversarial.json").read_text())
+    assert adv["epsilons"][0] == 0.0
+    for img in adv["images"]:
+        base = [a["samples"] for a in img["attack"]][0]
+        for a in img["attack"]:
+            for ck, s in a["samples"].items():
+                assert s["change_over_epsilon_0"] == pytest.approx(s["changed_fraction"] - base[ck]["changed_fraction"])
+        assert img["class"].startswith("cls_")  # a class name (the image folder's), not an id
+    entry = read_entry(out / "adversarial" / "entry.json")
+    assert "baseline" in entry.figures[0].caption and "change over epsilon 0" in entry.tables[1].columns[3]
+    man = json.loads((out / "manipulation" / "manipulation.json").read_text())
+    for rec in (r for r in man["results"] if "selection" in r):
+        sel = rec["selection"]
+        assert sel["overlap"] == len(set(rec["dims_most"]) & set(rec["dims_least"]))
+        assert sel["degenerate"] == bool(sel["overlap"] or sel["fraction_of_dims"] > 0.5 or not rec["dims_most"])
+        assert (rec["key"] in " ".join(man["degenerate"])) == sel["degenerate"]
+    assert man["active_quantile"] == 0.75
 
 
 @pytest.mark.slow
@@ -246,10 +283,11 @@ def test_several_checkpoints_side_by_side(world, tmp_path):
                   probe_train_stores=(str(world["train"]),) * 2, probe_val_stores=(str(world["val"]),) * 2)  # fmt: skip
     page = analyze(cfg).read_text()
     interp = read_entry(tmp_path / "two" / "interpolation" / "entry.json")
-    assert [f.title.split(":")[0] for f in interp.figures] == ["enc-seed0", "enc-seed1"]
+    # each figure names its run, the encoder and the layer
+    assert [f.title.split(":")[0] for f in interp.figures] == ["enc-seed0 (random-rn50 trunk)", "enc-seed1 (random-rn50 trunk)"]
     assert str(world["ck1"]) in interp.figures[1].caption
     nb = read_entry(tmp_path / "two" / "neighbours" / "entry.json")
-    assert [f.title for f in nb.figures] == ["enc-seed0"]
+    assert [f.title for f in nb.figures] == ["enc-seed0 (random-rn50 trunk)"]
     assert len(nb.notes) == 1 and "left out" in nb.notes[0] and str(world["ck1"]) in nb.notes[0]
     probe = read_entry(tmp_path / "two" / "probe" / "entry.json")
     assert len(probe.tables[0].rows) == 2 and probe.tables[0].rows[0] == probe.tables[0].rows[1]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 from rcdm.analysis.experiments.distances import squared_distances
-from rcdm.analysis.experiments.manipulation import select_dims
+from rcdm.analysis.experiments.manipulation import active_thresholds, select_dims, selection_check
 from rcdm.analysis.experiments.transforms import NAMED, get_transform, parse_transform, seeded_apply
 from rcdm.analysis.report import Entry, Figure, Table, read_entry, render, write_entry
 from rcdm.viz import save_png
@@ -33,6 +33,28 @@ def test_masking_picks_expected_dims():
     assert select_dims(h, nb, m=4, variant="least").tolist() == [5, 7]
     with pytest.raises(ValueError, match="variant"):
         select_dims(h, nb, m=3, variant="middle")
+
+
+def test_dense_representation_selection_is_relative_and_degeneracy_is_detected():
+    """A dense, standardised representation: every dimension is non-zero, so the paper's
+    "non-zero" rule selects every dimension for both sets (degenerate, and reported so); the
+    per-dimension threshold selects what the neighbours share, apart from what they lack."""
+    rng = np.random.default_rng(0)
+    train = rng.normal(size=(400, 32)).astype(np.float32)  # standardised: nothing is zero
+    nb = rng.normal(size=(5, 32)).astype(np.float32)
+    nb[:, :4] = 3.0  # the neighbours share dims 0-3, far above those dims' usual values
+    h = np.full(32, 3.0, np.float32)  # h is high everywhere
+    most0, least0 = select_dims(h, nb, 4, "most"), select_dims(h, nb, 4, "least")
+    assert len(most0) == 32  # "non-zero": everything
+    c0 = selection_check(most0, least0, 32)
+    assert c0["degenerate"] and c0["overlap"] == 32 and "100%" in c0["reason"]
+    thr = active_thresholds(train)
+    assert thr.shape == (32,) and np.allclose(thr, np.quantile(train, 0.75, axis=0))
+    most, least = select_dims(h, nb, 5, "most", thr), select_dims(h, nb, 5, "least", thr)
+    assert most.tolist() == [0, 1, 2, 3] and len(least) == 4 and not set(most) & set(least)
+    c = selection_check(most, least, 32)
+    assert not c["degenerate"] and c["overlap"] == 0 and c["fraction_of_dims"] == 4 / 32
+    assert "nothing is edited" in selection_check(np.array([], int), np.array([], int), 32)["reason"]
 
 
 def test_squared_distances_direct():
@@ -116,3 +138,16 @@ def test_report_round_trip_and_render(tmp_path):
         render([e], tmp_path)
 
 
+
+
+def test_runs_are_named_not_run_in_every_column(tmp_path):
+    from rcdm.analysis.experiments.names import checkpoint_label
+
+    run = tmp_path / "demo" / "run"
+    (run / "checkpoints" / "step-64").mkdir(parents=True)
+    (run / "ema.safetensors").write_bytes(b"")
+    (tmp_path / "dino-rn50").mkdir()
+    assert checkpoint_label(str(run / "ema.safetensors")) == "demo/run"
+    assert checkpoint_label(str(run)) == "demo/run"
+    assert checkpoint_label(str(run / "checkpoints" / "step-64")) == "demo/run/checkpoints/step-64"
+    assert checkpoint_label(str(tmp_path / "dino-rn50")) == "dino-rn50"

@@ -154,4 +154,4 @@ def test_yaml_booleans_read_as_words_where_a_word_is_expected(tmp_path):
 def test_experiment_names_match_the_analysis_modules():
     from rcdm.analysis.experiments import EXPERIMENTS
 
-    assert tuple(EXPERIMENTS) == C.EXPERIMENTS
+    assert tuple(EXPERIMENTS) == C.EXPERIMENTS + C.EXTRA_EXPERIMENTS

@@ -284,8 +284,14 @@ def test_registry_contents():
     assert set(REGISTRY) == {
         "simclr-rn50", "swav-rn50", "barlow-rn50", "moco-rn50", "supervised-vissl-rn50",
         "dino-rn50", "vicreg-rn50", "supervised-rn50", "random-rn50", "dino-vits16",
+        "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14",
+        "dinov2-vits14-reg", "dinov2-vitb14-reg", "dinov2-vitl14-reg", "dinov2-vitg14-reg",
+        "mae-vitb16", "mae-vitl16", "mae-vith14", "ijepa-vith14",
+        "clip-vitb16", "clip-vitb16-laion2b", "siglip-vitb16",
     }  # fmt: skip
-    assert get_spec("dino-vits16").dims == {"trunk": 384, "head": 256}
+    assert get_spec("dino-vits16").dims == {"trunk": 384, "cls": 384, "mean": 384, "tokens": 196 * 384, "head": 256}
+    assert get_spec("dinov2-vitl14-reg").dims == {"trunk": 1024, "cls": 1024, "mean": 1024, "tokens": 256 * 1024}
+    assert get_spec("clip-vitb16").dims["head"] == 512
     assert get_spec("barlow-rn50").dims == {"trunk": 2048, "head": 8192}
     assert get_spec("random-rn50").dims == {"trunk": 2048}
     table = describe_registry()
@@ -336,10 +342,10 @@ def test_vit_takes_other_input_sizes_by_resizing_position_embeddings():
     the patch size the patch grid's embeddings are resized bicubically (DINO's rule), the CLS
     one kept; a side that is not a multiple of the patch size is a clear error."""
     import torch.nn.functional as F
-    from rcdm.encoders.vit import VisionTransformer
+    from rcdm.encoders.vit import ViT, ViTArch
 
     torch.manual_seed(0)
-    vit = VisionTransformer(64, 16, 32, 1, 2).eval()  # 4x4 patch grid
+    vit = ViT(ViTArch(16, 32, 1, 2, 64)).eval()  # 4x4 patch grid
     assert vit.pos_embed_for(64, 64) is vit.pos_embed
     pos = vit.pos_embed_for(32, 48)  # 2x3 grid
     assert pos.shape == (1, 1 + 2 * 3, 32)
@@ -350,5 +356,5 @@ def test_vit_takes_other_input_sizes_by_resizing_position_embeddings():
     with torch.no_grad():
         assert vit(torch.randn(2, 3, 32, 48)).shape == (2, 32)
         assert vit(torch.randn(2, 3, 64, 64)).shape == (2, 32)
-    with pytest.raises(ValueError, match=r"multiples of 16; got 40x40: set extract.input_size"):
+    with pytest.raises(ValueError, match=r"multiples of 16; got 40x40: set extract.input_size to a multiple of 16"):
         vit(torch.randn(1, 3, 40, 40))

@@ -312,7 +312,7 @@ def test_e2e_fid_is_and_cache_reuse(e2e):
     stats = Path(a["fid"]["reference"]["stats"])
     assert stats == e2e["out"].resolve().parent / f"fid-ref-{RES}.npz" and stats.is_file()
     csv_text = (e2e["out"] / "metrics.csv").read_text()
-    assert csv_text.startswith("method,encoder") and "random-rn50" in csv_text
+    assert csv_text.startswith("run,method,encoder") and "random-rn50" in csv_text
     assert "Table 1a" in (e2e["out"] / "metrics.md").read_text()
 
 

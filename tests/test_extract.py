@@ -79,6 +79,8 @@ def test_store_holds_the_encoder_features(ref_store, images):
     # the corrupt image is skipped, counted and listed
     assert st.manifest["n_failed"] == 1 and st.failed[0]["key"] == "cls_0/img_001"
     assert "cls_0/img_001" not in st.keys
+    assert " at 0x" not in st.failed[0]["reason"] and st.failed[0]["reason"]  # no Python object address
+    assert st.manifest["timing"]["images"] == N_GOOD and st.manifest["timing"]["skipped"] == 1  # encoded excludes it
     src = open_source(images)
     good = [it for it in src.items if it.key != "cls_0/img_001"]
     assert st.keys == [it.key for it in good]
@@ -328,11 +330,11 @@ def test_gpu_extraction_matches_cpu(tiny, images, tmp_path):
     import rcdm.extract
 
     cpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "cpu", encoder="tiny")))
-    gpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2)))
+    gpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2, decode="cpu")))
     assert gpu.keys == cpu.keys
     np.testing.assert_allclose(gpu.features(None), cpu.features(None), rtol=1e-2, atol=1e-3)
     amp = S.FeatureStore(rcdm.extract.run(
-        _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True)
+        _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True, decode="cpu")
     ))
     a = cpu.features(None)
     np.testing.assert_allclose(amp.features(None), a, rtol=0.05, atol=0.02 * np.abs(a).max())

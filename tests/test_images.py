@@ -300,3 +300,12 @@ def test_images_over_the_pixel_budget_are_refused_before_decoding(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
     with pytest.raises(UnreadableImage, match="DecompressionBomb"):
         decode_image(huge, key="huge", max_pixels=None)
+
+
+def test_unreadable_reason_has_no_python_object_address():
+    from rcdm.data.decode import UnreadableImage, decode_image
+
+    with pytest.raises(UnreadableImage) as info:
+        decode_image(b"not an image at all", key="cls_0/bad")
+    assert "cannot identify image file" in info.value.reason and " at 0x" not in info.value.reason
+    assert "object" not in str(info.value)

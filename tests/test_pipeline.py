@@ -26,11 +26,23 @@ REDUCED = [
 def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))  # no Inception weights here
+    from rcdm import viz
+
     sets = [a for s in REDUCED for a in ("--set", s)]
-    r = CliRunner().invoke(cli, ["demo", *sets], catch_exceptions=False)
+    with viz.recording() as labels:  # every label of every figure the run draws
+        r = CliRunner().invoke(cli, ["demo", *sets], catch_exceptions=False)
     assert r.exit_code == 0, r.output
+    assert len(labels) > 50
+    cut = [p for lab in labels for p in viz.label_problems(lab.text, lab.lines, lab.width, viz.font(lab.font_size))]
+    assert not cut, cut
     report = tmp_path / "runs/demo/analysis/report.html"
     assert f"open the report: {report.relative_to(tmp_path)}" in r.output
+    # the run ends with the numbers a user came for, then the report
+    tail = r.output.strip().splitlines()[-5:]
+    assert tail[0].startswith("faithfulness (8 samples): ") and "MRR" in tail[0] and "chance" in tail[0], tail
+    assert tail[1].startswith("FID / IS not computed: ") and tail[2].startswith("  to compute them: ")
+    assert tail[3].startswith("tables: ") and tail[4] == f"done. open the report: {report.relative_to(tmp_path)}"
+    assert "# pipeline: " in r.output and "\nbatch_size:" not in r.output  # a summary, not the YAML
 
     w = tmp_path / "runs/demo"
     # data: the demonstration set, verified by checksum
@@ -72,6 +84,10 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
         assert title.lower() in html.lower(), title
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 8
     assert (w / "analysis/manifest.json").exists()
+    from tests.test_report_browser import check_in_browser, chromium_missing
+
+    if chromium_missing() is None:  # the report has no cut label, no squeezed figure
+        assert check_in_browser(report)["images"] >= 8
 
     # a second run skips every finished stage
     r = CliRunner().invoke(cli, ["run", "--profile", "demo", *sets], catch_exceptions=False)

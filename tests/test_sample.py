@@ -102,7 +102,7 @@ def _cfg(**kw) -> SampleConfig:
     return replace(SampleConfig(checkpoint="unused", out="unused", store="unused"), **kw)
 
 
-def test_store_conditions(store):
+def test_store_conditions(store, capsys):
     from rcdm.sample.conds import build
 
     feats = store.features(view=0)
@@ -117,6 +117,9 @@ def test_store_conditions(store):
     assert rows == [c.store_index for c in build(_cfg(condition="store", subset=5, seed=1), store).conditions]
     with pytest.raises(ValueError, match="out of range"):
         build(_cfg(condition="store", indices=(N_ROWS,)), store)
+    capsys.readouterr()
+    assert len(build(_cfg(condition="store", subset=N_ROWS + 5), store).conditions) == N_ROWS
+    assert f"--subset {N_ROWS + 5} is more than the {N_ROWS} rows" in capsys.readouterr().err  # said, not silent
 
 
 def test_interpolate_class_mean_kde_algebra(store):
@@ -211,9 +214,16 @@ def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
     np.testing.assert_array_equal(alone[0], samples[3])
     # grid: condition image first, then its samples
     grid = np.asarray(Image.open(out / "grid-000.png"))
-    cond_tiles = [adm_center_crop(decode_image(store.image_bytes(i)), 32) for i in (0, 5, 7)]
-    expect = viz.grid([[cond_tiles[c], samples[2 * c], samples[2 * c + 1]] for c in range(3)])
-    np.testing.assert_array_equal(grid, expect)
+    # 32 px samples enlarged 4x (whole pixels), the condition drawn at 128 px, columns labelled,
+    # and a title above naming the checkpoint, kimg and sampler
+    cond_tiles = [adm_center_crop(decode_image(store.image_bytes(i)), 128) for i in (0, 5, 7)]
+    rows = [[cond_tiles[c], viz.enlarge(samples[2 * c], 4), viz.enlarge(samples[2 * c + 1], 4)] for c in range(3)]
+    with viz.recording() as labels:
+        expect = viz.headed_grid(rows, ["condition", "sample 1", "sample 2"])
+    assert [lab.text for lab in labels] == ["condition", "sample 1", "sample 2"]
+    assert grid.shape[1] == expect.shape[1] and grid.shape[0] > expect.shape[0]  # the title band
+    np.testing.assert_array_equal(grid[-expect.shape[0] :], expect)
+    assert (grid[: grid.shape[0] - expect.shape[0]] < 128).any()  # the title is drawn
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["indices"] == [0, 5, 7] and cfg["steps"] == "3"
     man = json.loads((out / "manifest.json").read_text())
@@ -267,7 +277,7 @@ def test_run_interpolation_strip_with_fixed_noise(ckpt, store_dir, tmp_path):
     assert [r["seed"] for r in index] == [0, 1, 0, 1, 0, 1]  # one noise per column along the path
     assert [r["alpha"] for r in index[::2]] == [0.0, 0.5, 1.0]
     strip = np.asarray(Image.open(out / "interpolation.png"))
-    assert strip.shape[0] == 2 * 36  # one strip (32 px + 2 * 2 pad) per sample column
+    assert strip.shape[0] == 2 * (4 * 32 + 4)  # one strip per sample column: 32 px enlarged 4x, 2 * 2 pad
     assert json.loads((out / "manifest.json").read_text())["sampler"] == "ddim"
 
 
@@ -302,7 +312,8 @@ def test_run_images_encoded_with_the_stores_encoder(tmp_path):
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert [Path(r["key"]).name for r in index] == ["p0.png", "p1.png"] and index[0]["kind"] == "image"
     grid = np.asarray(Image.open(out / "grid-000.png"))
-    np.testing.assert_array_equal(grid[2:34, 2:34], adm_center_crop(pics[0], 32))
+    y = grid.shape[0] - (2 + 2 * 130) + 2  # the body: 2 rows of 128 px cells under the labels
+    np.testing.assert_array_equal(grid[y : y + 128, 2:130], adm_center_crop(pics[0], 128))
 
 
 @pytest.mark.slow

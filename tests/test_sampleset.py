@@ -166,6 +166,10 @@ def test_missing_folder_and_unfinished_run(tmp_path, sample_dir):
     (sample_dir / MANIFEST).unlink()
     with pytest.raises(MissingInput, match="did not finish"):
         read_samples(sample_dir)
+    (sample_dir / "partial").mkdir()  # interrupted while sampling: the same command resumes it
+    (sample_dir / "partial" / "chunk-00000.npy").write_bytes(b"")
+    with pytest.raises(MissingInput, match=r"interrupted \(1 finished chunk\(s\).*re-running the same `rcdm sample` command resumes it"):
+        read_samples(sample_dir)
 
 
 @pytest.mark.parametrize("name", DATA_FILES)

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +58,11 @@ def test_overfit_checkpoints_and_run_files(tmp_path):
     from PIL import Image
 
     w, h = Image.open(grids[0]).size
-    assert h > 2 * RES and w > 3 * RES  # 2 rows of (condition + 2 samples)
+    from rcdm import viz
+
+    scale = viz.display_scale(RES)  # small samples enlarged by a whole factor
+    assert h > 2 * RES * scale and w > 3 * RES * scale  # 2 rows of (condition + 2 samples)
+    assert grids[0].name.startswith("kimg-")
     # round trip: the run directory loads as the EMA model, equal to the checkpoint's EMA file
     model, lmeta = load_model(str(run))
     ema = load_file(str(ck / "ema-0.9.safetensors"))
@@ -304,3 +309,14 @@ def test_init_from_official_pt_state_dict(tmp_path):
     s16 = train_store(tmp_path, name="s16", dim=16)
     with pytest.raises(ValueError, match="8-d features"):
         rcdm.train.run(train_cfg(s16, tmp_path / "r2", resolution=None, init_from=str(pt)))
+
+
+def test_training_grid_title_names_kimg_and_sampler():
+    from rcdm.diffusion.spec import Sampler, Steps
+    from rcdm.train.grid import GridMaker
+
+    g = object.__new__(GridMaker)  # only the title: no dataset needed
+    g.sampler = Sampler(Steps.parse("50"), False, 0.0, 1.0)
+    assert g.title(Path("grids/kimg-000000.160.png")) == "0.16 kimg; sampler ancestral, 50 steps, no guidance"
+    g.sampler = Sampler(Steps.parse("50"), False, 0.0, 5.0)
+    assert g.title(Path("grids/kimg-000001.000.png")) == "1 kimg; sampler ancestral, 50 steps, guidance 5"

@@ -85,7 +85,7 @@ def test_wds_store_with_images_reads_its_own_pixels(tmp_path):
 
 def test_missing_source_is_a_clear_error(tmp_path):
     store = train_store(tmp_path)
-    with pytest.raises(FileNotFoundError, match="train.source"):
+    with pytest.raises(FileNotFoundError, match=r"rcdm train --source PATH` \(train.source"):
         ImageFeatureDataset(store, RES, source=str(tmp_path / "nowhere"))
 
 

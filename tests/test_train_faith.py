@@ -96,9 +96,15 @@ def test_check_skipped_without_val_store_said_once(stores, tmp_path, capsys):
 def test_threads_auto_recorded_in_run_config(stores, tmp_path):
     import yaml
     from rcdm.train import run
-    from rcdm.train.threads import auto_threads, usable_cores
+    from rcdm.app.config import TrainConfig
+    from rcdm.speed import auto_workers, usable_cores
+    from rcdm.train.threads import auto_threads, resolve_threads
 
     assert auto_threads(2, cores=2) == 1 and auto_threads(0, cores=2) == 2 and auto_threads(4, cores=16) == 12
+    # the default train.workers is "auto": threads are the cores left after the loader's auto workers
+    t = resolve_threads(TrainConfig())
+    assert t.threads == auto_threads(auto_workers("auto", cap=8), usable_cores()) >= 1
+    assert f"- {auto_workers('auto', cap=8)} loader workers" in t.origin["threads"]
     a = run(_cfg(stores, tmp_path / "a", threads=0, val_store=None))
     cfg = yaml.safe_load((a / "config.yaml").read_text())
     assert cfg["threads"] == auto_threads(0, usable_cores()) >= 1  # train_cfg uses workers=0

@@ -63,3 +63,35 @@ def test_annotate_red_border_save_png(tmp_path):
     np.testing.assert_array_equal(np.asarray(Image.open(p)), a)
     ph = viz.placeholder((16, 16), "class 3")
     assert ph.shape == (16, 16, 3)
+
+
+def test_labels_break_at_spaces_never_inside_a_word():
+    f = viz.font()
+    # the labels the issue saw cut: each laid out in a 60 px tile
+    for text in ("color-jitter", "samples demo/run", "d(h) 2.01e+03", "(1 - 0.143) h(a) + 0.143 h(b)",
+                 "RandomRotation(20)", "eps 0.05\ncls_1\n+12 pts"):  # fmt: skip
+        lines, size = viz.layout(text, 60, 3)
+        assert viz.label_problems(text, lines, 60, viz.font(size)) == [], (text, lines)
+    assert viz.wrap("color-jitter", 40, f) == ["color-", "jitter"]  # at the hyphen, not "color-jitt / er"
+    assert viz.wrap("2.01e+03", 10, f) == ["2.01e+03"]  # a number is never broken (it overflows instead)
+    # the checker is not vacuous: the old character-count wrapping fails it
+    assert "cut inside" in viz.label_problems("color-jitter", ["color-jitt", "er"], 100, f)[0]
+    assert "cut inside" in viz.label_problems("d(h)=2.01e+03", ["d(h)=2.01e", "+03"], 100, f)[0]
+    assert "px wide" in viz.label_problems("a-very-long-label", ["a-very-long-label"], 20, f)[0]
+    assert viz.label_problems("two words", ["two"], 100, f)  # text lost
+
+
+def test_label_layout_is_recorded_and_tiles_line_up():
+    with viz.recording() as log:
+        a = viz.annotate(_img(128, (32, 64)), "mask least (degenerate)", lines=3)
+        b = viz.annotate(_img(128, (32, 64)), "", lines=3)
+    assert a.shape == b.shape  # same band height: tiles labelled alike line up
+    assert [x.text for x in log] == ["mask least (degenerate)", ""] and log[0].width == 64 - 2 * viz.MARGIN
+    g = viz.grid([[a, _img(0, (40, 64))]])  # a shorter tile of the cell's width is padded, not stretched
+    assert (g[2 + 40 : 2 + a.shape[0], -2 - 64 : -2] == 255).all()
+
+
+def test_enlarge_by_whole_factor():
+    img = np.arange(12, dtype=np.uint8).reshape(2, 2, 3)
+    big = viz.enlarge(img, 3)
+    assert big.shape == (6, 6, 3) and (big[:3, :3] == img[0, 0]).all() and (big[3:, 3:] == img[1, 1]).all()

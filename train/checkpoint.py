@@ -65,11 +65,17 @@ class TrainState:
         self.accelerator.register_save_state_pre_hook(lambda models, weights, _dir: weights.clear())
         self.accelerator.register_load_state_pre_hook(lambda models, _dir: models.clear())
 
-    def save(self, run: RunDir, meta: dict, keep: int = 0) -> Path:
+    def save(self, run: RunDir, meta: dict, keep: int = 0, milestone_kimg: float = 0.0) -> Path:
         """Write ``checkpoints/step-NNNNNNN`` atomically (every rank calls this), make it the run's
-        (``ema.safetensors``, ``model.json``), then keep only the newest ``keep`` (0: all)."""
-        from rcdm.model.weights import save_weights
+        (``ema.safetensors``, ``model.json``), then keep only the newest ``keep`` (0: all) plus the
+        milestones (the first checkpoint past each multiple of ``milestone_kimg``).
 
+        On CUDA the weights are copied to host memory here and written, committed and published
+        by a background thread while training goes on (one checkpoint in flight: the next save,
+        or :meth:`wait_for_writes` at the end, waits for it and raises its error). On a CPU every
+        write happens here.
+        """
+        self.wait_for_writes()
         accelerator, main = self.accelerator, self.accelerator.is_main_process
         tmp = run.begin(self.step) if main else run.pending(self.step)
         accelerator.wait_for_everyone()
@@ -79,29 +85,47 @@ class TrainState:
         accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
         final = run.checkpoints_dir / run.checkpoint_name(self.step)
         if main:
-            with _Writes(run, tmp, run.checkpoint_name(self.step), main) as w:
-                w.file = tmp / RunDir.RAW
-                save_weights(w.file, _cpu(self.net), {**meta, "ema_rate": None})
-                for rate, m in self.ema.models.items():
-                    w.file = tmp / RunDir.ema_name(rate)
-                    save_weights(w.file, _cpu(m), {**meta, "ema_rate": rate})
-                w.file = RunDir(tmp).meta_file
-                RunDir(tmp).write_meta(meta)
-                state = {
-                    "step": self.step,
-                    "nimg": self.nimg,
-                    "kimg": self.nimg / 1000,
-                    "seed": self.seed,  # the stream and the noise are functions of it
-                    "batch_size": self.batch_size,
-                    "time": now_iso(),
-                }
-                w.file = tmp / RunDir.STATE
-                final = w.committed = run.commit(tmp, state)
-                w.file = run.path / RunDir.WEIGHTS
-                run.publish(final)
-            run.prune(keep)
+            weights = {None: _cpu(self.net), **{rate: _cpu(m) for rate, m in self.ema.models.items()}}
+            state = {
+                "step": self.step,
+                "nimg": self.nimg,
+                "kimg": self.nimg / 1000,
+                "seed": self.seed,  # the stream and the noise are functions of it
+                "batch_size": self.batch_size,
+                "time": now_iso(),
+            }
+            args = (run, tmp, weights, meta, state, keep, int(round(milestone_kimg * 1000)))
+            if accelerator.device.type == "cuda":
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._writer = getattr(self, "_writer", None) or ThreadPoolExecutor(1, thread_name_prefix="rcdm-ckpt")
+                self._pending = self._writer.submit(self._write_weights, *args)
+            else:
+                self._write_weights(*args)
         accelerator.wait_for_everyone()
         return final
+
+    def _write_weights(self, run: RunDir, tmp: Path, weights: dict, meta: dict, state: dict, keep: int, milestone: int) -> None:
+        from rcdm.model.weights import save_weights
+
+        with _Writes(run, tmp, run.checkpoint_name(state["step"]), True) as w:
+            for rate, sd in weights.items():
+                w.file = tmp / (RunDir.RAW if rate is None else RunDir.ema_name(rate))
+                save_weights(w.file, sd, {**meta, "ema_rate": rate})
+            w.file = RunDir(tmp).meta_file
+            RunDir(tmp).write_meta(meta)
+            w.file = tmp / RunDir.STATE
+            final = w.committed = run.commit(tmp, state)
+            w.file = run.path / RunDir.WEIGHTS
+            run.publish(final)
+        prune(run, keep, milestone)
+
+    def wait_for_writes(self) -> None:
+        """Wait for the checkpoint being written in the background, if any; raise its error."""
+        pending = getattr(self, "_pending", None)
+        self._pending = None
+        if pending is not None:
+            pending.result()
 
     def load(self, checkpoint: Path) -> None:
         """Restore model, EMAs, optimizer, RNG, ``step`` and ``nimg`` from ``checkpoint``."""
@@ -263,6 +287,25 @@ def _unreadable(folder: Path, e: BaseException) -> Path | None:
         e, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
     ) or "PytorchStreamReader" in str(e)
     return folder if damaged else None
+
+
+def prune(run: RunDir, keep: int, milestone_nimg: int = 0) -> list[Path]:
+    """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0: keep all), sparing each
+    milestone: the first checkpoint at or past a multiple of ``milestone_nimg`` images."""
+    if keep <= 0:
+        return []
+    removed, prev_block = [], 0
+    for _, p in run.checkpoints()[:-keep]:
+        try:
+            block = int(RunDir.read_state(p)["nimg"]) // milestone_nimg if milestone_nimg > 0 else 0
+        except Exception:  # an unreadable state.json: not a milestone
+            block = prev_block
+        if block > prev_block:
+            prev_block = block
+            continue
+        shutil.rmtree(p, ignore_errors=True)
+        removed.append(p)
+    return removed
 
 
 def _cpu(m: torch.nn.Module) -> dict[str, torch.Tensor]:

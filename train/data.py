@@ -63,7 +63,8 @@ class StreamSampler(Sampler):
         return 2**62
 
 
-_SOURCE_HINT = "pass train.source=PATH with the image source the store was extracted from"
+_SOURCE_HINT = ("give the image source the store was extracted from: `rcdm train --source PATH` "
+                "(train.source in pipeline.yaml)")
 
 
 class ImageFeatureDataset(Dataset):
@@ -75,9 +76,12 @@ class ImageFeatureDataset(Dataset):
     the feature is view 1.
     """
 
-    def __init__(self, store_path: str | Path, resolution: int, source: str | None = None):
+    def __init__(self, store_path: str | Path, resolution: int, source: str | None = None, draft: bool = False):
         self.store_path = str(store_path)
         self.resolution = int(resolution)
+        self.draft = bool(draft)  # JPEG draft-mode decoding (opt-in: not guided-diffusion's pixels)
+        self.cache: Path | None = None  # rcdm.train.cache folder: rows read from it, not decoded
+        self._cache_arr: np.ndarray | None = None
         store = FeatureStore(self.store_path)
         self.n = len(store)
         views = list(store.views)
@@ -113,18 +117,35 @@ class ImageFeatureDataset(Dataset):
             # A folder listing is safe to share with forked workers; tar handles are not.
             shared = self._source if getattr(self._source, "kind", "") not in ("", "wds") else None
             self._images = StoreImages(self._store, root=self.source_root, hint=_SOURCE_HINT, source=shared)
+            if self.cache is not None:
+                self._cache_arr = np.load(self.cache / "images.npy", mmap_mode="r")  # (N, R, R, 3) uint8
             self._pid = os.getpid()
 
     def __len__(self) -> int:
         return self.n
 
+    def use_cache(self, folder: Path) -> None:
+        """Read rows from the image cache ``folder`` (``rcdm.train.cache.build``) from now on."""
+        self.cache, self._pid = Path(folder), -1
+
     def load_image(self, row: int) -> np.ndarray:
         """The uint8 (H, W, 3) image of store row ``row`` at the model resolution (no flip)."""
-        from rcdm.data.images import adm_center_crop
+        from rcdm.data.images import adm_center_crop, decode_image
 
         self._open()
-        known = None if self._source_index is None else self._source_index[row]
-        return adm_center_crop(self._images.load(row, known), self.resolution)
+        if self._cache_arr is not None:
+            return np.array(self._cache_arr[row])
+        if not self.draft:
+            known = None if self._source_index is None else self._source_index[row]
+            return adm_center_crop(self._images.load(row, known), self.resolution)
+        # draft: libjpeg's DCT scaling to no less than the model resolution, then ADM's rule
+        size = (self.resolution, self.resolution)
+        if self._store.has_images:
+            img = decode_image(self._store.image_bytes(row), size, key=self._store.keys[row])
+        else:
+            src = self._images.source
+            img = src.load(src.index_of(self._store.keys[row]) if self._source_index is None else int(self._source_index[row]), size)
+        return adm_center_crop(img, self.resolution)
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor, int]:
         row, flip = item
@@ -141,6 +162,7 @@ class ImageFeatureDataset(Dataset):
         state = dict(self.__dict__)
         state["_store"] = None
         state["_images"] = None
+        state["_cache_arr"] = None
         state["_pid"] = -1
         return state
 
@@ -151,9 +173,23 @@ def _close(store: FeatureStore) -> None:
         close()
 
 
-def to_model_input(x: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``)."""
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+def to_model_input(x: torch.Tensor, channels_last: bool | None = False) -> torch.Tensor:
+    """uint8 (N, H, W, 3) -> float (N, 3, H, W) in [-1, 1] (ADM's ``x / 127.5 - 1``) in an explicit
+    layout: contiguous NCHW (``False``) or channels-last (``True``). ``None`` keeps the strides of
+    the permuted NHWC pixels (channels-last, without a copy), which is what the CPU training path
+    uses: the demo's recorded figures were trained with it and the CPU's float results depend on
+    the layout (see :func:`input_layout`)."""
+    if channels_last is None:
+        return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return x.permute(0, 3, 1, 2).to(torch.float32, memory_format=fmt).div_(127.5).sub_(1.0)
+
+
+def input_layout(channels_last: bool, device: torch.device) -> bool | None:
+    """The ``to_model_input`` layout for a model in ``channels_last`` on ``device``: the model's
+    own on CUDA or when channels-last (one layout end to end, no NHWC/NCHW mixing on every add);
+    on a CPU model in NCHW, the pixels' own strides (None), so CPU results stay what they were."""
+    return channels_last if channels_last or device.type == "cuda" else None
 
 
 def make_loader(

@@ -56,4 +56,20 @@ class GridMaker:
         )  # (n * S, H, W, 3) uint8
         s = self.n_samples
         rows = [[img] + list(out[i * s : (i + 1) * s]) for i, img in enumerate(self.images)]
-        return viz.save_png(viz.grid(rows), path)
+        heads = ["training image"] + [f"sample {j + 1}" for j in range(s)]
+        return viz.save_png(viz.headed_grid(rows, heads, self.title(path), viz.display_scale(out.shape[1])), path)
+
+    def title(self, path: Path) -> str:
+        """What the grid shows: the training progress (from the file name, ``kimg-N.png``), the
+        sampler and the guidance scale."""
+        stem = Path(path).stem
+        when = f"{float(stem[5:]):g} kimg" if stem.startswith("kimg-") and _number(stem[5:]) else stem
+        return f"{when}; sampler {self.sampler.label()}" + ("" if self.sampler.guided else ", no guidance")
+
+
+def _number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

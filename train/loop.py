@@ -19,12 +19,15 @@ import torch
 from rcdm.app.config import TrainConfig, to_dict
 from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, UserError
+from rcdm.launch import on_main
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
+from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last, resolve_compile
 from rcdm.store import FeatureStore
+from rcdm.train import cache as image_cache
 from rcdm.train import model as model_setup
 from rcdm.train.checkpoint import TrainState
-from rcdm.train.data import ImageFeatureDataset, make_loader, to_model_input
+from rcdm.train.data import ImageFeatureDataset, input_layout, make_loader, to_model_input
 from rcdm.train.ema import EMA
 from rcdm.train.monitor import Logger, Stats, memory_gb
 from rcdm.train.threads import apply_threads, resolve_threads
@@ -93,8 +96,12 @@ def run(cfg: TrainConfig) -> Path:
 
     _validate(cfg)
     mp = _mixed_precision(cfg.mixed_precision)
-    accelerator = _accelerator(mp, cfg.compile)
+    cuda = torch.cuda.is_available()
+    compile_ = resolve_compile(cfg.compile, "cuda" if cuda else "cpu")  # auto: on CUDA, as bench/train.py
+    accelerator = _accelerator(mp, compile_)
     world, rank, device = accelerator.num_processes, accelerator.process_index, accelerator.device
+    enable_fast_math(device)  # cuDNN autotune + TF32 on CUDA
+    channels_last = resolve_channels_last(cfg.channels_last, compile_, device)
     main = accelerator.is_main_process
     # torch threads: the cores this machine's processes share, minus their loader workers
     cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
@@ -113,7 +120,7 @@ def run(cfg: TrainConfig) -> Path:
     # Store and model config; a run folder that holds a run continues only that run.
     store = FeatureStore(cfg.store)
     model_setup.check_store(store, cfg)
-    ucfg = model_setup.unet_config(cfg, store.dim)
+    ucfg = model_setup.unet_config(cfg, store.dim, (store.token_shape or (0,))[0])
     meta_at = lambda kimg: model_setup.model_meta(ucfg, store, cfg, kimg)  # noqa: E731
     run_dir.check_continues(meta_at(0.0), store)
     latest = run_dir.latest()
@@ -130,7 +137,7 @@ def run(cfg: TrainConfig) -> Path:
 
     # Model, EMA, optimizer, diffusion; then the state training resumes from.
     net = model_setup.build_net(cfg, ucfg, store, fresh=latest is None).to(device)
-    if cfg.channels_last:
+    if channels_last:
         net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema_rates, warmup=cfg.ema_warmup)
     opt = torch.optim.AdamW(
@@ -156,7 +163,10 @@ def run(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
 
     # Data: this rank's share of one seeded stream, from the position reached.
-    dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source)
+    dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
+    workers = auto_workers(cfg.workers, cap=8)
+    if image_cache.wanted(cfg.image_cache, store, ucfg.image_size, device, cfg.draft):  # decode + resize once
+        dataset.use_cache(on_main(lambda: image_cache.build(dataset, store, workers, show=main)))
     loader = make_loader(
         dataset,
         batch_per_process,
@@ -164,7 +174,7 @@ def run(cfg: TrainConfig) -> Path:
         rank=rank,
         world_size=world,
         start=state.nimg,
-        workers=cfg.workers,
+        workers=workers,
         pin_memory=device.type == "cuda",
     )
     batches = iter(loader)
@@ -187,6 +197,8 @@ def run(cfg: TrainConfig) -> Path:
     for record in state.rng_lost_records():  # resumed without a saved RNG state: say so in the log
         logger.write(record)
     noise_gen = torch.Generator(device=device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    layout = input_layout(channels_last, device)  # one layout end to end (CPU + NCHW: the pixels' strides)
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0
     eval_nimg = check_nimg(cfg) if check is not None else 0
@@ -204,14 +216,14 @@ def run(cfg: TrainConfig) -> Path:
             # Accumulate gradients over grad_accum micro-batches; DDP all-reduces on the last.
             for micro in range(cfg.grad_accum):
                 x, h, _rows = next(batches)
-                x = to_model_input(x.to(device, non_blocking=True))  # (b, 3, H, W) in [-1, 1]
+                x = to_model_input(x.to(device, non_blocking=True), layout)  # (b, 3, H, W) in [-1, 1]
                 h = h.to(device, non_blocking=True)  # (b, D)
-                if cfg.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
                 # t and noise depend on (seed, rank, step, micro) only: resuming redraws them
                 noise_gen.manual_seed((rank_seed * _NOISE_STRIDE + (state.step - 1) * cfg.grad_accum + micro) % (2**63))
                 t = gaussian.sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
                 noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
+                if layout is not None:
+                    noise = noise.contiguous(memory_format=fmt)
                 kwargs = {"cond": h}
                 if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
                     kwargs["cond_drop"] = torch.rand(x.shape[0], device=device, generator=noise_gen) < cfg.cond_drop
@@ -256,7 +268,7 @@ def run(cfg: TrainConfig) -> Path:
 
             # Checkpoint, and a sample grid from the first EMA.
             if save_now:
-                last_good = state.save(run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints)
+                last_good = state.save(run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints, milestone_kimg=cfg.milestone_kimg)
             if grid_nimg and (finished or state.nimg // grid_nimg > prev // grid_nimg):
                 if grids is not None:
                     grid_mp = "bf16" if mp == "bf16" else "no"
@@ -271,6 +283,7 @@ def run(cfg: TrainConfig) -> Path:
                              tb_prefix="faithfulness")  # fmt: skip
                 t_log += rec["eval_sec"]  # the check's time is not counted as training time
     finally:
+        state.wait_for_writes()  # a checkpoint still being written in the background lands first
         bar.close()
         logger.close()
         del batches  # stops the loader's worker processes

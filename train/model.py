@@ -29,15 +29,19 @@ _ARCH_FIELDS = (
     "cond_dim",
     "cbn_dim",
     "cond_norm",
+    "cond_tokens",
+    "xattn_dim",
 )
 
 
-def unet_config(cfg: TrainConfig, cond_dim: int) -> UNetConfig:
-    """The preset, conditioned on ``cond_dim``-d features, with the config's overrides."""
+def unet_config(cfg: TrainConfig, cond_dim: int, cond_tokens: int = 0) -> UNetConfig:
+    """The preset, conditioned on ``cond_dim``-d features (a tokens store: ``cond_tokens``
+    tokens stored flat), with the config's overrides."""
     return preset(
         cfg.preset,
         cond=cfg.cond,
         cond_dim=cond_dim,
+        cond_tokens=cond_tokens,
         image_size=cfg.resolution,
         dropout=cfg.dropout,
         schedule=None if cfg.schedule == "default" else cfg.schedule,

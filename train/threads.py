@@ -9,18 +9,10 @@ least one; the value used is written to the run's ``config.yaml``.
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from rcdm.app.config import TrainConfig
 from rcdm.errors import InvalidInput
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity; the machine's count where unknown)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
+from rcdm.speed import auto_workers, usable_cores
 
 
 def auto_threads(workers: int, cores: int | None = None) -> int:
@@ -37,8 +29,9 @@ def resolve_threads(cfg: TrainConfig, processes: int = 1) -> TrainConfig:
     if cfg.threads > 0:
         return cfg
     cores = max(1, usable_cores() // max(1, processes))
-    n = auto_threads(cfg.workers, cores)
-    origin = {**cfg.origin, "threads": f"auto: {cores} usable cores - {cfg.workers} loader workers"}
+    workers = auto_workers(cfg.workers, cap=8)  # the loader's (train.workers may be "auto")
+    n = auto_threads(workers, cores)
+    origin = {**cfg.origin, "threads": f"auto: {cores} usable cores - {workers} loader workers"}
     return dataclasses.replace(cfg, threads=n, origin=origin)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rcdm.app.config import EXPERIMENTS as NAMES
+from rcdm.app.config import EXTRA_EXPERIMENTS
 
-# experiment name (as in ``analyze.experiments``; the list is the config's) -> module here
-EXPERIMENTS: dict[str, str] = {name: name.replace("-", "_") for name in NAMES}
+# experiment name (as in ``analyze.experiments``; the lists are the config's) -> module here
+EXPERIMENTS: dict[str, str] = {name: name.replace("-", "_") for name in NAMES + EXTRA_EXPERIMENTS}

@@ -5,6 +5,7 @@ prediction differs from the clean image's."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -13,7 +14,7 @@ from rcdm.analysis.experiments.common import Context, describe_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.probe import cached_probe
 from rcdm.analysis.probe import fgsm
-from rcdm.analysis.report import Entry, Table
+from rcdm.analysis.report import Entry, Table, write_entry
 from rcdm.errors import InvalidInput
 from rcdm.viz import grid, red_border
 
@@ -55,7 +56,10 @@ def run(ctx: Context) -> Entry:
     rows = ctx.pick(val, cfg.n_images, "adversarial")
     seeds = ctx.noise_seeds()
     targeted = cfg.target_class is not None
-    eps_list = [float(e) for e in cfg.epsilons]
+    # epsilon 0 is always drawn: the samples' own disagreement with the clean prediction is the
+    # baseline every other epsilon is read against (noise alone changes many predictions)
+    eps_list = [0.0] + sorted({float(e) for e in cfg.epsilons} - {0.0})
+    name = functools.partial(ctx.class_name, train)
     records, figures = [], []
     changed_inputs = np.zeros(len(eps_list))
     changed_samples = {r.label: np.zeros(len(eps_list)) for r in rcdms}
@@ -83,50 +87,72 @@ def run(ctx: Context) -> Entry:
         h_adv = np.stack(h_adv)  # (E, D)
         changed = [p != clean_pred for p in preds]
         changed_inputs += np.array(changed, float)
-        rec = {"key": val.keys[i], "label": int(val.labels[i]), "clean_prediction": clean_pred, "attack": []}
+        rec = {"key": val.keys[i], "label": int(val.labels[i]), "class": name(int(val.labels[i])),
+               "clean_prediction": clean_pred, "clean_prediction_class": name(clean_pred), "attack": []}  # fmt: skip
         for e, (eps, p, ch) in enumerate(zip(eps_list, preds, changed, strict=True)):
-            rec["attack"].append({"epsilon": eps, "prediction": p, "changed": bool(ch), "probe_loss": losses[e],
-                                  "repr_squared_distance": float(((h_adv[e] - h_adv[0]) ** 2).sum())
-                                  if eps_list[0] == 0 else None, "samples": {}})  # fmt: skip
+            rec["attack"].append({"epsilon": eps, "prediction": p, "prediction_class": name(p),
+                                  "changed": bool(ch), "probe_loss": losses[e],
+                                  "repr_squared_distance": float(((h_adv[e] - h_adv[0]) ** 2).sum()),
+                                  "samples": {}})  # fmt: skip
         for r in rcdms:
-            size = display_size(r.image_size)
             samples = ctx.sample_grid(r, h_adv, seeds)  # (E, S, H, W, 3)
             with torch.no_grad():
                 s_h = torch.from_numpy(ctx.encode(enc, samples.reshape(-1, *samples.shape[2:]))).to(ctx.device)
                 s_pred = probe(s_h).argmax(1).cpu().numpy().reshape(len(eps_list), len(seeds))
+            frac = (s_pred != clean_pred).mean(1)  # (E,) samples whose prediction differs
+            size = display_size(r.image_size, [name(int(p)) for p in (*preds, *s_pred.ravel())] + ["+100 pts"])
             grid_rows = []
             for e, eps in enumerate(eps_list):
-                first = labelled(advs[e], f"eps {eps:g}\npred {preds[e]}", size)
+                delta = 100 * (frac[e] - frac[0])
+                first = labelled(advs[e], f"eps {eps:g}\n{name(preds[e])}\n"
+                                 + (f"{100 * frac[e]:.0f}% baseline" if e == 0 else f"{delta:+.0f} pts"), size, lines=3)  # fmt: skip
                 if changed[e]:
                     first = red_border(first)
                 row = [first]
                 for s in range(len(seeds)):
-                    t = labelled(samples[e, s], f"pred {int(s_pred[e, s])}", size)
+                    t = labelled(samples[e, s], name(int(s_pred[e, s])), size, lines=3)
                     row.append(red_border(t) if s_pred[e, s] != clean_pred else t)
                 grid_rows.append(row)
-                ch_s = s_pred[e] != clean_pred
-                changed_samples[r.label][e] += float(ch_s.mean())
+                changed_samples[r.label][e] += float(frac[e])
                 rec["attack"][e]["samples"][r.path] = {"predictions": s_pred[e].tolist(),
-                                                       "changed_fraction": float(ch_s.mean())}  # fmt: skip
-            goal = f"toward class {cfg.target_class}" if targeted else f"untargeted (true class {int(val.labels[i])})"
+                                                       "changed_fraction": float(frac[e]),
+                                                       "change_over_epsilon_0": float(frac[e] - frac[0])}  # fmt: skip
+            goal = (f"toward {name(cfg.target_class)}" if targeted
+                    else f"untargeted (true class {name(int(val.labels[i]))})")  # fmt: skip
             cap = ctx.caption(
                 r, seeds,
                 f"FGSM on {val.keys[i]} through the encoder and a linear probe (val accuracy "
                 f"{100 * res.val_accuracy:.1f}%), {goal}, epsilon {eps_list} on [0, 1] pixels; clean "
-                f"prediction {clean_pred}. Rows: attacked input, then samples from its representation. "
-                "Red border: probe prediction differs from the clean one",
+                f"prediction {name(clean_pred)}. Rows: attacked input (its epsilon, the probe's "
+                "prediction, and the share of its samples whose prediction differs from the clean one: "
+                f"at epsilon 0 the baseline, {100 * frac[0]:.0f}% here, which sampling noise alone causes; "
+                "at larger epsilons the change over that baseline in percentage points), then samples "
+                "from its representation labelled with the probe's prediction. Red border: prediction "
+                "differs from the clean one",
             )  # fmt: skip
-            figures.append(ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
+            figures.append(ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}"))
         records.append(rec)
     n = max(1, len(rows))
-    table_rows = [[eps, changed_inputs[e] / n] + [changed_samples[r.label][e] / n for r in rcdms]
+    table_rows = [[eps, changed_inputs[e] / n]
+                  + [x for r in rcdms for x in (changed_samples[r.label][e] / n,
+                                                (changed_samples[r.label][e] - changed_samples[r.label][0]) / n)]
                   for e, eps in enumerate(eps_list)]  # fmt: skip
-    table = Table("Fraction of predictions changed",
-                  ["epsilon", "attacked inputs"] + [f"samples ({r.label})" for r in rcdms], table_rows)  # fmt: skip
+    table = Table("Fraction of predictions changed (epsilon 0: the baseline that sampling noise alone gives)",
+                  ["epsilon", "attacked inputs"]
+                  + [c for r in rcdms for c in (f"samples ({r.label})", f"change over epsilon 0 ({r.label})")],
+                  table_rows)  # fmt: skip
     probe_table = Table("Probe", ["encoder", "layer", "val accuracy", "train accuracy"],
                         [[info.get("name"), val.layer, res.val_accuracy, res.train_accuracy]])  # fmt: skip
     numbers = {"seed": cfg.seed, "noise_seeds": seeds, "probe": res.to_dict(), "epsilons": eps_list,
                "target_class": cfg.target_class, "images": records}  # fmt: skip
-    return ctx.finish("adversarial", TITLE, numbers, figures, [probe_table, table],
-                      f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
-                      notes)  # fmt: skip
+    entry = ctx.finish("adversarial", TITLE, numbers, figures, [probe_table, table],
+                       f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
+                       notes)  # fmt: skip
+    if rcdms and len(eps_list) > 1:
+        r = rcdms[0]
+        base, top = changed_samples[r.label][0] / n, changed_samples[r.label][-1] / n
+        entry.summary = (f"{r.label}: at epsilon 0, {100 * base:.0f}% of the samples' probe predictions already "
+                         f"differ from the clean image's (the baseline: sampling noise alone); at epsilon "
+                         f"{eps_list[-1]:g}, {100 * top:.0f}%, {100 * (top - base):+.0f} points over it.")  # fmt: skip
+        write_entry(ctx.out, entry)
+    return entry

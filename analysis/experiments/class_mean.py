@@ -30,23 +30,19 @@ def run(ctx: Context) -> Entry:
     else:
         n = min(cfg.n_images, len(present))
         chosen = sorted(int(c) for c in ctx.rng("class-mean").choice(present, size=n, replace=False))
-    classes = None
-    try:
-        classes = ctx.images(train).source.classes
-    except (FileNotFoundError, ValueError):
-        classes = None
+    names = {c: ctx.class_name(train, c) for c in chosen}
     tf = ctx.features(train)
     seeds = ctx.noise_seeds()
     figures, records, table_rows = [], [], []
     rcdms, notes = ctx.store_rcdms(train, "class-mean")
     for r in rcdms:
-        size = display_size(r.image_size)
+        size = display_size(r.image_size, list(names.values()))
         means = np.stack([class_mean(tf, labels, c) for c in chosen])  # (C, D)
         samples = ctx.sample_grid(r, means, seeds)
         grid_rows = []
         for c, lab in enumerate(chosen):
             members = np.flatnonzero(labels == lab)
-            name = classes[lab] if classes and lab < len(classes) else f"class {lab}"
+            name = names[lab]
             # the member nearest the mean, shown as the row's reference image
             d = ((tf[members].astype(np.float64) - means[c]) ** 2).sum(1)
             ref = int(members[int(np.argmin(d))])
@@ -61,7 +57,7 @@ def run(ctx: Context) -> Entry:
             "Samples from the mean training representation of each class (left: the class member "
             f"nearest the mean); classes {chosen}",
         )
-        figures.append(ctx.save_figure("class-mean", r.label, grid(grid_rows), cap, r.label))
+        figures.append(ctx.save_figure("class-mean", r.label, grid(grid_rows), cap, r.title))
     table = Table("Class means", ["checkpoint", "class", "members", "nearest member sq. distance"], table_rows)
     return ctx.finish("class-mean", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "labels": chosen,
                                             "classes": records}, figures, [table], notes=notes)  # fmt: skip

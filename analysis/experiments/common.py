@@ -8,6 +8,7 @@ what lets several checkpoints trained on different encoders be compared on the s
 
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from rcdm.analysis.experiments.names import checkpoint_label
 from rcdm.analysis.report import Entry, Figure, Table, write_entry
 from rcdm.app.config import AnalyzeConfig
 from rcdm.errors import InvalidInput, MissingInput
@@ -49,21 +51,12 @@ def _conditioning(x: Any) -> Conditioning:
     return Conditioning.of_store(x)  # a FeatureStore
 
 
-def checkpoint_label(path: str) -> str:
-    """A short name for figure titles: the run folder's name for ``<run>/ema*.safetensors`` or a
-    run directory, the file's stem otherwise."""
-    p = Path(path)
-    if p.is_file() and p.stem.split("-")[0] in ("ema", "model") and p.parent.name:
-        return p.parent.name
-    return p.stem if p.is_file() else (p.name or str(p))
-
-
 @dataclass
 class RCDM:
     """A loaded checkpoint, ready to sample, with the encoder its conditions come from."""
 
     path: str
-    label: str  # short name for figure titles
+    label: str  # short name for figure titles: the run ("demo/run")
     model: torch.nn.Module
     diffusion: Any
     meta: dict
@@ -73,6 +66,11 @@ class RCDM:
     cond_dim: int
     image_size: int
     kimg: Any = None
+
+    @property
+    def title(self) -> str:
+        """The run, its encoder and layer: "demo/run (random-rn50 trunk)"."""
+        return f"{self.label} ({self.encoder_info.get('name', '?')} {self.encoder_info.get('layer', '?')})"
 
 
 @dataclass
@@ -119,6 +117,19 @@ class Context:
         from rcdm.analysis.probe import check_labels
 
         return check_labels(store.labels, f"{what} store {store.path}")
+
+    def class_names(self, store) -> list[str] | None:
+        """The store's class names (its image source's class folders), or None when unknown."""
+        try:
+            classes = self.images(store).source.classes
+        except (FileNotFoundError, ValueError, OSError):
+            return None
+        return list(classes) if classes else None
+
+    def class_name(self, store, label: int) -> str:
+        """``label``'s class name where the store has them, else "class <label>"."""
+        names = self.class_names(store)
+        return names[label] if names and 0 <= label < len(names) else f"class {label}"
 
     def images(self, store):
         """The store's ``StoreImages`` (cached): source images of its rows."""
@@ -335,7 +346,7 @@ class Context:
     def save_figure(self, experiment: str, name: str, arr: np.ndarray, caption: str, title: str = "") -> Figure:
         from rcdm.viz import save_png
 
-        path = self.dir(experiment) / f"{name}.png"
+        path = self.dir(experiment) / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', name)}.png"
         save_png(arr, path)
         return Figure(path=str(path.relative_to(self.out)), caption=caption, title=title)
 

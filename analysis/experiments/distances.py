@@ -38,7 +38,7 @@ def run(ctx: Context) -> Entry:
     vf, tf = ctx.features(val), ctx.features(train)
     rows = ctx.pick(val, cfg.n_images, "distances")
     rcdms, notes = ctx.store_rcdms(val, "distances", required=False)
-    size = display_size(max([r.image_size for r in rcdms], default=64))
+    size = display_size(max([r.image_size for r in rcdms], default=64), [f"samples {r.label}" for r in rcdms])
     seeds = ctx.noise_seeds()
     rng = ctx.rng("distances")
     k = min(cfg.n_distance, len(val) - 1)

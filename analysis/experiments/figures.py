@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Iterable
+
 import numpy as np
 from PIL import Image
 from rcdm.data.images import adm_center_crop
-from rcdm.viz import annotate, fit
+from rcdm.viz import MARGIN, MIN_FONT_SIZE, annotate, fit, font, text_width, wrap
 
 
 def tile(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
@@ -16,18 +19,15 @@ def tile(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
 
 
 def labelled(img: Image.Image | np.ndarray, text: str, size: int, lines: int = 2) -> np.ndarray:
-    """``tile`` with ``text`` below in exactly ``lines`` lines, so labelled tiles line up."""
-    chars = max(4, size // 6)  # what rcdm.viz.annotate fits on one line
-    wrapped = []
-    for part in text.splitlines() or [""]:
-        while len(part) > chars:
-            wrapped.append(part[:chars])
-            part = part[chars:]
-        wrapped.append(part)
-    wrapped = (wrapped + [""] * lines)[:lines]
-    return annotate(tile(img, size), "\n".join(wrapped))
+    """``tile`` with ``text`` below in at least ``lines`` lines (so labelled tiles line up), laid
+    out with measured widths: broken at spaces, never inside a word (``rcdm.viz.layout``)."""
+    return annotate(tile(img, size), text, lines=lines)
 
 
-def display_size(image_size: int) -> int:
-    """Tiles at least 64 px wide, so a number fits under each."""
-    return max(64, int(image_size))
+def display_size(image_size: int, labels: Iterable[str] = ()) -> int:
+    """Tiles at least 64 px wide, so a number fits under each, and wide enough that the longest
+    unbreakable piece of any of ``labels`` fits on one line at the smallest font."""
+    f = font(MIN_FONT_SIZE)
+    pieces = [p for t in labels for w in t.split() for p in wrap(w, 1, f)]
+    widest = max((text_width(p, f) for p in pieces), default=0.0)
+    return max(64, int(image_size), math.ceil(widest) + 2 * MARGIN)

@@ -45,7 +45,7 @@ def run(ctx: Context) -> Entry:
                 "steps from 0 to 1 (end images left and right); one row per noise seed",
             )  # fmt: skip
             name = f"{r.label}_{len(records)}"
-            figures.append(ctx.save_figure("interpolation", name, fig, cap, f"{r.label}: {val.keys[a]} to {val.keys[b]}"))
+            figures.append(ctx.save_figure("interpolation", name, fig, cap, f"{r.title}: {val.keys[a]} to {val.keys[b]}"))
             rec = {
                 "checkpoint": r.path, "a": val.keys[a], "b": val.keys[b], "alphas": alphas,
                 "squared_distance_a_b": float(((ha.astype(np.float64) - hb) ** 2).sum()),

@@ -1,14 +1,18 @@
 """invariance (Fig. 3, 25): transform the conditioning image (shift, zoom, grayscale, colour
 jitter, flip, user torchvision transforms), sample from each representation with the same noise
 seeds, and measure how far the representation moves (per encoder layer in ``analyze.layers``)
-and how far the samples move (pixels, and the samples' own representations)."""
+and how far the samples move, as the scores of :mod:`.invariance_scores`: (a) h movement over
+the nearest-training-neighbour distance, (b) sample movement in a second encoder's space
+(``analyze.second_store``; default the conditioning encoder) over the samples' diversity at a
+fixed h. A table and a plot per checkpoint; the raw numbers per image in invariance.json."""
 
 from __future__ import annotations
 
 import numpy as np
-from rcdm.analysis.experiments.common import Context
+from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.distances import squared_distances
 from rcdm.analysis.experiments.figures import display_size, labelled
+from rcdm.analysis.experiments.invariance_scores import movement_scores, nn_distance, plot_scores
 from rcdm.analysis.experiments.transforms import get_transform, seeded_apply
 from rcdm.analysis.report import Entry, Table
 from rcdm.errors import InvalidInput
@@ -42,41 +46,90 @@ def check_layers(ctx: Context, info: dict) -> None:
             )
 
 
+N_NN = 256  # training images encoded for the nearest-neighbour distance of a layer without a store
+
+
+def _standardiser(r) -> tuple[np.ndarray, np.ndarray] | None:
+    """(mean, std) when the RCDM standardises h per dimension before use (train.cond_norm)."""
+    cn = getattr(r.model, "cond_norm", None)
+    if cn is None or not hasattr(cn, "mean"):
+        return None
+    return cn.mean.detach().cpu().numpy().astype(np.float64), cn.std.detach().cpu().numpy().astype(np.float64)
+
+
+def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray, str]:
+    """Training representations of ``layer`` for nearest-neighbour distances, and what they are:
+    the train store when it holds this encoder and layer, else N_NN training images encoded."""
+    train = ctx.store("train")
+    info = {**r.encoder_info, "layer": layer}
+    if layer == r.encoder_info.get("layer") and same_encoder(train, r):
+        return ctx.features(train), f"all {len(train)} entries of the train store"
+    rows = ctx.pick(train, N_NN, f"invariance-nn/{layer}")
+    enc = ctx.encoder(r.encoder_info, layer)
+    return ctx.encode(enc, [ctx.image(train, i) for i in rows]), f"{len(rows)} training images ({describe_encoder(info)})"
+
+
+def _second(ctx: Context, r):
+    """The encoder whose space measures sample movement, and its description."""
+    if ctx.cfg.second_store:
+        s = ctx.store(ctx.cfg.second_store)
+        return ctx.encoder(s.encoder_info), f"second encoder {describe_encoder(s.encoder_info)} (store {s.path})"
+    return ctx.encoder(r.encoder_info), f"the conditioning encoder {describe_encoder(r.encoder_info)} (no analyze.second_store)"
+
+
+def _mean(values: list[float]) -> float:
+    """Mean over the images that have the number (nan when none has: e.g. (b) with one sample)."""
+    v = np.asarray(values, np.float64)
+    v = v[np.isfinite(v)]
+    return float(v.mean()) if v.size else float("nan")
+
+
 def run(ctx: Context) -> Entry:
     cfg = ctx.cfg
     names = transform_names(ctx)
     val = ctx.store("val")
     rows = ctx.pick(val, cfg.n_images, "invariance")
     seeds = ctx.noise_seeds()
-    figures, records, table_rows = [], [], []
+    figures, records, h_rows, s_rows, notes = [], [], [], [], []
     for r in ctx.rcdms():
         check_layers(ctx, r.encoder_info)
         enc = ctx.encoder(r.encoder_info)
-        size = display_size(r.image_size)
+        second, second_desc = _second(ctx, r)
+        std = _standardiser(r)
+        cond_layer = r.encoder_info.get("layer")
+        refs = {layer: _nn_reference(ctx, r, layer) for layer in cfg.layers}
+        if std is not None and cond_layer in refs:  # compare in the space the model sees
+            refs[cond_layer] = ((refs[cond_layer][0] - std[0]) / std[1], refs[cond_layer][1])
+        size = display_size(r.image_size, ["original", *names])  # tiles wide enough for every row label
         per_t: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for n_img, i in enumerate(rows):
             img = ctx.image(val, i)
             views = [img] + [seeded_apply(get_transform(t), img, cfg.seed, f"{t}/{val.keys[i]}") for t in names]
             conds = ctx.encode(enc, views)  # (1 + T, D): original first
             samples = ctx.sample_grid(r, conds, seeds)  # (1 + T, S, H, W, 3)
-            s_feats = ctx.encode(enc, samples.reshape(-1, *samples.shape[2:])).reshape(len(views), len(seeds), -1)
+            s_feats = ctx.encode(second, samples.reshape(-1, *samples.shape[2:])).reshape(len(views), len(seeds), -1)
             grid_rows = [
                 [labelled(v, lab, size)] + [labelled(s, "", size) for s in samples[c]]
                 for c, (v, lab) in enumerate(zip(views, ["original", *names], strict=True))
             ]
             rec = {"checkpoint": r.path, "key": val.keys[i], "transforms": {}}
             norm0 = float((conds[0].astype(np.float64) ** 2).sum())
+            hs = {}
+            for layer in cfg.layers:
+                h = conds if layer == cond_layer else ctx.encode(ctx.encoder(r.encoder_info, layer), views)
+                raw = h.astype(np.float64)
+                seen = (raw - std[0]) / std[1] if (std is not None and layer == cond_layer) else raw
+                hs[layer] = (raw, seen, nn_distance(seen[0], refs[layer][0]))
             for t_idx, t in enumerate(names, start=1):
                 d = {}
-                for layer in cfg.layers:
-                    if layer == r.encoder_info.get("layer"):
-                        h = conds[[0, t_idx]]
-                    else:
-                        h = ctx.encode(ctx.encoder(r.encoder_info, layer), [views[0], views[t_idx]])
-                    d[f"{layer}_squared_distance"] = float(squared_distances(h[0], h[1:])[0])
-                    d[f"{layer}_relative"] = d[f"{layer}_squared_distance"] / max(
-                        float((h[0].astype(np.float64) ** 2).sum()), 1e-12
-                    )
+                for layer, (raw, seen, nn0) in hs.items():
+                    d[f"{layer}_squared_distance"] = float(squared_distances(raw[0], raw[t_idx : t_idx + 1])[0])
+                    d[f"{layer}_relative"] = d[f"{layer}_squared_distance"] / max(float((raw[0] ** 2).sum()), 1e-12)
+                    sc = movement_scores(seen[0], seen[t_idx], nn0)
+                    d[f"{layer}_distance"], d[f"{layer}_nn_distance"], d[f"{layer}_score"] = (
+                        sc["distance"], sc["nn_distance"], sc["score"])  # fmt: skip
+                sc = movement_scores(conds[0], conds[t_idx], 1.0, s_feats[0], s_feats[t_idx])
+                d.update({k: sc[k] for k in ("sample_movement", "sample_diversity", "sample_score")})
                 # how far the samples move, with the same noise seeds
                 d["sample_pixel_mad"] = float(
                     np.abs(samples[t_idx].astype(np.float32) - samples[0].astype(np.float32)).mean() / 255.0
@@ -95,24 +148,56 @@ def run(ctx: Context) -> Entry:
                 f"random ones seeded by analysis seed {cfg.seed}), each followed by samples from its "
                 "representation, the same noise seed per column",
             )  # fmt: skip
-            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
+            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}"))
+        mean = {t: {k: _mean(v) for k, v in per_t[t].items()} for t in names}
+        for layer in cfg.layers:
+            for t in names:
+                m = mean[t]
+                h_rows.append([r.label, describe_encoder({**r.encoder_info, "layer": layer}), t,
+                               round(m[f"{layer}_distance"], 4), round(m[f"{layer}_nn_distance"], 4),
+                               round(m[f"{layer}_score"], 3), m[f"{layer}_squared_distance"]])  # fmt: skip
         for t in names:
-            m = {k: float(np.mean(v)) for k, v in per_t[t].items()}
-            table_rows.append(
-                [r.label, t]
-                + [m[f"{layer}_squared_distance"] for layer in cfg.layers]
-                + [m[f"{layer}_relative"] for layer in cfg.layers]
-                + [m["sample_pixel_mad"], m["sample_repr_squared_distance"]]
-            )
-    columns = (["checkpoint", "transform"] + [f"{layer} ||dh||^2" for layer in cfg.layers]
-               + [f"{layer} relative" for layer in cfg.layers]
-               + ["samples: mean |dx|", "samples: ||df||^2"])  # fmt: skip
-    table = Table(f"Mean over {len(rows)} images", columns, table_rows)
+            m = mean[t]
+            s_rows.append([r.label, t, round(m["sample_movement"], 4), round(m["sample_diversity"], 4),
+                           round(m["sample_score"], 3), round(m["sample_pixel_mad"], 4)])  # fmt: skip
+        std_note = (
+            f" The {cond_layer} distances are measured after the per-dimension standardisation this checkpoint "
+            "applies to h before using it ((h - mean) / std with the training store's mean and std per dimension, "
+            "train.cond_norm=standardize), the space the model sees; raw squared distances are in invariance.json."
+            if std is not None else ""
+        )  # fmt: skip
+        series = {f"{layer} h (a)": [mean[t][f"{layer}_score"] for t in names] for layer in cfg.layers}
+        series["samples (b)"] = [mean[t]["sample_score"] for t in names]
+        cap = ctx.caption(
+            r, seeds,
+            f"Invariance scores, mean over {len(rows)} images. (a) per layer: ||h(T x) - h(x)|| / distance from "
+            f"h(x) to its nearest training neighbour ({'; '.join(f'{k}: {v[1]}' for k, v in refs.items())}). "
+            f"(b): distance between same-seed samples from h(T x) and h(x), in the space of {second_desc}, over "
+            f"the mean pairwise distance of the samples from h(x) (diversity at a fixed h). 0: invariant; the "
+            f"dashed line at 1: the augmentation moves as far as the reference distance.{std_note}",
+        )  # fmt: skip
+        figures.append(ctx.save_figure("invariance", f"{r.label}_scores", plot_scores(names, series, f"{r.title}: invariance scores"), cap, f"{r.title}: scores"))
+        if std_note:
+            notes.append(f"{r.label}:{std_note}")
+        notes.append(f"{r.label}: sample movement measured in the space of {second_desc}.")
+        if len(seeds) < 2:
+            notes.append("(b) needs at least 2 samples per condition (analyze.n_samples) for the diversity at a fixed h.")
+    tables = [
+        Table(f"(a) How far each augmentation moves h, beside the distance to the nearest training neighbour (mean over {len(rows)} images)",
+              ["checkpoint", "encoder (layer)", "transform", "||h(Tx) - h(x)||", "nearest-neighbour distance",
+               "(a) ratio", "||dh||^2 (raw)"], h_rows),
+        Table("(b) How far the samples move (same noise seeds), beside their diversity at a fixed h",
+              ["checkpoint", "transform", "sample movement", "diversity at fixed h", "(b) ratio", "mean |dx| (pixels)"],
+              s_rows),
+    ]  # fmt: skip
     numbers = {"seed": cfg.seed, "noise_seeds": seeds, "layers": list(cfg.layers), "transforms": names,
-               "images": records}  # fmt: skip
+               "second_store": cfg.second_store, "images": records}  # fmt: skip
     desc = (
-        "Representation distance ||h(T x) - h(x)||^2 (and relative to ||h(x)||^2) per encoder layer; "
-        "sample movement: mean absolute pixel difference in [0, 1] and squared distance between the "
-        "samples' representations, comparing samples with the same noise seed."
+        "One number per (encoder, layer, augmentation) and per (checkpoint, augmentation). (a): how far the "
+        "augmentation moves the representation, relative to the distance from the original to its nearest "
+        "training neighbour (above 1: further than the nearest other image). (b): how far same-seed RCDM "
+        "samples move, in a second encoder's space, relative to the spread of the samples for a fixed h (near 0: "
+        "what the representation keeps does not change; about 1: the change is as large as the noise's). An "
+        "invariant representation scores 0 on both."
     )
-    return ctx.finish("invariance", TITLE, numbers, figures, [table], desc)
+    return ctx.finish("invariance", TITLE, numbers, figures, tables, desc, notes)

@@ -1,10 +1,13 @@
 """manipulation (Fig. 5, 30, 31, 32): edit a representation and decode it.
 
 Nearest-neighbour common-dimension masking (section 5 of the paper): take the k nearest training
-neighbours of h; the *most-common* dimensions are those non-zero in at least m of them (what the
+neighbours of h; the *most-common* dimensions are those active in at least m of them (what the
 neighbours share, usually the object); the *least-common* variant takes as many dimensions of h
-among those active in the fewest neighbours. Each set is zeroed ("mask") or replaced by the
-values of another image's representation ("substitute"). Algebra rows decode a - b + c.
+among those active in the fewest neighbours. "Active" is relative to each dimension's distribution
+over the training store (above its 75th percentile), not "non-zero", which every dimension of a
+dense or standardised representation is. A selection where the two sets overlap or cover most
+dimensions is flagged as degenerate in the figure, the notes and the JSON. Each set is zeroed
+("mask") or replaced by the values of another image's representation ("substitute"). Algebra rows decode a - b + c.
 """
 
 from __future__ import annotations
@@ -12,31 +15,67 @@ from __future__ import annotations
 import numpy as np
 from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
-from rcdm.analysis.report import Entry, Table
+from rcdm.analysis.report import Entry, Table, write_entry
 from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
 TITLE = "Manipulation: common-dimension masking, substitution and algebra (Fig. 5, 30-32)"
 
 
-def select_dims(h: np.ndarray, neighbour_feats: np.ndarray, m: int, variant: str) -> np.ndarray:
+ACTIVE_QUANTILE = 0.75  # "active": above the dimension's 75th percentile over the training store
+
+
+def active_thresholds(train_feats: np.ndarray, q: float = ACTIVE_QUANTILE) -> np.ndarray:
+    """Per-dimension thresholds ``(D,)``: a dimension is *active* in a vector when its value is
+    above the ``q`` quantile of that dimension over the training store. "Non-zero" (the paper's
+    rule, for sparse post-ReLU features) means nothing for a dense or standardised
+    representation, where every dimension is non-zero; this threshold means the same for both."""
+    return np.quantile(np.asarray(train_feats, dtype=np.float32), q, axis=0).astype(np.float32)
+
+
+def select_dims(
+    h: np.ndarray, neighbour_feats: np.ndarray, m: int, variant: str, thresholds: np.ndarray | None = None
+) -> np.ndarray:
     """Dimensions to edit, sorted ``(n,)`` int64.
 
-    ``most``: non-zero in at least ``m`` of the ``k`` neighbours (``rcdm.diffusion.conditions.common_dims``).
-    ``least``: the same number of dimensions, chosen among those non-zero in ``h`` with the
-    fewest non-zero neighbours (ties: lower index first).
+    A dimension is active in a vector when its value is above ``thresholds`` (per dimension;
+    default: non-zero, the paper's rule). ``most``: active in at least ``m`` of the ``k``
+    neighbours. ``least``: the same number of dimensions, chosen among those active in ``h``
+    with the fewest active neighbours (ties: lower index first).
     """
-    from rcdm.diffusion.conditions import common_dims
-
-    most = common_dims(neighbour_feats, m)
+    nf, h = np.asarray(neighbour_feats, dtype=np.float32), np.asarray(h, dtype=np.float32)
+    if variant not in ("most", "least"):
+        raise InvalidInput(f"select_dims variant must be 'most' or 'least', got {variant!r}")
+    if not 1 <= m <= nf.shape[0]:
+        raise InvalidInput(f"select_dims: m={m} must be between 1 and the number of neighbours k={nf.shape[0]}")
+    if thresholds is None:
+        act_nb, act_h = np.abs(nf) > 0, np.abs(h) > 0
+    else:
+        act_nb, act_h = nf > thresholds, h > thresholds
+    counts = act_nb.sum(0)  # (D,)
+    most = np.flatnonzero(counts >= m).astype(np.int64)
     if variant == "most":
         return most
-    if variant != "least":
-        raise InvalidInput(f"select_dims variant must be 'most' or 'least', got {variant!r}")
-    counts = (np.abs(np.asarray(neighbour_feats)) > 0).sum(0)  # (D,)
-    active = np.flatnonzero(np.abs(np.asarray(h)) > 0)
+    active = np.flatnonzero(act_h)
     order = active[np.argsort(counts[active], kind="stable")]
     return np.sort(order[: len(most)]).astype(np.int64)
+
+
+def selection_check(most: np.ndarray, least: np.ndarray, dim: int) -> dict:
+    """Whether the two selections can be told apart: their overlap, the share of all dimensions
+    they cover, and ``degenerate`` with the reason when "mask most" and "mask least" cannot
+    show different things (the sets overlap, one covers most dimensions, or they are empty)."""
+    overlap = int(np.intersect1d(most, least).size)
+    frac = len(most) / max(1, dim)
+    reasons = []
+    if len(most) == 0:
+        reasons.append("no dimension is active in enough neighbours (nothing is edited)")
+    if overlap:
+        reasons.append(f"{overlap} of the {len(most)} dimensions are in both the most- and least-common sets")
+    if frac > 0.5:
+        reasons.append(f"the selection covers {100 * frac:.0f}% of the {dim} dimensions")
+    return {"n_most": int(len(most)), "n_least": int(len(least)), "overlap": overlap,
+            "fraction_of_dims": frac, "degenerate": bool(reasons), "reason": "; ".join(reasons)}  # fmt: skip
 
 
 def run(ctx: Context) -> Entry:
@@ -56,8 +95,10 @@ def run(ctx: Context) -> Entry:
             f"({describe_encoder(val.encoder_info)}) must hold the same representation"
         )
     rcdms, notes = ctx.store_rcdms(train, "manipulation")
+    thresholds = active_thresholds(tf)
+    degenerate = []
     for r in rcdms:
-        size = display_size(r.image_size)
+        size = display_size(r.image_size, ["mask least (degenerate)"])
         vf = ctx.features(val)
         for n_img, i in enumerate(rows[: max(1, cfg.n_images)]):
             h = vf[i]
@@ -66,31 +107,41 @@ def run(ctx: Context) -> Entry:
             conds, labels = [h], ["original"]
             dims_by = {}
             for variant in ("most", "least"):
-                dims = select_dims(h, tf[nn], m, variant)
+                dims = select_dims(h, tf[nn], m, variant, thresholds)
                 dims_by[variant] = dims
                 conds.append(manipulate(h, dims, "zero"))
                 labels.append(f"mask {variant}")
                 conds.append(manipulate(h, dims, "replace", target=vf[other]))
                 labels.append(f"sub {variant}")
+            check = selection_check(dims_by["most"], dims_by["least"], len(h))
+            if check["degenerate"]:
+                degenerate.append(f"{val.keys[i]}: {check['reason']}")
+                labels = [lab if lab == "original" else f"{lab} (degenerate)" for lab in labels]
             samples = ctx.sample_grid(r, np.stack(conds), seeds)  # (5, S, H, W, 3)
             img, oimg = ctx.image(val, i), ctx.image(val, other)
             grid_rows = []
             for c, lab in enumerate(labels):
-                first = labelled(oimg if lab.startswith("sub ") else img, lab, size)
+                first = labelled(oimg if lab.startswith("sub ") else img, lab, size, lines=3)
                 grid_rows.append([first] + [labelled(s, "", size) for s in samples[c]])
+            warn = (f"DEGENERATE SELECTION: {check['reason']}, so the mask / sub rows cannot show "
+                    "different things. " if check["degenerate"] else "")  # fmt: skip
             cap = ctx.caption(
                 r, seeds,
-                f"Rows: samples of h({val.keys[i]}); with its {len(dims_by['most'])} most-common / "
-                f"least-common dimensions (non-zero in >= {m} of its {k} nearest training neighbours) "
-                f"zeroed (mask) or replaced by those of {val.keys[other]} (sub, whose image is shown)",
+                f"{warn}Rows: samples of h({val.keys[i]}); with its {len(dims_by['most'])} most-common / "
+                f"least-common dimensions (active, i.e. above the dimension's {100 * ACTIVE_QUANTILE:.0f}th "
+                f"percentile over the training store, in >= {m} of its {k} nearest training neighbours; "
+                f"overlap {check['overlap']}) zeroed (mask) or replaced by those of {val.keys[other]} "
+                "(sub, whose image is shown)",
             )  # fmt: skip
-            figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, f"{r.label}: {val.keys[i]}"))
+            title = f"{r.title}: {val.keys[i]}" + (" (degenerate selection)" if check["degenerate"] else "")
+            figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, title))
             records.append({
                 "checkpoint": r.path, "key": val.keys[i], "substitute_from": val.keys[other],
                 "k": k, "m": m, "neighbours": [train.keys[j] for j in nn],
-                "dims_most": dims_by["most"], "dims_least": dims_by["least"],
+                "dims_most": dims_by["most"], "dims_least": dims_by["least"], "selection": check,
             })  # fmt: skip
-            table_rows.append([r.label, val.keys[i], len(dims_by["most"]), len(dims_by["least"]), r.cond_dim])
+            table_rows.append([r.label, val.keys[i], len(dims_by["most"]), len(dims_by["least"]),
+                               check["overlap"], r.cond_dim, "yes" if check["degenerate"] else "no"])  # fmt: skip
         # algebra rows: a - b + c
         triples = _triples(ctx, val, rows)
         alg_rows, alg_records = [], []
@@ -109,11 +160,23 @@ def run(ctx: Context) -> Entry:
                 + "; ".join(f"{t['a']} - {t['b']} + {t['c']}" for t in alg_records) + ")",
             )
             fig = grid(alg_rows, separator_after_first=False)
-            figures.append(ctx.save_figure("manipulation", f"{r.label}_algebra", fig, cap, f"{r.label}: algebra"))
+            figures.append(ctx.save_figure("manipulation", f"{r.label}_algebra", fig, cap, f"{r.title}: algebra"))
             records.append({"checkpoint": r.path, "algebra": alg_records})
-    table = Table("Edited dimensions", ["checkpoint", "image", "most-common dims", "least-common dims", "D"], table_rows)
-    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "results": records}
-    return ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes)
+    table = Table("Edited dimensions", ["run", "image", "most-common dims", "least-common dims", "overlap",
+                                        "D", "degenerate"], table_rows)  # fmt: skip
+    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "active_rule": f"value > the dimension's "
+               f"{ACTIVE_QUANTILE} quantile over the training store", "active_quantile": ACTIVE_QUANTILE,
+               "degenerate": degenerate, "results": records}  # fmt: skip
+    if degenerate:
+        notes = [f"Degenerate selection for {len(degenerate)} image(s): most- and least-common masking "
+                 f"cannot be told apart ({'; '.join(degenerate)})."] + list(notes)  # fmt: skip
+    entry = ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes)
+    if degenerate:  # said in bold under the title, not only in the figures
+        entry.summary = (f"{len(degenerate)} of {len(records) - sum('algebra' in r for r in records)} "
+                         "masking figure(s) have a degenerate selection: their most- and least-common rows "
+                         "cannot show different things (see each figure's caption).")  # fmt: skip
+        write_entry(ctx.out, entry)
+    return entry
 
 
 def _triples(ctx: Context, val, rows: list[int]) -> list[tuple[int, int, int]]:

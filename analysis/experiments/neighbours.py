@@ -36,7 +36,7 @@ def run(ctx: Context) -> Entry:
             i, s = divmod(j, len(seeds))
             d = squared_distances(h_s, tf[idx])
             d_cond = float(squared_distances(h_s, conds[i][None])[0])
-            row = [labelled(s_img, f"d(h)={d_cond:.3g}", size)]
+            row = [labelled(s_img, f"d(h) {d_cond:.3g}", size)]
             row += [labelled(ctx.image(train, t), f"{dt:.3g}", size) for t, dt in zip(idx, d, strict=True)]
             grid_rows.append(row)
             records.append({"checkpoint": r.path, "condition": val.keys[rows[i]], "seed": seeds[s],
@@ -50,7 +50,7 @@ def run(ctx: Context) -> Entry:
             f"under it the squared distance of its representation to the condition); right: its {k} nearest "
             "training images in representation space with squared distances",
         )  # fmt: skip
-        figures.append(ctx.save_figure("neighbours", r.label, grid(grid_rows), cap, r.label))
+        figures.append(ctx.save_figure("neighbours", r.label, grid(grid_rows), cap, r.title))
     table = Table("Nearest training neighbour of each sample",
                   ["checkpoint", "condition", "seed", "sq. dist. to condition", "sq. dist. to NN 1", "NN 1"],
                   table_rows)  # fmt: skip

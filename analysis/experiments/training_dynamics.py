@@ -30,7 +30,7 @@ def run(ctx: Context) -> Entry:
     val = ctx.store("val")
     rows = ctx.pick(val, cfg.n_images, "training-dynamics")
     seeds = ctx.noise_seeds()
-    size = display_size(max(r.image_size for r in rcdms))
+    size = display_size(max(r.image_size for r in rcdms), [val.keys[i] for i in rows] + [r.label for r in rcdms])
     per_ckpt = [ctx.sample_grid(r, ctx.conditions(r, val, rows), seeds) for r in rcdms]  # each (N, S, H, W, 3)
     grid_rows = []
     for n, i in enumerate(rows):

@@ -5,16 +5,17 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
 from rcdm.app.commandline import call, common_options, entry, load, show, stage
-from rcdm.app.config import EXPERIMENTS, PipelineConfig
+from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig
 from rcdm.app.load import resolve
 from rcdm.encoders.registry import REGISTRY
-from rcdm.errors import UserError
+from rcdm.errors import InvalidInput, UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -27,6 +28,7 @@ def cli() -> None:
       extract   images + frozen encoder -> feature store
       store     inspect or verify a feature store
       train     feature store + images -> RCDM checkpoints
+      train-prior  feature store -> a prior over representations (sampling with no image)
       sample    checkpoint + conditions -> images
       evaluate  samples -> FID, IS, rank / MRR tables
       analyze   the paper's analyses as figures and an HTML report
@@ -53,15 +55,16 @@ def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
 @cli.command()
 @click.option("--encoder", type=click.Choice(list(REGISTRY)), help="Encoder (--list-encoders shows layers, preprocessing and weights URLs).")
 @click.option("--weights", type=click.Path(), help="Local checkpoint file for the encoder.")
-@click.option("--layer", type=click.Choice(["trunk", "head"]), help="Which layer to store.")
+@click.option("--layer", type=click.Choice(["trunk", "cls", "mean", "tokens", "head"]), help="Which layer to store (ViTs: cls, mean, tokens).")
 @click.option("--source", type=click.Path(), help="ImageFolder tree, text file of paths, or .tar shards.")
 @click.option("--out", type=click.Path(), help="Output store directory.")
 @click.option("--format", "format", type=click.Choice(["h5", "wds"]), help="Shard format.")
-@click.option("--preprocess", type=click.Choice(["default", "rcdm", "imagenet"]), help="Encoder input convention (default: the encoder's own).")
+@click.option("--preprocess", type=click.Choice(["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"]), help="Encoder input convention (default: the encoder's own).")
 @click.option("--input-size", type=click.IntRange(min=16), help="Encoder input crop (default: the encoder's own, 224).")
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0))
 @click.option("--device")
+@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), help="JPEG decoding: PIL in workers, or batched on the GPU (auto: gpu on CUDA).")
 @click.option("--include-images", is_flag=True, help="wds: store the image bytes too.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @click.option("--repair", is_flag=True, help="Re-encode only the damaged or missing shards of an existing store.")
@@ -89,7 +92,7 @@ def extract(ctx: click.Context, list_encoders: bool, **_: Any) -> None:
     both = raw.extract.source is None and raw.extract.out is None
     jobs = call(extract_jobs, resolve(raw), both)
     for job in jobs:
-        show(f"extract {job.source} -> {job.out}", job)
+        show(f"extract {job.source} -> {job.out}", job, full=ctx.params["dry_run"], prefix="extract.")
     if ctx.params["dry_run"]:
         click.echo("dry run: " + call(_extract_plan, raw, jobs))
         return
@@ -134,8 +137,9 @@ def store_verify(path: str) -> None:
 @click.option("--store", type=click.Path(), help="Training feature store.")
 @click.option("--out", type=click.Path(), help="Run directory.")
 @click.option("--preset", type=click.Choice(["tiny", "adm64", "adm128", "adm256"]), help="UNet architecture (ADM's for 64/128/256 px; tiny for CPU).")
-@click.option("--cond", type=click.Choice(["embed", "cbn", "both"]), help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm; both: an rcdm addition).")
+@click.option("--cond", type=click.Choice(["embed", "cbn", "both", "xattn"]), help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm; both: an rcdm addition; xattn: cross-attention to a tokens store's patch grid).")
 @click.option("--threads", type=click.IntRange(min=0), help="Torch CPU threads (0: auto, the cores minus the loader workers).")
+@click.option("--source", type=click.Path(), help="Image source of the store's keys, when the images moved since extraction (default: the store's own).")
 @click.option("--init-from", type=click.Path(), help="Start from an official RCDM/ADM checkpoint or ours.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Total training images, thousands.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
@@ -151,8 +155,26 @@ def train(ctx: click.Context, **_: Any) -> None:
     )  # fmt: skip
 
 
+@cli.command("train-prior")
+@click.option("--store", type=click.Path(), help="Feature store whose representations the prior learns.")
+@click.option("--out", type=click.Path(), help="Prior folder (default: <workdir>/prior).")
+@click.option("--iters", type=click.IntRange(min=1), help="Optimiser steps.")
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--device")
+@click.option("--overwrite", is_flag=True, help="Replace a finished prior in --out.")
+@common_options
+@click.pass_context
+def train_prior(ctx: click.Context, **_: Any) -> None:
+    """Train a prior over representations (RCG's MLP diffusion), for `rcdm sample --condition prior`."""
+    stage(
+        ctx, "prior",
+        lambda p: f"would train a {p.blocks}-block, {p.width}-wide prior for {p.iters} steps on {p.store} -> {p.out}",
+        entry("rcdm.train.prior", "train_prior"), "prior written",
+    )  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------ sample
-_CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate"
+_CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate, prior"
 
 
 @cli.command(
@@ -163,7 +185,8 @@ _CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate"
     "  class-mean   the mean representation of a class (sample.labels)\n"
     "  kde          draws from a kernel density estimate over the store (sample.kde_sigma)\n"
     "  algebra      a - b + c of three store rows (--keys A B C)\n"
-    "  manipulate   a row with the dimensions common to its neighbours zeroed or replaced"
+    "  manipulate   a row with the dimensions common to its neighbours zeroed or replaced\n"
+    "  prior        draws from a learned prior over representations (rcdm train-prior; sample.prior)"
 )
 @click.option("--checkpoint", type=click.Path(), help="Run directory or weights file.")
 @click.option("--out", type=click.Path())
@@ -187,7 +210,7 @@ def sample(ctx: click.Context, **_: Any) -> None:
     stage(
         ctx, "sample",
         lambda s: f"would sample ({s.sampler.label()}) from {s.checkpoint} conditioned on {s.condition} -> {s.out}",
-        entry("rcdm.sample"), "samples written",
+        entry("rcdm.sample"), "samples written", after=_results("sample_lines"),
     )  # fmt: skip
 
 
@@ -211,55 +234,43 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool
     rcdm evaluate --table eval/dino eval/simclr eval/supervised --out eval/table
     rcdm evaluate --curve runs/paper runs/fast --out eval/curve
     """
-    if curve:
-        _curve(ctx, runs)
-        return
-    if runs and not table:
+    if runs and not (table or curve):
         raise click.UsageError(f"unexpected argument(s) {' '.join(runs)}: evaluated runs go after --table")
-    if not table:
+    if not (table or curve):
         stage(
             ctx, "evaluate", lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
-            entry("rcdm.analysis", "evaluate"), "metrics written",
+            entry("rcdm.analysis", "evaluate"), "metrics written", after=_results("evaluate_lines"),
         )  # fmt: skip
         return
+    kind, what, fn = (
+        ("table", "assemble", ("rcdm.analysis", "table")) if table
+        else ("curve", "plot the faithfulness curves of", ("rcdm.analysis.curve", "curve"))
+    )  # fmt: skip
     if not runs:
-        raise click.UsageError("--table needs the evaluated runs: rcdm evaluate --table eval/a eval/b --out eval/table")
-    cfg = load(ctx, None)
-    out = ctx.params["out"] or str(Path(cfg.data.workdir) / "table")
+        example = "eval/a eval/b --out eval/table" if table else "runs/a runs/b --out eval/curve"
+        raise click.UsageError(f"--{kind} needs the runs: rcdm evaluate --{kind} {example}")
+    out = ctx.params["out"] or str(Path(load(ctx, None).data.workdir) / kind)
     if ctx.params["dry_run"]:
-        click.echo(f"dry run: would assemble {len(runs)} run(s) ({', '.join(runs)}) into {out}")
+        click.echo(f"dry run: would {what} {len(runs)} run(s) ({', '.join(runs)}) into {out}")
         return
-    click.echo(f"table written: {call(_table, list(runs), out)}")
+    click.echo(f"{kind} written: {call(lambda: getattr(importlib.import_module(fn[0]), fn[1])(list(runs), out))}")
 
 
-def _curve(ctx: click.Context, runs: tuple[str, ...]) -> None:
-    if not runs:
-        raise click.UsageError("--curve needs training runs: rcdm evaluate --curve runs/a runs/b --out eval/curve")
-    out = ctx.params["out"] or str(Path(load(ctx, None).data.workdir) / "curve")
-    if ctx.params["dry_run"]:
-        click.echo(f"dry run: would plot the faithfulness curves of {len(runs)} run(s) into {out}")
-        return
-    click.echo(f"curve written: {call(_plot_curve, list(runs), out)}")
+def _results(name: str):
+    def after(out: Path) -> list[str]:
+        from rcdm.app import results
 
+        return getattr(results, name)(out)
 
-def _plot_curve(runs: list[str], out: str) -> Path:
-    from rcdm.analysis.curve import curve
-
-    return curve(runs, out)
-
-
-def _table(runs: list[str], out: str) -> Path:
-    import rcdm.analysis
-
-    return rcdm.analysis.table(runs, out)
+    return after
 
 
 # ----------------------------------------------------------------------------------- analyze
 @cli.command(
     help="Run the paper's analyses into report.html.\n\n"
-    "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS)
+    "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS + EXTRA_EXPERIMENTS)
 )
-@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS), metavar="[EXPERIMENT]...")
+@click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS + EXTRA_EXPERIMENTS), metavar="[EXPERIMENT]...")
 @click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable).")
 @click.option("--train-store", type=click.Path())
 @click.option("--val-store", type=click.Path())
@@ -275,11 +286,18 @@ def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
         from rcdm.app.load import set_value
 
         cfg = set_value(cfg, "analyze", "experiments", experiments, "command-line EXPERIMENTS")
-    stage(
-        ctx, "analyze",
-        lambda a: f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}",
-        entry("rcdm.analysis", "analyze"), "report", cfg=cfg,
-    )  # fmt: skip
+    stage(ctx, "analyze", _analyze_plan, entry("rcdm.analysis", "analyze"), "report", cfg=cfg)
+
+
+def _analyze_plan(a: Any) -> str:
+    known = EXPERIMENTS + EXTRA_EXPERIMENTS
+    unknown = [e for e in a.experiments if e not in known]
+    if unknown:
+        origin = a.origin.get("experiments", "analyze.experiments")
+        raise InvalidInput(f"unknown experiment(s) {', '.join(unknown)} (from {origin}); choose from {', '.join(known)}")
+    if not a.experiments:
+        raise InvalidInput(f"no experiment selected; choose from {', '.join(EXPERIMENTS)}")
+    return f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}"
 
 
 # --------------------------------------------------------------------------------------- run
@@ -291,13 +309,18 @@ def _run_pipeline(ctx: click.Context, stages: str | None, force: bool) -> None:
         names = pipeline.parse_stages(stages)
     except UserError as e:
         raise click.BadParameter(str(e), param_hint="--stages") from e
-    show("pipeline", cfg)
+    show("pipeline", cfg, full=ctx.params["dry_run"])
     if ctx.params["dry_run"]:
         for line in call(pipeline.plan, cfg, names, force):
             click.echo(line)
         return
     path = call(pipeline.run, cfg, names, force)
-    click.echo(f"\ndone. open the report: {path}")
+    from rcdm.app.results import run_lines
+
+    click.echo("")
+    for line in run_lines(cfg, names):
+        click.echo(line)
+    click.echo(f"done. open the report: {path}" if "analyze" in names else f"done: {path}")
 
 
 _STAGES_HELP = "Comma-separated subset of data,extract,train,sample,evaluate,analyze."

@@ -3,27 +3,32 @@ origin, config loading, the one stage-command body, and user errors without a tr
 
 Every stage command does the same five things, in :func:`stage`: load the config from its layers
 (defaults, profile or ``pipeline.yaml``, ``--config``, the command's own options typed by click,
-then ``--set``), print the resolved section with the origin of each non-default value, stop
-there under ``--dry-run``, call the stage's one typed entry point, and say where its output went.
+then ``--set``), print a summary of the values that differ from the defaults with their origin
+(the whole resolved section under ``--dry-run``, and stop there), call the stage's one typed entry
+point, and end with its result and where its output went.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import sys
+import textwrap
 from collections.abc import Callable
+from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
-from rcdm.app.config import ConfigError, PipelineConfig
+from rcdm.app.config import SECTIONS, ConfigError, PipelineConfig, section_fields, to_dict
 from rcdm.app.configio import dump_yaml
 from rcdm.app.load import PROFILES, load_config, resolve
 from rcdm.errors import UserError
 
-__all__ = ["USER_ERRORS", "call", "common_options", "entry", "fail", "load", "show", "stage", "typed_options"]
+__all__ = ["USER_ERRORS", "call", "common_options", "entry", "fail", "load", "show", "stage", "summary",
+           "typed_options"]  # fmt: skip
 
 # Errors a user can act on: printed without a traceback. Anything else (out of memory, a bug in
 # rcdm or torch) keeps its traceback. The OS errors here always name the path at fault.
@@ -97,8 +102,48 @@ def load(ctx: click.Context, section: str | None, skip: tuple[str, ...] = (), re
         raise click.UsageError(str(e)) from e
 
 
-def show(title: str, section: Any) -> None:
-    click.echo(f"# {title}\n" + dump_yaml(section), err=True)
+def show(title: str, section: Any, full: bool = True, prefix: str = "") -> None:
+    """The resolved config on stderr: in full (``--dry-run``), else :func:`summary`."""
+    click.echo(f"# {title}\n" + dump_yaml(section) if full else summary(title, section, prefix), err=True)
+
+
+def _origin_group(where: str) -> str:
+    if where.startswith("--set "):
+        return "--set"
+    return "options" if where.startswith("option ") else where
+
+
+def _default(f: Any) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING
+
+
+def summary(title: str, obj: Any, prefix: str = "") -> str:
+    """A few lines instead of the whole YAML: the values that differ from rcdm's defaults,
+    grouped by where they came from (paths derived from data.workdir left out). The full config
+    is written as ``config.yaml`` beside each stage's outputs and printed by ``--dry-run``."""
+    if isinstance(obj, PipelineConfig):
+        parts = [(f"{name}.", getattr(obj, name)) for name in SECTIONS]
+    else:
+        parts = [(prefix, obj)]
+    groups: dict[str, list[str]] = {}
+    for pre, sec in parts:
+        for f in section_fields(sec):
+            where = sec.origin.get(f.name)
+            if where and not where.startswith("derived ") and getattr(sec, f.name) != _default(f):
+                v = to_dict(getattr(sec, f.name))
+                text = v if isinstance(v, str) else json.dumps(v)
+                groups.setdefault(_origin_group(where), []).append(f"{pre}{f.name}={text}")
+    n = sum(len(v) for v in groups.values())
+    if not n:
+        return f"# {title}: rcdm's defaults (the paper's recipe); --dry-run prints the full config"
+    lines = [f"# {title}: {n} value(s) differ from rcdm's defaults (the paper's recipe); the full config "
+             "is in the config.yaml beside the outputs, or printed by --dry-run"]  # fmt: skip
+    for where, items in groups.items():
+        lines += textwrap.wrap(", ".join(items), 110, initial_indent=f"#   {where}: ", subsequent_indent="#       ",
+                               break_long_words=False, break_on_hyphens=False)  # fmt: skip
+    return "\n".join(lines)
 
 
 def fail(e: BaseException) -> None:
@@ -121,15 +166,20 @@ def stage(
     entry: Callable[[Any], Path],
     done: str,
     cfg: PipelineConfig | None = None,
+    after: Callable[[Path], list[str]] | None = None,
 ) -> None:
-    """Load, show, honour --dry-run, run the stage's entry point, say where its output is."""
+    """Load, show, honour --dry-run, run the stage's entry point, print what ``after`` says of
+    its output (the result the user came for), then where the output is."""
     cfg = cfg or load(ctx, section)
     sec = getattr(cfg, section)
-    show(section, sec)
+    show(section, sec, full=ctx.params["dry_run"], prefix=f"{section}.")
     if ctx.params["dry_run"]:
         click.echo("dry run: " + call(plan, sec))
         return
-    click.echo(f"{done}: {call(entry, sec)}")
+    out = call(entry, sec)
+    for line in call(after, out) if after else []:
+        click.echo(line)
+    click.echo(f"{done}: {out}")
 
 
 def entry(module: str, name: str = "run") -> Callable[[Any], Path]:

@@ -28,10 +28,12 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "EXPERIMENTS",
+    "EXTRA_EXPERIMENTS",
     "EvaluateConfig",
     "RECIPES",
     "ExtractConfig",
     "PipelineConfig",
+    "PriorConfig",
     "SECTIONS",
     "SampleConfig",
     "TrainConfig",
@@ -51,6 +53,8 @@ EXPERIMENTS: tuple[str, ...] = (
     "class-mean",
     "training-dynamics",
 )
+# Analyses beyond the paper's, run only when named (``rcdm analyze pooled-vs-tokens``).
+EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens",)
 
 
 # Named training recipes (``train.recipe``; docs/recipes.md has the measurements behind them).
@@ -100,19 +104,20 @@ class ExtractConfig(Section):
 
     encoder: str | None = None  # registry name, required (``rcdm extract --list-encoders``)
     weights: str | None = None  # local checkpoint file; random-rn50 needs none
-    layer: Literal["trunk", "head"] = "trunk"
+    layer: Literal["trunk", "cls", "mean", "tokens", "head"] = "trunk"  # ViTs: cls (the method's pooled output), mean (of the patch tokens), tokens (the patch grid)
     source: str | None = None  # default: data.train (the pipeline also extracts data.val)
     out: str | None = None  # default: <workdir>/stores/train
     format: Literal["h5", "wds"] = "h5"
-    preprocess: Literal["default", "rcdm", "imagenet"] = "default"  # default: the encoder's own
+    preprocess: Literal["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"] = "default"  # default: the encoder's own
     input_size: int | None = None  # encoder input crop; null: the encoder's own (224 for every registry entry); recorded in the manifest
     batch_size: int = 64
-    workers: int = 2
+    workers: int | Literal["auto"] = "auto"  # DataLoader decode workers; auto: the CPU cores less one (max 16)
     shard_size: int = 1024  # rows per shard
     dtype: Literal["float16", "float32"] = "float16"
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    amp: Literal["none", "bf16", "fp16"] = "none"
-    channels_last: bool = False
+    amp: Literal["auto", "none", "bf16", "fp16"] = "auto"  # auto: bf16 on CUDA, none on a CPU
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA
+    decode: Literal["auto", "cpu", "gpu"] = "auto"  # JPEG decoding: cpu (PIL in workers) or gpu (nvjpeg, exact resize/crop); auto: gpu on CUDA
     include_images: bool = False  # wds only: store the source image bytes beside the features
     overwrite: bool = False
     trust_checkpoint: bool = False  # allow pickle in torch.load (only for files you trust)
@@ -131,7 +136,7 @@ class TrainConfig(Section):
     store: str | None = None  # default: <workdir>/stores/train
     out: str | None = None  # default: <workdir>/run
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
-    cond: Literal["embed", "cbn", "both"] = "embed"  # how h enters the UNet: embed (RCDM's code), cbn (the paper's conditional norm), both (an rcdm addition)
+    cond: Literal["embed", "cbn", "both", "xattn"] = "embed"  # how h enters the UNet: embed (RCDM's code), cbn (the paper's conditional norm), both (an rcdm addition), xattn (cross-attention to a tokens store's patch grid; embed / cbn / both on a tokens store condition on the token mean)
     cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
@@ -143,13 +148,16 @@ class TrainConfig(Section):
     grad_clip: float = 1.0
     ema_rates: tuple[float, ...] = (0.9999,)
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = "auto"  # auto: bf16 on GPU, no on CPU
-    compile: bool = False
-    channels_last: bool = False
-    checkpoint_kimg: float = 1000.0  # checkpoint every N kimg (an adm128 checkpoint is ~7 GB)
-    grid_kimg: float = 1000.0  # sample grid every N kimg (0: never)
+    compile: bool | Literal["auto"] = "auto"  # torch.compile; auto: on CUDA
+    channels_last: bool | Literal["auto"] = "auto"  # auto: on CUDA when compiled (eager GroupNorm wants NCHW)
+    checkpoint_kimg: float = 500.0  # checkpoint every N kimg (an adm128 checkpoint is ~7 GB; written in the background on CUDA)
+    milestone_kimg: float = 5000.0  # checkpoints at multiples of this are kept whatever keep_checkpoints says (0: none)
+    grid_kimg: float = 2500.0  # sample grid every N kimg (0: never)
     grid_steps: Steps = Steps.parse("25")  # respacing of the training grids' sampler
     log_every: int = 10  # optimiser steps between log.jsonl lines
-    workers: int = 2
+    workers: int | Literal["auto"] = "auto"  # DataLoader workers; auto: the CPU cores less one (max 8)
+    image_cache: Literal["auto", "on", "off"] = "auto"  # images decoded + ADM-resized once into <store>.images-<R>px; auto: on CUDA if it fits
+    draft: bool = False  # JPEG draft-mode decoding (faster; not guided-diffusion's exact pixels)
     seed: int = 0
     schedule: Literal["default", "linear", "cosine"] = "default"
     dropout: float | None = None  # default: the preset's
@@ -159,9 +167,9 @@ class TrainConfig(Section):
     trust_checkpoint: bool = False
     source: str | None = None  # image source of the store's keys; null: the store manifest's source root
     encoder: str | None = None  # expected store encoder name; null: accept the store's
-    layer: Literal["trunk", "head"] | None = None  # expected store layer; null: accept the store's
+    layer: Literal["trunk", "cls", "mean", "tokens", "head"] | None = None  # expected store layer; null: accept the store's
     ema_warmup: bool = True  # EMA rate min(rate, (1+step)/(10+step)), so short runs get a useful EMA
-    keep_checkpoints: int = 0  # keep only the newest N step-* checkpoints (0: keep all)
+    keep_checkpoints: int = 3  # keep only the newest N step-* checkpoints, plus milestones (0: keep all)
     grid_images: int = 4  # conditioning images (rows) in each sample grid
     grid_samples: int = 3  # samples per conditioning image in each grid
     grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
@@ -191,7 +199,7 @@ class SampleConfig(Section):
     out: str | None = None  # default: <workdir>/samples
     store: str | None = None  # conditions' store; default: <workdir>/stores/val
     condition: Literal[
-        "store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate"
+        "store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate", "prior"
     ] = "store"  # what the samples are conditioned on (rcdm sample --help)
     images: tuple[str, ...] = ()  # files, folders or globs (condition: images)
     indices: tuple[int, ...] = ()  # store rows (condition: store)
@@ -211,12 +219,14 @@ class SampleConfig(Section):
     labels: tuple[int, ...] = ()  # class-mean: which labels
     kde_sigma: float = 0.01  # KDE bandwidth: standard deviation of the Gaussian kernel
     kde_n: int = 16
+    prior: str | None = None  # condition prior: a `rcdm train-prior` folder; default: <workdir>/prior
+    prior_n: int = 16  # condition prior: representations drawn from the prior
     knn_k: int = 20
     knn_m: int = 14
     manipulate_mode: Literal["zero", "replace"] = "zero"
     ema: str = "auto"  # which EMA rate's weights; auto: the first
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    compile: bool = False
+    compile: bool | Literal["auto"] = "auto"  # torch.compile the UNet; auto: on CUDA (with channels-last)
     trust_checkpoint: bool = False
     encoder_weights: str | None = None  # images condition: encoder weights; default: the store's recorded file
     chunk_size: int = 256  # samples per resumable chunk (<out>/partial/chunk-NNNNN.npy)
@@ -250,6 +260,9 @@ class EvaluateConfig(Section):
     fid_reference_limit: int | None = None  # use N reference images, evenly spaced (e.g. 10000)
     encoder_weights: str | None = None  # the reference store's encoder weights, if the file moved
     rank_chunk_mb: int = 256  # memory for one (chunk, N) block of rank distances
+    train_store: str | None = None  # retrieval baseline: the nearest training image to each condition; default: <workdir>/stores/train when it exists
+    second_references: tuple[str, ...] = ()  # stores of the same reference images by other encoders: rank / MRR, top-k, cosine and diversity in their spaces
+    fd_extractors: tuple[str, ...] = ("dinov2-vit-b-14",)  # torch-fidelity extractors for FD and precision / recall, computed when their weights are present locally (fid: off skips them)
 
 
 @dataclass(frozen=True)
@@ -297,10 +310,39 @@ class AnalyzeConfig(Section):
     n_distance: int = 6  # distances: images shown per group (random, same class, augmentations)
     class_labels: tuple[int, ...] = ()  # class-mean: labels; default: n_images labels picked by seed
     algebra_keys: tuple[str, ...] = ()  # manipulation: val keys a, b, c per algebra row (a - b + c)
+    second_store: str | None = None  # invariance: a store of another encoder; sample movement is measured in its space (default: the conditioning encoder's)
+    prior: str | None = None  # a `rcdm train-prior` folder: the report compares its draws with KDE's; default: <workdir>/prior when it exists
 
     @property
     def sampler(self) -> Sampler:
         return Sampler(self.steps, self.ddim, 0.0, self.guidance)
+
+
+@dataclass(frozen=True)
+class PriorConfig(Section):
+    """A learned prior over representations (RCG's MLP diffusion), for sampling with no image."""
+
+    # The defaults train a 2048-d prior in ~5 CPU minutes (one thread: OMP_NUM_THREADS=1 on a shared
+    # CPU) and match held-out data on the demo's store (docs/prior.md). They are small for an ImageNet-scale store (1.28M entries):
+    # there, on a GPU, use RCG's size and more steps, e.g. --set prior.width=1536
+    # --set prior.blocks=12 --set prior.batch_size=512 --set prior.iters=100000 (RCG: 200 epochs),
+    # which is ~57x the defaults' compute per step.
+
+    store: str | None = None  # training feature store; default: <workdir>/stores/train
+    out: str | None = None  # default: <workdir>/prior
+    width: int = 512  # hidden width of the residual MLP (RCG: 1536, for 256-d features)
+    blocks: int = 6  # residual blocks (RCG: 12)
+    timesteps: int = 1000  # diffusion steps (RCG's linear schedule, x0 prediction)
+    iters: int = 2000  # optimiser steps
+    batch_size: int = 128
+    lr: float = 1e-3  # AdamW, a 100-step warm-up then a cosine decay to 0 at iters
+    weight_decay: float = 0.0
+    ema_rate: float = 0.999
+    sample_steps: int = 100  # DDIM steps when drawing from the prior
+    sample_eta: float = 1.0  # DDIM eta (1: ancestral-like, RCG's; 0: deterministic)
+    seed: int = 0
+    device: str = "auto"
+    overwrite: bool = False  # replace a finished prior in out
 
 
 @dataclass(frozen=True)
@@ -311,6 +353,7 @@ class PipelineConfig:
     sample: SampleConfig = field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
+    prior: PriorConfig = field(default_factory=PriorConfig)
 
 
 SECTIONS: dict[str, type] = {
@@ -320,6 +363,7 @@ SECTIONS: dict[str, type] = {
     "sample": SampleConfig,
     "evaluate": EvaluateConfig,
     "analyze": AnalyzeConfig,
+    "prior": PriorConfig,
 }
 
 

@@ -278,13 +278,15 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
     ex = _fill(cfg.extract, source=(cfg.data.train, "derived from data.train"), out=train_store)
     tr = _fill(cfg.train, store=train_store, out=(run, from_w),
                val_store=(str(stores / "val") if cfg.data.val else None, "derived from data.val"))  # fmt: skip
-    sa = _fill(cfg.sample, checkpoint=(run, from_w), out=(str(w / "samples"), from_w), store=val_store)
+    prior = (str(w / "prior"), from_w)
+    sa = _fill(cfg.sample, checkpoint=(run, from_w), out=(str(w / "samples"), from_w), store=val_store, prior=prior)
     ev = _fill(
         cfg.evaluate,
         samples=(str(w / "samples"), from_w),
         reference=val_store,
         out=(str(w / "eval"), from_w),
         reference_images=(cfg.data.val, "derived from data.val"),
+        train_store=train_store,
     )
     an = _fill(
         cfg.analyze,
@@ -293,5 +295,7 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
         val_store=val_store,
         out=(str(w / "analysis"), from_w),
         evaluations=((str(w / "eval"),), from_w),
+        prior=prior,
     )
-    return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an)
+    pr = _fill(cfg.prior, store=train_store, out=prior)
+    return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an, prior=pr)

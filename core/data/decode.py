@@ -7,6 +7,7 @@ Import these from :mod:`rcdm.data.images` (which re-exports them) or from here.
 from __future__ import annotations
 
 import io
+import re
 import warnings
 
 import numpy as np
@@ -22,9 +23,16 @@ class UnreadableImage(Exception):
     """An image that cannot be read or decoded. Extraction counts and skips these."""
 
     def __init__(self, key: str, reason: str):
+        reason = readable_reason(reason)
         super().__init__(f"cannot read image {key!r}: {reason}")
         self.key = key
         self.reason = reason
+
+
+def readable_reason(text: str) -> str:
+    """A library's error text without Python object reprs: PIL says "cannot identify image file
+    <_io.BytesIO object at 0x7f...>", which names nothing a user can find."""
+    return re.sub(r"\s*<[^<>]*? object at 0x[0-9a-fA-F]+>", "", str(text)).strip()
 
 
 def decode_image(

@@ -104,6 +104,8 @@ class Preprocess:
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 PREPROCESS: dict[str, Preprocess] = {
     # the official RCDM code (guided_diffusion/image_datasets.py): center_crop_arr(img, 224),
@@ -111,6 +113,13 @@ PREPROCESS: dict[str, Preprocess] = {
     "rcdm": Preprocess(224, 224, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "adm"),
     # torchvision / VISSL evaluation: resize 256, crop 224, [0, 1], ImageNet mean/std
     "imagenet": Preprocess(256, 224, "bilinear", (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD),
+    # the same with bicubic resizing: the evaluation transform of DINOv2, MAE and I-JEPA
+    "imagenet-bicubic": Preprocess(256, 224, "bicubic", (0.0, 1.0), IMAGENET_MEAN, IMAGENET_STD),
+    # OpenAI CLIP / open_clip: resize 224 bicubic, center crop 224, CLIP mean/std
+    "clip": Preprocess(224, 224, "bicubic", (0.0, 1.0), CLIP_MEAN, CLIP_STD),
+    # SigLIP (open_clip / timm): bicubic 224, mean = std = 0.5 (the official squash to 224x224
+    # is done here as resize shorter side + center crop, like the other presets)
+    "siglip": Preprocess(224, 224, "bicubic", (0.0, 1.0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
 }
 
 
@@ -141,7 +150,8 @@ def effective_preprocess(own: str, choice: str = "default", input_size: int | No
 def describe_preprocess(pp: Preprocess) -> str:
     """One line for plans and logs: ``224 px (adm center crop, [-1, 1])``."""
     how = "adm center crop" if pp.resize_rule == "adm" else f"resize {pp.resize} {pp.interpolation}, center crop"
-    norm = ", ImageNet mean/std" if pp.std != (1.0, 1.0, 1.0) else ""
+    names = {IMAGENET_STD: "ImageNet", CLIP_STD: "CLIP", (0.5, 0.5, 0.5): "0.5"}
+    norm = f", {names.get(pp.std, 'custom')} mean/std" if pp.std != (1.0, 1.0, 1.0) else ""
     lo, hi = pp.value_range
     return f"{pp.crop} px ({how}, [{lo:g}, {hi:g}]{norm})"
 

@@ -10,6 +10,7 @@ on one device type; the CPU and CUDA generators draw different numbers.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from rcdm.utils import seed_generator
 
 __all__ = [
     "draw_noise",
+    "prepare_for_sampling",
+    "StepNoise",
     "sample_loop",
     "check_guidance",
     "generate",
@@ -48,6 +51,42 @@ def draw_noise(
         return torch.randn(n, *shape, device=device)
     rows = [torch.randn(*shape, generator=g, device=g.device) for g in generators]
     return torch.stack(rows).to(device)
+
+
+# Steps of noise each per-sample generator draws in one call (StepNoise).
+NOISE_CHUNK = 25
+
+
+class StepNoise:
+    """The per-step noise of a chain, row i from generators[i], drawn ``NOISE_CHUNK`` steps at a
+    time: one launch per sample per 25 steps instead of one per sample per step.
+
+    Row i still depends only on generators[i] (its seed). On a CPU the numbers are exactly those
+    of one draw per step when a step's noise has a multiple of 16 values (torch's CPU normal
+    sampler fills blocks of 16), as every UNet image has (3 x H x W, H and W multiples of 8);
+    other shapes draw one step at a time, so CPU results never change. On CUDA a chunk is one
+    Philox call, so its numbers differ from per-step calls (still a pure function of the seed).
+    """
+
+    def __init__(self, generators: Sequence[torch.Generator], shape: Sequence[int], device, draws: int):
+        self.gens, self.shape, self.device, self.left = list(generators), tuple(shape), device, int(draws)
+        numel = math.prod(self.shape)
+        on_cuda = all(g.device.type == "cuda" for g in self.gens)
+        self.chunk = NOISE_CHUNK if (on_cuda or numel % 16 == 0) else 1
+        self.buf: torch.Tensor | None = None
+        self.pos = 0
+
+    def next(self) -> torch.Tensor:
+        """The next step's (N, *shape) noise."""
+        if self.buf is None or self.pos == self.buf.shape[0]:
+            k = max(1, min(self.chunk, self.left))
+            rows = [torch.randn((k, *self.shape), generator=g, device=g.device) for g in self.gens]
+            self.buf = torch.stack(rows, 1).to(self.device)  # (k, N, *shape)
+            self.pos = 0
+        z = self.buf[self.pos]
+        self.pos += 1
+        self.left -= 1
+        return z
 
 
 def sample_loop(
@@ -80,10 +119,13 @@ def sample_loop(
 
         steps = tqdm(steps, desc="sampling", leave=False)
     stochastic = not ddim or eta > 0
+    bank = StepNoise(generators, x.shape[1:], x.device, diffusion.num_timesteps - 1) if generators is not None else None
     with torch.no_grad():
         for i in steps:
             t = torch.full((n,), i, device=x.device, dtype=torch.long)
-            z = draw_noise(generators, x.shape[1:], x.device, n) if stochastic and i > 0 else None
+            z = None
+            if stochastic and i > 0:
+                z = bank.next() if bank is not None else draw_noise(None, x.shape[1:], x.device, n)
             if ddim:
                 out = diffusion.ddim_sample(model, x, t, z, clip_denoised, kwargs, eta)
             else:
@@ -288,18 +330,32 @@ def load_for_sampling(
     ema: str = "auto",
     device: torch.device | str = "cpu",
     trust_checkpoint: bool = False,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> tuple[torch.nn.Module, Any, dict]:
     """Load (model, respaced diffusion, meta) from a run directory or weights file.
 
     The schedule and the chain's length come from the checkpoint's meta (:func:`diffusion_for`).
-    The model is put in eval mode on ``device``.
+    The model is put in eval mode on ``device`` and prepared by :func:`prepare_for_sampling`.
     """
     from rcdm.model.weights import load_model
 
     model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)
-    model = model.to(device).eval()
     diffusion = diffusion_for(meta, steps)
-    if compile:
+    return prepare_for_sampling(model, device, compile), diffusion, meta
+
+
+def prepare_for_sampling(model: torch.nn.Module, device: torch.device | str, compile: bool | str = False) -> torch.nn.Module:
+    """Eval mode on ``device`` with the ``auto`` speed settings (``rcdm.speed``): on CUDA cuDNN
+    autotune + TF32, compile, and channels-last when compiled; on a CPU none of them.
+    ``bench/sample.py`` times models prepared here, so it measures what ``rcdm sample`` runs."""
+    from rcdm.speed import enable_fast_math, resolve_channels_last, resolve_compile
+
+    device = torch.device(device)
+    model = model.to(device).eval()
+    enable_fast_math(device)
+    compiled = resolve_compile(compile, device)
+    if resolve_channels_last("auto", compiled, device):
+        model = model.to(memory_format=torch.channels_last)
+    if compiled:
         model = torch.compile(model)  # attribute lookups (.cfg) pass through to the module
-    return model, diffusion, meta
+    return model

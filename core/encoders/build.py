@@ -34,11 +34,13 @@ __all__ = [
 
 
 def build_trunk(arch: str) -> nn.Module:
-    """The trunk with random init: ResNet-50 without ``fc`` (avgpool output) or ViT-S/16.
+    """The trunk with random init: ResNet-50 without ``fc`` (avgpool output) or a ViT of
+    :data:`rcdm.encoders.vit.ARCHS` (built by timm).
 
-    ``resnet50-tiny`` (one narrow bottleneck per stage) and ``vit_tiny_patch16`` (2 blocks,
-    64-d) keep the key layout of the real trunks at a fraction of the size: they exist for
-    tests and demos (``dataclasses.replace(spec, arch="resnet50-tiny")``).
+    ``resnet50-tiny`` (one narrow bottleneck per stage), ``vit_tiny_patch16`` (DINO ViT-S/16 with
+    2 blocks, 64-d) and ``<vit arch>-tiny`` (2 blocks, 32-d, 4x4 patch grid) keep the key layout
+    of the real trunks at a fraction of the size: they exist for tests and demos
+    (``dataclasses.replace(spec, arch="resnet50-tiny")``).
     """
     if arch in ("resnet50", "resnet50-tiny"):
         import torchvision
@@ -50,14 +52,10 @@ def build_trunk(arch: str) -> nn.Module:
             m = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=8)  # still 2048-d output
         m.fc = nn.Identity()  # (N, 2048) average-pooled features
         return m
-    if arch == "vit_small_patch16":
-        from rcdm.encoders.vit import vit_small_patch16
+    if arch.startswith("vit_"):
+        from rcdm.encoders.vit import build_vit
 
-        return vit_small_patch16()
-    if arch == "vit_tiny_patch16":
-        from rcdm.encoders.vit import VisionTransformer
-
-        return VisionTransformer(224, 16, 64, 2, 2, 4.0)
+        return build_vit(arch)  # timm's VisionTransformer (rcdm.encoders.vit)
     raise InvalidInput(f"unknown encoder architecture {arch!r}")
 
 
@@ -79,8 +77,10 @@ class Encoder(nn.Module):
         self.spec = spec
         self.name = spec.name
         self.layer = layer
-        self.dim = spec.dims[layer]
+        self.dim = spec.layer_dim(layer, preprocess.crop)
         self.trunk = trunk
+        if spec.is_vit:  # what the ViT returns; the head (if any) takes the pooled output
+            trunk.output = layer if layer in ("mean", "tokens") else "cls"
         self.head = head
         self.preprocess = preprocess
         self.weights = weights
@@ -88,10 +88,10 @@ class Encoder(nn.Module):
         self.seed = seed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.trunk(x)  # (N, 2048) or (N, 384)
+        h = self.trunk(x)  # (N, 2048) or (N, D); ViT tokens (N, T, D)
         if self.layer == "head":
             h = self.head(h)  # type: ignore[misc]
-        return h.float()
+        return h.float().flatten(1)  # tokens: (N, T * D), row-major over the patch grid
 
     def info(self) -> dict[str, Any]:
         """The manifest's ``encoder`` field."""
@@ -108,7 +108,19 @@ class Encoder(nn.Module):
             # the architecture as built, so encoder_from_info rebuilds exactly this module
             "trunk_dim": self.spec.trunk_dim,
             "head_dims": list(self.spec.head.dims) if self.spec.head is not None else None,
+            **self.token_info(),
         }
+
+    def token_info(self) -> dict[str, Any]:
+        """ViTs: the patch size and, for ``tokens``, the grid (the manifest's ``tokens`` field)."""
+        if not self.spec.is_vit:
+            return {}
+        d: dict[str, Any] = {"patch_size": self.spec.patch_size}
+        if self.layer == "tokens":
+            gh, gw = self.spec.token_grid(self.preprocess.crop)
+            d["tokens"] = {"grid": [gh, gw], "count": gh * gw, "dim": self.spec.trunk_dim,
+                           "order": "row-major over the patch grid; view 1 is the grid of the flipped input"}  # fmt: skip
+        return d
 
 
 def _resolve_weights(spec: EncoderSpec, weights: str | None, allow_download: bool) -> Path:
@@ -160,6 +172,13 @@ def load_encoder(
             f"encoder {spec.name} has no layer {layer!r}; its layers are {', '.join(spec.dims)}"
         )
     pp = get_preprocess(spec.preprocess if preprocess in (None, "default") else preprocess)
+    if spec.is_vit and pp.crop % spec.patch_size:
+        raise InvalidInput(
+            f"encoder {spec.name} cuts {spec.patch_size}x{spec.patch_size} patches, so its input size "
+            f"must be a multiple of {spec.patch_size}; got {pp.crop}: set extract.input_size to "
+            f"{pp.crop // spec.patch_size * spec.patch_size or spec.patch_size} or "
+            f"{(pp.crop // spec.patch_size + 1) * spec.patch_size}"
+        )
     if not spec.needs_weights:
         if weights is not None:
             raise InvalidInput(f"{spec.name} is randomly initialised and takes no weights file")
@@ -177,6 +196,8 @@ def load_encoder(
     except ValueError as e:
         raise InvalidInput(f"{path}: {e} (expected the {spec.name} format)") from e
     trunk = _empty(lambda: build_trunk(spec.arch))
+    if spec.is_vit:
+        check_vit_fits(trunk, mapped.trunk, spec, path, mapped.layout)
     strict_load(trunk, mapped.trunk, f"{path} ({mapped.layout}) trunk", mapped.unexpected)
     head = None
     if layer == "head":
@@ -189,6 +210,24 @@ def load_encoder(
         strict_load(head, mapped.head, f"{path} ({mapped.layout}) head")
     enc = Encoder(spec, layer, trunk, head, pp, str(path.resolve()), sha256_file(path))
     return _freeze(enc)
+
+
+def check_vit_fits(trunk: nn.Module, sd: dict, spec: EncoderSpec, path: Path, layout: str) -> None:
+    """A ViT file of another size (ViT-B for a ViT-L entry) or without the registers the entry
+    has is one clear error naming the entry that fits, before the key-by-key comparison."""
+    from rcdm.encoders.registry import REGISTRY
+    from rcdm.encoders.vit import ARCHS, describe_state_dict
+
+    want, got = describe_state_dict(trunk.state_dict()), describe_state_dict(sd)
+    if want == got:
+        return
+    fits = [s.name for s in REGISTRY.values() if s.reader == spec.reader and s.arch in ARCHS
+            and ARCHS[s.arch].describe() == got]  # fmt: skip
+    raise InvalidInput(
+        f"{path} ({layout}) holds a {got}, but encoder {spec.name} is a {want}: pass the "
+        f"{spec.name} weights ({spec.url or 'see the registry'})"
+        + (f", or use --encoder {' / '.join(fits)} for this file" if fits else "")
+    )
 
 
 def _empty(make) -> nn.Module:
@@ -213,7 +252,8 @@ def encoder_from_info(
     The weights file is ``weights`` or the recorded path; its sha256 must match the record."""
     spec = get_spec(info["name"])
     if info.get("arch", spec.arch) != spec.arch:  # a test / demo variant of the entry
-        spec = replace(spec, arch=info["arch"], trunk_dim=int(info.get("trunk_dim", spec.trunk_dim)))
+        spec = replace(spec, arch=info["arch"], trunk_dim=int(info.get("trunk_dim", spec.trunk_dim)),
+                       patch_size=int(info.get("patch_size", spec.patch_size)))
     if spec.head is not None and info.get("head_dims") and tuple(info["head_dims"]) != spec.head.dims:
         spec = replace(spec, head=replace(spec.head, dims=tuple(info["head_dims"])))
     pp = Preprocess.from_dict(info["preprocess"]) if info.get("preprocess") else None
@@ -234,7 +274,7 @@ def encoder_from_info(
                 f"with ({expected}); pass the original weights file"
             )
         enc = load_encoder(spec, str(path), layer, preprocess=pp, trust_checkpoint=trust_checkpoint)
-    if "dim" in info and int(info["dim"]) != enc.dim:
+    if "dim" in info and int(info["dim"]) != enc.dim:  # tokens: T * D at the recorded input size
         raise InvalidInput(f"encoder info says dim {info['dim']}, but {spec.name}/{layer} gives {enc.dim}")
     return enc
 

@@ -249,3 +249,8 @@ READERS: dict[str, Reader] = {
     "vicreg": read_vicreg,
     "torchvision": read_torchvision,
 }
+
+# the ViT families' readers (DINOv2, MAE, I-JEPA, open_clip / timm CLIP and SigLIP)
+from rcdm.encoders.vit_readers import VIT_READERS  # noqa: E402  (they use Mapped and remap above)
+
+READERS.update(VIT_READERS)

@@ -1,8 +1,14 @@
 """The encoder registry: frozen image encoders whose representations RCDM visualises.
 
 Every entry names an architecture, a checkpoint reader (:mod:`rcdm.encoders.readers`), its layers
-(``trunk``: the 2048-d average-pooled ResNet-50 features or the ViT CLS token; ``head``: the
-method's projector output, where it has one) and its default preprocessing.
+and its default preprocessing. Layers:
+
+- ``trunk``: the 2048-d average-pooled ResNet-50 features, or a ViT's pooled output (= ``cls``);
+- ViTs also have ``cls`` (the pooled output the method uses: the normalised CLS token; SigLIP's
+  attention pool; the patch-token mean for I-JEPA, which has no CLS token), ``mean`` (the mean of
+  the normalised patch tokens) and ``tokens`` (the patch grid, T x D values per view, stored
+  flat, row-major over the (crop/patch)^2 grid; its shape is in the store manifest);
+- ``head``: the method's projector output, where the checkpoint has one.
 
 Default preprocessing (``extract.preprocess: default``), chosen per entry:
 
@@ -14,6 +20,9 @@ Default preprocessing (``extract.preprocess: default``), chosen per entry:
 - ``imagenet`` (resize 256, crop 224, [0, 1], ImageNet mean/std: the encoders' own training
   normalisation) for swav-rn50, moco-rn50, supervised-vissl-rn50 and dino-vits16, for which
   there is no official RCDM checkpoint.
+- ``imagenet-bicubic`` (the same with bicubic resizing: the evaluation transform of DINOv2,
+  MAE and I-JEPA), ``clip`` (resize 224 bicubic, crop 224, OpenAI CLIP mean/std) and ``siglip``
+  (resize 224 bicubic, crop 224, mean = std = 0.5) for the other ViTs.
 
 Weights come from a local file; the public URLs are recorded for the README and are fetched
 only with ``allow_download=True``.
@@ -25,7 +34,10 @@ from dataclasses import dataclass
 
 from rcdm.errors import InvalidInput
 
-__all__ = ["HeadSpec", "EncoderSpec", "REGISTRY", "get_spec", "describe_registry"]
+__all__ = ["HeadSpec", "EncoderSpec", "LAYERS", "POOLED_LAYERS", "REGISTRY", "get_spec", "describe_registry"]
+
+LAYERS = ("trunk", "cls", "mean", "tokens", "head")
+POOLED_LAYERS = ("trunk", "cls", "mean", "head")  # one vector per view (``tokens``: a grid)
 
 
 @dataclass(frozen=True)
@@ -65,10 +77,36 @@ class EncoderSpec:
     description: str
     trunk_dim: int = 2048
     head_note: str = ""  # what the head output is
+    patch_size: int = 0  # ViTs: the patch side (0: a ResNet, layers trunk / head only)
+    input_size: int = 224  # the default encoder input side (the preprocessing's crop)
+    pooled_note: str = ""  # ViTs: what ``cls`` (and ``trunk``) is for this method
+
+    @property
+    def is_vit(self) -> bool:
+        return self.patch_size > 0
+
+    def token_grid(self, input_size: int | None = None) -> tuple[int, int]:
+        """The patch grid (rows, columns) of a square ``input_size`` input (default: the entry's)."""
+        g = (input_size or self.input_size) // self.patch_size
+        return g, g
+
+    def token_shape(self, input_size: int | None = None) -> tuple[int, int]:
+        """(T, D) of the ``tokens`` layer."""
+        gh, gw = self.token_grid(input_size)
+        return gh * gw, self.trunk_dim
+
+    def layer_dim(self, layer: str, input_size: int | None = None) -> int:
+        """The length of one view's vector of ``layer`` (``tokens``: T * D, flat)."""
+        if layer == "tokens" and self.is_vit:
+            t, d = self.token_shape(input_size)
+            return t * d
+        return self.dims[layer]
 
     @property
     def dims(self) -> dict[str, int]:
         d = {"trunk": self.trunk_dim}
+        if self.is_vit:
+            d.update(cls=self.trunk_dim, mean=self.trunk_dim, tokens=self.layer_dim("tokens"))
         if self.head is not None:
             d["head"] = self.head.dims[-1]
         return d
@@ -153,6 +191,59 @@ _SPECS = [
         "dino_deitsmall16_pretrain_full_checkpoint.pth)",
         trunk_dim=384,
         head_note="DINOHead mlp output before normalisation and last_layer",
+        patch_size=16, pooled_note="normalised CLS token",
+    ),
+]  # fmt: skip
+
+_DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
+_SIZES = {"s": ("small", 384), "b": ("base", 768), "l": ("large", 1024), "g": ("giant", 1536)}
+for _k, (_size, _dim) in _SIZES.items():
+    for _reg in (False, True):
+        _SPECS.append(EncoderSpec(
+            f"dinov2-vit{_k}14" + ("-reg" if _reg else ""),
+            f"vit_{_size}_patch14" + ("_reg4" if _reg else "") + "_dinov2", "dinov2", None,
+            "imagenet-bicubic",
+            f"{_DINOV2}/dinov2_vit{_k}14/dinov2_vit{_k}14" + ("_reg4" if _reg else "") + "_pretrain.pth",
+            f"DINOv2 ViT-{_k.upper() if _k != 'g' else 'g'}/14" + (" with 4 registers" if _reg else "")
+            + " (facebookresearch/dinov2 hub backbone; position embeddings of 518 px resized)",
+            trunk_dim=_dim, patch_size=14, pooled_note="normalised CLS token",
+        ))
+_MAE = "https://dl.fbaipublicfiles.com/mae/pretrain"
+for _k, _size, _dim, _p in (("b", "base", 768, 16), ("l", "large", 1024, 16), ("h", "huge", 1280, 14)):
+    _SPECS.append(EncoderSpec(
+        f"mae-vit{_k}{_p}", f"vit_{_size}_patch{_p}_mae", "mae", None, "imagenet-bicubic",
+        f"{_MAE}/mae_pretrain_vit_{_size}.pth",
+        f"MAE ViT-{_k.upper()}/{_p} encoder (facebookresearch/mae mae_pretrain_vit_{_size}.pth; "
+        "the decoder of a full checkpoint is not used)",
+        trunk_dim=_dim, patch_size=_p, pooled_note="normalised CLS token (MAE's linear-probe feature)",
+    ))
+_SPECS += [
+    EncoderSpec(
+        "ijepa-vith14", "vit_huge_patch14_ijepa", "ijepa", None, "imagenet-bicubic",
+        "https://dl.fbaipublicfiles.com/ijepa/IN1K-vit.h.14-300e.pth.tar",
+        "I-JEPA ViT-H/14, ImageNet-1k, 300 epochs (facebookresearch/ijepa; the target encoder)",
+        trunk_dim=1280, patch_size=14, pooled_note="mean of the patch tokens (I-JEPA has no CLS token)",
+    ),
+    EncoderSpec(
+        "clip-vitb16", "vit_base_patch16_clip_quickgelu", "clip", _mlp([768, 512], bias=(False,)), "clip",
+        "https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_pytorch_model.bin",
+        "OpenAI CLIP ViT-B/16 image tower (open_clip layout; timm's model.safetensors also reads)",
+        trunk_dim=768, patch_size=16, pooled_note="ln_post(CLS token), before the projection",
+        head_note="visual.proj: the image embedding (512-d)",
+    ),
+    EncoderSpec(
+        "clip-vitb16-laion2b", "vit_base_patch16_clip", "clip", _mlp([768, 512], bias=(False,)), "clip",
+        "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin",
+        "open_clip ViT-B/16 trained on LAION-2B image tower (open_clip layout)",
+        trunk_dim=768, patch_size=16, pooled_note="ln_post(CLS token), before the projection",
+        head_note="visual.proj: the image embedding (512-d)",
+    ),
+    EncoderSpec(
+        "siglip-vitb16", "vit_base_patch16_siglip", "siglip", None, "siglip",
+        "https://huggingface.co/timm/ViT-B-16-SigLIP/resolve/main/open_clip_pytorch_model.bin",
+        "SigLIP ViT-B/16, 224 px, WebLI image tower (open_clip layout, visual.trunk.*; timm's "
+        "vit_base_patch16_siglip_224 model.safetensors also reads)",
+        trunk_dim=768, patch_size=16, pooled_note="attention-pool (MAP) output, SigLIP's image embedding",
     ),
 ]  # fmt: skip
 
@@ -178,7 +269,12 @@ def describe_registry() -> str:
     """A markdown table of the registry: name, layers and dims, preprocessing, weights URL."""
     rows = ["| encoder | layers (dim) | preprocessing | weights |", "|---|---|---|---|"]
     for s in REGISTRY.values():
-        layers = ", ".join(f"{k} ({v})" for k, v in s.dims.items())
+        layers = ", ".join(
+            f"{k} ({s.token_shape()[0]}x{s.trunk_dim})" if k == "tokens" else f"{k} ({v})"
+            for k, v in s.dims.items()
+        )
+        if s.is_vit:
+            layers += f"; patch {s.patch_size}; cls = {s.pooled_note}"
         if s.head is not None:
             layers += f"; head = {s.head.describe()}"
         rows.append(f"| `{s.name}` | {layers} | `{s.preprocess}` | {s.url or 'none (seeded init)'} |")

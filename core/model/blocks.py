@@ -208,7 +208,7 @@ class AttentionBlock(nn.Module):
     layout (per head: q, k, v), ``legacy=False`` QKVAttention's (q for all heads, then k, then v).
     """
 
-    def __init__(self, channels: int, num_heads: int, legacy: bool = True) -> None:
+    def __init__(self, channels: int, num_heads: int, legacy: bool = True, ctx_dim: int = 0) -> None:
         super().__init__()
         if channels % num_heads:
             raise InvalidInput(f"{channels} channels do not split into {num_heads} heads")
@@ -216,8 +216,19 @@ class AttentionBlock(nn.Module):
         self.norm = GroupNorm32(channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_module(nn.Conv1d(channels, channels, 1))
+        if ctx_dim:  # cond "xattn": then attend to the representation's tokens
+            self.cross = CrossAttention(channels, num_heads, ctx_dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor | None = None) -> torch.Tensor:
+        """x (N, C, H, W); ctx (N, T, ctx_dim): the projected tokens (models with cond xattn)."""
+        x = self.self_attention(x)
+        if hasattr(self, "cross"):
+            if ctx is None:
+                raise InvalidInput("a cross-attention (xattn) model needs its token condition (cond=...)")
+            x = self.cross(x, ctx)
+        return x
+
+    def self_attention(self, x: torch.Tensor) -> torch.Tensor:
         n, c, hh, ww = x.shape
         heads, ch = self.num_heads, c // self.num_heads
         # (N, C, H, W) -> (N, T, C) tokens (free for channels_last inputs)
@@ -233,4 +244,31 @@ class AttentionBlock(nn.Module):
         a = F.scaled_dot_product_attention(q, k, v)  # (N, heads, T, ch)
         a = a.transpose(1, 2).reshape(n, hh * ww, c)  # (N, T, C), head-major channels
         out = F.linear(a, self.proj_out.weight[:, :, 0], self.proj_out.bias)  # (N, T, C)
+        return x + out.transpose(1, 2).reshape(n, c, hh, ww)
+
+
+class CrossAttention(nn.Module):
+    """Cross-attention from the feature map to the representation's tokens (cond ``xattn``).
+
+    Queries from the GroupNorm'd feature map, keys and values from the projected tokens ``ctx``
+    (N, T, ctx_dim); the output projection starts at zero, so a fresh block is the identity
+    (ADM's rule for residual outputs). Added after each attention block's self-attention.
+    """
+
+    def __init__(self, channels: int, num_heads: int, ctx_dim: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = GroupNorm32(channels)
+        self.q = nn.Linear(channels, channels)
+        self.kv = nn.Linear(ctx_dim, 2 * channels)
+        self.proj_out = zero_module(nn.Linear(channels, channels))
+
+    def forward(self, x: torch.Tensor, ctx: torch.Tensor) -> torch.Tensor:
+        n, c, hh, ww = x.shape
+        heads, ch = self.num_heads, c // self.num_heads
+        q = self.q(self.norm(x).flatten(2).transpose(1, 2))  # (N, HW, C)
+        k, v = self.kv(ctx.to(q.dtype)).chunk(2, dim=-1)  # (N, T, C) each
+        q, k, v = (t.reshape(n, -1, heads, ch).transpose(1, 2) for t in (q, k, v))
+        a = F.scaled_dot_product_attention(q, k, v)  # (N, heads, HW, ch)
+        out = self.proj_out(a.transpose(1, 2).reshape(n, hh * ww, c))  # (N, HW, C)
         return x + out.transpose(1, 2).reshape(n, c, hh, ww)

@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from rcdm.errors import InvalidInput
 
-CondMethod = Literal["embed", "cbn", "both", "none"]
-COND_METHODS = ("embed", "cbn", "both", "none")
+CondMethod = Literal["embed", "cbn", "both", "xattn", "none"]
+COND_METHODS = ("embed", "cbn", "both", "xattn", "none")
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,12 @@ class UNetConfig:
     conv_resample: bool = (
         True  # Downsample/Upsample use a conv (only when resblock_updown is False)
     )
-    cond: CondMethod = "embed"  # embed: ssl_emb added to the time embedding; cbn: conditional norm
+    cond: CondMethod = "embed"  # embed: ssl_emb added to the time embedding; cbn: conditional norm; xattn: cross-attention to the tokens in every attention block
     cond_dim: int = 2048  # dimension of the representation h (0 with cond "none")
     cbn_dim: int = 512  # width of the shared cbn projection of h
     cond_norm: Literal["none", "standardize"] = "none"  # standardize: h -> (h - mean) / std, stats from the training store (buffers cond_norm.*)
+    cond_tokens: int = 0  # > 0: h is a flat grid of cond_tokens tokens (cond_dim = cond_tokens x token dim); embed / cbn condition on their mean, xattn attends to them
+    xattn_dim: int = 256  # xattn: width of the learned token projection (the keys' and values' input)
     num_classes: int = (
         0  # ADM class-conditional label embedding (label_emb, forward y=...); 0: none
     )
@@ -54,6 +56,13 @@ class UNetConfig:
             raise InvalidInput(f"cond={self.cond!r}: expected one of {COND_METHODS}")
         if self.cond != "none" and self.cond_dim <= 0:
             raise InvalidInput(f"cond={self.cond!r} needs cond_dim > 0, got {self.cond_dim}")
+        if self.cond == "xattn" and self.cond_tokens <= 0:
+            raise InvalidInput(
+                "cond='xattn' attends to a patch-token grid: train it on a tokens store "
+                "(`rcdm extract --layer tokens`), or use cond 'embed' / 'cbn' for pooled vectors"
+            )
+        if self.cond_tokens and self.cond_dim % self.cond_tokens:
+            raise InvalidInput(f"cond_dim {self.cond_dim} is not a whole number of {self.cond_tokens} tokens")
         if self.schedule not in ("linear", "cosine"):
             raise InvalidInput(f"schedule={self.schedule!r}: expected 'linear' or 'cosine'")
         expect_out = self.in_channels * (2 if self.learn_sigma else 1)
@@ -78,6 +87,11 @@ class UNetConfig:
         for ch in {self.model_channels * m for m in self.channel_mult}:
             if ch % 32 != 0:
                 raise InvalidInput(f"{ch} channels is not a multiple of the 32 GroupNorm groups")
+
+    @property
+    def token_dim(self) -> int:
+        """The dimension of one token (cond_tokens > 0), or of the pooled vector."""
+        return self.cond_dim // self.cond_tokens if self.cond_tokens else self.cond_dim
 
     @property
     def time_embed_dim(self) -> int:
@@ -229,6 +243,10 @@ def config_from_state_dict(
             attn_ds.append(2**level)
     channel_mult = tuple(mult)
 
+    if "token_proj.weight" in sd:
+        t, xd = _shape(sd, "token_pos")[1:]
+        overrides = {"cond": "xattn", "cond_tokens": t, "xattn_dim": xd,
+                     "cond_dim": t * _shape(sd, "token_proj.weight")[1], **overrides}  # fmt: skip
     if "ssl_emb.weight" in sd and "cbn_shared.weight" in sd:
         cond, cond_dim = "both", _shape(sd, "ssl_emb.weight")[1]
     elif "ssl_emb.weight" in sd:
@@ -238,6 +256,8 @@ def config_from_state_dict(
     else:
         cond, cond_dim = "none", 0
     cbn_dim = _shape(sd, "cbn_shared.weight")[0] if cond in ("cbn", "both") else 512
+    if cond == "none" and "token_proj.weight" in sd:
+        cond = "xattn"
     emb_out = _shape(sd, "input_blocks.1.0.emb_layers.1.weight")[0]
     use_ssn = emb_out == 2 * mc * channel_mult[0]
 

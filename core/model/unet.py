@@ -8,6 +8,11 @@ Conditioning (``UNetConfig.cond``):
   ``nn_blocks.CondGroupNorm``; group statistics, so samples in a batch are independent).
 - ``both`` (an rcdm addition, opt-in): ``ssl_emb`` and ``cbn_shared`` together, h enters the
   timestep embedding and modulates every ResBlock GroupNorm.
+- ``xattn`` (for a ``tokens`` store: h is a ViT's patch grid, ``cond_tokens`` tokens stored
+  flat): ``token_proj = Linear(token_dim, xattn_dim)`` plus learned position embeddings
+  ``token_pos`` and a LayerNorm give the context, and every attention block then cross-attends to
+  it (``blocks.CrossAttention``: queries from the feature map, keys / values from the context).
+  ``embed`` / ``cbn`` with ``cond_tokens`` > 0 condition on the mean of the tokens instead.
 - ``none``: unconditional (e.g. ADM's unconditional 256 px model).
 """
 
@@ -43,10 +48,19 @@ class TimestepEmbedSequential(nn.Sequential):
     """A Sequential whose ResBlocks also receive the embedding and the cbn projection."""
 
     def forward(
-        self, x: torch.Tensor, emb_act: torch.Tensor, s: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        emb_act: torch.Tensor,
+        s: torch.Tensor | None = None,
+        ctx: torch.Tensor | None = None,
     ) -> torch.Tensor:
         for layer in self:
-            x = layer(x, emb_act, s) if isinstance(layer, ResBlock) else layer(x)
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb_act, s)
+            elif ctx is not None and isinstance(layer, AttentionBlock):
+                x = layer(x, ctx)  # cross-attention to the tokens (cond xattn)
+            else:
+                x = layer(x)
         return x
 
 
@@ -93,8 +107,10 @@ class UNetModel(nn.Module):
                 ch_in, ted, cfg.dropout, ch_out, cfg.use_scale_shift_norm, up, down, cbn_dim
             )
 
+        ctx_dim = cfg.xattn_dim if cfg.cond == "xattn" else 0
+
         def attn(ch: int, upsample: bool = False) -> AttentionBlock:
-            return AttentionBlock(ch, cfg.heads_for(ch, upsample), not cfg.use_new_attention_order)
+            return AttentionBlock(ch, cfg.heads_for(ch, upsample), not cfg.use_new_attention_order, ctx_dim)
 
         # Parameter registration order = guided-diffusion's state-dict key order.
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
@@ -103,9 +119,13 @@ class UNetModel(nn.Module):
         if cfg.cond != "none" and cfg.cond_norm == "standardize":
             self.cond_norm = CondStandardize(cfg.cond_dim)
         if cfg.cond in ("embed", "both"):
-            self.ssl_emb = nn.Linear(cfg.cond_dim, ted)
+            self.ssl_emb = nn.Linear(cfg.token_dim, ted)
         if cfg.cond in ("cbn", "both"):
-            self.cbn_shared = nn.Linear(cfg.cond_dim, cfg.cbn_dim)
+            self.cbn_shared = nn.Linear(cfg.token_dim, cfg.cbn_dim)
+        if cfg.cond == "xattn":
+            self.token_proj = nn.Linear(cfg.token_dim, cfg.xattn_dim)
+            self.token_pos = nn.Parameter(torch.randn(1, cfg.cond_tokens, cfg.xattn_dim) * 0.02)
+            self.token_norm = nn.LayerNorm(cfg.xattn_dim)
 
         ch = mc * cfg.channel_mult[0]
         self.input_blocks = nn.ModuleList(
@@ -149,10 +169,15 @@ class UNetModel(nn.Module):
             zero_module(nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)),
         )
 
-    def _block(self, block: nn.Module, h: torch.Tensor, emb_act, s) -> torch.Tensor:
+    def _block(self, block: nn.Module, h: torch.Tensor, emb_act, s, ctx=None) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
-            return checkpoint(block, h, emb_act, s, use_reentrant=False)
-        return block(h, emb_act, s)
+            return checkpoint(block, h, emb_act, s, ctx, use_reentrant=False)
+        return block(h, emb_act, s, ctx)
+
+    def token_context(self, cond: torch.Tensor) -> torch.Tensor:
+        """cond (N, cond_tokens * token_dim) flat tokens -> the context (N, T, xattn_dim)."""
+        t = cond.view(cond.shape[0], self.cfg.cond_tokens, self.cfg.token_dim)
+        return self.token_norm(self.token_proj(t) + self.token_pos)
 
     def forward(
         self,
@@ -178,21 +203,26 @@ class UNetModel(nn.Module):
             if y is None:
                 raise InvalidInput("this ADM model is class-conditional: pass labels y=(N,)")
             emb = emb + self.label_emb(y)
-        s = None
+        s = ctx = None
         if cfg.cond != "none":
             if cond is None:
                 raise InvalidInput(
                     f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})"
                 )
             if cond.shape[-1] != cfg.cond_dim:
+                tokens = f" ({cfg.cond_tokens} tokens of {cfg.token_dim})" if cfg.cond_tokens else ""
                 raise InvalidInput(
-                    f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}"
+                    f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}{tokens}"
                 )
             if cfg.cond_norm == "standardize":
                 cond = self.cond_norm(cond)
             if cond_drop is not None:
                 cond = cond.masked_fill(cond_drop.view(-1, 1).to(torch.bool), 0.0)
             cond = cond.to(wdtype)
+            if cfg.cond != "xattn" and cfg.cond_tokens:  # pooled conditioning on a tokens store
+                cond = cond.view(cond.shape[0], cfg.cond_tokens, cfg.token_dim).mean(1)  # token mean
+            if cfg.cond == "xattn":
+                ctx = self.token_context(cond)
             if cfg.cond in ("embed", "both"):
                 emb = emb + self.ssl_emb(cond)
             if cfg.cond in ("cbn", "both"):
@@ -203,11 +233,11 @@ class UNetModel(nn.Module):
         hs = []
         h = x.to(wdtype)
         for block in self.input_blocks:
-            h = self._block(block, h, emb_act, s)
+            h = self._block(block, h, emb_act, s, ctx)
             hs.append(h)
-        h = self._block(self.middle_block, h, emb_act, s)
+        h = self._block(self.middle_block, h, emb_act, s, ctx)
         for block in self.output_blocks:
-            h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb_act, s)
+            h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb_act, s, ctx)
         return self.out(h)
 
 

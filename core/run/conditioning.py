@@ -24,6 +24,7 @@ __all__ = [
     "same_representation",
     "check_conditioning",
     "extraction_for",
+    "tokens_mismatch",
 ]
 
 # Encoder-info fields that change h, with how a mismatch is named.
@@ -154,6 +155,9 @@ def check_conditioning(meta: Mapping[str, Any], store: Any, *, what: str = "the 
     found = mismatches(run, mine)
     if not found:
         return
+    layer = next((m for m in found if m.what == "layer" and "tokens" in (m.run, m.store)), None)
+    if layer is not None:
+        raise InvalidInput(tokens_mismatch(what, layer.run, layer.store, store.path))
     named = [m for m in found if m.what == "encoder named by the file"]
     if named:
         raise InvalidInput(
@@ -164,6 +168,20 @@ def check_conditioning(meta: Mapping[str, Any], store: Any, *, what: str = "the 
         f"{what} was trained on {run.describe()} but the store {store.path} holds "
         f"{mine.describe()}: {', '.join(map(str, found))}. Pass the store extracted with "
         f"{_wanted(run, found)}, or a checkpoint trained on this store's features"
+    )
+
+
+def tokens_mismatch(what: str, run_layer: str, store_layer: str, store_path: Any) -> str:
+    """The message for a token grid given to a model of pooled vectors, or the reverse."""
+    if store_layer == "tokens":
+        return (
+            f"{what} was trained on pooled {run_layer!r} vectors, but the store {store_path} holds a "
+            f"patch-token grid (layer 'tokens'): pass a store extracted with --layer {run_layer}, or "
+            "train a model on this store (train.cond xattn attends to the tokens; embed / cbn use their mean)"
+        )
+    return (
+        f"{what} was trained on a patch-token grid (layer 'tokens'), but the store {store_path} holds "
+        f"pooled {store_layer!r} vectors: pass a store extracted with --layer tokens (same encoder and input size)"
     )
 
 

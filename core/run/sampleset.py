@@ -302,6 +302,8 @@ def read_samples(path: str | Path) -> SampleSet:
     for name in (MANIFEST, *DATA_FILES):
         if not (d / name).is_file():
             what = "the sampler writes it last, so the run did not finish" if name == MANIFEST else "a finished sample set has it"
+            if (d / PARTIAL).is_dir():  # interrupted: its finished chunks are kept
+                what = f"sampling was interrupted ({len(list((d / PARTIAL).glob('chunk-*.npy')))} finished chunk(s) in {d / PARTIAL}); re-running the same `rcdm sample` command resumes it"
             raise MissingInput(f"{d / name} is missing: {what}. Is {d} a finished `rcdm sample` output?")
     manifest = _read_manifest(d)
     for name in DATA_FILES:

@@ -40,6 +40,8 @@ def info(path: str | Path) -> str:
         f"encoder     {enc.get('name')} ({enc.get('arch', '?')}), layer {st.layer}, dim {st.dim}, "
         f"weights {(sha[:16] + '...') if sha else 'none (' + str(enc.get('weights') or 'seeded init') + ')'}",
         f"preprocess  {_fmt_pp(m.get('preprocess', {}))}",
+        *([f"tokens      {st.tokens['grid'][0]}x{st.tokens['grid'][1]} grid of {st.tokens['dim']}-d tokens "
+           f"(patch {enc.get('patch_size')}), stored flat per view"] if st.tokens else []),
         f"views       {', '.join(st.views)}",
         f"rows        {len(st)} in {len(m['shards'])} shard(s), format {st.format}, dtype {st.dtype}, "
         f"image bytes {'yes' if st.has_images else 'no'}",

@@ -11,6 +11,12 @@ A store is a directory for one (encoder, layer, dataset split)::
     shard-NNNNN.json       the shard's record (file, rows, sha256, first_item, failed)
     config.yaml            the resolved extract config
 
+A ``tokens`` store (a ViT's patch grid, ``extract.layer: tokens``) keeps the same shard layout with
+each view's T x D grid stored flat (``D = T * token dim``, row-major over the grid, float16 by
+default); the manifest's ``tokens`` field records ``grid`` [rows, columns], ``count`` T and ``dim``
+(see :func:`token_layout`). View 1 is the grid of the horizontally flipped input, so its token
+(r, c) covers the pixels of view 0's token (r, columns - 1 - c).
+
 Shards are written under a temporary name and renamed when complete; the record is written after
 the rename, so a record always names a complete shard. View 0 is the encoder input, view 1 the
 same input flipped horizontally (training picks the view matching its flip).
@@ -39,6 +45,7 @@ __all__ = [
     "read_at",
     "record_path",
     "shard_name",
+    "token_layout",
     "tool_version",
 ]
 
@@ -50,6 +57,20 @@ _EXT = {"h5": "h5", "wds": "tar"}
 SHARD_RECORD_RE = re.compile(r"^shard-(\d{5,})\.json$")
 # webdataset member suffixes we write; parsed by suffix so keys may contain dots.
 FEAT, CLS, JPG = "feat.npy", "cls", "jpg"
+
+
+def token_layout(tokens: dict | None, dim: int) -> dict | None:
+    """The manifest's ``tokens`` field, checked against the stored vector length ``dim``
+    (None: a store of one vector per view)."""
+    if not tokens:
+        return None
+    grid = [int(v) for v in tokens["grid"]]
+    count, tdim = int(tokens.get("count", grid[0] * grid[1])), int(tokens["dim"])
+    if count != grid[0] * grid[1] or count * tdim != int(dim):
+        raise InvalidInput(
+            f"the store's token layout {tokens} does not match its {dim}-d rows; re-extract the store"
+        )
+    return {**tokens, "grid": grid, "count": count, "dim": tdim}
 
 
 def shard_name(index: int, fmt: str = "h5") -> str:

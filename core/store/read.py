@@ -14,7 +14,16 @@ from typing import Any
 
 import numpy as np
 from rcdm.errors import InvalidInput, MissingInput, UserError
-from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, JPG, MANIFEST, index_tar, read_at
+from rcdm.store.format import (
+    CLS,
+    FEAT,
+    FORMAT_VERSION,
+    JPG,
+    MANIFEST,
+    index_tar,
+    read_at,
+    token_layout,
+)
 from rcdm.store.integrity import check_shard, unreadable
 from rcdm.utils import read_json, sha256_file
 
@@ -109,6 +118,32 @@ class FeatureStore:
     @property
     def has_images(self) -> bool:
         return bool(self.manifest.get("has_images", False))
+
+    @property
+    def tokens(self) -> dict | None:
+        """A tokens store's layout (``grid`` [rows, columns], ``count`` T, ``dim`` D), else None."""
+        return token_layout(self.manifest.get("tokens"), self.dim)
+
+    @property
+    def token_shape(self) -> tuple[int, int] | None:
+        """(T, D) of a tokens store's rows (each view holds T * D values), else None."""
+        t = self.tokens
+        return (t["count"], t["dim"]) if t else None
+
+    def token_grid(self, i: int, view: int = 0) -> np.ndarray:
+        """Row ``i``'s patch grid ``(rows, columns, D)`` float32 for ``view`` (tokens stores)."""
+        t = self.tokens
+        if t is None:
+            raise InvalidInput(f"store {self.path} holds {self.layer!r} vectors, not a token grid")
+        return self[i][0][view].reshape(t["grid"][0], t["grid"][1], t["dim"])
+
+    def pooled_features(self, view: int | None = 0) -> np.ndarray:
+        """One vector per view: the features, or for a tokens store the mean over its tokens
+        ``(N, D)`` (``(N, V, D)`` for ``view=None``) — what pooled conditioning uses."""
+        f = self.features(view)
+        if self.tokens is None:
+            return f
+        return f.reshape(*f.shape[:-1], *self.token_shape).mean(-2)
 
     @property
     def preprocess(self):

@@ -24,6 +24,7 @@ from rcdm.store.format import (
     VIEWS,
     record_path,
     shard_name,
+    token_layout,
     tool_version,
 )
 from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
@@ -191,6 +192,8 @@ def build_manifest(
         "encoder": dict(encoder_info),
         "layer": encoder_info.get("layer"),
         "dim": int(dim),
+        # tokens stores: the patch grid's shape (rows hold it flat; rcdm.store.format.token_layout)
+        "tokens": token_layout(encoder_info.get("tokens"), dim),
         "preprocess": dict(preprocess),
         "views": list(VIEWS),
         "dtype": dtype,

@@ -1,0 +1,164 @@
+"""Pure metrics beyond rank / MRR, over plain (N, D) arrays (any representation space: the
+conditioning encoder's, a second encoder's, Inception / DINOv2 features, flattened pixels).
+
+- top-k retrieval accuracy from ranks, and its chance level k / N;
+- cosine similarity of each sample to its conditioning image, and the chance level (the mean
+  cosine of random pairs of reference images);
+- the retrieval baseline: the nearest training image to each condition, used as the "sample";
+- diversity: mean pairwise distance of the samples of one condition, beside random pairs;
+- precision / recall of generated against real features (Kynkaanniemi et al. 2019, k-NN radii).
+
+Arrays in, numbers out; no I/O and no model. Rank itself is
+:func:`rcdm.analysis.metrics.nearest_neighbour_ranks`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from rcdm.errors import InvalidInput
+
+__all__ = [
+    "topk_accuracy",
+    "cosine_to_targets",
+    "random_pair_indices",
+    "random_pair_cosine",
+    "random_pair_distance",
+    "nearest_rows",
+    "mean_pairwise_distance",
+    "group_diversity",
+    "precision_recall",
+]
+
+
+def _2d(x: np.ndarray, what: str, dtype: type = np.float64) -> np.ndarray:
+    a = np.asarray(x, dtype=dtype)
+    if a.ndim != 2:
+        raise InvalidInput(f"{what} must be an (N, D) array, got shape {a.shape}")
+    return a
+
+
+def topk_accuracy(ranks: np.ndarray, ks: tuple[int, ...] = (1, 5), n_reference: int | None = None) -> dict:
+    """``{"top1": fraction of ranks <= 1, ...}``; with ``n_reference`` also ``chance_top1 = 1 / N``."""
+    r = np.asarray(ranks)
+    out: dict = {}
+    for k in ks:
+        out[f"top{k}"] = float((r <= k).mean()) if r.size else None
+        if n_reference:
+            out[f"chance_top{k}"] = min(k, n_reference) / n_reference
+    return out
+
+
+def cosine_to_targets(queries: np.ndarray, reference: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """cos(queries[m], reference[target[m]]) for each m: ``(M,)`` float64 (0 for a zero vector)."""
+    q, r = _2d(queries, "queries"), _2d(reference, "reference")
+    t = np.asarray(target, dtype=np.int64)
+    if t.shape != (len(q),) or (t < 0).any() or (t >= len(r)).any():
+        raise InvalidInput(f"cosine: target must be {len(q)} rows of the {len(r)}-row reference")
+    a, b = q, r[t]
+    den = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(den > 0, (a * b).sum(1) / np.where(den > 0, den, 1.0), 0.0)
+
+
+def random_pair_indices(n: int, pairs: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """``pairs`` random pairs (i, j) of distinct rows of an n-row set, seeded."""
+    if n < 2:
+        raise InvalidInput(f"random pairs need at least 2 rows, got {n}")
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n, pairs)
+    j = (i + rng.integers(1, n, pairs)) % n  # uniform over the other rows
+    return i, j
+
+
+def random_pair_cosine(reference: np.ndarray, pairs: int = 10000, seed: int = 0) -> float:
+    """Mean cosine similarity of random pairs of distinct reference rows: the chance level of
+    :func:`cosine_to_targets`."""
+    r = _2d(reference, "reference")
+    i, j = random_pair_indices(len(r), pairs, seed)
+    return float(cosine_to_targets(r[i], r, j).mean())
+
+
+def random_pair_distance(x: np.ndarray, pairs: int = 10000, seed: int = 0) -> float:
+    """Mean Euclidean distance of random pairs of distinct rows of ``x (N, D)``."""
+    a = _2d(x, "x")
+    i, j = random_pair_indices(len(a), pairs, seed)
+    return float(np.linalg.norm(a[i] - a[j], axis=1).mean())
+
+
+def nearest_rows(
+    queries: np.ndarray, feats: np.ndarray, block_bytes: int = 1 << 28
+) -> tuple[np.ndarray, np.ndarray]:
+    """For each query (M, D) the nearest row of ``feats (N, D)`` by Euclidean distance (the first
+    on ties) and that distance: ``(M,)`` int64, ``(M,)`` float64. Blocks of (queries, rows) stay
+    under ``block_bytes``; float32 (a training store of 1.28M x 2048 is not copied to float64).
+    The retrieval baseline takes ``feats`` = the training store and ``queries`` = the conditions."""
+    q, f = _2d(queries, "queries", np.float32), _2d(feats, "feats", np.float32)
+    if q.shape[1] != f.shape[1]:
+        raise InvalidInput(f"nearest rows: queries are {q.shape[1]}-d, feats {f.shape[1]}-d")
+    qb = max(1, min(len(q), 1024))
+    fb = max(1, block_bytes // (4 * qb))
+    best = np.full(len(q), np.inf, dtype=np.float64)
+    idx = np.zeros(len(q), np.int64)
+    for s in range(0, len(f), fb):
+        part = f[s : s + fb]
+        p_sq = (part * part).sum(1)
+        for t in range(0, len(q), qb):
+            b = q[t : t + qb]
+            d2 = (b * b).sum(1)[:, None] + p_sq[None] - 2.0 * b @ part.T
+            j = d2.argmin(1)
+            v = d2[np.arange(len(b)), j]
+            better = v < best[t : t + qb]  # strict: the first row wins ties
+            best[t : t + qb][better] = v[better]
+            idx[t : t + qb][better] = s + j[better]
+    return idx, np.sqrt(np.maximum(best, 0.0))
+
+
+def mean_pairwise_distance(x: np.ndarray) -> float:
+    """Mean Euclidean distance over all pairs i < j of the rows of ``x (K, D)`` (nan for K < 2)."""
+    a = _2d(x, "x")
+    if len(a) < 2:
+        return float("nan")
+    d = np.linalg.norm(a[:, None] - a[None], axis=-1)
+    return float(d[np.triu_indices(len(a), 1)].mean())
+
+
+def group_diversity(x: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Mean pairwise distance within each group (the samples of one condition), in the order of
+    ``np.unique(groups)``: ``(G,)``; groups of one sample are left out."""
+    a, g = _2d(x, "x"), np.asarray(groups)
+    if g.shape != (len(a),):
+        raise InvalidInput(f"diversity: groups must have shape ({len(a)},), got {g.shape}")
+    vals = [mean_pairwise_distance(a[g == k]) for k in np.unique(g)]
+    return np.array([v for v in vals if np.isfinite(v)], dtype=np.float64)
+
+
+def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.maximum((a * a).sum(1)[:, None] + (b * b).sum(1)[None] - 2.0 * a @ b.T, 0.0)
+
+
+def _knn_radii(x: np.ndarray, k: int, chunk: int) -> np.ndarray:
+    """Squared distance of each row to its k-th nearest other row."""
+    out = np.empty(len(x))
+    for s in range(0, len(x), chunk):
+        out[s : s + chunk] = np.sort(_sq_dists(x[s : s + chunk], x), axis=1)[:, k]  # col 0: itself
+    return out
+
+
+def _inside_any_ball(points: np.ndarray, centres: np.ndarray, radii: np.ndarray, chunk: int) -> np.ndarray:
+    inside = np.zeros(len(points), bool)
+    for s in range(0, len(points), chunk):
+        inside[s : s + chunk] = (_sq_dists(points[s : s + chunk], centres) <= radii[None]).any(1)
+    return inside
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int = 1024) -> dict:
+    """Improved precision and recall (Kynkaanniemi et al. 2019): precision = the fraction of fake
+    points inside some real point's k-NN ball, recall = the fraction of real points inside some
+    fake point's k-NN ball (torch-fidelity's ``prc`` defaults: k = 3, Euclidean). Computed a
+    ``chunk`` of rows at a time."""
+    r, f = _2d(real, "real"), _2d(fake, "fake")
+    if len(r) <= k or len(f) <= k:
+        raise InvalidInput(f"precision / recall with k={k} needs more than {k} real and fake points, "
+                           f"got {len(r)} and {len(f)}")  # fmt: skip
+    precision = float(_inside_any_ball(f, r, _knn_radii(r, k, chunk), chunk).mean())
+    recall = float(_inside_any_ball(r, f, _knn_radii(f, k, chunk), chunk).mean())
+    return {"precision": precision, "recall": recall, "k": k, "n_real": len(r), "n_fake": len(f)}

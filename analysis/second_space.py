@@ -1,0 +1,179 @@
+"""Faithfulness beyond the conditioning encoder, for ``rcdm evaluate``.
+
+Rank / MRR in the conditioning encoder's own space rewards samples that fool that encoder. Here
+every sample is also re-encoded by *other* encoders, each given as a store of the same reference
+images (``evaluate.second_references``), and each space reports, beside the conditioning space:
+rank / MRR, top-1 / top-5 retrieval accuracy and the cosine similarity to the conditioning image;
+their chance levels; the retrieval baseline (the nearest training image to the condition, in the
+conditioning space, used as the "sample"); and the diversity of the samples of one condition
+(mean pairwise distance) beside random pairs of reference images. Pixel-space diversity is
+reported once. Only samples whose condition is a reference image count (KDE / prior draws have
+no image to be faithful to).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rcdm.analysis import faithfulness as F
+from rcdm.analysis import metrics
+from rcdm.errors import InvalidInput
+
+__all__ = ["Space", "open_second_stores", "space_metrics", "retrieval_rows", "pixel_diversity"]
+
+PAIRS = 10000  # random pairs for the chance cosine and the random-pair distance
+
+
+@dataclass
+class Space:
+    """A representation space: its store of the reference images and the samples in it."""
+
+    name: str  # "conditioning" or "second"
+    store: Any  # FeatureStore of the reference images in this space
+    row_of_reference: np.ndarray  # (N_ref,) row of this store for each reference row (-1: none)
+    encoder: Any = None  # the encoder, rebuilt from the store's record (second spaces)
+
+    def describe(self) -> dict:
+        info = self.store.encoder_info
+        return {"space": self.name, "encoder": info.get("name"), "layer": self.store.layer,
+                "dim": int(self.store.dim), "store": str(self.store.path.resolve())}  # fmt: skip
+
+
+def open_second_stores(paths: tuple[str, ...], reference: Any) -> list[Space]:
+    """Open each second store; it must hold the reference store's images (by key)."""
+    from rcdm.store import FeatureStore
+
+    out = []
+    for p in paths:
+        s = FeatureStore(p)
+        where = {k: i for i, k in enumerate(s.keys)}
+        rows = np.array([where.get(k, -1) for k in reference.keys], dtype=np.int64)
+        missing = int((rows < 0).sum())
+        if missing:
+            raise InvalidInput(
+                f"evaluate.second_references: store {p} lacks {missing} of the {len(rows)} reference "
+                f"images of {reference.path} (e.g. {reference.keys[int(np.argmax(rows < 0))]!r}); extract it "
+                "from the same image source as the reference store"
+            )
+        out.append(Space("second", s, rows))
+    return out
+
+
+def retrieval_rows(conds: np.ndarray, train_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The retrieval baseline: for each condition (M, D) the nearest training row and distance."""
+    return F.nearest_rows(conds, train_feats)
+
+
+def space_metrics(
+    queries: np.ndarray, ref: np.ndarray, target: np.ndarray, groups: np.ndarray, *,
+    baseline: np.ndarray | None = None, device: Any = None, chunk_bytes: int = 1 << 28, seed: int = 0,
+) -> dict:  # fmt: skip
+    """All numbers of one space. ``queries (M, D)``: the samples' features; ``ref (N, D)``: the
+    reference images'; ``target (M,)``: row of each sample's conditioning image in ``ref``;
+    ``groups (M,)``: the condition of each sample; ``baseline (M, D)``: the retrieval baseline's
+    "sample" features (None: not computed)."""
+    n = len(ref)
+
+    def faithfulness(q: np.ndarray) -> dict:
+        ranks = metrics.nearest_neighbour_ranks(q, ref, target, device=device, max_chunk_bytes=chunk_bytes)
+        cos = F.cosine_to_targets(q, ref, target)
+        return {**metrics.rank_summary(ranks, n), **F.topk_accuracy(ranks, (1, 5), n),
+                "cosine": float(cos.mean()) if len(cos) else None}  # fmt: skip
+
+    out = faithfulness(queries)
+    out["chance_cosine"] = F.random_pair_cosine(ref, PAIRS, seed) if n > 1 else None
+    if baseline is not None:
+        out["baseline"] = faithfulness(baseline)
+    div = F.group_diversity(queries, groups)
+    rand = F.random_pair_distance(ref, PAIRS, seed) if n > 1 else None
+    out["diversity"] = {
+        "samples_per_condition": float(div.mean()) if len(div) else None,
+        "conditions": int(len(div)),
+        "random_reference_pairs": rand,
+        "ratio": float(div.mean() / rand) if len(div) and rand else None,
+    }
+    return out
+
+
+def pixel_diversity(images: np.ndarray, groups: np.ndarray, reference: np.ndarray | None, seed: int = 0) -> dict:
+    """Diversity in pixel space (values in [0, 1], flattened): the samples of one condition, beside
+    random pairs of reference images at the samples' resolution (None when they cannot be read)
+    and random pairs of samples of different conditions."""
+    x = images.reshape(len(images), -1).astype(np.float64) / 255.0
+    div = F.group_diversity(x, groups)
+    out: dict = {"samples_per_condition": float(div.mean()) if len(div) else None, "conditions": int(len(div))}
+    g = np.asarray(groups)
+    if len(np.unique(g)) > 1:
+        i, j = F.random_pair_indices(len(x), 4 * PAIRS, seed)
+        keep = g[i] != g[j]
+        out["samples_of_other_conditions"] = float(np.linalg.norm(x[i[keep]] - x[j[keep]], axis=1).mean())
+    if reference is not None and len(reference) > 1:
+        r = reference.reshape(len(reference), -1).astype(np.float64) / 255.0
+        out["random_reference_pairs"] = F.random_pair_distance(r, PAIRS, seed)
+        if out["samples_per_condition"] is not None:
+            out["ratio"] = out["samples_per_condition"] / out["random_reference_pairs"]
+    return out
+
+
+def _reference_pixels(store: Any, resolution: int, n: int = 256, seed: int = 0) -> np.ndarray | None:
+    """Up to ``n`` random reference images at the samples' resolution, or None when unreadable."""
+    from rcdm.data.images import adm_center_crop
+    from rcdm.store import StoreImages
+
+    rows = np.random.default_rng(seed).permutation(len(store))[:n]
+    try:
+        imgs = StoreImages(store)
+        return np.stack([adm_center_crop(imgs.load(int(i)), resolution) for i in rows])
+    except Exception:  # a moved image folder only costs this one comparison
+        return None
+
+
+def evaluate_spaces(
+    ss: Any, store: Any, queries: np.ndarray, cond_index: np.ndarray, seconds: list[Space],
+    train_store: Any | None, *, encode: Any, device: Any = None, chunk_bytes: int = 1 << 28,
+) -> dict:  # fmt: skip
+    """The ``faithfulness`` block of metrics.json: one entry per space, pixel diversity, the
+    retrieval baseline's description and notes. ``encode(encoder, images, preprocess) -> (N, D)``."""
+    inside = cond_index >= 0
+    notes: list[str] = []
+    if not inside.any():
+        return {"spaces": [], "notes": ["no sample is conditioned on a reference image: nothing to be faithful to"]}
+    target = cond_index[inside]
+    groups = np.array([r.condition for r in ss.rows])[inside]
+    images = ss.images[inside]
+    nn = baseline_info = None
+    if train_store is not None:
+        nn, nn_dist = retrieval_rows(ss.conds[inside], train_store.features(view=0))
+        baseline_info = {"train_store": str(train_store.path.resolve()), "N_train": len(train_store),
+                         "mean_distance_condition_to_nearest_train": float(nn_dist.mean())}  # fmt: skip
+    else:
+        notes.append("retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
+                     "layer (set evaluate.train_store to the training store)")
+    ref = store.features(view=0)
+    cond_space = Space("conditioning", store, np.arange(len(store)))
+    base = train_store.features(view=0)[nn] if nn is not None else None
+    spaces = [{**cond_space.describe(), **space_metrics(queries[inside], ref, target, groups, baseline=base,
+                                                        device=device, chunk_bytes=chunk_bytes)}]  # fmt: skip
+    for sp in seconds:
+        q2 = encode(sp.encoder, images, sp.store.preprocess)
+        base2 = None
+        if nn is not None:
+            try:
+                from rcdm.store import StoreImages
+
+                uniq, inv = np.unique(nn, return_inverse=True)
+                imgs = StoreImages(train_store)
+                base2 = encode(sp.encoder, [imgs.load(int(i)) for i in uniq], sp.store.preprocess)[inv]
+            except Exception as e:  # the training images moved: this space has no baseline
+                notes.append(f"retrieval baseline in {sp.store.path} not computed: the training images "
+                             f"could not be read ({str(e).splitlines()[0][:200]})")  # fmt: skip
+        spaces.append({**sp.describe(), **space_metrics(
+            q2, sp.store.features(view=0), sp.row_of_reference[target], groups, baseline=base2,
+            device=device, chunk_bytes=chunk_bytes)})  # fmt: skip
+    ref_px = _reference_pixels(store, ss.resolution)
+    if ref_px is None:
+        notes.append(f"pixel diversity of random reference pairs not computed: the images of {store.path} could not be read")
+    return {"spaces": spaces, "pixel_diversity": pixel_diversity(images, groups, ref_px),
+            "retrieval_baseline": baseline_info, "n_samples": int(inside.sum()), "notes": notes}

@@ -1,0 +1,98 @@
+"""The prior's output folder, one owner: ``prior.safetensors`` (the EMA network, with the
+standardisation buffers ``mean`` / ``std``), ``prior.json`` (architecture, training settings,
+the store it was trained on and its encoder, the loss curve) and ``config.yaml``. ``prior.json``
+is written last: a folder with it is complete.
+
+    save_prior(out, model, meta)         load_prior(path) -> (model, meta)
+    draw(model, n, seed=0, steps=None)   -> (n, D) float32 representations, in h's own units
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rcdm.errors import InvalidInput, MissingInput
+from rcdm.utils import atomic_write_json, read_json
+
+__all__ = ["WEIGHTS", "META", "save_prior", "load_prior", "is_prior", "draw", "check_store"]
+
+WEIGHTS = "prior.safetensors"
+META = "prior.json"
+FORMAT = "rcdm-prior/2"  # 2: x0 prediction, linear schedule (1 predicted the noise, cosine schedule)
+
+
+def is_prior(path: str | Path) -> bool:
+    return (Path(path) / META).is_file() and (Path(path) / WEIGHTS).is_file()
+
+
+def save_prior(out: str | Path, model: Any, meta: dict) -> Path:
+    """Write the weights, then ``prior.json`` (the finished marker). Returns the folder."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / META).unlink(missing_ok=True)
+    tmp = out / (WEIGHTS + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    tmp.replace(out / WEIGHTS)
+    atomic_write_json(out / META, {"format": FORMAT, "spec": model.spec.to_dict(), **meta})
+    return out
+
+
+def load_prior(path: str | Path, device: Any = "cpu") -> tuple[Any, dict]:
+    """(PriorMLP in eval mode, meta) of a ``rcdm train-prior`` folder."""
+    from rcdm.prior.model import PriorMLP, PriorSpec
+    from rcdm.statedict import load_strict
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not is_prior(path):
+        raise MissingInput(
+            f"{path} is not a representation prior (no {META} and {WEIGHTS}); train one with "
+            f"`rcdm train-prior --store STORE --out {path}`"
+        )
+    meta = read_json(path / META)
+    if meta.get("format") != FORMAT:
+        raise InvalidInput(
+            f"{path / META} has format {meta.get('format')!r}, expected {FORMAT!r} (a prior of an older rcdm, "
+            f"which predicted the noise); retrain it: `rcdm train-prior --out {path} --overwrite`"
+        )
+    model = PriorMLP(PriorSpec.from_dict(meta["spec"]))
+    load_strict(model, load_file(str(path / WEIGHTS)), f"prior {path}")
+    return model.to(device).eval(), meta
+
+
+def draw(
+    model: Any, n: int, *, seed: int = 0, steps: int | None = None, eta: float | None = None,
+    device: Any = "cpu", meta: dict | None = None,
+) -> np.ndarray:  # fmt: skip
+    """``n`` representations from the prior, seeded: ``(n, D)`` float32 in the store's units."""
+    import torch
+    from rcdm.prior.model import VectorDiffusion
+
+    if n < 1:
+        raise InvalidInput(f"prior: the number of draws must be at least 1, got {n}")
+    meta = meta or {}
+    steps = int(steps or meta.get("sample_steps", 100))
+    eta = float(meta.get("sample_eta", 1.0) if eta is None else eta)
+    gen = torch.Generator().manual_seed(int(seed))
+    diff = VectorDiffusion(model.spec.timesteps)
+    z = diff.sample(model, n, steps=steps, eta=eta, generator=gen, device=device)
+    h = z * model.std + model.mean
+    return h.float().cpu().numpy()
+
+
+def check_store(meta: dict, store: Any, where: str) -> None:
+    """The prior's draws live in ``store``'s space: same dimension, encoder and layer."""
+    enc = meta.get("encoder") or {}
+    theirs = (int(meta["spec"]["dim"]), enc.get("name"), enc.get("layer"), enc.get("weights_sha256"))
+    info = store.encoder_info
+    ours = (int(store.dim), info.get("name"), store.layer, info.get("weights_sha256"))
+    if theirs != ours:
+        raise InvalidInput(
+            f"the prior {where} was trained on {theirs[0]}-d {theirs[1]}/{theirs[2]} features, but the "
+            f"store {store.path} holds {ours[0]}-d {ours[1]}/{ours[2]} (weights {str(ours[3])[:12]}); "
+            "train a prior on a store of the checkpoint's encoder and layer"
+        )

@@ -1,0 +1,98 @@
+"""``extract.decode: gpu``: DataLoader workers read JPEG bytes, the device decodes them in one batched
+nvjpeg call (``torchvision.io.decode_jpeg(..., device=...)``), then resizes and crops with exactly
+the recorded preprocessing (:mod:`rcdm.data.resample`, Pillow's arithmetic bit for bit).
+
+What is not a plain RGB or greyscale JPEG (PNG, CMYK JPEG, ...) is decoded by the worker as with
+``decode: cpu``; a JPEG the device cannot decode falls back to PIL in the main process; one PIL
+cannot read either is counted and skipped as usual. The decoders themselves may differ by JPEG
+rounding (nvjpeg's IDCT and chroma upsampling are not libjpeg-turbo's; there is no draft-mode DCT
+scaling on the device): ``bench/extract.py --compare-decode`` measures the feature difference.
+"""
+
+from __future__ import annotations
+
+import io
+
+import torch
+from PIL import Image
+from rcdm.data.images import Preprocess, UnreadableImage, decode_image
+from rcdm.data.resample import encoder_crop
+from rcdm.errors import InvalidInput
+
+__all__ = ["resolve_decode", "device_decodable", "decode_on_device"]
+
+
+def resolve_decode(spec: str, device: torch.device, uint8: bool) -> str:
+    """``auto`` -> ``gpu`` on a CUDA device (when the crops are normalised there), else ``cpu``."""
+    if spec not in ("auto", "cpu", "gpu"):
+        raise InvalidInput(f"extract.decode={spec!r}: use auto, cpu or gpu")
+    if spec == "gpu" and device.type != "cuda":
+        raise InvalidInput(f"extract.decode=gpu needs a CUDA device (extraction runs on {device}); use decode: auto or cpu")
+    if spec == "gpu" and not uint8:
+        raise InvalidInput("extract.decode=gpu needs device-side normalisation, which this preprocessing lacks; use decode: cpu")
+    if spec == "auto":
+        return "gpu" if device.type == "cuda" and uint8 else "cpu"
+    return spec
+
+
+def device_decodable(data: bytes, max_pixels: int | None) -> bool:
+    """Is ``data`` a baseline/progressive RGB or greyscale JPEG within ``max_pixels`` (header only)?"""
+    try:
+        img = Image.open(io.BytesIO(data))
+        w, h = img.size
+        return img.format == "JPEG" and img.mode in ("RGB", "L") and (max_pixels is None or w * h <= max_pixels)
+    except Exception:
+        return False  # the worker's own decode reports why
+
+
+def _decode_all(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    """(3, H, W) uint8 on ``device`` per JPEG (None where the device decoder refused it)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from torchvision.io import ImageReadMode, decode_jpeg
+
+    tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
+    try:  # one batched call
+        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+    except Exception:  # one bad file fails the batch: decode one by one
+        out: list[torch.Tensor | None] = []
+        for t in tensors:
+            try:
+                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+            except Exception:
+                out.append(None)
+        return out
+
+
+def decode_on_device(batch: dict, pp: Preprocess, device: torch.device, x: torch.Tensor) -> None:
+    """Fill the rows of ``x`` ((B, 3, crop, crop) uint8 on ``device``) whose item carries JPEG bytes
+    (``batch["jpeg"][j]``): decode on the device, resize and crop. Rows that fail fall back to PIL
+    on the host; unreadable ones get ``batch["ok"][j] = False`` and their reason."""
+    rows = [j for j, d in enumerate(batch["jpeg"]) if d]
+    if not rows:
+        return
+    images = _decode_all([batch["jpeg"][j] for j in rows], device)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j, img in zip(rows, images, strict=True):
+        if img is None:
+            _host_fallback(batch, pp, j, x)
+        else:
+            groups.setdefault(tuple(img.shape[-2:]), []).append(j)
+    by_row = dict(zip(rows, images, strict=True))
+    for js in groups.values():  # one resize per distinct size
+        crops = encoder_crop(torch.stack([by_row[j] for j in js]), pp)  # (n, 3, crop, crop)
+        x[torch.tensor(js, device=device)] = crops
+
+
+def _host_fallback(batch: dict, pp: Preprocess, j: int, x: torch.Tensor) -> None:
+    from rcdm.extract.dataset import crop_uint8
+
+    key = batch["keys"][j] if "keys" in batch else f"item {batch['index'][j]}"
+    try:
+        img = decode_image(batch["jpeg"][j], None, key=key)
+        x[j] = crop_uint8(img, pp).to(x.device)
+    except UnreadableImage as e:
+        batch["ok"][j] = False
+        batch["reason"][j] = e.reason

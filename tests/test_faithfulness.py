@@ -1,0 +1,165 @@
+"""Faithfulness beyond the conditioning encoder (rcdm evaluate): the pure metrics on hand-made
+cases, and `rcdm evaluate` with a second encoder's store and a training store end to end."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from rcdm.analysis import evaluate
+from rcdm.analysis import faithfulness as F
+from rcdm.analysis import fd as fdmod
+from rcdm.analysis.metrics import nearest_neighbour_ranks
+from rcdm.analysis.second_space import space_metrics
+
+from tests.synthetic import make_image_folder
+from tests.synthetic_store import make_store
+from tests.test_evaluate import cfg_for, write_samples
+
+RES = 32
+
+
+def test_second_space_ranks_topk_cosine_by_hand():
+    # reference on a line: r_j = (j, 0); each sample's condition and where it lands
+    ref = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
+    q = np.array([[0.1, 0.0], [2.4, 0.0], [3.0, 1.0], [9.0, 0.0]])
+    target = np.array([0, 1, 1, 4])
+    ranks = nearest_neighbour_ranks(q, ref, target)
+    # 0.1 -> row 0 nearest (rank 1); 2.4 -> rows 2, 3 nearer than 1 (rank 3);
+    # (3, 1) -> d to row 1 = sqrt(5) ~ 2.24: rows 2 (1.41) and 3 (1.0) nearer (rank 3); 9 -> row 4 (rank 1)
+    np.testing.assert_array_equal(ranks, [1, 3, 3, 1])
+    acc = F.topk_accuracy(ranks, (1, 5), n_reference=5)
+    assert acc == {"top1": 0.5, "chance_top1": 0.2, "top5": 1.0, "chance_top5": 1.0}
+    cos = F.cosine_to_targets(np.array([[1.0, 1.0], [0.0, 2.0]]), np.array([[2.0, 0.0], [0.0, 5.0]]), np.array([0, 1]))
+    np.testing.assert_allclose(cos, [1 / np.sqrt(2), 1.0])
+    m = space_metrics(q, ref, target, groups=np.array([0, 1, 1, 2]), baseline=ref[target])
+    assert m["mean_rank"] == pytest.approx(2.0) and m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 3 + 1) / 4)
+    assert m["top1"] == 0.5 and m["baseline"]["top1"] == 1.0 and m["baseline"]["mean_rank"] == 1.0
+    # diversity: only condition 1 has two samples, |(2.4, 0) - (3, 1)|
+    assert m["diversity"]["samples_per_condition"] == pytest.approx(np.hypot(0.6, 1.0))
+    assert m["diversity"]["conditions"] == 1
+
+
+def test_retrieval_baseline_and_diversity_equal_direct_computation():
+    rng = np.random.default_rng(0)
+    train, conds = rng.normal(size=(300, 7)), rng.normal(size=(25, 7))
+    idx, dist = F.nearest_rows(conds, train, block_bytes=4 * 25 * 16)  # many blocks of train rows
+    d = np.linalg.norm(conds[:, None] - train[None], axis=-1)
+    np.testing.assert_array_equal(idx, d.argmin(1))
+    np.testing.assert_allclose(dist, d.min(1), rtol=1e-4)
+    x, groups = rng.normal(size=(12, 5)), np.repeat([3, 1, 2], 4)
+    direct = [np.mean([np.linalg.norm(a - b) for i, a in enumerate(x[groups == g]) for b in x[groups == g][i + 1:]])
+              for g in (1, 2, 3)]  # fmt: skip
+    np.testing.assert_allclose(F.group_diversity(x, groups), direct)
+    i, j = F.random_pair_indices(12, 500, seed=1)
+    assert (i != j).all()
+    assert F.random_pair_distance(x, 500, 1) == pytest.approx(np.linalg.norm(x[i] - x[j], axis=1).mean())
+
+
+def test_precision_recall_by_hand():
+    real = np.array([[0.0], [1.0], [2.0], [3.0]])
+    fake = np.array([[0.5], [1.5], [2.5], [100.0]])
+    # k=1 radii: real 1 each; fake: 1, 1, 1, 97.5. Precision: 3 of 4 fakes inside a real ball.
+    # Recall: every real point is within 1 of a fake (and inside the far fake's huge ball).
+    pr = F.precision_recall(real, fake, k=1)
+    assert pr["precision"] == 0.75 and pr["recall"] == 1.0
+
+
+def test_fd_extractors_offline_message_and_compute(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
+    run, skipped = fdmod.plan_fd("auto", ("dinov2-vit-b-14", "vgg16"))
+    assert run == [] and "dinov2_vitb14_pretrain.pth" in skipped["dinov2-vit-b-14"]["how_to_enable"]
+    assert "fd_extractors=[]" in skipped["vgg16"]["how_to_enable"]
+    assert fdmod.plan_fd("off", ("vgg16",))[1]["vgg16"]["reason"] == "evaluate.fid=off"
+    with pytest.raises(ValueError, match="unknown extractor 'nope'"):
+        fdmod.plan_fd("auto", ("nope",))
+    vgg = tmp_path / "home" / "hub" / "checkpoints" / fdmod.VGG16_FILE
+    vgg.parent.mkdir(parents=True)
+    vgg.write_bytes(b"x")
+    assert fdmod.plan_fd("auto", ("vgg16",))[0] == ["vgg16"]
+    # the computation, with a stand-in extractor (mean colour of 4x4 blocks)
+    rng = np.random.default_rng(0)
+    fake, real = rng.integers(0, 256, (12, 8, 8, 3), np.uint8), rng.integers(0, 256, (16, 8, 8, 3), np.uint8)
+    blocks = lambda name: lambda x: x.reshape(len(x), 2, 4, 2, 4, 3).mean((2, 4)).reshape(len(x), -1) / 255  # noqa: E731
+    out = fdmod.compute(["vgg16"], fake, real, batch_size=5, device="cpu", extractor=blocks)["vgg16"]
+    want = fdmod.fd_and_pr(blocks("")(fake), blocks("")(real))
+    assert out["fd"] == pytest.approx(want["fd"]) and out["precision"] == want["precision"]
+    assert out["n_reference"] == 16 and out["feature_dim"] == 12
+
+
+@pytest.fixture(scope="module")
+def second(tmp_path_factory):
+    """Reference images encoded by two random ResNets (conditioning seed 0, second seed 1), a
+    training store with its images, and 8 samples (2 noisy copies of each of 4 reference images)."""
+    from rcdm.data.images import PREPROCESS, adm_center_crop, open_source
+    from rcdm.encoders.build import encode, load_encoder
+
+    tmp = tmp_path_factory.mktemp("second")
+    pp = dataclasses.replace(PREPROCESS["rcdm"], resize=64, crop=64)
+    encs = [load_encoder("random-rn50", seed=s, preprocess=pp) for s in (0, 1)]
+    val, train = (open_source(make_image_folder(tmp / n, n_classes=2, per_class=3, size=(48, 40), seed=s))
+                  for n, s in (("val", 1), ("train", 2)))  # fmt: skip
+    vimgs, timgs = [val.load(i) for i in range(len(val))], [train.load(i) for i in range(len(train))]
+
+    def store(name, enc, src, imgs):
+        feats = encode(enc, imgs, enc.preprocess, batch_size=8, both_views=True)
+        source = {"kind": "folder", "root": src.root, "split": name, "key_rule": "synthetic"}
+        return make_store(tmp / name, feats, keys=[it.key for it in src.items], encoder_info=enc.info(),
+                          preprocess=enc.preprocess.to_dict(), source=source)  # fmt: skip
+
+    ref, ref2 = store("ref", encs[0], val, vimgs), store("ref2", encs[1], val, vimgs)
+    tr = store("trainstore", encs[0], train, timgs)
+    rng = np.random.default_rng(0)
+    images, rows = [], []
+    for s in range(8):
+        c = s // 2
+        base = adm_center_crop(vimgs[c], RES).astype(np.int16)
+        images.append(np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8))
+        rows.append({"sample": s, "condition": c, "kind": "store", "key": val.items[c].key, "store_index": c, "seed": s})
+    from rcdm.store import FeatureStore
+
+    conds = FeatureStore(ref).features(0)[:4]
+    samples = write_samples(tmp / "samples", np.stack(images), rows, conds, encoder=encs[0].info(), unet={"cond": "embed"})
+    cfg = cfg_for(samples, ref, tmp / "eval", second_references=(str(ref2),), train_store=str(tr), batch_size=8)
+    m = json.loads(evaluate(cfg).read_text())
+    return {"m": m, "encs": encs, "images": np.stack(images), "ref": ref, "ref2": ref2, "train": tr, "timgs": timgs}
+
+
+def test_evaluate_reports_second_space_beside_conditioning(second):
+    from rcdm.encoders.build import encode
+    from rcdm.store import FeatureStore
+
+    f = second["m"]["faithfulness"]
+    cond, sec = f["spaces"]
+    assert (cond["space"], sec["space"]) == ("conditioning", "second") and sec["store"].endswith("ref2")
+    target = np.arange(8) // 2
+    ref2 = FeatureStore(second["ref2"]).features(0)
+    q2 = encode(second["encs"][1], second["images"], second["encs"][1].preprocess, batch_size=8)
+    ranks = nearest_neighbour_ranks(q2, ref2, target)
+    assert sec["mean_rank"] == pytest.approx(ranks.mean()) and sec["N"] == 6 and sec["chance_top1"] == 1 / 6
+    assert sec["cosine"] == pytest.approx(F.cosine_to_targets(q2, ref2, target).mean(), rel=1e-5)
+    # retrieval baseline: the nearest training image to each condition, as the "sample"
+    train = FeatureStore(second["train"]).features(0)
+    nn = F.nearest_rows(FeatureStore(second["ref"]).features(0)[target], train)[0]
+    base_q2 = encode(second["encs"][1], [second["timgs"][i] for i in nn], second["encs"][1].preprocess)
+    assert sec["baseline"]["mean_rank"] == pytest.approx(nearest_neighbour_ranks(base_q2, ref2, target).mean())
+    assert cond["baseline"]["mean_rank"] == pytest.approx(
+        nearest_neighbour_ranks(train[nn], FeatureStore(second["ref"]).features(0), target).mean())
+    assert sec["diversity"]["conditions"] == 4 and sec["diversity"]["random_reference_pairs"] > 0
+    px = f["pixel_diversity"]
+    assert px["samples_per_condition"] > 0 and px["random_reference_pairs"] > 0
+    assert set(second["m"]["fd"]) == {"dinov2-vit-b-14"}  # skipped: fid=off
+
+
+def test_a_named_train_store_of_another_encoder_is_refused(tmp_path):
+    from tests.test_evaluate import simple_case
+
+    samples, store, *_ = simple_case(tmp_path)
+    other = make_store(tmp_path / "other", np.zeros((3, 9), np.float32))
+    cfg = cfg_for(samples, store, tmp_path / "eval", train_store=str(other))
+    cfg = dataclasses.replace(cfg, origin={"train_store": "--set evaluate.train_store"})
+    with pytest.raises(ValueError, match="retrieval baseline needs the training store"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()  # refused before any output

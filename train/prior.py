@@ -1,0 +1,111 @@
+"""``rcdm train-prior``: fit the representation prior (:mod:`rcdm.prior`) to a feature store.
+
+The store's features (view 0) are standardised per dimension with their own mean / std (kept in
+the network's buffers), then the MLP learns to denoise them: AdamW, a 100-step linear warm-up
+then a cosine decay of the learning rate to 0 at ``prior.iters``, an EMA of the weights (what is
+saved and sampled). Everything fits in memory: a 1.28M x 2048 float32 store is 10 GB. The
+defaults (width 512, 6 blocks, batch 128, 2000 steps: 11M parameters) train a 2048-d prior in
+about 5 CPU minutes on one thread; docs/prior.md has the measurements and the ImageNet-scale
+settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+from rcdm.app.config import PriorConfig
+from rcdm.app.configio import save_resolved
+from rcdm.errors import InvalidInput, OutputExists
+from rcdm.utils import now_iso
+
+__all__ = ["train_prior"]
+
+
+def _check(cfg: PriorConfig) -> None:
+    if not cfg.store or not cfg.out:
+        raise InvalidInput("train-prior needs prior.store and prior.out (--store, --out)")
+    for name in ("width", "blocks", "timesteps", "iters", "batch_size", "sample_steps"):
+        if getattr(cfg, name) < 1:
+            raise InvalidInput(f"prior.{name} must be at least 1, got {getattr(cfg, name)}")
+    if not 0.0 <= cfg.ema_rate < 1.0:
+        raise InvalidInput(f"prior.ema_rate must be in [0, 1), got {cfg.ema_rate}")
+    if cfg.lr <= 0:
+        raise InvalidInput(f"prior.lr must be > 0, got {cfg.lr}")
+
+
+def lr_at(lr: float, step: int, iters: int, warmup: int = 100) -> float:
+    """A linear warm-up over ``warmup`` steps, then a cosine decay from ``lr`` to 0 at ``iters``."""
+    return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / iters))
+
+
+def train_prior(cfg: PriorConfig) -> Path:
+    """Train on ``cfg.store``, write ``cfg.out`` (see :mod:`rcdm.prior.folder`); returns the folder."""
+    import torch
+    from rcdm.prior.folder import is_prior, save_prior
+    from rcdm.prior.model import PriorMLP, PriorSpec, VectorDiffusion
+    from rcdm.store import FeatureStore
+    from rcdm.utils import pick_device
+    from tqdm.auto import tqdm
+
+    _check(cfg)
+    out = Path(cfg.out)  # type: ignore[arg-type]
+    if is_prior(out) and not cfg.overwrite:
+        raise OutputExists(f"{out} already holds a trained prior; pass --overwrite to replace it, or another --out")
+    store = FeatureStore(cfg.store)
+    feats = store.features(view=0).astype(np.float32)  # (N, D)
+    if len(feats) < 2:
+        raise InvalidInput(f"train-prior needs at least 2 store rows, {store.path} has {len(feats)}")
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    model = PriorMLP(PriorSpec(dim=store.dim, width=cfg.width, blocks=cfg.blocks, timesteps=cfg.timesteps))
+    x_all = torch.from_numpy(feats)
+    model.mean.copy_(x_all.mean(0))
+    model.std.copy_(x_all.std(0).clamp_min(1e-6))
+    x_all = ((x_all - model.mean) / model.std).to(device)
+    model.bound.fill_(float(x_all.abs().max()))
+    model.to(device).train()
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    diff = VectorDiffusion(cfg.timesteps)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    pick = torch.Generator().manual_seed(cfg.seed + 1)
+    losses: list[float] = []
+    t0 = time.perf_counter()
+    bar = tqdm(range(cfg.iters), desc="train-prior", unit="step")
+    for step in bar:
+        idx = torch.randint(0, len(x_all), (min(cfg.batch_size, len(x_all)),), generator=pick).to(device)
+        for g in opt.param_groups:
+            g["lr"] = lr_at(cfg.lr, step, cfg.iters)
+        loss = diff.loss(model, x_all[idx], gen)
+        if not torch.isfinite(loss):
+            raise RuntimeError(f"train-prior: the loss became {loss.item()} at step {step}; lower prior.lr")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        rate = min(cfg.ema_rate, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
+                pe.lerp_(p, 1 - rate)
+        losses.append(float(loss.detach()))
+        if step % 50 == 0 and bar.disable is False:
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    every = max(1, cfg.iters // 100)
+    curve = [[i, float(np.mean(losses[i : i + every]))] for i in range(0, len(losses), every)]
+    meta = {
+        "store": str(store.path.resolve()),
+        "store_manifest_sha256": store.manifest_sha256,
+        "encoder": {**store.encoder_info, "layer": store.layer},
+        "n_train": int(len(feats)),
+        "iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_schedule": "warm-up 100, cosine",
+        "ema_rate": cfg.ema_rate,
+        "seed": cfg.seed, "sample_steps": cfg.sample_steps, "sample_eta": cfg.sample_eta,
+        "final_loss": curve[-1][1], "loss_curve": curve,
+        "seconds": round(time.perf_counter() - t0, 2), "created": now_iso(),
+    }  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    return save_prior(out, ema.cpu(), meta)
