@@ -95,19 +95,23 @@ def test_check_skipped_without_val_store_said_once(stores, tmp_path, capsys):
 
 def test_threads_auto_recorded_in_run_config(stores, tmp_path):
     import yaml
-    from rcdm.train import run
     from rcdm.app.config import TrainConfig
     from rcdm.speed import auto_workers, usable_cores
+    from rcdm.train import run
     from rcdm.train.threads import auto_threads, resolve_threads
 
-    assert auto_threads(2, cores=2) == 1 and auto_threads(0, cores=2) == 2 and auto_threads(4, cores=16) == 12
-    # the default train.workers is "auto": threads are the cores left after the loader's auto workers
-    t = resolve_threads(TrainConfig())
-    assert t.threads == auto_threads(auto_workers("auto", cap=8), usable_cores()) >= 1
-    assert f"- {auto_workers('auto', cap=8)} loader workers" in t.origin["threads"]
+    # on a GPU each loader worker keeps a core; on a CPU device torch gets the cores not busy elsewhere
+    assert auto_threads(2, cores=2, device="cuda") == 1 and auto_threads(4, cores=16, device="cuda") == 12
+    assert auto_threads(1, cores=2, busy=0.0) == 2  # an idle 2-core machine: both cores compute
+    assert auto_threads(1, cores=2, busy=9.0) == 1 and auto_threads(1, cores=16, busy=3.4) == 13
+    t = resolve_threads(TrainConfig(), busy=0.6)  # train.workers "auto" is fine too
+    assert t.threads == max(1, usable_cores() - 1) and "0.6 busy with other processes" in t.origin["threads"]
+    g = resolve_threads(TrainConfig(), device="cuda")
+    assert g.threads == auto_threads(auto_workers("auto", cap=8), usable_cores(), device="cuda")
+    assert f"- {auto_workers('auto', cap=8)} loader workers" in g.origin["threads"]
     a = run(_cfg(stores, tmp_path / "a", threads=0, val_store=None))
     cfg = yaml.safe_load((a / "config.yaml").read_text())
-    assert cfg["threads"] == auto_threads(0, usable_cores()) >= 1  # train_cfg uses workers=0
+    assert 1 <= cfg["threads"] <= usable_cores()
     assert "auto:" in (a / "config.yaml").read_text()  # its origin is written beside it
     assert np.isfinite([r["loss"] for r in read_log(a) if "loss" in r]).all()
 

@@ -104,7 +104,7 @@ def run(cfg: TrainConfig) -> Path:
     channels_last = resolve_channels_last(cfg.channels_last, compile_, device)
     main = accelerator.is_main_process
     # torch threads: the cores this machine's processes share, minus their loader workers
-    cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1))
+    cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1), device.type)
     if device.type == "cpu":
         apply_threads(cfg.threads)
     per_step = world * cfg.grad_accum

@@ -174,7 +174,7 @@ class TrainConfig(Section):
     grid_samples: int = 3  # samples per conditioning image in each grid
     grid_guidance: float = 1.0  # classifier-free guidance of the grids' samples (> 1 needs cond_drop > 0)
     recipe: Literal["paper", "fast"] = "paper"  # named recipe (docs/recipes.md): paper = these defaults; fast fills the options it names that no layer set (origin "recipe fast")
-    threads: int = 0  # torch CPU threads; 0: auto = usable cores minus train.workers (at least 1), so loader workers and torch do not oversubscribe the cores; the value used is written to the run's config.yaml
+    threads: int = 0  # torch CPU threads; 0: auto = on a CPU device the cores not busy with other processes (1-minute load), on a GPU the cores minus train.workers; at least 1, so torch and the loader do not oversubscribe the cores; the value used is written to the run's config.yaml
     val_store: str | None = None  # held-out store for faithfulness while training (rank / MRR logged at each eval_kimg); null: <workdir>/stores/val when data.val is set, else the check is skipped
     eval_kimg: float = 0.0  # faithfulness check every N kimg; 0: with each checkpoint
     eval_conditions: int = 64  # val_store rows (a seeded pick, the same at every check) sampled once each; 0: no check
