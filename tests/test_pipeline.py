@@ -79,7 +79,7 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     # analyze: the report opens with the evaluation and holds every experiment
     html = report.read_text()
     assert "Evaluation" in html and "chance" in html
-    assert re.search(r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 5, 4 steps\.</p>', html)
+    assert re.search(r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 2, 4 steps\.</p>', html)
     for title in ("Invariance", "Interpolation", "Distances", "Probe"):
         assert title.lower() in html.lower(), title
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 8
