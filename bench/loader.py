@@ -37,12 +37,11 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--resolution", type=int, default=128)
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
+    from jpegs import make_jpeg_folder
     from rcdm.data.images import open_source
     from rcdm.store import FeatureStore, build_manifest, write_manifest, write_shard
     from rcdm.train import cache as image_cache
     from rcdm.train.data import ImageFeatureDataset
-
-    from extract import make_jpeg_folder
 
     tmp = Path(tempfile.mkdtemp(prefix="rcdm-loader-"))
     try:
