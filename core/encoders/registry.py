@@ -224,20 +224,21 @@ _SPECS += [
         "I-JEPA ViT-H/14, ImageNet-1k, 300 epochs (facebookresearch/ijepa; the target encoder)",
         trunk_dim=1280, patch_size=14, pooled_note="mean of the patch tokens (I-JEPA has no CLS token)",
     ),
-    EncoderSpec(
-        "clip-vitb16", "vit_base_patch16_clip_quickgelu", "clip", _mlp([768, 512], bias=(False,)), "clip",
-        "https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_pytorch_model.bin",
-        "OpenAI CLIP ViT-B/16 image tower (open_clip layout; timm's model.safetensors also reads)",
-        trunk_dim=768, patch_size=16, pooled_note="ln_post(CLS token), before the projection",
-        head_note="visual.proj: the image embedding (512-d)",
-    ),
-    EncoderSpec(
-        "clip-vitb16-laion2b", "vit_base_patch16_clip", "clip", _mlp([768, 512], bias=(False,)), "clip",
-        "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin",
-        "open_clip ViT-B/16 trained on LAION-2B image tower (open_clip layout)",
-        trunk_dim=768, patch_size=16, pooled_note="ln_post(CLS token), before the projection",
-        head_note="visual.proj: the image embedding (512-d)",
-    ),
+    *(
+        EncoderSpec(
+            name, arch, "clip", _mlp([768, 512], bias=(False,)), "clip", url, desc,
+            trunk_dim=768, patch_size=16, pooled_note="ln_post(CLS token), before the projection",
+            head_note="visual.proj: the image embedding (512-d)",
+        )
+        for name, arch, url, desc in (
+            ("clip-vitb16", "vit_base_patch16_clip_quickgelu",
+             "https://huggingface.co/timm/vit_base_patch16_clip_224.openai/resolve/main/open_clip_pytorch_model.bin",
+             "OpenAI CLIP ViT-B/16 image tower (open_clip layout; timm's model.safetensors also reads)"),
+            ("clip-vitb16-laion2b", "vit_base_patch16_clip",
+             "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin",
+             "open_clip ViT-B/16 trained on LAION-2B image tower (open_clip layout)"),
+        )
+    ),  # fmt: skip
     EncoderSpec(
         "siglip-vitb16", "vit_base_patch16_siglip", "siglip", None, "siglip",
         "https://huggingface.co/timm/ViT-B-16-SigLIP/resolve/main/open_clip_pytorch_model.bin",
