@@ -23,7 +23,7 @@ from rcdm.analysis.report import Entry, Table
 from rcdm.app.config import SampleConfig
 from rcdm.errors import MissingInput
 
-__all__ = ["prior_entry", "draw_statistics"]
+__all__ = ["prior_entry", "draw_statistics", "evaluated_rows"]
 
 TITLE = "Sampling with no image: learned prior vs KDE"
 N_DRAWS = 256  # per source: nearest-entry search over a 1.28M x 2048 store stays under a minute of CPU
@@ -40,7 +40,7 @@ def draw_statistics(draws: np.ndarray, train: np.ndarray, target: np.ndarray | N
     return out
 
 
-def _evaluated(evaluations: tuple[str, ...]) -> list[list[Any]]:
+def evaluated_rows(evaluations: tuple[str, ...]) -> list[list[Any]]:
     """Rows for evaluations of sample sets conditioned on prior or kde draws."""
     rows = []
     for d in evaluations:
@@ -52,7 +52,7 @@ def _evaluated(evaluations: tuple[str, ...]) -> list[list[Any]]:
         cond = json.loads(man.read_text()).get("condition") if man.is_file() else None
         if cond in ("prior", "kde"):
             fid = m.get("fid") or {}
-            rows.append([cond, d, m.get("n_samples"), fid.get("fid") if not fid.get("skipped") else "not computed"])
+            rows.append([cond, d, m.get("n_samples"), fid.get("value") if not fid.get("skipped") else "not computed"])
     return rows
 
 
@@ -105,7 +105,7 @@ def prior_entry(ctx: Any) -> Entry | None:
                       ["source", "draws", "nearest-entry distance (mean)", "(median)", "spread", "Frechet to val"],
                       rows)],  # fmt: skip
     )
-    ev = _evaluated(tuple(cfg.evaluations))
+    ev = evaluated_rows(tuple(cfg.evaluations))
     if ev:
         entry.tables.append(Table("Evaluated sample sets (rcdm evaluate)", ["condition", "evaluation", "samples", "FID"], ev))
     else:

@@ -107,3 +107,18 @@ def test_prior_network_rows_are_independent_and_lr_decays():
     assert lr_at(1.0, 999, 1000) < 1e-4 and lr_at(1.0, 500, 1000) == 0.5
     abar = linear_alphas_cumprod(1000)  # RCG's schedule: alpha_bar from ~1 to ~1e-4
     assert abar[0] > 0.998 and 1e-5 < abar[-1] < 1e-3 and np.all(np.diff(abar) < 0)
+
+
+def test_report_lists_the_fid_of_prior_and_kde_sample_sets(tmp_path):
+    import json
+
+    from rcdm.analysis.prior_entry import evaluated_rows
+
+    runs = []
+    for cond, fid in (("prior", {"value": 12.5}), ("kde", {"skipped": True}), ("store", {"value": 3.0})):
+        samples, ev = tmp_path / f"s-{cond}", tmp_path / f"e-{cond}"
+        samples.mkdir(), ev.mkdir()
+        (samples / "manifest.json").write_text(json.dumps({"condition": cond}))
+        (ev / "metrics.json").write_text(json.dumps({"samples": {"path": str(samples)}, "n_samples": 8, "fid": fid}))
+        runs.append(str(ev))
+    assert evaluated_rows(tuple(runs)) == [["prior", runs[0], 8, 12.5], ["kde", runs[1], 8, "not computed"]]
