@@ -142,9 +142,8 @@ class ViT(VisionTransformer):
     def patch_size(self) -> int:
         return self.arch.patch
 
-    def pos_embed_for(self, h: int, w: int) -> torch.Tensor:
-        """Position embeddings for an (h, w) input: the checkpoint's at its own size, otherwise
-        the patch grid's embeddings resized bicubically to (h/p, w/p); prefix ones are kept."""
+    def _check_side(self, h: int, w: int) -> None:
+        """InvalidInput unless both input sides are multiples of the patch size."""
         p = self.arch.patch
         if h % p or w % p:
             raise InvalidInput(
@@ -152,6 +151,12 @@ class ViT(VisionTransformer):
                 f"{h}x{w}: set extract.input_size to a multiple of {p} (e.g. {max(p, round(h / p) * p)}; "
                 f"the checkpoint's is {self.img_size})"
             )
+
+    def pos_embed_for(self, h: int, w: int) -> torch.Tensor:
+        """Position embeddings for an (h, w) input: the checkpoint's at its own size, otherwise
+        the patch grid's embeddings resized bicubically to (h/p, w/p); prefix ones are kept."""
+        self._check_side(h, w)
+        p = self.arch.patch
         g = self.arch.grid(self.img_size)
         if (h // p, w // p) == (g, g):
             return self.pos_embed
@@ -178,7 +183,7 @@ class ViT(VisionTransformer):
         return torch.cat([*prefix, x], dim=1) + pos
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.pos_embed_for(*x.shape[-2:])  # a side that is not a multiple of the patch: InvalidInput
+        self._check_side(*x.shape[-2:])  # before timm's patch embedding, which would fail less clearly
         feats = self.forward_features(x)  # (N, prefix + T, D), normalised
         if self.output == "tokens":
             return feats[:, self.num_prefix_tokens :]
