@@ -116,6 +116,26 @@ def test_threads_auto_recorded_in_run_config(stores, tmp_path):
     assert np.isfinite([r["loss"] for r in read_log(a) if "loss" in r]).all()
 
 
+def test_threads_applied_on_a_gpu_too(stores, tmp_path, monkeypatch):
+    """train.threads is applied on every device, not only on a CPU (review B #1): a run whose
+    accelerator is on CUDA sets torch's threads to the value it records."""
+    from types import SimpleNamespace
+
+    import torch
+    from rcdm.errors import InvalidInput
+    from rcdm.train import loop
+
+    fake = SimpleNamespace(num_processes=1, process_index=0, device=torch.device("cuda"), is_main_process=True)
+    monkeypatch.setattr(loop, "_accelerator", lambda *a: fake)
+    monkeypatch.setattr(loop, "enable_fast_math", lambda device: None)
+    applied = []
+    monkeypatch.setattr(loop, "apply_threads", applied.append)
+    # batch 3 over grad_accum 2 stops the run just after the threads are set, before any CUDA work
+    with pytest.raises(InvalidInput, match="not divisible"):
+        loop.run(_cfg(stores, tmp_path / "g", threads=3, batch_size=3, grad_accum=2, compile=False))
+    assert applied == [3]
+
+
 def test_curve_plots_several_runs(stores, tmp_path):
     import json
 

@@ -105,8 +105,7 @@ def run(cfg: TrainConfig) -> Path:
     main = accelerator.is_main_process
     # torch threads: the cores this machine's processes share, minus their loader workers
     cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1), device.type)
-    if device.type == "cpu":
-        apply_threads(cfg.threads)
+    apply_threads(cfg.threads)  # on every device: the value config.yaml records is the one used
     per_step = world * cfg.grad_accum
     if cfg.batch_size % per_step:
         raise InvalidInput(
