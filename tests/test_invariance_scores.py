@@ -58,3 +58,11 @@ def test_nn_distance_leaves_out_the_entry_itself():
 def test_plot_is_an_image():
     arr = plot_scores(["hflip", "vshift"], {"trunk h (a)": [0.0, 1.5], "samples (b)": [0.0, float("nan")]}, "x")
     assert arr.ndim == 3 and arr.shape[2] == 3 and arr.std() > 0
+
+
+def test_nn_distance_in_chunks_is_the_same_number():
+    rng = np.random.default_rng(1)
+    ref = rng.normal(size=(50, 7)).astype(np.float32)
+    whole = nn_distance(ref[3], ref)
+    assert nn_distance(ref[3], ref, chunk=4) == whole
+    assert whole == np.sort(np.linalg.norm(ref.astype(np.float64) - ref[3].astype(np.float64), axis=1))[1]

@@ -58,15 +58,22 @@ def _standardiser(r) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray, str]:
-    """Training representations of ``layer`` for nearest-neighbour distances, and what they are:
-    the train store when it holds this encoder and layer, else N_NN training images encoded."""
-    train = ctx.store("train")
-    info = {**r.encoder_info, "layer": layer}
-    if layer == r.encoder_info.get("layer") and same_encoder(train, r):
-        return ctx.features(train), f"all {len(train)} entries of the train store"
-    rows = ctx.pick(train, N_NN, f"invariance-nn/{layer}")
-    enc = ctx.encoder(r.encoder_info, layer)
-    return ctx.encode(enc, [ctx.image(train, i) for i in rows]), f"{len(rows)} training images ({describe_encoder(info)})"
+    """Training representations of ``layer`` for nearest-neighbour distances (float64, converted
+    once), and what they are: the train store when it holds this encoder and layer, else N_NN
+    training images encoded. Cached per (encoder, layer): checkpoints of one encoder share it."""
+    key = ("invariance-nn", layer, repr(sorted(r.encoder_info.items())))
+    if key not in ctx._cache:
+        train = ctx.store("train")
+        info = {**r.encoder_info, "layer": layer}
+        if layer == r.encoder_info.get("layer") and same_encoder(train, r):
+            ref, what = ctx.features(train), f"all {len(train)} entries of the train store"
+        else:
+            rows = ctx.pick(train, N_NN, f"invariance-nn/{layer}")
+            enc = ctx.encoder(r.encoder_info, layer)
+            ref = ctx.encode(enc, [ctx.image(train, i) for i in rows])
+            what = f"{len(rows)} training images ({describe_encoder(info)})"
+        ctx._cache[key] = (np.asarray(ref, np.float64), what)
+    return ctx._cache[key]
 
 
 def _second(ctx: Context, r):

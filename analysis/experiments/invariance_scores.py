@@ -23,12 +23,19 @@ import numpy as np
 __all__ = ["movement_scores", "nn_distance", "plot_scores"]
 
 
-def nn_distance(h: np.ndarray, reference: np.ndarray) -> float:
+def nn_distance(h: np.ndarray, reference: np.ndarray, chunk: int = 1 << 15) -> float:
     """Euclidean distance from ``h (D,)`` to its nearest row of ``reference (N, D)``, rows equal
-    to ``h`` excluded (h's own entry, if the reference holds it)."""
-    d = np.linalg.norm(np.asarray(reference, np.float64) - np.asarray(h, np.float64)[None], axis=1)
-    d = d[d > 0]
-    return float(d.min()) if d.size else float("nan")
+    to ``h`` excluded (h's own entry, if the reference holds it). Computed in float64, ``chunk``
+    rows at a time (no (N, D) temporary: the reference may be a whole train store); pass a float64
+    reference when calling this repeatedly, so its rows are not converted on every call."""
+    h = np.asarray(h, np.float64)
+    best = float("inf")
+    for start in range(0, len(reference), chunk):
+        d = np.linalg.norm(np.asarray(reference[start : start + chunk], np.float64) - h[None], axis=1)
+        d = d[d > 0]
+        if d.size:
+            best = min(best, float(d.min()))
+    return best if best < float("inf") else float("nan")
 
 
 def movement_scores(
