@@ -143,9 +143,12 @@ def evaluate_spaces(
     target = cond_index[inside]
     groups = np.array([r.condition for r in ss.rows])[inside]
     images = ss.images[inside]
-    nn = baseline_info = None
+    nn = baseline_info = base = None
     if train_store is not None:
-        nn, nn_dist = retrieval_rows(ss.conds[inside], train_store.features(view=0))
+        train_feats = train_store.features(view=0)  # (N_train, D): read once, can be ~10 GB
+        nn, nn_dist = retrieval_rows(ss.conds[inside], train_feats)
+        base = train_feats[nn]  # the retrieval baseline's "samples" in the conditioning space
+        del train_feats
         baseline_info = {"train_store": str(train_store.path.resolve()), "N_train": len(train_store),
                          "mean_distance_condition_to_nearest_train": float(nn_dist.mean())}  # fmt: skip
     else:
@@ -153,7 +156,6 @@ def evaluate_spaces(
                      "layer (set evaluate.train_store to the training store)")
     ref = store.features(view=0)
     cond_space = Space("conditioning", store, np.arange(len(store)))
-    base = train_store.features(view=0)[nn] if nn is not None else None
     spaces = [{**cond_space.describe(), **space_metrics(queries[inside], ref, target, groups, baseline=base,
                                                         device=device, chunk_bytes=chunk_bytes)}]  # fmt: skip
     for sp in seconds:
