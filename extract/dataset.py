@@ -14,9 +14,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from rcdm.data.decode import readable_reason
-from rcdm.data.images import Preprocess, UnreadableImage, decode_image, encoder_input
-from rcdm.extract.gpudecode import device_decodable
+from rcdm.data.decode import decode_opened, device_decodable, open_image, readable_reason
+from rcdm.data.images import Preprocess, UnreadableImage, encoder_input
 
 
 def crop_uint8(img: Image.Image, pp: Preprocess) -> torch.Tensor:
@@ -87,10 +86,11 @@ class ExtractDataset(torch.utils.data.Dataset):
         data, jpeg = b"", b""
         try:
             data = self.source.read_bytes(i)
-            if self.device_decode and device_decodable(data, self.max_pixels):
+            img = open_image(data, key=key, max_pixels=self.max_pixels)  # the header: refused if too large
+            if self.device_decode and device_decodable(img):
                 x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8)  # filled on the device
                 return {"index": i, "x": x, "ok": True, "reason": "", "data": data if self.keep_bytes else b"", "jpeg": data}
-            img = decode_image(data, self.draft, key=key, max_pixels=self.max_pixels)
+            img = decode_opened(img, self.draft, key=key, max_pixels=self.max_pixels)
             x = crop_uint8(img, self.pp) if self.uint8 else encoder_input(img, self.pp)  # (3, crop, crop)
             ok, reason = True, ""
         except UnreadableImage as e:

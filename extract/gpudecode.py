@@ -11,15 +11,13 @@ scaling on the device): ``bench/extract.py --compare-decode`` measures the featu
 
 from __future__ import annotations
 
-import io
-
 import torch
-from PIL import Image
 from rcdm.data.images import Preprocess, UnreadableImage, decode_image
 from rcdm.data.resample import encoder_crop
 from rcdm.errors import InvalidInput
+from rcdm.extract.dataset import crop_uint8
 
-__all__ = ["resolve_decode", "device_decodable", "decode_on_device"]
+__all__ = ["resolve_decode", "decode_on_device"]
 
 
 def resolve_decode(spec: str, device: torch.device, uint8: bool) -> str:
@@ -33,16 +31,6 @@ def resolve_decode(spec: str, device: torch.device, uint8: bool) -> str:
     if spec == "auto":
         return "gpu" if device.type == "cuda" and uint8 else "cpu"
     return spec
-
-
-def device_decodable(data: bytes, max_pixels: int | None) -> bool:
-    """Is ``data`` a baseline/progressive RGB or greyscale JPEG within ``max_pixels`` (header only)?"""
-    try:
-        img = Image.open(io.BytesIO(data))
-        w, h = img.size
-        return img.format == "JPEG" and img.mode in ("RGB", "L") and (max_pixels is None or w * h <= max_pixels)
-    except Exception:
-        return False  # the worker's own decode reports why
 
 
 def _decode_all(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
@@ -87,8 +75,6 @@ def decode_on_device(batch: dict, pp: Preprocess, device: torch.device, x: torch
 
 
 def _host_fallback(batch: dict, pp: Preprocess, j: int, x: torch.Tensor) -> None:
-    from rcdm.extract.dataset import crop_uint8
-
     key = batch["keys"][j] if "keys" in batch else f"item {batch['index'][j]}"
     try:
         img = decode_image(batch["jpeg"][j], None, key=key)

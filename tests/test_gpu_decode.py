@@ -125,3 +125,16 @@ def test_resolve_decode():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_device_decode_path_on_cuda():
     _device_path_matches(torch.device("cuda"))
+
+
+def test_device_decode_worker_refuses_large_images_from_the_header():
+    """decode: gpu's worker reads the header once: a JPEG over max_pixels is skipped with that reason,
+    a small JPEG goes to the device, a PNG is decoded in the worker."""
+    jpeg, png = _encode(_photo(40, 30, 0), "JPEG"), _encode(_photo(40, 30, 1), "PNG")
+    ds = ExtractDataset(_Source([jpeg, png, jpeg]), PPS[2], draft=False, device_decode=True, max_pixels=40 * 30)
+    small, not_jpeg = ds[0], ds[1]
+    assert small["ok"] and small["jpeg"] == jpeg
+    assert not_jpeg["ok"] and not_jpeg["jpeg"] == b"" and not_jpeg["x"].any()
+    ds.max_pixels = 40 * 30 - 1
+    big = ds[2]
+    assert not big["ok"] and big["jpeg"] == b"" and "extract.max_pixels" in big["reason"]

@@ -6,14 +6,16 @@ Import these from :mod:`rcdm.data.images` (which re-exports them) or from here.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import re
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 from PIL import Image
 
-__all__ = ["UnreadableImage", "decode_image", "to_rgb"]
+__all__ = ["UnreadableImage", "decode_image", "open_image", "decode_opened", "device_decodable", "to_rgb"]
 
 # 16-bit single-channel modes (PNG, TIFF, PGM); mode "I" is 32-bit, where 16-bit PGMs decode to.
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -48,22 +50,50 @@ def decode_image(
     own guard (``DecompressionBombError`` past 2 x ``Image.MAX_IMAGE_PIXELS``) still refuses
     larger ones whatever ``max_pixels`` says.
     """
+    img = open_image(data, key=key, max_pixels=max_pixels)
+    return decode_opened(img, draft, key=key, max_pixels=max_pixels)
+
+
+def open_image(data: bytes, *, key: str = "<bytes>", max_pixels: int | None = None) -> Image.Image:
+    """The first half of :func:`decode_image`: read the header only, refusing what is not an image
+    or declares more than ``max_pixels`` pixels (raises :class:`UnreadableImage`)."""
+    with _reading(key, max_pixels):
+        img = Image.open(io.BytesIO(data))  # reads the header only
+        w, h = img.size
+        if max_pixels is not None and w * h > max_pixels:
+            raise UnreadableImage(
+                key,
+                f"image is {w}x{h} ({w * h / 1e6:.1f} Mpx), more than extract.max_pixels "
+                f"({max_pixels / 1e6:g} Mpx); skipped without decoding",
+            )
+    return img
+
+
+def decode_opened(
+    img: Image.Image, draft: tuple[int, int] | None = None, *, key: str = "<bytes>", max_pixels: int | None = None
+) -> Image.Image:
+    """The second half of :func:`decode_image`: decode an :func:`open_image` result to RGB."""
+    with _reading(key, max_pixels):
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", (int(draft[0]), int(draft[1])))
+        img.load()  # decode now, so truncated files fail here and not later
+        return to_rgb(img)
+
+
+def device_decodable(img: Image.Image) -> bool:
+    """Is an :func:`open_image` result a baseline/progressive RGB or greyscale JPEG (what
+    ``extract.decode: gpu`` sends to the device decoder)?"""
+    return img.format == "JPEG" and img.mode in ("RGB", "L")
+
+
+@contextlib.contextmanager
+def _reading(key: str, max_pixels: int | None) -> Iterator[None]:
+    """PIL's errors as :class:`UnreadableImage`; its size warning silenced when ``max_pixels`` decides."""
     try:
         with warnings.catch_warnings():
             if max_pixels is not None:  # our budget decides; PIL's warning would only repeat it
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data))  # reads the header only
-            w, h = img.size
-            if max_pixels is not None and w * h > max_pixels:
-                raise UnreadableImage(
-                    key,
-                    f"image is {w}x{h} ({w * h / 1e6:.1f} Mpx), more than extract.max_pixels "
-                    f"({max_pixels / 1e6:g} Mpx); skipped without decoding",
-                )
-            if draft is not None and img.format == "JPEG":
-                img.draft("RGB", (int(draft[0]), int(draft[1])))
-            img.load()  # decode now, so truncated files fail here and not later
-        return to_rgb(img)
+            yield
     except UnreadableImage:
         raise
     except Exception as e:  # PIL raises many types (OSError, SyntaxError, ValueError, ...)
