@@ -49,12 +49,15 @@ def check_layers(ctx: Context, info: dict) -> None:
 N_NN = 256  # training images encoded for the nearest-neighbour distance of a layer without a store
 
 
-def _standardiser(r) -> tuple[np.ndarray, np.ndarray] | None:
-    """(mean, std) when the RCDM standardises h per dimension before use (train.cond_norm)."""
+def _standardiser(r):
+    """``x -> (x - mean) / std`` in float64 when the RCDM standardises h per dimension before use
+    (train.cond_norm: :class:`rcdm.model.unet.CondStandardize` with its buffers), else None."""
     cn = getattr(r.model, "cond_norm", None)
     if cn is None or not hasattr(cn, "mean"):
         return None
-    return cn.mean.detach().cpu().numpy().astype(np.float64), cn.std.detach().cpu().numpy().astype(np.float64)
+    mean = cn.mean.detach().cpu().numpy().astype(np.float64)
+    std = cn.std.detach().cpu().numpy().astype(np.float64)
+    return lambda x: (np.asarray(x, np.float64) - mean) / std
 
 
 def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray, str]:
@@ -106,7 +109,7 @@ def run(ctx: Context) -> Entry:
         cond_layer = r.encoder_info.get("layer")
         refs = {layer: _nn_reference(ctx, r, layer) for layer in cfg.layers}
         if std is not None and cond_layer in refs:  # compare in the space the model sees
-            refs[cond_layer] = ((refs[cond_layer][0] - std[0]) / std[1], refs[cond_layer][1])
+            refs[cond_layer] = (std(refs[cond_layer][0]), refs[cond_layer][1])
         size = display_size(r.image_size, ["original", *names])  # tiles wide enough for every row label
         per_t: dict[str, dict[str, list[float]]] = {n: {} for n in names}
         for n_img, i in enumerate(rows):
@@ -125,7 +128,7 @@ def run(ctx: Context) -> Entry:
             for layer in cfg.layers:
                 h = conds if layer == cond_layer else ctx.encode(ctx.encoder(r.encoder_info, layer), views)
                 raw = h.astype(np.float64)
-                seen = (raw - std[0]) / std[1] if (std is not None and layer == cond_layer) else raw
+                seen = std(raw) if (std is not None and layer == cond_layer) else raw
                 hs[layer] = (raw, seen, nn_distance(seen[0], refs[layer][0]))
             for t_idx, t in enumerate(names, start=1):
                 d = {}
