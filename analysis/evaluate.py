@@ -121,7 +121,9 @@ def _train_store(cfg: EvaluateConfig, reference):
 
 def _rank(
     cfg: EvaluateConfig, ss: SampleSet, store, encoder, device
-) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``rank`` block of metrics.json, then (ranks, inside, queries, cond_index, ref): the
+    per-sample ranks and the arrays the faithfulness block reuses (``ref``: the store's features)."""
     from rcdm.encoders.build import encode
 
     # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
@@ -166,7 +168,7 @@ def _rank(
             "in_reference": metrics.rank_summary(pooled[inside], n),
             "outside_reference": metrics.rank_summary(pooled[~inside], n + 1),
         }
-    return result, ranks, inside, queries, cond_index
+    return result, ranks, inside, queries, cond_index, ref
 
 
 def evaluate(cfg: EvaluateConfig) -> Path:
@@ -223,11 +225,11 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)
 
-    rank, ranks, inside, queries, cond_index = _rank(cfg, ss, store, encoder, device)
+    rank, ranks, inside, queries, cond_index, ref = _rank(cfg, ss, store, encoder, device)
     from rcdm.encoders.build import encode
 
     faithfulness = evaluate_spaces(
-        ss, store, queries, cond_index, seconds, train_store, device=device, chunk_bytes=cfg.rank_chunk_mb << 20,
+        ss, store, ref, queries, cond_index, seconds, train_store, device=device, chunk_bytes=cfg.rank_chunk_mb << 20,
         encode=lambda enc, imgs, pp: np.asarray(encode(enc, imgs, pp, batch_size=cfg.batch_size, device=device), np.float32),
     )  # fmt: skip
     fd = dict(fd_skipped)

@@ -131,11 +131,12 @@ def _reference_pixels(store: Any, resolution: int, n: int = 256, seed: int = 0) 
 
 
 def evaluate_spaces(
-    ss: Any, store: Any, queries: np.ndarray, cond_index: np.ndarray, seconds: list[Space],
+    ss: Any, store: Any, ref: np.ndarray, queries: np.ndarray, cond_index: np.ndarray, seconds: list[Space],
     train_store: Any | None, *, encode: Any, device: Any = None, chunk_bytes: int = 1 << 28,
 ) -> dict:  # fmt: skip
     """The ``faithfulness`` block of metrics.json: one entry per space, pixel diversity, the
-    retrieval baseline's description and notes. ``encode(encoder, images, preprocess) -> (N, D)``."""
+    retrieval baseline's description and notes. ``ref (N, D)``: ``store``'s features (view 0), as
+    the caller already read them. ``encode(encoder, images, preprocess) -> (N, D)``."""
     inside = cond_index >= 0
     notes: list[str] = []
     if not inside.any():
@@ -154,7 +155,6 @@ def evaluate_spaces(
     else:
         notes.append("retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
                      "layer (set evaluate.train_store to the training store)")
-    ref = store.features(view=0)
     cond_space = Space("conditioning", store, np.arange(len(store)))
     spaces = [{**cond_space.describe(), **space_metrics(queries[inside], ref, target, groups, baseline=base,
                                                         device=device, chunk_bytes=chunk_bytes)}]  # fmt: skip
