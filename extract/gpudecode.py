@@ -75,9 +75,8 @@ def decode_on_device(batch: dict, pp: Preprocess, device: torch.device, x: torch
 
 
 def _host_fallback(batch: dict, pp: Preprocess, j: int, x: torch.Tensor) -> None:
-    key = batch["keys"][j] if "keys" in batch else f"item {batch['index'][j]}"
-    try:
-        img = decode_image(batch["jpeg"][j], None, key=key)
+    try:  # only e.reason is kept: loop.py's file_batch records the source item's key beside it
+        img = decode_image(batch["jpeg"][j], None, key=f"item {batch['index'][j]}")
         x[j] = crop_uint8(img, pp).to(x.device)
     except UnreadableImage as e:
         batch["ok"][j] = False
