@@ -158,19 +158,20 @@ def evaluate_spaces(
     cond_space = Space("conditioning", store, np.arange(len(store)))
     spaces = [{**cond_space.describe(), **space_metrics(queries[inside], ref, target, groups, baseline=base,
                                                         device=device, chunk_bytes=chunk_bytes)}]  # fmt: skip
+    nn_images = inv = None  # the baseline's training images, decoded once for every second space
+    if nn is not None and seconds:
+        try:
+            from rcdm.store import StoreImages
+
+            uniq, inv = np.unique(nn, return_inverse=True)
+            imgs = StoreImages(train_store)
+            nn_images = [imgs.load(int(i)) for i in uniq]
+        except Exception as e:  # the training images moved: the second spaces have no baseline
+            notes.append(f"retrieval baseline in the second spaces not computed: the training images "
+                         f"could not be read ({str(e).splitlines()[0][:200]})")  # fmt: skip
     for sp in seconds:
         q2 = encode(sp.encoder, images, sp.store.preprocess)
-        base2 = None
-        if nn is not None:
-            try:
-                from rcdm.store import StoreImages
-
-                uniq, inv = np.unique(nn, return_inverse=True)
-                imgs = StoreImages(train_store)
-                base2 = encode(sp.encoder, [imgs.load(int(i)) for i in uniq], sp.store.preprocess)[inv]
-            except Exception as e:  # the training images moved: this space has no baseline
-                notes.append(f"retrieval baseline in {sp.store.path} not computed: the training images "
-                             f"could not be read ({str(e).splitlines()[0][:200]})")  # fmt: skip
+        base2 = encode(sp.encoder, nn_images, sp.store.preprocess)[inv] if nn_images is not None else None
         spaces.append({**sp.describe(), **space_metrics(
             q2, sp.store.features(view=0), sp.row_of_reference[target], groups, baseline=base2,
             device=device, chunk_bytes=chunk_bytes)})  # fmt: skip
