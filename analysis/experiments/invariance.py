@@ -12,7 +12,12 @@ import numpy as np
 from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.distances import squared_distances
 from rcdm.analysis.experiments.figures import display_size, labelled
-from rcdm.analysis.experiments.invariance_scores import movement_scores, nn_distance, plot_scores
+from rcdm.analysis.experiments.invariance_scores import (
+    h_score,
+    nn_distance,
+    plot_scores,
+    sample_score,
+)
 from rcdm.analysis.experiments.transforms import get_transform, seeded_apply
 from rcdm.analysis.report import Entry, Table
 from rcdm.errors import InvalidInput
@@ -135,11 +140,10 @@ def run(ctx: Context) -> Entry:
                 for layer, (raw, seen, nn0) in hs.items():
                     d[f"{layer}_squared_distance"] = float(squared_distances(raw[0], raw[t_idx : t_idx + 1])[0])
                     d[f"{layer}_relative"] = d[f"{layer}_squared_distance"] / max(float((raw[0] ** 2).sum()), 1e-12)
-                    sc = movement_scores(seen[0], seen[t_idx], nn0)
+                    sc = h_score(seen[0], seen[t_idx], nn0)
                     d[f"{layer}_distance"], d[f"{layer}_nn_distance"], d[f"{layer}_score"] = (
                         sc["distance"], sc["nn_distance"], sc["score"])  # fmt: skip
-                sc = movement_scores(conds[0], conds[t_idx], 1.0, s_feats[0], s_feats[t_idx])
-                d.update({k: sc[k] for k in ("sample_movement", "sample_diversity", "sample_score")})
+                d.update(sample_score(s_feats[0], s_feats[t_idx]))
                 # how far the samples move, with the same noise seeds
                 d["sample_pixel_mad"] = float(
                     np.abs(samples[t_idx].astype(np.float32) - samples[0].astype(np.float32)).mean() / 255.0

@@ -20,7 +20,7 @@ import io
 
 import numpy as np
 
-__all__ = ["movement_scores", "nn_distance", "plot_scores"]
+__all__ = ["h_score", "nn_distance", "plot_scores", "sample_score"]
 
 
 def nn_distance(h: np.ndarray, reference: np.ndarray, chunk: int = 1 << 15) -> float:
@@ -38,26 +38,26 @@ def nn_distance(h: np.ndarray, reference: np.ndarray, chunk: int = 1 << 15) -> f
     return best if best < float("inf") else float("nan")
 
 
-def movement_scores(
-    h0: np.ndarray, h1: np.ndarray, nn0: float, s0: np.ndarray | None = None, s1: np.ndarray | None = None
-) -> dict:
-    """Scores (a) and (b) for one image and one augmentation. ``h0, h1 (D,)``: the original's and
-    the augmented image's representation (in the space the distances are meant in); ``nn0``: the
-    original's nearest-training-neighbour distance; ``s0, s1 (S, D2)``: second-space features of
-    the samples from h0 and h1, row j drawn with the same noise seed."""
+def h_score(h0: np.ndarray, h1: np.ndarray, nn0: float) -> dict:
+    """Score (a) for one image and one augmentation. ``h0, h1 (D,)``: the original's and the
+    augmented image's representation (in the space the distances are meant in); ``nn0``: the
+    original's nearest-training-neighbour distance."""
     dh = float(np.linalg.norm(np.asarray(h1, np.float64) - np.asarray(h0, np.float64)))
-    out = {"distance": dh, "nn_distance": nn0, "score": dh / nn0 if nn0 > 0 else float("nan")}
-    if s0 is not None and s1 is not None:
-        a, b = np.asarray(s0, np.float64), np.asarray(s1, np.float64)
-        move = float(np.linalg.norm(b - a, axis=1).mean())
-        if len(a) > 1:
-            pd = np.linalg.norm(a[:, None] - a[None], axis=-1)[np.triu_indices(len(a), 1)]
-            div = float(pd.mean())
-        else:
-            div = float("nan")
-        out.update(sample_movement=move, sample_diversity=div,
-                   sample_score=move / div if div > 0 else (0.0 if move == 0 else float("nan")))  # fmt: skip
-    return out
+    return {"distance": dh, "nn_distance": nn0, "score": dh / nn0 if nn0 > 0 else float("nan")}
+
+
+def sample_score(s0: np.ndarray, s1: np.ndarray) -> dict:
+    """Score (b) for one image and one augmentation. ``s0, s1 (S, D2)``: second-space features of
+    the samples from h0 and h1, row j drawn with the same noise seed."""
+    a, b = np.asarray(s0, np.float64), np.asarray(s1, np.float64)
+    move = float(np.linalg.norm(b - a, axis=1).mean())
+    if len(a) > 1:
+        pd = np.linalg.norm(a[:, None] - a[None], axis=-1)[np.triu_indices(len(a), 1)]
+        div = float(pd.mean())
+    else:
+        div = float("nan")
+    return {"sample_movement": move, "sample_diversity": div,
+            "sample_score": move / div if div > 0 else (0.0 if move == 0 else float("nan"))}  # fmt: skip
 
 
 def plot_scores(transforms: list[str], series: dict[str, list[float]], title: str) -> np.ndarray:
