@@ -72,6 +72,10 @@ def test_common_dims_and_manipulate():
     np.testing.assert_array_equal(C.common_dims(nb, 1), [0, 1, 2])
     with pytest.raises(ValueError, match="m=4"):
         C.common_dims(nb, 4)
+    # per-dimension thresholds instead of "non-zero": active = above the dimension's threshold
+    thr = np.array([2, -1, 0.5, -1], np.float32)  # counts above: 1, 3, 2, 3
+    np.testing.assert_array_equal(C.common_dims(nb, 3, thresholds=thr), [1, 3])
+    np.testing.assert_array_equal(C.active_mask(nb[0], thresholds=thr), [False, True, True, True])
     h = np.array([5, 6, 7, 8], np.float32)
     z = C.manipulate(h, np.array([0, 2]), "zero")
     np.testing.assert_array_equal(z, [0, 6, 0, 8])

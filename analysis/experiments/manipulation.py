@@ -16,6 +16,7 @@ import numpy as np
 from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table, write_entry
+from rcdm.diffusion.conditions import active_mask, common_dims
 from rcdm.errors import InvalidInput
 from rcdm.viz import grid
 
@@ -39,24 +40,18 @@ def select_dims(
     """Dimensions to edit, sorted ``(n,)`` int64.
 
     A dimension is active in a vector when its value is above ``thresholds`` (per dimension;
-    default: non-zero, the paper's rule). ``most``: active in at least ``m`` of the ``k``
-    neighbours. ``least``: the same number of dimensions, chosen among those active in ``h``
-    with the fewest active neighbours (ties: lower index first).
+    default: non-zero, the paper's rule; ``rcdm.diffusion.conditions.active_mask``). ``most``:
+    active in at least ``m`` of the ``k`` neighbours (``conditions.common_dims``). ``least``: the
+    same number of dimensions, chosen among those active in ``h`` with the fewest active
+    neighbours (ties: lower index first).
     """
-    nf, h = np.asarray(neighbour_feats, dtype=np.float32), np.asarray(h, dtype=np.float32)
     if variant not in ("most", "least"):
         raise InvalidInput(f"select_dims variant must be 'most' or 'least', got {variant!r}")
-    if not 1 <= m <= nf.shape[0]:
-        raise InvalidInput(f"select_dims: m={m} must be between 1 and the number of neighbours k={nf.shape[0]}")
-    if thresholds is None:
-        act_nb, act_h = np.abs(nf) > 0, np.abs(h) > 0
-    else:
-        act_nb, act_h = nf > thresholds, h > thresholds
-    counts = act_nb.sum(0)  # (D,)
-    most = np.flatnonzero(counts >= m).astype(np.int64)
+    most = common_dims(neighbour_feats, m, thresholds=thresholds)
     if variant == "most":
         return most
-    active = np.flatnonzero(act_h)
+    counts = active_mask(neighbour_feats, thresholds=thresholds).sum(0)  # (D,)
+    active = np.flatnonzero(active_mask(h, thresholds=thresholds))
     order = active[np.argsort(counts[active], kind="stable")]
     return np.sort(order[: len(most)]).astype(np.int64)
 

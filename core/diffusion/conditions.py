@@ -23,6 +23,7 @@ __all__ = [
     "class_mean",
     "algebra",
     "knn",
+    "active_mask",
     "common_dims",
     "manipulate",
 ]
@@ -139,8 +140,18 @@ def knn(
     return order[0] if single else order
 
 
-def common_dims(neighbour_feats: np.ndarray, m: int, *, threshold: float = 0.0) -> np.ndarray:
-    """Dimensions that are non-zero (``|h_d| > threshold``) in at least ``m`` of the neighbours.
+def active_mask(x: np.ndarray, *, threshold: float = 0.0, thresholds: np.ndarray | None = None) -> np.ndarray:
+    """Which entries of ``x`` (``(D,)`` or ``(k, D)``) are *active*: above ``thresholds`` (one per
+    dimension, ``(D,)``) when given, else non-zero (``|x_d| > threshold``, the paper's rule)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x > thresholds if thresholds is not None else np.abs(x) > threshold
+
+
+def common_dims(
+    neighbour_feats: np.ndarray, m: int, *, threshold: float = 0.0, thresholds: np.ndarray | None = None
+) -> np.ndarray:
+    """Dimensions that are active (:func:`active_mask`: non-zero, ``|h_d| > threshold``, or above
+    the per-dimension ``thresholds``) in at least ``m`` of the neighbours.
 
     ``neighbour_feats`` is ``(k, D)``; returns the sorted dimension indices ``(n_dims,)`` int64.
     """
@@ -149,7 +160,7 @@ def common_dims(neighbour_feats: np.ndarray, m: int, *, threshold: float = 0.0) 
         raise InvalidInput(f"common_dims needs (k, D) neighbour features, got shape {nf.shape}")
     if not 1 <= m <= nf.shape[0]:
         raise InvalidInput(f"common_dims: m={m} must be between 1 and the number of neighbours k={nf.shape[0]}")
-    counts = (np.abs(nf) > threshold).sum(axis=0)  # (D,)
+    counts = active_mask(nf, threshold=threshold, thresholds=thresholds).sum(axis=0)  # (D,)
     return np.flatnonzero(counts >= m).astype(np.int64)
 
 
