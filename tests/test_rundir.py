@@ -138,8 +138,12 @@ def test_stale_run_level_files_give_way_to_the_newest_checkpoint(tmp_path):
     assert run.stale() == second
     assert run.weights() == second / "ema-0.9999.safetensors" and run.meta()["kimg"] == 2
     assert run.weights("no") == second / "model.safetensors"
+    pinned = run.current()  # decided once: weights and meta of that folder, not re-checked
+    assert pinned.path == second and pinned.current() is pinned
     run.publish(second)
     assert run.stale() is None and run.meta()["kimg"] == 2
+    assert pinned.weights() == second / "ema-0.9999.safetensors" and pinned.meta()["kimg"] == 2
+    assert run.current().path == run.path
     shutil.rmtree(second)  # deleted by hand: the run-level files are newer than any checkpoint
     assert run.stale() == first and run.weights() == first / "ema-0.9999.safetensors"
     run.publish(first)

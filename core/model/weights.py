@@ -214,7 +214,7 @@ def load_model(
             "official RCDM / ADM .pt file"
         )
     if path.is_dir():
-        run = RunDir(path)
+        run = RunDir(path).current()  # stale or not, decided once: weights and meta of one folder
         weights = run.weights(ema)  # the one rule for which file a folder gives
         sd, meta = read_safetensors(weights)
         try:  # the run's model.json (its newest checkpoint's when the run-level files lag behind)

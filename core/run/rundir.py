@@ -75,6 +75,7 @@ class RunDir:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
+        self._resolved = False  # set by current(): stale() was checked once, not again
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
@@ -233,6 +234,17 @@ class RunDir:
             current = False
         return None if current else latest
 
+    def current(self) -> RunDir:
+        """The folder this one's ``weights`` / ``meta`` read: itself, or its newest checkpoint when
+        the run-level files are :meth:`stale`. Decided once: the returned folder's ``weights`` and
+        ``meta`` do not check again, so both come from the same folder."""
+        if self._resolved:
+            return self
+        stale = self.stale()
+        run = RunDir(stale if stale is not None else self.path)
+        run._resolved = True
+        return run
+
     def truncate_log(self, step: int) -> None:
         """Drop log lines written after ``step`` by a run killed before its next checkpoint."""
         path = self.log
@@ -253,9 +265,10 @@ class RunDir:
     def meta(self) -> dict:
         """``model.json``: what the model is and what it was trained on (the newest checkpoint's
         when the run-level files are :meth:`stale`)."""
-        stale = self.stale()
-        if stale is not None:
-            return RunDir(stale).meta()
+        return self.current()._meta_here()
+
+    def _meta_here(self) -> dict:
+        """This folder's ``model.json``, without the :meth:`stale` check."""
         if not self.meta_file.is_file():
             raise MissingInput(
                 f"{self.path} has no {self.META}: pass a run directory written by rcdm train "
@@ -291,16 +304,16 @@ class RunDir:
         A run folder that lacks the file, or whose run-level files are :meth:`stale`, asks its
         newest checkpoint.
         """
-        choice = parse_ema(ema)
-        stale = self.stale()
-        if stale is not None:
-            return RunDir(stale).weights(choice)
+        return self.current()._weights(parse_ema(ema), ema)
+
+    def _weights(self, choice: str | float, ema: Any) -> Path:
+        """:meth:`weights` in this folder (already :meth:`current`), else its newest checkpoint."""
         found = self._weights_here(choice)
         if found is not None:
             return found
         latest = self.latest()
         if latest is not None:
-            return RunDir(latest).weights(choice)
+            return RunDir(latest)._weights(choice, choice)
         have = sorted(p.name for p in self.path.glob("*.safetensors")) if self.path.is_dir() else []
         raise MissingInput(
             f"no weights for ema={ema!r} in {self.path} (it has: {', '.join(have) or 'no .safetensors files'}); "
@@ -314,7 +327,7 @@ class RunDir:
         if choice == "auto":
             if run_level.is_file():
                 return run_level
-            rates = self.meta().get("ema_rates") if self.meta_file.is_file() else None
+            rates = self._meta_here().get("ema_rates") if self.meta_file.is_file() else None
             if rates and float(rates[0]) in emas:
                 return emas[float(rates[0])]
             if len(emas) > 1:
@@ -338,7 +351,7 @@ class RunDir:
         if meta_path(weights).is_file():
             rate = read_json(meta_path(weights)).get("ema_rate")
         else:
-            rates = self.meta().get("ema_rates") if self.meta_file.is_file() else None
+            rates = self._meta_here().get("ema_rates") if self.meta_file.is_file() else None
             rate = rates[0] if rates else None
         return None if rate is None else float(rate)
 
