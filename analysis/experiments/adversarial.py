@@ -14,7 +14,7 @@ from rcdm.analysis.experiments.common import Context, describe_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.probe import cached_probe
 from rcdm.analysis.probe import fgsm
-from rcdm.analysis.report import Entry, Table, write_entry
+from rcdm.analysis.report import Entry, Table
 from rcdm.errors import InvalidInput
 from rcdm.viz import grid, red_border
 
@@ -145,14 +145,13 @@ def run(ctx: Context) -> Entry:
                         [[info.get("name"), val.layer, res.val_accuracy, res.train_accuracy]])  # fmt: skip
     numbers = {"seed": cfg.seed, "noise_seeds": seeds, "probe": res.to_dict(), "epsilons": eps_list,
                "target_class": cfg.target_class, "images": records}  # fmt: skip
-    entry = ctx.finish("adversarial", TITLE, numbers, figures, [probe_table, table],
-                       f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
-                       notes)  # fmt: skip
+    summary = ""
     if rcdms and len(eps_list) > 1:
         r = rcdms[0]
         base, top = changed_samples[r.label][0] / n, changed_samples[r.label][-1] / n
-        entry.summary = (f"{r.label}: at epsilon 0, {100 * base:.0f}% of the samples' probe predictions already "
-                         f"differ from the clean image's (the baseline: sampling noise alone); at epsilon "
-                         f"{eps_list[-1]:g}, {100 * top:.0f}%, {100 * (top - base):+.0f} points over it.")  # fmt: skip
-        write_entry(ctx.out, entry)
-    return entry
+        summary = (f"{r.label}: at epsilon 0, {100 * base:.0f}% of the samples' probe predictions already "
+                   f"differ from the clean image's (the baseline: sampling noise alone); at epsilon "
+                   f"{eps_list[-1]:g}, {100 * top:.0f}%, {100 * (top - base):+.0f} points over it.")  # fmt: skip
+    return ctx.finish("adversarial", TITLE, numbers, figures, [probe_table, table],
+                      f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
+                      notes, summary)  # fmt: skip

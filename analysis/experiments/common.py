@@ -359,13 +359,15 @@ class Context:
         tables: list[Table],
         description: str = "",
         notes: list[str] | None = None,
+        summary: str = "",
     ) -> Entry:
-        """Write ``<exp>/<exp>.json`` (the numbers) and ``<exp>/entry.json``; return the entry."""
+        """Write ``<exp>/<exp>.json`` (the numbers) and ``<exp>/entry.json``; return the entry.
+        ``summary``: the line said in bold under the title (empty: none)."""
         path = self.dir(experiment) / f"{experiment}.json"
         atomic_write_json(path, _jsonable(numbers))
         entry = Entry(
             experiment=experiment, title=title, description=description, figures=figures,
-            tables=tables, numbers=str(path.relative_to(self.out)), notes=list(notes or []),
+            tables=tables, numbers=str(path.relative_to(self.out)), notes=list(notes or []), summary=summary,
         )  # fmt: skip
         write_entry(self.out, entry)
         return entry

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
-from rcdm.analysis.report import Entry, Table, write_entry
+from rcdm.analysis.report import Entry, Table
 from rcdm.diffusion.conditions import active_mask, common_dims
 from rcdm.errors import InvalidInput
 from rcdm.viz import grid
@@ -165,13 +165,12 @@ def run(ctx: Context) -> Entry:
     if degenerate:
         notes = [f"Degenerate selection for {len(degenerate)} image(s): most- and least-common masking "
                  f"cannot be told apart ({'; '.join(degenerate)})."] + list(notes)  # fmt: skip
-    entry = ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes)
+    summary = ""
     if degenerate:  # said in bold under the title, not only in the figures
-        entry.summary = (f"{len(degenerate)} of {len(records) - sum('algebra' in r for r in records)} "
-                         "masking figure(s) have a degenerate selection: their most- and least-common rows "
-                         "cannot show different things (see each figure's caption).")  # fmt: skip
-        write_entry(ctx.out, entry)
-    return entry
+        summary = (f"{len(degenerate)} of {len(records) - sum('algebra' in r for r in records)} "
+                   "masking figure(s) have a degenerate selection: their most- and least-common rows "
+                   "cannot show different things (see each figure's caption).")  # fmt: skip
+    return ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes, summary=summary)
 
 
 def _triples(ctx: Context, val, rows: list[int]) -> list[tuple[int, int, int]]:
