@@ -122,6 +122,9 @@ def run(cfg: ExtractConfig) -> Path:
         seed=cfg.seed,
     )
     pp = encoder.preprocess
+    # Resolved here, not per shard: the decoder makes the pixels, so the header records it and a
+    # resume on another device (auto: gpu on CUDA, cpu elsewhere) or with another --decode is refused.
+    cfg = replace(cfg, decode=resolve_decode(cfg.decode, device, device_normalisation_is_exact(pp)))
     enc_info = encoder.info()
     src_info = source.describe()
     src_info.update(n_items=n_items, n_items_in_source=len(source), limit=cfg.limit)

@@ -27,9 +27,12 @@ HEADER = "extract.json"
 # Files an extraction writes; --overwrite removes these and nothing else.
 _OURS = re.compile(r"^(manifest\.json|extract\.json|config\.yaml|shard-\d+\.(h5|tar|json)|\.shard-\d+\.(h5|tar)\.tmp-\d+)$")
 # Header fields that must agree for a resume; a difference needs --overwrite.
-_MUST_MATCH = ("encoder", "weights_sha256", "layer", "preprocess", "format", "dtype", "shard_size", "include_images", "source_root", "n_items", "max_pixels")
+_MUST_MATCH = (
+    "encoder", "weights_sha256", "layer", "preprocess", "format", "dtype", "shard_size", "include_images", "source_root",
+    "n_items", "max_pixels", "decode", "draft",
+)  # fmt: skip
 # Compared only when the existing header records them (stores made before they were added).
-_IF_RECORDED = ("max_pixels",)
+_IF_RECORDED = ("max_pixels", "decode", "draft")
 _SHARD = re.compile(r"^shard-(\d+)\.(h5|tar)$")
 
 Action = Literal["start", "resume", "finished"]
@@ -54,6 +57,8 @@ def make_header(encoder_info: dict, preprocess: dict, source: dict, cfg) -> dict
         "source_root": _abs(source.get("root")),
         "n_items": source.get("n_items"),
         "max_pixels": cfg.max_pixels,
+        "decode": cfg.decode,  # resolved (cpu | gpu): nvjpeg and libjpeg give different pixels
+        "draft": bool(cfg.draft),  # PIL draft mode: the cpu path's JPEGs, and non-device JPEGs (CMYK) on gpu
     }
 
 
@@ -76,7 +81,7 @@ def _describe(h: dict) -> str:
         f" (seed {h.get('seed')}), preprocess resize {pp.get('resize')} {pp.get('interpolation')} crop "
         f"{pp.get('crop')} range {pp.get('value_range')} mean {pp.get('mean')}, format {h.get('format')} "
         f"{h.get('dtype')}, shard_size {h.get('shard_size')}, images {h.get('include_images')}, "
-        f"max_pixels {h.get('max_pixels')}, source {h.get('source_root')} ({h.get('n_items')} items)"
+        f"max_pixels {h.get('max_pixels')}, decode {h.get('decode')} (draft {h.get('draft')}), source {h.get('source_root')} ({h.get('n_items')} items)"
     )
 
 

@@ -6,6 +6,7 @@ recorded as an absolute path, and huge images are skipped without being decoded.
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from pathlib import Path
@@ -202,3 +203,22 @@ def test_huge_images_are_skipped_and_the_budget_is_recorded(tiny, images, tmp_pa
     with pytest.raises(InvalidInput, match="max_pixels"):  # another budget is another store
         rcdm.extract.run(_cfg(src, tmp_path / "store", max_pixels=10**6))
     np.testing.assert_array_equal(st.labels, [0, 0, 0, 1, 1, 1])
+
+
+def test_a_resume_must_use_the_same_decode_path(ref, images, tmp_path):
+    """The resolved decode path and draft mode make the pixels: a resume that would mix them is refused."""
+    out = tmp_path / "store"
+    shutil.copytree(ref, out)
+    (out / "manifest.json").unlink()  # an interrupted run
+    (out / "shard-00002.h5").unlink()
+    header = read_json(out / HEADER)
+    assert (header["decode"], header["draft"]) == ("cpu", True)  # auto, resolved on a CPU
+    with pytest.raises(InvalidInput, match="draft") as e:
+        rcdm.extract.run(_cfg(images, out, draft=False))
+    assert "decode cpu (draft True)" in str(e.value) and "--overwrite" in str(e.value)
+    rcdm.extract.run(_cfg(images, out, decode="cpu"))  # what auto resolved to: resumes
+    _same_store(ref, out)
+    for k in ("decode", "draft"):  # a store from before they were recorded: not compared
+        del header[k]
+    (out / HEADER).write_text(json.dumps(header))
+    rcdm.extract.run(_cfg(images, out, draft=False))
