@@ -81,15 +81,14 @@ def test_auto_settings_are_plain_on_cpu():
 
 def test_prune_keeps_the_newest_and_the_milestones(tmp_path):
     from rcdm.run.rundir import RunDir
-    from rcdm.train.checkpoint import prune
 
     run = RunDir(tmp_path / "run")
     for step in range(1, 11):  # a checkpoint every 300 images; milestones every 1000
         d = run.checkpoints_dir / run.checkpoint_name(step)
         d.mkdir(parents=True)
         (d / RunDir.STATE).write_text(json.dumps({"step": step, "nimg": 300 * step}))
-    prune(run, keep=2, milestone_nimg=1000)
+    run.prune(keep=2, milestone_nimg=1000)
     left = [s for s, _ in run.checkpoints()]
     assert left == [4, 7, 9, 10]  # 1200, 2100 (first past 1000, 2000), then the newest two
-    prune(run, keep=0)
+    run.prune(keep=0)
     assert [s for s, _ in run.checkpoints()] == left

@@ -118,7 +118,7 @@ class TrainState:
             final = w.committed = run.commit(tmp, state)
             w.file = run.path / RunDir.WEIGHTS
             run.publish(final)
-        prune(run, keep, milestone)
+        run.prune(keep, milestone)
 
     def wait_for_writes(self) -> None:
         """Wait for the checkpoint being written in the background, if any; raise its error."""
@@ -287,25 +287,6 @@ def _unreadable(folder: Path, e: BaseException) -> Path | None:
         e, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
     ) or "PytorchStreamReader" in str(e)
     return folder if damaged else None
-
-
-def prune(run: RunDir, keep: int, milestone_nimg: int = 0) -> list[Path]:
-    """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0: keep all), sparing each
-    milestone: the first checkpoint at or past a multiple of ``milestone_nimg`` images."""
-    if keep <= 0:
-        return []
-    removed, prev_block = [], 0
-    for _, p in run.checkpoints()[:-keep]:
-        try:
-            block = int(RunDir.read_state(p)["nimg"]) // milestone_nimg if milestone_nimg > 0 else 0
-        except Exception:  # an unreadable state.json: not a milestone
-            block = prev_block
-        if block > prev_block:
-            prev_block = block
-            continue
-        shutil.rmtree(p, ignore_errors=True)
-        removed.append(p)
-    return removed
 
 
 def _cpu(m: torch.nn.Module) -> dict[str, torch.Tensor]:

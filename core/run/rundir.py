@@ -182,12 +182,20 @@ class RunDir:
             f"{ckpt.name}; {fix}, or start a new --out"
         )
 
-    def prune(self, keep: int) -> list[Path]:
-        """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0: keep all)."""
+    def prune(self, keep: int, milestone_nimg: int = 0) -> list[Path]:
+        """Delete all but the newest ``keep`` checkpoints (``keep`` <= 0: keep all), sparing each
+        milestone: the first checkpoint at or past a multiple of ``milestone_nimg`` images."""
         if keep <= 0:
             return []
-        removed = []
+        removed, prev_block = [], 0
         for _, p in self.checkpoints()[:-keep]:
+            try:
+                block = self.read_state(p)["nimg"] // milestone_nimg if milestone_nimg > 0 else 0
+            except (OSError, InvalidInput):  # an unreadable state.json: not a milestone
+                block = prev_block
+            if block > prev_block:
+                prev_block = block
+                continue
             shutil.rmtree(p, ignore_errors=True)
             removed.append(p)
         return removed
