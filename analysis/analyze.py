@@ -17,7 +17,7 @@ from rcdm.analysis.eval_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.prior_entry import prior_entry
 from rcdm.analysis.report import Entry, write_report
-from rcdm.app.config import AnalyzeConfig, to_dict
+from rcdm.app.config import AnalyzeConfig, check_experiments, to_dict
 from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_json, now_iso, pick_device
@@ -27,11 +27,7 @@ __all__ = ["analyze", "check_config"]
 
 def check_config(cfg: AnalyzeConfig) -> None:
     """Cheap checks of the config before anything is loaded."""
-    unknown = [e for e in cfg.experiments if e not in EXPERIMENTS]
-    if unknown:
-        raise InvalidInput(f"unknown experiment(s) {unknown}; choose from {', '.join(EXPERIMENTS)}")
-    if not cfg.experiments:
-        raise InvalidInput(f"no experiment selected; choose from {', '.join(EXPERIMENTS)}")
+    check_experiments(cfg.experiments, cfg.origin.get("experiments", "analyze.experiments"))
     if cfg.out is None:
         raise InvalidInput("analyze.out is not set; give --out or resolve the config (data.workdir)")
     for name, v in (("n_images", cfg.n_images), ("n_samples", cfg.n_samples), ("batch_size", cfg.batch_size),

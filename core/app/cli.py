@@ -12,10 +12,10 @@ from typing import Any
 
 import click
 from rcdm.app.commandline import call, common_options, entry, load, show, stage
-from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig
+from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig, check_experiments
 from rcdm.app.load import resolve
 from rcdm.encoders.registry import REGISTRY
-from rcdm.errors import InvalidInput, UserError
+from rcdm.errors import UserError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -290,13 +290,7 @@ def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
 
 
 def _analyze_plan(a: Any) -> str:
-    known = EXPERIMENTS + EXTRA_EXPERIMENTS
-    unknown = [e for e in a.experiments if e not in known]
-    if unknown:
-        origin = a.origin.get("experiments", "analyze.experiments")
-        raise InvalidInput(f"unknown experiment(s) {', '.join(unknown)} (from {origin}); choose from {', '.join(known)}")
-    if not a.experiments:
-        raise InvalidInput(f"no experiment selected; choose from {', '.join(EXPERIMENTS)}")
+    check_experiments(a.experiments, a.origin.get("experiments", "analyze.experiments"))
     return f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}"
 
 

@@ -37,6 +37,7 @@ __all__ = [
     "SECTIONS",
     "SampleConfig",
     "TrainConfig",
+    "check_experiments",
     "section_fields",
     "to_dict",
 ]
@@ -55,6 +56,15 @@ EXPERIMENTS: tuple[str, ...] = (
 )
 # Analyses beyond the paper's, run only when named (``rcdm analyze pooled-vs-tokens``).
 EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens",)
+
+
+def check_experiments(names: tuple[str, ...], origin: str = "analyze.experiments") -> None:
+    """``names`` (analyze.experiments, set by ``origin``) are known experiments, at least one."""
+    known = EXPERIMENTS + EXTRA_EXPERIMENTS
+    if unknown := [e for e in names if e not in known]:
+        raise InvalidInput(f"unknown experiment(s) {', '.join(unknown)} (from {origin}); choose from {', '.join(known)}")
+    if not names:
+        raise InvalidInput(f"no experiment selected; choose from {', '.join(EXPERIMENTS)}")
 
 
 # Named training recipes (``train.recipe``; docs/recipes.md has the measurements behind them).
