@@ -234,7 +234,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     )  # fmt: skip
     fd = dict(fd_skipped)
     if fd_names:
-        ref_imgs = fdmod.reference_images(cfg.reference_images, ss.resolution, cfg.fid_reference_limit)
+        ref_imgs = fdmod.reference_images(cfg.reference_images, ss.resolution, cfg.fid_reference_limit, cfg.batch_size)
         fd.update(fdmod.compute(fd_names, ss.images, ref_imgs, batch_size=cfg.batch_size, device=device))
     if weights is not None:
         quality = fidmod.fid_and_is(

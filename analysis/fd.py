@@ -11,7 +11,7 @@ samples' resolution, ``evaluate.fid_reference_limit`` images evenly spaced), as 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,36 +100,40 @@ def fd_and_pr(fake: np.ndarray, real: np.ndarray, k: int = 3) -> dict:
     return {"fd": metrics.frechet_distance_from_features(fake, mu, sigma), **F.precision_recall(real, fake, k)}
 
 
-def reference_images(source: str, resolution: int, limit: int | None) -> np.ndarray:
-    """The reference images, ADM-center-cropped to ``resolution``, evenly spaced when limited."""
-    from rcdm.data.images import UnreadableImage, adm_center_crop, open_source
+def reference_images(source: str, resolution: int, limit: int | None, batch_size: int) -> Iterator[np.ndarray]:
+    """FID's reference images (:func:`rcdm.analysis.fid.reference_batches`: the same images in the
+    same order), streamed in uint8 batches; fewer than 2 readable ones is an error naming ``source``."""
+    from rcdm.analysis.fid import reference_batches
 
-    src = open_source(source)
-    n = len(src) if limit is None else min(limit, len(src))
-    order = np.unique(np.linspace(0, len(src) - 1, num=n).round().astype(np.int64))
-    out = []
-    for i in order.tolist():
-        try:
-            out.append(adm_center_crop(src.load(i), resolution))
-        except UnreadableImage:
-            continue
-    if len(out) < 2:
+    n = 0
+    for batch in reference_batches(source, resolution, limit, batch_size):
+        n += len(batch)
+        yield batch
+    if n < 2:
         raise InvalidInput(f"FD needs at least 2 readable reference images in {source}")
-    return np.stack(out)
 
 
 def compute(
-    names: list[str], samples: np.ndarray, ref_images: np.ndarray, *, batch_size: int, device: Any,
-    extractor: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None,
+    names: list[str], samples: np.ndarray, reference: np.ndarray | Iterable[np.ndarray], *, batch_size: int,
+    device: Any, extractor: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None,
 ) -> dict[str, dict]:  # fmt: skip
     """``{name: {fd, precision, recall, ...}}`` for each extractor (``extractor`` builds one from its
-    name; default: torch-fidelity's)."""
+    name; default: torch-fidelity's). ``reference``: the reference images, ``(N, H, W, 3)`` uint8
+    or an iterable of such batches (:func:`reference_images`), read once for every extractor, so
+    the whole set is never held in memory, only its features."""
     from tqdm.auto import tqdm
 
     build = extractor or (lambda n: make_extractor(n, device))
+    fns = {name: build(name) for name in names}
+    batches = reference
+    if isinstance(reference, np.ndarray):
+        batches = (reference[s : s + batch_size] for s in range(0, len(reference), batch_size))
+    real: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for batch in tqdm(batches, desc="FD / precision-recall: reference features", unit="batch"):
+        for name, fn in fns.items():
+            real[name].append(fn(batch))
     out = {}
     for name in tqdm(names, desc="FD / precision-recall", unit="extractor"):
-        fn = build(name)
-        fake, real = extract(fn, samples, batch_size), extract(fn, ref_images, batch_size)
-        out[name] = {**fd_and_pr(fake, real), "n_reference": int(len(real)), "feature_dim": int(fake.shape[1])}
+        fake, ref = extract(fns[name], samples, batch_size), np.concatenate(real.pop(name))
+        out[name] = {**fd_and_pr(fake, ref), "n_reference": int(len(ref)), "feature_dim": int(fake.shape[1])}
     return out

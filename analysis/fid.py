@@ -11,6 +11,7 @@ new file or delete the old one.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -73,13 +74,13 @@ def load_reference_stats(path: Path, want: dict) -> tuple[np.ndarray, np.ndarray
     return mu, sigma, meta
 
 
-def compute_reference_stats(
-    inception: InceptionV3, source: str | Path, resolution: int, limit: int | None, batch_size: int
-) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Inception pool statistics of a reference image set at ``resolution`` (ADM center crop).
-
-    Unreadable images are skipped and counted (as extraction does).
-    """
+def reference_batches(
+    source: str | Path, resolution: int, limit: int | None, batch_size: int, skipped: list[str] | None = None
+) -> Iterator[np.ndarray]:
+    """The reference images, ADM-center-cropped to ``resolution``, as ``(B, H, W, 3)`` uint8 batches
+    of ``batch_size`` (the last one shorter), streamed: all of them, or ``limit`` evenly spaced.
+    FID and FD read their reference set through this one function. Unreadable images are skipped;
+    their reasons are appended to ``skipped`` when given."""
     from rcdm.data.images import UnreadableImage, adm_center_crop, open_source
 
     src = open_source(source)
@@ -89,15 +90,30 @@ def compute_reference_stats(
         # Evenly spaced over the sorted set, so a subset of a class-sorted folder spans all
         # classes (the first 10,000 ImageNet validation images would be 200 classes only).
         order = np.unique(np.linspace(0, len(src) - 1, num=limit).round().astype(np.int64))
-    feats, batch, skipped = [], [], []
-    for k, i in enumerate(order.tolist()):
+    batch = []
+    for i in order.tolist():
         try:
             batch.append(adm_center_crop(src.load(i), resolution))
         except UnreadableImage as e:
-            skipped.append(str(e))
-        if len(batch) == batch_size or (k == len(order) - 1 and batch):
-            feats.append(inception(np.stack(batch), batch_size)[0])
+            if skipped is not None:
+                skipped.append(str(e))
+            continue
+        if len(batch) == batch_size:
+            yield np.stack(batch)
             batch = []
+    if batch:
+        yield np.stack(batch)
+
+
+def compute_reference_stats(
+    inception: InceptionV3, source: str | Path, resolution: int, limit: int | None, batch_size: int
+) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Inception pool statistics of a reference image set at ``resolution`` (ADM center crop).
+
+    Unreadable images are skipped and counted (as extraction does).
+    """
+    skipped: list[str] = []
+    feats = [inception(b, batch_size)[0] for b in reference_batches(source, resolution, limit, batch_size, skipped)]
     if not feats or sum(len(f) for f in feats) < 2:
         raise InvalidInput(
             f"the FID reference set {source} has fewer than 2 readable images "

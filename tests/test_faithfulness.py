@@ -87,6 +87,31 @@ def test_fd_extractors_offline_message_and_compute(tmp_path, monkeypatch):
     want = fdmod.fd_and_pr(blocks("")(fake), blocks("")(real))
     assert out["fd"] == pytest.approx(want["fd"]) and out["precision"] == want["precision"]
     assert out["n_reference"] == 16 and out["feature_dim"] == 12
+    streamed = fdmod.compute(["vgg16"], fake, iter([real[:7], real[7:]]), batch_size=5, device="cpu", extractor=blocks)
+    assert streamed["vgg16"] == out
+
+
+def test_fd_streams_fids_reference_images(tmp_path):
+    """FD reads the reference set as FID does (same evenly spaced subset, unreadable ones skipped),
+    in batches; fewer than 2 readable images is an error naming the set."""
+    from rcdm.analysis.fid import reference_batches
+    from rcdm.data.images import adm_center_crop, open_source
+
+    from tests.synthetic import corrupt_jpeg
+
+    val = make_image_folder(tmp_path / "val", n_classes=2, per_class=3)
+    corrupt_jpeg(val / "cls_1" / "img_002.jpg")  # the last image
+    skipped: list[str] = []
+    fid_batches = list(reference_batches(val, RES, 3, 1, skipped))
+    fd_batches = list(fdmod.reference_images(str(val), RES, 3, 1))
+    src = open_source(val)
+    want = np.stack([adm_center_crop(src.load(i), RES) for i in (0, 2)])  # 0, 2, 5 with 5 unreadable
+    assert [len(b) for b in fd_batches] == [1, 1] and len(skipped) == 1
+    np.testing.assert_array_equal(np.concatenate(fd_batches), want)
+    np.testing.assert_array_equal(np.concatenate(fid_batches), want)
+    assert [len(b) for b in fdmod.reference_images(str(val), RES, None, 4)] == [4, 1]
+    with pytest.raises(ValueError, match="at least 2 readable reference images in"):
+        list(fdmod.reference_images(str(val), RES, 1, 4))
 
 
 @pytest.fixture(scope="module")
