@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from rcdm.app.config import SECTIONS, PipelineConfig, Section, section_fields, to_dict
 from rcdm.diffusion.spec import Steps
+from rcdm.utils import atomic_write_text
 
 __all__ = ["dump_yaml", "save_resolved", "type_name"]
 
@@ -48,14 +49,9 @@ def dump_yaml(obj: Any) -> str:
 
 
 def save_resolved(obj: Any, out_dir: str | Path, name: str = "config.yaml") -> Path:
-    """Write a resolved config (a section or the whole pipeline) next to a stage's outputs."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(dump_yaml(obj))
-    tmp.replace(path)
-    return path
+    """Write a resolved config (a section or the whole pipeline) next to a stage's outputs
+    (atomically; the folder is made if needed)."""
+    return atomic_write_text(Path(out_dir) / name, dump_yaml(obj))
 
 
 def type_name(tp: Any) -> str:
