@@ -28,6 +28,10 @@ __all__ = [
     "get_preprocess",
     "encoder_input",
     "adm_center_crop",
+    "shorter_side_size",
+    "center_offsets",
+    "adm_sizes",
+    "adm_offsets",
     "to_model_range",
     "from_model_range",
 ]
@@ -156,23 +160,45 @@ def describe_preprocess(pp: Preprocess) -> str:
     return f"{pp.crop} px ({how}, [{lo:g}, {hi:g}]{norm})"
 
 
-def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
-    # torchvision's Resize(int) rule: shorter side = size, longer side scaled and truncated
-    w, h = img.size
+def shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """torchvision's ``Resize(int)`` rule: the (w, h) whose shorter side is ``size``, the longer
+    side scaled and truncated (unchanged when the shorter side already is ``size``)."""
     if min(w, h) == size:
-        return img
-    if w <= h:
-        new = (size, int(size * h / w))
-    else:
-        new = (int(size * w / h), size)
-    return img.resize(new, resample=resample)
+        return w, h
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def center_offsets(h: int, w: int, crop: int) -> tuple[int, int]:
+    """(top, left) of torchvision's ``center_crop`` of an h x w image (the offsets rounded)."""
+    return int(round((h - crop) / 2.0)), int(round((w - crop) / 2.0))
+
+
+def adm_sizes(w: int, h: int, size: int) -> list[tuple[int, int]]:
+    """guided-diffusion's ``center_crop_arr`` resizes of a (w, h) image: the (w, h) after each box
+    halving (while the shorter side is at least ``2 * size``), then the bicubic one, whose shorter
+    side is ``size``. Its crop offsets are :func:`adm_offsets`."""
+    steps = []
+    while min(w, h) >= 2 * size:
+        w, h = w // 2, h // 2
+        steps.append((w, h))
+    scale = size / min(w, h)
+    steps.append((round(w * scale), round(h * scale)))
+    return steps
+
+
+def adm_offsets(h: int, w: int, crop: int) -> tuple[int, int]:
+    """(top, left) of guided-diffusion's center crop of an h x w image (the offsets floored)."""
+    return (h - crop) // 2, (w - crop) // 2
+
+
+def _resize_shorter(img: Image.Image, size: int, resample: int) -> Image.Image:
+    new = shorter_side_size(*img.size, size)
+    return img if new == img.size else img.resize(new, resample=resample)
 
 
 def _center_crop(img: Image.Image, crop: int) -> Image.Image:
-    # torchvision's center_crop rule (round the offsets)
     w, h = img.size
-    top = int(round((h - crop) / 2.0))
-    left = int(round((w - crop) / 2.0))
+    top, left = center_offsets(h, w, crop)
     return img.crop((left, top, left + crop, top + crop))
 
 
@@ -184,7 +210,7 @@ def encoder_input(img: Image.Image, pp: Preprocess):
     if pp.resize_rule == "adm":
         arr = adm_center_crop(img, pp.resize)
         if pp.crop != pp.resize:
-            top, left = (pp.resize - pp.crop) // 2, (pp.resize - pp.crop) // 2
+            top, left = adm_offsets(pp.resize, pp.resize, pp.crop)
             arr = arr[top : top + pp.crop, left : left + pp.crop]
     else:
         resample = Image.BICUBIC if pp.interpolation == "bicubic" else Image.BILINEAR
@@ -210,13 +236,12 @@ def adm_center_crop(img: Image.Image, size: int) -> np.ndarray:
     ``2 * size``, bicubic-resize so the shorter side is ``size``, then center crop.
     Returns ``(size, size, 3)`` uint8."""
     img = img.convert("RGB")
-    while min(*img.size) >= 2 * size:
-        img = img.resize(tuple(x // 2 for x in img.size), resample=Image.BOX)
-    scale = size / min(*img.size)
-    img = img.resize(tuple(round(x * scale) for x in img.size), resample=Image.BICUBIC)
+    *halvings, final = adm_sizes(*img.size, size)
+    for half in halvings:
+        img = img.resize(half, resample=Image.BOX)
+    img = img.resize(final, resample=Image.BICUBIC)
     arr = np.asarray(img)
-    top = (arr.shape[0] - size) // 2
-    left = (arr.shape[1] - size) // 2
+    top, left = adm_offsets(arr.shape[0], arr.shape[1], size)
     return np.ascontiguousarray(arr[top : top + size, left : left + size])
 
 

@@ -19,7 +19,13 @@ from functools import lru_cache
 
 import numpy as np
 import torch
-from rcdm.data.preprocess import Preprocess
+from rcdm.data.preprocess import (
+    Preprocess,
+    adm_offsets,
+    adm_sizes,
+    center_offsets,
+    shorter_side_size,
+)
 
 __all__ = ["resize", "adm_crop", "encoder_crop", "pil_weights", "pass_order"]
 
@@ -138,11 +144,11 @@ def resize(x: torch.Tensor, size: tuple[int, int], kind: str) -> torch.Tensor:
 
 def adm_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     """``rcdm.data.preprocess.adm_center_crop`` of uint8 (..., 3, H, W): (..., 3, size, size)."""
-    while min(x.shape[-1], x.shape[-2]) >= 2 * size:
-        x = resize(x, (x.shape[-1] // 2, x.shape[-2] // 2), "box")
-    scale = size / min(x.shape[-1], x.shape[-2])
-    x = resize(x, (round(x.shape[-1] * scale), round(x.shape[-2] * scale)), "bicubic")
-    top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
+    *halvings, final = adm_sizes(x.shape[-1], x.shape[-2], size)
+    for half in halvings:
+        x = resize(x, half, "box")
+    x = resize(x, final, "bicubic")
+    top, left = adm_offsets(x.shape[-2], x.shape[-1], size)
     return x[..., top : top + size, left : left + size]
 
 
@@ -153,12 +159,8 @@ def encoder_crop(x: torch.Tensor, pp: Preprocess) -> torch.Tensor:
     """
     if pp.resize_rule == "adm":
         x = adm_crop(x, pp.resize)
-        off = (pp.resize - pp.crop) // 2
-        return x[..., off : off + pp.crop, off : off + pp.crop].contiguous()
-    h, w = x.shape[-2], x.shape[-1]
-    if min(w, h) != pp.resize:  # torchvision's Resize(int): shorter side = resize, longer truncated
-        new = (pp.resize, int(pp.resize * h / w)) if w <= h else (int(pp.resize * w / h), pp.resize)
-        x = resize(x, new, pp.interpolation)
-    h, w = x.shape[-2], x.shape[-1]
-    top, left = int(round((h - pp.crop) / 2.0)), int(round((w - pp.crop) / 2.0))
+        top, left = adm_offsets(pp.resize, pp.resize, pp.crop)
+        return x[..., top : top + pp.crop, left : left + pp.crop].contiguous()
+    x = resize(x, shorter_side_size(x.shape[-1], x.shape[-2], pp.resize), pp.interpolation)  # same size: x itself
+    top, left = center_offsets(x.shape[-2], x.shape[-1], pp.crop)
     return x[..., top : top + pp.crop, left : left + pp.crop].contiguous()
