@@ -24,7 +24,6 @@ __all__ = [
     "same_representation",
     "check_conditioning",
     "extraction_for",
-    "tokens_mismatch",
 ]
 
 # Encoder-info fields that change h, with how a mismatch is named.
@@ -157,7 +156,7 @@ def check_conditioning(meta: Mapping[str, Any], store: Any, *, what: str = "the 
         return
     layer = next((m for m in found if m.what == "layer" and "tokens" in (m.run, m.store)), None)
     if layer is not None:
-        raise InvalidInput(tokens_mismatch(what, layer.run, layer.store, store.path))
+        raise InvalidInput(_tokens_mismatch(what, layer.run, layer.store, store.path))
     named = [m for m in found if m.what == "encoder named by the file"]
     if named:
         raise InvalidInput(
@@ -167,11 +166,11 @@ def check_conditioning(meta: Mapping[str, Any], store: Any, *, what: str = "the 
     raise InvalidInput(
         f"{what} was trained on {run.describe()} but the store {store.path} holds "
         f"{mine.describe()}: {', '.join(map(str, found))}. Pass the store extracted with "
-        f"{_wanted(run, found)}, or a checkpoint trained on this store's features"
+        f"{extraction_for(run, found)}, or a checkpoint trained on this store's features"
     )
 
 
-def tokens_mismatch(what: str, run_layer: str, store_layer: str, store_path: Any) -> str:
+def _tokens_mismatch(what: str, run_layer: str, store_layer: str, store_path: Any) -> str:
     """The message for a token grid given to a model of pooled vectors, or the reverse."""
     if store_layer == "tokens":
         return (
@@ -185,14 +184,9 @@ def tokens_mismatch(what: str, run_layer: str, store_layer: str, store_path: Any
     )
 
 
-def extraction_for(cond: Conditioning, found: list[Mismatch]) -> str:
-    """The `rcdm extract` settings that make ``cond``'s features, given what ``found`` differs
-    in (the fix a message names; evaluation's check of its reference store uses it too)."""
-    return _wanted(cond, found)
-
-
-def _wanted(run: Conditioning, found: list[Mismatch]) -> str:
-    """The extraction that makes the features the run was trained on, for the message's fix."""
+def extraction_for(run: Conditioning, found: list[Mismatch]) -> str:
+    """The `rcdm extract` settings that make ``run``'s features, given what ``found`` differs in
+    (the fix a message names; evaluation's check of its reference store uses it too)."""
     enc, pp, what = run.encoder, run.preprocess, {m.what for m in found}
     if not enc.get("name"):
         return f"the encoder and layer the checkpoint was trained on ({run.dim}-d features)"
