@@ -56,16 +56,15 @@ def train_prior(cfg: PriorConfig) -> Path:
     if is_prior(out) and not cfg.overwrite:
         raise OutputExists(f"{out} already holds a trained prior; pass --overwrite to replace it, or another --out")
     store = FeatureStore(cfg.store)
-    feats = store.features(view=0).astype(np.float32)  # (N, D)
-    if len(feats) < 2:
-        raise InvalidInput(f"train-prior needs at least 2 store rows, {store.path} has {len(feats)}")
+    x_all = torch.from_numpy(store.features(view=0))  # (N, D) float32, its own copy: standardised in place
+    if len(x_all) < 2:
+        raise InvalidInput(f"train-prior needs at least 2 store rows, {store.path} has {len(x_all)}")
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = PriorMLP(PriorSpec(dim=store.dim, width=cfg.width, blocks=cfg.blocks, timesteps=cfg.timesteps))
-    x_all = torch.from_numpy(feats)
     model.mean.copy_(x_all.mean(0))
     model.std.copy_(x_all.std(0).clamp_min(1e-6))
-    x_all = ((x_all - model.mean) / model.std).to(device)
+    x_all = x_all.sub_(model.mean).div_(model.std).to(device)
     model.bound.fill_(float(x_all.abs().max()))
     model.to(device).train()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -99,7 +98,7 @@ def train_prior(cfg: PriorConfig) -> Path:
         "store": str(store.path.resolve()),
         "store_manifest_sha256": store.manifest_sha256,
         "encoder": {**store.encoder_info, "layer": store.layer},
-        "n_train": int(len(feats)),
+        "n_train": int(len(x_all)),
         "iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_schedule": "warm-up 100, cosine",
         "ema_rate": cfg.ema_rate,
         "seed": cfg.seed, "sample_steps": cfg.sample_steps, "sample_eta": cfg.sample_eta,
