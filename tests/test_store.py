@@ -193,3 +193,27 @@ def test_store_images_from_source_or_from_the_store(tmp_path):
     wds = S.FeatureStore(make_store(tmp_path / "wds", feats, keys=keys, fmt="wds", images=data,
                                     source={"root": str(tmp_path / "gone"), "kind": "folder"}))
     assert isinstance(StoreImages(wds).load(1), Image.Image)
+
+
+def test_a_full_disk_writing_a_record_or_the_manifest_is_one_line(tmp_path, monkeypatch):
+    import errno
+
+    import rcdm.store.write as W
+    from rcdm.errors import DiskFull
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(W, "atomic_write_json", full)
+    with pytest.raises(DiskFull, match="shard-00000.json.*re-run the same"):
+        W.write_shard(tmp_path, 0, np.zeros((1, 2, 3)), ["k"], [0], first_item=0)
+    assert (tmp_path / "shard-00000.h5").is_file()  # the shard stays; a re-run writes its record
+    with pytest.raises(DiskFull, match="manifest.json"):
+        W.write_manifest(tmp_path, {})
+
+    def other(path, obj):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(W, "atomic_write_json", other)
+    with pytest.raises(PermissionError):  # not a full disk: as it is
+        W.write_manifest(tmp_path, {})

@@ -5,11 +5,12 @@ Part of :mod:`rcdm.store`; the names and layout come from :mod:`rcdm.store.forma
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import tarfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +40,19 @@ RESUME = "free some space (or quota), then re-run the same `rcdm extract` comman
 def disk_full(error: BaseException, path: Path) -> DiskFull | None:
     """The one-line error for a full disk while writing ``path`` (None: another OSError)."""
     return DiskFull(f"no space left on the device while writing {path}; {RESUME}") if disk_full_errno(error) else None
+
+
+@contextlib.contextmanager
+def _disk_full_as_user_error(path: Path) -> Iterator[None]:
+    """A full disk inside the block becomes :func:`disk_full`'s one line naming ``path``; other
+    errors pass unchanged."""
+    try:
+        yield
+    except OSError as e:
+        full = disk_full(e, path)
+        if full is None:
+            raise
+        raise full from e
 
 
 def write_shard(
@@ -81,18 +95,14 @@ def write_shard(
     final = store_dir / name
     tmp = store_dir / f".{name}.tmp-{os.getpid()}"
     try:
-        if fmt == "h5":
-            _write_h5(tmp, feats, list(keys), labels)
-        else:
-            _write_tar(tmp, feats, list(keys), labels, images)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-    except OSError as e:
-        full = disk_full(e, final)
-        if full is None:
-            raise
-        raise full from e
+        with _disk_full_as_user_error(final):
+            if fmt == "h5":
+                _write_h5(tmp, feats, list(keys), labels)
+            else:
+                _write_tar(tmp, feats, list(keys), labels, images)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()  # a half-written shard never stays behind
@@ -104,13 +114,8 @@ def write_shard(
         "failed": [dict(x) for x in failed],
     }
     rpath = record_path(store_dir, shard_index)
-    try:
+    with _disk_full_as_user_error(rpath):  # the shard has no record: a re-run writes it again
         atomic_write_json(rpath, record)
-    except OSError as e:  # the shard has no record: a re-run writes it again
-        full = disk_full(e, rpath)
-        if full is None:
-            raise
-        raise full from e
     return record
 
 
@@ -218,12 +223,7 @@ def build_manifest(
 def write_manifest(store_dir: str | Path, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically; call it last, it marks the store finished."""
     path = Path(store_dir) / MANIFEST
-    try:
+    with _disk_full_as_user_error(path):
         return atomic_write_json(path, manifest)
-    except OSError as e:
-        full = disk_full(e, path)
-        if full is None:
-            raise
-        raise full from e
 
 
