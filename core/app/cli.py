@@ -5,12 +5,12 @@
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 from typing import Any
 
 import click
+from rcdm.app import results
 from rcdm.app.commandline import call, common_options, entry, load, show, stage
 from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig, check_experiments
 from rcdm.app.load import resolve
@@ -210,7 +210,7 @@ def sample(ctx: click.Context, **_: Any) -> None:
     stage(
         ctx, "sample",
         lambda s: f"would sample ({s.sampler.label()}) from {s.checkpoint} conditioned on {s.condition} -> {s.out}",
-        entry("rcdm.sample"), "samples written", after=_results("sample_lines"),
+        entry("rcdm.sample"), "samples written", after=results.sample_lines,
     )  # fmt: skip
 
 
@@ -239,7 +239,7 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool
     if not (table or curve):
         stage(
             ctx, "evaluate", lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
-            entry("rcdm.analysis", "evaluate"), "metrics written", after=_results("evaluate_lines"),
+            entry("rcdm.analysis", "evaluate"), "metrics written", after=results.evaluate_lines,
         )  # fmt: skip
         return
     kind, what, fn = (
@@ -253,16 +253,7 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool
     if ctx.params["dry_run"]:
         click.echo(f"dry run: would {what} {len(runs)} run(s) ({', '.join(runs)}) into {out}")
         return
-    click.echo(f"{kind} written: {call(lambda: getattr(importlib.import_module(fn[0]), fn[1])(list(runs), out))}")
-
-
-def _results(name: str):
-    def after(out: Path) -> list[str]:
-        from rcdm.app import results
-
-        return getattr(results, name)(out)
-
-    return after
+    click.echo(f"{kind} written: {call(entry(*fn), list(runs), out)}")
 
 
 # ----------------------------------------------------------------------------------- analyze
@@ -309,10 +300,8 @@ def _run_pipeline(ctx: click.Context, stages: str | None, force: bool) -> None:
             click.echo(line)
         return
     path = call(pipeline.run, cfg, names, force)
-    from rcdm.app.results import run_lines
-
     click.echo("")
-    for line in run_lines(cfg, names):
+    for line in results.run_lines(cfg, names):
         click.echo(line)
     click.echo(f"done. open the report: {path}" if "analyze" in names else f"done: {path}")
 

@@ -182,6 +182,7 @@ def stage(
     click.echo(f"{done}: {out}")
 
 
-def entry(module: str, name: str = "run") -> Callable[[Any], Path]:
-    """A stage's entry point, imported when called (so --help and --dry-run stay torch-free)."""
-    return lambda sec: getattr(importlib.import_module(module), name)(sec)
+def entry(module: str, name: str = "run") -> Callable[..., Any]:
+    """A stage's entry point, imported when called (so --help and --dry-run stay torch-free);
+    the call's arguments go to it as they are."""
+    return lambda *args: getattr(importlib.import_module(module), name)(*args)
