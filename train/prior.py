@@ -11,7 +11,6 @@ settings.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 from rcdm.app.config import PriorConfig
 from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, OutputExists
+from rcdm.train.ema import EMA
 from rcdm.utils import now_iso
 
 __all__ = ["train_prior"]
@@ -67,7 +67,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     x_all = x_all.sub_(model.mean).div_(model.std).to(device)
     model.bound.fill_(float(x_all.abs().max()))
     model.to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ema = EMA(model, (cfg.ema_rate,))  # warm-up: min(rate, (1 + step) / (10 + step))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     diff = VectorDiffusion(cfg.timesteps)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -85,10 +85,7 @@ def train_prior(cfg: PriorConfig) -> Path:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        rate = min(cfg.ema_rate, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, p in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(p, 1 - rate)
+        ema.update(model, step)  # the 0-based step: the rates the prior has always used
         losses.append(float(loss.detach()))
         if step % 50 == 0 and bar.disable is False:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
@@ -107,4 +104,4 @@ def train_prior(cfg: PriorConfig) -> Path:
     }  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
-    return save_prior(out, ema.cpu(), meta)
+    return save_prior(out, ema.models[cfg.ema_rate].cpu(), meta)
