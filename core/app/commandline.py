@@ -16,14 +16,13 @@ import json
 import sys
 import textwrap
 from collections.abc import Callable
-from dataclasses import MISSING
 from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 from rcdm.app.config import SECTIONS, ConfigError, PipelineConfig, section_fields, to_dict
-from rcdm.app.configio import dump_yaml
+from rcdm.app.configio import dump_yaml, field_default
 from rcdm.app.load import PROFILES, load_config, resolve
 from rcdm.errors import UserError
 
@@ -113,12 +112,6 @@ def _origin_group(where: str) -> str:
     return "options" if where.startswith("option ") else where
 
 
-def _default(f: Any) -> Any:
-    if f.default is not MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not MISSING else MISSING
-
-
 def summary(title: str, obj: Any, prefix: str = "") -> str:
     """A few lines instead of the whole YAML: the values that differ from rcdm's defaults,
     grouped by where they came from (paths derived from data.workdir left out). The full config
@@ -131,7 +124,7 @@ def summary(title: str, obj: Any, prefix: str = "") -> str:
     for pre, sec in parts:
         for f in section_fields(sec):
             where = sec.origin.get(f.name)
-            if where and not where.startswith("derived ") and getattr(sec, f.name) != _default(f):
+            if where and not where.startswith("derived ") and getattr(sec, f.name) != field_default(f):
                 v = to_dict(getattr(sec, f.name))
                 text = v if isinstance(v, str) else json.dumps(v)
                 groups.setdefault(_origin_group(where), []).append(f"{pre}{f.name}={text}")

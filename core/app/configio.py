@@ -8,6 +8,7 @@ error messages name a field's type. No torch here: ``--dry-run`` uses it.
 from __future__ import annotations
 
 import types
+from dataclasses import MISSING, Field
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
@@ -16,7 +17,7 @@ from rcdm.app.config import SECTIONS, PipelineConfig, Section, section_fields, t
 from rcdm.diffusion.spec import Steps
 from rcdm.utils import atomic_write_text
 
-__all__ = ["dump_yaml", "save_resolved", "type_name"]
+__all__ = ["dump_yaml", "field_default", "save_resolved", "type_name"]
 
 _LEGEND = "# values without a comment are rcdm's built-in defaults (the paper's recipe)"
 
@@ -67,3 +68,10 @@ def type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp))
+
+
+def field_default(f: Field) -> Any:
+    """A config field's default (``default``, else ``default_factory()``; MISSING when none)."""
+    if f.default is not MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not MISSING else MISSING

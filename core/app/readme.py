@@ -6,14 +6,13 @@ tests/test_readme.py fails when the README differs from what the code generates.
 
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import re
 from pathlib import Path
 from typing import get_type_hints
 
 from rcdm.app.config import SECTIONS, section_fields, to_dict
-from rcdm.app.configio import type_name
+from rcdm.app.configio import field_default, type_name
 from rcdm.errors import InvalidInput
 
 
@@ -51,7 +50,7 @@ def config_reference() -> str:
         comments = _field_comments(inspect.getsource(cls))
         rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
         for f in section_fields(cls):
-            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            default = field_default(f)
             rows.append(
                 f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | "
                 f"{comments.get(f.name, '')} |"
