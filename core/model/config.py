@@ -256,8 +256,6 @@ def config_from_state_dict(
     else:
         cond, cond_dim = "none", 0
     cbn_dim = _shape(sd, "cbn_shared.weight")[0] if cond in ("cbn", "both") else 512
-    if cond == "none" and "token_proj.weight" in sd:
-        cond = "xattn"
     emb_out = _shape(sd, "input_blocks.1.0.emb_layers.1.weight")[0]
     use_ssn = emb_out == 2 * mc * channel_mult[0]
 
