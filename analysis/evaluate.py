@@ -101,7 +101,7 @@ def _train_store(cfg: EvaluateConfig, reference):
 
     if not cfg.train_store:
         return None
-    derived = "derived" in str(cfg.origin.get("train_store", "derived"))
+    derived = cfg.derived("train_store", unknown=True)
     if not (Path(cfg.train_store) / MANIFEST).is_file():
         if derived:
             return None

@@ -63,7 +63,7 @@ def prior_entry(ctx: Any) -> Entry | None:
 
     cfg = ctx.cfg
     if not cfg.prior or not is_prior(cfg.prior):
-        if cfg.prior and "derived" not in str(cfg.origin.get("prior", "derived")):
+        if cfg.prior and not cfg.derived("prior", unknown=True):
             raise MissingInput(f"analyze.prior {cfg.prior} holds no trained prior; run `rcdm train-prior --out {cfg.prior}`")
         return None
     model, meta = load_prior(cfg.prior, ctx.device)

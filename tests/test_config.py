@@ -55,6 +55,9 @@ def test_origins_of_every_layer(tmp_path):
     text = configio.dump_yaml(cfg.train)
     assert "kimg: 9.0  # --set train.kimg" in text and "batch_size: 8  # option --batch-size" in text
     assert "grad_clip: 1.0\n" in text  # a built-in default carries no comment
+    # derived(): what load filled in, versus what a layer set; no origin gives the caller's answer
+    assert cfg.train.derived("store", unknown=False) and not cfg.train.derived("lr", unknown=True)
+    assert cfg.train.derived("grad_clip", unknown=True) and not cfg.train.derived("grad_clip", unknown=False)
 
 
 def test_saved_config_round_trips_with_its_comments(tmp_path):

@@ -119,7 +119,7 @@ def make_check(cfg: TrainConfig, meta: dict, device: torch.device) -> tuple[Fait
         return None, "faithfulness check off (train.eval_conditions=0)"
     if not cfg.val_store:
         return None, "no faithfulness check during training: no train.val_store (set it, or data.val)"
-    derived = "derived" in (cfg.origin.get("val_store") or "")
+    derived = cfg.derived("val_store", unknown=False)
     if derived and not Path(cfg.val_store).exists():
         return None, f"no faithfulness check during training: {cfg.val_store} (derived from data.val) is not extracted yet"
     check = FaithCheck(cfg, meta, device)

@@ -93,6 +93,12 @@ class Section:
             if f.type in ("Steps", Steps) and not isinstance(value, Steps):
                 object.__setattr__(self, f.name, Steps.parse(value))
 
+    def derived(self, key: str, *, unknown: bool) -> bool:
+        """Was ``key`` filled in by :mod:`rcdm.app.load` ("derived from ...")? ``unknown``: the answer
+        when no origin is recorded for it (a section built in code, or a default)."""
+        where = self.origin.get(key)
+        return unknown if where is None else where.startswith("derived ")
+
 
 @dataclass(frozen=True)
 class DataConfig(Section):

@@ -31,7 +31,7 @@ def extract_jobs(cfg: PipelineConfig, both_splits: bool = True) -> list[ExtractC
     ex = cfg.extract
     if not both_splits:
         return [ex]
-    mine = {k: ex.origin[k] for k in ("source", "out") if k in ex.origin and not ex.origin[k].startswith("derived ")}
+    mine = {k: ex.origin[k] for k in ("source", "out") if not ex.derived(k, unknown=True)}
     if mine:
         set_by = "; ".join(f"extract.{k} from {v}" for k, v in mine.items())
         raise InvalidInput(
