@@ -75,10 +75,10 @@ def run(ctx: Context) -> Entry:
             tiles += [labelled(s, f"{kind}: {r.label}" if j == 0 else "", size) for j, s in enumerate(samples[r.path][i])]
         grid_rows.append(tiles)
     records, table_rows = [], []
+    cond_index = np.repeat(np.asarray(rows), len(seeds))  # sample -> its condition's val row, every model
     for kind, r in models:
         flat = samples[r.path].reshape(-1, *samples[r.path].shape[2:])
         q = ctx.encode(enc, flat)  # (n * S, T * D)
-        cond_index = np.repeat(np.asarray(rows), len(seeds))
         both = metrics.token_ranks(q, ref, cond_index, val.token_shape, device=ctx.device)
         summary = {d: metrics.rank_summary(both[d], len(ref)) for d in ("tokens", "pooled")}
         records.append({"model": kind, "checkpoint": r.path, "cond": r.meta["unet"]["cond"], "ranks": summary,
@@ -93,10 +93,9 @@ def run(ctx: Context) -> Entry:
         encoder=val.encoder_info,
     )  # fmt: skip
     figure = ctx.save_figure(NAME, "side-by-side", grid(grid_rows), cap, "pooled vs tokens")
-    chance = metrics.rank_summary(np.zeros(0), len(ref))
     table = Table(
         f"Rank of the condition among the {len(ref)} val images (chance: mean rank "
-        f"{chance['chance_mean_rank']:.3g}, MRR {chance['chance_mrr']:.3g})",
+        f"{metrics.chance_mean_rank(len(ref)):.3g}, MRR {metrics.chance_mrr(len(ref)):.3g})",
         ["model", "checkpoint", "mean rank (token distance)", "MRR (token distance)",
          "mean rank (pooled distance)", "MRR (pooled distance)"],
         table_rows,
