@@ -22,11 +22,7 @@ import time
 from typing import Any
 
 import torch
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from flops import sync
 
 
 def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_spec: bool | str, image_size: int | None = None):
@@ -90,11 +86,11 @@ def bench_forward(net, cfg, batch: int, device: torch.device, iters: int, warmup
 
         for _ in range(warmup):
             step()
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         for _ in range(iters):
             step()
-        _sync(device)
+        sync(device)
         dt = time.perf_counter() - t0
     return batch * iters / dt
 
@@ -111,10 +107,10 @@ def bench_sampling(net, batch: int, steps: int, device: torch.device, mp: str, c
     seeds = np.arange(batch)
     kw: dict[str, Any] = dict(batch_size=batch, device=device, progress=False, mixed_precision=mp)
     generate(net, warm, conds, seeds, **kw)  # warm-up at the timed batch size (compile, autotune)
-    _sync(device)
+    sync(device)
     t0 = time.perf_counter()
     generate(net, diffusion, conds, seeds, **kw)
-    _sync(device)
+    sync(device)
     return batch / (time.perf_counter() - t0)
 
 

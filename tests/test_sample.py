@@ -353,10 +353,11 @@ def dataclass_dict(cfg: SampleConfig) -> dict:
     return to_dict(cfg)
 
 
-def test_bench_sample_runs_on_cpu_with_tiny(tmp_path, capsys):
+def test_bench_sample_runs_on_cpu_with_tiny(tmp_path, capsys, monkeypatch):
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "bench" / "sample.py"
+    monkeypatch.syspath_prepend(str(path.parent))  # as `python bench/sample.py` has it: its `from flops import`
     spec = importlib.util.spec_from_file_location("bench_sample", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
