@@ -137,6 +137,11 @@ def test_guidance_interval():
     assert not np.array_equal(part, plain) and not np.array_equal(part, full)
     with pytest.raises(InvalidInput, match="guidance_interval"):
         Sampler(Steps.parse("10"), guidance=2.0, guidance_interval=(0.7, 0.2))
+    # a 500-step chain (model.json's diffusion.steps): t / 500, not t / 1000 (review B #6)
+    d = create_diffusion("linear", steps=500, respacing="ddim5")  # original steps 0, 100, ..., 400
+    assert d.original_steps == 500
+    plain = run(1.0)
+    assert not np.array_equal(run(3.0, (0.5, 1.0)), plain)  # 300 and 400 are guided
 
 
 def test_cond_both_uses_embedding_and_cbn():

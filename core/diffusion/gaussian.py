@@ -84,6 +84,7 @@ class GaussianDiffusion:
         timestep_map: Sequence[int] | None = None,
         fixed_variance: str = "large",
         prediction: str = "eps",
+        original_steps: int | None = None,  # the chain timestep_map indexes (default: this one)
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if not (betas > 0).all() or not (betas <= 1).all():
@@ -96,6 +97,7 @@ class GaussianDiffusion:
         self.num_timesteps = int(betas.shape[0])
         self.learn_sigma, self.fixed_variance = learn_sigma, fixed_variance
         self.timestep_map = None if timestep_map is None else list(timestep_map)
+        self.original_steps = int(original_steps or self.num_timesteps)
         if self.timestep_map is not None and len(self.timestep_map) != self.num_timesteps:
             raise InvalidInput("timestep_map needs one original step per step")
 
@@ -395,4 +397,4 @@ def create_diffusion(
     if len(use) == steps:
         return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
     new_betas, tmap = respaced_betas(torch.cumprod(1.0 - betas, dim=0), use)
-    return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap, prediction=prediction)
+    return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap, prediction=prediction, original_steps=steps)

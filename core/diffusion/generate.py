@@ -272,7 +272,7 @@ def generate(
         return out
     net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
     if guidance != 1.0:
-        net = _Guided(net, guidance, guidance_interval, _chain_length(diffusion))
+        net = _Guided(net, guidance, guidance_interval, diffusion.original_steps)
 
     starts = range(0, n, batch_size)
     if progress:
@@ -297,14 +297,6 @@ def generate(
         )  # (b, C, H, W) in [-1, 1]
         out[s:e] = to_uint8(x)
     return out
-
-
-def _chain_length(diffusion: Any) -> int:
-    """Steps of the original chain a (respaced) diffusion was cut from (its model timesteps' range)."""
-    from rcdm.diffusion.gaussian import DIFFUSION_STEPS
-
-    tmap = getattr(diffusion, "timestep_map", None)
-    return DIFFUSION_STEPS if tmap else int(diffusion.num_timesteps)
 
 
 def diffusion_for(meta: dict, steps: Steps | str) -> Any:
