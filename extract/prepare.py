@@ -113,9 +113,8 @@ def _normal(v):
 
 
 def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
-    """(action, clear_first). Raises on a mismatch without ``overwrite`` (nothing is touched)."""
-    if out.exists() and not out.is_dir():
-        raise OutputExists(f"output {out} exists and is a file; --out must name a directory")
+    """(action, clear_first). Raises on a mismatch without ``overwrite`` (nothing is touched).
+    ``out`` has passed :func:`check_out` (a folder or nothing yet), before any work."""
     existing = _existing_header(out) if out.is_dir() else None
     if existing is None:
         foreign = [p.name for p in out.iterdir() if not _OURS.match(p.name) and p.name != LOCK_FILE] if out.is_dir() else []
