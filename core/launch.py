@@ -15,7 +15,18 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["on_main"]
+__all__ = ["launch_state", "on_main"]
+
+
+def launch_state(device: str = "auto") -> Any:
+    """accelerate's ``PartialState`` of this launch (rank, world size, device; one process when not
+    launched), as every stage makes it: on the CPU (gloo) when ``device`` is "cpu" or there is no
+    CUDA, since a CPU-only launch needs ``cpu=True`` to see the other processes. The first
+    PartialState of a process fixes the flag, so all callers must agree: they call this."""
+    import torch
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available())
 
 
 def _group() -> Any:

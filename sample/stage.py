@@ -17,7 +17,7 @@ from typing import Any
 from rcdm.app.config import SampleConfig, to_dict
 from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
-from rcdm.launch import on_main
+from rcdm.launch import launch_state, on_main
 from rcdm.run.conditioning import check_conditioning
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -88,7 +88,6 @@ def _prepare_out(writer: SampleSetWriter, fp: str, overwrite: bool) -> str:
 def run(cfg: SampleConfig) -> Path:
     """Sample images for ``cfg.condition``; returns the sample directory."""
     import torch
-    from accelerate import PartialState
     from rcdm.diffusion.generate import check_guidance, generate, load_for_sampling
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
@@ -98,7 +97,7 @@ def run(cfg: SampleConfig) -> Path:
     ddim = sampler.ddim
     # On a machine without CUDA (or with --device cpu), accelerate only joins the processes that
     # torchrun / accelerate launch started when asked for CPU explicitly.
-    state = PartialState(cpu=cfg.device == "cpu" or not torch.cuda.is_available())
+    state = launch_state(cfg.device)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != state.num_processes:  # each process would redo all the work and race on files
         raise UserError(

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from rcdm.errors import OutputExists
-from rcdm.launch import on_main
+from rcdm.launch import launch_state, on_main
 
 __all__ = ["LOCK_FILE", "OutputLocked", "holding_output_lock", "is_main_process", "output_lock", "read_holder"]
 
@@ -280,12 +280,8 @@ def output_lock(
 # ------------------------------------------------------------------------------- for stages
 def is_main_process(device: str = "auto") -> bool:
     """Whether this is the main process (rank 0) of an ``accelerate launch`` / torchrun launch, as
-    the stages count ranks: accelerate's PartialState, made on the CPU when ``device`` is "cpu" or
-    there is no CUDA (the same flag the stages give it; the first PartialState fixes it)."""
-    import torch
-    from accelerate import PartialState
-
-    return PartialState(cpu=device == "cpu" or not torch.cuda.is_available()).is_main_process
+    the stages count ranks (:func:`rcdm.launch.launch_state`, the state every stage makes)."""
+    return launch_state(device).is_main_process
 
 
 def holding_output_lock(
