@@ -292,8 +292,10 @@ def save_png(arr: np.ndarray, path: str | Path) -> Path:
 
 def annotate(img: np.ndarray, text: str, position: str = "below", lines: int = 1) -> np.ndarray:
     """Add ``text`` in a white band below or above, laid out with measured widths (:func:`layout`:
-    broken at spaces, never inside a word; a smaller font before a word would not fit). The band
-    holds at least ``lines`` lines, so tiles labelled alike line up."""
+    broken at spaces, never inside a word). ``lines`` is both the band's least height, so tiles
+    labelled alike line up, and the lines the text is fitted into: a smaller font (down to
+    ``MIN_FONT_SIZE``) is used before a word would not fit or the text would need more than
+    ``lines`` lines; only text that needs more even at that size makes the band taller."""
     img = _check(img, "annotate")
     if position not in ("below", "above"):
         raise InvalidInput(f"annotate: position must be 'below' or 'above', got {position!r}")

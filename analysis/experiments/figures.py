@@ -19,8 +19,9 @@ def tile(img: Image.Image | np.ndarray, size: int) -> np.ndarray:
 
 
 def labelled(img: Image.Image | np.ndarray, text: str, size: int, lines: int = 2) -> np.ndarray:
-    """``tile`` with ``text`` below in at least ``lines`` lines (so labelled tiles line up), laid
-    out with measured widths: broken at spaces, never inside a word (``rcdm.viz.layout``)."""
+    """``tile`` with ``text`` below in a band of at least ``lines`` lines (so labelled tiles line
+    up), laid out with measured widths: broken at spaces, never inside a word, in a smaller font
+    when it would need more than ``lines`` lines (``rcdm.viz.annotate``)."""
     return annotate(tile(img, size), text, lines=lines)
 
 
