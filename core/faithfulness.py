@@ -8,13 +8,18 @@ near 1 and MRR near 1 mean the samples follow h. ``rcdm evaluate`` and the check
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 from rcdm.errors import InvalidInput
 
 __all__ = [
+    "Reference",
     "chance_mean_rank",
     "chance_mrr",
     "nearest_neighbour_ranks",
+    "prepare_reference",
     "rank_summary",
     "reencode_ranks",
 ]
@@ -25,9 +30,42 @@ __all__ = [
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Reference:
+    """A reference set on its device, ready for :func:`nearest_neighbour_ranks` (torch tensors)."""
+
+    raw: Any  # (N, D) float32, for the exact float64 recheck
+    centre: Any  # (1, D) the reference mean
+    centred: Any  # (N, D) raw - centre
+    sq: Any  # (N,) squared norms of the centred rows
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.raw.shape)
+
+    def __len__(self) -> int:
+        return int(self.raw.shape[0])
+
+
+def prepare_reference(reference: np.ndarray, device=None) -> Reference:
+    """Copy ``reference`` (N, D) to ``device`` and centre it once, for callers that rank against
+    the same set many times (the check during training); :func:`nearest_neighbour_ranks` does
+    this itself when given a numpy array."""
+    import torch
+
+    r_np = np.asarray(reference, dtype=np.float32)
+    if r_np.ndim != 2:
+        raise InvalidInput(f"rank: the reference set must be (N, D), got {r_np.shape}")
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    raw = torch.from_numpy(r_np).to(dev)
+    centre = raw.mean(dim=0, keepdim=True)
+    centred = raw - centre
+    return Reference(raw, centre, centred, (centred * centred).sum(dim=1))
+
+
 def nearest_neighbour_ranks(
     queries: np.ndarray,
-    reference: np.ndarray,
+    reference: np.ndarray | Reference,
     cond_index: np.ndarray,
     cond_vectors: np.ndarray | None = None,
     *,
@@ -50,17 +88,21 @@ def nearest_neighbour_ranks(
     ``max_chunk_bytes``. Pairs whose float32 distance is within rounding of d_c are recomputed
     exactly in float64, so ties and near-ties are decided on the true distances. Returns (M,)
     int64 ranks: in [1, N] for conditions in the set, in [1, N + 1] for those outside.
+
+    ``reference`` may be a :class:`Reference` from :func:`prepare_reference` (the work runs on its
+    device, ``device`` is then not used): the same arithmetic, without copying and centring the
+    set again on every call.
     """
     import torch
 
     q_np = np.asarray(queries, dtype=np.float32)
-    r_np = np.asarray(reference, dtype=np.float32)
+    r_shape = reference.shape if isinstance(reference, Reference) else np.shape(reference)
     c_np = np.asarray(cond_index, dtype=np.int64)
-    if q_np.ndim != 2 or r_np.ndim != 2 or q_np.shape[1] != r_np.shape[1]:
+    if q_np.ndim != 2 or len(r_shape) != 2 or q_np.shape[1] != r_shape[1]:
         raise InvalidInput(
-            f"rank: queries {q_np.shape} and reference {r_np.shape} must be (M, D) and (N, D)"
+            f"rank: queries {q_np.shape} and reference {tuple(r_shape)} must be (M, D) and (N, D)"
         )
-    m, n = q_np.shape[0], r_np.shape[0]
+    m, n = q_np.shape[0], r_shape[0]
     if c_np.shape != (m,):
         raise InvalidInput(f"rank: cond_index must have shape ({m},), got {c_np.shape}")
     if (c_np >= n).any() or (c_np < -1).any():
@@ -74,11 +116,10 @@ def nearest_neighbour_ranks(
     else:
         v_np = np.zeros_like(q_np)
 
-    dev = torch.device(device) if device is not None else torch.device("cpu")
-    ref_raw = torch.from_numpy(r_np).to(dev)  # (N, D) float32, for the exact float64 recheck
-    centre = ref_raw.mean(dim=0, keepdim=True)
-    ref = ref_raw - centre  # (N, D)
-    ref_sq = (ref * ref).sum(dim=1)  # (N,)
+    if not isinstance(reference, Reference):
+        reference = prepare_reference(reference, device)
+    ref_raw, centre, ref, ref_sq = reference.raw, reference.centre, reference.centred, reference.sq
+    dev = ref_raw.device
     chunk = max(1, int(max_chunk_bytes // (4 * max(n, 1))))
     ranks = np.empty(m, dtype=np.int64)
     for s in range(0, m, chunk):
@@ -142,7 +183,7 @@ def reencode_ranks(
     encoder,
     images: np.ndarray,
     preprocess,
-    reference: np.ndarray,
+    reference: np.ndarray | Reference,
     cond_index: np.ndarray,
     conds: np.ndarray | None = None,
     *,
@@ -151,8 +192,8 @@ def reencode_ranks(
     max_chunk_bytes: int = 1 << 28,
 ) -> np.ndarray:
     """Re-encode uint8 samples ``(M, H, W, 3)`` with the conditioning ``encoder`` and its
-    ``preprocess``, and rank each one's condition among ``reference`` (N, D)
-    (:func:`nearest_neighbour_ranks`): ``(M,)`` int64 ranks."""
+    ``preprocess``, and rank each one's condition among ``reference`` (N, D), an array or a
+    :class:`Reference` (:func:`nearest_neighbour_ranks`): ``(M,)`` int64 ranks."""
     from rcdm.encoders.build import encode
 
     queries = np.asarray(encode(encoder, images, preprocess, batch_size=batch_size, device=device), np.float32)

@@ -15,6 +15,7 @@ from rcdm.analysis.metrics import (
     nearest_neighbour_ranks,
     rank_summary,
 )
+from rcdm.faithfulness import prepare_reference
 from scipy import linalg
 
 
@@ -156,6 +157,11 @@ def test_rank_chunking_and_random_data_match_brute_force():
             want.append(1 + int(np.sum(d[i] < np.linalg.norm(q[i] - vec[i]))))
     np.testing.assert_array_equal(small, want)
     np.testing.assert_array_equal(big, want)
+    # a reference prepared once (the training check's) gives the same ranks, call after call
+    prepared = prepare_reference(ref)
+    assert len(prepared) == 300 and prepared.shape == (300, 16)
+    for _ in range(2):
+        np.testing.assert_array_equal(nearest_neighbour_ranks(q, prepared, cond, vec, max_chunk_bytes=4 * 300 * 5), want)
 
 
 def test_rank_bad_inputs():
@@ -166,6 +172,8 @@ def test_rank_bad_inputs():
         nearest_neighbour_ranks(np.zeros((2, 3), np.float32), REF, np.array([0, 0]))
     with pytest.raises(ValueError, match=r"\[-1, 4\]"):
         nearest_neighbour_ranks(q, REF, np.array([0, 5]))
+    with pytest.raises(ValueError, match="must be"):
+        nearest_neighbour_ranks(np.zeros((2, 3), np.float32), prepare_reference(REF), np.array([0, 0]))
 
 
 def test_rank_summary_and_chance_levels():

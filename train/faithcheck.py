@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from rcdm.app.config import TrainConfig
 from rcdm.errors import MissingInput
-from rcdm.faithfulness import rank_summary, reencode_ranks
+from rcdm.faithfulness import prepare_reference, rank_summary, reencode_ranks
 
 # Separates the check's sample seeds from the grids' (seed * 1_000_003 + i).
 _SEED_OFFSET = 500_000
@@ -57,11 +57,13 @@ class FaithCheck:
             )
         store = FeatureStore(path)
         check_conditioning(meta, store, what=f"the run (train.val_store {path})")
-        self.reference = store.features(view=0)  # (N, D) float32
+        features = store.features(view=0)  # (N, D) float32
         n = min(max(1, cfg.eval_conditions), len(store))
         rng = np.random.default_rng(cfg.seed)
         self.rows = np.sort(rng.choice(len(store), n, replace=False))  # (n,) held-out rows
-        self.conds = self.reference[self.rows]  # (n, D)
+        self.conds = features[self.rows]  # (n, D)
+        # On the device and centred once, not again at every check (50k x 2048: a 400 MB copy).
+        self.reference = prepare_reference(features, device)
         self.seeds = cfg.seed * 1_000_003 + _SEED_OFFSET + np.arange(n)
         self.preprocess = store.preprocess
         self.encoder = encoder_from_info(store.encoder_info, trust_checkpoint=cfg.trust_checkpoint).to(device).eval()
