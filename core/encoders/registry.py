@@ -78,7 +78,6 @@ class EncoderSpec:
     trunk_dim: int = 2048
     head_note: str = ""  # what the head output is
     patch_size: int = 0  # ViTs: the patch side (0: a ResNet, layers trunk / head only)
-    input_size: int = 224  # the default encoder input side (the preprocessing's crop)
     pooled_note: str = ""  # ViTs: what ``cls`` (and ``trunk``) is for this method
 
     @property
@@ -86,8 +85,13 @@ class EncoderSpec:
         return self.patch_size > 0
 
     def token_grid(self, input_size: int | None = None) -> tuple[int, int]:
-        """The patch grid (rows, columns) of a square ``input_size`` input (default: the entry's)."""
-        g = (input_size or self.input_size) // self.patch_size
+        """The patch grid (rows, columns) of a square ``input_size`` input (default: the crop of
+        the entry's default preprocessing)."""
+        if not input_size:
+            from rcdm.data.preprocess import get_preprocess  # numpy and PIL only, no torch
+
+            input_size = get_preprocess(self.preprocess).crop
+        g = input_size // self.patch_size
         return g, g
 
     def token_shape(self, input_size: int | None = None) -> tuple[int, int]:
