@@ -34,10 +34,7 @@ from dataclasses import dataclass
 
 from rcdm.errors import InvalidInput
 
-__all__ = ["HeadSpec", "EncoderSpec", "LAYERS", "POOLED_LAYERS", "REGISTRY", "get_spec", "describe_registry"]
-
-LAYERS = ("trunk", "cls", "mean", "tokens", "head")
-POOLED_LAYERS = ("trunk", "cls", "mean", "head")  # one vector per view (``tokens``: a grid)
+__all__ = ["HeadSpec", "EncoderSpec", "REGISTRY", "get_spec", "describe_registry"]
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from timm.layers import SwiGLUPacked
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-__all__ = ["ARCHS", "ViTArch", "ViT", "build_vit", "tiny", "vit_small_patch16", "describe_state_dict"]
+__all__ = ["ARCHS", "ViTArch", "ViT", "build_vit", "tiny", "describe_state_dict"]
 
 
 @dataclass(frozen=True)
@@ -203,11 +203,6 @@ def build_vit(arch: str | ViTArch) -> ViT:
         else:
             raise InvalidInput(f"unknown ViT architecture {arch!r}; known: {', '.join(ARCHS)}")
     return ViT(arch)
-
-
-def vit_small_patch16() -> ViT:
-    """ViT-S/16 (DINO ``vit_small``): 384-d, 12 blocks, 6 heads."""
-    return build_vit("vit_small_patch16")
 
 
 def describe_state_dict(sd: dict) -> str:
