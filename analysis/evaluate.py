@@ -19,6 +19,7 @@ from rcdm.analysis.tables import table, write_metrics_files
 from rcdm.app.config import EvaluateConfig
 from rcdm.app.configio import save_resolved
 from rcdm.errors import InvalidInput, MissingInput
+from rcdm.faithfulness import reencode
 from rcdm.run.conditioning import Conditioning, extraction_for, mismatches, same_representation
 from rcdm.run.sampleset import SampleSet, read_samples
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
@@ -124,16 +125,9 @@ def _rank(
 ) -> tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The ``rank`` block of metrics.json, then (ranks, inside, queries, cond_index, ref): the
     per-sample ranks and the arrays the faithfulness block reuses (``ref``: the store's features)."""
-    from rcdm.encoders.build import encode
-
-    # Re-encode every sample with the conditioning encoder and the store's own preprocessing.
-    queries = encode(encoder, ss.images, store.preprocess, batch_size=cfg.batch_size, device=device)
-    queries = np.asarray(queries, dtype=np.float32)  # (M, D)
-    if queries.shape != ss.conds.shape:
-        raise InvalidInput(
-            f"re-encoded samples have shape {queries.shape}, conditions {ss.conds.shape}: the "
-            f"encoder rebuilt from {store.path} does not produce the store's features"
-        )
+    # Re-encode every sample with the conditioning encoder and the store's own preprocessing: (M, D).
+    queries = reencode(encoder, ss.images, store.preprocess, store.dim, batch_size=cfg.batch_size,
+                       device=device, reference=f"the reference store {store.path}")  # fmt: skip
     ref = store.features(view=0)  # (N, D)
     cond_index = match_conditions(ss, store.keys, ref)  # (M,) row c, or -1 outside
     kw = dict(device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20)

@@ -21,6 +21,7 @@ __all__ = [
     "nearest_neighbour_ranks",
     "prepare_reference",
     "rank_summary",
+    "reencode",
     "reencode_ranks",
 ]
 
@@ -192,16 +193,27 @@ def reencode_ranks(
     max_chunk_bytes: int = 1 << 28,
 ) -> np.ndarray:
     """Re-encode uint8 samples ``(M, H, W, 3)`` with the conditioning ``encoder`` and its
-    ``preprocess``, and rank each one's condition among ``reference`` (N, D), an array or a
-    :class:`Reference` (:func:`nearest_neighbour_ranks`): ``(M,)`` int64 ranks."""
-    from rcdm.encoders.build import encode
-
-    queries = np.asarray(encode(encoder, images, preprocess, batch_size=batch_size, device=device), np.float32)
-    if queries.shape[1] != reference.shape[1]:
-        raise InvalidInput(
-            f"re-encoded samples are {queries.shape[1]}-d, the reference set {reference.shape[1]}-d: "
-            "the encoder does not produce the reference store's features"
-        )
+    ``preprocess`` (:func:`reencode`), and rank each one's condition among ``reference`` (N, D),
+    an array or a :class:`Reference` (:func:`nearest_neighbour_ranks`): ``(M,)`` int64 ranks."""
+    queries = reencode(encoder, images, preprocess, reference.shape[1], batch_size=batch_size, device=device)
     return nearest_neighbour_ranks(
         queries, reference, cond_index, conds, device=device, max_chunk_bytes=max_chunk_bytes
     )
+
+
+def reencode(
+    encoder, images: np.ndarray, preprocess, dim: int, *, batch_size: int = 64, device=None,
+    reference: str = "the reference set",
+) -> np.ndarray:  # fmt: skip
+    """The samples ``(M, H, W, 3)`` uint8 re-encoded by the conditioning ``encoder`` with its
+    ``preprocess``: ``(M, dim)`` float32. Features of another dimension than the reference's
+    (``reference`` names it in the error) mean the encoder is not the one that made them."""
+    from rcdm.encoders.build import encode
+
+    queries = np.asarray(encode(encoder, images, preprocess, batch_size=batch_size, device=device), np.float32)
+    if queries.shape[1] != dim:
+        raise InvalidInput(
+            f"re-encoded samples are {queries.shape[1]}-d, {reference} holds {dim}-d features: the "
+            "encoder does not produce the reference store's features"
+        )
+    return queries
