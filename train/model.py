@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from rcdm.app.config import TrainConfig
 from rcdm.diffusion.gaussian import DIFFUSION_STEPS
+from rcdm.diffusion.spec import PAPER_DIFFUSION
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, preset
 from rcdm.run.conditioning import check_conditioning
@@ -84,12 +85,7 @@ def model_meta(ucfg: UNetConfig, store: FeatureStore, cfg: TrainConfig, kimg: fl
 def recipe_meta(cfg: TrainConfig) -> dict:
     """The diffusion options a sampler must know, recorded only when they depart from the
     paper's (so a paper-recipe run's model.json is what it always was)."""
-    out: dict = {}
-    if cfg.prediction != "eps":
-        out["prediction"] = cfg.prediction
-    if cfg.zero_terminal_snr:
-        out["zero_terminal_snr"] = True
-    return out
+    return {k: getattr(cfg, k) for k, paper in PAPER_DIFFUSION.items() if getattr(cfg, k) != paper}
 
 
 def _diff(a: dict, b: dict, fields: tuple[str, ...]) -> str:

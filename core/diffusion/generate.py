@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rcdm.diffusion.spec import Steps
+from rcdm.diffusion.spec import PAPER_DIFFUSION, Steps
 from rcdm.errors import InvalidInput
 from rcdm.utils import seed_generator
 
@@ -304,14 +304,14 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
     steps from its ``model.json`` (``meta["diffusion"]``), respaced to ``steps``."""
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS, create_diffusion
 
-    recorded = meta.get("diffusion") or {}
+    # the opt-in recipe options are recorded only when a run used them: absent means the paper's
+    recorded = {**PAPER_DIFFUSION, **(meta.get("diffusion") or {})}
     schedule = recorded.get("schedule") or (meta.get("unet") or {}).get("schedule") or "linear"
     # weights with no meta at all: every RCDM / ADM model has a 1000-step chain
     num = int(recorded.get("steps") or DIFFUSION_STEPS)
     return create_diffusion(
         schedule, steps=num, respacing=Steps.parse(steps), learn_sigma=recorded.get("learn_sigma", True),
-        # opt-in recipe options, recorded only when a run used them
-        prediction=recorded.get("prediction", "eps"), zero_terminal_snr=bool(recorded.get("zero_terminal_snr", False)),
+        prediction=recorded["prediction"], zero_terminal_snr=bool(recorded["zero_terminal_snr"]),
     )  # fmt: skip
 
 

@@ -22,10 +22,15 @@ spec: it comes from the model's ``model.json``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from rcdm.errors import InvalidInput
 
-__all__ = ["Steps", "Sampler"]
+__all__ = ["Steps", "Sampler", "PAPER_DIFFUSION"]
+
+# The paper's (guided-diffusion's) values of the opt-in diffusion options (docs/recipes.md): a run
+# records in model.json only those it changes, so an absent key means the value here.
+PAPER_DIFFUSION = MappingProxyType({"prediction": "eps", "zero_terminal_snr": False})
 
 _FORMS = '"100" (steps spread over the chain), "10,15,20" (steps per section), "ddim50" or "trailing50"'
 

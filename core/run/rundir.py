@@ -34,6 +34,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from rcdm.diffusion.spec import PAPER_DIFFUSION
 from rcdm.errors import InvalidInput, MissingInput, first_line
 from rcdm.utils import atomic_write_json, read_json, sha256_file
 
@@ -383,7 +384,7 @@ class RunDir:
             raise InvalidInput(f"run {self.path} holds a model with other settings ({', '.join(diff)}); {fix}")
         # the opt-in diffusion options (docs/recipes.md): absent means the paper's
         da, db = old.get("diffusion") or {}, meta.get("diffusion") or {}
-        for k, paper in (("prediction", "eps"), ("zero_terminal_snr", False)):
+        for k, paper in PAPER_DIFFUSION.items():
             if da.get(k, paper) != db.get(k, paper):
                 raise InvalidInput(f"run {self.path} was trained with {k} {da.get(k, paper)!r}, not {db.get(k, paper)!r}; {fix}")
         if list(old.get("ema_rates", [])) != list(meta["ema_rates"]):
