@@ -24,7 +24,7 @@ Layouts (read without importing the training frameworks):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,9 +125,11 @@ def strict_load(module: nn.Module, sd: dict[str, Any], what: str, unexpected: li
     )  # fmt: skip
 
 
-def _first(keys: list[str], n: int = 5) -> str:
-    shown = ", ".join(f"'{k}'" for k in keys[:n])
-    return shown + (f", ... ({len(keys) - n} more)" if len(keys) > n else "")
+def first_keys(keys: Iterable[Any], n: int = 5) -> str:
+    """The first ``n`` of ``keys`` (a dict: its keys) for a message: ``'a', 'b', ... (k more)``."""
+    ks = [str(k) for k in keys]
+    shown = ", ".join(f"'{k}'" for k in ks[:n])
+    return shown + (f", ... ({len(ks) - n} more)" if len(ks) > n else "")
 
 
 def _dig(d: Any, *path: str) -> Any:
@@ -136,10 +138,6 @@ def _dig(d: Any, *path: str) -> Any:
             return None
         d = d[p]
     return d
-
-
-def _top_keys(d: dict) -> str:
-    return _first([str(k) for k in d], 8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -152,7 +150,7 @@ def _vissl_model(ckpt: dict) -> dict:
     if model is None or "trunk" not in model:
         raise InvalidInput(
             "not a VISSL checkpoint: expected classy_state_dict.base_model.model.trunk; "
-            f"top-level keys are {_top_keys(ckpt)}"
+            f"top-level keys are {first_keys(ckpt, 8)}"
         )
     return model
 

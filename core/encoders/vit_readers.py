@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from rcdm.encoders.readers import Mapped, remap, strip_prefix
+from rcdm.encoders.readers import Mapped, first_keys, remap, strip_prefix
 from rcdm.encoders.registry import HeadSpec
 from rcdm.errors import InvalidInput
 
@@ -52,15 +52,10 @@ def _state_dict(ckpt: dict, *wrappers: str) -> dict:
     return ckpt
 
 
-def _keys(sd: dict, n: int = 6) -> str:
-    ks = list(sd)
-    return ", ".join(repr(k) for k in ks[:n]) + (f", ... ({len(ks) - n} more)" if len(ks) > n else "")
-
-
 def read_dinov2(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
     sd = strip_prefix(_state_dict(ckpt, "model", "teacher"))
     if "pos_embed" not in sd or "cls_token" not in sd:
-        raise InvalidInput(f"not a DINOv2 backbone: no cls_token / pos_embed (keys: {_keys(sd)})")
+        raise InvalidInput(f"not a DINOv2 backbone: no cls_token / pos_embed (keys: {first_keys(sd, 6)})")
     out: dict[str, Any] = {}
     unexpected: list[str] = []
     if "register_tokens" in sd:  # CLS and registers outside the position embeddings
@@ -85,7 +80,7 @@ def read_mae(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
     sd = strip_prefix(_state_dict(ckpt, "model"))
     trunk, unexpected = remap(sd, [("", "")], ignore=("decoder_", "mask_token"))
     if "cls_token" not in trunk:
-        raise InvalidInput(f"not an MAE encoder: no cls_token (keys: {_keys(sd)})")
+        raise InvalidInput(f"not an MAE encoder: no cls_token (keys: {first_keys(sd, 6)})")
     return Mapped(trunk, None, unexpected, "MAE encoder ({'model': ...})")
 
 
@@ -93,7 +88,7 @@ def read_ijepa(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
     if not isinstance(ckpt.get("target_encoder"), dict):
         raise InvalidInput(
             "not an I-JEPA training checkpoint: expected a 'target_encoder' entry (the released "
-            f"IN1K-vit.h.14-300e.pth.tar has encoder, predictor and target_encoder); top-level keys: {_keys(ckpt, 8)}"
+            f"IN1K-vit.h.14-300e.pth.tar has encoder, predictor and target_encoder); top-level keys: {first_keys(ckpt, 8)}"
         )
     sd = strip_prefix(ckpt["target_encoder"])
     return Mapped(dict(sd), None, [], "I-JEPA checkpoint (target_encoder)")
@@ -119,7 +114,7 @@ def read_clip(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
             head_sd = {"0.weight": sd["head.weight"]}
         return Mapped(trunk, head_sd, [], "timm CLIP image tower")
     if "visual.class_embedding" not in sd:
-        raise InvalidInput(f"not an open_clip ViT checkpoint: no visual.class_embedding (keys: {_keys(sd)})")
+        raise InvalidInput(f"not an open_clip ViT checkpoint: no visual.class_embedding (keys: {first_keys(sd, 6)})")
     trunk: dict[str, Any] = {}
     unexpected: list[str] = []
     head_sd = None
@@ -154,7 +149,7 @@ def read_siglip(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
         trunk, unexpected = remap(sd, [("visual.trunk.", "")], ignore=_TEXT)
         return Mapped(trunk, None, unexpected, "open_clip SigLIP image tower (visual.trunk.*)")
     if "pos_embed" not in sd or not any(k.startswith("attn_pool.") for k in sd):
-        raise InvalidInput(f"not a SigLIP image tower: no pos_embed / attn_pool (keys: {_keys(sd)})")
+        raise InvalidInput(f"not a SigLIP image tower: no pos_embed / attn_pool (keys: {first_keys(sd, 6)})")
     return Mapped(dict(sd), None, [], "timm SigLIP image tower")
 
 
