@@ -15,8 +15,8 @@ from rcdm.analysis.faithfulness_entry import add_faithfulness
 from rcdm.analysis.report import Entry, Figure, Table
 from rcdm.analysis.tables import flat_row, table_1a
 from rcdm.run.sampleset import INDEX, grid_files
-from rcdm.verdict import retrieval_baseline
 from rcdm.verdict import verdict as verdict_of
+from rcdm.verdict import verdict_of_metrics
 
 __all__ = ["evaluation_entry", "verdict"]
 
@@ -24,7 +24,8 @@ __all__ = ["evaluation_entry", "verdict"]
 def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float,
             n_reference: int | None = None, baseline: dict | None = None) -> str:
     """One sentence: the verdict on ``rcdm.verdict``'s fixed scale, beside chance (and the
-    retrieval baseline when the evaluation reports one)."""
+    retrieval baseline when the evaluation reports one). The entry itself reads it from
+    metrics.json with ``rcdm.verdict.verdict_of_metrics``."""
     return verdict_of(mean_rank, chance_rank, mrr, chance_mrr, n_reference, baseline).sentence
 
 
@@ -49,12 +50,9 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
         numbers=str((eval_dir / "metrics.json").resolve()),
     )
     rank = (m.get("rank") or {}).get("in_reference") or {}
-    if rank.get("mean_rank") is not None:
-        entry.summary = (
-            verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
-                    rank.get("N"), retrieval_baseline(m))
-            + f" Sampler: {m.get('sampler')}, {m.get('steps')} steps."
-        )
+    v = verdict_of_metrics(m)
+    if v is not None:
+        entry.summary = v.sentence + f" Sampler: {m.get('sampler')}, {m.get('steps')} steps."
         entry.tables.append(Table(
             title="Nearest-neighbour rank of the conditioning image (Table 1b)",
             columns=["encoder", "samples", "mean rank", "chance mean rank", "MRR", "chance MRR", "median rank", "N"],

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "SCALE", "SCALE_TEXT", "Verdict", "corrected", "grade", "metrics_summary", "retrieval_baseline", "verdict",
+    "verdict_of_metrics",
 ]
 
 # (lowest MRR, word), best first: 0.6 itself is "partial", 0.2 itself is "partial".
@@ -91,15 +92,24 @@ def retrieval_baseline(m: dict) -> dict | None:
     return {"name": "retrieval baseline (nearest training image)", "mrr": b["mrr"], "mean_rank": b.get("mean_rank")}
 
 
+def verdict_of_metrics(m: dict) -> Verdict | None:
+    """The verdict of an evaluation's ``metrics.json`` (``rank.in_reference``, beside its
+    retrieval baseline), or None when no sample was conditioned on a reference image."""
+    rank = (m.get("rank") or {}).get("in_reference") or {}
+    if rank.get("mrr") is None or rank.get("mean_rank") is None:
+        return None
+    return verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
+                   rank.get("N"), retrieval_baseline(m))  # fmt: skip
+
+
 def metrics_summary(m: dict) -> list[str]:
     """What ``rcdm evaluate`` / ``rcdm run`` end with: the verdict and its numbers, then FID / IS
     or why they were not computed. ``m`` is an evaluation's ``metrics.json``."""
     lines = []
-    rank = (m.get("rank") or {}).get("in_reference") or {}
-    if rank.get("mrr") is not None:
-        v = verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
-                    rank.get("N"), retrieval_baseline(m))  # fmt: skip
-        lines.append(f"faithfulness ({rank.get('n')} samples): {v.sentence}")
+    v = verdict_of_metrics(m)
+    if v is not None:
+        n = ((m.get("rank") or {}).get("in_reference") or {}).get("n")
+        lines.append(f"faithfulness ({n} samples): {v.sentence}")
     else:
         lines.append("faithfulness: no sample was conditioned on a reference image, so no rank / MRR")
     fid, is_ = m.get("fid") or {}, m.get("is") or {}

@@ -7,7 +7,7 @@ import json
 import numpy as np
 from PIL import Image
 from rcdm.analysis.eval_entry import evaluation_entry, verdict
-from rcdm.verdict import SCALE_TEXT, grade, metrics_summary
+from rcdm.verdict import SCALE_TEXT, grade, metrics_summary, verdict_of_metrics
 
 
 def test_verdict_on_the_fixed_scale_beside_chance():
@@ -40,6 +40,7 @@ def test_metrics_summary_for_the_terminal():
     assert "retrieval baseline (nearest training image): MRR 0.900, mean rank 1.5" in metrics_summary(m)[0]
     m["faithfulness"]["spaces"][0].pop("baseline")
     assert "baseline" not in metrics_summary(m)[0]
+    assert verdict_of_metrics(m).sentence == verdict(5.0, 50.5, 0.4, 0.05, 100) and verdict_of_metrics({}) is None
 
 
 def _eval_dir(tmp_path, fid_skipped=True):
