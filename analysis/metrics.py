@@ -189,8 +189,9 @@ def token_sq_distance(a: np.ndarray, b: np.ndarray, token_shape: tuple[int, int]
     """The token distance: the mean over tokens of the squared Euclidean distance between the
     tokens at the same grid position, (1/T) sum_t ||a_t - b_t||^2, for rows of (M, T * D).
 
-    It is ||a - b||^2 / T on the flat rows, so ranking by it is ranking by the flat Euclidean
-    distance (what :func:`token_ranks` uses)."""
+    It is ||a - b||^2 / T on the flat rows, so it orders pairs as the flat Euclidean distance
+    does: :func:`token_ranks` ranks by that (it does not call this function), and this one states
+    the distance those ranks stand for."""
     t, d = token_shape
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     return ((a - b).reshape(-1, t, d) ** 2).sum(-1).mean(-1)
@@ -206,8 +207,10 @@ def token_ranks(
 ) -> dict[str, np.ndarray]:
     """Ranks of each sample's condition for token representations, under both distances:
 
-    - ``tokens``: the mean over tokens of the squared distance (:func:`token_sq_distance`),
-      position by position: a sample must put the right content in the right place;
+    - ``tokens``: the mean over tokens of the squared distance, position by position (a sample
+      must put the right content in the right place), ranked as the Euclidean distance of the
+      flat (T * D) rows, which orders pairs the same way (:func:`token_sq_distance` = that
+      distance squared / T);
     - ``pooled``: the Euclidean distance between the token means (:func:`pool_tokens`): the
       content, wherever it is.
 
