@@ -130,22 +130,15 @@ class ImageFeatureDataset(Dataset):
 
     def load_image(self, row: int) -> np.ndarray:
         """The uint8 (H, W, 3) image of store row ``row`` at the model resolution (no flip)."""
-        from rcdm.data.images import adm_center_crop, decode_image
+        from rcdm.data.images import adm_center_crop
 
         self._open()
         if self._cache_arr is not None:
             return np.array(self._cache_arr[row])
-        if not self.draft:
-            known = None if self._source_index is None else self._source_index[row]
-            return adm_center_crop(self._images.load(row, known), self.resolution)
+        known = None if self._source_index is None else self._source_index[row]
         # draft: libjpeg's DCT scaling to no less than the model resolution, then ADM's rule
-        size = (self.resolution, self.resolution)
-        if self._store.has_images:
-            img = decode_image(self._store.image_bytes(row), size, key=self._store.keys[row])
-        else:
-            src = self._images.source
-            img = src.load(src.index_of(self._store.keys[row]) if self._source_index is None else int(self._source_index[row]), size)
-        return adm_center_crop(img, self.resolution)
+        draft = (self.resolution, self.resolution) if self.draft else None
+        return adm_center_crop(self._images.load(row, known, draft), self.resolution)
 
     def __getitem__(self, item: tuple[int, bool]) -> tuple[torch.Tensor, torch.Tensor, int]:
         row, flip = item

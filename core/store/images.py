@@ -61,11 +61,12 @@ class StoreImages:
             )
         return index
 
-    def load(self, i: int, source_index: int | None = None) -> Any:
-        """Row ``i``'s image (PIL, RGB); ``source_index`` skips the key lookup when known."""
+    def load(self, i: int, source_index: int | None = None, draft: tuple[int, int] | None = None) -> Any:
+        """Row ``i``'s image (PIL, RGB); ``source_index`` skips the key lookup when known;
+        ``draft`` (w, h): libjpeg's DCT scaling to no less than that size (``decode_image``)."""
         from rcdm.data.images import decode_image
 
         if self.store.has_images:
-            return decode_image(self.store.image_bytes(i), key=self.store.keys[i])
+            return decode_image(self.store.image_bytes(i), draft, key=self.store.keys[i])
         src = self.source
-        return src.load(src.index_of(self.store.keys[i]) if source_index is None else int(source_index))
+        return src.load(src.index_of(self.store.keys[i]) if source_index is None else int(source_index), draft)
