@@ -54,6 +54,7 @@ def test_tokens_store_round_trip_with_the_flipped_grid(fmt, images, vit_file, tm
     assert st.tokens["grid"] == [3, 3] and st.token_shape == (9, 32) and st.dim == 9 * 32
     assert st.encoder_info["patch_size"] == 14
     assert "3x3 grid of 32-d tokens" in S.info(out) and S.verify(out) == []
+    assert st.tokens is st.tokens  # the layout is built once, not on every row's token_grid
 
     enc = load_encoder(spec, str(vit_file), "tokens", preprocess=pp_for(spec, grid=3))
     pooled = load_encoder(spec, str(vit_file), "mean", preprocess=pp_for(spec, grid=3))
@@ -83,4 +84,18 @@ def test_a_vector_store_has_no_token_grid(images, vit_file, tmp_path, monkeypatc
     assert st.tokens is None and st.token_shape is None and st.dim == 32
     np.testing.assert_array_equal(st.pooled_features(), st.features())
     with pytest.raises(ValueError, match="holds 'cls' vectors, not a token grid"):
+        st.token_grid(0)
+
+
+def test_a_token_layout_that_does_not_fit_the_rows_is_refused(images, vit_file, tmp_path, monkeypatch):
+    import rcdm.extract
+    from rcdm.errors import InvalidInput
+
+    _tiny_loader(monkeypatch, vit_file)
+    out = rcdm.extract.run(extract_cfg(images, tmp_path / "s", encoder="dinov2-vits14", layer="tokens"))
+    m = S.FeatureStore(out).manifest
+    m["tokens"]["dim"] = 31  # 9 x 31 values per view, but the rows hold 9 x 32
+    S.write_manifest(out, m)
+    st = S.FeatureStore(out)
+    with pytest.raises(InvalidInput, match="token layout .* does not match its 288-d rows; re-extract"):
         st.token_grid(0)

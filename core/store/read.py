@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import functools
 import io
 import json
 import os
@@ -119,9 +120,11 @@ class FeatureStore:
     def has_images(self) -> bool:
         return bool(self.manifest.get("has_images", False))
 
-    @property
+    @functools.cached_property
     def tokens(self) -> dict | None:
-        """A tokens store's layout (``grid`` [rows, columns], ``count`` T, ``dim`` D), else None."""
+        """A tokens store's layout (``grid`` [rows, columns], ``count`` T, ``dim`` D), else None.
+        Checked and built on first use, once (the manifest does not change); a layout that does
+        not fit the rows raises then."""
         return token_layout(self.manifest.get("tokens"), self.dim)
 
     @property
