@@ -21,7 +21,7 @@ from rcdm.analysis import faithfulness as F
 from rcdm.analysis import metrics
 from rcdm.errors import InvalidInput
 
-__all__ = ["Space", "open_second_stores", "space_metrics", "retrieval_rows", "pixel_diversity"]
+__all__ = ["Space", "describe_space", "open_second_stores", "space_metrics", "pixel_diversity"]
 
 PAIRS = 10000  # random pairs for the chance cosine and the random-pair distance
 
@@ -36,9 +36,14 @@ class Space:
     encoder: Any = None  # the encoder, rebuilt from the store's record (second spaces)
 
     def describe(self) -> dict:
-        info = self.store.encoder_info
-        return {"space": self.name, "encoder": info.get("name"), "layer": self.store.layer,
-                "dim": int(self.store.dim), "store": str(self.store.path.resolve())}  # fmt: skip
+        return describe_space(self.name, self.store)
+
+
+def describe_space(name: str, store: Any) -> dict:
+    """The head of a space's entry in metrics.json: its name and its store's encoder, layer, dim, path."""
+    info = store.encoder_info
+    return {"space": name, "encoder": info.get("name"), "layer": store.layer,
+            "dim": int(store.dim), "store": str(store.path.resolve())}  # fmt: skip
 
 
 def open_second_stores(paths: tuple[str, ...], reference: Any) -> list[Space]:
@@ -59,11 +64,6 @@ def open_second_stores(paths: tuple[str, ...], reference: Any) -> list[Space]:
             )
         out.append(Space("second", s, rows))
     return out
-
-
-def retrieval_rows(conds: np.ndarray, train_feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The retrieval baseline: for each condition (M, D) the nearest training row and distance."""
-    return F.nearest_rows(conds, train_feats)
 
 
 def space_metrics(
@@ -147,7 +147,7 @@ def evaluate_spaces(
     nn = baseline_info = base = None
     if train_store is not None:
         train_feats = train_store.features(view=0)  # (N_train, D): read once, can be ~10 GB
-        nn, nn_dist = retrieval_rows(ss.conds[inside], train_feats)
+        nn, nn_dist = F.nearest_rows(ss.conds[inside], train_feats)  # nearest training row per condition
         base = train_feats[nn]  # the retrieval baseline's "samples" in the conditioning space
         del train_feats
         baseline_info = {"train_store": str(train_store.path.resolve()), "N_train": len(train_store),
@@ -155,8 +155,7 @@ def evaluate_spaces(
     else:
         notes.append("retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
                      "layer (set evaluate.train_store to the training store)")
-    cond_space = Space("conditioning", store, np.arange(len(store)))
-    spaces = [{**cond_space.describe(), **space_metrics(queries[inside], ref, target, groups, baseline=base,
+    spaces = [{**describe_space("conditioning", store), **space_metrics(queries[inside], ref, target, groups, baseline=base,
                                                         device=device, chunk_bytes=chunk_bytes)}]  # fmt: skip
     nn_images = inv = None  # the baseline's training images, decoded once for every second space
     if nn is not None and seconds:

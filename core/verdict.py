@@ -24,7 +24,8 @@ __all__ = [
 
 # (lowest MRR, word), best first: 0.6 itself is "partial", 0.2 itself is "partial".
 SCALE: tuple[tuple[float, str], ...] = ((0.6, "faithful"), (0.2, "partial"), (0.0, "weak"))
-SCALE_TEXT = "scale on the chance-corrected MRR: < 0.2 weak, 0.2-0.6 partial, > 0.6 faithful"
+SCALE_TEXT = (f"scale on the chance-corrected MRR: < {SCALE[1][0]:g} {SCALE[2][1]}, "
+              f"{SCALE[1][0]:g}-{SCALE[0][0]:g} {SCALE[1][1]}, > {SCALE[0][0]:g} {SCALE[0][1]}")  # fmt: skip
 CHANCE_MARGIN = 1.1  # an MRR within 10% of chance is not read as better than chance
 
 

@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from rcdm.app.config import TrainConfig
 from rcdm.errors import MissingInput
-from rcdm.faithfulness import prepare_reference, rank_summary, reencode_ranks
+from rcdm.faithfulness import (
+    chance_mean_rank,
+    chance_mrr,
+    prepare_reference,
+    rank_summary,
+    reencode_ranks,
+)
 
 # Separates the check's sample seeds from the grids' (seed * 1_000_003 + i).
 _SEED_OFFSET = 500_000
@@ -105,8 +111,8 @@ class FaithCheck:
             out[f"eval_mean_rank{keys_for(g)}"] = s["mean_rank"]
             out[f"eval_mrr{keys_for(g)}"] = s["mrr"]
         out.update(
-            eval_chance_mean_rank=rank_summary(np.zeros(0), n_ref)["chance_mean_rank"],
-            eval_chance_mrr=rank_summary(np.zeros(0), n_ref)["chance_mrr"],
+            eval_chance_mean_rank=chance_mean_rank(n_ref),
+            eval_chance_mrr=chance_mrr(n_ref),
             eval_n=len(self.rows),
             eval_N=n_ref,
             eval_sec=time.perf_counter() - t0,
