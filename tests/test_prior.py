@@ -69,6 +69,19 @@ def test_prior_refuses_overwrite_missing_and_other_store(prior_dir, tmp_path):
     check_store(meta, FeatureStore(store), str(path))  # its own store fits
 
 
+def test_prior_check_store_compares_the_whole_encoder(tmp_path):
+    """The prior's store check is rcdm.run.conditioning's comparison: a prior of random-rn50
+    seed 0 does not fit a store of seed 1 (review B #9; the seed was not compared)."""
+    from rcdm.store import FeatureStore
+
+    enc = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": D, "weights": None, "weights_sha256": None}
+    meta = {"spec": {"dim": D}, "encoder": {**enc, "seed": 0}}
+    feats = np.zeros((3, D), np.float32)
+    check_store(meta, FeatureStore(make_store(tmp_path / "s0", feats, encoder_info={**enc, "seed": 0})), "p")
+    with pytest.raises(InvalidInput, match="trained on 4-d .*random encoder seed 0 vs 1"):
+        check_store(meta, FeatureStore(make_store(tmp_path / "s1", feats, encoder_info={**enc, "seed": 1})), "p")
+
+
 def test_sample_condition_prior(tmp_path, ckpt, store_dir):
     """``rcdm sample --condition prior`` samples from the prior's draws, recorded in the index."""
     import rcdm.sample

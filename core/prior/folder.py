@@ -85,14 +85,18 @@ def draw(
 
 
 def check_store(meta: dict, store: Any, where: str) -> None:
-    """The prior's draws live in ``store``'s space: same dimension, encoder and layer."""
+    """The prior's draws live in ``store``'s space: :func:`rcdm.run.conditioning.mismatches`
+    (dimension, encoder, architecture, layer, weights, random seed; the preprocessing when the
+    prior records it) finds nothing that differs."""
+    from rcdm.run.conditioning import Conditioning, mismatches
+
     enc = meta.get("encoder") or {}
-    theirs = (int(meta["spec"]["dim"]), enc.get("name"), enc.get("layer"), enc.get("weights_sha256"))
-    info = store.encoder_info
-    ours = (int(store.dim), info.get("name"), store.layer, info.get("weights_sha256"))
-    if theirs != ours:
+    theirs = Conditioning(dim=int(meta["spec"]["dim"]), encoder=enc, preprocess=meta.get("preprocess"))
+    ours = Conditioning.of_store(store)
+    found = mismatches(theirs, ours)
+    if found:
         raise InvalidInput(
-            f"the prior {where} was trained on {theirs[0]}-d {theirs[1]}/{theirs[2]} features, but the "
-            f"store {store.path} holds {ours[0]}-d {ours[1]}/{ours[2]} (weights {str(ours[3])[:12]}); "
-            "train a prior on a store of the checkpoint's encoder and layer"
+            f"the prior {where} was trained on {theirs.dim}-d {enc.get('name')}/{enc.get('layer')} features, "
+            f"but the store {store.path} holds {ours.dim}-d {ours.encoder.get('name')}/{ours.encoder.get('layer')} "
+            f"({', '.join(map(str, found))}); train a prior on a store of the checkpoint's encoder and layer"
         )
