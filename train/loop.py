@@ -22,7 +22,7 @@ from rcdm.errors import InvalidInput, UserError
 from rcdm.launch import on_main
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
-from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last, resolve_compile
+from rcdm.speed import enable_fast_math, resolve_channels_last, resolve_compile
 from rcdm.store import FeatureStore
 from rcdm.train import cache as image_cache
 from rcdm.train import model as model_setup
@@ -30,7 +30,7 @@ from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, input_layout, make_loader, to_model_input
 from rcdm.train.ema import EMA
 from rcdm.train.monitor import Logger, Stats, memory_gb
-from rcdm.train.threads import apply_threads, resolve_threads
+from rcdm.train.threads import apply_threads, loader_workers, resolve_threads
 from rcdm.utils import atomic_write_json, now_iso
 
 # Separates the noise generators' seeds of consecutive micro-batches and of ranks.
@@ -104,7 +104,8 @@ def run(cfg: TrainConfig) -> Path:
     channels_last = resolve_channels_last(cfg.channels_last, compile_, device)
     main = accelerator.is_main_process
     # torch threads: the cores this machine's processes share, minus their loader workers
-    cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1), device.type)
+    workers = loader_workers(cfg)  # the loader's; torch's threads leave them their cores on a GPU
+    cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1), device.type, workers=workers)
     apply_threads(cfg.threads)  # on every device: the value config.yaml records is the one used
     per_step = world * cfg.grad_accum
     if cfg.batch_size % per_step:
@@ -163,7 +164,6 @@ def run(cfg: TrainConfig) -> Path:
 
     # Data: this rank's share of one seeded stream, from the position reached.
     dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
-    workers = auto_workers(cfg.workers, cap=8)
     if image_cache.wanted(cfg.image_cache, store, ucfg.image_size, device, cfg.draft):  # decode + resize once
         dataset.use_cache(on_main(lambda: image_cache.build(dataset, store, workers, show=main)))
     loader = make_loader(

@@ -40,21 +40,29 @@ def busy_cores(processes: int = 1) -> float:
         return 0.0
 
 
-def resolve_threads(cfg: TrainConfig, processes: int = 1, device: str = "cpu", busy: float | None = None) -> TrainConfig:
+def resolve_threads(
+    cfg: TrainConfig, processes: int = 1, device: str = "cpu", busy: float | None = None, workers: int | None = None
+) -> TrainConfig:
     """``cfg`` with ``threads`` set to the number used (auto: :func:`auto_threads` over the cores
-    this machine's ``processes`` share), its origin recorded."""
+    this machine's ``processes`` share), its origin recorded. ``workers``: the loader's worker
+    count, as the loop resolved it (default: :func:`loader_workers`)."""
     if cfg.threads < 0:
         raise InvalidInput(f"train.threads must be >= 0 (0: auto), got {cfg.threads}")
     if cfg.threads > 0:
         return cfg
     processes = max(1, processes)
     cores = max(1, usable_cores() // processes)
-    workers = auto_workers(cfg.workers, cap=8)  # the loader's (train.workers may be "auto")
+    workers = loader_workers(cfg) if workers is None else workers
     busy = busy_cores(processes) / processes if busy is None else busy
     n = auto_threads(workers, cores, busy, device)
     why = (f"{cores} usable cores, {busy:.1f} busy with other processes" if device == "cpu"
            else f"{cores} usable cores - {workers} loader workers")  # fmt: skip
     return dataclasses.replace(cfg, threads=n, origin={**cfg.origin, "threads": f"auto: {why}"})
+
+
+def loader_workers(cfg: TrainConfig) -> int:
+    """The training loader's worker processes (``train.workers`` may be "auto")."""
+    return auto_workers(cfg.workers, cap=8)
 
 
 def apply_threads(n: int) -> None:
