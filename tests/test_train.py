@@ -320,3 +320,4 @@ def test_training_grid_title_names_kimg_and_sampler():
     assert g.title(Path("grids/kimg-000000.160.png")) == "0.16 kimg; sampler ancestral, 50 steps, no guidance"
     g.sampler = Sampler(Steps.parse("50"), False, 0.0, 5.0)
     assert g.title(Path("grids/kimg-000001.000.png")) == "1 kimg; sampler ancestral, 50 steps, guidance 5"
+    assert g.title(Path("grids/any.png"), kimg=2.5) == "2.5 kimg; sampler ancestral, 50 steps, guidance 5"

@@ -37,7 +37,9 @@ class GridMaker:
         self.diffusion = diffusion_for(diffusion_meta, sampler.steps)
         self.sampler = sampler
 
-    def make(self, model: torch.nn.Module, device: torch.device, mixed_precision: str, path: Path) -> Path:
+    def make(
+        self, model: torch.nn.Module, device: torch.device, mixed_precision: str, path: Path, kimg: float | None = None
+    ) -> Path:
         from rcdm import viz
         from rcdm.diffusion.generate import generate
 
@@ -57,13 +59,16 @@ class GridMaker:
         s = self.n_samples
         rows = [[img] + list(out[i * s : (i + 1) * s]) for i, img in enumerate(self.images)]
         heads = ["training image"] + [f"sample {j + 1}" for j in range(s)]
-        return viz.save_png(viz.headed_grid(rows, heads, self.title(path), viz.display_scale(out.shape[1])), path)
+        return viz.save_png(viz.headed_grid(rows, heads, self.title(path, kimg), viz.display_scale(out.shape[1])), path)
 
-    def title(self, path: Path) -> str:
-        """What the grid shows: the training progress (from the file name, ``kimg-N.png``), the
-        sampler and the guidance scale."""
+    def title(self, path: Path, kimg: float | None = None) -> str:
+        """What the grid shows: the training progress (``kimg``; not given: from the file name,
+        ``kimg-N.png``), the sampler and the guidance scale."""
         stem = Path(path).stem
-        when = f"{float(stem[5:]):g} kimg" if stem.startswith("kimg-") and _number(stem[5:]) else stem
+        if kimg is not None:
+            when = f"{kimg:g} kimg"
+        else:
+            when = f"{float(stem[5:]):g} kimg" if stem.startswith("kimg-") and _number(stem[5:]) else stem
         return f"{when}; sampler {self.sampler.label()}" + ("" if self.sampler.guided else ", no guidance")
 
 

@@ -272,7 +272,7 @@ def run(cfg: TrainConfig) -> Path:
                 if grids is not None:
                     grid_mp = "bf16" if mp == "bf16" else "no"
                     path = run_dir.grids / f"kimg-{state.nimg / 1000:09.3f}.png"
-                    grids.make(ema.models[ema.rates[0]], device, grid_mp, path)
+                    grids.make(ema.models[ema.rates[0]], device, grid_mp, path, kimg=state.nimg / 1000)
                 accelerator.wait_for_everyone()
             # Faithfulness of the first EMA on the held-out conditions (main process; no sync:
             # the other ranks meet it at the next all-reduce).
