@@ -147,8 +147,10 @@ class ImageFeatureDataset(Dataset):
         feat, _key, _label = self._store[row]  # (V, D)
         if flip:
             x = x[:, ::-1]
+        if not (x.flags.c_contiguous and x.flags.writeable):  # a flipped view, a read-only decode
+            x = np.array(x)  # the cache's row (load_image's copy) is used as it is
         h = np.array(feat[1 if flip else 0], dtype=np.float32)  # a writable copy
-        return torch.from_numpy(np.array(x)), torch.from_numpy(h), int(row)  # writable, contiguous
+        return torch.from_numpy(x), torch.from_numpy(h), int(row)  # writable, contiguous
 
     def __getstate__(self) -> dict:
         # Workers reopen the store and the source themselves.
