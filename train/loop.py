@@ -196,7 +196,6 @@ def run(cfg: TrainConfig) -> Path:
     for record in state.rng_lost_records():  # resumed without a saved RNG state: say so in the log
         logger.write(record)
     noise_gen = torch.Generator(device=device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
     layout = input_layout(channels_last, device)  # one layout end to end (CPU + NCHW: the pixels' strides)
     ckpt_nimg = max(1, int(round(cfg.checkpoint_kimg * 1000)))
     grid_nimg = int(round(cfg.grid_kimg * 1000)) if cfg.grid_kimg > 0 else 0
@@ -221,8 +220,8 @@ def run(cfg: TrainConfig) -> Path:
                 noise_gen.manual_seed((rank_seed * _NOISE_STRIDE + (state.step - 1) * cfg.grad_accum + micro) % (2**63))
                 t = gaussian.sample_timesteps(x.shape[0], diffusion.num_timesteps, device, noise_gen)
                 noise = torch.randn(x.shape, device=device, generator=noise_gen, dtype=x.dtype)
-                if layout is not None:
-                    noise = noise.contiguous(memory_format=fmt)
+                if layout:  # the model's channels-last (a fresh randn is already contiguous NCHW)
+                    noise = noise.contiguous(memory_format=torch.channels_last)
                 kwargs = {"cond": h}
                 if cfg.cond_drop > 0:  # classifier-free guidance: some samples see the null condition
                     kwargs["cond_drop"] = torch.rand(x.shape[0], device=device, generator=noise_gen) < cfg.cond_drop
