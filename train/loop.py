@@ -25,6 +25,7 @@ from rcdm.run.rundir import RunDir
 from rcdm.speed import enable_fast_math, resolve_channels_last, resolve_compile
 from rcdm.store import FeatureStore
 from rcdm.train import cache as image_cache
+from rcdm.train import condimage
 from rcdm.train import model as model_setup
 from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, input_layout, make_loader, to_model_input
@@ -136,7 +137,13 @@ def run(cfg: TrainConfig) -> Path:
     torch.manual_seed(rank_seed)
 
     # Model, EMA, optimizer, diffusion; then the state training resumes from.
-    net = model_setup.build_net(cfg, ucfg, store, fresh=latest is None).to(device)
+    net = model_setup.build_net(cfg, ucfg, store, fresh=latest is None)
+    if condimage.wanted(cfg, fresh=latest is None):  # before the EMA copies the weights
+        dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
+        said = condimage.fit(net, dataset, cfg.seed, workers, show=main)
+        if main:
+            print(said)
+    net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
     ema = EMA(net, cfg.ema_rates, warmup=cfg.ema_warmup)

@@ -32,6 +32,7 @@ _ARCH_FIELDS = (
     "cond_norm",
     "cond_tokens",
     "xattn_dim",
+    "cond_image",
 )
 
 
@@ -47,6 +48,7 @@ def unet_config(cfg: TrainConfig, cond_dim: int, cond_tokens: int = 0) -> UNetCo
         dropout=cfg.dropout,
         schedule=None if cfg.schedule == "default" else cfg.schedule,
         cond_norm=cfg.cond_norm,
+        cond_image=cfg.cond_image,
     )
 
 

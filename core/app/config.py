@@ -44,16 +44,9 @@ __all__ = [
 
 # The paper's analyses, in the order the report shows them (``rcdm analyze --help``).
 EXPERIMENTS: tuple[str, ...] = (
-    "invariance",
-    "probe",
-    "adversarial",
-    "manipulation",
-    "interpolation",
-    "distances",
-    "neighbours",
-    "class-mean",
-    "training-dynamics",
-)
+    "invariance", "probe", "adversarial", "manipulation", "interpolation", "distances",
+    "neighbours", "class-mean", "training-dynamics",
+)  # fmt: skip
 # Analyses beyond the paper's, run only when named (``rcdm analyze pooled-vs-tokens``).
 EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens",)
 
@@ -154,6 +147,7 @@ class TrainConfig(Section):
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
     cond: Literal["embed", "cbn", "both", "xattn"] = "embed"  # how h enters the UNet: embed (RCDM's code), cbn (the paper's conditional norm), both (an rcdm addition), xattn (cross-attention to a tokens store's patch grid; embed / cbn / both on a tokens store condition on the token mean)
     cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
+    cond_image: int = 0  # > 0: also give the UNet a learned linear map of h to a 3 x N x N image (upsampled; 3 extra input channels), fitted by ridge regression on the training store before the first step (an rcdm addition, docs/recipes.md); 0: off, as RCDM
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
     kimg: float = 50000.0  # total training images, in thousands

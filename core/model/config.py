@@ -45,6 +45,7 @@ class UNetConfig:
     cond_norm: Literal["none", "standardize"] = "none"  # standardize: h -> (h - mean) / std, stats from the training store (buffers cond_norm.*)
     cond_tokens: int = 0  # > 0: h is a flat grid of cond_tokens tokens (cond_dim = cond_tokens x token dim); embed / cbn condition on their mean, xattn attends to them
     xattn_dim: int = 256  # xattn: width of the learned token projection (the keys' and values' input)
+    cond_image: int = 0  # > 0: cond_image_map = Linear(h, 3 x N x N), upsampled to image_size and concatenated to the input as 3 channels (an rcdm addition); 0: off
     num_classes: int = (
         0  # ADM class-conditional label embedding (label_emb, forward y=...); 0: none
     )
@@ -60,6 +61,11 @@ class UNetConfig:
             raise InvalidInput(
                 "cond='xattn' attends to a patch-token grid: train it on a tokens store "
                 "(`rcdm extract --layer tokens`), or use cond 'embed' / 'cbn' for pooled vectors"
+            )
+        if self.cond_image and (self.cond == "none" or not 0 < self.cond_image <= self.image_size):
+            raise InvalidInput(
+                f"cond_image={self.cond_image} needs a conditioned model and 1 <= N <= image_size "
+                f"({self.image_size})"
             )
         if self.cond_tokens and self.cond_dim % self.cond_tokens:
             raise InvalidInput(f"cond_dim {self.cond_dim} is not a whole number of {self.cond_tokens} tokens")
@@ -211,6 +217,9 @@ def config_from_state_dict(
             "'out.2.weight' are missing"
         )
     mc, in_ch = _shape(sd, "input_blocks.0.0.weight")[:2]
+    if "cond_image_map.weight" in sd:  # the map's 3 channels are inputs of the first conv too
+        in_ch -= 3
+        overrides = {"cond_image": round((_shape(sd, "cond_image_map.weight")[0] // 3) ** 0.5), **overrides}
     out_ch = _shape(sd, "out.2.weight")[0]
 
     def n_blocks(prefix: str) -> int:

@@ -14,6 +14,12 @@ Conditioning (``UNetConfig.cond``):
   it (``blocks.CrossAttention``: queries from the feature map, keys / values from the context).
   ``embed`` / ``cbn`` with ``cond_tokens`` > 0 condition on the mean of the tokens instead.
 - ``none``: unconditional (e.g. ADM's unconditional 256 px model).
+
+``cond_image`` > 0 (an rcdm addition, opt-in, with any of the above): ``cond_image_map =
+Linear(token_dim, 3 N^2)`` maps h to a 3 x N x N image, bilinearly upsampled to the model's size
+and concatenated to the noisy input as 3 more channels. Training fits it by ridge regression on
+the training store first (``rcdm.train.condimage``); the null condition (h = 0) gives its bias,
+the fitted mean image.
 """
 
 from __future__ import annotations
@@ -126,10 +132,12 @@ class UNetModel(nn.Module):
             self.token_proj = nn.Linear(cfg.token_dim, cfg.xattn_dim)
             self.token_pos = nn.Parameter(torch.randn(1, cfg.cond_tokens, cfg.xattn_dim) * 0.02)
             self.token_norm = nn.LayerNorm(cfg.xattn_dim)
+        if cfg.cond_image:  # h -> a 3 x N x N image, given as 3 more input channels (rcdm addition)
+            self.cond_image_map = nn.Linear(cfg.token_dim, 3 * cfg.cond_image**2)
 
         ch = mc * cfg.channel_mult[0]
         self.input_blocks = nn.ModuleList(
-            [TimestepEmbedSequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))]
+            [TimestepEmbedSequential(nn.Conv2d(cfg.in_channels + 3 * bool(cfg.cond_image), ch, 3, padding=1))]
         )
         skip_chans, ds = [ch], 1
         attention_ds = cfg.attention_ds
@@ -174,6 +182,24 @@ class UNetModel(nn.Module):
             return checkpoint(block, h, emb_act, s, ctx, use_reentrant=False)
         return block(h, emb_act, s, ctx)
 
+    def cond_vector(self, cond: torch.Tensor) -> torch.Tensor:
+        """The (N, token_dim) vector of h that embed / cbn / cond_image see: standardised if the
+        model standardises, the token mean on a tokens store."""
+        if self.cfg.cond_norm == "standardize":
+            cond = self.cond_norm(cond)
+        return self._pooled(cond)
+
+    def _pooled(self, cond: torch.Tensor) -> torch.Tensor:
+        if not self.cfg.cond_tokens:
+            return cond
+        return cond.view(cond.shape[0], self.cfg.cond_tokens, self.cfg.token_dim).mean(1)  # token mean
+
+    def cond_image(self, vec: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """(N, token_dim) -> the map's (N, 3, H, W) image of h, bilinearly upsampled to ``size``."""
+        r = self.cfg.cond_image
+        img = self.cond_image_map(vec).view(vec.shape[0], 3, r, r)
+        return img if (r, r) == tuple(size) else F.interpolate(img, size=size, mode="bilinear", align_corners=False)
+
     def token_context(self, cond: torch.Tensor) -> torch.Tensor:
         """cond (N, cond_tokens * token_dim) flat tokens -> the context (N, T, xattn_dim)."""
         t = cond.view(cond.shape[0], self.cfg.cond_tokens, self.cfg.token_dim)
@@ -203,7 +229,7 @@ class UNetModel(nn.Module):
             if y is None:
                 raise InvalidInput("this ADM model is class-conditional: pass labels y=(N,)")
             emb = emb + self.label_emb(y)
-        s = ctx = None
+        s = ctx = extra = None
         if cfg.cond != "none":
             if cond is None:
                 raise InvalidInput(
@@ -219,10 +245,11 @@ class UNetModel(nn.Module):
             if cond_drop is not None:
                 cond = cond.masked_fill(cond_drop.view(-1, 1).to(torch.bool), 0.0)
             cond = cond.to(wdtype)
-            if cfg.cond != "xattn" and cfg.cond_tokens:  # pooled conditioning on a tokens store
-                cond = cond.view(cond.shape[0], cfg.cond_tokens, cfg.token_dim).mean(1)  # token mean
             if cfg.cond == "xattn":
                 ctx = self.token_context(cond)
+            if cfg.cond_image:
+                extra = self.cond_image(self._pooled(cond), x.shape[-2:])
+            cond = self._pooled(cond)  # pooled conditioning on a tokens store: the token mean
             if cfg.cond in ("embed", "both"):
                 emb = emb + self.ssl_emb(cond)
             if cfg.cond in ("cbn", "both"):
@@ -231,7 +258,7 @@ class UNetModel(nn.Module):
         emb_act = F.silu(emb)
 
         hs = []
-        h = x.to(wdtype)
+        h = x.to(wdtype) if extra is None else torch.cat([x.to(wdtype), extra.to(wdtype)], 1)
         for block in self.input_blocks:
             h = self._block(block, h, emb_act, s, ctx)
             hs.append(h)
