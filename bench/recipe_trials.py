@@ -2,6 +2,7 @@
 
     python bench/recipe_trials.py digits-data WORKDIR      # the second data set (sklearn digits)
     python bench/recipe_trials.py trial WORKDIR NAME KIMG [--set k=v ...]
+    python bench/recipe_trials.py mean-image WORKDIR [STORES]  # the linear E[x | h] probe
 
 ``digits-data`` writes scikit-learn's packaged handwritten digits (1797 8x8 grey images,
 upscaled to 32 px RGB; not the demo's photographs) as an ImageFolder ``WORKDIR/data/digits/
@@ -9,6 +10,10 @@ upscaled to 32 px RGB; not the demo's photographs) as an ImageFolder ``WORKDIR/d
 ``trial`` trains one run of the demo profile under ``WORKDIR/runs/NAME`` with the given
 overrides and prints the faithfulness records as JSON (one line per check). Both run from
 WORKDIR, one process, ``train.threads=1``.
+``mean-image`` fits a ridge regression from standardised h to the training images at a few
+resolutions, predicts each validation image's conditional mean image E[x | h] from its h, and
+ranks it as a sample (re-encoded, as ``rcdm evaluate`` does): what "the average image of this h"
+alone scores, a reference point for the curves. STORES defaults to WORKDIR/runs/demo/stores.
 """
 
 from __future__ import annotations
@@ -62,10 +67,45 @@ def trial(work: Path, name: str, kimg: str, sets: list[str], config: str | None)
             print(json.dumps({"trial": name, **rec}))
 
 
+def mean_image(stores: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    from rcdm.encoders.build import encoder_from_info
+    from rcdm.faithfulness import rank_summary, reencode_ranks
+    from rcdm.store import FeatureStore
+    from rcdm.store.images import StoreImages
+
+    def load(path: Path):
+        store = FeatureStore(path)
+        images = StoreImages(store)
+        pixels = [images.load(i).convert("RGB").resize((32, 32), Image.BICUBIC) for i in range(len(store))]
+        return store, store.features(view=0), np.stack([np.asarray(x) for x in pixels])
+
+    train, f_train, x_train = load(stores / "train")
+    val, f_val, _ = load(stores / "val")
+    mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
+    z_train, z_val = (f_train - mu) / sd, (f_val - mu) / sd
+    encoder = encoder_from_info(val.encoder_info).eval()
+    for r in (4, 8, 16, 32):
+        y = np.stack([np.asarray(Image.fromarray(x).resize((r, r), Image.BOX)) for x in x_train])
+        y = y.reshape(len(y), -1) / 255.0
+        for lam in (1e1, 1e2, 1e3):
+            w = np.linalg.solve(z_train.T @ z_train + lam * np.eye(z_train.shape[1]), z_train.T @ (y - y.mean(0)))
+            pred = np.clip(z_val @ w + y.mean(0), 0, 1).reshape(len(z_val), r, r, 3)
+            up = np.stack([
+                np.asarray(Image.fromarray((p * 255).round().astype(np.uint8)).resize((32, 32), Image.BICUBIC))
+                for p in pred
+            ])  # fmt: skip
+            ranks = reencode_ranks(encoder, up, val.preprocess, f_val, np.arange(len(f_val)))
+            print(json.dumps({"resolution": r, "ridge": lam, **rank_summary(ranks, len(f_val))}))
+
+
 if __name__ == "__main__":
     cmd, work = sys.argv[1], Path(sys.argv[2])
     if cmd == "digits-data":
         digits_data(work)
+    elif cmd == "mean-image":
+        mean_image(Path(sys.argv[3]) if len(sys.argv) > 3 else work / "runs" / "demo" / "stores")
     else:
         rest = sys.argv[5:]
         sets = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
