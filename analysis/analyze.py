@@ -16,6 +16,7 @@ from pathlib import Path
 from rcdm.analysis.eval_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.prior_entry import prior_entry
+from rcdm.analysis.recipe import recipe_label
 from rcdm.analysis.report import Entry, write_report
 from rcdm.app.config import AnalyzeConfig, check_experiments, to_dict
 from rcdm.app.configio import save_resolved
@@ -60,6 +61,9 @@ def analyze(cfg: AnalyzeConfig) -> Path:
             "train store": cfg.train_store, "val store": cfg.val_store, "seed": cfg.seed,
             "steps": str(cfg.steps), "sampler": "DDIM" if ctx.ddim else "ancestral",
             "guidance": cfg.guidance}  # fmt: skip
+    for ckpt in cfg.checkpoints:  # what the samples come from, in words
+        if (label := recipe_label(ckpt)) is not None:
+            meta["training recipe" + (f" ({Path(ckpt).name})" if len(cfg.checkpoints) > 1 else "")] = label
     entries: list[Entry] = []
     for i, eval_dir in enumerate(cfg.evaluations):  # what `rcdm evaluate` measured comes first
         entry = evaluation_entry(eval_dir, out, index=i)

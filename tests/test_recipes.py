@@ -183,3 +183,23 @@ def test_named_recipe_fills_unset_fields_and_records_them(tmp_path, monkeypatch)
             assert getattr(fast, key) == value and fast.origin[key] == "recipe fast"
     assert fast.min_snr_gamma == 2.0  # a value set by a layer wins over the recipe
     assert "recipe fast" in dump_yaml(fast)
+
+
+def test_the_report_names_the_training_recipe(tmp_path):
+    from rcdm.analysis.recipe import recipe_label
+
+    paper, fast = tmp_path / "paper", tmp_path / "fast" / "checkpoints" / "step-0000010"
+    paper.mkdir()
+    fast.mkdir(parents=True)
+    (paper / "config.yaml").write_text("preset: adm128\ncond: embed\nprediction: eps\nrecipe: paper\n")
+    (tmp_path / "fast" / "config.yaml").write_text(
+        "preset: tiny\ncond: embed\ncond_norm: standardize\ncond_image: 32\ncond_drop: 0.1\nrecipe: fast\n"
+        "prediction: v\nzero_terminal_snr: true\nmin_snr_gamma: 5.0\np2_gamma: 0.0\n"
+    )
+    assert recipe_label(paper) == "recipe paper: the paper's; h enters by embed"
+    assert recipe_label(fast) == (  # a checkpoint folder inside the run finds the run's config
+        "recipe fast: v-prediction, zero-terminal-SNR schedule, min-SNR-5 weighting; standardised h "
+        "enters by embed and a fitted 32x32 image of h as input channels; 10% null condition "
+        "(rcdm additions, docs/recipes.md)"
+    )
+    assert recipe_label(tmp_path / "weights.safetensors") is None  # no run config: no row
