@@ -89,7 +89,7 @@ def mean_image(stores: Path) -> None:
     for r in (4, 8, 16, 32):
         y = np.stack([np.asarray(Image.fromarray(x).resize((r, r), Image.BOX)) for x in x_train])
         y = y.reshape(len(y), -1) / 255.0
-        for lam in (1e1, 1e2, 1e3):
+        for lam in (1.0, 3.0, 1e1, 1e2, 1e3):
             w = np.linalg.solve(z_train.T @ z_train + lam * np.eye(z_train.shape[1]), z_train.T @ (y - y.mean(0)))
             pred = np.clip(z_val @ w + y.mean(0), 0, 1).reshape(len(z_val), r, r, 3)
             up = np.stack([
