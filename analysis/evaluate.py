@@ -91,6 +91,8 @@ def _method(ss: SampleSet, encoder_name: str) -> str:
     if m.get("method"):
         return str(m["method"])
     cond = m.get("cond") or (m.get("unet") or {}).get("cond")
+    if cond and (n := (m.get("unet") or {}).get("cond_image")):
+        cond += f" + cond_image {n}"  # the fitted image of h (an rcdm addition)
     return f"RCDM ({encoder_name}{', ' + cond if cond else ''})"
 
 

@@ -108,3 +108,14 @@ def test_training_fits_records_and_reloads_the_map(tmp_path, capsys):
     assert "cond_image: fitted" not in capsys.readouterr().out
     with pytest.raises(InvalidInput, match="cond_image"):
         run(train_cfg(store, tmp_path / "other", init_from=str(out)))
+
+
+def test_evaluate_names_the_map_in_the_method():
+    from types import SimpleNamespace
+
+    from rcdm.analysis.evaluate import _method
+
+    with_map = SimpleNamespace(manifest={"unet": {"cond": "embed", "cond_image": 32}})
+    assert _method(with_map, "random-rn50") == "RCDM (random-rn50, embed + cond_image 32)"
+    plain = SimpleNamespace(manifest={"unet": {"cond": "embed", "cond_image": 0}})
+    assert _method(plain, "random-rn50") == "RCDM (random-rn50, embed)"
