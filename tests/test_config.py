@@ -35,7 +35,7 @@ def test_repository_pipeline_yaml_resolves_to_the_defaults():
 
 def test_demo_profile_holds_the_shortcuts_and_nothing_leaks():
     demo = load_config(profile="demo")
-    assert demo.extract.input_size == 32 and demo.train.preset == "tiny" and demo.sample.guidance == 2.0
+    assert demo.extract.input_size == 32 and demo.train.preset == "tiny" and demo.sample.guidance == 1.5 and demo.train.cond_image == 32
     assert demo.data.demo and demo.train.origin["lr"] == "profile demo"
     # a profile never reads the current folder's pipeline.yaml, and the defaults stay the recipe
     assert load_config().train.lr == 1e-4

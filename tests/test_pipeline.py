@@ -61,7 +61,7 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     assert list((w / "run/grids").glob("*.png"))
     # the faithfulness check ran at each checkpoint against the val store (derived from data.val)
     checks = [json.loads(x) for x in (w / "run/log.jsonl").read_text().splitlines() if '"faithfulness"' in x]
-    assert [c["kimg"] for c in checks] == [0.016, 0.032] and all(c["eval_N"] == 24 and "eval_mrr_g2" in c for c in checks)
+    assert [c["kimg"] for c in checks] == [0.016, 0.032] and all(c["eval_N"] == 24 and "eval_mrr_g1p5" in c for c in checks)
     # sample: uint8 NHWC samples with one index line each
     arr = np.load(w / "samples/samples.npz")["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (8, 32, 32, 3)
@@ -72,14 +72,14 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     rank = metrics["rank"]["in_reference"]
     assert rank["n"] == 8 and 1 <= rank["mean_rank"] <= 24 and rank["chance_mean_rank"] == 12.5
     assert metrics["fid"]["skipped"] and "weights-inception" in metrics["fid"]["how_to_enable"]
-    assert metrics["sampler"] == "ancestral, guidance 2"  # the demo samples with guidance, labelled
+    assert metrics["sampler"] == "ancestral, guidance 1.5"  # the demo samples with guidance, labelled
     assert json.loads((w / "run/model.json").read_text())["cond_drop"] == 0.1
     for f in ("metrics.md", "metrics.csv", "ranks.npy", "manifest.json"):
         assert (w / "eval" / f).exists(), f
     # analyze: the report opens with the evaluation and holds every experiment
     html = report.read_text()
     assert "Evaluation" in html and "chance" in html
-    assert re.search(r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 2, 4 steps\.</p>', html)
+    assert re.search(r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 1.5, 4 steps\.</p>', html)
     for title in ("Invariance", "Interpolation", "Distances", "Probe"):
         assert title.lower() in html.lower(), title
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 8
