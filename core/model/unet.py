@@ -247,9 +247,9 @@ class UNetModel(nn.Module):
             cond = cond.to(wdtype)
             if cfg.cond == "xattn":
                 ctx = self.token_context(cond)
-            if cfg.cond_image:
-                extra = self.cond_image(self._pooled(cond), x.shape[-2:])
             cond = self._pooled(cond)  # pooled conditioning on a tokens store: the token mean
+            if cfg.cond_image:
+                extra = self.cond_image(cond, x.shape[-2:])
             if cfg.cond in ("embed", "both"):
                 emb = emb + self.ssl_emb(cond)
             if cfg.cond in ("cbn", "both"):
