@@ -138,8 +138,12 @@ def run(cfg: TrainConfig) -> Path:
 
     # Model, EMA, optimizer, diffusion; then the state training resumes from.
     net = model_setup.build_net(cfg, ucfg, store, fresh=latest is None)
-    if condimage.wanted(cfg, fresh=latest is None):  # before the EMA copies the weights
-        dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
+    # The training images, opened once: a fresh cond_image map is fitted on them (before the EMA
+    # copies the weights), and the loader below reads them.
+    dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
+    if image_cache.wanted(cfg.image_cache, store, ucfg.image_size, device, cfg.draft):  # decode + resize once
+        dataset.use_cache(on_main(lambda: image_cache.build(dataset, store, workers, show=main)))
+    if condimage.wanted(cfg, fresh=latest is None):
         said = condimage.fit(net, dataset, cfg.seed, workers, show=main)
         if main:
             print(said)
@@ -170,9 +174,6 @@ def run(cfg: TrainConfig) -> Path:
     accelerator.wait_for_everyone()
 
     # Data: this rank's share of one seeded stream, from the position reached.
-    dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
-    if image_cache.wanted(cfg.image_cache, store, ucfg.image_size, device, cfg.draft):  # decode + resize once
-        dataset.use_cache(on_main(lambda: image_cache.build(dataset, store, workers, show=main)))
     loader = make_loader(
         dataset,
         batch_per_process,
