@@ -206,6 +206,7 @@ def _manifest(
         "encoder": store.encoder_info,
         "preprocess": store.manifest.get("preprocess"),
         "unet": meta.get("unet"),
+        **({"diffusion": meta["diffusion"]} if meta.get("diffusion") else {}),  # the recipe's options, as model.json
         "condition": cfg.condition,
         "sampler": "ddim" if ddim else "ancestral",
         "steps": str(cfg.steps),

@@ -10,8 +10,8 @@ the model is called with.
 
 Opt-in additions, none of them in guided-diffusion (the paper's recipe is the defaults, and its
 loss is unchanged bit for bit): v-prediction (``prediction="v"``, Salimans & Ho 2022), a schedule
-rescaled to zero terminal SNR (:func:`rescale_zero_terminal_snr`, Lin et al. 2024) and min-SNR-gamma
-loss weighting (Hang et al. 2023).
+rescaled to zero terminal SNR (:func:`rescale_zero_terminal_snr`, Lin et al. 2024), min-SNR-gamma
+loss weighting (Hang et al. 2023), and the model's image of h as a skip (``cond_image_skip``).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from rcdm.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from rcdm.diffusion.respace import respaced_betas, space_timesteps
+from rcdm.diffusion.schedules import get_named_beta_schedule, rescale_zero_terminal_snr
 from rcdm.diffusion.spec import Steps
 from rcdm.errors import InvalidInput
 
@@ -39,41 +40,6 @@ __all__ = [
 Model = Callable[..., torch.Tensor]
 
 
-def betas_for_alpha_bar(
-    num_timesteps: int, alpha_bar: Callable[[float], float], max_beta: float = 0.999
-) -> torch.Tensor:
-    """beta_t = 1 - alpha_bar((t+1)/T) / alpha_bar(t/T), clipped at max_beta."""
-    betas = [
-        min(1 - alpha_bar((i + 1) / num_timesteps) / alpha_bar(i / num_timesteps), max_beta)
-        for i in range(num_timesteps)
-    ]
-    return torch.tensor(betas, dtype=torch.float64)
-
-
-def get_named_beta_schedule(name: str, num_timesteps: int = 1000) -> torch.Tensor:
-    """(T,) float64 betas. ``linear``: Ho et al. scaled to T steps; ``cosine``: Nichol & Dhariwal."""
-    if name == "linear":
-        scale = 1000 / num_timesteps
-        return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
-    if name == "cosine":
-        return betas_for_alpha_bar(
-            num_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        )
-    raise InvalidInput(f"unknown beta schedule {name!r}: expected 'linear' or 'cosine'")
-
-
-def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
-    """Betas whose last step has SNR 0 (Lin et al. 2024, Algorithm 1): sqrt(alpha_bar) is shifted
-    so its last value is 0 and scaled so its first is unchanged. Needs v-prediction (eps cannot
-    be predicted from pure noise)."""
-    ab_sqrt = torch.cumprod(1.0 - betas.double(), dim=0).sqrt()
-    first, last = ab_sqrt[0].clone(), ab_sqrt[-1].clone()
-    ab_sqrt = (ab_sqrt - last) * first / (first - last)
-    ab = ab_sqrt**2
-    alphas = torch.cat([ab[:1], ab[1:] / ab[:-1]])
-    return 1.0 - alphas
-
-
 class GaussianDiffusion:
     """The forward process q and the learned reverse process p over ``len(betas)`` steps."""
 
@@ -85,6 +51,7 @@ class GaussianDiffusion:
         fixed_variance: str = "large",
         prediction: str = "eps",
         original_steps: int | None = None,  # the chain timestep_map indexes (default: this one)
+        cond_image_skip: bool = False,
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if not (betas > 0).all() or not (betas <= 1).all():
@@ -94,6 +61,7 @@ class GaussianDiffusion:
         if prediction not in ("eps", "v"):
             raise InvalidInput(f"prediction={prediction!r}: expected 'eps' or 'v'")
         self.prediction = prediction
+        self.cond_image_skip = bool(cond_image_skip)
         self.num_timesteps = int(betas.shape[0])
         self.learn_sigma, self.fixed_variance = learn_sigma, fixed_variance
         self.timestep_map = None if timestep_map is None else list(timestep_map)
@@ -246,8 +214,22 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         model_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        out = model(xt, self.model_timesteps(t), **(model_kwargs or {}))
+        out = self.model_output(model, xt, t, model_kwargs)
         return self.p_mean_variance_from_output(out, xt, t, clip_denoised)
+
+    def model_output(self, model: Model, xt: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None):
+        """The model at the original timestep of each (possibly respaced) step. With
+        ``cond_image_skip`` (an rcdm addition) it also gets ``skip = (sqrt(acp_t), c_t)``: the UNet
+        then works on the residual x - m(h), m its image of h: it sees x_t - sqrt(acp_t) m and
+        adds c_t m to its output, c_t = -sqrt(1 - acp_t) for v (v of x = v of the residual
+        - sqrt(1 - acp) m), 0 for eps (the same noise). The diffusion of x0 - m(h) is then
+        exactly the diffusion of x0, and the mean image is the skip, not something to learn."""
+        kwargs = dict(model_kwargs or {})
+        if self.cond_image_skip:
+            a = self._extract("sqrt_alphas_cumprod", t, 1)
+            c = -self._extract("sqrt_one_minus_alphas_cumprod", t, 1) if self.prediction == "v" else torch.zeros_like(a)
+            kwargs["skip"] = (a, c)
+        return model(xt, self.model_timesteps(t), **kwargs)
 
     def p_sample(
         self,
@@ -334,7 +316,7 @@ class GaussianDiffusion:
         """
         noise = torch.randn_like(x0) if noise is None else noise
         xt = self.q_sample(x0, t, noise)
-        out = model(xt, self.model_timesteps(t), **(model_kwargs or {})).float()
+        out = self.model_output(model, xt, t, model_kwargs).float()
         c = x0.shape[1]
         eps = out[:, :c]
         if self.prediction == "v":
@@ -382,19 +364,23 @@ def create_diffusion(
     learn_sigma: bool = True,
     prediction: str = "eps",
     zero_terminal_snr: bool = False,
+    cond_image_skip: bool = False,
 ) -> GaussianDiffusion:
     """The ``steps``-step diffusion of ``schedule``, respaced to ``respacing`` ("", "100", "ddim50",
     "trailing25", "10,20,30"; "" keeps every step); optionally v-predicting and rescaled to zero
-    terminal SNR (which needs v-prediction)."""
+    terminal SNR (which needs v-prediction), and with the model's image of h as a skip
+    (:meth:`GaussianDiffusion.model_output`)."""
     betas = get_named_beta_schedule(schedule, steps)
     if zero_terminal_snr:
         if prediction != "v":
             raise InvalidInput("a zero-terminal-SNR schedule needs prediction 'v' (eps is undefined at SNR 0)")
         betas = rescale_zero_terminal_snr(betas)
     if not respacing:
-        return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
+        return GaussianDiffusion(betas, learn_sigma, prediction=prediction, cond_image_skip=cond_image_skip)
     use = space_timesteps(steps, respacing)
     if len(use) == steps:
-        return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
+        return GaussianDiffusion(betas, learn_sigma, prediction=prediction, cond_image_skip=cond_image_skip)
     new_betas, tmap = respaced_betas(torch.cumprod(1.0 - betas, dim=0), use)
-    return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap, prediction=prediction, original_steps=steps)
+    return GaussianDiffusion(
+        new_betas, learn_sigma, timestep_map=tmap, prediction=prediction, original_steps=steps, cond_image_skip=cond_image_skip
+    )  # fmt: skip
