@@ -104,8 +104,13 @@ def test_training_fits_records_and_reloads_the_map(tmp_path, capsys):
     assert model(x, torch.tensor([1, 2]), torch.randn(2, model.cfg.cond_dim)).shape == (2, 6, RES, RES)
     # a resumed run does not refit (the map is in the checkpoint), and a model without the map
     # does not start from one that has it
+    first, _ = load_model(out, ema="no")
     run(train_cfg(store, out, cond_image=8, kimg=0.032))
     assert "cond_image: fitted" not in capsys.readouterr().out
+    # the fitted map stays fixed while the rest trains (raw weights; the EMA follows them)
+    resumed, _ = load_model(out, ema="no")
+    assert torch.equal(resumed.cond_image_map.weight, first.cond_image_map.weight)
+    assert not torch.equal(resumed.input_blocks[0][0].weight, first.input_blocks[0][0].weight)
     with pytest.raises(InvalidInput, match="cond_image"):
         run(train_cfg(store, tmp_path / "other", init_from=str(out)))
 

@@ -4,7 +4,9 @@ regression from h, as the model sees it, to the training images at N x N.
 The UNet's ``cond_image_map`` (``rcdm.model.unet``) turns h into a 3 x N x N image given to the
 network as 3 more input channels. Learned from zero by the diffusion loss alone it would take many
 steps to carry information; fitted in closed form first, it is the best linear guess of the image
-from h from the first step, and training goes on from there. On the demo store a linear map from
+from h from the first step. Training keeps it fixed (``rcdm.train.loop``): trained with the rest
+by Adam at the UNet's learning rate it became noise within a few hundred steps (its weights are
+small, Adam's steps are not) and the network lost the guess. On the demo store a linear map from
 h to the 32 px image already ranks its condition with MRR 0.59 (``bench/recipe_trials.py
 mean-image``; docs/recipes.md).
 

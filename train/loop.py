@@ -149,6 +149,10 @@ def run(cfg: TrainConfig) -> Path:
         said = condimage.fit(net, dataset, cfg.seed, workers, show=main)
         if main:
             print(said)
+    if getattr(net, "cond_image_map", None) is not None:
+        # the fitted map stays fixed: Adam at the UNet's learning rate turned the fitted image into
+        # noise in a few hundred steps and lost what it knew (docs/recipes.md)
+        net.cond_image_map.requires_grad_(False)
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)

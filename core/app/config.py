@@ -147,7 +147,7 @@ class TrainConfig(Section):
     preset: Literal["tiny", "adm64", "adm128", "adm256"] = "adm128"
     cond: Literal["embed", "cbn", "both", "xattn"] = "embed"  # how h enters the UNet: embed (RCDM's code), cbn (the paper's conditional norm), both (an rcdm addition), xattn (cross-attention to a tokens store's patch grid; embed / cbn / both on a tokens store condition on the token mean)
     cond_norm: Literal["none", "standardize"] = "none"  # none: raw h, as RCDM; standardize h with the training store's per-dimension mean/std (saved with the model)
-    cond_image: int = 0  # > 0: also give the UNet a learned linear map of h to a 3 x N x N image (upsampled; 3 extra input channels), fitted by ridge regression on the training store before the first step (an rcdm addition, docs/recipes.md); 0: off, as RCDM
+    cond_image: int = 0  # > 0: also give the UNet a linear map of h to a 3 x N x N image (upsampled; 3 extra input channels), fitted by ridge regression on the training store before the first step and kept fixed (an rcdm addition, docs/recipes.md); 0: off, as RCDM
     resolution: int | None = None  # default: the preset's
     init_from: str | None = None  # official RCDM / ADM checkpoint or our safetensors
     kimg: float = 50000.0  # total training images, in thousands
