@@ -93,8 +93,6 @@ def _method(ss: SampleSet, encoder_name: str) -> str:
     cond = m.get("cond") or (m.get("unet") or {}).get("cond")
     if cond and (n := (m.get("unet") or {}).get("cond_image")):
         cond += f" + cond_image {n}"  # the fitted image of h (an rcdm addition)
-        if (m.get("diffusion") or {}).get("cond_image_skip"):
-            cond += " (skip)"  # the network draws x - that image
     return f"RCDM ({encoder_name}{', ' + cond if cond else ''})"
 
 

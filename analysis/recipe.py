@@ -34,8 +34,6 @@ def recipe_label(checkpoint: str | Path | None) -> str | None:
     cond = f"{'standardised ' if t.get('cond_norm') == 'standardize' else ''}h enters by {t.get('cond', 'embed')}"
     if t.get("cond_image"):
         cond += f" and a fitted {t['cond_image']}x{t['cond_image']} image of h as input channels"
-        if t.get("cond_image_skip"):
-            cond += ", the network drawing the residual from it (a skip)"
     drop = f"; {t['cond_drop']:.0%} null condition" if t.get("cond_drop") else ""
     name = t.get("recipe", "paper")
     what = "the paper's" if not changes else ", ".join(changes)

@@ -115,21 +115,6 @@ def test_training_fits_records_and_reloads_the_map(tmp_path, capsys):
         run(train_cfg(store, tmp_path / "other", init_from=str(out)))
 
 
-def test_training_records_the_skip_and_sampling_uses_it(tmp_path):
-    from rcdm.diffusion.generate import diffusion_for
-    from rcdm.train import run
-
-    store = train_store(tmp_path, per_class=4)
-    with pytest.raises(InvalidInput, match="cond_image_skip needs the image of h"):
-        run(train_cfg(store, tmp_path / "none", cond_image_skip=True, kimg=0.016))
-    out = run(train_cfg(store, tmp_path / "run", cond_image=8, cond_image_skip=True, kimg=0.016))
-    meta = json.loads((out / "model.json").read_text())
-    assert meta["diffusion"]["cond_image_skip"] is True
-    assert diffusion_for(meta, "ddim5").cond_image_skip and not diffusion_for({}, "ddim5").cond_image_skip
-    with pytest.raises(InvalidInput, match="trained with cond_image_skip True"):  # resumed without it
-        run(train_cfg(store, out, cond_image=8, kimg=0.032))
-
-
 def test_evaluate_names_the_map_in_the_method():
     from types import SimpleNamespace
 
@@ -137,49 +122,5 @@ def test_evaluate_names_the_map_in_the_method():
 
     with_map = SimpleNamespace(manifest={"unet": {"cond": "embed", "cond_image": 32}})
     assert _method(with_map, "random-rn50") == "RCDM (random-rn50, embed + cond_image 32)"
-    skip = SimpleNamespace(manifest={**with_map.manifest, "diffusion": {"cond_image_skip": True}})
-    assert _method(skip, "random-rn50") == "RCDM (random-rn50, embed + cond_image 32 (skip))"
     plain = SimpleNamespace(manifest={"unet": {"cond": "embed", "cond_image": 0}})
     assert _method(plain, "random-rn50") == "RCDM (random-rn50, embed)"
-
-
-@pytest.mark.parametrize("prediction", ["v", "eps"])
-def test_the_skip_is_the_diffusion_of_the_residual(prediction):
-    """cond_image_skip: the model's output on x, with m = its image of h, is exactly the plain
-    diffusion of the residual r = x - m (x_t = sqrt(acp) m + r_t): same network input r_t, x0
-    guess m + the residual's, the same loss; and a network whose residual guess is 0 returns m."""
-    from rcdm.diffusion.gaussian import create_diffusion
-
-    net = _net()
-    with torch.no_grad():
-        net.out[2].weight.normal_(std=0.1)
-    kw = {"prediction": prediction, "zero_terminal_snr": prediction == "v", "respacing": "trailing10"}
-    skip, plain = create_diffusion(cond_image_skip=True, **kw), create_diffusion(**kw)
-    torch.manual_seed(1)
-    x0, h, noise = torch.rand(3, 3, 16, 16) * 2 - 1, torch.randn(3, 6), torch.randn(3, 3, 16, 16)
-    t = torch.tensor([0, 4, 9])
-    with torch.no_grad():
-        m = net.cond_image(net.cond_vector(h), (16, 16))
-        a = skip._extract("sqrt_alphas_cumprod", t, 4)
-        xt = skip.q_sample(x0, t, noise)
-        seen = {}
-
-        def residual_net(x, tt, cond):  # the UNet on the residual's x_t, the cond channels kept
-            seen["x"] = x
-            return net(x + a * m, tt, cond=cond, skip=(a.flatten(), torch.zeros(3)))
-
-        got = skip.p_mean_variance(net, xt, t, clip_denoised=False, model_kwargs={"cond": h})
-        ref = plain.p_mean_variance(residual_net, xt - a * m, t, clip_denoised=False, model_kwargs={"cond": h})
-        assert torch.allclose(seen["x"], xt - a * m)
-        assert torch.allclose(got["pred_xstart"], ref["pred_xstart"] + m, atol=1e-5)
-        assert torch.allclose(got["variance"], ref["variance"])
-        loss = skip.training_losses(net, x0, t, {"cond": h}, noise=noise)["mse"]
-        ref_loss = plain.training_losses(residual_net, x0 - m, t, {"cond": h}, noise=noise)["mse"]
-        assert torch.allclose(loss, ref_loss, atol=1e-6)
-        net.out[2].weight.zero_()
-        net.out[2].bias.zero_()
-        if prediction == "v":  # v of a zero residual at the terminal step (SNR 0) is 0: the guess is m
-            out = skip.p_mean_variance(net, torch.randn(3, 3, 16, 16), torch.tensor([9, 9, 9]), False, {"cond": h})
-            assert torch.allclose(out["pred_xstart"], m, atol=1e-6)
-    with pytest.raises(InvalidInput, match="needs a model with cond_image"):
-        UNetModel(preset("tiny", cond="embed", cond_dim=6, image_size=16))(x0, t, h, skip=(a.flatten(), a.flatten()))

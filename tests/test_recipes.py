@@ -202,11 +202,4 @@ def test_the_report_names_the_training_recipe(tmp_path):
         "enters by embed and a fitted 32x32 image of h as input channels; 10% null condition "
         "(rcdm additions, docs/recipes.md)"
     )
-    (tmp_path / "fast" / "config.yaml").write_text(
-        "preset: tiny\ncond: embed\ncond_image: 32\ncond_image_skip: true\nrecipe: paper\nprediction: eps\n"
-    )
-    assert recipe_label(fast) == (
-        "recipe paper: the paper's; h enters by embed and a fitted 32x32 image of h as input channels, "
-        "the network drawing the residual from it (a skip) (rcdm additions, docs/recipes.md)"
-    )
     assert recipe_label(tmp_path / "weights.safetensors") is None  # no run config: no row

@@ -69,8 +69,6 @@ def _validate(cfg: TrainConfig) -> None:
             "train.zero_terminal_snr needs train.prediction=v (eps cannot be predicted from pure noise); "
             "add --set train.prediction=v"
         )
-    if cfg.cond_image_skip and not cfg.cond_image:
-        raise InvalidInput("train.cond_image_skip needs the image of h it skips: add --set train.cond_image=32")
     if cfg.grid_guidance != 1.0:
         from rcdm.diffusion.generate import check_guidance
 
@@ -164,9 +162,8 @@ def run(cfg: TrainConfig) -> Path:
         fused=device.type == "cuda",  # one kernel for all parameters
     )
     diffusion = gaussian.create_diffusion(
-        ucfg.schedule, steps=gaussian.DIFFUSION_STEPS, prediction=cfg.prediction, zero_terminal_snr=cfg.zero_terminal_snr,
-        cond_image_skip=cfg.cond_image_skip,
-    )  # fmt: skip
+        ucfg.schedule, steps=gaussian.DIFFUSION_STEPS, prediction=cfg.prediction, zero_terminal_snr=cfg.zero_terminal_snr
+    )
     model, opt = accelerator.prepare(net, opt)
     state = TrainState(accelerator, net, ema, seed=cfg.seed, batch_size=cfg.batch_size)
     if latest is not None:

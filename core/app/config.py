@@ -194,7 +194,6 @@ class TrainConfig(Section):
     prediction: Literal["eps", "v"] = "eps"  # what the network predicts: eps (ADM, the paper) or v = sqrt(acp) eps - sqrt(1 - acp) x0 (Salimans & Ho 2022)
     min_snr_gamma: float = 0.0  # min-SNR-gamma loss weight min(SNR, gamma) / SNR (eps) or / (SNR + 1) (v) (Hang et al. 2023); 0: off
     zero_terminal_snr: bool = False  # rescale the schedule so SNR(T) = 0 (Lin et al. 2024; use with prediction v and trailing steps)
-    cond_image_skip: bool = False  # with cond_image: the network works on x - m(h), m the image of h, which comes back as a skip (an rcdm addition, docs/recipes.md)
 
     @property
     def grid_sampler(self) -> Sampler:

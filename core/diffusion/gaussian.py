@@ -10,8 +10,8 @@ the model is called with.
 
 Opt-in additions, none of them in guided-diffusion (the paper's recipe is the defaults, and its
 loss is unchanged bit for bit): v-prediction (``prediction="v"``, Salimans & Ho 2022), a schedule
-rescaled to zero terminal SNR (:func:`rescale_zero_terminal_snr`, Lin et al. 2024), min-SNR-gamma
-loss weighting (Hang et al. 2023), and the model's image of h as a skip (``cond_image_skip``).
+rescaled to zero terminal SNR (:func:`rescale_zero_terminal_snr`, Lin et al. 2024) and min-SNR-gamma
+loss weighting (Hang et al. 2023).
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class GaussianDiffusion:
         fixed_variance: str = "large",
         prediction: str = "eps",
         original_steps: int | None = None,  # the chain timestep_map indexes (default: this one)
-        cond_image_skip: bool = False,
     ) -> None:
         betas = torch.as_tensor(betas, dtype=torch.float64).flatten()
         if not (betas > 0).all() or not (betas <= 1).all():
@@ -61,7 +60,6 @@ class GaussianDiffusion:
         if prediction not in ("eps", "v"):
             raise InvalidInput(f"prediction={prediction!r}: expected 'eps' or 'v'")
         self.prediction = prediction
-        self.cond_image_skip = bool(cond_image_skip)
         self.num_timesteps = int(betas.shape[0])
         self.learn_sigma, self.fixed_variance = learn_sigma, fixed_variance
         self.timestep_map = None if timestep_map is None else list(timestep_map)
@@ -214,22 +212,8 @@ class GaussianDiffusion:
         clip_denoised: bool = True,
         model_kwargs: dict[str, Any] | None = None,
     ) -> dict[str, torch.Tensor]:
-        out = self.model_output(model, xt, t, model_kwargs)
+        out = model(xt, self.model_timesteps(t), **(model_kwargs or {}))
         return self.p_mean_variance_from_output(out, xt, t, clip_denoised)
-
-    def model_output(self, model: Model, xt: torch.Tensor, t: torch.Tensor, model_kwargs: dict[str, Any] | None):
-        """The model at the original timestep of each (possibly respaced) step. With
-        ``cond_image_skip`` (an rcdm addition) it also gets ``skip = (sqrt(acp_t), c_t)``: the UNet
-        then works on the residual x - m(h), m its image of h: it sees x_t - sqrt(acp_t) m and
-        adds c_t m to its output, c_t = -sqrt(1 - acp_t) for v (v of x = v of the residual
-        - sqrt(1 - acp) m), 0 for eps (the same noise). The diffusion of x0 - m(h) is then
-        exactly the diffusion of x0, and the mean image is the skip, not something to learn."""
-        kwargs = dict(model_kwargs or {})
-        if self.cond_image_skip:
-            a = self._extract("sqrt_alphas_cumprod", t, 1)
-            c = -self._extract("sqrt_one_minus_alphas_cumprod", t, 1) if self.prediction == "v" else torch.zeros_like(a)
-            kwargs["skip"] = (a, c)
-        return model(xt, self.model_timesteps(t), **kwargs)
 
     def p_sample(
         self,
@@ -316,7 +300,7 @@ class GaussianDiffusion:
         """
         noise = torch.randn_like(x0) if noise is None else noise
         xt = self.q_sample(x0, t, noise)
-        out = self.model_output(model, xt, t, model_kwargs).float()
+        out = model(xt, self.model_timesteps(t), **(model_kwargs or {})).float()
         c = x0.shape[1]
         eps = out[:, :c]
         if self.prediction == "v":
@@ -364,23 +348,19 @@ def create_diffusion(
     learn_sigma: bool = True,
     prediction: str = "eps",
     zero_terminal_snr: bool = False,
-    cond_image_skip: bool = False,
 ) -> GaussianDiffusion:
     """The ``steps``-step diffusion of ``schedule``, respaced to ``respacing`` ("", "100", "ddim50",
     "trailing25", "10,20,30"; "" keeps every step); optionally v-predicting and rescaled to zero
-    terminal SNR (which needs v-prediction), and with the model's image of h as a skip
-    (:meth:`GaussianDiffusion.model_output`)."""
+    terminal SNR (which needs v-prediction)."""
     betas = get_named_beta_schedule(schedule, steps)
     if zero_terminal_snr:
         if prediction != "v":
             raise InvalidInput("a zero-terminal-SNR schedule needs prediction 'v' (eps is undefined at SNR 0)")
         betas = rescale_zero_terminal_snr(betas)
     if not respacing:
-        return GaussianDiffusion(betas, learn_sigma, prediction=prediction, cond_image_skip=cond_image_skip)
+        return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
     use = space_timesteps(steps, respacing)
     if len(use) == steps:
-        return GaussianDiffusion(betas, learn_sigma, prediction=prediction, cond_image_skip=cond_image_skip)
+        return GaussianDiffusion(betas, learn_sigma, prediction=prediction)
     new_betas, tmap = respaced_betas(torch.cumprod(1.0 - betas, dim=0), use)
-    return GaussianDiffusion(
-        new_betas, learn_sigma, timestep_map=tmap, prediction=prediction, original_steps=steps, cond_image_skip=cond_image_skip
-    )  # fmt: skip
+    return GaussianDiffusion(new_betas, learn_sigma, timestep_map=tmap, prediction=prediction, original_steps=steps)

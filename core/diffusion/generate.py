@@ -186,33 +186,25 @@ class _Guided(torch.nn.Module):
         self.model, self.scale = model, float(scale)
         self.interval, self.num_timesteps = (float(interval[0]), float(interval[1])), num_timesteps
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, skip=None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         lo, hi = self.interval
         if lo > 0.0 or hi < 1.0:
             frac = t.float() / self.num_timesteps
             inside = (frac >= lo) & (frac <= hi)
             if not bool(inside.any()):
-                return self.model(x, t, cond=cond, **_skip(skip))
+                return self.model(x, t, cond=cond)
             if not bool(inside.all()):  # rows of one batch share t in sampling; mixed only in tests
-                plain = self.model(x, t, cond=cond, **_skip(skip))
-                return torch.where(inside.view(-1, 1, 1, 1), self._guided(x, t, cond, skip), plain)
-        return self._guided(x, t, cond, skip)
+                return torch.where(inside.view(-1, 1, 1, 1), self._guided(x, t, cond), self.model(x, t, cond=cond))
+        return self._guided(x, t, cond)
 
-    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor, skip=None) -> torch.Tensor:
+    def _guided(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
         drop = torch.arange(2 * n, device=x.device) >= n  # first half conditional, second null
-        # with a skip (cond_image_skip) each half adds its own image of h: m(h), and m(null) the mean image
-        both = _skip(None if skip is None else tuple(torch.cat([s, s]) for s in skip))
-        out = self.model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, cond]), cond_drop=drop, **both)
+        out = self.model(torch.cat([x, x]), torch.cat([t, t]), cond=torch.cat([cond, cond]), cond_drop=drop)
         out_c, out_u = out[:n], out[n:]
         c = x.shape[1]
         eps = out_u[:, :c] + self.scale * (out_c[:, :c] - out_u[:, :c])
         return torch.cat([eps, out_c[:, c:]], dim=1)
-
-
-def _skip(skip) -> dict:
-    """The ``skip`` keyword for the model, only when the diffusion passes one."""
-    return {} if skip is None else {"skip": skip}
 
 
 def check_guidance(guidance: float, meta: dict, checkpoint: str | Path) -> None:
@@ -320,7 +312,6 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
     return create_diffusion(
         schedule, steps=num, respacing=Steps.parse(steps), learn_sigma=recorded.get("learn_sigma", True),
         prediction=recorded["prediction"], zero_terminal_snr=bool(recorded["zero_terminal_snr"]),
-        cond_image_skip=bool(recorded["cond_image_skip"]),
     )  # fmt: skip
 
 

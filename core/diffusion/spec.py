@@ -30,7 +30,7 @@ __all__ = ["Steps", "Sampler", "PAPER_DIFFUSION"]
 
 # The paper's (guided-diffusion's) values of the opt-in diffusion options (docs/recipes.md): a run
 # records in model.json only those it changes, so an absent key means the value here.
-PAPER_DIFFUSION = MappingProxyType({"prediction": "eps", "zero_terminal_snr": False, "cond_image_skip": False})
+PAPER_DIFFUSION = MappingProxyType({"prediction": "eps", "zero_terminal_snr": False})
 
 _FORMS = '"100" (steps spread over the chain), "10,15,20" (steps per section), "ddim50" or "trailing50"'
 

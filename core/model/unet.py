@@ -212,16 +212,12 @@ class UNetModel(nn.Module):
         cond: torch.Tensor | None = None,
         y: torch.Tensor | None = None,
         cond_drop: torch.Tensor | None = None,
-        skip: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """x (N, C, H, W), t (N,) timesteps, cond (N, cond_dim) representations, y (N,) class
         labels (only for ADM class-conditional models) -> (N, out_channels, H, W).
 
         cond_drop (N,) bool marks samples drawn without their condition: their (standardised)
-        representation is replaced by zeros, the null condition of classifier-free guidance.
-        skip (a, c), each (N,), needs ``cond_image``: with m the image of h, the network sees
-        x - a m and c m is added to its first C output channels (the diffusion's
-        ``cond_image_skip``, which passes it)."""
+        representation is replaced by zeros, the null condition of classifier-free guidance."""
         cfg = self.cfg
         if t.ndim == 0:
             t = t.expand(x.shape[0])
@@ -234,8 +230,6 @@ class UNetModel(nn.Module):
                 raise InvalidInput("this ADM model is class-conditional: pass labels y=(N,)")
             emb = emb + self.label_emb(y)
         s = ctx = extra = None
-        if skip is not None and not cfg.cond_image:
-            raise InvalidInput("skip (the diffusion's cond_image_skip) needs a model with cond_image > 0")
         if cfg.cond != "none":
             if cond is None:
                 raise InvalidInput(
@@ -263,8 +257,6 @@ class UNetModel(nn.Module):
         # every ResBlock starts its embedding path with SiLU: apply it once here
         emb_act = F.silu(emb)
 
-        if skip is not None:
-            x = x - skip[0].view(-1, 1, 1, 1).to(x.dtype) * extra.to(x.dtype)
         hs = []
         h = x.to(wdtype) if extra is None else torch.cat([x.to(wdtype), extra.to(wdtype)], 1)
         for block in self.input_blocks:
@@ -273,12 +265,7 @@ class UNetModel(nn.Module):
         h = self._block(self.middle_block, h, emb_act, s, ctx)
         for block in self.output_blocks:
             h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb_act, s, ctx)
-        out = self.out(h)
-        if skip is None:
-            return out
-        c = x.shape[1]
-        shifted = out[:, :c] + skip[1].view(-1, 1, 1, 1).to(out.dtype) * extra.to(out.dtype)
-        return torch.cat([shifted, out[:, c:]], 1)
+        return self.out(h)
 
 
 def count_parameters(model: nn.Module) -> int:
