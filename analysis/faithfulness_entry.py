@@ -54,7 +54,7 @@ def faithfulness_tables(m: dict) -> tuple[list[Table], list[str]]:
             )
         drows = [[s["space"], f"{s.get('encoder')} ({s.get('layer')})", _r(s["diversity"].get("samples_per_condition"), 4),
                   _r(s["diversity"].get("random_reference_pairs"), 4), _r(s["diversity"].get("ratio"))]
-                 for s in spaces]  # fmt: skip
+                 for s in spaces if s["space"] != "pixels"]  # fmt: skip  (pixels: the row below)
         px = f.get("pixel_diversity") or {}
         drows.append(["pixels", "[0, 1] RGB", _r(px.get("samples_per_condition"), 4),
                       _r(px.get("random_reference_pairs"), 4), _r(px.get("ratio"))])  # fmt: skip

@@ -111,6 +111,13 @@ def metrics_summary(m: dict) -> list[str]:
     if v is not None:
         n = ((m.get("rank") or {}).get("in_reference") or {}).get("n")
         lines.append(f"faithfulness ({n} samples): {v.sentence}")
+        spaces = (m.get("faithfulness") or {}).get("spaces") or []
+        px = next((s for s in spaces if isinstance(s, dict) and s.get("space") == "pixels"), None)
+        if px and px.get("mrr") is not None:
+            lines.append(
+                f"  in pixel space (no encoder to fool): mean rank {float(px['mean_rank']):.1f} of {px['N']}, "
+                f"MRR {float(px['mrr']):.3f} (chance {float(px['chance_mrr']):.3f})"
+            )
     else:
         lines.append("faithfulness: no sample was conditioned on a reference image, so no rank / MRR")
     fid, is_ = m.get("fid") or {}, m.get("is") or {}

@@ -41,6 +41,9 @@ def test_metrics_summary_for_the_terminal():
     m["faithfulness"]["spaces"][0].pop("baseline")
     assert "baseline" not in metrics_summary(m)[0]
     assert verdict_of_metrics(m).sentence == verdict(5.0, 50.5, 0.4, 0.05, 100) and verdict_of_metrics({}) is None
+    # the pixel space (no encoder) gets its own line under the verdict
+    m["faithfulness"]["spaces"].append({"space": "pixels", "mean_rank": 2.25, "N": 100, "mrr": 0.8, "chance_mrr": 0.05})
+    assert metrics_summary(m)[1] == "  in pixel space (no encoder to fool): mean rank 2.2 of 100, MRR 0.800 (chance 0.050)"
 
 
 def _eval_dir(tmp_path, fid_skipped=True):

@@ -149,7 +149,38 @@ def second(tmp_path_factory):
     samples = write_samples(tmp / "samples", np.stack(images), rows, conds, encoder=encs[0].info(), unet={"cond": "embed"})
     cfg = cfg_for(samples, ref, tmp / "eval", second_references=(str(ref2),), train_store=str(tr), batch_size=8)
     m = json.loads(evaluate(cfg).read_text())
-    return {"m": m, "encs": encs, "images": np.stack(images), "ref": ref, "ref2": ref2, "train": tr, "timgs": timgs}
+    return {"m": m, "encs": encs, "images": np.stack(images), "ref": ref, "ref2": ref2, "train": tr, "timgs": timgs,
+            "vimgs": vimgs}
+
+
+def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
+    """The pixels space: each sample ranks its conditioning image among the reference images
+    (ADM-resized to the samples' resolution) by distance in [0, 1] RGB; no encoder involved."""
+    from rcdm.analysis.second_space import pixel_space
+    from rcdm.data.images import adm_center_crop
+    from rcdm.store import FeatureStore
+
+    px = second["m"]["faithfulness"]["spaces"][2]
+    assert (px["space"], px["encoder"], px["dim"], px["N"]) == ("pixels", "pixels", 3 * RES * RES, 6)
+    ref = np.stack([adm_center_crop(im, RES) for im in second["vimgs"]]).reshape(6, -1) / 255.0
+    target = np.arange(8) // 2
+    want = nearest_neighbour_ranks(second["images"].reshape(8, -1) / 255.0, ref, target)
+    assert px["mean_rank"] == pytest.approx(want.mean()) and px["mean_rank"] < 2  # noisy copies: near rank 1
+    assert "baseline" in px and px["baseline"]["n"] == 8
+    # far from the conditioning images, the rank falls: the space measures the images, not a constant
+    flipped = second["images"][:, ::-1, ::-1].copy()
+    far = pixel_space(FeatureStore(second["ref"]), RES, flipped, target, target)
+    assert far["mean_rank"] == pytest.approx(nearest_neighbour_ranks(flipped.reshape(8, -1) / 255.0, ref, target).mean())
+    assert far["mean_rank"] > px["mean_rank"]
+    # too many pixels to hold, or images that cannot be read: a note that says so, no number
+    import rcdm.analysis.second_space as sp
+
+    old, sp.PIXEL_SPACE_BYTES = sp.PIXEL_SPACE_BYTES, 1000
+    try:
+        assert pixel_space(FeatureStore(second["ref"]), RES, second["images"], target, target).startswith(
+            "pixel-space rank not computed: the 6 reference images")
+    finally:
+        sp.PIXEL_SPACE_BYTES = old
 
 
 def test_evaluate_reports_second_space_beside_conditioning(second):
@@ -157,7 +188,7 @@ def test_evaluate_reports_second_space_beside_conditioning(second):
     from rcdm.store import FeatureStore
 
     f = second["m"]["faithfulness"]
-    cond, sec = f["spaces"]
+    cond, sec, _ = f["spaces"]
     assert (cond["space"], sec["space"]) == ("conditioning", "second") and sec["store"].endswith("ref2")
     target = np.arange(8) // 2
     ref2 = FeatureStore(second["ref2"]).features(0)

@@ -84,7 +84,7 @@ def test_issue14_entries_in_report_and_browser(world):
     assert d["trunk_score"] == pytest.approx(d["trunk_distance"] / d["trunk_nn_distance"])
     assert inv["second_store"].endswith("val2")
     sp = world["metrics"]["faithfulness"]["spaces"]
-    assert [s["space"] for s in sp] == ["conditioning", "second"] and np.isfinite(sp[1]["mean_rank"])
+    assert [s["space"] for s in sp] == ["conditioning", "second", "pixels"] and np.isfinite(sp[1]["mean_rank"])
     reason = chromium_missing()
     if reason:
         pytest.skip(reason)
