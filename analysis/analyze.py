@@ -60,7 +60,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     meta = {"experiments": list(cfg.experiments), "checkpoints": list(cfg.checkpoints),
             "train store": cfg.train_store, "val store": cfg.val_store, "seed": cfg.seed,
             "steps": str(cfg.steps), "sampler": "DDIM" if ctx.ddim else "ancestral",
-            "guidance": cfg.guidance}  # fmt: skip
+            "guidance": cfg.guidance, **({"guidance rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {})}  # fmt: skip
     for ckpt in cfg.checkpoints:  # what the samples come from, in words
         if (label := recipe_label(ckpt)) is not None:
             meta["training recipe" + (f" ({Path(ckpt).name})" if len(cfg.checkpoints) > 1 else "")] = label

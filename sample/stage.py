@@ -159,7 +159,7 @@ def run(cfg: SampleConfig) -> Path:
             model, diffusion, conds[cond_index[s:e]], seeds[s:e],
             ddim=sampler.ddim, eta=sampler.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size,
             device=device, progress=True, mixed_precision=cfg.mixed_precision, guidance=sampler.guidance,
-            guidance_interval=sampler.guidance_interval,
+            guidance_interval=sampler.guidance_interval, guidance_rescale=sampler.guidance_rescale,
         )
         writer.write_chunk(chunks, c, imgs)
     del model
@@ -213,6 +213,7 @@ def _manifest(
         "eta": cfg.eta if ddim else None,
         "guidance": cfg.guidance,
         **({"guidance_interval": list(cfg.guidance_interval)} if tuple(cfg.guidance_interval) != (0.0, 1.0) else {}),
+        **({"guidance_rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {}),
         "clip_denoised": cfg.clip_denoised,
         "mixed_precision": cfg.mixed_precision,
         "seed": cfg.seed,

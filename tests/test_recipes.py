@@ -144,6 +144,33 @@ def test_guidance_interval():
     assert not np.array_equal(run(3.0, (0.5, 1.0)), plain)  # 300 and 400 are guided
 
 
+def test_guidance_rescale_is_lin_et_al_formula():
+    """phi g std(c) / std(g) + (1 - phi) g per sample, on the first C channels only; phi 0 is the
+    plain guided prediction, bit for bit; the label and the range check name it."""
+    from rcdm.diffusion.generate import _Guided
+
+    torch.manual_seed(0)
+    out_c, out_u = torch.randn(2, 6, 4, 4) * 2.0, torch.randn(2, 6, 4, 4)
+
+    def fake(x, t, cond, cond_drop):  # first half conditional, second null, as _Guided asks
+        return torch.where(cond_drop.view(-1, 1, 1, 1), torch.cat([out_u, out_u]), torch.cat([out_c, out_c]))
+
+    x, t, h = torch.zeros(2, 3, 4, 4), torch.tensor([5, 5]), torch.zeros(2, 4)
+    g = out_u[:, :3] + 3.0 * (out_c[:, :3] - out_u[:, :3])
+    assert torch.equal(_Guided(fake, 3.0)(x, t, h)[:, :3], g)
+    assert torch.equal(_Guided(fake, 3.0, rescale=0.0)(x, t, h), _Guided(fake, 3.0)(x, t, h))
+    got = _Guided(fake, 3.0, rescale=0.7)(x, t, h)
+    for i in range(2):
+        want = 0.7 * g[i] * out_c[i, :3].std() / g[i].std() + 0.3 * g[i]
+        assert torch.allclose(got[i, :3], want, atol=1e-6)
+    assert torch.equal(got[:, 3:], out_c[:, 3:])  # the learned variance stays the conditional one's
+    full = _Guided(fake, 3.0, rescale=1.0)(x, t, h)[:, :3]
+    assert torch.allclose(full.std(dim=(1, 2, 3)), out_c[:, :3].std(dim=(1, 2, 3)), atol=1e-5)
+    assert Sampler(Steps.parse("trailing50"), guidance=1.5, guidance_rescale=0.7).label() == "trailing50, guidance 1.5 rescaled 0.7"
+    with pytest.raises(InvalidInput, match="guidance_rescale must be in"):
+        Sampler(Steps.parse("10"), guidance=2.0, guidance_rescale=1.5)
+
+
 def test_cond_both_uses_embedding_and_cbn():
     from rcdm.model.config import config_from_state_dict, preset
     from rcdm.model.unet import UNetModel

@@ -281,7 +281,7 @@ class Context:
         return generate(
             r.model, r.diffusion, conds, seeds, ddim=self.ddim, batch_size=self.cfg.batch_size,
             device=self.device, progress=False, mixed_precision=self.cfg.mixed_precision,
-            guidance=self.cfg.guidance,
+            guidance=self.cfg.guidance, guidance_rescale=self.cfg.guidance_rescale,
         )  # fmt: skip
 
     def sample_grid(self, r: RCDM, conds: np.ndarray, seeds: list[int]) -> np.ndarray:

@@ -221,6 +221,7 @@ class SampleConfig(Section):
     eta: float = 0.0
     guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler); > 1 needs train.cond_drop > 0
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only the steps with lo <= t/T <= hi (Kynkaanniemi et al. 2024); [0, 1]: every step
+    guidance_rescale: float = 0.0  # phi in [0, 1]: rescale the guided prediction to the conditional one's std, against over-exposure (Lin et al. 2024 use 0.7); 0: off
     clip_denoised: bool = True
     seed: int = 0
     batch_size: int = 32
@@ -247,7 +248,7 @@ class SampleConfig(Section):
 
     @property
     def sampler(self) -> Sampler:
-        return Sampler(self.steps, self.ddim, self.eta, self.guidance, self.guidance_interval)
+        return Sampler(self.steps, self.ddim, self.eta, self.guidance, self.guidance_interval, self.guidance_rescale)
 
 
 @dataclass(frozen=True)
@@ -290,6 +291,7 @@ class AnalyzeConfig(Section):
     steps: Steps = Steps.parse("100")  # respacing, as sample.steps
     ddim: bool = False
     guidance: float = 1.0  # classifier-free guidance scale for every sample drawn (see sample.guidance)
+    guidance_rescale: float = 0.0  # see sample.guidance_rescale
     seed: int = 0
     batch_size: int = 32
     transforms: tuple[str, ...] = (
@@ -325,7 +327,7 @@ class AnalyzeConfig(Section):
 
     @property
     def sampler(self) -> Sampler:
-        return Sampler(self.steps, self.ddim, 0.0, self.guidance)
+        return Sampler(self.steps, self.ddim, 0.0, self.guidance, guidance_rescale=self.guidance_rescale)
 
 
 @dataclass(frozen=True)

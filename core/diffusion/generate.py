@@ -179,11 +179,18 @@ class _Guided(torch.nn.Module):
 
     ``interval`` (lo, hi), an rcdm addition: guide only the steps whose original timestep t
     has lo <= t / T <= hi (guidance in a limited interval, Kynkaanniemi et al. 2024); elsewhere
-    the plain conditional prediction, one forward. (0, 1), the default, guides every step."""
+    the plain conditional prediction, one forward. (0, 1), the default, guides every step.
 
-    def __init__(self, model: torch.nn.Module, scale: float, interval: tuple[float, float] = (0.0, 1.0), num_timesteps: int = 1000):
+    ``rescale`` phi > 0 (Lin et al. 2024, sec. 3.4; an rcdm addition): the guided prediction g
+    becomes phi g std(c) / std(g) + (1 - phi) g, c the conditional prediction and std over each
+    sample's pixels, which keeps guidance from over-exposing (0, the default: off)."""
+
+    def __init__(
+        self, model: torch.nn.Module, scale: float, interval: tuple[float, float] = (0.0, 1.0), num_timesteps: int = 1000,
+        rescale: float = 0.0,
+    ):  # fmt: skip
         super().__init__()
-        self.model, self.scale = model, float(scale)
+        self.model, self.scale, self.rescale = model, float(scale), float(rescale)
         self.interval, self.num_timesteps = (float(interval[0]), float(interval[1])), num_timesteps
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
@@ -204,6 +211,10 @@ class _Guided(torch.nn.Module):
         out_c, out_u = out[:n], out[n:]
         c = x.shape[1]
         eps = out_u[:, :c] + self.scale * (out_c[:, :c] - out_u[:, :c])
+        if self.rescale:
+            dims = tuple(range(1, eps.ndim))
+            ratio = out_c[:, :c].std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True).clamp_min(1e-12)
+            eps = self.rescale * eps * ratio + (1.0 - self.rescale) * eps
         return torch.cat([eps, out_c[:, c:]], dim=1)
 
 
@@ -248,12 +259,14 @@ def generate(
     mixed_precision: str = "no",
     guidance: float = 1.0,
     guidance_interval: tuple[float, float] = (0.0, 1.0),
+    guidance_rescale: float = 0.0,
 ) -> np.ndarray:
     """Sample one image per ``(conds[i], seeds[i])``; returns ``(N, H, W, 3)`` uint8.
 
     ``conds`` is ``(N, D)``; ``seeds`` ``(N,)`` ints. The model should already be on ``device``
     and in eval mode. ``guidance`` != 1 applies classifier-free guidance of that scale (the model
-    must have been trained with ``train.cond_drop`` > 0; see :func:`check_guidance`).
+    must have been trained with ``train.cond_drop`` > 0; see :func:`check_guidance`);
+    ``guidance_interval`` and ``guidance_rescale`` as :class:`_Guided`.
     """
     device = torch.device(device)
     conds_t = torch.as_tensor(np.asarray(conds, dtype=np.float32) if not torch.is_tensor(conds) else conds)
@@ -272,7 +285,7 @@ def generate(
         return out
     net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
     if guidance != 1.0:
-        net = _Guided(net, guidance, guidance_interval, diffusion.original_steps)
+        net = _Guided(net, guidance, guidance_interval, diffusion.original_steps, guidance_rescale)
 
     starts = range(0, n, batch_size)
     if progress:

@@ -125,6 +125,7 @@ class Sampler:
     eta: float = 0.0  # DDIM noise (0: deterministic)
     guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler)
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where lo <= t / T <= hi
+    guidance_rescale: float = 0.0  # phi: rescale the guided prediction towards the conditional one's std (Lin et al. 2024)
 
     def __post_init__(self) -> None:
         gi = tuple(float(v) for v in self.guidance_interval)
@@ -138,6 +139,8 @@ class Sampler:
             raise InvalidInput(f"eta must be >= 0 (0: deterministic DDIM), got {self.eta}")
         if self.guidance < 0:
             raise InvalidInput(f"guidance must be >= 0 (1: no guidance), got {self.guidance}")
+        if not 0.0 <= self.guidance_rescale <= 1.0:
+            raise InvalidInput(f"guidance_rescale must be in [0, 1] (0: off, 0.7 as Lin et al. 2024), got {self.guidance_rescale}")
 
     @property
     def name(self) -> str:
@@ -154,4 +157,5 @@ class Sampler:
         text = f"{self.name}, {self.steps.total} steps" if not short else str(self.steps)
         text += f", guidance {self.guidance:g}" if self.guided else ""
         lo, hi = self.guidance_interval
-        return text + (f" in t/T [{lo:g}, {hi:g}]" if self.guided and (lo > 0 or hi < 1) else "")
+        text += f" in t/T [{lo:g}, {hi:g}]" if self.guided and (lo > 0 or hi < 1) else ""
+        return text + (f" rescaled {self.guidance_rescale:g}" if self.guided and self.guidance_rescale else "")
