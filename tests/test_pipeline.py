@@ -38,10 +38,11 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     report = tmp_path / "runs/demo/analysis/report.html"
     assert f"open the report: {report.relative_to(tmp_path)}" in r.output
     # the run ends with the numbers a user came for, then the report
-    tail = r.output.strip().splitlines()[-5:]
+    tail = r.output.strip().splitlines()[-6:]
     assert tail[0].startswith("faithfulness (8 samples): ") and "MRR" in tail[0] and "chance" in tail[0], tail
-    assert tail[1].startswith("FID / IS not computed: ") and tail[2].startswith("  to compute them: ")
-    assert tail[3].startswith("tables: ") and tail[4] == f"done. open the report: {report.relative_to(tmp_path)}"
+    assert tail[1].startswith("  in pixel space (no encoder to fool): mean rank ") and "of 24" in tail[1]
+    assert tail[2].startswith("FID / IS not computed: ") and tail[3].startswith("  to compute them: ")
+    assert tail[4].startswith("tables: ") and tail[5] == f"done. open the report: {report.relative_to(tmp_path)}"
     assert "# pipeline: " in r.output and "\nbatch_size:" not in r.output  # a summary, not the YAML
 
     w = tmp_path / "runs/demo"
