@@ -3,6 +3,7 @@
     python bench/recipe_trials.py digits-data WORKDIR      # the second data set (sklearn digits)
     python bench/recipe_trials.py trial WORKDIR NAME KIMG [--set k=v ...]
     python bench/recipe_trials.py mean-image WORKDIR [STORES]  # the linear E[x | h] probe
+    python bench/recipe_trials.py steer WORKDIR [STORES]  # why the encoder stays out of the loop
 
 ``digits-data`` writes scikit-learn's packaged handwritten digits (1797 8x8 grey images,
 upscaled to 32 px RGB; not the demo's photographs) as an ImageFolder ``WORKDIR/data/digits/
@@ -14,6 +15,10 @@ WORKDIR, one process, ``train.threads=1``.
 resolutions, predicts each validation image's conditional mean image E[x | h] from its h, and
 ranks it as a sample (re-encoded, as ``rcdm evaluate`` does): what "the average image of this h"
 alone scores, a reference point for the curves. STORES defaults to WORKDIR/runs/demo/stores.
+``steer`` starts from that ridge-1 mean image and takes a few Adam steps on the pixels towards
+f(x) = h through the frozen encoder, printing the rank / MRR the encoder gives them beside a
+pixel-space MRR (the rank of the true validation image among all 192 by pixel distance): what a
+training loss or a sampler that uses the encoder would buy on the metric, and on the image.
 """
 
 from __future__ import annotations
@@ -67,22 +72,65 @@ def trial(work: Path, name: str, kimg: str, sets: list[str], config: str | None)
             print(json.dumps({"trial": name, **rec}))
 
 
+def _load_pixels(path: Path):
+    import numpy as np
+    from PIL import Image
+    from rcdm.store import FeatureStore
+    from rcdm.store.images import StoreImages
+
+    store = FeatureStore(path)
+    images = StoreImages(store)
+    pixels = [images.load(i).convert("RGB").resize((32, 32), Image.BICUBIC) for i in range(len(store))]
+    return store, store.features(view=0), np.stack([np.asarray(x) for x in pixels])
+
+
+def steer(stores: Path, steps=(5, 10, 20), lr: float = 0.01) -> None:
+    import numpy as np
+    import torch
+    from rcdm.encoders.build import encoder_from_info
+    from rcdm.faithfulness import rank_summary, reencode_ranks
+
+    train, f_train, x_train = _load_pixels(stores / "train")
+    val, f_val, x_val = _load_pixels(stores / "val")
+    mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
+    z_train, z_val = (f_train - mu) / sd, (f_val - mu) / sd
+    y = x_train.reshape(len(x_train), -1) / 255.0
+    w = np.linalg.solve(z_train.T @ z_train + np.eye(z_train.shape[1]), z_train.T @ (y - y.mean(0)))
+    encoder = encoder_from_info(val.encoder_info).eval()
+    truth = torch.tensor(x_val.reshape(len(x_val), -1) / 255.0, dtype=torch.float32)
+
+    def report(x: torch.Tensor, n: int) -> None:
+        img = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        enc = rank_summary(reencode_ranks(encoder, img, val.preprocess, f_val, np.arange(len(f_val))), len(f_val))
+        d = torch.cdist(torch.tensor(img.reshape(len(img), -1) / 255.0, dtype=torch.float32), truth)
+        pixel_rank = (d < d.diagonal()[:, None]).sum(1) + 1
+        print(json.dumps({
+            "adam_steps": n, "lr": lr, "mean_rank": enc["mean_rank"], "mrr": enc["mrr"],
+            "pixel_mrr": float((1.0 / pixel_rank).mean()), "pixel_change_rms": float((x - x0).pow(2).mean().sqrt()),
+        }))  # fmt: skip
+
+    x0 = torch.tensor((z_val @ w + y.mean(0)).reshape(-1, 32, 32, 3), dtype=torch.float32).permute(0, 3, 1, 2).clamp(0, 1)
+    report(x0, 0)
+    x = x0.clone().requires_grad_(True)
+    h, scale = torch.tensor(f_val, dtype=torch.float32), torch.tensor(sd, dtype=torch.float32)
+    opt = torch.optim.Adam([x], lr=lr)
+    for n in range(1, max(steps) + 1):
+        loss = (((encoder(x.clamp(0, 1) * 2 - 1) - h) / scale) ** 2).mean()  # the store's [-1, 1] input
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if n in steps:
+            report(x.detach(), n)
+
+
 def mean_image(stores: Path) -> None:
     import numpy as np
     from PIL import Image
     from rcdm.encoders.build import encoder_from_info
     from rcdm.faithfulness import rank_summary, reencode_ranks
-    from rcdm.store import FeatureStore
-    from rcdm.store.images import StoreImages
 
-    def load(path: Path):
-        store = FeatureStore(path)
-        images = StoreImages(store)
-        pixels = [images.load(i).convert("RGB").resize((32, 32), Image.BICUBIC) for i in range(len(store))]
-        return store, store.features(view=0), np.stack([np.asarray(x) for x in pixels])
-
-    train, f_train, x_train = load(stores / "train")
-    val, f_val, _ = load(stores / "val")
+    train, f_train, x_train = _load_pixels(stores / "train")
+    val, f_val, _ = _load_pixels(stores / "val")
     mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
     z_train, z_val = (f_train - mu) / sd, (f_val - mu) / sd
     encoder = encoder_from_info(val.encoder_info).eval()
@@ -104,8 +152,9 @@ if __name__ == "__main__":
     cmd, work = sys.argv[1], Path(sys.argv[2])
     if cmd == "digits-data":
         digits_data(work)
-    elif cmd == "mean-image":
-        mean_image(Path(sys.argv[3]) if len(sys.argv) > 3 else work / "runs" / "demo" / "stores")
+    elif cmd in ("mean-image", "steer"):
+        stores = Path(sys.argv[3]) if len(sys.argv) > 3 else work / "runs" / "demo" / "stores"
+        (mean_image if cmd == "mean-image" else steer)(stores)
     else:
         rest = sys.argv[5:]
         sets = [rest[i + 1] for i in range(len(rest)) if rest[i] == "--set"]
