@@ -204,7 +204,7 @@ def evaluate_spaces(
             imgs = StoreImages(train_store)
             nn_images = [imgs.load(int(i)) for i in uniq]
         except Exception as e:  # the training images moved: the second spaces have no baseline
-            notes.append(f"retrieval baseline in the second spaces not computed: the training images "
+            notes.append(f"retrieval baseline in pixel space (and any second space) not computed: the training images "
                          f"could not be read ({str(e).splitlines()[0][:200]})")  # fmt: skip
     for sp in seconds:
         q2 = encode(sp.encoder, images, sp.store.preprocess)
