@@ -124,12 +124,18 @@ def pixel_diversity(images: np.ndarray, groups: np.ndarray, reference: np.ndarra
     return out
 
 
-def _reference_pixels(store: Any, resolution: int, n: int = 256, seed: int = 0) -> np.ndarray | None:
-    """Up to ``n`` random reference images at the samples' resolution, or None when unreadable."""
+def _reference_pixels(
+    store: Any, resolution: int, n: int = 256, seed: int = 0, every: np.ndarray | str | None = None
+) -> np.ndarray | None:
+    """Up to ``n`` random reference images at the samples' resolution, or None when unreadable.
+    ``every``: :func:`all_reference_pixels`' answer when the caller has it; when it holds the
+    images the rows are taken from it and nothing is read again."""
     from rcdm.data.images import adm_center_crop
     from rcdm.store import StoreImages
 
     rows = np.random.default_rng(seed).permutation(len(store))[:n]
+    if isinstance(every, np.ndarray):
+        return every[rows]
     try:
         imgs = StoreImages(store)
         return np.stack([adm_center_crop(imgs.load(int(i)), resolution) for i in rows])
@@ -137,12 +143,9 @@ def _reference_pixels(store: Any, resolution: int, n: int = 256, seed: int = 0) 
         return None
 
 
-def pixel_space(
-    store: Any, resolution: int, images: np.ndarray, target: np.ndarray, groups: np.ndarray,
-    nn_images: list | None = None, inv: np.ndarray | None = None, *, device: Any = None, chunk_bytes: int = 1 << 28,
-) -> dict | str:  # fmt: skip
-    """The ``pixels`` space's entry (:func:`space_metrics` on [0, 1] RGB pixels at ``resolution``,
-    the baseline's training images ``nn_images[inv]`` too), or a note saying why it was not computed."""
+def all_reference_pixels(store: Any, resolution: int) -> np.ndarray | str:
+    """Every reference image ADM-resized to ``resolution``, ``(N, R, R, 3)`` uint8, or a note
+    saying why not: they would not fit in ``PIXEL_SPACE_BYTES`` as float32, or could not be read."""
     from rcdm.data.images import adm_center_crop
     from rcdm.store import StoreImages
 
@@ -153,9 +156,24 @@ def pixel_space(
                 f"{PIXEL_SPACE_BYTES / 2**30:g} GiB)")  # fmt: skip
     try:
         reader = StoreImages(store)
-        ref = np.stack([adm_center_crop(reader.load(i), resolution) for i in range(n)])
+        return np.stack([adm_center_crop(reader.load(i), resolution) for i in range(n)])
     except Exception as e:  # a moved image folder costs only this space
         return f"pixel-space rank not computed: the images of {store.path} could not be read ({str(e).splitlines()[0][:200]})"
+
+
+def pixel_space(
+    store: Any, resolution: int, images: np.ndarray, target: np.ndarray, groups: np.ndarray,
+    nn_images: list | None = None, inv: np.ndarray | None = None, *, every: np.ndarray | str | None = None,
+    device: Any = None, chunk_bytes: int = 1 << 28,
+) -> dict | str:  # fmt: skip
+    """The ``pixels`` space's entry (:func:`space_metrics` on [0, 1] RGB pixels at ``resolution``,
+    the baseline's training images ``nn_images[inv]`` too), or a note saying why it was not computed.
+    ``every``: :func:`all_reference_pixels`' answer, when the caller already has it."""
+    from rcdm.data.images import adm_center_crop
+
+    ref = all_reference_pixels(store, resolution) if every is None else every
+    if isinstance(ref, str):
+        return ref
 
     def flat(a: np.ndarray) -> np.ndarray:
         return a.reshape(len(a), -1).astype(np.float32) / 255.0
@@ -163,7 +181,7 @@ def pixel_space(
     base = None
     if nn_images is not None:
         base = flat(np.stack([adm_center_crop(im, resolution) for im in nn_images]))[inv]
-    return {"space": "pixels", "encoder": "pixels", "layer": f"RGB in [0, 1] at {resolution} px", "dim": dim,
+    return {"space": "pixels", "encoder": "pixels", "layer": f"RGB in [0, 1] at {resolution} px", "dim": 3 * resolution * resolution,
             "store": str(store.path.resolve()),
             **space_metrics(flat(images), flat(ref), target, groups, baseline=base, device=device, chunk_bytes=chunk_bytes)}  # fmt: skip
 
@@ -212,12 +230,14 @@ def evaluate_spaces(
         spaces.append({**sp.describe(), **space_metrics(
             q2, sp.store.features(view=0), sp.row_of_reference[target], groups, baseline=base2,
             device=device, chunk_bytes=chunk_bytes)})  # fmt: skip
-    pixels = pixel_space(store, ss.resolution, images, target, groups, nn_images, inv, device=device, chunk_bytes=chunk_bytes)
+    every = all_reference_pixels(store, ss.resolution)  # read once: the pixel space and pixel diversity
+    pixels = pixel_space(store, ss.resolution, images, target, groups, nn_images, inv, every=every, device=device,
+                         chunk_bytes=chunk_bytes)  # fmt: skip
     if isinstance(pixels, str):
         notes.append(pixels)
     else:
         spaces.append(pixels)
-    ref_px = _reference_pixels(store, ss.resolution)
+    ref_px = _reference_pixels(store, ss.resolution, every=every)
     if ref_px is None:
         notes.append(f"pixel diversity of random reference pairs not computed: the images of {store.path} could not be read")
     return {"spaces": spaces, "pixel_diversity": pixel_diversity(images, groups, ref_px),
