@@ -147,7 +147,7 @@ def run(cfg: TrainConfig) -> Path:
         said = condimage.fit(net, dataset, cfg.seed, workers, show=main)
         if main:
             print(said)
-    if getattr(net, "cond_image_map", None) is not None:
+    if ucfg.cond_image:
         # the fitted map stays fixed: Adam at the UNet's learning rate turned the fitted image into
         # noise in a few hundred steps and lost what it knew (docs/recipes.md)
         net.cond_image_map.requires_grad_(False)
