@@ -79,11 +79,17 @@ def _check_encoder(ss: SampleSet, store) -> None:
 
 
 def sampler_label(manifest: dict) -> str | None:
-    """"ddim" / "ancestral", with the classifier-free guidance scale when it is not 1."""
+    """"ddim" / "ancestral", with the classifier-free guidance scale when it is not 1, and its
+    interval and rescale when the sample set records them (worded as ``Sampler.label``)."""
     sampler, g = manifest.get("sampler"), manifest.get("guidance")
     if sampler is None or g is None or float(g) == 1.0:
         return sampler
-    return f"{sampler}, guidance {float(g):g}"
+    text = f"{sampler}, guidance {float(g):g}"
+    if gi := manifest.get("guidance_interval"):
+        text += f" in t/T [{float(gi[0]):g}, {float(gi[1]):g}]"
+    if r := manifest.get("guidance_rescale"):
+        text += f" rescaled {float(r):g}"
+    return text
 
 
 def _method(ss: SampleSet, encoder_name: str) -> str:

@@ -117,6 +117,8 @@ def test_evaluation_labels_guided_samples():
     assert sampler_label({"sampler": "ddim", "guidance": 1.0}) == "ddim"
     assert sampler_label({"sampler": "ddim"}) == "ddim"  # manifests from before guidance existed
     assert sampler_label({"sampler": "ancestral", "guidance": 3.0}) == "ancestral, guidance 3"
+    both = {"sampler": "ddim", "guidance": 1.5, "guidance_interval": [0.2, 0.8], "guidance_rescale": 0.7}
+    assert sampler_label(both) == "ddim, guidance 1.5 in t/T [0.2, 0.8] rescaled 0.7"
 
 
 def test_bad_guidance_settings_fail_before_training(tmp_path):
