@@ -84,32 +84,45 @@ def _load_pixels(path: Path):
     return store, store.features(view=0), np.stack([np.asarray(x) for x in pixels])
 
 
+def _probe_data(stores: Path):
+    """Both stores with their 32 px images, h standardised by the training store's statistics,
+    and the conditioning encoder: (val store, z_train, z_val, f_val, x_train, x_val, sd, encoder)."""
+    from rcdm.encoders.build import encoder_from_info
+
+    _, f_train, x_train = _load_pixels(stores / "train")
+    val, f_val, x_val = _load_pixels(stores / "val")
+    mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
+    encoder = encoder_from_info(val.encoder_info).eval()
+    return val, (f_train - mu) / sd, (f_val - mu) / sd, f_val, x_train, x_val, sd, encoder
+
+
+def _ridge(z, y, lam: float):
+    """Ridge regression of y (n, k) on z (n, d) with centred y: (weights (d, k), the mean of y)."""
+    import numpy as np
+
+    ym = y.mean(0)
+    return np.linalg.solve(z.T @ z + lam * np.eye(z.shape[1]), z.T @ (y - ym)), ym
+
+
 def steer(stores: Path, steps=(5, 10, 20), lr: float = 0.01) -> None:
     import numpy as np
     import torch
-    from rcdm.encoders.build import encoder_from_info
-    from rcdm.faithfulness import rank_summary, reencode_ranks
+    from rcdm.faithfulness import nearest_neighbour_ranks, rank_summary, reencode_ranks
 
-    train, f_train, x_train = _load_pixels(stores / "train")
-    val, f_val, x_val = _load_pixels(stores / "val")
-    mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
-    z_train, z_val = (f_train - mu) / sd, (f_val - mu) / sd
-    y = x_train.reshape(len(x_train), -1) / 255.0
-    w = np.linalg.solve(z_train.T @ z_train + np.eye(z_train.shape[1]), z_train.T @ (y - y.mean(0)))
-    encoder = encoder_from_info(val.encoder_info).eval()
-    truth = torch.tensor(x_val.reshape(len(x_val), -1) / 255.0, dtype=torch.float32)
+    val, z_train, z_val, f_val, x_train, x_val, sd, encoder = _probe_data(stores)
+    w, ym = _ridge(z_train, x_train.reshape(len(x_train), -1) / 255.0, 1.0)
+    truth, rows = x_val.reshape(len(x_val), -1) / 255.0, np.arange(len(f_val))
 
     def report(x: torch.Tensor, n: int) -> None:
         img = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-        enc = rank_summary(reencode_ranks(encoder, img, val.preprocess, f_val, np.arange(len(f_val))), len(f_val))
-        d = torch.cdist(torch.tensor(img.reshape(len(img), -1) / 255.0, dtype=torch.float32), truth)
-        pixel_rank = (d < d.diagonal()[:, None]).sum(1) + 1
+        enc = rank_summary(reencode_ranks(encoder, img, val.preprocess, f_val, rows), len(f_val))
+        pix = rank_summary(nearest_neighbour_ranks(img.reshape(len(img), -1) / 255.0, truth, rows), len(f_val))
         print(json.dumps({
             "adam_steps": n, "lr": lr, "mean_rank": enc["mean_rank"], "mrr": enc["mrr"],
-            "pixel_mrr": float((1.0 / pixel_rank).mean()), "pixel_change_rms": float((x - x0).pow(2).mean().sqrt()),
+            "pixel_mrr": pix["mrr"], "pixel_change_rms": float((x - x0).pow(2).mean().sqrt()),
         }))  # fmt: skip
 
-    x0 = torch.tensor((z_val @ w + y.mean(0)).reshape(-1, 32, 32, 3), dtype=torch.float32).permute(0, 3, 1, 2).clamp(0, 1)
+    x0 = torch.tensor((z_val @ w + ym).reshape(-1, 32, 32, 3), dtype=torch.float32).permute(0, 3, 1, 2).clamp(0, 1)
     report(x0, 0)
     x = x0.clone().requires_grad_(True)
     h, scale = torch.tensor(f_val, dtype=torch.float32), torch.tensor(sd, dtype=torch.float32)
@@ -126,20 +139,15 @@ def steer(stores: Path, steps=(5, 10, 20), lr: float = 0.01) -> None:
 def mean_image(stores: Path) -> None:
     import numpy as np
     from PIL import Image
-    from rcdm.encoders.build import encoder_from_info
     from rcdm.faithfulness import rank_summary, reencode_ranks
 
-    train, f_train, x_train = _load_pixels(stores / "train")
-    val, f_val, _ = _load_pixels(stores / "val")
-    mu, sd = f_train.mean(0), f_train.std(0) + 1e-6
-    z_train, z_val = (f_train - mu) / sd, (f_val - mu) / sd
-    encoder = encoder_from_info(val.encoder_info).eval()
+    val, z_train, z_val, f_val, x_train, _, _, encoder = _probe_data(stores)
     for r in (4, 8, 16, 32):
         y = np.stack([np.asarray(Image.fromarray(x).resize((r, r), Image.BOX)) for x in x_train])
         y = y.reshape(len(y), -1) / 255.0
         for lam in (1.0, 3.0, 1e1, 1e2, 1e3):
-            w = np.linalg.solve(z_train.T @ z_train + lam * np.eye(z_train.shape[1]), z_train.T @ (y - y.mean(0)))
-            pred = np.clip(z_val @ w + y.mean(0), 0, 1).reshape(len(z_val), r, r, 3)
+            w, ym = _ridge(z_train, y, lam)
+            pred = np.clip(z_val @ w + ym, 0, 1).reshape(len(z_val), r, r, 3)
             up = np.stack([
                 np.asarray(Image.fromarray((p * 255).round().astype(np.uint8)).resize((32, 32), Image.BICUBIC))
                 for p in pred
