@@ -31,9 +31,16 @@ def check_config(cfg: AnalyzeConfig) -> None:
     check_experiments(cfg.experiments, cfg.origin.get("experiments", "analyze.experiments"))
     if cfg.out is None:
         raise InvalidInput("analyze.out is not set; give --out or resolve the config (data.workdir)")
-    for name, v in (("n_images", cfg.n_images), ("n_samples", cfg.n_samples), ("batch_size", cfg.batch_size),
-                    ("interp_steps", cfg.interp_steps - 1), ("neighbours_k", cfg.neighbours_k),
-                    ("knn_k", cfg.knn_k), ("knn_m", cfg.knn_m), ("n_distance", cfg.n_distance)):  # fmt: skip
+    for name, v in (
+        ("n_images", cfg.n_images),
+        ("n_samples", cfg.n_samples),
+        ("batch_size", cfg.batch_size),
+        ("interp_steps", cfg.interp_steps - 1),
+        ("neighbours_k", cfg.neighbours_k),
+        ("knn_k", cfg.knn_k),
+        ("knn_m", cfg.knn_m),
+        ("n_distance", cfg.n_distance),
+    ):
         if v < 1:
             raise InvalidInput(f"analyze.{name} must be at least {2 if name == 'interp_steps' else 1}")
     if cfg.knn_m > cfg.knn_k:
@@ -57,10 +64,17 @@ def analyze(cfg: AnalyzeConfig) -> Path:
     (out / "manifest.json").unlink(missing_ok=True)  # a re-run is unfinished until it ends
     save_resolved(cfg, out)
     ctx = Context(cfg=cfg, out=out, device=pick_device(cfg.device))
-    meta = {"experiments": list(cfg.experiments), "checkpoints": list(cfg.checkpoints),
-            "train store": cfg.train_store, "val store": cfg.val_store, "seed": cfg.seed,
-            "steps": str(cfg.steps), "sampler": "DDIM" if ctx.ddim else "ancestral",
-            "guidance": cfg.guidance, **({"guidance rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {})}  # fmt: skip
+    meta = {
+        "experiments": list(cfg.experiments),
+        "checkpoints": list(cfg.checkpoints),
+        "train store": cfg.train_store,
+        "val store": cfg.val_store,
+        "seed": cfg.seed,
+        "steps": str(cfg.steps),
+        "sampler": "DDIM" if ctx.ddim else "ancestral",
+        "guidance": cfg.guidance,
+        **({"guidance rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {}),
+    }
     for ckpt in cfg.checkpoints:  # what the samples come from, in words
         if (label := recipe_label(ckpt)) is not None:
             meta["training recipe" + (f" ({Path(ckpt).name})" if len(cfg.checkpoints) > 1 else "")] = label
@@ -91,10 +105,14 @@ def analyze(cfg: AnalyzeConfig) -> Path:
             "seed": cfg.seed,
             "noise_seeds": ctx.noise_seeds(),
             "experiments": {
-                e.experiment: {"numbers": e.numbers, "figures": [f.path for f in e.figures],
-                               "skipped": e.skipped, "seconds": timings.get(e.experiment)}
+                e.experiment: {
+                    "numbers": e.numbers,
+                    "figures": [f.path for f in e.figures],
+                    "skipped": e.skipped,
+                    "seconds": timings.get(e.experiment),
+                }
                 for e in entries
-            },  # fmt: skip
+            },
             "upstream": ctx.upstream,
             "report": report.name,
         },

@@ -78,7 +78,10 @@ def curve(runs: list[str], out: str | Path) -> Path:
             kw = dict(color=c, linestyle=style, marker="o", markersize=3, label=f"{names[i]} ({label})")
             ax_r.plot(s["kimg"], s["mean_rank"], **kw)
             ax_m.plot(s["kimg"], s["mrr"], **kw)
-    for ax, key, title in ((ax_r, "chance_mean_rank", "mean rank (lower is better)"), (ax_m, "chance_mrr", "MRR (higher is better)")):
+    for ax, key, title in (
+        (ax_r, "chance_mean_rank", "mean rank (lower is better)"),
+        (ax_m, "chance_mrr", "MRR (higher is better)"),
+    ):
         for v in sorted({d[key] for d in data}):
             ax.axhline(v, color="grey", linewidth=1, linestyle=":")
         ax.set_xlabel("kimg (training images, thousands)")

@@ -21,8 +21,14 @@ from rcdm.verdict import verdict_of_metrics
 __all__ = ["evaluation_entry", "verdict"]
 
 
-def verdict(mean_rank: float, chance_rank: float, mrr: float, chance_mrr: float,
-            n_reference: int | None = None, baseline: dict | None = None) -> str:
+def verdict(
+    mean_rank: float,
+    chance_rank: float,
+    mrr: float,
+    chance_mrr: float,
+    n_reference: int | None = None,
+    baseline: dict | None = None,
+) -> str:
     """One sentence: the verdict on ``rcdm.verdict``'s fixed scale, beside chance (and the
     retrieval baseline when the evaluation reports one). The entry itself reads it from
     metrics.json with ``rcdm.verdict.verdict_of_metrics``."""
@@ -53,13 +59,33 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     v = verdict_of_metrics(m)
     if v is not None:
         entry.summary = v.sentence + f" Sampler: {m.get('sampler')}, {m.get('steps')} steps."
-        entry.tables.append(Table(
-            title="Nearest-neighbour rank of the conditioning image (Table 1b)",
-            columns=["encoder", "samples", "mean rank", "chance mean rank", "MRR", "chance MRR", "median rank", "N"],
-            rows=[[f"{m.get('encoder')} ({m.get('layer')})", rank["n"], round(rank["mean_rank"], 2),
-                   round(rank["chance_mean_rank"], 2), round(rank["mrr"], 4), round(rank["chance_mrr"], 4),
-                   rank["median_rank"], rank["N"]]],
-        ))  # fmt: skip
+        entry.tables.append(
+            Table(
+                title="Nearest-neighbour rank of the conditioning image (Table 1b)",
+                columns=[
+                    "encoder",
+                    "samples",
+                    "mean rank",
+                    "chance mean rank",
+                    "MRR",
+                    "chance MRR",
+                    "median rank",
+                    "N",
+                ],
+                rows=[
+                    [
+                        f"{m.get('encoder')} ({m.get('layer')})",
+                        rank["n"],
+                        round(rank["mean_rank"], 2),
+                        round(rank["chance_mean_rank"], 2),
+                        round(rank["mrr"], 4),
+                        round(rank["chance_mrr"], 4),
+                        rank["median_rank"],
+                        rank["N"],
+                    ]
+                ],
+            )
+        )
     fid = m.get("fid") or {}
     if fid.get("skipped"):
         entry.notes.append(f"FID and IS not computed ({fid.get('reason')}). {fid.get('how_to_enable', '')}")
@@ -71,13 +97,16 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     for grid in grid_files(samples)[:2]:
         dest = folder / grid.name
         shutil.copyfile(grid, dest)
-        entry.figures.append(Figure(
-            path=str(dest.relative_to(out)),
-            title=grid.stem,
-            caption=(f"First column: conditioning image; then samples from its {m.get('encoder')} "
-                     f"{m.get('layer')} representation ({m.get('sampler')}, {m.get('steps')} steps, "
-                     f"checkpoint {(m.get('samples') or {}).get('checkpoint')}, seeds in "
-                     f"{samples / INDEX})."),
-        ))  # fmt: skip
+        entry.figures.append(
+            Figure(
+                path=str(dest.relative_to(out)),
+                title=grid.stem,
+                caption=(
+                    f"First column: conditioning image; then samples from its {m.get('encoder')} "
+                    f"{m.get('layer')} representation ({m.get('sampler')}, {m.get('steps')} steps, "
+                    f"checkpoint {(m.get('samples') or {}).get('checkpoint')}, seeds in "
+                    f"{samples / INDEX})."
+                ),
+            )
+        )
     return entry
-

@@ -79,7 +79,7 @@ def _check_encoder(ss: SampleSet, store) -> None:
 
 
 def sampler_label(manifest: dict) -> str | None:
-    """"ddim" / "ancestral", with the classifier-free guidance scale when it is not 1, and its
+    """ "ddim" / "ancestral", with the classifier-free guidance scale when it is not 1, and its
     interval and rescale when the sample set records them (worded as ``Sampler.label``)."""
     sampler, g = manifest.get("sampler"), manifest.get("guidance")
     if sampler is None or g is None or float(g) == 1.0:
@@ -114,8 +114,10 @@ def _train_store(cfg: EvaluateConfig, reference):
     if not (Path(cfg.train_store) / MANIFEST).is_file():
         if derived:
             return None
-        raise MissingInput(f"evaluate.train_store {cfg.train_store} is not a finished feature store; "
-                           "give the training store of the reference's encoder, or unset it")  # fmt: skip
+        raise MissingInput(
+            f"evaluate.train_store {cfg.train_store} is not a finished feature store; "
+            "give the training store of the reference's encoder, or unset it"
+        )
     train = FeatureStore(cfg.train_store)
     if not same_representation(Conditioning.of_store(train), Conditioning.of_store(reference)):
         if derived:
@@ -134,8 +136,15 @@ def _rank(
     """The ``rank`` block of metrics.json, then (ranks, inside, queries, cond_index, ref): the
     per-sample ranks and the arrays the faithfulness block reuses (``ref``: the store's features)."""
     # Re-encode every sample with the conditioning encoder and the store's own preprocessing: (M, D).
-    queries = reencode(encoder, ss.images, store.preprocess, store.dim, batch_size=cfg.batch_size,
-                       device=device, reference=f"the reference store {store.path}")  # fmt: skip
+    queries = reencode(
+        encoder,
+        ss.images,
+        store.preprocess,
+        store.dim,
+        batch_size=cfg.batch_size,
+        device=device,
+        reference=f"the reference store {store.path}",
+    )
     ref = store.features(view=0)  # (N, D)
     cond_index = match_conditions(ss, store.keys, ref)  # (M,) row c, or -1 outside
     kw = dict(device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20)
@@ -193,8 +202,16 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     train_store = _train_store(cfg, store)
     fd_names, fd_skipped = fdmod.plan_fd(cfg.fid, cfg.fd_extractors)
     if fd_names and not cfg.reference_images:
-        fd_skipped.update({n: {"skipped": True, "reason": "no evaluate.reference_images",
-                               "how_to_enable": "set evaluate.reference_images"} for n in fd_names})  # fmt: skip
+        fd_skipped.update(
+            {
+                n: {
+                    "skipped": True,
+                    "reason": "no evaluate.reference_images",
+                    "how_to_enable": "set evaluate.reference_images",
+                }
+                for n in fd_names
+            }
+        )
         fd_names = []
     weights, fid_skip = fidmod.plan_fid(cfg.fid, cfg.inception_weights, cfg.allow_download)
     stats_path = Path(cfg.fid_stats_cache) if cfg.fid_stats_cache else None
@@ -205,9 +222,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             raise InvalidInput(f"FID needs at least 2 samples, {ss.path} holds {len(ss.images)}")
         if not cfg.reference_images:
             raise InvalidInput("FID needs evaluate.reference_images (e.g. 10,000 validation images)")
-        want = fidmod.expected_meta(
-            cfg.reference_images, ss.resolution, weights_sha256, cfg.fid_reference_limit
-        )
+        want = fidmod.expected_meta(cfg.reference_images, ss.resolution, weights_sha256, cfg.fid_reference_limit)
         # A cache of another set is refused here; without a cache the image set must open.
         if fidmod.load_reference_stats(stats_path, want) is None:
             from rcdm.data.images import open_source
@@ -231,9 +246,19 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     from rcdm.encoders.build import encode
 
     faithfulness = evaluate_spaces(
-        ss, store, ref, queries, cond_index, seconds, train_store, device=device, chunk_bytes=cfg.rank_chunk_mb << 20,
-        encode=lambda enc, imgs, pp: np.asarray(encode(enc, imgs, pp, batch_size=cfg.batch_size, device=device), np.float32),
-    )  # fmt: skip
+        ss,
+        store,
+        ref,
+        queries,
+        cond_index,
+        seconds,
+        train_store,
+        device=device,
+        chunk_bytes=cfg.rank_chunk_mb << 20,
+        encode=lambda enc, imgs, pp: np.asarray(
+            encode(enc, imgs, pp, batch_size=cfg.batch_size, device=device), np.float32
+        ),
+    )
     fd = dict(fd_skipped)
     if fd_names:
         ref_imgs = fdmod.reference_images(cfg.reference_images, ss.resolution, cfg.fid_reference_limit, cfg.batch_size)
@@ -254,11 +279,13 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         )
     else:
         if cfg.fid == "off":
-            skipped = {"skipped": True, "reason": "evaluate.fid=off",
-                       "how_to_enable": "set evaluate.fid=auto (or on) with the Inception weights"}  # fmt: skip
+            skipped = {
+                "skipped": True,
+                "reason": "evaluate.fid=off",
+                "how_to_enable": "set evaluate.fid=auto (or on) with the Inception weights",
+            }
         else:
-            skipped = {"skipped": True, "reason": "the Inception weights file is missing",
-                       "how_to_enable": fid_skip}  # fmt: skip
+            skipped = {"skipped": True, "reason": "the Inception weights file is missing", "how_to_enable": fid_skip}
         quality = {"fid": dict(skipped), "is": dict(skipped)}
 
     encoder_name = str(store.encoder_info.get("name"))
@@ -301,8 +328,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
             "reference_manifest_sha256": store.manifest_sha256,
             "inception_weights_sha256": quality["fid"].get("weights_sha256"),
             "fid_reference_stats": (quality["fid"].get("reference") or {}).get("stats"),
-            "files": ["metrics.json", "metrics.csv", "metrics.md", "ranks.npy",
-                      "rank_in_reference.npy", "config.yaml"],
+            "files": ["metrics.json", "metrics.csv", "metrics.md", "ranks.npy", "rank_in_reference.npy", "config.yaml"],
             "tool_version": _version(),
             "created": now_iso(),
         },

@@ -84,9 +84,7 @@ def random_pair_distance(x: np.ndarray, pairs: int = 10000, seed: int = 0) -> fl
     return float(np.linalg.norm(a[i] - a[j], axis=1).mean())
 
 
-def nearest_rows(
-    queries: np.ndarray, feats: np.ndarray, block_bytes: int = 1 << 28
-) -> tuple[np.ndarray, np.ndarray]:
+def nearest_rows(queries: np.ndarray, feats: np.ndarray, block_bytes: int = 1 << 28) -> tuple[np.ndarray, np.ndarray]:
     """For each query (M, D) the nearest row of ``feats (N, D)`` by Euclidean distance (the first
     on ties) and that distance: ``(M,)`` int64, ``(M,)`` float64. Blocks of (queries, rows) stay
     under ``block_bytes``; float32 (a training store of 1.28M x 2048 is not copied to float64).
@@ -157,8 +155,9 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
     ``chunk`` of rows at a time."""
     r, f = _2d(real, "real"), _2d(fake, "fake")
     if len(r) <= k or len(f) <= k:
-        raise InvalidInput(f"precision / recall with k={k} needs more than {k} real and fake points, "
-                           f"got {len(r)} and {len(f)}")  # fmt: skip
+        raise InvalidInput(
+            f"precision / recall with k={k} needs more than {k} real and fake points, got {len(r)} and {len(f)}"
+        )
     precision = float(_inside_any_ball(f, r, _knn_radii(r, k, chunk), chunk).mean())
     recall = float(_inside_any_ball(r, f, _knn_radii(f, k, chunk), chunk).mean())
     return {"precision": precision, "recall": recall, "k": k, "n_real": len(r), "n_fake": len(f)}

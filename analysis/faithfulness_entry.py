@@ -31,19 +31,40 @@ def faithfulness_tables(m: dict) -> tuple[list[Table], list[str]]:
         rows = []
         for s in spaces:
             b = s.get("baseline") or {}
-            rows.append([
-                s["space"], f"{s.get('encoder')} ({s.get('layer')})", s.get("n"),
-                _vs(s.get("mean_rank"), s.get("chance_mean_rank"), 2), _vs(s.get("mrr"), s.get("chance_mrr")),
-                _vs(s.get("top1"), s.get("chance_top1")), _vs(s.get("top5"), s.get("chance_top5")),
-                _vs(s.get("cosine"), s.get("chance_cosine")),
-                _r(b.get("mean_rank"), 2), _r(b.get("top1")), _r(b.get("cosine")),
-            ])  # fmt: skip
-        tables.append(Table(
-            title="Faithfulness in each encoder's space: samples (chance in brackets) and the retrieval baseline",
-            columns=["space", "encoder", "samples", "mean rank", "MRR", "top-1", "top-5", "cosine",
-                     "baseline mean rank", "baseline top-1", "baseline cosine"],
-            rows=rows,
-        ))  # fmt: skip
+            rows.append(
+                [
+                    s["space"],
+                    f"{s.get('encoder')} ({s.get('layer')})",
+                    s.get("n"),
+                    _vs(s.get("mean_rank"), s.get("chance_mean_rank"), 2),
+                    _vs(s.get("mrr"), s.get("chance_mrr")),
+                    _vs(s.get("top1"), s.get("chance_top1")),
+                    _vs(s.get("top5"), s.get("chance_top5")),
+                    _vs(s.get("cosine"), s.get("chance_cosine")),
+                    _r(b.get("mean_rank"), 2),
+                    _r(b.get("top1")),
+                    _r(b.get("cosine")),
+                ]
+            )
+        tables.append(
+            Table(
+                title="Faithfulness in each encoder's space: samples (chance in brackets) and the retrieval baseline",
+                columns=[
+                    "space",
+                    "encoder",
+                    "samples",
+                    "mean rank",
+                    "MRR",
+                    "top-1",
+                    "top-5",
+                    "cosine",
+                    "baseline mean rank",
+                    "baseline top-1",
+                    "baseline cosine",
+                ],
+                rows=rows,
+            )
+        )
         rb = f.get("retrieval_baseline")
         if rb:
             notes.append(
@@ -52,26 +73,47 @@ def faithfulness_tables(m: dict) -> tuple[list[Table], list[str]]:
                 f"{rb['mean_distance_condition_to_nearest_train']:.4g}. Generation is faithful beyond retrieval "
                 "where the samples' numbers beat the baseline's."
             )
-        drows = [[s["space"], f"{s.get('encoder')} ({s.get('layer')})", _r(s["diversity"].get("samples_per_condition"), 4),
-                  _r(s["diversity"].get("random_reference_pairs"), 4), _r(s["diversity"].get("ratio"))]
-                 for s in spaces if s["space"] != "pixels"]  # fmt: skip  (pixels: the row below)
+        drows = [
+            [
+                s["space"],
+                f"{s.get('encoder')} ({s.get('layer')})",
+                _r(s["diversity"].get("samples_per_condition"), 4),
+                _r(s["diversity"].get("random_reference_pairs"), 4),
+                _r(s["diversity"].get("ratio")),
+            ]
+            for s in spaces
+            if s["space"] != "pixels"
+        ]  # pixels: the row below
         px = f.get("pixel_diversity") or {}
-        drows.append(["pixels", "[0, 1] RGB", _r(px.get("samples_per_condition"), 4),
-                      _r(px.get("random_reference_pairs"), 4), _r(px.get("ratio"))])  # fmt: skip
-        tables.append(Table(
-            title="Diversity for a fixed h: mean pairwise distance of one condition's samples vs random reference pairs",
-            columns=["space", "encoder", "samples of one condition", "random reference pairs", "ratio"],
-            rows=drows,
-        ))  # fmt: skip
+        drows.append(
+            [
+                "pixels",
+                "[0, 1] RGB",
+                _r(px.get("samples_per_condition"), 4),
+                _r(px.get("random_reference_pairs"), 4),
+                _r(px.get("ratio")),
+            ]
+        )
+        tables.append(
+            Table(
+                title="Diversity for a fixed h: mean pairwise distance of one condition's samples vs random reference pairs",
+                columns=["space", "encoder", "samples of one condition", "random reference pairs", "ratio"],
+                rows=drows,
+            )
+        )
     fd = m.get("fd") or {}
     done = {k: v for k, v in fd.items() if not v.get("skipped")}
     if done:
-        tables.append(Table(
-            title="Frechet distance and precision / recall in other feature spaces",
-            columns=["extractor", "FD", "precision", "recall", "k", "reference images"],
-            rows=[[k, _r(v["fd"], 2), _r(v["precision"]), _r(v["recall"]), v["k"], v["n_reference"]]
-                  for k, v in done.items()],
-        ))  # fmt: skip
+        tables.append(
+            Table(
+                title="Frechet distance and precision / recall in other feature spaces",
+                columns=["extractor", "FD", "precision", "recall", "k", "reference images"],
+                rows=[
+                    [k, _r(v["fd"], 2), _r(v["precision"]), _r(v["recall"]), v["k"], v["n_reference"]]
+                    for k, v in done.items()
+                ],
+            )
+        )
     for k, v in fd.items():
         if v.get("skipped"):
             notes.append(f"FD / precision-recall ({k}) not computed ({v.get('reason')}). {v.get('how_to_enable', '')}")

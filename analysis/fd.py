@@ -23,8 +23,12 @@ from rcdm.errors import InvalidInput
 __all__ = ["EXTRACTORS", "weights_files", "plan_fd", "make_extractor", "extract", "fd_and_pr", "compute"]
 
 # name -> (torch-fidelity feature, hub model name or torchvision file)
-DINOV2 = {"dinov2-vit-s-14": "dinov2_vits14", "dinov2-vit-b-14": "dinov2_vitb14",
-          "dinov2-vit-l-14": "dinov2_vitl14", "dinov2-vit-g-14": "dinov2_vitg14"}  # fmt: skip
+DINOV2 = {
+    "dinov2-vit-s-14": "dinov2_vits14",
+    "dinov2-vit-b-14": "dinov2_vitb14",
+    "dinov2-vit-l-14": "dinov2_vitl14",
+    "dinov2-vit-g-14": "dinov2_vitg14",
+}
 VGG16_FILE = "vgg16-397923af.pth"  # torchvision's VGG16 ImageNet weights
 EXTRACTORS = (*DINOV2, "vgg16")
 
@@ -35,19 +39,26 @@ def weights_files(name: str) -> list[Path]:
 
     hub = Path(torch.hub.get_dir())
     if name in DINOV2:
-        return [hub / "facebookresearch_dinov2_main" / "hubconf.py",
-                hub / "checkpoints" / f"{DINOV2[name]}_pretrain.pth"]  # fmt: skip
+        return [
+            hub / "facebookresearch_dinov2_main" / "hubconf.py",
+            hub / "checkpoints" / f"{DINOV2[name]}_pretrain.pth",
+        ]
     if name == "vgg16":
         return [hub / "checkpoints" / VGG16_FILE]
     raise InvalidInput(f"evaluate.fd_extractors: unknown extractor {name!r}; choose from {', '.join(EXTRACTORS)}")
 
 
 def missing_message(name: str, missing: list[Path]) -> str:
-    how = (f"run `torch.hub.load('facebookresearch/dinov2', '{DINOV2[name]}')` once on a machine with network "
-           "access and copy $TORCH_HOME/hub here" if name in DINOV2
-           else f"download torchvision's VGG16 weights ({VGG16_FILE}) into {missing[0].parent}")  # fmt: skip
-    return (f"{name} weights for FD / precision-recall are missing: expected {', '.join(map(str, missing))}. "
-            f"To compute them, {how} (or set TORCH_HOME); or --set evaluate.fd_extractors=[] to skip them.")
+    how = (
+        f"run `torch.hub.load('facebookresearch/dinov2', '{DINOV2[name]}')` once on a machine with network "
+        "access and copy $TORCH_HOME/hub here"
+        if name in DINOV2
+        else f"download torchvision's VGG16 weights ({VGG16_FILE}) into {missing[0].parent}"
+    )
+    return (
+        f"{name} weights for FD / precision-recall are missing: expected {', '.join(map(str, missing))}. "
+        f"To compute them, {how} (or set TORCH_HOME); or --set evaluate.fd_extractors=[] to skip them."
+    )
 
 
 def plan_fd(mode: str, names: tuple[str, ...]) -> tuple[list[str], dict[str, dict]]:
@@ -57,8 +68,11 @@ def plan_fd(mode: str, names: tuple[str, ...]) -> tuple[list[str], dict[str, dic
     for name in names:
         missing = [p for p in weights_files(name) if not p.is_file()]
         if mode == "off":
-            skipped[name] = {"skipped": True, "reason": "evaluate.fid=off",
-                             "how_to_enable": "set evaluate.fid=auto (or on) with the extractor's weights"}  # fmt: skip
+            skipped[name] = {
+                "skipped": True,
+                "reason": "evaluate.fid=off",
+                "how_to_enable": "set evaluate.fid=auto (or on) with the extractor's weights",
+            }
         elif missing:
             msg = missing_message(name, missing)
             skipped[name] = {"skipped": True, "reason": "weights missing", "how_to_enable": msg}
@@ -114,9 +128,14 @@ def reference_images(source: str, resolution: int, limit: int | None, batch_size
 
 
 def compute(
-    names: list[str], samples: np.ndarray, reference: np.ndarray | Iterable[np.ndarray], *, batch_size: int,
-    device: Any, extractor: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None,
-) -> dict[str, dict]:  # fmt: skip
+    names: list[str],
+    samples: np.ndarray,
+    reference: np.ndarray | Iterable[np.ndarray],
+    *,
+    batch_size: int,
+    device: Any,
+    extractor: Callable[[str], Callable[[np.ndarray], np.ndarray]] | None = None,
+) -> dict[str, dict]:
     """``{name: {fd, precision, recall, ...}}`` for each extractor (``extractor`` builds one from its
     name; default: torch-fidelity's). ``reference``: the reference images, ``(N, H, W, 3)`` uint8
     or an iterable of such batches (:func:`reference_images`), read once for every extractor, so

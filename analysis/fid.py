@@ -173,9 +173,7 @@ def fid_and_is(
     cached = load_reference_stats(stats_path, want)
     inception = InceptionV3(weights, device=device, trust_checkpoint=trust_checkpoint)
     if cached is None:
-        mu_r, sigma_r, info = compute_reference_stats(
-            inception, reference_images, resolution, limit, batch_size
-        )
+        mu_r, sigma_r, info = compute_reference_stats(inception, reference_images, resolution, limit, batch_size)
         meta = {**want, **info, "created": now_iso()}
         save_reference_stats(stats_path, mu_r, sigma_r, meta)
         reused = False

@@ -32,8 +32,7 @@ __all__ = [
 ]
 
 INCEPTION_URL = (
-    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
-    "weights-inception-2015-12-05-6726825d.pth"
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/weights-inception-2015-12-05-6726825d.pth"
 )
 INCEPTION_FILENAME = "weights-inception-2015-12-05-6726825d.pth"
 FEATURE_EXTRACTOR = "inception-v3-compat"
@@ -118,9 +117,11 @@ class InceptionV3:
         # Read once, without pickle (unless the user vouches for the file), and checked here;
         # torch-fidelity's model then gets this state dict, not the file.
         sd = load_weights_only(
-            self.weights, trust_checkpoint=trust_checkpoint, trust_hint="--set evaluate.trust_checkpoint=true",
+            self.weights,
+            trust_checkpoint=trust_checkpoint,
+            trust_hint="--set evaluate.trust_checkpoint=true",
             fix=f"replace it with {INCEPTION_URL}",
-        )  # fmt: skip
+        )
         if not isinstance(sd, dict) or "fc.weight" not in sd:
             raise InvalidInput(
                 f"{self.weights} is not torch-fidelity's Inception-v3 state dict (no fc.weight); "
@@ -136,9 +137,7 @@ class InceptionV3:
         self.device = torch.device(device) if device is not None else torch.device("cpu")
         self.model.to(self.device)
 
-    def __call__(
-        self, images: np.ndarray, batch_size: int = 64
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def __call__(self, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """images (N, H, W, 3) uint8 -> (pool (N, 2048) float64, logits (N, 1008) float64)."""
         import torch
 

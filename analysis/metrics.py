@@ -67,8 +67,7 @@ def frechet_distance(
     sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise InvalidInput(
-            f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, "
-            f"sigma {sigma1.shape} vs {sigma2.shape}"
+            f"FID statistics do not match: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}"
         )
     diff = mu1 - mu2
     if method == "eigh":
@@ -100,9 +99,7 @@ def _trace_sqrt_psd(a: np.ndarray) -> float:
     return float(np.sqrt(np.where(lam > floor, lam, 0.0)).sum())
 
 
-def frechet_distance_from_features(
-    features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray
-) -> float:
+def frechet_distance_from_features(features: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """FID of a feature set (N, D) against statistics (mu2, sigma2), exact, in O(N D^2).
 
     With X the centred features, sigma1 = X^T X / (N - 1), and the non-zero eigenvalues of
@@ -113,9 +110,7 @@ def frechet_distance_from_features(
     x = np.asarray(features, dtype=np.float64)
     mu2, sigma2 = np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)
     if x.ndim != 2 or x.shape[0] < 2 or mu2.shape != (x.shape[1],) or sigma2.shape != (x.shape[1],) * 2:
-        raise InvalidInput(
-            f"FID: features {x.shape} do not match statistics mu {mu2.shape}, sigma {sigma2.shape}"
-        )
+        raise InvalidInput(f"FID: features {x.shape} do not match statistics mu {mu2.shape}, sigma {sigma2.shape}")
     n = x.shape[0]
     mu1 = x.mean(axis=0)
     xc = x - mu1  # (N, D)

@@ -32,8 +32,12 @@ N_DRAWS = 256  # per source: nearest-entry search over a 1.28M x 2048 store stay
 def draw_statistics(draws: np.ndarray, train: np.ndarray, target: np.ndarray | None, seed: int = 0) -> dict:
     """Nearest-training-entry distance, spread, and (with ``target`` features) Frechet distance."""
     _, nn = F.nearest_rows(draws, train)
-    out = {"n": int(len(draws)), "nearest_train_mean": float(nn.mean()), "nearest_train_median": float(np.median(nn)),
-           "spread": F.random_pair_distance(draws, 10000, seed) if len(draws) > 1 else None}  # fmt: skip
+    out = {
+        "n": int(len(draws)),
+        "nearest_train_mean": float(nn.mean()),
+        "nearest_train_median": float(np.median(nn)),
+        "spread": F.random_pair_distance(draws, 10000, seed) if len(draws) > 1 else None,
+    }
     if target is not None and len(target) > 1 and len(draws) > 1:
         mu, sigma = metrics.feature_statistics(target)
         out["frechet_to_val"] = max(0.0, metrics.frechet_distance_from_features(draws, mu, sigma))  # -1e-16 is 0
@@ -64,7 +68,9 @@ def prior_entry(ctx: Any) -> Entry | None:
     cfg = ctx.cfg
     if not cfg.prior or not is_prior(cfg.prior):
         if cfg.prior and not cfg.derived("prior", unknown=True):
-            raise MissingInput(f"analyze.prior {cfg.prior} holds no trained prior; run `rcdm train-prior --out {cfg.prior}`")
+            raise MissingInput(
+                f"analyze.prior {cfg.prior} holds no trained prior; run `rcdm train-prior --out {cfg.prior}`"
+            )
         return None
     model, meta = load_prior(cfg.prior, ctx.device)
     train_store = ctx.store("train")
@@ -72,8 +78,10 @@ def prior_entry(ctx: Any) -> Entry | None:
     train = ctx.features(train_store)
     n = min(N_DRAWS, max(2, len(train)))
     sigma = SampleConfig.kde_sigma  # the paper's bandwidth, as `rcdm sample --condition kde`
-    draws = {"prior": draw(model, n, seed=cfg.seed, device=ctx.device, meta=meta),
-             "kde": np.asarray(kde_sample(train, n, sigma, cfg.seed))}  # fmt: skip
+    draws = {
+        "prior": draw(model, n, seed=cfg.seed, device=ctx.device, meta=meta),
+        "kde": np.asarray(kde_sample(train, n, sigma, cfg.seed)),
+    }
     val = None
     if cfg.val_store and Path(cfg.val_store).exists():
         from rcdm.analysis.experiments.common import same_encoder
@@ -83,13 +91,21 @@ def prior_entry(ctx: Any) -> Entry | None:
     stats = {k: draw_statistics(v, train, val, cfg.seed) for k, v in draws.items()}
     if val is not None:
         stats["validation (real, held out)"] = draw_statistics(val[:n], train, val, cfg.seed)
-    rows = [[k, s["n"], round(s["nearest_train_mean"], 4), round(s["nearest_train_median"], 4),
-             None if s["spread"] is None else round(s["spread"], 4),
-             None if s.get("frechet_to_val") is None else round(s["frechet_to_val"], 4)]
-            for k, s in stats.items()]  # fmt: skip
+    rows = [
+        [
+            k,
+            s["n"],
+            round(s["nearest_train_mean"], 4),
+            round(s["nearest_train_median"], 4),
+            None if s["spread"] is None else round(s["spread"], 4),
+            None if s.get("frechet_to_val") is None else round(s["frechet_to_val"], 4),
+        ]
+        for k, s in stats.items()
+    ]
     enc = meta.get("encoder") or {}
     entry = Entry(
-        experiment="prior", title=TITLE,
+        experiment="prior",
+        title=TITLE,
         description=(
             f"Representations drawn with no input image, in the space of {enc.get('name')} {enc.get('layer')} "
             f"({train_store.dim}-d): from the learned prior {cfg.prior} (RCG's residual-MLP diffusion, "
@@ -101,13 +117,19 @@ def prior_entry(ctx: Any) -> Entry | None:
             "those of the validation representations. The validation row is the target: real images "
             "unseen in training."
         ),
-        tables=[Table("Draws in representation space (same seed for both)",
-                      ["source", "draws", "nearest-entry distance (mean)", "(median)", "spread", "Frechet to val"],
-                      rows)],  # fmt: skip
+        tables=[
+            Table(
+                "Draws in representation space (same seed for both)",
+                ["source", "draws", "nearest-entry distance (mean)", "(median)", "spread", "Frechet to val"],
+                rows,
+            )
+        ],
     )
     ev = evaluated_rows(tuple(cfg.evaluations))
     if ev:
-        entry.tables.append(Table("Evaluated sample sets (rcdm evaluate)", ["condition", "evaluation", "samples", "FID"], ev))
+        entry.tables.append(
+            Table("Evaluated sample sets (rcdm evaluate)", ["condition", "evaluation", "samples", "FID"], ev)
+        )
     else:
         entry.notes.append(
             "FID: sample each with `rcdm sample --condition prior` and `--condition kde`, evaluate each with "
@@ -142,8 +164,15 @@ def _figure(ctx: Any, entry: Entry, draws: dict, train_store: Any) -> None:
     conds = np.concatenate([draws["prior"][:k], draws["kde"][:k]])
     samples = ctx.sample_grid(r, conds, seeds)  # (2k, S, H, W, 3)
     size = display_size(r.image_size)
-    rows = [[labelled(np.full((size, size, 3), 255, np.uint8), f"{'prior' if i < k else 'KDE'} draw {i % k}", size)]
-            + [labelled(s, "", size) for s in samples[i]] for i in range(len(conds))]  # fmt: skip
-    cap = ctx.caption(r, seeds, f"Rows: {k} draws from the learned prior, then {k} KDE draws (sigma "
-                                f"{SampleConfig.kde_sigma}); each followed by RCDM samples from it")  # fmt: skip
+    rows = [
+        [labelled(np.full((size, size, 3), 255, np.uint8), f"{'prior' if i < k else 'KDE'} draw {i % k}", size)]
+        + [labelled(s, "", size) for s in samples[i]]
+        for i in range(len(conds))
+    ]
+    cap = ctx.caption(
+        r,
+        seeds,
+        f"Rows: {k} draws from the learned prior, then {k} KDE draws (sigma "
+        f"{SampleConfig.kde_sigma}); each followed by RCDM samples from it",
+    )
     entry.figures.append(ctx.save_figure("prior", f"{r.label}_draws", grid(rows), cap, r.label))

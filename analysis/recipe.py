@@ -16,7 +16,9 @@ def recipe_label(checkpoint: str | Path | None) -> str | None:
     if checkpoint is None:
         return None
     path = Path(checkpoint)
-    found = next((p / "config.yaml" for p in (path, path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None)
+    found = next(
+        (p / "config.yaml" for p in (path, path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None
+    )
     if found is None:
         return None
     t = yaml.safe_load(found.read_text()) or {}

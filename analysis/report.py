@@ -145,9 +145,7 @@ def _entry_html(entry: Entry, root: Path) -> str:
         parts.append(f"<h3>{e(t.title)}</h3><table><tr>{head}</tr>{body}</table>")
     if entry.numbers and (root / entry.numbers).is_file():
         text = (root / entry.numbers).read_text()
-        parts.append(
-            f"<details><summary>numbers ({e(entry.numbers)})</summary><pre>{e(text)}</pre></details>"
-        )
+        parts.append(f"<details><summary>numbers ({e(entry.numbers)})</summary><pre>{e(text)}</pre></details>")
     parts.append("</section>")
     return "\n".join(parts)
 
@@ -158,8 +156,7 @@ def render(entries: list[Entry], root: str | Path, meta: dict | None = None) -> 
     meta = meta or {}
     e = html.escape
     toc = "".join(
-        f'<li><a href="#{e(x.experiment)}">{e(x.title)}</a>{" (skipped)" if x.skipped else ""}</li>'
-        for x in entries
+        f'<li><a href="#{e(x.experiment)}">{e(x.title)}</a>{" (skipped)" if x.skipped else ""}</li>' for x in entries
     )
     meta_rows = "".join(
         f"<tr><td>{e(str(k))}</td><td>{e(v if isinstance(v, str) else json.dumps(v))}</td></tr>"
@@ -167,7 +164,7 @@ def render(entries: list[Entry], root: str | Path, meta: dict | None = None) -> 
     )
     body = "\n".join(_entry_html(x, root) for x in entries)
     return (
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         "<title>rcdm analysis</title>"
         # An empty inline icon: the browser would otherwise request /favicon.ico and log a 404.
         '<link rel="icon" href="data:,">'

@@ -49,8 +49,13 @@ class Space:
 def describe_space(name: str, store: Any) -> dict:
     """The head of a space's entry in metrics.json: its name and its store's encoder, layer, dim, path."""
     info = store.encoder_info
-    return {"space": name, "encoder": info.get("name"), "layer": store.layer,
-            "dim": int(store.dim), "store": str(store.path.resolve())}  # fmt: skip
+    return {
+        "space": name,
+        "encoder": info.get("name"),
+        "layer": store.layer,
+        "dim": int(store.dim),
+        "store": str(store.path.resolve()),
+    }
 
 
 def open_second_stores(paths: tuple[str, ...], reference: Any) -> list[Space]:
@@ -74,9 +79,16 @@ def open_second_stores(paths: tuple[str, ...], reference: Any) -> list[Space]:
 
 
 def space_metrics(
-    queries: np.ndarray, ref: np.ndarray, target: np.ndarray, groups: np.ndarray, *,
-    baseline: np.ndarray | None = None, device: Any = None, chunk_bytes: int = 1 << 28, seed: int = 0,
-) -> dict:  # fmt: skip
+    queries: np.ndarray,
+    ref: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray,
+    *,
+    baseline: np.ndarray | None = None,
+    device: Any = None,
+    chunk_bytes: int = 1 << 28,
+    seed: int = 0,
+) -> dict:
     """All numbers of one space. ``queries (M, D)``: the samples' features; ``ref (N, D)``: the
     reference images'; ``target (M,)``: row of each sample's conditioning image in ``ref``;
     ``groups (M,)``: the condition of each sample; ``baseline (M, D)``: the retrieval baseline's
@@ -86,8 +98,11 @@ def space_metrics(
     def faithfulness(q: np.ndarray) -> dict:
         ranks = metrics.nearest_neighbour_ranks(q, ref, target, device=device, max_chunk_bytes=chunk_bytes)
         cos = F.cosine_to_targets(q, ref, target)
-        return {**metrics.rank_summary(ranks, n), **F.topk_accuracy(ranks, (1, 5), n),
-                "cosine": float(cos.mean()) if len(cos) else None}  # fmt: skip
+        return {
+            **metrics.rank_summary(ranks, n),
+            **F.topk_accuracy(ranks, (1, 5), n),
+            "cosine": float(cos.mean()) if len(cos) else None,
+        }
 
     out = faithfulness(queries)
     out["chance_cosine"] = F.random_pair_cosine(ref, PAIRS, seed) if n > 1 else None
@@ -151,9 +166,11 @@ def all_reference_pixels(store: Any, resolution: int) -> np.ndarray | str:
 
     n, dim = len(store), 3 * resolution * resolution
     if n * dim * 4 > PIXEL_SPACE_BYTES:
-        return (f"pixel-space rank not computed: the {n} reference images at {resolution} px would take "
-                f"{n * dim * 4 / 2**30:.1f} GiB as float32 (rcdm.analysis.second_space.PIXEL_SPACE_BYTES: "
-                f"{PIXEL_SPACE_BYTES / 2**30:g} GiB)")  # fmt: skip
+        return (
+            f"pixel-space rank not computed: the {n} reference images at {resolution} px would take "
+            f"{n * dim * 4 / 2**30:.1f} GiB as float32 (rcdm.analysis.second_space.PIXEL_SPACE_BYTES: "
+            f"{PIXEL_SPACE_BYTES / 2**30:g} GiB)"
+        )
     try:
         reader = StoreImages(store)
         return np.stack([adm_center_crop(reader.load(i), resolution) for i in range(n)])
@@ -162,10 +179,18 @@ def all_reference_pixels(store: Any, resolution: int) -> np.ndarray | str:
 
 
 def pixel_space(
-    store: Any, resolution: int, images: np.ndarray, target: np.ndarray, groups: np.ndarray,
-    nn_images: list | None = None, inv: np.ndarray | None = None, *, every: np.ndarray | str | None = None,
-    device: Any = None, chunk_bytes: int = 1 << 28,
-) -> dict | str:  # fmt: skip
+    store: Any,
+    resolution: int,
+    images: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray,
+    nn_images: list | None = None,
+    inv: np.ndarray | None = None,
+    *,
+    every: np.ndarray | str | None = None,
+    device: Any = None,
+    chunk_bytes: int = 1 << 28,
+) -> dict | str:
     """The ``pixels`` space's entry (:func:`space_metrics` on [0, 1] RGB pixels at ``resolution``,
     the baseline's training images ``nn_images[inv]`` too), or a note saying why it was not computed.
     ``every``: :func:`all_reference_pixels`' answer, when the caller already has it."""
@@ -181,15 +206,29 @@ def pixel_space(
     base = None
     if nn_images is not None:
         base = flat(np.stack([adm_center_crop(im, resolution) for im in nn_images]))[inv]
-    return {"space": "pixels", "encoder": "pixels", "layer": f"RGB in [0, 1] at {resolution} px", "dim": 3 * resolution * resolution,
-            "store": str(store.path.resolve()),
-            **space_metrics(flat(images), flat(ref), target, groups, baseline=base, device=device, chunk_bytes=chunk_bytes)}  # fmt: skip
+    return {
+        "space": "pixels",
+        "encoder": "pixels",
+        "layer": f"RGB in [0, 1] at {resolution} px",
+        "dim": 3 * resolution * resolution,
+        "store": str(store.path.resolve()),
+        **space_metrics(flat(images), flat(ref), target, groups, baseline=base, device=device, chunk_bytes=chunk_bytes),
+    }
 
 
 def evaluate_spaces(
-    ss: Any, store: Any, ref: np.ndarray, queries: np.ndarray, cond_index: np.ndarray, seconds: list[Space],
-    train_store: Any | None, *, encode: Any, device: Any = None, chunk_bytes: int = 1 << 28,
-) -> dict:  # fmt: skip
+    ss: Any,
+    store: Any,
+    ref: np.ndarray,
+    queries: np.ndarray,
+    cond_index: np.ndarray,
+    seconds: list[Space],
+    train_store: Any | None,
+    *,
+    encode: Any,
+    device: Any = None,
+    chunk_bytes: int = 1 << 28,
+) -> dict:
     """The ``faithfulness`` block of metrics.json: one entry per space, pixel diversity, the
     retrieval baseline's description and notes. ``ref (N, D)``: ``store``'s features (view 0), as
     the caller already read them. ``encode(encoder, images, preprocess) -> (N, D)``."""
@@ -206,13 +245,24 @@ def evaluate_spaces(
         nn, nn_dist = F.nearest_rows(ss.conds[inside], train_feats)  # nearest training row per condition
         base = train_feats[nn]  # the retrieval baseline's "samples" in the conditioning space
         del train_feats
-        baseline_info = {"train_store": str(train_store.path.resolve()), "N_train": len(train_store),
-                         "mean_distance_condition_to_nearest_train": float(nn_dist.mean())}  # fmt: skip
+        baseline_info = {
+            "train_store": str(train_store.path.resolve()),
+            "N_train": len(train_store),
+            "mean_distance_condition_to_nearest_train": float(nn_dist.mean()),
+        }
     else:
-        notes.append("retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
-                     "layer (set evaluate.train_store to the training store)")
-    spaces = [{**describe_space("conditioning", store), **space_metrics(queries[inside], ref, target, groups, baseline=base,
-                                                        device=device, chunk_bytes=chunk_bytes)}]  # fmt: skip
+        notes.append(
+            "retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
+            "layer (set evaluate.train_store to the training store)"
+        )
+    spaces = [
+        {
+            **describe_space("conditioning", store),
+            **space_metrics(
+                queries[inside], ref, target, groups, baseline=base, device=device, chunk_bytes=chunk_bytes
+            ),
+        }
+    ]
     nn_images = inv = None  # the baseline's training images, decoded once for the second and pixel spaces
     if nn is not None:
         try:
@@ -222,23 +272,53 @@ def evaluate_spaces(
             imgs = StoreImages(train_store)
             nn_images = [imgs.load(int(i)) for i in uniq]
         except Exception as e:  # the training images moved: the second spaces have no baseline
-            notes.append(f"retrieval baseline in pixel space (and any second space) not computed: the training images "
-                         f"could not be read ({str(e).splitlines()[0][:200]})")  # fmt: skip
+            notes.append(
+                f"retrieval baseline in pixel space (and any second space) not computed: the training images "
+                f"could not be read ({str(e).splitlines()[0][:200]})"
+            )
     for sp in seconds:
         q2 = encode(sp.encoder, images, sp.store.preprocess)
         base2 = encode(sp.encoder, nn_images, sp.store.preprocess)[inv] if nn_images is not None else None
-        spaces.append({**sp.describe(), **space_metrics(
-            q2, sp.store.features(view=0), sp.row_of_reference[target], groups, baseline=base2,
-            device=device, chunk_bytes=chunk_bytes)})  # fmt: skip
+        spaces.append(
+            {
+                **sp.describe(),
+                **space_metrics(
+                    q2,
+                    sp.store.features(view=0),
+                    sp.row_of_reference[target],
+                    groups,
+                    baseline=base2,
+                    device=device,
+                    chunk_bytes=chunk_bytes,
+                ),
+            }
+        )
     every = all_reference_pixels(store, ss.resolution)  # read once: the pixel space and pixel diversity
-    pixels = pixel_space(store, ss.resolution, images, target, groups, nn_images, inv, every=every, device=device,
-                         chunk_bytes=chunk_bytes)  # fmt: skip
+    pixels = pixel_space(
+        store,
+        ss.resolution,
+        images,
+        target,
+        groups,
+        nn_images,
+        inv,
+        every=every,
+        device=device,
+        chunk_bytes=chunk_bytes,
+    )
     if isinstance(pixels, str):
         notes.append(pixels)
     else:
         spaces.append(pixels)
     ref_px = _reference_pixels(store, ss.resolution, every=every)
     if ref_px is None:
-        notes.append(f"pixel diversity of random reference pairs not computed: the images of {store.path} could not be read")
-    return {"spaces": spaces, "pixel_diversity": pixel_diversity(images, groups, ref_px),
-            "retrieval_baseline": baseline_info, "n_samples": int(inside.sum()), "notes": notes}
+        notes.append(
+            f"pixel diversity of random reference pairs not computed: the images of {store.path} could not be read"
+        )
+    return {
+        "spaces": spaces,
+        "pixel_diversity": pixel_diversity(images, groups, ref_px),
+        "retrieval_baseline": baseline_info,
+        "n_samples": int(inside.sum()),
+        "notes": notes,
+    }

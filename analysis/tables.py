@@ -15,13 +15,30 @@ from rcdm.errors import InvalidInput, MissingInput
 from rcdm.utils import atomic_write_json, atomic_write_text, now_iso, read_json, sha256_file
 
 COLUMNS = [
-    "run", "method", "encoder", "layer", "resolution", "n_samples", "sampler", "steps",
-    "fid", "is_mean", "is_std", "is_splits",
-    "mean_rank", "mrr", "median_rank", "n_in_reference", "N",
-    "chance_mean_rank", "chance_mrr",
-    "n_outside", "outside_mean_rank", "outside_mrr",
+    "run",
+    "method",
+    "encoder",
+    "layer",
+    "resolution",
+    "n_samples",
+    "sampler",
+    "steps",
+    "fid",
+    "is_mean",
+    "is_std",
+    "is_splits",
+    "mean_rank",
+    "mrr",
+    "median_rank",
+    "n_in_reference",
+    "N",
+    "chance_mean_rank",
+    "chance_mrr",
+    "n_outside",
+    "outside_mean_rank",
+    "outside_mrr",
     "samples",
-]  # fmt: skip
+]
 
 
 def flat_row(m: dict, run: str | None = None) -> dict:
@@ -80,8 +97,18 @@ def table_1a(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
 
 
 def table_1b(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    header = ["run", "encoder", "mean rank", "MRR", "median rank", "N", "chance rank / MRR",
-              "samples", "sampler", "steps"]  # fmt: skip
+    header = [
+        "run",
+        "encoder",
+        "mean rank",
+        "MRR",
+        "median rank",
+        "N",
+        "chance rank / MRR",
+        "samples",
+        "sampler",
+        "steps",
+    ]
     body = [
         [
             r.get("run"),
@@ -130,16 +157,27 @@ def _csv(rows: list[dict]) -> str:
 def render_markdown(metrics_list: list[dict], title: str, runs: list[str] | None = None) -> str:
     runs = runs or [flat_row(m)["run"] for m in metrics_list]
     rows = [flat_row(m, r) for m, r in zip(metrics_list, runs, strict=True)]
-    parts = [f"# {title}", "", "## Table 1a: image quality", "", _md_table(*table_1a(rows)), "",
-             "## Table 1b: nearest-neighbour rank of the conditioning image", "",
-             _md_table(*table_1b(rows)), ""]  # fmt: skip
+    parts = [
+        f"# {title}",
+        "",
+        "## Table 1a: image quality",
+        "",
+        _md_table(*table_1a(rows)),
+        "",
+        "## Table 1b: nearest-neighbour rank of the conditioning image",
+        "",
+        _md_table(*table_1b(rows)),
+        "",
+    ]
     notes: dict[str, list[str]] = {}  # each note once, with the runs it is about
     for m, run in zip(metrics_list, runs, strict=True):
         for n in _skips(m):
             notes.setdefault(n, []).append(str(run))
     if notes:
-        lines = [n if len(who) == len(runs) else f"{n} (run{'s' if len(who) > 1 else ''} {', '.join(who)})"
-                 for n, who in notes.items()]  # fmt: skip
+        lines = [
+            n if len(who) == len(runs) else f"{n} (run{'s' if len(who) > 1 else ''} {', '.join(who)})"
+            for n, who in notes.items()
+        ]
         parts += ["## Notes", "", *lines, ""]
     return "\n".join(parts)
 
@@ -168,7 +206,9 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
 def write_metrics_files(out: Path, metrics: dict) -> Path:
     """metrics.csv and metrics.md, then metrics.json (returned)."""
     atomic_write_text(out / "metrics.csv", _csv([flat_row(metrics, out.name)]))
-    atomic_write_text(out / "metrics.md", render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}", [out.name]))
+    atomic_write_text(
+        out / "metrics.md", render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}", [out.name])
+    )
     return atomic_write_json(out / "metrics.json", metrics)
 
 

@@ -49,8 +49,11 @@ def random_weights(name: str, path: Path) -> Path:
     elif spec.reader in ("dino", "siglip") or (spec.reader == "dinov2" and "reg_token" not in sd):
         ckpt = sd  # backbone files in timm names
     elif spec.reader == "clip":
-        ckpt = {**sd, "head.weight": torch.randn(spec.head.dims[-1], spec.trunk_dim) * 0.02,
-                "head.bias": torch.zeros(spec.head.dims[-1])}  # fmt: skip
+        ckpt = {
+            **sd,
+            "head.weight": torch.randn(spec.head.dims[-1], spec.trunk_dim) * 0.02,
+            "head.bias": torch.zeros(spec.head.dims[-1]),
+        }
     else:
         raise SystemExit(f"--random-weights supports the ViT entries without registers, not {name}")
     torch.save(ckpt, path)
@@ -100,7 +103,9 @@ def decode_difference(images: Path, encoder, device, k: int = 256) -> dict:
         data = f.read_bytes()
         with Image.open(f) as img:
             cpu.append(crop_uint8(img.convert("RGB"), pp))
-        pixels = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, device=device)
+        pixels = decode_jpeg(
+            torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB, device=device
+        )
         dev.append(encoder_crop(pixels, pp).cpu())
     a, b = torch.stack(cpu), torch.stack(dev)  # (k, 3, crop, crop) uint8
     diff = (a.int() - b.int()).abs()
@@ -132,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--workers", default="auto", help="auto: as rcdm extract (the cores less one, max 16)")
     p.add_argument("--encoder", default="random-rn50")
     p.add_argument("--weights", default=None)
-    p.add_argument("--random-weights", action="store_true", help="ViT entries: a random checkpoint in the entry's layout")
+    p.add_argument(
+        "--random-weights", action="store_true", help="ViT entries: a random checkpoint in the entry's layout"
+    )
     p.add_argument("--layer", default="trunk")
     p.add_argument("--input-size", type=int, default=None, help="encoder input crop (default: the encoder's, 224)")
     p.add_argument("--device", default="auto")
@@ -169,9 +176,20 @@ def main(argv: list[str] | None = None) -> None:
     mean_kb = np.mean([p.stat().st_size for p in list(images.rglob("*.jpg"))[:200]]) / 1024
 
     cfg = ExtractConfig(
-        encoder=a.encoder, weights=a.weights, layer=a.layer, source=str(images), out=str(tmp / "store"),
-        format=a.format, batch_size=a.batch_size, workers=workers, shard_size=a.shard_size,
-        device=str(device), amp=amp, channels_last=channels_last, draft=not a.no_draft, decode=a.decode,
+        encoder=a.encoder,
+        weights=a.weights,
+        layer=a.layer,
+        source=str(images),
+        out=str(tmp / "store"),
+        format=a.format,
+        batch_size=a.batch_size,
+        workers=workers,
+        shard_size=a.shard_size,
+        device=str(device),
+        amp=amp,
+        channels_last=channels_last,
+        draft=not a.no_draft,
+        decode=a.decode,
         input_size=a.input_size,
     )
     t0 = time.perf_counter()

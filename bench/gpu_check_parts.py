@@ -16,7 +16,13 @@ from pathlib import Path
 import numpy as np
 
 # The issue's figures for the original code (guided-diffusion, fp16, one H100) and rcdm's targets.
-ORIGINAL = {"train_adm128": 88.9, "train_adm128_mem_gb": 37.6, "forwards_adm128": 280.0, "train_adm64": 154.3, "train_adm256": 26.2}
+ORIGINAL = {
+    "train_adm128": 88.9,
+    "train_adm128_mem_gb": 37.6,
+    "forwards_adm128": 280.0,
+    "train_adm64": 154.3,
+    "train_adm256": 26.2,
+}
 TARGET = {"train_adm128": 222.0, "forwards_adm128": 840.0, "extract": 5000.0}
 
 
@@ -39,12 +45,19 @@ def info(cpu: bool) -> dict:
     }
     if cuda:
         props = torch.cuda.get_device_properties(device)
-        d.update(memory_gb=round(props.total_memory / 2**30, 1), sm_count=props.multi_processor_count, capability=f"{props.major}.{props.minor}")
+        d.update(
+            memory_gb=round(props.total_memory / 2**30, 1),
+            sm_count=props.multi_processor_count,
+            capability=f"{props.major}.{props.minor}",
+        )
         try:
             import subprocess
 
             d["driver"] = subprocess.run(
-                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=10
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True,
+                text=True,
+                timeout=10,
             ).stdout.strip()
         except Exception:
             d["driver"] = None
@@ -62,7 +75,12 @@ def junit_counts(path: Path) -> dict:
     root = ET.parse(path).getroot()
     suites = [root] if root.tag == "testsuite" else list(root)
     c = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    failed_names = [f"{tc.get('classname')}::{tc.get('name')}" for s in suites for tc in s.iter("testcase") if tc.find("failure") is not None or tc.find("error") is not None]
+    failed_names = [
+        f"{tc.get('classname')}::{tc.get('name')}"
+        for s in suites
+        for tc in s.iter("testcase")
+        if tc.find("failure") is not None or tc.find("error") is not None
+    ]
     return {
         "tests": c["tests"],
         "passed": c["tests"] - c["failures"] - c["errors"] - c["skipped"],
@@ -93,11 +111,22 @@ def make_e2e_images(root: Path, n_train: int, n_val: int) -> Path:
 
 # What each stage must leave behind (relative to the e2e folder); a glob must match something.
 E2E_FILES = [
-    "stores/train/manifest.json", "stores/train/config.yaml",
-    "run/model.json", "run/ema.safetensors", "run/log.jsonl", "run/config.yaml", "run/manifest.json",
-    "run/checkpoints/step-*/state.json", "run/checkpoints/step-*/model.safetensors",
-    "samples/manifest.json", "samples/samples.npz", "samples/index.jsonl",
-    "eval/metrics.json", "eval/metrics.csv", "eval/metrics.md", "eval/ranks.npy",
+    "stores/train/manifest.json",
+    "stores/train/config.yaml",
+    "run/model.json",
+    "run/ema.safetensors",
+    "run/log.jsonl",
+    "run/config.yaml",
+    "run/manifest.json",
+    "run/checkpoints/step-*/state.json",
+    "run/checkpoints/step-*/model.safetensors",
+    "samples/manifest.json",
+    "samples/samples.npz",
+    "samples/index.jsonl",
+    "eval/metrics.json",
+    "eval/metrics.csv",
+    "eval/metrics.md",
+    "eval/ranks.npy",
 ]
 
 
@@ -107,7 +136,9 @@ def check_e2e_outputs(work: Path, val: bool = True) -> list[str]:
     try:
         samples = np.load(work / "samples" / "samples.npz")["arr_0"]
         if samples.dtype != np.uint8 or samples.ndim != 4 or samples.shape[0] != 8:
-            missing.append(f"samples/samples.npz: unexpected array {samples.dtype} {samples.shape} (want 8 uint8 images)")
+            missing.append(
+                f"samples/samples.npz: unexpected array {samples.dtype} {samples.shape} (want 8 uint8 images)"
+            )
         m = json.loads((work / "eval" / "metrics.json").read_text())
         if not any(k for k in json.dumps(m).split('"') if "mrr" in k.lower()):
             missing.append("eval/metrics.json: no MRR figure")
@@ -132,26 +163,82 @@ def summary_rows(report: dict) -> list[dict]:
     def add(what: str, value, unit: str, target=None, original=None, part: str = ""):
         st = (report["parts"].get(part) or {}).get("status", "not run")
         ratio = round(value / original, 2) if isinstance(value, (int, float)) and original else None
-        rows.append({"figure": what, "value": None if value is None else round(float(value), 3), "unit": unit, "target": target,
-                     "original": original, "x_original": ratio, "meets_target": None if target is None or value is None else value >= target, "part": part, "status": st})
+        rows.append(
+            {
+                "figure": what,
+                "value": None if value is None else round(float(value), 3),
+                "unit": unit,
+                "target": target,
+                "original": original,
+                "x_original": ratio,
+                "meets_target": None if target is None or value is None else value >= target,
+                "part": part,
+                "status": st,
+            }
+        )
 
     add("bf16 matmul peak (measured)", _first(report, "info", "matmul_peak_tflops"), "TFLOP/s", part="info")
-    for part, preset, okey in (("train_adm128_compiled", "adm128", "train_adm128"), ("train_adm128_eager", "adm128", None),
-                               ("train_adm64_eager", "adm64", "train_adm64"), ("train_adm256_eager", "adm256", "train_adm256"), ("train_tiny", "tiny", None)):
+    for part, preset, okey in (
+        ("train_adm128_compiled", "adm128", "train_adm128"),
+        ("train_adm128_eager", "adm128", None),
+        ("train_adm64_eager", "adm64", "train_adm64"),
+        ("train_adm256_eager", "adm256", "train_adm256"),
+        ("train_tiny", "tiny", None),
+    ):
         if part not in report["parts"]:
             continue
-        add(f"{part}: img/s", _first(report, part, "img_per_s", preset), "img/s", TARGET.get(okey or ""), ORIGINAL.get(okey or ""), part)
-        add(f"{part}: peak memory", _first(report, part, "peak_mem_gb", preset), "GiB", None, ORIGINAL.get("train_adm128_mem_gb") if okey == "train_adm128" else None, part)
+        add(
+            f"{part}: img/s",
+            _first(report, part, "img_per_s", preset),
+            "img/s",
+            TARGET.get(okey or ""),
+            ORIGINAL.get(okey or ""),
+            part,
+        )
+        add(
+            f"{part}: peak memory",
+            _first(report, part, "peak_mem_gb", preset),
+            "GiB",
+            None,
+            ORIGINAL.get("train_adm128_mem_gb") if okey == "train_adm128" else None,
+            part,
+        )
         add(f"{part}: MFU (measured peak)", _first(report, part, "mfu", preset), "", part=part)
         add(f"{part}: MFU (datasheet peak)", _first(report, part, "mfu_datasheet", preset), "", part=part)
     s = "sample_adm128"
     gpu = report["mode"] == "gpu"
-    add("UNet forwards/s (sample bench)", _first(report, s, "forwards_per_s"), "img/s", TARGET["forwards_adm128"] if gpu else None, ORIGINAL["forwards_adm128"] if gpu else None, s)
+    add(
+        "UNet forwards/s (sample bench)",
+        _first(report, s, "forwards_per_s"),
+        "img/s",
+        TARGET["forwards_adm128"] if gpu else None,
+        ORIGINAL["forwards_adm128"] if gpu else None,
+        s,
+    )
     add("100-step sampling (sample bench)", _first(report, s, "images_per_s"), "img/s", part=s)
-    add("UNet forwards/s, CUDA graph", _first(report, "sample_adm128_graphs", "forwards_per_s"), "img/s", TARGET["forwards_adm128"], ORIGINAL["forwards_adm128"], "sample_adm128_graphs")
+    add(
+        "UNet forwards/s, CUDA graph",
+        _first(report, "sample_adm128_graphs", "forwards_per_s"),
+        "img/s",
+        TARGET["forwards_adm128"],
+        ORIGINAL["forwards_adm128"],
+        "sample_adm128_graphs",
+    )
     for part in ("extract_cpu_decode", "extract_gpu_decode"):
-        add(f"{part}: end to end", _first(report, part, "end_to_end_img_s"), "img/s", TARGET["extract"] if gpu else None, part=part)
-        add(f"{part}: encoding loop", _first(report, part, "loop_img_s"), "img/s", TARGET["extract"] if gpu else None, part=part)
+        add(
+            f"{part}: end to end",
+            _first(report, part, "end_to_end_img_s"),
+            "img/s",
+            TARGET["extract"] if gpu else None,
+            part=part,
+        )
+        add(
+            f"{part}: encoding loop",
+            _first(report, part, "loop_img_s"),
+            "img/s",
+            TARGET["extract"] if gpu else None,
+            part=part,
+        )
     diff = ((report["parts"].get("extract_gpu_decode") or {}).get("result") or {}).get("decode_difference") or {}
     add("decode difference: feature rel. L2 (mean)", diff.get("feature_rel_l2_mean"), "", part="extract_gpu_decode")
     add("decode difference: pixel mean abs", diff.get("pixel_mean_abs_diff"), "levels", part="extract_gpu_decode")
@@ -159,7 +246,12 @@ def summary_rows(report: dict) -> list[dict]:
     add("train loader, full decode (per core)", per_core.get("decode_full"), "img/s", part="loader")
     add("train loader, image cache (per core)", per_core.get("cache"), "img/s", part="loader")
     t = (report["parts"].get("pytest_gpu") or {}).get("result") or {}
-    add("pytest -m gpu: passed", t.get("passed"), f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors", part="pytest_gpu")
+    add(
+        "pytest -m gpu: passed",
+        t.get("passed"),
+        f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors",
+        part="pytest_gpu",
+    )
     e2e = report["parts"].get("e2e") or {}
     add("end-to-end smoke (accelerate launch)", 1.0 if e2e.get("status") == "ok" else 0.0, "ok", part="e2e")
     return rows
@@ -167,12 +259,19 @@ def summary_rows(report: dict) -> list[dict]:
 
 def to_markdown(report: dict) -> str:
     info_ = (report["parts"].get("info") or {}).get("result") or {}
-    head = (f"gpu_check ({report['mode']}) {report['started_utc']} UTC on {info_.get('device', '?')}, torch {info_.get('torch', '?')}, "
-            f"CUDA {info_.get('cuda')}, {report['seconds']} s of {report['budget_s']:.0f} s\n\n")
-    lines = ["| figure | value | unit | target | original ADM | x original | part status |", "|---|---|---|---|---|---|---|"]
+    head = (
+        f"gpu_check ({report['mode']}) {report['started_utc']} UTC on {info_.get('device', '?')}, torch {info_.get('torch', '?')}, "
+        f"CUDA {info_.get('cuda')}, {report['seconds']} s of {report['budget_s']:.0f} s\n\n"
+    )
+    lines = [
+        "| figure | value | unit | target | original ADM | x original | part status |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in report["rows"]:
         v = "—" if r["value"] is None else f"{r['value']:g}"
-        lines.append(f"| {r['figure']} | {v} | {r['unit']} | {r['target'] or ''} | {r['original'] or ''} | {r['x_original'] or ''} | {r['status']} |")
+        lines.append(
+            f"| {r['figure']} | {v} | {r['unit']} | {r['target'] or ''} | {r['original'] or ''} | {r['x_original'] or ''} | {r['status']} |"
+        )
     parts = ["", "| part | status | seconds | timeout |", "|---|---|---|---|"]
     for name, p in report["parts"].items():
         parts.append(f"| {name} | {p.get('status')} | {p.get('seconds', '')} | {p.get('timeout_s', '')} |")

@@ -51,9 +51,39 @@ def main(argv: list[str] | None = None) -> dict:
         feats = np.zeros((len(src), 2, 8), np.float32)
         store = tmp / "store"
         store.mkdir()
-        rec = write_shard(store, 0, feats, [it.key for it in src.items], [it.label for it in src.items], fmt="h5", dtype="float32", failed=[], first_item=0)
-        info = {"name": "synthetic", "arch": "none", "layer": "trunk", "dim": 8, "weights": None, "weights_sha256": None}
-        write_manifest(store, build_manifest({0: rec}, encoder_info=info, preprocess={}, source=src.describe(), fmt="h5", dtype="float32", dim=8, has_images=False, extract_config={}))
+        rec = write_shard(
+            store,
+            0,
+            feats,
+            [it.key for it in src.items],
+            [it.label for it in src.items],
+            fmt="h5",
+            dtype="float32",
+            failed=[],
+            first_item=0,
+        )
+        info = {
+            "name": "synthetic",
+            "arch": "none",
+            "layer": "trunk",
+            "dim": 8,
+            "weights": None,
+            "weights_sha256": None,
+        }
+        write_manifest(
+            store,
+            build_manifest(
+                {0: rec},
+                encoder_info=info,
+                preprocess={},
+                source=src.describe(),
+                fmt="h5",
+                dtype="float32",
+                dim=8,
+                has_images=False,
+                extract_config={},
+            ),
+        )
         full = _rate(ImageFeatureDataset(store, a.resolution), a.n)
         draft = _rate(ImageFeatureDataset(store, a.resolution, draft=True), a.n)
         ds = ImageFeatureDataset(store, a.resolution)
@@ -62,9 +92,18 @@ def main(argv: list[str] | None = None) -> dict:
         build_s = time.perf_counter() - t0
         cached = _rate(ds, a.n)
         report = {
-            "bench": "loader", "images": a.n, "image_size": a.size, "resolution": a.resolution,
-            "img_per_s_per_core": {"decode_full": round(full, 1), "decode_draft": round(draft, 1), "cache": round(cached, 1)},
-            "cache_vs_full": round(cached / full, 1), "draft_vs_full": round(draft / full, 2), "cache_build_s": round(build_s, 2),
+            "bench": "loader",
+            "images": a.n,
+            "image_size": a.size,
+            "resolution": a.resolution,
+            "img_per_s_per_core": {
+                "decode_full": round(full, 1),
+                "decode_draft": round(draft, 1),
+                "cache": round(cached, 1),
+            },
+            "cache_vs_full": round(cached / full, 1),
+            "draft_vs_full": round(draft / full, 2),
+            "cache_build_s": round(build_s, 2),
         }
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -74,15 +74,29 @@ def main() -> None:
     t0 = time.perf_counter()
     diff.sample(model, a.draws, steps=a.sample_steps, device=dev)
     draw_s = time.perf_counter() - t0
-    print(json.dumps({
-        "bench": "prior", "device": str(dev), "threads": torch.get_num_threads(), "cpu": platform.processor(),
-        "dim": a.dim, "width": a.width, "blocks": a.blocks, "batch": a.batch,
-        "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "matmul_gflops": round(gflops, 1), "step_gflop": round(6 * a.batch * sum(p.numel() for p in model.parameters()) / 1e9, 1),
-        "seconds_per_step": round(per_step, 4), "iters": a.iters,
-        "estimated_training_minutes": round(per_step * a.iters / 60, 2),
-        "draws": a.draws, "sample_steps": a.sample_steps, "draw_seconds": round(draw_s, 3),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "prior",
+                "device": str(dev),
+                "threads": torch.get_num_threads(),
+                "cpu": platform.processor(),
+                "dim": a.dim,
+                "width": a.width,
+                "blocks": a.blocks,
+                "batch": a.batch,
+                "params_M": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                "matmul_gflops": round(gflops, 1),
+                "step_gflop": round(6 * a.batch * sum(p.numel() for p in model.parameters()) / 1e9, 1),
+                "seconds_per_step": round(per_step, 4),
+                "iters": a.iters,
+                "estimated_training_minutes": round(per_step * a.iters / 60, 2),
+                "draws": a.draws,
+                "sample_steps": a.sample_steps,
+                "draw_seconds": round(draw_s, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

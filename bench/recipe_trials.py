@@ -29,8 +29,11 @@ import sys
 from pathlib import Path
 
 COMMON = [
-    "train.threads=1", "train.grid_kimg=0", "train.eval_conditions=32", "train.eval_steps=ddim10",
-]  # fmt: skip
+    "train.threads=1",
+    "train.grid_kimg=0",
+    "train.eval_conditions=32",
+    "train.eval_steps=ddim10",
+]
 
 
 def digits_data(work: Path) -> None:
@@ -49,9 +52,7 @@ def digits_data(work: Path) -> None:
         g = (img / 16.0 * 255).astype(np.uint8)  # 0..16 ink -> 0..255
         Image.fromarray(g).resize((32, 32), Image.BICUBIC).convert("RGB").save(folder / f"{i:04d}.png")
     cfg = work / "digits.yaml"
-    cfg.write_text(
-        "data: {demo: false, train: data/digits/train, val: data/digits/val, workdir: runs/digits}\n"
-    )
+    cfg.write_text("data: {demo: false, train: data/digits/train, val: data/digits/val, workdir: runs/digits}\n")
     _rcdm(work, ["run", "--profile", "demo", "--config", str(cfg), "--stages", "extract"])
 
 
@@ -117,10 +118,18 @@ def steer(stores: Path, steps=(5, 10, 20), lr: float = 0.01) -> None:
         img = (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
         enc = rank_summary(reencode_ranks(encoder, img, val.preprocess, f_val, rows), len(f_val))
         pix = rank_summary(nearest_neighbour_ranks(img.reshape(len(img), -1) / 255.0, truth, rows), len(f_val))
-        print(json.dumps({
-            "adam_steps": n, "lr": lr, "mean_rank": enc["mean_rank"], "mrr": enc["mrr"],
-            "pixel_mrr": pix["mrr"], "pixel_change_rms": float((x - x0).pow(2).mean().sqrt()),
-        }))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "adam_steps": n,
+                    "lr": lr,
+                    "mean_rank": enc["mean_rank"],
+                    "mrr": enc["mrr"],
+                    "pixel_mrr": pix["mrr"],
+                    "pixel_change_rms": float((x - x0).pow(2).mean().sqrt()),
+                }
+            )
+        )
 
     x0 = torch.tensor((z_val @ w + ym).reshape(-1, 32, 32, 3), dtype=torch.float32).permute(0, 3, 1, 2).clamp(0, 1)
     report(x0, 0)
@@ -148,10 +157,12 @@ def mean_image(stores: Path) -> None:
         for lam in (1.0, 3.0, 1e1, 1e2, 1e3):
             w, ym = _ridge(z_train, y, lam)
             pred = np.clip(z_val @ w + ym, 0, 1).reshape(len(z_val), r, r, 3)
-            up = np.stack([
-                np.asarray(Image.fromarray((p * 255).round().astype(np.uint8)).resize((32, 32), Image.BICUBIC))
-                for p in pred
-            ])  # fmt: skip
+            up = np.stack(
+                [
+                    np.asarray(Image.fromarray((p * 255).round().astype(np.uint8)).resize((32, 32), Image.BICUBIC))
+                    for p in pred
+                ]
+            )
             ranks = reencode_ranks(encoder, up, val.preprocess, f_val, np.arange(len(f_val)))
             print(json.dumps({"resolution": r, "ridge": lam, **rank_summary(ranks, len(f_val))}))
 

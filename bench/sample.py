@@ -25,7 +25,9 @@ import torch
 from flops import sync
 
 
-def _build(name: str, cond_dim: int, dtype: str, device: torch.device, compile_spec: bool | str, image_size: int | None = None):
+def _build(
+    name: str, cond_dim: int, dtype: str, device: torch.device, compile_spec: bool | str, image_size: int | None = None
+):
     from rcdm.diffusion.generate import prepare_for_sampling
     from rcdm.model.unet import UNetModel, count_parameters, preset
     from rcdm.speed import resolve_compile
@@ -55,7 +57,9 @@ def _precision(dtype: str, device: torch.device) -> str:
     return "bf16" if dtype == "autocast" and device.type == "cuda" else "no"
 
 
-def bench_forward(net, cfg, batch: int, device: torch.device, iters: int, warmup: int, cuda_graphs: bool, cond_dim: int, mp: str) -> float:
+def bench_forward(
+    net, cfg, batch: int, device: torch.device, iters: int, warmup: int, cuda_graphs: bool, cond_dim: int, mp: str
+) -> float:
     """Forwards per second (images through the UNet per second) at ``batch``."""
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS
     from rcdm.diffusion.generate import _Autocast, resolve_precision
@@ -119,7 +123,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--presets", nargs="+", default=["adm64", "adm128", "adm256"])
     ap.add_argument("--batch", type=int, nargs="+", default=None, help="per preset; default sample.batch_size (CPU: 2)")
     ap.add_argument("--device", default="auto")
-    ap.add_argument("--dtype", choices=["autocast", "bf16", "fp32"], default="autocast", help="autocast: as rcdm sample (bf16 autocast on CUDA, fp32 on CPU)")
+    ap.add_argument(
+        "--dtype",
+        choices=["autocast", "bf16", "fp32"],
+        default="autocast",
+        help="autocast: as rcdm sample (bf16 autocast on CUDA, fp32 on CPU)",
+    )
     ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="auto: as rcdm sample (on CUDA)")
     ap.add_argument("--cuda-graphs", action="store_true", help="replay the forward from a CUDA graph (eager model)")
     ap.add_argument("--iters", type=int, default=None, help="timed forwards (default 20 on GPU, 2 on CPU)")
@@ -154,7 +163,9 @@ def main(argv: list[str] | None = None) -> dict:
             "dtype": a.dtype,
             "compile": compiled,
             "cuda_graphs": a.cuda_graphs and on_gpu,
-            "forwards_per_s": round(bench_forward(net, cfg, batch, device, iters, warmup, a.cuda_graphs, a.cond_dim, mp), 2),
+            "forwards_per_s": round(
+                bench_forward(net, cfg, batch, device, iters, warmup, a.cuda_graphs, a.cond_dim, mp), 2
+            ),
         }
         if a.sample_steps > 0:
             row["sample_steps"] = a.sample_steps

@@ -118,19 +118,27 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", action="append", choices=list(DEFAULT_BATCH), help="repeatable; default: all on CUDA, tiny on CPU")
+    p.add_argument(
+        "--preset", action="append", choices=list(DEFAULT_BATCH), help="repeatable; default: all on CUDA, tiny on CPU"
+    )
     p.add_argument("--batch-size", type=int, default=None, help="per step; default per preset")
     p.add_argument("--resolution", type=int, default=None, help="default: the preset's")
     p.add_argument("--cond", choices=["embed", "cbn"], default="embed")
     p.add_argument("--cond-dim", type=int, default=2048)
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile; auto: as rcdm train (on CUDA)")
-    p.add_argument("--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: as rcdm train (CUDA + compile)")
+    p.add_argument(
+        "--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile; auto: as rcdm train (on CUDA)"
+    )
+    p.add_argument(
+        "--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: as rcdm train (CUDA + compile)"
+    )
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 20 on CUDA, 5 on CPU")
     p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile needs a few)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: measured matmul peak")
-    p.add_argument("--datasheet-tflops", type=float, default=None, help="default: the device's dense bf16 datasheet peak")
+    p.add_argument(
+        "--datasheet-tflops", type=float, default=None, help="default: the device's dense bf16 datasheet peak"
+    )
     p.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args(argv)
     args.compile = {"on": True, "off": False}.get(args.compile, "auto")

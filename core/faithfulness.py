@@ -100,9 +100,7 @@ def nearest_neighbour_ranks(
     r_shape = reference.shape if isinstance(reference, Reference) else np.shape(reference)
     c_np = np.asarray(cond_index, dtype=np.int64)
     if q_np.ndim != 2 or len(r_shape) != 2 or q_np.shape[1] != r_shape[1]:
-        raise InvalidInput(
-            f"rank: queries {q_np.shape} and reference {tuple(r_shape)} must be (M, D) and (N, D)"
-        )
+        raise InvalidInput(f"rank: queries {q_np.shape} and reference {tuple(r_shape)} must be (M, D) and (N, D)")
     m, n = q_np.shape[0], r_shape[0]
     if c_np.shape != (m,):
         raise InvalidInput(f"rank: cond_index must have shape ({m},), got {c_np.shape}")
@@ -202,9 +200,15 @@ def reencode_ranks(
 
 
 def reencode(
-    encoder, images: np.ndarray, preprocess, dim: int, *, batch_size: int = 64, device=None,
+    encoder,
+    images: np.ndarray,
+    preprocess,
+    dim: int,
+    *,
+    batch_size: int = 64,
+    device=None,
     reference: str = "the reference set",
-) -> np.ndarray:  # fmt: skip
+) -> np.ndarray:
     """The samples ``(M, H, W, 3)`` uint8 re-encoded by the conditioning ``encoder`` with its
     ``preprocess``: ``(M, dim)`` float32. Features of another dimension than the reference's
     (``reference`` names it in the error) mean the encoder is not the one that made them."""

@@ -18,14 +18,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
-    "SCALE", "SCALE_TEXT", "Verdict", "corrected", "grade", "metrics_summary", "retrieval_baseline", "verdict",
+    "SCALE",
+    "SCALE_TEXT",
+    "Verdict",
+    "corrected",
+    "grade",
+    "metrics_summary",
+    "retrieval_baseline",
+    "verdict",
     "verdict_of_metrics",
 ]
 
 # (lowest MRR, word), best first: 0.6 itself is "partial", 0.2 itself is "partial".
 SCALE: tuple[tuple[float, str], ...] = ((0.6, "faithful"), (0.2, "partial"), (0.0, "weak"))
-SCALE_TEXT = (f"scale on the chance-corrected MRR: < {SCALE[1][0]:g} {SCALE[2][1]}, "
-              f"{SCALE[1][0]:g}-{SCALE[0][0]:g} {SCALE[1][1]}, > {SCALE[0][0]:g} {SCALE[0][1]}")  # fmt: skip
+SCALE_TEXT = (
+    f"scale on the chance-corrected MRR: < {SCALE[1][0]:g} {SCALE[2][1]}, "
+    f"{SCALE[1][0]:g}-{SCALE[0][0]:g} {SCALE[1][1]}, > {SCALE[0][0]:g} {SCALE[0][1]}"
+)
 CHANCE_MARGIN = 1.1  # an MRR within 10% of chance is not read as better than chance
 
 
@@ -68,8 +77,10 @@ def verdict(
     reports, ``{"name": ..., "mrr": ..., "mean_rank": ...}``, printed beside the numbers."""
     word = grade(mrr, chance_mrr, mean_rank, chance_rank)
     of = f" of {n_reference}" if n_reference else ""
-    parts = [f"MRR {mrr:.3f} (chance {chance_mrr:.3f}; chance-corrected {corrected(mrr, chance_mrr):.3f}), "
-             f"mean rank {mean_rank:.1f}{of} (chance {chance_rank:.1f})"]  # fmt: skip
+    parts = [
+        f"MRR {mrr:.3f} (chance {chance_mrr:.3f}; chance-corrected {corrected(mrr, chance_mrr):.3f}), "
+        f"mean rank {mean_rank:.1f}{of} (chance {chance_rank:.1f})"
+    ]
     if baseline and baseline.get("mrr") is not None:
         b = f"{baseline.get('name') or 'retrieval baseline'}: MRR {float(baseline['mrr']):.3f}"
         if baseline.get("mean_rank") is not None:
@@ -99,8 +110,14 @@ def verdict_of_metrics(m: dict) -> Verdict | None:
     rank = (m.get("rank") or {}).get("in_reference") or {}
     if rank.get("mrr") is None or rank.get("mean_rank") is None:
         return None
-    return verdict(rank["mean_rank"], rank["chance_mean_rank"], rank["mrr"], rank["chance_mrr"],
-                   rank.get("N"), retrieval_baseline(m))  # fmt: skip
+    return verdict(
+        rank["mean_rank"],
+        rank["chance_mean_rank"],
+        rank["mrr"],
+        rank["chance_mrr"],
+        rank.get("N"),
+        retrieval_baseline(m),
+    )
 
 
 def metrics_summary(m: dict) -> list[str]:

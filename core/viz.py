@@ -104,8 +104,11 @@ def label_problems(text: str, lines: list[str] | tuple[str, ...], width: float, 
     """What is wrong with ``lines`` as a layout of ``text`` in ``width`` px: a line wider than
     the width (cut when drawn), a word broken where :func:`wrap` may not break, text lost."""
     f = f or font()
-    problems = [f"line {line!r} is {text_width(line, f):.0f} px wide, more than {width:.0f}"
-                for line in lines if text_width(line, f) > width]  # fmt: skip
+    problems = [
+        f"line {line!r} is {text_width(line, f):.0f} px wide, more than {width:.0f}"
+        for line in lines
+        if text_width(line, f) > width
+    ]
     # (token, first on its line) in reading order
     tokens = [(t, k == 0) for line in lines for k, t in enumerate(line.split())]
     i = 0

@@ -67,9 +67,16 @@ class ExtractDataset(torch.utils.data.Dataset):
     """
 
     def __init__(
-        self, source, pp: Preprocess, *, draft: bool = True, keep_bytes: bool = False, uint8: bool = True,
-        max_pixels: int | None = None, device_decode: bool = False,
-    ):  # fmt: skip
+        self,
+        source,
+        pp: Preprocess,
+        *,
+        draft: bool = True,
+        keep_bytes: bool = False,
+        uint8: bool = True,
+        max_pixels: int | None = None,
+        device_decode: bool = False,
+    ):
         self.source = source
         self.max_pixels = max_pixels
         self.uint8 = uint8
@@ -89,7 +96,14 @@ class ExtractDataset(torch.utils.data.Dataset):
             img = open_image(data, key=key, max_pixels=self.max_pixels)  # the header: refused if too large
             if self.device_decode and device_decodable(img):
                 x = torch.zeros(3, self.pp.crop, self.pp.crop, dtype=torch.uint8)  # filled on the device
-                return {"index": i, "x": x, "ok": True, "reason": "", "data": data if self.keep_bytes else b"", "jpeg": data}
+                return {
+                    "index": i,
+                    "x": x,
+                    "ok": True,
+                    "reason": "",
+                    "data": data if self.keep_bytes else b"",
+                    "jpeg": data,
+                }
             img = decode_opened(img, self.draft, key=key, max_pixels=self.max_pixels)
             x = crop_uint8(img, self.pp) if self.uint8 else encoder_input(img, self.pp)  # (3, crop, crop)
             ok, reason = True, ""

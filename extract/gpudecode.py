@@ -25,9 +25,13 @@ def resolve_decode(spec: str, device: torch.device, uint8: bool) -> str:
     if spec not in ("auto", "cpu", "gpu"):
         raise InvalidInput(f"extract.decode={spec!r}: use auto, cpu or gpu")
     if spec == "gpu" and device.type != "cuda":
-        raise InvalidInput(f"extract.decode=gpu needs a CUDA device (extraction runs on {device}); use decode: auto or cpu")
+        raise InvalidInput(
+            f"extract.decode=gpu needs a CUDA device (extraction runs on {device}); use decode: auto or cpu"
+        )
     if spec == "gpu" and not uint8:
-        raise InvalidInput("extract.decode=gpu needs device-side normalisation, which this preprocessing lacks; use decode: cpu")
+        raise InvalidInput(
+            "extract.decode=gpu needs device-side normalisation, which this preprocessing lacks; use decode: cpu"
+        )
     if spec == "auto":
         return "gpu" if device.type == "cuda" and uint8 else "cpu"
     return spec

@@ -62,7 +62,9 @@ def _open_source(cfg: ExtractConfig):
     from rcdm.data.images import open_source
 
     if not cfg.source:
-        raise InvalidInput("extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)")
+        raise InvalidInput(
+            "extract.source is not set; pass --source PATH (an image folder, a list file or .tar shards)"
+        )
     # An absolute root in the manifest: later stages find the images from any directory.
     src = open_source(os.path.abspath(cfg.source))
     if len(src) == 0:
@@ -88,7 +90,9 @@ def _check_config(cfg: ExtractConfig) -> None:
     if cfg.include_images and cfg.format != "wds":
         raise InvalidInput("extract.include_images needs the webdataset format; add --format wds")
     if cfg.max_pixels < 1:
-        raise InvalidInput(f"extract.max_pixels must be a positive number of pixels (width x height), got {cfg.max_pixels}")
+        raise InvalidInput(
+            f"extract.max_pixels must be a positive number of pixels (width x height), got {cfg.max_pixels}"
+        )
 
 
 def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
@@ -277,9 +281,14 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     workers = auto_workers(cfg.workers)
     loader = torch.utils.data.DataLoader(
         ExtractDataset(
-            source, pp, draft=cfg.draft, keep_bytes=cfg.include_images, uint8=uint8, max_pixels=cfg.max_pixels,
+            source,
+            pp,
+            draft=cfg.draft,
+            keep_bytes=cfg.include_images,
+            uint8=uint8,
+            max_pixels=cfg.max_pixels,
             device_decode=decode == "gpu",
-        ),  # fmt: skip
+        ),
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,
@@ -313,7 +322,9 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
 
     t0 = time.perf_counter()
     try:
-        with tqdm(total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1) as bar:
+        with tqdm(
+            total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1
+        ) as bar:
             previous = None
             for batch in loader:
                 # Copy the whole (pinned) batch first, then decode JPEGs and drop failures on the device.
@@ -339,11 +350,19 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     dt = time.perf_counter() - t0
     encoded = total - skipped[0]
     if show:
-        tqdm.write(f"encoded {encoded} images in {dt:.1f} s ({encoded / max(dt, 1e-9):.1f} img/s) on {device}"
-                   + (f"; {skipped[0]} unreadable image(s) skipped" if skipped[0] else ""), file=sys.stderr)  # fmt: skip
-    return {"images": encoded, "skipped": skipped[0], "seconds": round(dt, 3),
-            "img_per_s": round(encoded / max(dt, 1e-9), 1),
-            "decode": decode, "workers": workers}  # fmt: skip
+        tqdm.write(
+            f"encoded {encoded} images in {dt:.1f} s ({encoded / max(dt, 1e-9):.1f} img/s) on {device}"
+            + (f"; {skipped[0]} unreadable image(s) skipped" if skipped[0] else ""),
+            file=sys.stderr,
+        )
+    return {
+        "images": encoded,
+        "skipped": skipped[0],
+        "seconds": round(dt, 3),
+        "img_per_s": round(encoded / max(dt, 1e-9), 1),
+        "decode": decode,
+        "workers": workers,
+    }
 
 
 @torch.inference_mode()

@@ -25,12 +25,25 @@ from rcdm.utils import atomic_write_json, read_json
 
 HEADER = "extract.json"
 # Files an extraction writes; --overwrite removes these and nothing else.
-_OURS = re.compile(r"^(manifest\.json|extract\.json|config\.yaml|shard-\d+\.(h5|tar|json)|\.shard-\d+\.(h5|tar)\.tmp-\d+)$")
+_OURS = re.compile(
+    r"^(manifest\.json|extract\.json|config\.yaml|shard-\d+\.(h5|tar|json)|\.shard-\d+\.(h5|tar)\.tmp-\d+)$"
+)
 # Header fields that must agree for a resume; a difference needs --overwrite.
 _MUST_MATCH = (
-    "encoder", "weights_sha256", "layer", "preprocess", "format", "dtype", "shard_size", "include_images", "source_root",
-    "n_items", "max_pixels", "decode", "draft",
-)  # fmt: skip
+    "encoder",
+    "weights_sha256",
+    "layer",
+    "preprocess",
+    "format",
+    "dtype",
+    "shard_size",
+    "include_images",
+    "source_root",
+    "n_items",
+    "max_pixels",
+    "decode",
+    "draft",
+)
 # Compared only when the existing header records them (stores made before they were added).
 _IF_RECORDED = ("max_pixels", "decode", "draft")
 _SHARD = re.compile(r"^shard-(\d+)\.(h5|tar)$")
@@ -70,7 +83,9 @@ def check_out(out: Path) -> None:
         )
     parent = next((p for p in out.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise OutputExists(f"--out {out}: {parent} is a file, not a folder, so it cannot hold the store; pass a folder path")
+        raise OutputExists(
+            f"--out {out}: {parent} is a file, not a folder, so it cannot hold the store; pass a folder path"
+        )
 
 
 def _describe(h: dict) -> str:
@@ -97,7 +112,10 @@ def _existing_header(out: Path) -> dict | None:
             "weights_sha256": enc.get("weights_sha256"),
             "seed": enc.get("seed"),
             "layer": m.get("layer"),
-            "preprocess": {k: m.get("preprocess", {}).get(k) for k in ("resize", "crop", "interpolation", "value_range", "mean", "std")},
+            "preprocess": {
+                k: m.get("preprocess", {}).get(k)
+                for k in ("resize", "crop", "interpolation", "value_range", "mean", "std")
+            },
             "format": m.get("format"),
             "dtype": m.get("dtype"),
             "shard_size": cfg.get("shard_size"),
@@ -117,7 +135,9 @@ def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
     ``out`` has passed :func:`check_out` (a folder or nothing yet), before any work."""
     existing = _existing_header(out) if out.is_dir() else None
     if existing is None:
-        foreign = [p.name for p in out.iterdir() if not _OURS.match(p.name) and p.name != LOCK_FILE] if out.is_dir() else []
+        foreign = (
+            [p.name for p in out.iterdir() if not _OURS.match(p.name) and p.name != LOCK_FILE] if out.is_dir() else []
+        )
         if foreign:
             raise OutputExists(
                 f"output {out} is not empty and is not a feature store (it holds {', '.join(sorted(foreign)[:3])}); "

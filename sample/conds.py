@@ -60,11 +60,20 @@ class ConditionSet:
         rows = []
         for s, (c, seed) in enumerate(zip(cond_index.tolist(), seeds.tolist(), strict=True)):
             cond = self.conditions[c]
-            rows.append(IndexRow(
-                sample=s, condition=c, key=cond.key, kind=cond.kind, seed=int(seed),
-                description=cond.description, label=int(cond.label), store_index=cond.store_index,
-                sample_of_condition=s % k, extra=cond.extra,
-            ))  # fmt: skip
+            rows.append(
+                IndexRow(
+                    sample=s,
+                    condition=c,
+                    key=cond.key,
+                    kind=cond.kind,
+                    seed=int(seed),
+                    description=cond.description,
+                    label=int(cond.label),
+                    store_index=cond.store_index,
+                    sample_of_condition=s % k,
+                    extra=cond.extra,
+                )
+            )
         return rows
 
 
@@ -189,8 +198,11 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
             raise InvalidInput(f"subset must be at least 1, got {cfg.subset}")
         n = min(cfg.subset, len(store))
         if cfg.subset > n:
-            print(f"note: --subset {cfg.subset} is more than the {n} rows of the store {getattr(store, 'path', '')}; "
-                  f"conditioning on all {n} (give --subset {n} or less to choose a random part)", file=sys.stderr)  # fmt: skip
+            print(
+                f"note: --subset {cfg.subset} is more than the {n} rows of the store {getattr(store, 'path', '')}; "
+                f"conditioning on all {n} (give --subset {n} or less to choose a random part)",
+                file=sys.stderr,
+            )
         rows = np.random.default_rng(cfg.seed).choice(len(store), size=n, replace=False)
         return ConditionSet([r.store_row(int(i)) for i in rows])
     if kind == "images":
@@ -205,7 +217,10 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         alphas = np.linspace(0.0, 1.0, cfg.interp_steps)
         conds = [
             Condition(
-                v, "interpolate", f"interp:{al:.4f}", f"(1 - {al:.3f}) {a.key} + {al:.3f} {b.key}",
+                v,
+                "interpolate",
+                f"interp:{al:.4f}",
+                f"(1 - {al:.3f}) {a.key} + {al:.3f} {b.key}",
                 extra={"alpha": float(al), "a": a.key, "b": b.key},
                 image=a.image if i == 0 else (b.image if i == len(path) - 1 else None),
             )
@@ -227,7 +242,10 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         return ConditionSet(
             [
                 Condition(
-                    v, "kde", f"kde:{j}", f"KDE draw {j} around row {int(i)} (sigma={cfg.kde_sigma} std)",
+                    v,
+                    "kde",
+                    f"kde:{j}",
+                    f"KDE draw {j} around row {int(i)} (sigma={cfg.kde_sigma} std)",
                     extra={"center": int(i), "sigma": cfg.kde_sigma},
                 )
                 for j, (v, i) in enumerate(zip(vecs, idx, strict=True))
@@ -241,7 +259,9 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
         a, b, c = ends
         v = C.algebra(a.vector, b.vector, c.vector)
         desc = f"{a.key} - {b.key} + {c.key}"
-        return ConditionSet([Condition(v, "algebra", f"algebra:{desc}", desc, extra={"a": a.key, "b": b.key, "c": c.key})])
+        return ConditionSet(
+            [Condition(v, "algebra", f"algebra:{desc}", desc, extra={"a": a.key, "b": b.key, "c": c.key})]
+        )
     if kind == "manipulate":
         return _manipulate(cfg, r)
     raise InvalidInput(f"unknown condition {kind!r}")  # the config's Literal prevents this
@@ -262,10 +282,12 @@ def _prior(cfg: SampleConfig, store: Any, device: Any) -> ConditionSet:
     vecs = draw(model, cfg.prior_n, seed=cfg.seed, device=device, meta=meta)  # (n, D)
     sha = sha256_file(Path(cfg.prior) / WEIGHTS)
     extra = {"prior": str(cfg.prior), "prior_sha256": sha, "prior_steps": meta.get("sample_steps")}
-    return ConditionSet([
-        Condition(v, "prior", f"prior:{j}", f"prior draw {j} (seed {cfg.seed})", extra=dict(extra))
-        for j, v in enumerate(vecs)
-    ])  # fmt: skip
+    return ConditionSet(
+        [
+            Condition(v, "prior", f"prior:{j}", f"prior draw {j} (seed {cfg.seed})", extra=dict(extra))
+            for j, v in enumerate(vecs)
+        ]
+    )
 
 
 def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:
@@ -286,11 +308,19 @@ def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:
         if target is not None:
             extra["target"] = target.key
         what = "zeroed" if target is None else f"from {target.key}"
-        conds.append(Condition(q.vector, "manipulate-original", q.key, f"{q.key} unchanged", q.label, q.store_index, q.image))
+        conds.append(
+            Condition(q.vector, "manipulate-original", q.key, f"{q.key} unchanged", q.label, q.store_index, q.image)
+        )
         conds.append(
             Condition(
-                v, "manipulate", q.key, f"{q.key}: {len(dims)} dims {what} (k={cfg.knn_k}, m={cfg.knn_m})",
-                q.label, q.store_index, q.image, extra,
+                v,
+                "manipulate",
+                q.key,
+                f"{q.key}: {len(dims)} dims {what} (k={cfg.knn_k}, m={cfg.knn_m})",
+                q.label,
+                q.store_index,
+                q.image,
+                extra,
             )
         )
     return ConditionSet(conds)

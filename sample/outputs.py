@@ -26,7 +26,12 @@ def condition_tile(cs: ConditionSet, c: int, size: int) -> np.ndarray:
 
 
 def write_grids(
-    out: Path, cs: ConditionSet, samples: np.ndarray, k: int, rows_per_page: int, max_conditions: int,
+    out: Path,
+    cs: ConditionSet,
+    samples: np.ndarray,
+    k: int,
+    rows_per_page: int,
+    max_conditions: int,
     title: str = "",
 ) -> list[Path]:
     """Grid pages: each condition's image in the first column, its k samples beside it, for
@@ -42,7 +47,9 @@ def write_grids(
         rows = []
         for c in range(start, min(n_cond, start + rows_per_page)):
             # the condition tile is drawn at the enlarged size, so its text stays legible
-            rows.append([condition_tile(cs, c, size * scale)] + [viz.enlarge(samples[c * k + j], scale) for j in range(k)])
+            rows.append(
+                [condition_tile(cs, c, size * scale)] + [viz.enlarge(samples[c * k + j], scale) for j in range(k)]
+            )
         paths.append(viz.save_png(viz.headed_grid(rows, heads, title, scale=1), out / grid_name(page)))
     return paths
 
@@ -57,6 +64,7 @@ def write_strip(out: Path, cs: ConditionSet, samples: np.ndarray, k: int) -> Pat
     images = [load() if load is not None else None for load in cs.ends]
     ends = tuple(adm_center_crop(im, size * scale) if im is not None else None for im in images)
     n_path = len(cs.conditions)
-    strips = [viz.strip([viz.enlarge(samples[p * k + j], scale) for p in range(n_path)], pad=2, ends=ends)
-              for j in range(k)]  # fmt: skip
+    strips = [
+        viz.strip([viz.enlarge(samples[p * k + j], scale) for p in range(n_path)], pad=2, ends=ends) for j in range(k)
+    ]
     return viz.save_png(np.concatenate(strips, axis=0), out / STRIP)

@@ -118,8 +118,12 @@ def run(cfg: SampleConfig) -> Path:
         return out
 
     model, diffusion, meta = load_for_sampling(
-        cfg.checkpoint, cfg.steps, ema=cfg.ema, device=device,
-        trust_checkpoint=cfg.trust_checkpoint, compile=cfg.compile,
+        cfg.checkpoint,
+        cfg.steps,
+        ema=cfg.ema,
+        device=device,
+        trust_checkpoint=cfg.trust_checkpoint,
+        compile=cfg.compile,
     )
     assert meta["source"]["path"] == str(ckpt_file), (meta["source"], ckpt_file)  # hashed = loaded
     check_conditioning(meta, store, what=f"checkpoint {cfg.checkpoint}")
@@ -156,10 +160,20 @@ def run(cfg: SampleConfig) -> Path:
     for c in tqdm(todo, desc=f"chunks (process {state.process_index})", disable=not todo):
         s, e = chunks.bounds(c)
         imgs = generate(
-            model, diffusion, conds[cond_index[s:e]], seeds[s:e],
-            ddim=sampler.ddim, eta=sampler.eta, clip_denoised=cfg.clip_denoised, batch_size=cfg.batch_size,
-            device=device, progress=True, mixed_precision=cfg.mixed_precision, guidance=sampler.guidance,
-            guidance_interval=sampler.guidance_interval, guidance_rescale=sampler.guidance_rescale,
+            model,
+            diffusion,
+            conds[cond_index[s:e]],
+            seeds[s:e],
+            ddim=sampler.ddim,
+            eta=sampler.eta,
+            clip_denoised=cfg.clip_denoised,
+            batch_size=cfg.batch_size,
+            device=device,
+            progress=True,
+            mixed_precision=cfg.mixed_precision,
+            guidance=sampler.guidance,
+            guidance_interval=sampler.guidance_interval,
+            guidance_rescale=sampler.guidance_rescale,
         )
         writer.write_chunk(chunks, c, imgs)
     del model

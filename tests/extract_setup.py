@@ -12,7 +12,9 @@ from rcdm.app.config import ExtractConfig
 
 def extract_cfg(images: Path, out: Path, **kw) -> ExtractConfig:
     """2 items per shard and per batch, no workers, on the CPU; random-rn50 unless ``encoder``."""
-    base = dict(encoder="random-rn50", source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device="cpu")
+    base = dict(
+        encoder="random-rn50", source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device="cpu"
+    )
     base.update(kw)
     return ExtractConfig(**base)
 
@@ -37,8 +39,15 @@ class TinyEncoder(torch.nn.Module):
         return self.conv(x).mean((2, 3))
 
     def info(self) -> dict:
-        return {"name": "tiny", "arch": "conv", "layer": self.layer, "dim": 8, "weights": None,
-                "weights_sha256": None, "seed": self.seed}
+        return {
+            "name": "tiny",
+            "arch": "conv",
+            "layer": self.layer,
+            "dim": 8,
+            "weights": None,
+            "weights_sha256": None,
+            "seed": self.seed,
+        }
 
 
 @pytest.fixture(name="tiny")

@@ -59,8 +59,18 @@ def ckpt(tmp_path_factory, model) -> Path:
 
 def run_cfg(ckpt, store_dir, out, **kw) -> SampleConfig:
     base = dict(
-        checkpoint=str(ckpt), store=str(store_dir), out=str(out), condition="store", indices=(0, 5, 7),
-        n_per_condition=2, steps="3", chunk_size=4, batch_size=3, device="cpu", mixed_precision="no", seed=0,
+        checkpoint=str(ckpt),
+        store=str(store_dir),
+        out=str(out),
+        condition="store",
+        indices=(0, 5, 7),
+        n_per_condition=2,
+        steps="3",
+        chunk_size=4,
+        batch_size=3,
+        device="cpu",
+        mixed_precision="no",
+        seed=0,
     )
     base.update(kw)
     return SampleConfig(**base)

@@ -105,9 +105,7 @@ def _split_at_linears(head: nn.Sequential) -> list[list[nn.Module]]:
     return groups
 
 
-def save_vissl(
-    path: str | Path, trunk: nn.Module, head: nn.Sequential | None, head_style: str = "mlp"
-) -> Path:
+def save_vissl(path: str | Path, trunk: nn.Module, head: nn.Sequential | None, head_style: str = "mlp") -> Path:
     """A VISSL model-zoo checkpoint: ``classy_state_dict.base_model.model.{trunk,heads}``.
 
     ``head_style="mlp"``: a list of VISSL MLP heads (SimCLR, MoCo, Barlow Twins, supervised);
@@ -172,9 +170,7 @@ def _dino_teacher(trunk: nn.Module, head: nn.Sequential, ddp: bool, weight_norm:
     return {("module." + k if ddp else k): v for k, v in sd.items()}
 
 
-def save_dino(
-    path: str | Path, trunk: nn.Module, head: nn.Sequential | None = None, ddp: bool | None = None
-) -> Path:
+def save_dino(path: str | Path, trunk: nn.Module, head: nn.Sequential | None = None, ddp: bool | None = None) -> Path:
     """A DINO checkpoint. With ``head``: the full training checkpoint (``teacher``, ``student``,
     ``args`` as an argparse.Namespace, ...); ``ddp`` (default: the trunk has BatchNorm, as
     main_dino.py wraps only such teachers in DDP) prefixes ``module.``. The published ResNet-50

@@ -52,8 +52,7 @@ def make_store(
     encoder_info.setdefault("layer", "trunk")
     encoder_info.setdefault("dim", dim)
     source = dict(
-        source
-        or {"kind": "folder", "root": str(store_dir / "images"), "split": "train", "key_rule": "synthetic"}
+        source or {"kind": "folder", "root": str(store_dir / "images"), "split": "train", "key_rule": "synthetic"}
     )
     source.setdefault("n_items", n + len(failed))
     records = []

@@ -76,12 +76,18 @@ def save_mae(path: str | Path, vit: nn.Module, decoder: bool = False) -> Path:
     model = _sd(vit)
     if decoder:
         d = model["pos_embed"].shape[-1]
-        model.update({
-            "mask_token": _rand(1, 1, 16), "decoder_embed.weight": _rand(16, d), "decoder_embed.bias": _rand(16),
-            "decoder_pos_embed": _rand(*model["pos_embed"].shape[:2], 16),
-            "decoder_blocks.0.norm1.weight": torch.ones(16), "decoder_norm.weight": torch.ones(16),
-            "decoder_pred.weight": _rand(3 * 16 * 16, 16), "decoder_pred.bias": _rand(3 * 16 * 16),
-        })  # fmt: skip
+        model.update(
+            {
+                "mask_token": _rand(1, 1, 16),
+                "decoder_embed.weight": _rand(16, d),
+                "decoder_embed.bias": _rand(16),
+                "decoder_pos_embed": _rand(*model["pos_embed"].shape[:2], 16),
+                "decoder_blocks.0.norm1.weight": torch.ones(16),
+                "decoder_norm.weight": torch.ones(16),
+                "decoder_pred.weight": _rand(3 * 16 * 16, 16),
+                "decoder_pred.bias": _rand(3 * 16 * 16),
+            }
+        )
     torch.save({"model": model}, path)
     return Path(path)
 
@@ -92,8 +98,13 @@ def save_ijepa(path: str | Path, target: nn.Module, context: nn.Module | None = 
     enc = _sd(context) if context is not None else {k: v + 1 for k, v in _sd(target).items()}
     ckpt = {
         "encoder": ddp(enc),
-        "predictor": ddp({"predictor_embed.weight": _rand(8, 32), "mask_token": _rand(1, 1, 8),
-                          "predictor_pos_embed": _rand(1, 16, 8)}),  # fmt: skip
+        "predictor": ddp(
+            {
+                "predictor_embed.weight": _rand(8, 32),
+                "mask_token": _rand(1, 1, 8),
+                "predictor_pos_embed": _rand(1, 16, 8),
+            }
+        ),
         "target_encoder": ddp(_sd(target)),
         "opt": {"state": {}, "param_groups": [{"lr": 0.001, "params": [0, 1]}]},
         "scaler": None,
@@ -110,18 +121,27 @@ def save_ijepa(path: str | Path, target: nn.Module, context: nn.Module | None = 
 def _text_tower(width: int = 16, embed: int = 24) -> dict[str, torch.Tensor]:
     """open_clip CLIP's text-tower keys (a 1-block transformer)."""
     return {
-        "positional_embedding": _rand(77, width), "text_projection": _rand(width, embed),
-        "logit_scale": torch.tensor(4.6052), "token_embedding.weight": _rand(49408 // 256, width),
+        "positional_embedding": _rand(77, width),
+        "text_projection": _rand(width, embed),
+        "logit_scale": torch.tensor(4.6052),
+        "token_embedding.weight": _rand(49408 // 256, width),
         "transformer.resblocks.0.ln_1.weight": torch.ones(width),
         "transformer.resblocks.0.attn.in_proj_weight": _rand(3 * width, width),
         "transformer.resblocks.0.mlp.c_fc.weight": _rand(4 * width, width),
-        "ln_final.weight": torch.ones(width), "ln_final.bias": torch.zeros(width),
-    }  # fmt: skip
+        "ln_final.weight": torch.ones(width),
+        "ln_final.bias": torch.zeros(width),
+    }
 
 
-_CLIP_BLOCK = [("norm1.", "ln_1."), ("attn.qkv.weight", "attn.in_proj_weight"),
-               ("attn.qkv.bias", "attn.in_proj_bias"), ("attn.proj.", "attn.out_proj."), ("norm2.", "ln_2."),
-               ("mlp.fc1.", "mlp.c_fc."), ("mlp.fc2.", "mlp.c_proj.")]  # fmt: skip
+_CLIP_BLOCK = [
+    ("norm1.", "ln_1."),
+    ("attn.qkv.weight", "attn.in_proj_weight"),
+    ("attn.qkv.bias", "attn.in_proj_bias"),
+    ("attn.proj.", "attn.out_proj."),
+    ("norm2.", "ln_2."),
+    ("mlp.fc1.", "mlp.c_fc."),
+    ("mlp.fc2.", "mlp.c_proj."),
+]
 
 
 def save_open_clip(path: str | Path, vit: nn.Module, proj: nn.Linear) -> Path:
@@ -133,9 +153,11 @@ def save_open_clip(path: str | Path, vit: nn.Module, proj: nn.Linear) -> Path:
         "visual.positional_embedding": sd["pos_embed"][0],
         "visual.proj": proj.weight.detach().t().clone(),
         "visual.conv1.weight": sd["patch_embed.proj.weight"],
-        "visual.ln_pre.weight": sd["norm_pre.weight"], "visual.ln_pre.bias": sd["norm_pre.bias"],
-        "visual.ln_post.weight": sd["norm.weight"], "visual.ln_post.bias": sd["norm.bias"],
-    }  # fmt: skip
+        "visual.ln_pre.weight": sd["norm_pre.weight"],
+        "visual.ln_pre.bias": sd["norm_pre.bias"],
+        "visual.ln_post.weight": sd["norm.weight"],
+        "visual.ln_post.bias": sd["norm.bias"],
+    }
 
     def rename(rest: str) -> str:
         for a, b in _CLIP_BLOCK:
@@ -163,8 +185,15 @@ def save_timm(path: str | Path, vit: nn.Module, proj: nn.Linear | None = None) -
 def save_open_clip_siglip(path: str | Path, vit: nn.Module) -> Path:
     """open_clip's SigLIP ``open_clip_pytorch_model.bin``: ``visual.trunk.*`` (timm) + ``text.*``."""
     sd = {"visual.trunk." + k: v for k, v in _sd(vit).items()}
-    sd.update({"text.token_embedding.weight": _rand(64, 16), "text.positional_embedding": _rand(64, 16),
-               "text.transformer.resblocks.0.ln_1.weight": torch.ones(16), "text.ln_final.weight": torch.ones(16),
-               "logit_scale": torch.tensor(2.3), "logit_bias": torch.tensor(-10.0)})  # fmt: skip
+    sd.update(
+        {
+            "text.token_embedding.weight": _rand(64, 16),
+            "text.positional_embedding": _rand(64, 16),
+            "text.transformer.resblocks.0.ln_1.weight": torch.ones(16),
+            "text.ln_final.weight": torch.ones(16),
+            "logit_scale": torch.tensor(2.3),
+            "logit_bias": torch.tensor(-10.0),
+        }
+    )
     torch.save(sd, path)
     return Path(path)

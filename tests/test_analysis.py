@@ -14,8 +14,17 @@ from rcdm.analysis.report import read_entry
 
 # ---------------------------------------------------------------------------------- end to end
 
-EXPERIMENTS = ["invariance", "probe", "adversarial", "manipulation", "interpolation", "distances",
-               "neighbours", "class-mean", "training-dynamics"]  # fmt: skip
+EXPERIMENTS = [
+    "invariance",
+    "probe",
+    "adversarial",
+    "manipulation",
+    "interpolation",
+    "distances",
+    "neighbours",
+    "class-mean",
+    "training-dynamics",
+]
 
 
 def _pp32():
@@ -36,8 +45,16 @@ def _store(src_dir: Path, out: Path, enc, labels: bool = True) -> tuple[Path, di
     feats = encode(enc, [src.load(i) for i in range(len(src))], pp, both_views=True)  # (N, 2, D)
     info = {**enc.info(), "preprocess": pp.to_dict()}
     lab = src.labels() if labels else np.full(len(src), -1)
-    make_store(out, feats, keys=[it.key for it in src.items], labels=lab, encoder_info=info,
-               preprocess=pp.to_dict(), source=src.describe(), dtype="float32")  # fmt: skip
+    make_store(
+        out,
+        feats,
+        keys=[it.key for it in src.items],
+        labels=lab,
+        encoder_info=info,
+        preprocess=pp.to_dict(),
+        source=src.describe(),
+        dtype="float32",
+    )
     return out, info
 
 
@@ -73,19 +90,44 @@ def world(tmp_path_factory):
     ck0 = _checkpoint(root / "runs" / "enc-seed0" / "ema.safetensors", info0, seed=0)
     ck1 = _checkpoint(root / "runs" / "enc-seed1" / "ema.safetensors", info1, seed=1)
     cfg = AnalyzeConfig(
-        experiments=tuple(EXPERIMENTS), checkpoints=(str(ck0),), train_store=str(train),
-        val_store=str(val), out=str(root / "analysis"), n_images=2, n_samples=2, steps="2",
-        batch_size=32, transforms=("hflip", "zoom-in"), custom_transforms=("RandomRotation(20)",), epsilons=(0.0, 0.05, 0.2),
-        probe_epochs=60, knn_k=4, knn_m=3, neighbours_k=3, n_distance=3, interp_steps=3,
-        dynamics_checkpoints=(str(ck0), str(ck1)), device="cpu",
-    )  # fmt: skip
+        experiments=tuple(EXPERIMENTS),
+        checkpoints=(str(ck0),),
+        train_store=str(train),
+        val_store=str(val),
+        out=str(root / "analysis"),
+        n_images=2,
+        n_samples=2,
+        steps="2",
+        batch_size=32,
+        transforms=("hflip", "zoom-in"),
+        custom_transforms=("RandomRotation(20)",),
+        epsilons=(0.0, 0.05, 0.2),
+        probe_epochs=60,
+        knn_k=4,
+        knn_m=3,
+        neighbours_k=3,
+        n_distance=3,
+        interp_steps=3,
+        dynamics_checkpoints=(str(ck0), str(ck1)),
+        device="cpu",
+    )
     from rcdm import viz
     from rcdm.analysis import analyze
 
     with viz.recording() as labels:  # every label drawn into every figure
         report = analyze(cfg)
-    return {"root": root, "cfg": cfg, "report": report, "train": train, "val": val, "labels": labels,
-            "unlabelled": unlabelled, "ck0": ck0, "ck1": ck1, "info0": info0}  # fmt: skip
+    return {
+        "root": root,
+        "cfg": cfg,
+        "report": report,
+        "train": train,
+        "val": val,
+        "labels": labels,
+        "unlabelled": unlabelled,
+        "ck0": ck0,
+        "ck1": ck1,
+        "info0": info0,
+    }
 
 
 @pytest.mark.slow
@@ -102,8 +144,14 @@ def test_experiment_writes_figure_json_and_entry(world, experiment):
             arr = np.asarray(Image.open(out / fig.path))
             assert arr.ndim == 3 and arr.shape[0] >= 32 and arr.std() > 0
             # every caption states encoder, layer, checkpoint, sampler, steps and seeds
-            for word in ("Encoder random-rn50", "layer trunk", "Checkpoint ", "Sampler ancestral",
-                         "steps 2", "Noise seeds [0, 1]"):  # fmt: skip
+            for word in (
+                "Encoder random-rn50",
+                "layer trunk",
+                "Checkpoint ",
+                "Sampler ancestral",
+                "steps 2",
+                "Noise seeds [0, 1]",
+            ):
                 assert word in fig.caption, (word, fig.caption)
     assert entry.tables and all(t.rows for t in entry.tables)
     page = world["report"].read_text()
@@ -119,7 +167,9 @@ def test_every_figure_label_fits_whole_words(world):
     labels = world["labels"]
     texts = {lab.text for lab in labels}
     assert {"original", "hflip", "eps 0"} <= {t.split("\n")[0] for t in texts}, texts  # drawn at all
-    problems = [p for lab in labels for p in viz.label_problems(lab.text, lab.lines, lab.width, viz.font(lab.font_size))]
+    problems = [
+        p for lab in labels for p in viz.label_problems(lab.text, lab.lines, lab.width, viz.font(lab.font_size))
+    ]
     assert not problems, problems
 
 
@@ -226,8 +276,7 @@ def test_same_command_same_figure(world, tmp_path):
 def test_skipped_training_dynamics_is_recorded(world, tmp_path):
     from rcdm.analysis import analyze
 
-    cfg = replace(world["cfg"], experiments=("training-dynamics",), dynamics_checkpoints=(),
-                  out=str(tmp_path / "skip"))  # fmt: skip
+    cfg = replace(world["cfg"], experiments=("training-dynamics",), dynamics_checkpoints=(), out=str(tmp_path / "skip"))
     page = analyze(cfg).read_text()
     entry = read_entry(tmp_path / "skip" / "training-dynamics" / "entry.json")
     assert entry.skipped and "dynamics_checkpoints" in entry.skipped and not entry.figures
@@ -278,13 +327,21 @@ def test_several_checkpoints_side_by_side(world, tmp_path):
     the probe table has a row per store pair."""
     from rcdm.analysis import analyze
 
-    cfg = replace(world["cfg"], experiments=("interpolation", "neighbours", "probe"),
-                  checkpoints=(str(world["ck0"]), str(world["ck1"])), out=str(tmp_path / "two"),
-                  probe_train_stores=(str(world["train"]),) * 2, probe_val_stores=(str(world["val"]),) * 2)  # fmt: skip
+    cfg = replace(
+        world["cfg"],
+        experiments=("interpolation", "neighbours", "probe"),
+        checkpoints=(str(world["ck0"]), str(world["ck1"])),
+        out=str(tmp_path / "two"),
+        probe_train_stores=(str(world["train"]),) * 2,
+        probe_val_stores=(str(world["val"]),) * 2,
+    )
     page = analyze(cfg).read_text()
     interp = read_entry(tmp_path / "two" / "interpolation" / "entry.json")
     # each figure names its run, the encoder and the layer
-    assert [f.title.split(":")[0] for f in interp.figures] == ["enc-seed0 (random-rn50 trunk)", "enc-seed1 (random-rn50 trunk)"]
+    assert [f.title.split(":")[0] for f in interp.figures] == [
+        "enc-seed0 (random-rn50 trunk)",
+        "enc-seed1 (random-rn50 trunk)",
+    ]
     assert str(world["ck1"]) in interp.figures[1].caption
     nb = read_entry(tmp_path / "two" / "neighbours" / "entry.json")
     assert [f.title for f in nb.figures] == ["enc-seed0 (random-rn50 trunk)"]
@@ -334,13 +391,29 @@ def test_cached_features_condition_only_a_matching_run(tmp_path):
 
     from tests.synthetic_store import make_store
 
-    info = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": 2048, "weights": None,
-            "weights_sha256": None, "seed": 0}  # fmt: skip
+    info = {
+        "name": "random-rn50",
+        "arch": "resnet50",
+        "layer": "trunk",
+        "dim": 2048,
+        "weights": None,
+        "weights_sha256": None,
+        "seed": 0,
+    }
     pp = PREPROCESS["rcdm"]
     meta = {"unet": {"cond": "embed", "cond_dim": 2048}, "encoder": info, "preprocess": pp.to_dict()}
-    r = RCDM(path="runs/a", label="a", model=None, diffusion=None, meta=meta, encoder_info=info,
-             encoder_note="recorded in the checkpoint", conditioning=Conditioning.of_run(meta), cond_dim=2048,
-             image_size=32)  # fmt: skip
+    r = RCDM(
+        path="runs/a",
+        label="a",
+        model=None,
+        diffusion=None,
+        meta=meta,
+        encoder_info=info,
+        encoder_note="recorded in the checkpoint",
+        conditioning=Conditioning.of_run(meta),
+        cond_dim=2048,
+        image_size=32,
+    )
     ctx = Context(cfg=AnalyzeConfig(checkpoints=("runs/a",)), out=tmp_path, device=torch.device("cpu"))
     ctx._cache[("rcdm", "runs/a")] = r
     feats = np.random.default_rng(0).standard_normal((3, 2048)).astype(np.float32)
@@ -351,7 +424,9 @@ def test_cached_features_condition_only_a_matching_run(tmp_path):
         "preprocessing": (info, PREPROCESS["imagenet"]),
     }
     for name, (enc, p) in variants.items():
-        store = FeatureStore(make_store(tmp_path / name, feats, encoder_info=enc, preprocess=p.to_dict(), dtype="float32"))
+        store = FeatureStore(
+            make_store(tmp_path / name, feats, encoder_info=enc, preprocess=p.to_dict(), dtype="float32")
+        )
         assert same_encoder(store, r) == (name == "same"), name
         if name == "same":
             assert ctx.store_rcdms(store, "neighbours")[0] == [r]

@@ -122,10 +122,13 @@ def test_report_round_trip_and_render(tmp_path):
     save_png(fig, tmp_path / "exp" / "a.png")
     (tmp_path / "exp" / "exp.json").write_text(json.dumps({"x": 1.5}))
     e = Entry(
-        experiment="exp", title="An <experiment>", description="d",
+        experiment="exp",
+        title="An <experiment>",
+        description="d",
         figures=[Figure("exp/a.png", "caption & seeds [0]", "ckpt")],
-        tables=[Table("t", ["a", "b"], [["r", 0.123456]])], numbers="exp/exp.json",
-    )  # fmt: skip
+        tables=[Table("t", ["a", "b"], [["r", 0.123456]])],
+        numbers="exp/exp.json",
+    )
     write_entry(tmp_path, e)
     assert read_entry(tmp_path / "exp" / "entry.json") == e
     skipped = Entry(experiment="dyn", title="Dynamics", skipped="nothing configured")
@@ -136,8 +139,6 @@ def test_report_round_trip_and_render(tmp_path):
     e.figures.append(Figure("exp/missing.png", "c"))
     with pytest.raises(FileNotFoundError, match="missing.png"):
         render([e], tmp_path)
-
-
 
 
 def test_runs_are_named_not_run_in_every_column(tmp_path):

@@ -14,7 +14,6 @@ from rcdm.model.weights import load_model, load_state_dict_strict, meta_path, sa
 REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.txt"
 
 
-
 def small(cond: str = "embed") -> UNetConfig:
     return preset("tiny", cond=cond, cond_dim=16, model_channels=32, image_size=16)
 
@@ -108,9 +107,7 @@ def test_official_adm128_key_set_on_meta() -> None:
     sd = {}
     for line in REFERENCE.read_text().splitlines():
         key, shape = line.split(" ", 1)
-        sd[key] = torch.empty(
-            tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), device="meta"
-        )
+        sd[key] = torch.empty(tuple(int(s) for s in shape.strip("()").split(",") if s.strip()), device="meta")
     cfg = config_from_state_dict(sd)
     assert cfg == preset("adm128", cond="embed", cond_dim=2048)
     with torch.device("meta"):
@@ -141,9 +138,7 @@ def test_strict_loading_names_bad_keys(tmp_path: Path) -> None:
         load_state_dict_strict(UNetModel(small("cbn")), model.state_dict())
     # DDP / compile prefixes are accepted
     target = random_model(cfg, 4)
-    load_state_dict_strict(
-        target, {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()}
-    )
+    load_state_dict_strict(target, {f"module._orig_mod.{k}": v for k, v in model.state_dict().items()})
     assert same_weights(target, model)
     # a .pt whose architecture is inferred but has an unexpected key is refused too
     bad = dict(random_model(preset("tiny", cond="none")).state_dict())

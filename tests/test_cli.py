@@ -44,8 +44,9 @@ def test_every_stage_has_common_options(stage):
 
 def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
     work = tmp_path / "w"
-    r = CliRunner().invoke(cli, ["train", "--dry-run", "--kimg", "3", "--set", f"data.workdir={work}",
-                                 "--set", "train.batch_size=8"])
+    r = CliRunner().invoke(
+        cli, ["train", "--dry-run", "--kimg", "3", "--set", f"data.workdir={work}", "--set", "train.batch_size=8"]
+    )
     assert r.exit_code == 0, r.output
     assert "kimg: 3.0" in r.output and "batch_size: 8" in r.output
     assert f"{work}/run" in r.output
@@ -53,14 +54,18 @@ def test_dry_run_prints_resolved_config_and_writes_nothing(tmp_path):
 
 
 def test_extract_dry_run_plans_both_splits(tmp_path):
-    r = CliRunner().invoke(cli, ["extract", "--dry-run", "--encoder", "dino-rn50", "--set", f"data.workdir={tmp_path}", *DATA])
+    r = CliRunner().invoke(
+        cli, ["extract", "--dry-run", "--encoder", "dino-rn50", "--set", f"data.workdir={tmp_path}", *DATA]
+    )
     assert r.exit_code == 0, r.output
     assert f"{tmp_path}/stores/train" in r.output and f"{tmp_path}/stores/val" in r.output
     assert r.output.count("encoder input 224 px") == 2
 
 
 def test_run_dry_run_lists_stages(tmp_path):
-    r = CliRunner().invoke(cli, ["run", "--dry-run", "--stages", "train,extract", "--set", f"data.workdir={tmp_path}", *DATA])
+    r = CliRunner().invoke(
+        cli, ["run", "--dry-run", "--stages", "train,extract", "--set", f"data.workdir={tmp_path}", *DATA]
+    )
     assert r.exit_code == 0, r.output
     lines = [ln for ln in r.output.splitlines() if " -> " in ln]
     assert [ln.split()[0] for ln in lines] == ["extract", "train"]  # pipeline order
@@ -82,7 +87,9 @@ def test_set_wins_over_option_and_config(tmp_path):
     cfgfile.write_text("train:\n  kimg: 7\n")
     r = CliRunner().invoke(cli, ["train", "--dry-run", "--config", str(cfgfile)])
     assert "kimg: 7.0" in r.output
-    r = CliRunner().invoke(cli, ["train", "--dry-run", "--config", str(cfgfile), "--kimg", "5", "--set", "train.kimg=9"])
+    r = CliRunner().invoke(
+        cli, ["train", "--dry-run", "--config", str(cfgfile), "--kimg", "5", "--set", "train.kimg=9"]
+    )
     assert "kimg: 9.0" in r.output
 
 
@@ -111,8 +118,9 @@ def test_run_refuses_an_extract_out_it_would_not_honour(tmp_path):
     assert r.exit_code == 1, r.output
     assert "cannot honour extract.out from --set extract.out" in r.output and "data.workdir" in r.output
     # an explicit single-store extraction does honour it
-    r = CliRunner().invoke(cli, ["extract", "--dry-run", "--encoder", "random-rn50", "--source", "/img",
-                                 "--out", f"{tmp_path}/x"])
+    r = CliRunner().invoke(
+        cli, ["extract", "--dry-run", "--encoder", "random-rn50", "--source", "/img", "--out", f"{tmp_path}/x"]
+    )
     assert r.exit_code == 0 and f"would write store {tmp_path}/x from /img" in r.output
 
 

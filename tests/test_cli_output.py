@@ -27,8 +27,9 @@ def test_summary_lists_only_non_default_values_with_their_source():
 
 
 def test_a_stage_prints_the_summary_not_the_yaml_unless_dry_run(tmp_path):
-    r = CliRunner().invoke(cli, ["train", "--store", str(tmp_path / "nowhere"), "--kimg", "3",
-                                 "--set", f"data.workdir={tmp_path}"])  # fmt: skip
+    r = CliRunner().invoke(
+        cli, ["train", "--store", str(tmp_path / "nowhere"), "--kimg", "3", "--set", f"data.workdir={tmp_path}"]
+    )
     assert r.exit_code == 1  # the store is missing: the error follows the short summary
     assert "# train: 2 value(s) differ" in r.output and "train.kimg=3.0" in r.output
     assert "batch_size:" not in r.output  # no YAML before the error
@@ -49,9 +50,20 @@ def test_train_source_option_and_unknown_experiment_in_dry_run():
 def _metrics(tmp_path, fid=None):
     ev = tmp_path / "eval"
     ev.mkdir()
-    m = {"n_samples": 64, "rank": {"in_reference": {"n": 64, "N": 192, "mean_rank": 32.03, "mrr": 0.1538,
-                                                    "chance_mean_rank": 96.5, "chance_mrr": 0.0304}},
-         "fid": fid or {"skipped": True, "reason": "no Inception weights", "how_to_enable": "pass --inception-weights"}}  # fmt: skip
+    m = {
+        "n_samples": 64,
+        "rank": {
+            "in_reference": {
+                "n": 64,
+                "N": 192,
+                "mean_rank": 32.03,
+                "mrr": 0.1538,
+                "chance_mean_rank": 96.5,
+                "chance_mrr": 0.0304,
+            }
+        },
+        "fid": fid or {"skipped": True, "reason": "no Inception weights", "how_to_enable": "pass --inception-weights"},
+    }
     (ev / "metrics.json").write_text(json.dumps(m))
     return ev / "metrics.json"
 
@@ -62,7 +74,9 @@ def test_evaluate_and_run_end_with_the_numbers(tmp_path):
 
     path = _metrics(tmp_path)
     lines = evaluate_lines(path)
-    assert lines[0].startswith("faithfulness (64 samples): Weak: MRR 0.154 (chance 0.030; chance-corrected 0.127), mean rank 32.0 of 192")
+    assert lines[0].startswith(
+        "faithfulness (64 samples): Weak: MRR 0.154 (chance 0.030; chance-corrected 0.127), mean rank 32.0 of 192"
+    )
     assert lines[1:3] == ["FID / IS not computed: no Inception weights", "  to compute them: pass --inception-weights"]
     assert lines[-1] == f"tables: {path.with_name('metrics.md')}"
     cfg = load_config(None, [f"evaluate.out={path.parent}"])

@@ -69,8 +69,12 @@ def test_second_extract_on_a_store_being_written_is_refused(tmp_path):
     script.write_text(HELD_EXTRACT)
     first = subprocess.Popen(
         [sys.executable, str(script), str(images), str(out), str(paused), str(go)],
-        env=ENV, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        env=ENV,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         _wait_for(paused, first)
         before = sorted(p.name for p in out.iterdir())
@@ -95,7 +99,12 @@ def test_second_extract_on_a_store_being_written_is_refused(tmp_path):
 def _hold(folder: Path, command: str, pid: int | None = None) -> Path:
     """A lock file naming a live holder (this test process, on this host) in ``folder``."""
     folder.mkdir(parents=True, exist_ok=True)
-    holder = {"pid": pid or os.getpid(), "host": socket.gethostname(), "command": command, "since": "2024-01-01T00:00:00"}
+    holder = {
+        "pid": pid or os.getpid(),
+        "host": socket.gethostname(),
+        "command": command,
+        "since": "2024-01-01T00:00:00",
+    }
     (folder / LOCK).write_text(json.dumps(holder))
     return folder / LOCK
 

@@ -35,7 +35,12 @@ def test_repository_pipeline_yaml_resolves_to_the_defaults():
 
 def test_demo_profile_holds_the_shortcuts_and_nothing_leaks():
     demo = load_config(profile="demo")
-    assert demo.extract.input_size == 32 and demo.train.preset == "tiny" and demo.sample.guidance == 1.5 and demo.train.cond_image == 32
+    assert (
+        demo.extract.input_size == 32
+        and demo.train.preset == "tiny"
+        and demo.sample.guidance == 1.5
+        and demo.train.cond_image == 32
+    )
     assert demo.data.demo and demo.train.origin["lr"] == "profile demo"
     # a profile never reads the current folder's pipeline.yaml, and the defaults stay the recipe
     assert load_config().train.lr == 1e-4
@@ -106,8 +111,17 @@ def test_mistyped_values_are_errors(override, message):
 
 
 def test_overrides_are_typed():
-    cfg = load_config(None, ["train.kimg=2", "train.ema_rates=[0.99, 0.999]", "extract.weights=null",
-                             "sample.steps=100", "extract.overwrite=true", "analyze.steps=ddim50"])
+    cfg = load_config(
+        None,
+        [
+            "train.kimg=2",
+            "train.ema_rates=[0.99, 0.999]",
+            "extract.weights=null",
+            "sample.steps=100",
+            "extract.overwrite=true",
+            "analyze.steps=ddim50",
+        ],
+    )
     assert cfg.train.kimg == 2.0 and isinstance(cfg.train.kimg, float)
     assert cfg.train.ema_rates == (0.99, 0.999)
     assert cfg.extract.weights is None

@@ -11,8 +11,14 @@ from rcdm.utils import read_json
 
 
 def _cfg(tmp_path: Path, **kw) -> DataConfig:
-    return DataConfig(train=str(tmp_path / "demo/train"), val=str(tmp_path / "demo/val"),
-                      demo_size=24, demo_train_per_photo=3, demo_val_per_photo=2, **kw)
+    return DataConfig(
+        train=str(tmp_path / "demo/train"),
+        val=str(tmp_path / "demo/val"),
+        demo_size=24,
+        demo_train_per_photo=3,
+        demo_val_per_photo=2,
+        **kw,
+    )
 
 
 def test_build_writes_imagefolder_trees_with_one_class_per_photo(tmp_path):
@@ -54,5 +60,6 @@ def test_checksum_catches_damage_and_rebuild_repairs(tmp_path):
 def test_changed_settings_mean_not_built(tmp_path):
     cfg = _cfg(tmp_path)
     demo.build(cfg)
-    assert not demo.is_built(DataConfig(train=cfg.train, val=cfg.val, demo_size=32,
-                                        demo_train_per_photo=3, demo_val_per_photo=2))
+    assert not demo.is_built(
+        DataConfig(train=cfg.train, val=cfg.val, demo_size=32, demo_train_per_photo=3, demo_val_per_photo=2)
+    )

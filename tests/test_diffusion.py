@@ -24,7 +24,6 @@ from rcdm.model.unet import UNetModel, preset
 T = 1000
 
 
-
 def linear_acp(t: int) -> float:
     """alpha-bar of Ho et al.'s linear schedule, computed from scratch."""
     betas = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(t + 1)]
@@ -69,18 +68,14 @@ def test_posterior_is_bayes_rule() -> None:
         a_prev = d.alphas_cumprod[ti - 1].item()
         precision = 1 / (1 - a_prev) + (1 - beta) / beta
         post_var = 1 / precision
-        post_mean = post_var * (
-            math.sqrt(a_prev) * x0[i] / (1 - a_prev) + math.sqrt(1 - beta) * xt[i] / beta
-        )
+        post_mean = post_var * (math.sqrt(a_prev) * x0[i] / (1 - a_prev) + math.sqrt(1 - beta) * xt[i] / beta)
         torch.testing.assert_close(mean[i], post_mean, rtol=1e-5, atol=1e-5)
         assert var[i, 0, 0, 0].item() == pytest.approx(post_var, rel=1e-5)
         assert log_var[i, 0, 0, 0].item() == pytest.approx(math.log(post_var), rel=1e-5)
     # t = 0: variance 0, log variance clipped at beta~_1
     _, var0, log_var0 = d.q_posterior_mean_variance(x0, xt, torch.tensor([0, 0]))
     assert var0.abs().max().item() == 0.0
-    assert log_var0[0, 0, 0, 0].item() == pytest.approx(
-        math.log(d.posterior_variance[1].item()), rel=1e-5
-    )
+    assert log_var0[0, 0, 0, 0].item() == pytest.approx(math.log(d.posterior_variance[1].item()), rel=1e-5)
 
 
 def test_normal_kl_matches_torch_distributions() -> None:
@@ -104,9 +99,7 @@ def test_discretized_log_likelihood() -> None:
     # against the exact normal CDF (ADM uses the tanh approximation, good to ~1e-3)
     edges_hi = torch.special.ndtr((bins + 1 / 255 - 0.3) / 0.1)
     edges_lo = torch.special.ndtr((bins - 1 / 255 - 0.3) / 0.1)
-    exact = torch.where(
-        bins > 0.999, 1 - edges_lo, torch.where(bins < -0.999, edges_hi, edges_hi - edges_lo)
-    )
+    exact = torch.where(bins > 0.999, 1 - edges_lo, torch.where(bins < -0.999, edges_hi, edges_hi - edges_lo))
     assert (logp.exp() - exact).abs().max().item() < 2e-3
     with pytest.raises(ValueError, match="shapes differ"):
         discretized_gaussian_log_likelihood(bins, mean[:3], log_scale)
@@ -181,17 +174,13 @@ def test_learned_range_variance_endpoints() -> None:
     hi = d.p_mean_variance_from_output(torch.cat([eps, torch.ones_like(x)], 1), x, t, False)
     lo = d.p_mean_variance_from_output(torch.cat([eps, -torch.ones_like(x)], 1), x, t, False)
     for i, ti in enumerate(t.tolist()):
-        assert hi["log_variance"][i, 0, 0, 0].item() == pytest.approx(
-            math.log(d.betas[ti].item()), rel=1e-5
-        )
+        assert hi["log_variance"][i, 0, 0, 0].item() == pytest.approx(math.log(d.betas[ti].item()), rel=1e-5)
         assert lo["log_variance"][i, 0, 0, 0].item() == pytest.approx(
             d.posterior_log_variance_clipped[ti].item(), rel=1e-5
         )
     # x0 guess from eps: x0 = (x - sqrt(1-acp) eps) / sqrt(acp)
     a = d.alphas_cumprod[t].float().view(-1, 1, 1, 1)
-    torch.testing.assert_close(
-        hi["pred_xstart"], (x - (1 - a).sqrt() * eps) / a.sqrt(), rtol=1e-4, atol=1e-4
-    )
+    torch.testing.assert_close(hi["pred_xstart"], (x - (1 - a).sqrt() * eps) / a.sqrt(), rtol=1e-4, atol=1e-4)
 
 
 class Oracle(torch.nn.Module):
@@ -202,9 +191,7 @@ class Oracle(torch.nn.Module):
         super().__init__()
         self.x_star, self.v, self.base = x_star, v, create_diffusion("linear")
 
-    def forward(
-        self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor | None = None) -> torch.Tensor:
         a = self.base.alphas_cumprod.float()[t].view(-1, 1, 1, 1)
         eps = (x - a.sqrt() * self.x_star) / (1 - a).sqrt()
         return torch.cat([eps, torch.full_like(eps, self.v)], 1)
@@ -243,9 +230,7 @@ def test_training_losses() -> None:
     lv = 0.5 * d.log_betas[t].float() + 0.5 * d.posterior_log_variance_clipped[t].float()  # v = 0
     kl = 0.5 * (-1 + lv - true_lv[:, 0, 0, 0] + (true_lv[:, 0, 0, 0] - lv).exp()) / math.log(2)
     torch.testing.assert_close(terms["vb"][1:], kl[1:], rtol=1e-4, atol=1e-6)
-    nll = -discretized_gaussian_log_likelihood(
-        x0[:1], true_mean[:1], torch.full_like(x0[:1], 0.5 * lv[0].item())
-    )
+    nll = -discretized_gaussian_log_likelihood(x0[:1], true_mean[:1], torch.full_like(x0[:1], 0.5 * lv[0].item()))
     assert terms["vb"][0].item() == pytest.approx(nll.mean().item() / math.log(2), rel=1e-4)
     torch.testing.assert_close(terms["loss"], terms["mse"] + terms["vb"])
 
@@ -289,9 +274,7 @@ def test_ddim_eta0_is_deterministic_and_uses_no_generator_draws() -> None:
         torch.randn(3, generator=torch.Generator().manual_seed(1)),
     )
     # eta > 0 is stochastic
-    c = sample_loop(
-        model, d, h, noise, ddim=True, eta=1.0, generators=[torch.Generator().manual_seed(5)] * 2
-    )
+    c = sample_loop(model, d, h, noise, ddim=True, eta=1.0, generators=[torch.Generator().manual_seed(5)] * 2)
     assert (c - a).abs().max() > 1e-3
     assert a.abs().max() <= 1.0 + 1e-5
 

@@ -35,7 +35,6 @@ PP64 = Preprocess(64, 64, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.
 PP224 = Preprocess(224, 224, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "adm")
 
 
-
 def tiny(name: str):
     """The registry entry with the tiny trunk and a narrow head of the same structure."""
     s = get_spec(name)
@@ -61,21 +60,20 @@ CASES = {
     "simclr-rn50 (VISSL)": ("simclr-rn50", lambda p, t, h: save_vissl(p, t, h), ("trunk", "head")),
     "moco-rn50 (VISSL)": ("moco-rn50", lambda p, t, h: save_vissl(p, t, h), ("trunk", "head")),
     "barlow-rn50 (VISSL)": ("barlow-rn50", lambda p, t, h: save_vissl(p, t, h), ("trunk", "head")),
-    "supervised-vissl-rn50 (VISSL)": (
-        "supervised-vissl-rn50", lambda p, t, h: save_vissl(p, t, h), ("trunk", "head")),
+    "supervised-vissl-rn50 (VISSL)": ("supervised-vissl-rn50", lambda p, t, h: save_vissl(p, t, h), ("trunk", "head")),
     "swav-rn50 (VISSL swav_head)": (
-        "swav-rn50", lambda p, t, h: save_vissl(p, t, h, head_style="swav"), ("trunk", "head")),
-    "dino-rn50 (DINO full, DDP teacher)": (
-        "dino-rn50", lambda p, t, h: save_dino(p, t, h), ("trunk", "head")),
+        "swav-rn50",
+        lambda p, t, h: save_vissl(p, t, h, head_style="swav"),
+        ("trunk", "head"),
+    ),
+    "dino-rn50 (DINO full, DDP teacher)": ("dino-rn50", lambda p, t, h: save_dino(p, t, h), ("trunk", "head")),
     "dino-rn50 (DINO backbone only)": ("dino-rn50", lambda p, t, h: save_dino(p, t), ("trunk",)),
     "vicreg-rn50 (VICReg full)": ("vicreg-rn50", lambda p, t, h: save_vicreg(p, t, h), ("trunk", "head")),
     "vicreg-rn50 (resnet50.pth)": ("vicreg-rn50", lambda p, t, h: save_vicreg(p, t), ("trunk",)),
-    "supervised-rn50 (torchvision)": (
-        "supervised-rn50", lambda p, t, h: save_torchvision(p, t, h), ("trunk", "head")),
+    "supervised-rn50 (torchvision)": ("supervised-rn50", lambda p, t, h: save_torchvision(p, t, h), ("trunk", "head")),
     "dino-vits16 (timm keys)": ("dino-vits16", lambda p, t, h: save_timm_vit(p, t), ("trunk",)),
-    "dino-vits16 (DINO full teacher)": (
-        "dino-vits16", lambda p, t, h: save_dino(p, t, h), ("trunk", "head")),
-}  # fmt: skip
+    "dino-vits16 (DINO full teacher)": ("dino-vits16", lambda p, t, h: save_dino(p, t, h), ("trunk", "head")),
+}
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -118,14 +116,22 @@ def test_real_architectures_match_the_published_layouts():
         vit = build_trunk("vit_small_patch16")
         simclr_head = build_head(get_spec("simclr-rn50").head)
     assert sum(p.numel() for p in rn50.parameters()) == 23_508_032  # torchvision RN50 minus fc
-    vissl = {"classy_state_dict": {"base_model": {"model": {
-        "trunk": _VisslTrunk(rn50).state_dict(),
-        "heads": {"0.clf.0.weight": torch.empty(2048, 2048, device="meta"),
-                  "0.clf.0.bias": torch.empty(2048, device="meta"),
-                  "1.clf.0.weight": torch.empty(128, 2048, device="meta"),
-                  "1.clf.0.bias": torch.empty(128, device="meta")}}}}}  # fmt: skip
-    assert "_feature_blocks.layer4.2.conv3.weight" in vissl["classy_state_dict"]["base_model"][
-        "model"]["trunk"]  # fmt: skip
+    vissl = {
+        "classy_state_dict": {
+            "base_model": {
+                "model": {
+                    "trunk": _VisslTrunk(rn50).state_dict(),
+                    "heads": {
+                        "0.clf.0.weight": torch.empty(2048, 2048, device="meta"),
+                        "0.clf.0.bias": torch.empty(2048, device="meta"),
+                        "1.clf.0.weight": torch.empty(128, 2048, device="meta"),
+                        "1.clf.0.bias": torch.empty(128, device="meta"),
+                    },
+                }
+            }
+        }
+    }
+    assert "_feature_blocks.layer4.2.conv3.weight" in vissl["classy_state_dict"]["base_model"]["model"]["trunk"]
     mapped = READERS["vissl-mlp"](vissl, get_spec("simclr-rn50").head, True)
     strict_load(rn50, mapped.trunk, "vissl trunk", mapped.unexpected)
     strict_load(simclr_head, mapped.head, "vissl head")
@@ -197,7 +203,9 @@ def test_missing_unexpected_and_misshaped_keys_are_named(tmp_path):
         m["trunk"]["_feature_blocks.conv1.weight"] = torch.zeros(64, 3, 5, 5)
 
     spec, path = _vissl_file(tmp_path, reshape)
-    with pytest.raises(ValueError, match=r"'conv1\.weight' is \[64, 3, 5, 5\] in the file, the model needs \[64, 3, 7, 7\]"):
+    with pytest.raises(
+        ValueError, match=r"'conv1\.weight' is \[64, 3, 5, 5\] in the file, the model needs \[64, 3, 7, 7\]"
+    ):
         load_encoder(spec, str(path))
 
     spec, path = _vissl_file(tmp_path, lambda m: m["heads"].pop("1.clf.0.bias"))
@@ -282,13 +290,32 @@ def test_unknown_encoder_and_layer():
 
 def test_registry_contents():
     assert set(REGISTRY) == {
-        "simclr-rn50", "swav-rn50", "barlow-rn50", "moco-rn50", "supervised-vissl-rn50",
-        "dino-rn50", "vicreg-rn50", "supervised-rn50", "random-rn50", "dino-vits16",
-        "dinov2-vits14", "dinov2-vitb14", "dinov2-vitl14", "dinov2-vitg14",
-        "dinov2-vits14-reg", "dinov2-vitb14-reg", "dinov2-vitl14-reg", "dinov2-vitg14-reg",
-        "mae-vitb16", "mae-vitl16", "mae-vith14", "ijepa-vith14",
-        "clip-vitb16", "clip-vitb16-laion2b", "siglip-vitb16",
-    }  # fmt: skip
+        "simclr-rn50",
+        "swav-rn50",
+        "barlow-rn50",
+        "moco-rn50",
+        "supervised-vissl-rn50",
+        "dino-rn50",
+        "vicreg-rn50",
+        "supervised-rn50",
+        "random-rn50",
+        "dino-vits16",
+        "dinov2-vits14",
+        "dinov2-vitb14",
+        "dinov2-vitl14",
+        "dinov2-vitg14",
+        "dinov2-vits14-reg",
+        "dinov2-vitb14-reg",
+        "dinov2-vitl14-reg",
+        "dinov2-vitg14-reg",
+        "mae-vitb16",
+        "mae-vitl16",
+        "mae-vith14",
+        "ijepa-vith14",
+        "clip-vitb16",
+        "clip-vitb16-laion2b",
+        "siglip-vitb16",
+    }
     assert get_spec("dino-vits16").dims == {"trunk": 384, "cls": 384, "mean": 384, "tokens": 196 * 384, "head": 256}
     assert get_spec("dinov2-vitl14-reg").dims == {"trunk": 1024, "cls": 1024, "mean": 1024, "tokens": 256 * 1024}
     assert get_spec("clip-vitb16").dims["head"] == 512

@@ -13,7 +13,9 @@ from rcdm.verdict import SCALE_TEXT, grade, metrics_summary, verdict_of_metrics
 def test_verdict_on_the_fixed_scale_beside_chance():
     # the demo's numbers (mean rank 32 of 192, MRR 0.154) read "weak", never "faithful"
     demo = verdict(32.03, 96.5, 0.1538, 0.0304, 192)
-    assert demo.startswith("Weak: MRR 0.154 (chance 0.030; chance-corrected 0.127), mean rank 32.0 of 192 (chance 96.5)")
+    assert demo.startswith(
+        "Weak: MRR 0.154 (chance 0.030; chance-corrected 0.127), mean rank 32.0 of 192 (chance 96.5)"
+    )
     assert SCALE_TEXT in demo and "better than chance" not in demo
     assert grade(0.19, 0.0) == "weak" and grade(0.2, 0.0) == "partial"
     assert grade(0.6, 0.0) == "partial" and grade(0.61, 0.0) == "faithful"
@@ -26,9 +28,20 @@ def test_verdict_on_the_fixed_scale_beside_chance():
 
 
 def test_metrics_summary_for_the_terminal():
-    m = {"n_samples": 8, "rank": {"in_reference": {"n": 8, "N": 100, "mean_rank": 5.0, "mrr": 0.4,
-                                                   "chance_mean_rank": 50.5, "chance_mrr": 0.05}},
-         "fid": {"skipped": True, "reason": "weights missing", "how_to_enable": "pass --inception-weights"}}  # fmt: skip
+    m = {
+        "n_samples": 8,
+        "rank": {
+            "in_reference": {
+                "n": 8,
+                "N": 100,
+                "mean_rank": 5.0,
+                "mrr": 0.4,
+                "chance_mean_rank": 50.5,
+                "chance_mrr": 0.05,
+            }
+        },
+        "fid": {"skipped": True, "reason": "weights missing", "how_to_enable": "pass --inception-weights"},
+    }
     lines = metrics_summary(m)
     assert lines[0].startswith("faithfulness (8 samples): Partial: MRR 0.400 (chance 0.050; chance-corrected 0.368)")
     assert lines[1:] == ["FID / IS not computed: weights missing", "  to compute them: pass --inception-weights"]
@@ -43,7 +56,9 @@ def test_metrics_summary_for_the_terminal():
     assert verdict_of_metrics(m).sentence == verdict(5.0, 50.5, 0.4, 0.05, 100) and verdict_of_metrics({}) is None
     # the pixel space (no encoder) gets its own line under the verdict
     m["faithfulness"]["spaces"].append({"space": "pixels", "mean_rank": 2.25, "N": 100, "mrr": 0.8, "chance_mrr": 0.05})
-    assert metrics_summary(m)[1] == "  in pixel space (no encoder to fool): mean rank 2.2 of 100, MRR 0.800 (chance 0.050)"
+    assert (
+        metrics_summary(m)[1] == "  in pixel space (no encoder to fool): mean rank 2.2 of 100, MRR 0.800 (chance 0.050)"
+    )
 
 
 def _eval_dir(tmp_path, fid_skipped=True):
@@ -53,16 +68,31 @@ def _eval_dir(tmp_path, fid_skipped=True):
     ev = tmp_path / "eval"
     ev.mkdir()
     metrics = {
-        "method": "RCDM (random-rn50, embed)", "encoder": "random-rn50", "layer": "trunk",
-        "resolution": 32, "n_samples": 8, "sampler": "ancestral", "steps": "50",
+        "method": "RCDM (random-rn50, embed)",
+        "encoder": "random-rn50",
+        "layer": "trunk",
+        "resolution": 32,
+        "n_samples": 8,
+        "sampler": "ancestral",
+        "steps": "50",
         "samples": {"path": str(samples), "checkpoint": "runs/demo/run"},
         "reference": {"N": 100},
         "fid": {"skipped": True, "reason": "the Inception weights file is missing", "how_to_enable": "put it there"}
-        if fid_skipped else {"value": 12.345},
+        if fid_skipped
+        else {"value": 12.345},
         "is": {"skipped": True} if fid_skipped else {"mean": 3.2, "std": 0.1},
-        "rank": {"in_reference": {"n": 8, "N": 100, "mean_rank": 5.0, "mrr": 0.4, "median_rank": 3.0,
-                                  "chance_mean_rank": 50.5, "chance_mrr": 0.05}},
-    }  # fmt: skip
+        "rank": {
+            "in_reference": {
+                "n": 8,
+                "N": 100,
+                "mean_rank": 5.0,
+                "mrr": 0.4,
+                "median_rank": 3.0,
+                "chance_mean_rank": 50.5,
+                "chance_mrr": 0.05,
+            }
+        },
+    }
     (ev / "metrics.json").write_text(json.dumps(metrics))
     return ev
 

@@ -102,9 +102,11 @@ def test_wrapper_matches_torch_fidelity_extractor(use_torch_home):
     x = np.random.default_rng(0).integers(0, 256, size=(2, RES, RES, 3), dtype=np.uint8)
     pool, logits = InceptionV3(w)(x, batch_size=1)  # two batches of one
     fe = create_feature_extractor(
-        "inception-v3-compat", ["2048", "logits_unbiased"], cuda=False,
+        "inception-v3-compat",
+        ["2048", "logits_unbiased"],
+        cuda=False,
         feature_extractor_weights_path=str(w),
-    )  # fmt: skip
+    )
     with torch.no_grad():
         ref_pool, ref_logits = fe(torch.from_numpy(x).permute(0, 3, 1, 2))
     assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
@@ -191,8 +193,7 @@ def test_stale_reference_stats_refused_before_work(tmp_path, use_torch_home):
     cache = tmp_path / "ref.npz"
     wsha = sha256_file(use_torch_home / "hub" / "checkpoints" / INCEPTION_FILENAME)
     save_reference_stats(cache, np.zeros(2048), np.eye(2048), expected_meta(val, 64, wsha, None))
-    cfg = cfg_for(samples, store, tmp_path / "eval", fid="on", reference_images=str(val),
-                  fid_stats_cache=str(cache))  # fmt: skip
+    cfg = cfg_for(samples, store, tmp_path / "eval", fid="on", reference_images=str(val), fid_stats_cache=str(cache))
     with pytest.raises(ValueError, match="resolution=64"):
         evaluate(cfg)
 
@@ -229,8 +230,13 @@ def e2e(tmp_path_factory, torch_home):
     pp = dataclasses.replace(PREPROCESS["rcdm"], resize=64, crop=64)
     enc = load_encoder("random-rn50", seed=0, preprocess=pp)
     feats = encode(enc, imgs, enc.preprocess, batch_size=8, both_views=True)  # (6, 2, D)
-    store = make_store(tmp / "store", feats, keys=[it.key for it in src.items],
-                       encoder_info=enc.info(), preprocess=enc.preprocess.to_dict())  # fmt: skip
+    store = make_store(
+        tmp / "store",
+        feats,
+        keys=[it.key for it in src.items],
+        encoder_info=enc.info(),
+        preprocess=enc.preprocess.to_dict(),
+    )
     ref = np.asarray(feats[:, 0], np.float32)
     rng = np.random.default_rng(0)
     images, rows = [], []
@@ -238,25 +244,44 @@ def e2e(tmp_path_factory, torch_home):
         c = s // 2
         base = adm_center_crop(imgs[c], RES).astype(np.int16)
         images.append(np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8))
-        rows.append({"sample": s, "condition": c, "kind": "store", "key": src.items[c].key,
-                     "store_index": c, "seed": s})  # fmt: skip
+        rows.append(
+            {"sample": s, "condition": c, "kind": "store", "key": src.items[c].key, "store_index": c, "seed": s}
+        )
     ood = [Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)) for _ in range(2)]
     ood_feats = encode(enc, ood, enc.preprocess)  # (2, D)
     for j in range(2):
         images.append(adm_center_crop(ood[j], RES))
-        rows.append({"sample": 8 + j, "condition": 4 + j, "kind": "image",
-                     "key": f"/ood/{j}.png", "store_index": None, "seed": 8 + j})  # fmt: skip
+        rows.append(
+            {
+                "sample": 8 + j,
+                "condition": 4 + j,
+                "kind": "image",
+                "key": f"/ood/{j}.png",
+                "store_index": None,
+                "seed": 8 + j,
+            }
+        )
     images = np.stack(images)
     conds = np.concatenate([ref[:4], ood_feats]).astype(np.float32)  # (6 conditions, D)
-    samples = write_samples(tmp / "samples", images, rows, conds, encoder=enc.info(),
-                            unet={"cond": "embed"})  # fmt: skip
-    cfg = cfg_for(samples, store, tmp / "eval", fid="on", reference_images=str(val),
-                  is_splits=5, fid_method="eigh", batch_size=8)  # fmt: skip
+    samples = write_samples(tmp / "samples", images, rows, conds, encoder=enc.info(), unet={"cond": "embed"})
+    cfg = cfg_for(
+        samples, store, tmp / "eval", fid="on", reference_images=str(val), is_splits=5, fid_method="eigh", batch_size=8
+    )
     first = json.loads(evaluate(cfg).read_text())
     second_path = evaluate(cfg)
-    yield {"tmp": tmp, "cfg": cfg, "first": first, "second": json.loads(second_path.read_text()),
-           "enc": enc, "images": images, "ref": ref, "conds": conds[[r["condition"] for r in rows]],
-           "out": tmp / "eval", "store": store, "samples": samples}  # fmt: skip
+    yield {
+        "tmp": tmp,
+        "cfg": cfg,
+        "first": first,
+        "second": json.loads(second_path.read_text()),
+        "enc": enc,
+        "images": images,
+        "ref": ref,
+        "conds": conds[[r["condition"] for r in rows]],
+        "out": tmp / "eval",
+        "store": store,
+        "samples": samples,
+    }
     mp.undo()
 
 
@@ -275,8 +300,15 @@ def test_e2e_outputs_and_rank(e2e):
     from rcdm.encoders.build import encode
 
     out, m = e2e["out"], e2e["first"]
-    for f in ("metrics.json", "metrics.csv", "metrics.md", "ranks.npy", "rank_in_reference.npy",
-              "config.yaml", "manifest.json"):  # fmt: skip
+    for f in (
+        "metrics.json",
+        "metrics.csv",
+        "metrics.md",
+        "ranks.npy",
+        "rank_in_reference.npy",
+        "config.yaml",
+        "manifest.json",
+    ):
         assert (out / f).is_file(), f
     man = json.loads((out / "manifest.json").read_text())
     from rcdm.utils import sha256_file
@@ -379,8 +411,7 @@ def test_reference_stats_subset_and_unreadable_images(tmp_path):
 
 def test_missing_reference_images_stop_before_work(tmp_path, use_torch_home):
     samples, store, *_ = simple_case(tmp_path)
-    cfg = cfg_for(samples, store, tmp_path / "eval", fid="auto",
-                  reference_images=str(tmp_path / "no_such_val"))  # fmt: skip
+    cfg = cfg_for(samples, store, tmp_path / "eval", fid="auto", reference_images=str(tmp_path / "no_such_val"))
     with pytest.raises(FileNotFoundError, match="no_such_val"):
         evaluate(cfg)
     assert not (tmp_path / "eval" / "manifest.json").exists()
@@ -389,8 +420,14 @@ def test_missing_reference_images_stop_before_work(tmp_path, use_torch_home):
 def test_missing_encoder_weights_stop_before_output(tmp_path):
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(3, 8)).astype(np.float32)
-    info = {"name": "supervised-rn50", "arch": "resnet50", "layer": "trunk", "dim": 8,
-            "weights": str(tmp_path / "gone.pth"), "weights_sha256": "0" * 64}  # fmt: skip
+    info = {
+        "name": "supervised-rn50",
+        "arch": "resnet50",
+        "layer": "trunk",
+        "dim": 8,
+        "weights": str(tmp_path / "gone.pth"),
+        "weights_sha256": "0" * 64,
+    }
     store = make_store(tmp_path / "store", feats, encoder_info=info)
     rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(3)]
     images = rng.integers(0, 256, size=(3, RES, RES, 3), dtype=np.uint8)

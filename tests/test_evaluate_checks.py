@@ -14,8 +14,15 @@ from tests.synthetic_store import RCDM_PREPROCESS, make_store
 from tests.test_evaluate import RES, cfg_for, write_samples
 
 DIM = 2048
-INFO = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": DIM, "weights": None,
-        "weights_sha256": None, "seed": 0}  # fmt: skip
+INFO = {
+    "name": "random-rn50",
+    "arch": "resnet50",
+    "layer": "trunk",
+    "dim": DIM,
+    "weights": None,
+    "weights_sha256": None,
+    "seed": 0,
+}
 
 
 def _case(tmp_path, encoder: dict, preprocess: dict | None):

@@ -144,6 +144,7 @@ def test_interrupted_run_resumes_to_the_same_store(tiny, images, tmp_path, monke
         S.FeatureStore(out)
 
     (out / ".shard-00001.h5.tmp-999").write_bytes(b"half a shard")  # killed while writing
+
     # re-run the same command: shard 0 is skipped, shard 1 is written
     def record(*args, **kw):
         written.append(args[1])
@@ -261,9 +262,28 @@ def test_cli_extract_wds_and_store_commands(ref_store, images, tmp_path, monkeyp
 
     out = tmp_path / "wds"
     runner = CliRunner()
-    args = ["extract", "--source", str(images), "--out", str(out), "--encoder", "random-rn50", "--format", "wds",
-            "--include-images", "--batch-size", "4", "--workers", "2", "--device", "cpu", "--set", "extract.shard_size=2",
-            "--set", "extract.limit=3"]
+    args = [
+        "extract",
+        "--source",
+        str(images),
+        "--out",
+        str(out),
+        "--encoder",
+        "random-rn50",
+        "--format",
+        "wds",
+        "--include-images",
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+        "--device",
+        "cpu",
+        "--set",
+        "extract.shard_size=2",
+        "--set",
+        "extract.limit=3",
+    ]
     r = runner.invoke(cli, [*args, "--dry-run"])
     assert r.exit_code == 0, r.output
     assert "dry run" in r.output and not out.exists()
@@ -330,11 +350,15 @@ def test_gpu_extraction_matches_cpu(tiny, images, tmp_path):
     import rcdm.extract
 
     cpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "cpu", encoder="tiny")))
-    gpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2, decode="cpu")))
+    gpu = S.FeatureStore(
+        rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2, decode="cpu"))
+    )
     assert gpu.keys == cpu.keys
     np.testing.assert_allclose(gpu.features(None), cpu.features(None), rtol=1e-2, atol=1e-3)
-    amp = S.FeatureStore(rcdm.extract.run(
-        _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True, decode="cpu")
-    ))
+    amp = S.FeatureStore(
+        rcdm.extract.run(
+            _cfg(images, tmp_path / "amp", encoder="tiny", device="cuda", amp="bf16", channels_last=True, decode="cpu")
+        )
+    )
     a = cpu.features(None)
     np.testing.assert_allclose(amp.features(None), a, rtol=0.05, atol=0.02 * np.abs(a).max())

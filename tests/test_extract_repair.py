@@ -151,8 +151,26 @@ def test_cli_full_disk_prints_one_line(images, tmp_path, monkeypatch):
 
     monkeypatch.setattr(tarfile.TarFile, "addfile", full)
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(cli, ["extract", "--encoder", "random-rn50", "--source", str(images), "--out", "s", "--format", "wds",
-                                 "--workers", "0", "--device", "cpu", "--set", "extract.limit=2"])  # fmt: skip
+    r = CliRunner().invoke(
+        cli,
+        [
+            "extract",
+            "--encoder",
+            "random-rn50",
+            "--source",
+            str(images),
+            "--out",
+            "s",
+            "--format",
+            "wds",
+            "--workers",
+            "0",
+            "--device",
+            "cpu",
+            "--set",
+            "extract.limit=2",
+        ],
+    )
     assert r.exit_code == 1 and "Traceback" not in r.output, r.output
     assert "error: no space left" in r.output and "shard-00000.tar" in r.output
 

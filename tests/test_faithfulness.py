@@ -50,8 +50,10 @@ def test_retrieval_baseline_and_diversity_equal_direct_computation():
     np.testing.assert_array_equal(idx, d.argmin(1))
     np.testing.assert_allclose(dist, d.min(1), rtol=1e-4)
     x, groups = rng.normal(size=(12, 5)), np.repeat([3, 1, 2], 4)
-    direct = [np.mean([np.linalg.norm(a - b) for i, a in enumerate(x[groups == g]) for b in x[groups == g][i + 1:]])
-              for g in (1, 2, 3)]  # fmt: skip
+    direct = [
+        np.mean([np.linalg.norm(a - b) for i, a in enumerate(x[groups == g]) for b in x[groups == g][i + 1 :]])
+        for g in (1, 2, 3)
+    ]
     np.testing.assert_allclose(F.group_diversity(x, groups), direct)
     i, j = F.random_pair_indices(12, 500, seed=1)
     assert (i != j).all()
@@ -124,15 +126,23 @@ def second(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("second")
     pp = dataclasses.replace(PREPROCESS["rcdm"], resize=64, crop=64)
     encs = [load_encoder("random-rn50", seed=s, preprocess=pp) for s in (0, 1)]
-    val, train = (open_source(make_image_folder(tmp / n, n_classes=2, per_class=3, size=(48, 40), seed=s))
-                  for n, s in (("val", 1), ("train", 2)))  # fmt: skip
+    val, train = (
+        open_source(make_image_folder(tmp / n, n_classes=2, per_class=3, size=(48, 40), seed=s))
+        for n, s in (("val", 1), ("train", 2))
+    )
     vimgs, timgs = [val.load(i) for i in range(len(val))], [train.load(i) for i in range(len(train))]
 
     def store(name, enc, src, imgs):
         feats = encode(enc, imgs, enc.preprocess, batch_size=8, both_views=True)
         source = {"kind": "folder", "root": src.root, "split": name, "key_rule": "synthetic"}
-        return make_store(tmp / name, feats, keys=[it.key for it in src.items], encoder_info=enc.info(),
-                          preprocess=enc.preprocess.to_dict(), source=source)  # fmt: skip
+        return make_store(
+            tmp / name,
+            feats,
+            keys=[it.key for it in src.items],
+            encoder_info=enc.info(),
+            preprocess=enc.preprocess.to_dict(),
+            source=source,
+        )
 
     ref, ref2 = store("ref", encs[0], val, vimgs), store("ref2", encs[1], val, vimgs)
     tr = store("trainstore", encs[0], train, timgs)
@@ -142,15 +152,27 @@ def second(tmp_path_factory):
         c = s // 2
         base = adm_center_crop(vimgs[c], RES).astype(np.int16)
         images.append(np.clip(base + rng.integers(-20, 21, base.shape), 0, 255).astype(np.uint8))
-        rows.append({"sample": s, "condition": c, "kind": "store", "key": val.items[c].key, "store_index": c, "seed": s})
+        rows.append(
+            {"sample": s, "condition": c, "kind": "store", "key": val.items[c].key, "store_index": c, "seed": s}
+        )
     from rcdm.store import FeatureStore
 
     conds = FeatureStore(ref).features(0)[:4]
-    samples = write_samples(tmp / "samples", np.stack(images), rows, conds, encoder=encs[0].info(), unet={"cond": "embed"})
+    samples = write_samples(
+        tmp / "samples", np.stack(images), rows, conds, encoder=encs[0].info(), unet={"cond": "embed"}
+    )
     cfg = cfg_for(samples, ref, tmp / "eval", second_references=(str(ref2),), train_store=str(tr), batch_size=8)
     m = json.loads(evaluate(cfg).read_text())
-    return {"m": m, "encs": encs, "images": np.stack(images), "ref": ref, "ref2": ref2, "train": tr, "timgs": timgs,
-            "vimgs": vimgs}
+    return {
+        "m": m,
+        "encs": encs,
+        "images": np.stack(images),
+        "ref": ref,
+        "ref2": ref2,
+        "train": tr,
+        "timgs": timgs,
+        "vimgs": vimgs,
+    }
 
 
 def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
@@ -170,7 +192,9 @@ def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
     # far from the conditioning images, the rank falls: the space measures the images, not a constant
     flipped = second["images"][:, ::-1, ::-1].copy()
     far = pixel_space(FeatureStore(second["ref"]), RES, flipped, target, target)
-    assert far["mean_rank"] == pytest.approx(nearest_neighbour_ranks(flipped.reshape(8, -1) / 255.0, ref, target).mean())
+    assert far["mean_rank"] == pytest.approx(
+        nearest_neighbour_ranks(flipped.reshape(8, -1) / 255.0, ref, target).mean()
+    )
     assert far["mean_rank"] > px["mean_rank"]
     # too many pixels to hold, or images that cannot be read: a note that says so, no number
     import rcdm.analysis.second_space as sp
@@ -178,7 +202,8 @@ def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
     old, sp.PIXEL_SPACE_BYTES = sp.PIXEL_SPACE_BYTES, 1000
     try:
         assert pixel_space(FeatureStore(second["ref"]), RES, second["images"], target, target).startswith(
-            "pixel-space rank not computed: the 6 reference images")
+            "pixel-space rank not computed: the 6 reference images"
+        )
     finally:
         sp.PIXEL_SPACE_BYTES = old
 
@@ -202,7 +227,8 @@ def test_evaluate_reports_second_space_beside_conditioning(second):
     base_q2 = encode(second["encs"][1], [second["timgs"][i] for i in nn], second["encs"][1].preprocess)
     assert sec["baseline"]["mean_rank"] == pytest.approx(nearest_neighbour_ranks(base_q2, ref2, target).mean())
     assert cond["baseline"]["mean_rank"] == pytest.approx(
-        nearest_neighbour_ranks(train[nn], FeatureStore(second["ref"]).features(0), target).mean())
+        nearest_neighbour_ranks(train[nn], FeatureStore(second["ref"]).features(0), target).mean()
+    )
     assert sec["diversity"]["conditions"] == 4 and sec["diversity"]["random_reference_pairs"] > 0
     px = f["pixel_diversity"]
     assert px["samples_per_condition"] > 0 and px["random_reference_pairs"] > 0

@@ -99,7 +99,9 @@ def _device_path_matches(device: torch.device):
     x = batch["x"].to(device)
     decode_on_device(batch, pp, device, x)
     for j in (0, 1, 2, 3, 6):  # the same decoded pixels through the CPU path's crop
-        pixels = decode_jpeg(torch.frombuffer(bytearray(blobs[j]), dtype=torch.uint8), mode=ImageReadMode.RGB, device=device)
+        pixels = decode_jpeg(
+            torch.frombuffer(bytearray(blobs[j]), dtype=torch.uint8), mode=ImageReadMode.RGB, device=device
+        )
         want = crop_uint8(Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()), pp)
         assert torch.equal(x[j].cpu(), want), j
     assert torch.equal(x[4].cpu(), crop_uint8(Image.fromarray(arrays[0]), pp))  # the PNG

@@ -102,8 +102,20 @@ def test_training_with_cond_drop_records_it(tmp_path):
 
     store = _store(tmp_path)
     run = tmp_path / "run"
-    rcdm.train.run(_cfg(store, run, kimg=0.016, cond_drop=0.5, p2_gamma=1.0, grid_kimg=0.016, grid_guidance=2.0,
-                        grid_images=1, grid_samples=1, grid_steps=2))
+    rcdm.train.run(
+        _cfg(
+            store,
+            run,
+            kimg=0.016,
+            cond_drop=0.5,
+            p2_gamma=1.0,
+            grid_kimg=0.016,
+            grid_guidance=2.0,
+            grid_images=1,
+            grid_samples=1,
+            grid_steps=2,
+        )
+    )
     assert len(list((run / "grids").glob("*.png"))) == 1
     meta = json.loads((run / "model.json").read_text())
     assert meta["cond_drop"] == 0.5

@@ -51,9 +51,7 @@ def test_folder_source_keys_labels_and_bytes(tmp_path):
     src = open_source(root)
     assert src.kind == "folder"
     assert src.classes == ["cls_0", "cls_1", "cls_2"]
-    assert [it.key for it in src.items] == [
-        f"cls_{c}/img_{i:03d}" for c in range(3) for i in range(2)
-    ]
+    assert [it.key for it in src.items] == [f"cls_{c}/img_{i:03d}" for c in range(3) for i in range(2)]
     assert src.labels().tolist() == [0, 0, 1, 1, 2, 2]
     i = src.index_of("cls_1/img_001")
     assert src.items[i] == Item("cls_1/img_001", 1, str(root / "cls_1" / "img_001.jpg"))
@@ -80,12 +78,7 @@ def test_list_source(tmp_path):
     lst = tmp_path / "list.txt"
     abs_path = root / "cls_1" / "img_001.jpg"
     lst.write_text(
-        "# a comment\n"
-        "imgs/cls_0/img_000.jpg\t7\n"
-        "imgs/cls_0/img_001.jpg 3\n"
-        "\n"
-        "imgs/cls_1/img_000.jpg\n"
-        f"{abs_path}\n"
+        f"# a comment\nimgs/cls_0/img_000.jpg\t7\nimgs/cls_0/img_001.jpg 3\n\nimgs/cls_1/img_000.jpg\n{abs_path}\n"
     )
     src = open_source(lst)
     assert src.kind == "list"

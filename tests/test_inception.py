@@ -42,9 +42,17 @@ def test_fid_reads_the_inception_file_once_weights_only(weights, loads, tmp_path
     ref = make_image_folder(tmp_path / "ref", n_classes=2, per_class=2, size=(40, 36))
     samples = np.random.default_rng(0).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
     out = fid_and_is(
-        samples, weights=weights, reference_images=str(ref), stats_path=tmp_path / "stats.npz", limit=None,
-        splits=2, method="eigh", batch_size=4, device="cpu", trust_checkpoint=False,
-    )  # fmt: skip
+        samples,
+        weights=weights,
+        reference_images=str(ref),
+        stats_path=tmp_path / "stats.npz",
+        limit=None,
+        splits=2,
+        method="eigh",
+        batch_size=4,
+        device="cpu",
+        trust_checkpoint=False,
+    )
     assert loads == [(str(weights), True)]
     assert np.isfinite(out["fid"]["value"]) and np.isfinite(out["is"]["mean"])
 

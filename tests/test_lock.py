@@ -43,9 +43,13 @@ def _write_lock(folder: Path, **holder) -> Path:
 def test_second_process_is_refused_naming_the_holder(tmp_path):
     out = tmp_path / "store"
     holder = subprocess.Popen(
-        [sys.executable, "-c", HOLDER, str(out)], env=ENV, text=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+        [sys.executable, "-c", HOLDER, str(out)],
+        env=ENV,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         assert holder.stdout.readline().strip() == "held", holder.stderr.read()
         info = read_holder(out)
@@ -54,13 +58,20 @@ def test_second_process_is_refused_naming_the_holder(tmp_path):
             with output_lock(out, "rcdm extract --seed 1"):
                 pass
         msg = str(e.value)
-        for part in (str(out), f"pid {holder.pid}", f"on {socket.gethostname()}", "rcdm extract --seed 0",
-                     f"since {info['since']}", "Wait for it to finish"):  # fmt: skip
+        for part in (
+            str(out),
+            f"pid {holder.pid}",
+            f"on {socket.gethostname()}",
+            "rcdm extract --seed 0",
+            f"since {info['since']}",
+            "Wait for it to finish",
+        ):
             assert part in msg, (part, msg)
         assert isinstance(e.value, OutputExists)  # a UserError: the CLI prints it without a traceback
         # a third process, also refused: the CLI's one-line error
-        third = subprocess.run([sys.executable, "-c", HOLDER, str(out)], env=ENV, text=True,
-                               input="\n", capture_output=True, timeout=120)  # fmt: skip
+        third = subprocess.run(
+            [sys.executable, "-c", HOLDER, str(out)], env=ENV, text=True, input="\n", capture_output=True, timeout=120
+        )
         assert third.returncode != 0 and f"pid {holder.pid}" in third.stderr
     finally:
         holder.communicate("\n", timeout=60)
@@ -116,8 +127,14 @@ def test_lock_is_released_when_the_holder_gets_sigterm(tmp_path):
     import signal
 
     out = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], env=ENV, text=True,
-                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)],
+        env=ENV,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     assert holder.stdout.readline().strip() == "held", holder.stderr.read()
     holder.send_signal(signal.SIGTERM)  # how a scheduler or torchrun stops a job
     holder.communicate(timeout=60)
@@ -185,10 +202,25 @@ def test_two_ranks_of_one_launch_share_one_lock_and_fail_together(tmp_path):
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         return subprocess.run(
-            [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-             "--master_port", str(port), str(script), str(out)],
-            capture_output=True, text=True, env=ENV, timeout=240, cwd=tmp_path,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                "--nproc_per_node",
+                "2",
+                "--master_addr",
+                "127.0.0.1",
+                "--master_port",
+                str(port),
+                str(script),
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            env=ENV,
+            timeout=240,
+            cwd=tmp_path,
+        )
 
     proc = launch(tmp_path / "free")
     assert proc.returncode == 0, proc.stderr[-3000:]

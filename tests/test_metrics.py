@@ -61,9 +61,7 @@ def test_fid_matches_torch_fidelity_statistics_to_metric():
     x, y = rng.normal(size=(64, 5)), rng.normal(size=(64, 5)) * 2
     (mu1, s1), (mu2, s2) = feature_statistics(x), feature_statistics(y)
     ref = fid_statistics_to_metric({"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, False)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(
-        ref["frechet_inception_distance"], rel=1e-6
-    )
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(ref["frechet_inception_distance"], rel=1e-6)
 
 
 def test_fid_rejects_mismatched_statistics():
@@ -107,9 +105,7 @@ def test_is_needs_enough_samples():
 
 
 # -------------------------------------------------------------------------------- rank / MRR
-REF = np.array(
-    [[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [1.0, 0.0]], dtype=np.float32
-)  # row 4 duplicates row 1
+REF = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [0.0, 3.0], [1.0, 0.0]], dtype=np.float32)  # row 4 duplicates row 1
 
 
 def test_rank_hand_made_cases():
@@ -161,7 +157,9 @@ def test_rank_chunking_and_random_data_match_brute_force():
     prepared = prepare_reference(ref)
     assert len(prepared) == 300 and prepared.shape == (300, 16)
     for _ in range(2):
-        np.testing.assert_array_equal(nearest_neighbour_ranks(q, prepared, cond, vec, max_chunk_bytes=4 * 300 * 5), want)
+        np.testing.assert_array_equal(
+            nearest_neighbour_ranks(q, prepared, cond, vec, max_chunk_bytes=4 * 300 * 5), want
+        )
 
 
 def test_rank_bad_inputs():

@@ -12,14 +12,30 @@ from click.testing import CliRunner
 from rcdm.app.cli import cli
 
 REDUCED = [
-    "data.demo_size=32", "data.demo_train_per_photo=3", "data.demo_val_per_photo=2",
-    "extract.input_size=32", "extract.batch_size=16", "extract.workers=0",
-    "train.kimg=0.032", "train.batch_size=8", "train.checkpoint_kimg=0.016", "train.grid_kimg=0.032",
-    "train.grid_steps=3", "train.workers=0", "train.eval_conditions=4", "train.eval_steps=ddim2",
-    "sample.subset=4", "sample.n_per_condition=2", "sample.steps=4",
-    "analyze.n_images=2", "analyze.n_samples=1", "analyze.steps=3", "analyze.probe_epochs=5",
-    "analyze.n_distance=2", "analyze.interp_steps=3",
-]  # fmt: skip
+    "data.demo_size=32",
+    "data.demo_train_per_photo=3",
+    "data.demo_val_per_photo=2",
+    "extract.input_size=32",
+    "extract.batch_size=16",
+    "extract.workers=0",
+    "train.kimg=0.032",
+    "train.batch_size=8",
+    "train.checkpoint_kimg=0.016",
+    "train.grid_kimg=0.032",
+    "train.grid_steps=3",
+    "train.workers=0",
+    "train.eval_conditions=4",
+    "train.eval_steps=ddim2",
+    "sample.subset=4",
+    "sample.n_per_condition=2",
+    "sample.steps=4",
+    "analyze.n_images=2",
+    "analyze.n_samples=1",
+    "analyze.steps=3",
+    "analyze.probe_epochs=5",
+    "analyze.n_distance=2",
+    "analyze.interp_steps=3",
+]
 
 
 @pytest.mark.slow
@@ -62,7 +78,9 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     assert list((w / "run/grids").glob("*.png"))
     # the faithfulness check ran at each checkpoint against the val store (derived from data.val)
     checks = [json.loads(x) for x in (w / "run/log.jsonl").read_text().splitlines() if '"faithfulness"' in x]
-    assert [c["kimg"] for c in checks] == [0.016, 0.032] and all(c["eval_N"] == 24 and "eval_mrr_g1p5" in c for c in checks)
+    assert [c["kimg"] for c in checks] == [0.016, 0.032] and all(
+        c["eval_N"] == 24 and "eval_mrr_g1p5" in c for c in checks
+    )
     # sample: uint8 NHWC samples with one index line each
     arr = np.load(w / "samples/samples.npz")["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (8, 32, 32, 3)
@@ -80,7 +98,9 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     # analyze: the report opens with the evaluation and holds every experiment
     html = report.read_text()
     assert "Evaluation" in html and "chance" in html
-    assert re.search(r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 1.5 rescaled 0\.7, 4 steps\.</p>', html)
+    assert re.search(
+        r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 1.5 rescaled 0\.7, 4 steps\.</p>', html
+    )
     for title in ("Invariance", "Interpolation", "Distances", "Probe"):
         assert title.lower() in html.lower(), title
     assert len(re.findall(r'<img src="data:image/png;base64,', html)) >= 8

@@ -26,8 +26,16 @@ def _tokens_store(root: Path, layer: str = "tokens") -> tuple[Path, dict]:
     src = open_source(make_image_folder(root / "val", n_classes=2, per_class=3, size=(40, 40), seed=1))
     feats = encode(enc, [src.load(i) for i in range(len(src))], pp, both_views=True)
     info = enc.info()
-    store = make_store(root / f"store-{layer}", feats, keys=[it.key for it in src.items], labels=src.labels(),
-                       encoder_info=info, preprocess=pp.to_dict(), source=src.describe(), dtype="float16")  # fmt: skip
+    store = make_store(
+        root / f"store-{layer}",
+        feats,
+        keys=[it.key for it in src.items],
+        labels=src.labels(),
+        encoder_info=info,
+        preprocess=pp.to_dict(),
+        source=src.describe(),
+        dtype="float16",
+    )
     return store, info
 
 
@@ -51,9 +59,18 @@ def test_pooled_vs_tokens_side_by_side_with_both_rank_tables(tmp_path):
     store, info = _tokens_store(tmp_path)
     pooled = _checkpoint(tmp_path / "runs" / "pooled" / "ema.safetensors", info, "cbn", 0)
     tokens = _checkpoint(tmp_path / "runs" / "tokens" / "ema.safetensors", info, "xattn", 1)
-    cfg = AnalyzeConfig(experiments=("pooled-vs-tokens",), checkpoints=(str(pooled), str(tokens)),
-                        train_store=str(store), val_store=str(store), out=str(tmp_path / "analysis"),
-                        n_images=2, n_samples=2, steps="2", batch_size=8, device="cpu")  # fmt: skip
+    cfg = AnalyzeConfig(
+        experiments=("pooled-vs-tokens",),
+        checkpoints=(str(pooled), str(tokens)),
+        train_store=str(store),
+        val_store=str(store),
+        out=str(tmp_path / "analysis"),
+        n_images=2,
+        n_samples=2,
+        steps="2",
+        batch_size=8,
+        device="cpu",
+    )
     analyze(cfg)
     out = tmp_path / "analysis" / "pooled-vs-tokens"
     numbers = json.loads((out / "pooled-vs-tokens.json").read_text())
@@ -78,8 +95,17 @@ def test_pooled_vs_tokens_needs_a_tokens_store_and_both_models(tmp_path):
 
     store, info = _tokens_store(tmp_path)
     tokens = _checkpoint(tmp_path / "t" / "ema.safetensors", info, "xattn", 1)
-    cfg = AnalyzeConfig(experiments=("pooled-vs-tokens",), checkpoints=(str(tokens),), train_store=str(store),
-                        val_store=str(store), out=str(tmp_path / "a"), n_images=1, n_samples=1, steps="2", device="cpu")  # fmt: skip
+    cfg = AnalyzeConfig(
+        experiments=("pooled-vs-tokens",),
+        checkpoints=(str(tokens),),
+        train_store=str(store),
+        val_store=str(store),
+        out=str(tmp_path / "a"),
+        n_images=1,
+        n_samples=1,
+        steps="2",
+        device="cpu",
+    )
     with pytest.raises(ValueError, match=r"needs a model trained with train.cond xattn .* found 1 token and 0 pooled"):
         analyze(cfg)
     cls_store, _ = _tokens_store(tmp_path, layer="cls")

@@ -27,8 +27,18 @@ def mixture(n: int, seed: int) -> np.ndarray:
 def prior_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("prior")
     store = make_store(root / "store", mixture(3000, 0), dtype="float32", shard_size=1024)
-    cfg = PriorConfig(store=str(store), out=str(root / "prior"), width=128, blocks=3, iters=1500,
-                      batch_size=256, lr=2e-3, timesteps=200, sample_steps=50, device="cpu")  # fmt: skip
+    cfg = PriorConfig(
+        store=str(store),
+        out=str(root / "prior"),
+        width=128,
+        blocks=3,
+        iters=1500,
+        batch_size=256,
+        lr=2e-3,
+        timesteps=200,
+        sample_steps=50,
+        device="cpu",
+    )
     return train_prior(cfg), store
 
 
@@ -74,7 +84,14 @@ def test_prior_check_store_compares_the_whole_encoder(tmp_path):
     seed 0 does not fit a store of seed 1 (review B #9; the seed was not compared)."""
     from rcdm.store import FeatureStore
 
-    enc = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": D, "weights": None, "weights_sha256": None}
+    enc = {
+        "name": "random-rn50",
+        "arch": "resnet50",
+        "layer": "trunk",
+        "dim": D,
+        "weights": None,
+        "weights_sha256": None,
+    }
     meta = {"spec": {"dim": D}, "encoder": {**enc, "seed": 0}}
     feats = np.zeros((3, D), np.float32)
     check_store(meta, FeatureStore(make_store(tmp_path / "s0", feats, encoder_info={**enc, "seed": 0})), "p")
@@ -89,18 +106,30 @@ def test_sample_condition_prior(tmp_path, ckpt, store_dir):
 
     from tests.sample_setup import run_cfg
 
-    prior = train_prior(PriorConfig(store=str(store_dir), out=str(tmp_path / "prior"), width=16, blocks=1,
-                                    iters=5, timesteps=20, sample_steps=4, device="cpu"))  # fmt: skip
-    out = rcdm.sample.run(run_cfg(ckpt, store_dir, tmp_path / "s", condition="prior", indices=(),
-                                  prior=str(prior), prior_n=3))  # fmt: skip
+    prior = train_prior(
+        PriorConfig(
+            store=str(store_dir),
+            out=str(tmp_path / "prior"),
+            width=16,
+            blocks=1,
+            iters=5,
+            timesteps=20,
+            sample_steps=4,
+            device="cpu",
+        )
+    )
+    out = rcdm.sample.run(
+        run_cfg(ckpt, store_dir, tmp_path / "s", condition="prior", indices=(), prior=str(prior), prior_n=3)
+    )
     ss = read_samples(out)
     model, meta = load_prior(prior)
     want = draw(model, 3, seed=0, meta=meta)  # sample.seed 0
     np.testing.assert_allclose(ss.conds[::2], want, rtol=1e-5, atol=1e-5)
     assert set(ss.kinds()) == {"prior"} and len(ss.images) == 6
     with pytest.raises(MissingInput, match="train-prior"):
-        rcdm.sample.run(run_cfg(ckpt, store_dir, tmp_path / "s2", condition="prior", indices=(),
-                                prior=str(tmp_path / "none")))  # fmt: skip
+        rcdm.sample.run(
+            run_cfg(ckpt, store_dir, tmp_path / "s2", condition="prior", indices=(), prior=str(tmp_path / "none"))
+        )
 
 
 def test_prior_network_rows_are_independent_and_lr_decays():

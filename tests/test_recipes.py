@@ -129,7 +129,10 @@ def test_guidance_interval():
             p.normal_(0.0, 0.2)
     d = create_diffusion("linear", respacing="ddim5")  # original steps 0, 200, ..., 800
     conds, seeds = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32), [1, 2]
-    run = lambda g, gi=(0.0, 1.0): generate(m, d, conds, seeds, ddim=True, progress=False, guidance=g, guidance_interval=gi)  # noqa: E731
+
+    def run(g, gi=(0.0, 1.0)):
+        return generate(m, d, conds, seeds, ddim=True, progress=False, guidance=g, guidance_interval=gi)
+
     plain, full = run(1.0), run(3.0)
     assert np.array_equal(run(3.0, (0.0, 1.0)), full)  # the default interval guides every step
     assert np.array_equal(run(3.0, (0.9, 1.0)), plain)  # no step inside: the conditional model only
@@ -166,7 +169,10 @@ def test_guidance_rescale_is_lin_et_al_formula():
     assert torch.equal(got[:, 3:], out_c[:, 3:])  # the learned variance stays the conditional one's
     full = _Guided(fake, 3.0, rescale=1.0)(x, t, h)[:, :3]
     assert torch.allclose(full.std(dim=(1, 2, 3)), out_c[:, :3].std(dim=(1, 2, 3)), atol=1e-5)
-    assert Sampler(Steps.parse("trailing50"), guidance=1.5, guidance_rescale=0.7).label() == "trailing50, guidance 1.5 rescaled 0.7"
+    assert (
+        Sampler(Steps.parse("trailing50"), guidance=1.5, guidance_rescale=0.7).label()
+        == "trailing50, guidance 1.5 rescaled 0.7"
+    )
     with pytest.raises(InvalidInput, match="guidance_rescale must be in"):
         Sampler(Steps.parse("10"), guidance=2.0, guidance_rescale=1.5)
 

@@ -14,8 +14,14 @@ from rcdm.analysis.report import Entry, Figure, Table, write_report
 from rcdm.viz import annotate, grid, red_border, save_png
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--no-first-run"]  # fmt: skip
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
 
 
 def chromium_missing() -> str | None:
@@ -83,12 +89,19 @@ def test_report_loads_in_browser(tmp_path):
     save_png(tiles[0], tmp_path / "exp" / "b.png")
     (tmp_path / "exp" / "exp.json").write_text('{"value": 1}\n')
     entries = [
-        Entry("exp", "Experiment <1>", "two checkpoints side by side",
-              [Figure("exp/a.png", "encoder x, layer trunk, seeds [0, 1]", "run-a"),
-               Figure("exp/b.png", "encoder y, layer head, seeds [0, 1]", "run-b")],
-              [Table("numbers", ["name", "value"], [["a", 1.0], ["b", 2.5]])], "exp/exp.json"),
+        Entry(
+            "exp",
+            "Experiment <1>",
+            "two checkpoints side by side",
+            [
+                Figure("exp/a.png", "encoder x, layer trunk, seeds [0, 1]", "run-a"),
+                Figure("exp/b.png", "encoder y, layer head, seeds [0, 1]", "run-b"),
+            ],
+            [Table("numbers", ["name", "value"], [["a", 1.0], ["b", 2.5]])],
+            "exp/exp.json",
+        ),
         Entry("skip", "Skipped one", skipped="nothing configured"),
-    ]  # fmt: skip
+    ]
     report = write_report(tmp_path, entries, {"seed": 0})
     shutil.rmtree(tmp_path / "exp")  # self-contained: the page must not need the PNG files
     info = check_in_browser(report)
@@ -100,8 +113,10 @@ def test_report_loads_in_browser(tmp_path):
 def test_browser_check_catches_a_broken_image(tmp_path):
     """The check is not vacuous: a page with an undecodable image fails it."""
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
-                    '<img alt="bad" src="data:image/png;base64,AAAA"></body></html>')  # fmt: skip
+    page.write_text(
+        '<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
+        '<img alt="bad" src="data:image/png;base64,AAAA"></body></html>'
+    )
     with pytest.raises(AssertionError, match="broken images"):
         check_in_browser(page)
 
@@ -115,9 +130,11 @@ def test_browser_check_catches_a_cut_label(tmp_path):
 
     data = base64.b64encode(png.read_bytes()).decode()
     page = tmp_path / "cut.html"
-    page.write_text('<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
-                    f'<img alt="squeezed" style="width: 450px" src="data:image/png;base64,{data}">'
-                    '<p style="width: 5em; overflow: hidden; white-space: nowrap">a label far too long for its box</p>'
-                    '</body></html>')  # fmt: skip
+    page.write_text(
+        '<!DOCTYPE html><html><head><link rel="icon" href="data:,"></head><body>'
+        f'<img alt="squeezed" style="width: 450px" src="data:image/png;base64,{data}">'
+        '<p style="width: 5em; overflow: hidden; white-space: nowrap">a label far too long for its box</p>'
+        "</body></html>"
+    )
     with pytest.raises(AssertionError, match=r"cut labels.*text overflows its box: a label.*squeezed shown at 0.750x"):
         check_in_browser(page)

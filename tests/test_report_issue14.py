@@ -27,9 +27,16 @@ def store_of(src_dir: Path, out: Path, enc) -> Path:
 
     src = open_source(src_dir)
     feats = encode(enc, [src.load(i) for i in range(len(src))], pp32(), both_views=True)
-    return make_store(out, feats, keys=[it.key for it in src.items], labels=src.labels(),
-                      encoder_info={**enc.info(), "preprocess": pp32().to_dict()}, preprocess=pp32().to_dict(),
-                      source=src.describe(), dtype="float32")  # fmt: skip
+    return make_store(
+        out,
+        feats,
+        keys=[it.key for it in src.items],
+        labels=src.labels(),
+        encoder_info={**enc.info(), "preprocess": pp32().to_dict()},
+        preprocess=pp32().to_dict(),
+        source=src.describe(),
+        dtype="float32",
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +60,76 @@ def world(tmp_path_factory):
     info = {**enc0.info(), "preprocess": pp32().to_dict()}
     ucfg = preset("tiny", cond="embed", cond_dim=int(info["dim"]), model_channels=32, image_size=16)
     torch.manual_seed(0)
-    ck = save_weights(root / "run" / "ema.safetensors", UNetModel(ucfg).state_dict(),
-                      {"unet": ucfg.to_dict(), "encoder": info, "kimg": 0.0})  # fmt: skip
-    samples = rcdm.sample.run(SampleConfig(checkpoint=str(ck), store=str(val), out=str(root / "samples"),
-                                           subset=2, n_per_condition=2, steps="2", device="cpu",
-                                           mixed_precision="no"))  # fmt: skip
-    ev = evaluate(EvaluateConfig(samples=str(samples), reference=str(val), out=str(root / "eval"), fid="off",
-                                 device="cpu", second_references=(str(val2),), train_store=str(train)))  # fmt: skip
-    prior = train_prior(PriorConfig(store=str(train), out=str(root / "prior"), width=32, blocks=2, iters=20,
-                                    timesteps=50, sample_steps=5, device="cpu"))  # fmt: skip
-    cfg = AnalyzeConfig(experiments=("invariance",), checkpoints=(str(ck),), train_store=str(train),
-                        val_store=str(val), out=str(root / "analysis"), evaluations=(str(ev.parent),),
-                        prior=str(prior), second_store=str(val2), n_images=1, n_samples=2, steps="2",
-                        transforms=("hflip", "vshift"), device="cpu")  # fmt: skip
+    ck = save_weights(
+        root / "run" / "ema.safetensors",
+        UNetModel(ucfg).state_dict(),
+        {"unet": ucfg.to_dict(), "encoder": info, "kimg": 0.0},
+    )
+    samples = rcdm.sample.run(
+        SampleConfig(
+            checkpoint=str(ck),
+            store=str(val),
+            out=str(root / "samples"),
+            subset=2,
+            n_per_condition=2,
+            steps="2",
+            device="cpu",
+            mixed_precision="no",
+        )
+    )
+    ev = evaluate(
+        EvaluateConfig(
+            samples=str(samples),
+            reference=str(val),
+            out=str(root / "eval"),
+            fid="off",
+            device="cpu",
+            second_references=(str(val2),),
+            train_store=str(train),
+        )
+    )
+    prior = train_prior(
+        PriorConfig(
+            store=str(train),
+            out=str(root / "prior"),
+            width=32,
+            blocks=2,
+            iters=20,
+            timesteps=50,
+            sample_steps=5,
+            device="cpu",
+        )
+    )
+    cfg = AnalyzeConfig(
+        experiments=("invariance",),
+        checkpoints=(str(ck),),
+        train_store=str(train),
+        val_store=str(val),
+        out=str(root / "analysis"),
+        evaluations=(str(ev.parent),),
+        prior=str(prior),
+        second_store=str(val2),
+        n_images=1,
+        n_samples=2,
+        steps="2",
+        transforms=("hflip", "vshift"),
+        device="cpu",
+    )
     return {"report": analyze(cfg), "out": root / "analysis", "metrics": json.loads(ev.read_text())}
 
 
 @pytest.mark.slow
 def test_issue14_entries_in_report_and_browser(world):
     page = world["report"].read_text()
-    for words in ("Faithfulness in each encoder&#x27;s space", "Diversity for a fixed h", "learned prior vs KDE",
-                  "nearest-entry distance", "(a) How far each augmentation moves h", "(b) How far the samples move",
-                  "retrieval baseline"):  # fmt: skip
+    for words in (
+        "Faithfulness in each encoder&#x27;s space",
+        "Diversity for a fixed h",
+        "learned prior vs KDE",
+        "nearest-entry distance",
+        "(a) How far each augmentation moves h",
+        "(b) How far the samples move",
+        "retrieval baseline",
+    ):
         assert words in page, words
     prior = json.loads((world["out"] / "prior" / "prior.json").read_text())["statistics"]
     assert set(prior) == {"prior", "kde", "validation (real, held out)"}

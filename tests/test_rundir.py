@@ -190,8 +190,15 @@ def test_meta_of_a_folder_without_model_json(tmp_path):
 
 # ------------------------------------------------------------------------------ conditioning
 
-RANDOM_RN50 = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": 2048, "weights": None,
-               "weights_sha256": None, "seed": 0}  # fmt: skip
+RANDOM_RN50 = {
+    "name": "random-rn50",
+    "arch": "resnet50",
+    "layer": "trunk",
+    "dim": 2048,
+    "weights": None,
+    "weights_sha256": None,
+    "seed": 0,
+}
 RCDM_PP = PREPROCESS["rcdm"].to_dict()
 
 
@@ -211,22 +218,33 @@ def stores(tmp_path_factory) -> dict[str, Path]:
         "seed": make_store(root / "seed", feats, encoder_info={**RANDOM_RN50, "seed": 1}, preprocess=RCDM_PP),
         "size": make_store(root / "size", feats, encoder_info=RANDOM_RN50, preprocess=small),
         "pp": make_store(root / "pp", feats, encoder_info=RANDOM_RN50, preprocess=PREPROCESS["imagenet"].to_dict()),
-        "enc": make_store(root / "enc", feats, encoder_info={**RANDOM_RN50, "name": "dino-rn50", "seed": None,
-                                                              "weights_sha256": "ab" * 32}, preprocess=RCDM_PP),  # fmt: skip
-        "dim": make_store(root / "dim", np.zeros((2, 512), np.float32), encoder_info={**RANDOM_RN50, "dim": 512},
-                          preprocess=RCDM_PP),  # fmt: skip
+        "enc": make_store(
+            root / "enc",
+            feats,
+            encoder_info={**RANDOM_RN50, "name": "dino-rn50", "seed": None, "weights_sha256": "ab" * 32},
+            preprocess=RCDM_PP,
+        ),
+        "dim": make_store(
+            root / "dim", np.zeros((2, 512), np.float32), encoder_info={**RANDOM_RN50, "dim": 512}, preprocess=RCDM_PP
+        ),
     }
     return made
 
 
 @pytest.mark.parametrize(
     ("which", "message", "fix"),
-    [("seed", r"random encoder seed 0 vs 1", ", extract.seed=0,"),
-     ("size", r"input size 224 vs 112, resize 224 vs 112", ", extract.input_size=224,"),
-     ("pp", r"interpolation 'bicubic' vs 'bilinear', value range \[-1.0, 1.0\] vs \[0.0, 1.0\]",
-      ", extract.preprocess=rcdm,"),
-     ("enc", r"encoder 'random-rn50' vs 'dino-rn50'", "--layer trunk`, or"), ("dim", r"feature dim 2048 vs 512", "")],
-)  # fmt: skip
+    [
+        ("seed", r"random encoder seed 0 vs 1", ", extract.seed=0,"),
+        ("size", r"input size 224 vs 112, resize 224 vs 112", ", extract.input_size=224,"),
+        (
+            "pp",
+            r"interpolation 'bicubic' vs 'bilinear', value range \[-1.0, 1.0\] vs \[0.0, 1.0\]",
+            ", extract.preprocess=rcdm,",
+        ),
+        ("enc", r"encoder 'random-rn50' vs 'dino-rn50'", "--layer trunk`, or"),
+        ("dim", r"feature dim 2048 vs 512", ""),
+    ],
+)
 def test_check_conditioning_refuses_other_features(stores, which, message, fix):
     from rcdm.store import FeatureStore
 

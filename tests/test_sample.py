@@ -304,7 +304,9 @@ def test_run_images_encoded_with_the_stores_encoder(tmp_path):
     for i, p in enumerate(pics):
         p.save(folder / f"p{i}.png")
     out = rcdm.sample.run(
-        run_cfg(ckpt, store_dir, tmp_path / "out", condition="images", images=(str(folder),), indices=(), n_per_condition=1)
+        run_cfg(
+            ckpt, store_dir, tmp_path / "out", condition="images", images=(str(folder),), indices=(), n_per_condition=1
+        )
     )
     enc = encoder_from_info(info)
     expect = encode(enc, pics, enc.preprocess)  # (2, 2048)
@@ -337,7 +339,10 @@ def test_two_processes_split_the_work_with_identical_samples(done_run, ckpt, sto
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     res = subprocess.run(
         [str(torchrun), "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "cfg.json")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert res.returncode == 0, res.stderr[-3000:]
     man = json.loads((tmp_path / "mp" / "manifest.json").read_text())
@@ -362,13 +367,25 @@ def test_bench_sample_runs_on_cpu_with_tiny(tmp_path, capsys, monkeypatch):
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     report = mod.main(
-        ["--presets", "tiny", "--device", "cpu", "--iters", "1", "--warmup", "0", "--sample-steps", "2",
-         "--cond-dim", "16", "--out", str(tmp_path / "b.json")]
+        [
+            "--presets",
+            "tiny",
+            "--device",
+            "cpu",
+            "--iters",
+            "1",
+            "--warmup",
+            "0",
+            "--sample-steps",
+            "2",
+            "--cond-dim",
+            "16",
+            "--out",
+            str(tmp_path / "b.json"),
+        ]
     )
     (row,) = report["results"]
     assert row["preset"] == "tiny" and row["image_size"] == 32
     assert row["forwards_per_s"] > 0 and row["images_per_s"] > 0
     assert json.loads((tmp_path / "b.json").read_text()) == report
     assert json.loads(capsys.readouterr().out) == report
-
-

@@ -33,8 +33,13 @@ def _multi_rate_run(root: Path) -> Path:
         with torch.no_grad():
             for p in m.out.parameters():
                 p.add_(0.01 * (i + 1))
-    meta = {"unet": models["model"].cfg.to_dict(), "encoder": None, "store_manifest_sha256": None,
-            "ema_rates": [0.9999, 0.999], "kimg": 0.0}  # fmt: skip
+    meta = {
+        "unet": models["model"].cfg.to_dict(),
+        "encoder": None,
+        "store_manifest_sha256": None,
+        "ema_rates": [0.9999, 0.999],
+        "kimg": 0.0,
+    }
     step = root / "checkpoints" / "step-0000002"
     for name, m in models.items():
         rate = None if name == "model" else float(name.split("-")[1])
@@ -48,9 +53,14 @@ def _multi_rate_run(root: Path) -> Path:
 
 @pytest.mark.parametrize(
     ("where", "ema", "expect"),
-    [("step", "auto", "ema-0.9999"), ("step", "0.999", "ema-0.999"), ("step", "no", "model"),
-     ("run", "auto", "ema"), ("run", "0.999", "ema-0.999")],
-)  # fmt: skip
+    [
+        ("step", "auto", "ema-0.9999"),
+        ("step", "0.999", "ema-0.999"),
+        ("step", "no", "model"),
+        ("run", "auto", "ema"),
+        ("run", "0.999", "ema-0.999"),
+    ],
+)
 def test_manifest_hashes_the_weights_it_loads(store_dir, tmp_path, where, ema, expect):
     """The sample manifest records (and hashes) exactly the file load_model loads: with several
     EMA rates, a checkpoint folder gives the run's first rate, not the alphabetically first file."""
@@ -82,15 +92,26 @@ def test_conditioning_checks():
         check_conditioning({"unet": {"cond": "none", "cond_dim": 0}}, st)
 
 
-RANDOM_RN50 = {"name": "random-rn50", "arch": "resnet50", "layer": "trunk", "dim": 2048, "weights": None,
-               "weights_sha256": None, "seed": 0}  # fmt: skip
+RANDOM_RN50 = {
+    "name": "random-rn50",
+    "arch": "resnet50",
+    "layer": "trunk",
+    "dim": 2048,
+    "weights": None,
+    "weights_sha256": None,
+    "seed": 0,
+}
 
 
 @pytest.mark.parametrize(
     ("change", "message"),
-    [(None, None), ({"seed": 1}, "random encoder seed 0 vs 1"), ({"crop": 112, "resize": 112}, "input size 224 vs 112"),
-     ({"preprocess": "imagenet"}, r"value range \[-1.0, 1.0\] vs \[0.0, 1.0\]")],
-)  # fmt: skip
+    [
+        (None, None),
+        ({"seed": 1}, "random encoder seed 0 vs 1"),
+        ({"crop": 112, "resize": 112}, "input size 224 vs 112"),
+        ({"preprocess": "imagenet"}, r"value range \[-1.0, 1.0\] vs \[0.0, 1.0\]"),
+    ],
+)
 def test_store_of_other_features_is_refused(tmp_path, change, message):
     """A run trained on random-rn50 seed 0 features at 224 px with the rcdm preprocessing samples
     from a store made the same way, and refuses one made with another seed, input size or
@@ -103,8 +124,11 @@ def test_store_of_other_features_is_refused(tmp_path, change, message):
 
     m = tiny_model(cond_dim=2048)
     pp = PREPROCESS["rcdm"]
-    ckpt = save_weights(tmp_path / "ema.safetensors", m.state_dict(),
-                        {"unet": m.cfg.to_dict(), "encoder": RANDOM_RN50, "preprocess": pp.to_dict()})  # fmt: skip
+    ckpt = save_weights(
+        tmp_path / "ema.safetensors",
+        m.state_dict(),
+        {"unet": m.cfg.to_dict(), "encoder": RANDOM_RN50, "preprocess": pp.to_dict()},
+    )
     info, store_pp = dict(RANDOM_RN50), pp
     change = dict(change or {})
     if "seed" in change:
@@ -113,7 +137,9 @@ def test_store_of_other_features_is_refused(tmp_path, change, message):
         store_pp = dc_replace(pp, crop=change["crop"], resize=change["resize"])
     if "preprocess" in change:
         store_pp = PREPROCESS[change["preprocess"]]
-    store = make_store(tmp_path / "store", np.ones((2, 2048), np.float32), encoder_info=info, preprocess=store_pp.to_dict())
+    store = make_store(
+        tmp_path / "store", np.ones((2, 2048), np.float32), encoder_info=info, preprocess=store_pp.to_dict()
+    )
     cfg = run_cfg(ckpt, store, tmp_path / "out", indices=(0,), n_per_condition=1, steps="2")
     if message is None:
         assert (rcdm.sample.run(cfg) / "manifest.json").exists()

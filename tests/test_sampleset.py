@@ -25,7 +25,7 @@ from rcdm.run.sampleset import (
     assign_seeds,
     read_samples,
     write_sample_set,
-)  # fmt: skip
+)
 from rcdm.utils import sha256_file
 
 N_COND, K, D, RES = 3, 3, 5, 8  # 9 samples of 8 px
@@ -33,9 +33,18 @@ N_COND, K, D, RES = 3, 3, 5, 8  # 9 samples of 8 px
 
 def _rows(cond_index: np.ndarray, seeds: np.ndarray) -> list[IndexRow]:
     return [
-        IndexRow(sample=s, condition=int(c), key=f"cls/img_{c}", description=f"image {c}", kind="store",
-                 seed=int(seed), label=int(c) % 2, store_index=int(c), sample_of_condition=s % K,
-                 extra={"alpha": 0.5} if c == 1 else {})  # fmt: skip
+        IndexRow(
+            sample=s,
+            condition=int(c),
+            key=f"cls/img_{c}",
+            description=f"image {c}",
+            kind="store",
+            seed=int(seed),
+            label=int(c) % 2,
+            store_index=int(c),
+            sample_of_condition=s % K,
+            extra={"alpha": 0.5} if c == 1 else {},
+        )
         for s, (c, seed) in enumerate(zip(cond_index, seeds, strict=True))
     ]
 
@@ -168,7 +177,9 @@ def test_missing_folder_and_unfinished_run(tmp_path, sample_dir):
         read_samples(sample_dir)
     (sample_dir / "partial").mkdir()  # interrupted while sampling: the same command resumes it
     (sample_dir / "partial" / "chunk-00000.npy").write_bytes(b"")
-    with pytest.raises(MissingInput, match=r"interrupted \(1 finished chunk\(s\).*re-running the same `rcdm sample` command resumes it"):
+    with pytest.raises(
+        MissingInput, match=r"interrupted \(1 finished chunk\(s\).*re-running the same `rcdm sample` command resumes it"
+    ):
         read_samples(sample_dir)
 
 
@@ -197,15 +208,22 @@ CORRUPTIONS = {
     "fewer samples": (lambda d, x: _npz(d, arr_0=x[:4]), "n_samples 9"),
     "index not JSON": (lambda d, x: (d / INDEX).write_text("{\n" * 9), r"index.jsonl:1 is not valid JSON"),
     "index short": (lambda d, x: _index(d, lambda r: r[:-1]), "has 8 lines"),
-    "index field missing": (lambda d, x: _index(d, lambda r: [{k: v for k, v in e.items() if k != "seed"} for e in r]),
-                            r"index.jsonl:1 has no seed"),
+    "index field missing": (
+        lambda d, x: _index(d, lambda r: [{k: v for k, v in e.items() if k != "seed"} for e in r]),
+        r"index.jsonl:1 has no seed",
+    ),
     "index out of order": (lambda d, x: _index(d, lambda r: r[::-1]), "describes sample 8, expected 0"),
-    "condition out of range": (lambda d, x: _index(d, lambda r: [{**e, "condition": 7} for e in r]),
-                               "names condition 7; conds.npy has 3 rows"),
-    "conds per sample": (lambda d, x: np.save(d / CONDS, np.zeros((9, D), np.float32)), r"expected float32 \(n_conditions, D\)"),
+    "condition out of range": (
+        lambda d, x: _index(d, lambda r: [{**e, "condition": 7} for e in r]),
+        "names condition 7; conds.npy has 3 rows",
+    ),
+    "conds per sample": (
+        lambda d, x: np.save(d / CONDS, np.zeros((9, D), np.float32)),
+        r"expected float32 \(n_conditions, D\)",
+    ),
     "conds float64": (lambda d, x: np.save(d / CONDS, np.zeros((N_COND, D))), "holds float64"),
     "conds not npy": (lambda d, x: (d / CONDS).write_bytes(b"garbage"), "not a readable .npy"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(CORRUPTIONS))
@@ -222,9 +240,12 @@ def test_each_corruption_is_a_clear_error(sample_dir, parts, case):
 
 @pytest.mark.parametrize(
     ("edit", "message"),
-    [({"n_samples": None}, "has no n_samples"), ({"image_size": 16}, "image_size 16"),
-     ({"files": {SAMPLES: "0"}}, "has no files.index.jsonl")],
-)  # fmt: skip
+    [
+        ({"n_samples": None}, "has no n_samples"),
+        ({"image_size": 16}, "image_size 16"),
+        ({"files": {SAMPLES: "0"}}, "has no files.index.jsonl"),
+    ],
+)
 def test_manifest_fields(sample_dir, edit, message):
     _edit_manifest(sample_dir, **edit)
     with pytest.raises(InvalidInput, match=message):

@@ -145,7 +145,14 @@ def test_write_shard_is_atomic_and_validates(tmp_path):
 def test_check_compatible_and_info(tmp_path):
     feats, keys, labels = _data(n=4)
     enc = {"name": "dino-rn50", "arch": "resnet50", "layer": "trunk", "dim": 6, "weights_sha256": "ab" * 32}
-    make_store(tmp_path / "s", feats, keys, labels, encoder_info=enc, failed=[{"key": "bad", "index": 4, "reason": "truncated"}])
+    make_store(
+        tmp_path / "s",
+        feats,
+        keys,
+        labels,
+        encoder_info=enc,
+        failed=[{"key": "bad", "index": 4, "reason": "truncated"}],
+    )
     st = S.FeatureStore(tmp_path / "s")
     st.check_compatible("dino-rn50", "trunk", 6)
     st.check_compatible(enc)
@@ -184,14 +191,25 @@ def test_store_images_from_source_or_from_the_store(tmp_path):
     with pytest.raises(FileNotFoundError, match="which does not exist; look elsewhere"):
         StoreImages(h5, root=str(tmp_path / "gone"), hint="look elsewhere").load(0)
     # a key the source lacks is named
-    other = S.FeatureStore(make_store(tmp_path / "h5b", feats, keys=[*keys[:3], "cls_9/nope"],
-                                      source={"root": str(root), "kind": "folder"}))
+    other = S.FeatureStore(
+        make_store(
+            tmp_path / "h5b", feats, keys=[*keys[:3], "cls_9/nope"], source={"root": str(root), "kind": "folder"}
+        )
+    )
     with pytest.raises(ValueError, match="cls_9/nope"):
         StoreImages(other).index()
     # a webdataset store carrying its images needs no source at all
     data = [(root / f"{k}.jpg").read_bytes() for k in keys]
-    wds = S.FeatureStore(make_store(tmp_path / "wds", feats, keys=keys, fmt="wds", images=data,
-                                    source={"root": str(tmp_path / "gone"), "kind": "folder"}))
+    wds = S.FeatureStore(
+        make_store(
+            tmp_path / "wds",
+            feats,
+            keys=keys,
+            fmt="wds",
+            images=data,
+            source={"root": str(tmp_path / "gone"), "kind": "folder"},
+        )
+    )
     assert isinstance(StoreImages(wds).load(1), Image.Image)
 
 

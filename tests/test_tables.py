@@ -9,13 +9,31 @@ from rcdm.analysis.tables import run_labels, table
 
 def _evaluation(d, outside: int = 0):
     d.mkdir(parents=True)
-    m = {"complete": True, "method": "RCDM (random-rn50, embed)", "encoder": "random-rn50", "layer": "trunk",
-         "resolution": 32, "n_samples": 8, "sampler": "ancestral", "steps": "50", "samples": {"path": str(d / "s")},
-         "fid": {"skipped": True, "reason": "no weights", "how_to_enable": "pass --inception-weights"},
-         "is": {"skipped": True, "reason": "no weights", "how_to_enable": "pass --inception-weights"},
-         "rank": {"in_reference": {"n": 8, "N": 24, "mean_rank": 5.0, "mrr": 0.3, "median_rank": 4.0,
-                                   "chance_mean_rank": 12.5, "chance_mrr": 0.16},
-                  "outside_reference": {"n": outside, "N": 25, "mean_rank": 3.0, "mrr": 0.5} if outside else {}}}  # fmt: skip
+    m = {
+        "complete": True,
+        "method": "RCDM (random-rn50, embed)",
+        "encoder": "random-rn50",
+        "layer": "trunk",
+        "resolution": 32,
+        "n_samples": 8,
+        "sampler": "ancestral",
+        "steps": "50",
+        "samples": {"path": str(d / "s")},
+        "fid": {"skipped": True, "reason": "no weights", "how_to_enable": "pass --inception-weights"},
+        "is": {"skipped": True, "reason": "no weights", "how_to_enable": "pass --inception-weights"},
+        "rank": {
+            "in_reference": {
+                "n": 8,
+                "N": 24,
+                "mean_rank": 5.0,
+                "mrr": 0.3,
+                "median_rank": 4.0,
+                "chance_mean_rank": 12.5,
+                "chance_mrr": 0.16,
+            },
+            "outside_reference": {"n": outside, "N": 25, "mean_rank": 3.0, "mrr": 0.5} if outside else {},
+        },
+    }
     (d / "metrics.json").write_text(json.dumps(m))
     (d / "manifest.json").write_text("{}")
     return d

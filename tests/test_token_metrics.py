@@ -11,7 +11,9 @@ from rcdm.analysis import metrics
 def test_token_distance_is_the_mean_over_tokens_of_squared_distances():
     rng = np.random.default_rng(0)
     a, b = rng.standard_normal((3, 4 * 5)), rng.standard_normal((3, 4 * 5))
-    want = [np.mean([np.sum((a[i, 5 * t : 5 * t + 5] - b[i, 5 * t : 5 * t + 5]) ** 2) for t in range(4)]) for i in range(3)]
+    want = [
+        np.mean([np.sum((a[i, 5 * t : 5 * t + 5] - b[i, 5 * t : 5 * t + 5]) ** 2) for t in range(4)]) for i in range(3)
+    ]
     np.testing.assert_allclose(metrics.token_sq_distance(a, b, (4, 5)), want)
     np.testing.assert_allclose(metrics.pool_tokens(a, (4, 5)), a.reshape(3, 4, 5).mean(1), rtol=1e-6)
     with pytest.raises(ValueError, match=r"token grids must be \(M, 4 x 6 = 24\)"):
@@ -59,13 +61,24 @@ def test_evaluate_reports_token_and_pooled_ranks_for_a_tokens_reference(tmp_path
     src = open_source(make_image_folder(tmp_path / "val", n_classes=2, per_class=3, size=(48, 40), seed=1))
     imgs = [src.load(i) for i in range(len(src))]
     feats = encode(enc, imgs, enc.preprocess, both_views=True)
-    store = make_store(tmp_path / "store", feats, keys=[it.key for it in src.items], encoder_info=enc.info(),
-                       preprocess=enc.preprocess.to_dict())  # fmt: skip
+    store = make_store(
+        tmp_path / "store",
+        feats,
+        keys=[it.key for it in src.items],
+        encoder_info=enc.info(),
+        preprocess=enc.preprocess.to_dict(),
+    )
     images = np.stack([adm_center_crop(imgs[c], 32) for c in range(4)])
-    rows = [{"sample": c, "condition": c, "kind": "store", "key": src.items[c].key, "store_index": c, "seed": c}
-            for c in range(4)]  # fmt: skip
-    samples = write_samples(tmp_path / "samples", images, rows, feats[:4, 0], encoder=enc.info(), unet={"cond": "xattn"})
-    cfg = EvaluateConfig(samples=str(samples), reference=str(store), out=str(tmp_path / "eval"), fid="off", device="cpu")
+    rows = [
+        {"sample": c, "condition": c, "kind": "store", "key": src.items[c].key, "store_index": c, "seed": c}
+        for c in range(4)
+    ]
+    samples = write_samples(
+        tmp_path / "samples", images, rows, feats[:4, 0], encoder=enc.info(), unet={"cond": "xattn"}
+    )
+    cfg = EvaluateConfig(
+        samples=str(samples), reference=str(store), out=str(tmp_path / "eval"), fid="off", device="cpu"
+    )
     rank = json.loads(evaluate(cfg).read_text())["rank"]
     q = encode(enc, images, enc.preprocess)
     from rcdm.store import FeatureStore

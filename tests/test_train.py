@@ -27,8 +27,19 @@ def test_overfit_checkpoints_and_run_files(tmp_path):
 
     store = train_store(tmp_path)
     run = tmp_path / "run"
-    cfg = train_cfg(store, run, kimg=0.160, checkpoint_kimg=0.080, grid_kimg=0.160, grid_images=2, grid_samples=2,
-               grid_steps=4, lr=2e-3, ema_rates=(0.9,), keep_checkpoints=1)
+    cfg = train_cfg(
+        store,
+        run,
+        kimg=0.160,
+        checkpoint_kimg=0.080,
+        grid_kimg=0.160,
+        grid_images=2,
+        grid_samples=2,
+        grid_steps=4,
+        lr=2e-3,
+        ema_rates=(0.9,),
+        keep_checkpoints=1,
+    )
     assert rcdm.train.run(cfg) == run
     log = read_log(run)
     assert [r["step"] for r in log] == list(range(1, 41))
@@ -199,8 +210,14 @@ def test_init_from_checks_and_loads(tmp_path):
     from rcdm.store import FeatureStore
 
     fs = FeatureStore(store)
-    s_pp = make_store(tmp_path / "s_pp", fs.features(None), keys=fs.keys, labels=fs.labels,
-                      encoder_info=fs.encoder_info, preprocess=PREPROCESS["imagenet"].to_dict())  # fmt: skip
+    s_pp = make_store(
+        tmp_path / "s_pp",
+        fs.features(None),
+        keys=fs.keys,
+        labels=fs.labels,
+        encoder_info=fs.encoder_info,
+        preprocess=PREPROCESS["imagenet"].to_dict(),
+    )
     with pytest.raises(ValueError, match=r"value range \[-1.0, 1.0\] vs \[0.0, 1.0\].*extract.preprocess=rcdm"):
         rcdm.train.run(train_cfg(s_pp, tmp_path / "r6", init_from=str(init)))
     # architecture
@@ -248,9 +265,23 @@ def test_two_process_cpu_run(tmp_path):
         port = s.getsockname()[1]
     # torchrun's environment (RANK, WORLD_SIZE, ...) is what `accelerate launch` sets up too
     proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-         "--master_addr", "127.0.0.1", "--master_port", str(port), str(script)],
-        capture_output=True, text=True, env=env, timeout=240, cwd=tmp_path,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(port),
+            str(script),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        cwd=tmp_path,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = read_log(run)
@@ -265,9 +296,28 @@ def test_two_process_cpu_run(tmp_path):
 
 def test_bench_train_runs_on_cpu():
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "train.py"), "--preset", "tiny", "--device", "cpu",
-         "--batch-size", "2", "--resolution", "16", "--steps", "1", "--warmup", "0", "--cond-dim", "8"],
-        capture_output=True, text=True, timeout=120, env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
+        [
+            sys.executable,
+            str(ROOT / "bench" / "train.py"),
+            "--preset",
+            "tiny",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "2",
+            "--resolution",
+            "16",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--cond-dim",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1"),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     rep = json.loads(proc.stdout)

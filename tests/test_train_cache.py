@@ -65,7 +65,14 @@ def test_draft_decoding_is_opt_in_and_close(tmp_path):
 
     src = open_source(tmp_path / "jpegs")
     feats = rng.standard_normal((2, 2, 4)).astype(np.float32)
-    store = make_store(tmp_path / "store", feats, keys=[it.key for it in src.items], labels=[0, 0], source=src.describe(), dtype="float32")
+    store = make_store(
+        tmp_path / "store",
+        feats,
+        keys=[it.key for it in src.items],
+        labels=[0, 0],
+        source=src.describe(),
+        dtype="float32",
+    )
     exact, draft = ImageFeatureDataset(store, RES), ImageFeatureDataset(store, RES, draft=True)
     for row in range(2):
         a, b = exact.load_image(row).astype(int), draft.load_image(row).astype(int)

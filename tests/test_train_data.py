@@ -106,5 +106,3 @@ def test_ema_update_matches_closed_form():
     assert ema_rate_at(0.9999, 10**7, True) == 0.9999 and ema_rate_at(0.9999, 1, False) == 0.9999
     with pytest.raises(ValueError, match="not in"):
         EMA(net, (1.5,))
-
-

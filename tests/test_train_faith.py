@@ -29,8 +29,16 @@ def stores(tmp_path_factory):
     src = open_source(make_image_folder(root / "val_img", n_classes=2, per_class=3, size=(40, 40), seed=1))
     feats = encode(enc, [src.load(i) for i in range(len(src))], PP, both_views=True)
     info = enc.info()
-    val = make_store(root / "val", feats, keys=[it.key for it in src.items], labels=src.labels(),
-                     encoder_info=info, preprocess=PP.to_dict(), source=src.describe(), dtype="float32")  # fmt: skip
+    val = make_store(
+        root / "val",
+        feats,
+        keys=[it.key for it in src.items],
+        labels=src.labels(),
+        encoder_info=info,
+        preprocess=PP.to_dict(),
+        source=src.describe(),
+        dtype="float32",
+    )
     train = train_store(root, dim=enc.dim)
     # the train store's manifest names the same encoder as the val store's
     import json
@@ -42,8 +50,15 @@ def stores(tmp_path_factory):
 
 
 def _cfg(stores, out, **kw):
-    base = dict(val_store=str(stores["val"]), eval_conditions=4, eval_steps="ddim2", eval_kimg=0.016,
-                cond_drop=0.25, eval_guidance=3.0, threads=1)  # fmt: skip
+    base = dict(
+        val_store=str(stores["val"]),
+        eval_conditions=4,
+        eval_steps="ddim2",
+        eval_kimg=0.016,
+        cond_drop=0.25,
+        eval_guidance=3.0,
+        threads=1,
+    )
     base.update(kw)
     return train_cfg(stores["train"], out, **base)
 
@@ -164,8 +179,18 @@ def test_recipe_options_train_record_and_sample(stores, tmp_path):
     from rcdm.errors import InvalidInput
     from rcdm.train import run
 
-    a = run(_cfg(stores, tmp_path / "a", prediction="v", zero_terminal_snr=True, min_snr_gamma=5.0, cond="both",
-                 eval_steps="trailing3", eval_guidance_interval=(0.2, 1.0)))  # fmt: skip
+    a = run(
+        _cfg(
+            stores,
+            tmp_path / "a",
+            prediction="v",
+            zero_terminal_snr=True,
+            min_snr_gamma=5.0,
+            cond="both",
+            eval_steps="trailing3",
+            eval_guidance_interval=(0.2, 1.0),
+        )
+    )
     meta = json.loads((a / "model.json").read_text())
     assert meta["diffusion"]["prediction"] == "v" and meta["diffusion"]["zero_terminal_snr"] is True
     assert meta["unet"]["cond"] == "both"

@@ -34,9 +34,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("faults")
     store = train_store(root)
-    rcdm.train.run(
-        train_cfg(store, root / "reference", kimg=KIMG, checkpoint_kimg=CKPT_KIMG, ema_rates=RATES)
-    )
+    rcdm.train.run(train_cfg(store, root / "reference", kimg=KIMG, checkpoint_kimg=CKPT_KIMG, ema_rates=RATES))
     return {"root": root, "store": store, "reference": root / "reference"}
 
 
@@ -67,9 +65,7 @@ def _check_reader_gets_latest(run: Path) -> None:
     model, meta = load_model(run)
     sd = model.state_dict()
     assert set(sd) == set(want) and all(torch.equal(sd[k], want[k]) for k in want), latest.name
-    assert meta["kimg"] == pytest.approx(state["kimg"]) and rd.meta()["kimg"] == pytest.approx(
-        state["kimg"]
-    )
+    assert meta["kimg"] == pytest.approx(state["kimg"]) and rd.meta()["kimg"] == pytest.approx(state["kimg"])
     assert _equal(rd.weights(), latest / RunDir.ema_name(RATES[0]))
     assert _equal(rd.weights(RATES[1]), latest / RunDir.ema_name(RATES[1]))
 
@@ -100,7 +96,7 @@ KILL_POINTS = {
     # killed at the first checkpoint: the re-run trains on from it
     "first: renamed, nothing published": ("checkpoints/step-0000003", "after", 1),
     "first: ema.safetensors published": ("ema.safetensors", "after", 1),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
@@ -145,10 +141,12 @@ def _no_space(*_a, **_kw):
 
 @pytest.mark.parametrize(
     ("what", "file", "latest"),
-    [("ema", "checkpoints/.step-0000006.tmp/ema-0.9.safetensors", "step-0000003"),
-     ("optimizer", "checkpoints/.step-0000006.tmp/accelerate/optimizer.bin", "step-0000003"),
-     ("publish", "ema.safetensors", "step-0000006")],
-)  # fmt: skip
+    [
+        ("ema", "checkpoints/.step-0000006.tmp/ema-0.9.safetensors", "step-0000003"),
+        ("optimizer", "checkpoints/.step-0000006.tmp/accelerate/optimizer.bin", "step-0000003"),
+        ("publish", "ema.safetensors", "step-0000006"),
+    ],
+)
 def test_full_disk_while_checkpointing(world, tmp_path, monkeypatch, what, file, latest):
     import rcdm.train
     import safetensors.torch
@@ -158,12 +156,16 @@ def test_full_disk_while_checkpointing(world, tmp_path, monkeypatch, what, file,
     # the write that finds the disk full: (module, function, is it this call)
     module, name, writes = {
         # one of the checkpoint's own safetensors files (written to a temporary name first)
-        "ema": (safetensors.torch, "save_file", lambda _t, f: ".step-0000006.tmp" in str(f) and "ema-0.9.saf" in Path(f).name),
+        "ema": (
+            safetensors.torch,
+            "save_file",
+            lambda _t, f: ".step-0000006.tmp" in str(f) and "ema-0.9.saf" in Path(f).name,
+        ),
         # accelerate's optimizer state (torch.save)
         "optimizer": (torch, "save", lambda _o, f: str(f).endswith(".step-0000006.tmp/accelerate/optimizer.bin")),
         # the run-level copy of the new checkpoint's EMA
         "publish": (shutil, "copyfile", lambda src, _dst: str(src).endswith("step-0000006/ema-0.999.safetensors")),
-    }[what]  # fmt: skip
+    }[what]
     real = getattr(module, name)
 
     def write(obj, f, *a, **kw):

@@ -15,7 +15,6 @@ REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.t
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
-
 def meta_model(cfg: UNetConfig) -> UNetModel:
     with torch.device("meta"):
         return UNetModel(cfg)
@@ -71,11 +70,7 @@ def test_cbn_keys_and_count(name: str) -> None:
     the shared 512-d projection."""
     embed = meta_model(preset(name, cond="embed", cond_dim=2048)).state_dict()
     cbn = meta_model(preset(name, cond="cbn", cond_dim=2048)).state_dict()
-    norms = [
-        k[: -len(".weight")]
-        for k in embed
-        if k.endswith(("in_layers.0.weight", "out_layers.0.weight"))
-    ]
+    norms = [k[: -len(".weight")] for k in embed if k.endswith(("in_layers.0.weight", "out_layers.0.weight"))]
     expected = {k for k in embed if not k.startswith("ssl_emb.")}
     expected -= {f"{n}.{p}" for n in norms for p in ("weight", "bias")}
     expected |= {f"{n}.{p}.weight" for n in norms for p in ("gain", "bias")}
@@ -87,9 +82,7 @@ def test_cbn_keys_and_count(name: str) -> None:
         assert tuple(cbn[f"{n}.gain.weight"].shape) == (channels, 512)
     n_embed = sum(v.numel() for v in embed.values())
     n_cbn = sum(v.numel() for v in cbn.values())
-    extra = sum(
-        2 * 512 * embed[f"{n}.weight"].shape[0] - 2 * embed[f"{n}.weight"].shape[0] for n in norms
-    )
+    extra = sum(2 * 512 * embed[f"{n}.weight"].shape[0] - 2 * embed[f"{n}.weight"].shape[0] for n in norms)
     assert (
         n_cbn
         == n_embed
@@ -235,9 +228,7 @@ def test_adm64_uses_new_attention_order() -> None:
         preset("adm256", cond="none"),
         preset("adm128", cond="cbn", cond_dim=128),
         preset("tiny", cond="cbn", cond_dim=32),
-        preset(
-            "tiny", resblock_updown=False, use_scale_shift_norm=False, attention_resolutions=(16, 8)
-        ),
+        preset("tiny", resblock_updown=False, use_scale_shift_norm=False, attention_resolutions=(16, 8)),
     ],
     ids=["adm64", "adm128", "adm256-none", "adm128-cbn", "tiny-cbn", "tiny-convresample"],
 )

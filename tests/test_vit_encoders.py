@@ -143,8 +143,11 @@ def test_wrong_size_file_and_missing_registers_are_named(tmp_path):
     spec = tiny_spec("dinov2-vitl14-reg")
     other = ViT(replace(tiny("vit_large_patch14_reg4_dinov2"), dim=48, heads=2))  # a wider model
     path = save_dinov2(tmp_path / "b.pth", other)
-    with pytest.raises(ValueError, match=r"b\.pth \(DINOv2 backbone with registers\) holds a .*48-d.* but "
-                       r"encoder dinov2-vitl14-reg is a .*32-d.*pass the dinov2-vitl14-reg weights"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"b\.pth \(DINOv2 backbone with registers\) holds a .*48-d.* but "
+        r"encoder dinov2-vitl14-reg is a .*32-d.*pass the dinov2-vitl14-reg weights",
+    ):
         load_encoder(spec, str(path), "cls", preprocess=pp_for(spec))
     plain = save_dinov2(tmp_path / "plain.pth", build_vit("vit_large_patch14_dinov2-tiny"))
     with pytest.raises(ValueError, match=r"0 register tokens.*is a .*4 register tokens"):
@@ -153,8 +156,11 @@ def test_wrong_size_file_and_missing_registers_are_named(tmp_path):
     real = get_spec("dinov2-vitl14")
     with torch.device("meta"):
         large, base = build_trunk(real.arch), build_trunk("vit_base_patch14_dinov2")
-    with pytest.raises(ValueError, match=r"holds a ViT-B/14 \(768-d, 12 blocks.*is a ViT-L/14 \(1024-d, 24 "
-                       r"blocks.*dinov2_vitl14_pretrain\.pth.*--encoder dinov2-vitb14 for this file"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"holds a ViT-B/14 \(768-d, 12 blocks.*is a ViT-L/14 \(1024-d, 24 "
+        r"blocks.*dinov2_vitl14_pretrain\.pth.*--encoder dinov2-vitb14 for this file",
+    ):
         check_vit_fits(large, base.state_dict(), real, "vitb.pth", "DINOv2 backbone")
 
 
@@ -190,9 +196,11 @@ def test_tokens_encoder_rebuilds_from_its_info(tmp_path):
 
 def test_every_architecture_has_the_published_shapes():
     expected = {  # (parameters) of the published backbones, as timm counts them
-        "vit_small_patch16": 21_665_664, "vit_base_patch14_dinov2": 86_579_712,
-        "vit_giant_patch14_dinov2": 1_136_479_232, "vit_huge_patch14_ijepa": 630_762_240,
-    }  # fmt: skip
+        "vit_small_patch16": 21_665_664,
+        "vit_base_patch14_dinov2": 86_579_712,
+        "vit_giant_patch14_dinov2": 1_136_479_232,
+        "vit_huge_patch14_ijepa": 630_762_240,
+    }
     with torch.device("meta"):
         for arch, n in expected.items():
             assert sum(p.numel() for p in build_vit(arch).parameters()) == n, arch
@@ -209,7 +217,10 @@ def test_dinov2_position_embeddings_follow_its_interpolate_pos_encoding():
     antialiasing; the CLS entry kept (folded into the token for the register models)."""
     import torch.nn.functional as F
 
-    for arch, offset, aa in (("vit_small_patch14_dinov2-tiny", 0.1, False), ("vit_small_patch14_reg4_dinov2-tiny", 0.0, True)):
+    for arch, offset, aa in (
+        ("vit_small_patch14_dinov2-tiny", 0.1, False),
+        ("vit_small_patch14_reg4_dinov2-tiny", 0.0, True),
+    ):
         vit = randomized(arch)
         m = 4  # the tiny checkpoint grid
         n_pre = 0 if vit.no_embed_class else 1

@@ -17,6 +17,7 @@ def test_grid_layout_condition_first_then_samples():
     g = viz.grid(rows, pad=2, separator_after_first=True)
     gap0 = 3 * 2 + 2
     assert g.shape == (2 + 2 * (8 + 2), 2 + 3 * 8 + 2 * 2 + (gap0 - 2) + 2, 3)
+
     # cell (r, c) top-left corners
     def at(r, c):
         x = 2 + c * 10 + (gap0 - 2 if c >= 1 else 0)
@@ -68,8 +69,14 @@ def test_annotate_red_border_save_png(tmp_path):
 def test_labels_break_at_spaces_never_inside_a_word():
     f = viz.font()
     # the labels the issue saw cut: each laid out in a 60 px tile
-    for text in ("color-jitter", "samples demo/run", "d(h) 2.01e+03", "(1 - 0.143) h(a) + 0.143 h(b)",
-                 "RandomRotation(20)", "eps 0.05\ncls_1\n+12 pts"):  # fmt: skip
+    for text in (
+        "color-jitter",
+        "samples demo/run",
+        "d(h) 2.01e+03",
+        "(1 - 0.143) h(a) + 0.143 h(b)",
+        "RandomRotation(20)",
+        "eps 0.05\ncls_1\n+12 pts",
+    ):
         lines, size = viz.layout(text, 60, 3)
         assert viz.label_problems(text, lines, 60, viz.font(size)) == [], (text, lines)
     assert viz.wrap("color-jitter", 40, f) == ["color-", "jitter"]  # at the hyphen, not "color-jitt / er"

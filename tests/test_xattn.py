@@ -34,8 +34,15 @@ def token_store(tmp: Path, name: str = "tokens", layer: str = "tokens", seed: in
         info["tokens"] = {"grid": [2, 2], "count": T, "dim": D}
     else:
         feats = grids.mean(2)
-    return make_store(tmp / name, feats, keys=[it.key for it in src.items], labels=[it.label for it in src.items],
-                      encoder_info=info, source=src.describe(), dtype="float32")  # fmt: skip
+    return make_store(
+        tmp / name,
+        feats,
+        keys=[it.key for it in src.items],
+        labels=[it.label for it in src.items],
+        encoder_info=info,
+        source=src.describe(),
+        dtype="float32",
+    )
 
 
 def test_xattn_attends_to_the_tokens_and_round_trips_its_config():
@@ -100,12 +107,18 @@ def test_tokens_store_given_to_a_pooled_model_and_the_reverse(tmp_path):
 
     tokens, pooled = FeatureStore(token_store(tmp_path)), FeatureStore(token_store(tmp_path, "cls", layer="cls"))
     pooled_meta = {"unet": {"cond": "embed", "cond_dim": D}, "encoder": dict(pooled.encoder_info)}
-    with pytest.raises(ValueError, match=r"trained on pooled 'cls' vectors, but the store .* holds a patch-token "
-                       r"grid \(layer 'tokens'\): pass a store extracted with --layer cls, or train a model"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"trained on pooled 'cls' vectors, but the store .* holds a patch-token "
+        r"grid \(layer 'tokens'\): pass a store extracted with --layer cls, or train a model",
+    ):
         check_conditioning(pooled_meta, tokens, what="checkpoint runs/a")
     token_meta = {"unet": {"cond": "xattn", "cond_dim": T * D}, "encoder": dict(tokens.encoder_info)}
-    with pytest.raises(ValueError, match=r"trained on a patch-token grid .* holds pooled 'cls' vectors: pass a "
-                       r"store extracted with --layer tokens"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"trained on a patch-token grid .* holds pooled 'cls' vectors: pass a "
+        r"store extracted with --layer tokens",
+    ):
         check_conditioning(token_meta, pooled, what="checkpoint runs/b")
     import rcdm.train
 
@@ -117,5 +130,14 @@ def test_tokens_store_given_to_a_pooled_model_and_the_reverse(tmp_path):
 
     run = rcdm.train.run(train_cfg(pooled.path, tmp_path / "pooled-run", kimg=0.004))
     with pytest.raises(ValueError, match=r"checkpoint .* trained on pooled 'cls' vectors, but the store .*--layer cls"):
-        rcdm.sample.run(SampleConfig(checkpoint=str(run), store=str(tokens.path), out=str(tmp_path / "s"),
-                                     subset=2, n_per_condition=1, steps="2", device="cpu"))  # fmt: skip
+        rcdm.sample.run(
+            SampleConfig(
+                checkpoint=str(run),
+                store=str(tokens.path),
+                out=str(tmp_path / "s"),
+                subset=2,
+                n_per_condition=1,
+                steps="2",
+                device="cpu",
+            )
+        )

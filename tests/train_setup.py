@@ -17,9 +17,16 @@ RES = 16  # model resolution in the tests
 DIM = 8  # feature dimension
 
 
-
-def train_store(tmp: Path, name: str = "store", dim: int = DIM, encoder: str = "synthetic", layer: str = "trunk",
-           n_classes: int = 2, per_class: int = 2, seed: int = 0) -> Path:
+def train_store(
+    tmp: Path,
+    name: str = "store",
+    dim: int = DIM,
+    encoder: str = "synthetic",
+    layer: str = "trunk",
+    n_classes: int = 2,
+    per_class: int = 2,
+    seed: int = 0,
+) -> Path:
     """An image folder and a store whose keys are its images; view 1 differs from view 0."""
     images = tmp / "images"
     if not images.exists():
@@ -34,8 +41,14 @@ def train_store(tmp: Path, name: str = "store", dim: int = DIM, encoder: str = "
         feats,
         keys=[it.key for it in src.items],
         labels=[it.label for it in src.items],
-        encoder_info={"name": encoder, "arch": "none", "layer": layer, "dim": dim, "weights": None,
-                      "weights_sha256": None},
+        encoder_info={
+            "name": encoder,
+            "arch": "none",
+            "layer": layer,
+            "dim": dim,
+            "weights": None,
+            "weights_sha256": None,
+        },
         source=src.describe(),
         dtype="float32",
     )

@@ -71,7 +71,10 @@ def wanted(spec: str, store: Any, resolution: int, device: torch.device, draft: 
                 f"the image cache {d} needs {need / 2**30:.1f} GiB and {free / 2**30:.1f} GiB are free; "
                 "free space there or set train.image_cache=off"
             )
-        print(f"train.image_cache=auto: {need / 2**30:.1f} GiB would not fit comfortably beside the store; decoding images instead", file=sys.stderr)
+        print(
+            f"train.image_cache=auto: {need / 2**30:.1f} GiB would not fit comfortably beside the store; decoding images instead",
+            file=sys.stderr,
+        )
         return False
     return True
 
@@ -103,7 +106,11 @@ def build(dataset: Any, store: Any, workers: int, show: bool = True) -> Path:
     try:
         arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(dataset.n, res, res, 3))
         loader = torch.utils.data.DataLoader(
-            _Rows(dataset), batch_size=64, num_workers=workers, collate_fn=lambda b: b, prefetch_factor=4 if workers else None
+            _Rows(dataset),
+            batch_size=64,
+            num_workers=workers,
+            collate_fn=lambda b: b,
+            prefetch_factor=4 if workers else None,
         )
         with tqdm(total=dataset.n, unit="img", desc=f"image cache {res}px", disable=not show) as bar:
             for batch in loader:

@@ -105,7 +105,9 @@ class TrainState:
         accelerator.wait_for_everyone()
         return final
 
-    def _write_weights(self, run: RunDir, tmp: Path, weights: dict, meta: dict, state: dict, keep: int, milestone: int) -> None:
+    def _write_weights(
+        self, run: RunDir, tmp: Path, weights: dict, meta: dict, state: dict, keep: int, milestone: int
+    ) -> None:
         from rcdm.model.weights import save_weights
 
         with _Writes(run, tmp, run.checkpoint_name(state["step"]), True) as w:
@@ -193,11 +195,7 @@ class TrainState:
     def rng_lost_records(self) -> list[dict]:
         """``log.jsonl`` lines for every rank that resumed without its saved RNG state (every
         rank calls this; the main process writes them)."""
-        mine = (
-            []
-            if self.rng_lost is None
-            else [{"rank": self.accelerator.process_index, **self.rng_lost}]
-        )
+        mine = [] if self.rng_lost is None else [{"rank": self.accelerator.process_index, **self.rng_lost}]
         if self.accelerator.num_processes > 1:
             from accelerate.utils import gather_object
 
@@ -260,11 +258,7 @@ class _Writes:
 def _written_last(folder: Path) -> Path:
     """The file accelerate was writing in ``folder`` when it failed: the last one there in its
     write order (a failed write leaves part of it), else the first it writes."""
-    there = [
-        p
-        for pattern in (*_ACCELERATE_FILES, "random_states_*.pkl")
-        for p in sorted(folder.glob(pattern))
-    ]
+    there = [p for pattern in (*_ACCELERATE_FILES, "random_states_*.pkl") for p in sorted(folder.glob(pattern))]
     return there[-1] if there else folder / "optimizer.bin"
 
 
@@ -283,9 +277,7 @@ def _unreadable(folder: Path, e: BaseException) -> Path | None:
             except (zipfile.BadZipFile, OSError):
                 pass
             return f
-    damaged = isinstance(
-        e, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)
-    ) or "PytorchStreamReader" in str(e)
+    damaged = isinstance(e, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)) or "PytorchStreamReader" in str(e)
     return folder if damaged else None
 
 

@@ -63,8 +63,9 @@ class StreamSampler(Sampler):
         return 2**62
 
 
-_SOURCE_HINT = ("give the image source the store was extracted from: `rcdm train --source PATH` "
-                "(train.source in pipeline.yaml)")
+_SOURCE_HINT = (
+    "give the image source the store was extracted from: `rcdm train --source PATH` (train.source in pipeline.yaml)"
+)
 
 
 class ImageFeatureDataset(Dataset):

@@ -100,13 +100,19 @@ class FaithCheck:
         n_ref = len(self.reference)
         for g in self.guidances:
             images = generate(
-                model, self.diffusion, self.conds, self.seeds, batch_size=64, device=self.device,
-                progress=False, mixed_precision=mixed_precision, ddim=self.ddim, guidance=g,
+                model,
+                self.diffusion,
+                self.conds,
+                self.seeds,
+                batch_size=64,
+                device=self.device,
+                progress=False,
+                mixed_precision=mixed_precision,
+                ddim=self.ddim,
+                guidance=g,
                 guidance_interval=self.interval,
-            )  # fmt: skip
-            ranks = reencode_ranks(
-                self.encoder, images, self.preprocess, self.reference, self.rows, device=self.device
             )
+            ranks = reencode_ranks(self.encoder, images, self.preprocess, self.reference, self.rows, device=self.device)
             s = rank_summary(ranks, n_ref)
             out[f"eval_mean_rank{keys_for(g)}"] = s["mean_rank"]
             out[f"eval_mrr{keys_for(g)}"] = s["mrr"]
@@ -129,6 +135,9 @@ def make_check(cfg: TrainConfig, meta: dict, device: torch.device) -> tuple[Fait
         return None, "no faithfulness check during training: no train.val_store (set it, or data.val)"
     derived = cfg.derived("val_store", unknown=False)
     if derived and not Path(cfg.val_store).exists():
-        return None, f"no faithfulness check during training: {cfg.val_store} (derived from data.val) is not extracted yet"
+        return (
+            None,
+            f"no faithfulness check during training: {cfg.val_store} (derived from data.val) is not extracted yet",
+        )
     check = FaithCheck(cfg, meta, device)
     return check, check.describe()

@@ -162,7 +162,10 @@ def run(cfg: TrainConfig) -> Path:
         fused=device.type == "cuda",  # one kernel for all parameters
     )
     diffusion = gaussian.create_diffusion(
-        ucfg.schedule, steps=gaussian.DIFFUSION_STEPS, prediction=cfg.prediction, zero_terminal_snr=cfg.zero_terminal_snr
+        ucfg.schedule,
+        steps=gaussian.DIFFUSION_STEPS,
+        prediction=cfg.prediction,
+        zero_terminal_snr=cfg.zero_terminal_snr,
     )
     model, opt = accelerator.prepare(net, opt)
     state = TrainState(accelerator, net, ema, seed=cfg.seed, batch_size=cfg.batch_size)
@@ -240,9 +243,15 @@ def run(cfg: TrainConfig) -> Path:
                 last = micro == cfg.grad_accum - 1
                 with contextlib.nullcontext() if last else accelerator.no_sync(model):
                     losses = diffusion.training_losses(
-                        model, x, t, kwargs, noise=noise, p2_gamma=cfg.p2_gamma, p2_k=cfg.p2_k,
+                        model,
+                        x,
+                        t,
+                        kwargs,
+                        noise=noise,
+                        p2_gamma=cfg.p2_gamma,
+                        p2_k=cfg.p2_k,
                         min_snr_gamma=cfg.min_snr_gamma,
-                    )  # fmt: skip
+                    )
                     accelerator.backward(losses["loss"].mean() / cfg.grad_accum)
                 stats.add_micro(losses, t, state.step)
 
@@ -278,7 +287,9 @@ def run(cfg: TrainConfig) -> Path:
 
             # Checkpoint, and a sample grid from the first EMA.
             if save_now:
-                last_good = state.save(run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints, milestone_kimg=cfg.milestone_kimg)
+                last_good = state.save(
+                    run_dir, meta_at(state.nimg / 1000), keep=cfg.keep_checkpoints, milestone_kimg=cfg.milestone_kimg
+                )
             if grid_nimg and (finished or state.nimg // grid_nimg > prev // grid_nimg):
                 if grids is not None:
                     grid_mp = "bf16" if mp == "bf16" else "no"
@@ -289,8 +300,10 @@ def run(cfg: TrainConfig) -> Path:
             # the other ranks meet it at the next all-reduce).
             if eval_nimg and (finished or state.nimg // eval_nimg > prev // eval_nimg):
                 rec = check.run(ema.models[ema.rates[0]], "bf16" if mp == "bf16" else "no")
-                logger.write({"step": state.step, "kimg": state.nimg / 1000, "event": "faithfulness", **rec},
-                             tb_prefix="faithfulness")  # fmt: skip
+                logger.write(
+                    {"step": state.step, "kimg": state.nimg / 1000, "event": "faithfulness", **rec},
+                    tb_prefix="faithfulness",
+                )
                 t_log += rec["eval_sec"]  # the check's time is not counted as training time
     finally:
         state.wait_for_writes()  # a checkpoint still being written in the background lands first

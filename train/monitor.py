@@ -42,9 +42,7 @@ class Stats:
         self.q_sum.index_add_(0, q, loss)
         self.q_cnt.index_add_(0, q, torch.ones_like(loss))
         finite = torch.isfinite(loss).all()
-        self.bad_step = torch.where(
-            (self.bad_step < 0) & ~finite, torch.full_like(self.bad_step, step), self.bad_step
-        )
+        self.bad_step = torch.where((self.bad_step < 0) & ~finite, torch.full_like(self.bad_step, step), self.bad_step)
 
     @torch.no_grad()
     def add_step(self, grad_norm: torch.Tensor | float) -> None:

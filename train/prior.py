@@ -96,12 +96,19 @@ def train_prior(cfg: PriorConfig) -> Path:
         "store_manifest_sha256": store.manifest_sha256,
         "encoder": {**store.encoder_info, "layer": store.layer},
         "n_train": int(len(x_all)),
-        "iters": cfg.iters, "batch_size": cfg.batch_size, "lr": cfg.lr, "lr_schedule": "warm-up 100, cosine",
+        "iters": cfg.iters,
+        "batch_size": cfg.batch_size,
+        "lr": cfg.lr,
+        "lr_schedule": "warm-up 100, cosine",
         "ema_rate": cfg.ema_rate,
-        "seed": cfg.seed, "sample_steps": cfg.sample_steps, "sample_eta": cfg.sample_eta,
-        "final_loss": curve[-1][1], "loss_curve": curve,
-        "seconds": round(time.perf_counter() - t0, 2), "created": now_iso(),
-    }  # fmt: skip
+        "seed": cfg.seed,
+        "sample_steps": cfg.sample_steps,
+        "sample_eta": cfg.sample_eta,
+        "final_loss": curve[-1][1],
+        "loss_curve": curve,
+        "seconds": round(time.perf_counter() - t0, 2),
+        "created": now_iso(),
+    }
     out.mkdir(parents=True, exist_ok=True)
     save_resolved(cfg, out)
     return save_prior(out, ema.models[cfg.ema_rate].cpu(), meta)

@@ -55,8 +55,11 @@ def resolve_threads(
     workers = loader_workers(cfg) if workers is None else workers
     busy = busy_cores(processes) / processes if busy is None else busy
     n = auto_threads(workers, cores, busy, device)
-    why = (f"{cores} usable cores, {busy:.1f} busy with other processes" if device == "cpu"
-           else f"{cores} usable cores - {workers} loader workers")  # fmt: skip
+    why = (
+        f"{cores} usable cores, {busy:.1f} busy with other processes"
+        if device == "cpu"
+        else f"{cores} usable cores - {workers} loader workers"
+    )
     return dataclasses.replace(cfg, threads=n, origin={**cfg.origin, "threads": f"auto: {why}"})
 
 

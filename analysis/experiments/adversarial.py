@@ -87,13 +87,26 @@ def run(ctx: Context) -> Entry:
         h_adv = np.stack(h_adv)  # (E, D)
         changed = [p != clean_pred for p in preds]
         changed_inputs += np.array(changed, float)
-        rec = {"key": val.keys[i], "label": int(val.labels[i]), "class": name(int(val.labels[i])),
-               "clean_prediction": clean_pred, "clean_prediction_class": name(clean_pred), "attack": []}  # fmt: skip
+        rec = {
+            "key": val.keys[i],
+            "label": int(val.labels[i]),
+            "class": name(int(val.labels[i])),
+            "clean_prediction": clean_pred,
+            "clean_prediction_class": name(clean_pred),
+            "attack": [],
+        }
         for e, (eps, p, ch) in enumerate(zip(eps_list, preds, changed, strict=True)):
-            rec["attack"].append({"epsilon": eps, "prediction": p, "prediction_class": name(p),
-                                  "changed": bool(ch), "probe_loss": losses[e],
-                                  "repr_squared_distance": float(((h_adv[e] - h_adv[0]) ** 2).sum()),
-                                  "samples": {}})  # fmt: skip
+            rec["attack"].append(
+                {
+                    "epsilon": eps,
+                    "prediction": p,
+                    "prediction_class": name(p),
+                    "changed": bool(ch),
+                    "probe_loss": losses[e],
+                    "repr_squared_distance": float(((h_adv[e] - h_adv[0]) ** 2).sum()),
+                    "samples": {},
+                }
+            )
         for r in rcdms:
             samples = ctx.sample_grid(r, h_adv, seeds)  # (E, S, H, W, 3)
             with torch.no_grad():
@@ -104,8 +117,13 @@ def run(ctx: Context) -> Entry:
             grid_rows = []
             for e, eps in enumerate(eps_list):
                 delta = 100 * (frac[e] - frac[0])
-                first = labelled(advs[e], f"eps {eps:g}\n{name(preds[e])}\n"
-                                 + (f"{100 * frac[e]:.0f}% baseline" if e == 0 else f"{delta:+.0f} pts"), size, lines=3)  # fmt: skip
+                first = labelled(
+                    advs[e],
+                    f"eps {eps:g}\n{name(preds[e])}\n"
+                    + (f"{100 * frac[e]:.0f}% baseline" if e == 0 else f"{delta:+.0f} pts"),
+                    size,
+                    lines=3,
+                )
                 if changed[e]:
                     first = red_border(first)
                 row = [first]
@@ -114,13 +132,19 @@ def run(ctx: Context) -> Entry:
                     row.append(red_border(t) if s_pred[e, s] != clean_pred else t)
                 grid_rows.append(row)
                 changed_samples[r.label][e] += float(frac[e])
-                rec["attack"][e]["samples"][r.path] = {"predictions": s_pred[e].tolist(),
-                                                       "changed_fraction": float(frac[e]),
-                                                       "change_over_epsilon_0": float(frac[e] - frac[0])}  # fmt: skip
-            goal = (f"toward {name(cfg.target_class)}" if targeted
-                    else f"untargeted (true class {name(int(val.labels[i]))})")  # fmt: skip
+                rec["attack"][e]["samples"][r.path] = {
+                    "predictions": s_pred[e].tolist(),
+                    "changed_fraction": float(frac[e]),
+                    "change_over_epsilon_0": float(frac[e] - frac[0]),
+                }
+            goal = (
+                f"toward {name(cfg.target_class)}"
+                if targeted
+                else f"untargeted (true class {name(int(val.labels[i]))})"
+            )
             cap = ctx.caption(
-                r, seeds,
+                r,
+                seeds,
                 f"FGSM on {val.keys[i]} through the encoder and a linear probe (val accuracy "
                 f"{100 * res.val_accuracy:.1f}%), {goal}, epsilon {eps_list} on [0, 1] pixels; clean "
                 f"prediction {name(clean_pred)}. Rows: attacked input (its epsilon, the probe's "
@@ -129,29 +153,56 @@ def run(ctx: Context) -> Entry:
                 "at larger epsilons the change over that baseline in percentage points), then samples "
                 "from its representation labelled with the probe's prediction. Red border: prediction "
                 "differs from the clean one",
-            )  # fmt: skip
-            figures.append(ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}"))
+            )
+            figures.append(
+                ctx.save_figure("adversarial", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}")
+            )
         records.append(rec)
     n = max(1, len(rows))
-    table_rows = [[eps, changed_inputs[e] / n]
-                  + [x for r in rcdms for x in (changed_samples[r.label][e] / n,
-                                                (changed_samples[r.label][e] - changed_samples[r.label][0]) / n)]
-                  for e, eps in enumerate(eps_list)]  # fmt: skip
-    table = Table("Fraction of predictions changed (epsilon 0: the baseline that sampling noise alone gives)",
-                  ["epsilon", "attacked inputs"]
-                  + [c for r in rcdms for c in (f"samples ({r.label})", f"change over epsilon 0 ({r.label})")],
-                  table_rows)  # fmt: skip
-    probe_table = Table("Probe", ["encoder", "layer", "val accuracy", "train accuracy"],
-                        [[info.get("name"), val.layer, res.val_accuracy, res.train_accuracy]])  # fmt: skip
-    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "probe": res.to_dict(), "epsilons": eps_list,
-               "target_class": cfg.target_class, "images": records}  # fmt: skip
+    table_rows = [
+        [eps, changed_inputs[e] / n]
+        + [
+            x
+            for r in rcdms
+            for x in (changed_samples[r.label][e] / n, (changed_samples[r.label][e] - changed_samples[r.label][0]) / n)
+        ]
+        for e, eps in enumerate(eps_list)
+    ]
+    table = Table(
+        "Fraction of predictions changed (epsilon 0: the baseline that sampling noise alone gives)",
+        ["epsilon", "attacked inputs"]
+        + [c for r in rcdms for c in (f"samples ({r.label})", f"change over epsilon 0 ({r.label})")],
+        table_rows,
+    )
+    probe_table = Table(
+        "Probe",
+        ["encoder", "layer", "val accuracy", "train accuracy"],
+        [[info.get("name"), val.layer, res.val_accuracy, res.train_accuracy]],
+    )
+    numbers = {
+        "seed": cfg.seed,
+        "noise_seeds": seeds,
+        "probe": res.to_dict(),
+        "epsilons": eps_list,
+        "target_class": cfg.target_class,
+        "images": records,
+    }
     summary = ""
     if rcdms and len(eps_list) > 1:
         r = rcdms[0]
         base, top = changed_samples[r.label][0] / n, changed_samples[r.label][-1] / n
-        summary = (f"{r.label}: at epsilon 0, {100 * base:.0f}% of the samples' probe predictions already "
-                   f"differ from the clean image's (the baseline: sampling noise alone); at epsilon "
-                   f"{eps_list[-1]:g}, {100 * top:.0f}%, {100 * (top - base):+.0f} points over it.")  # fmt: skip
-    return ctx.finish("adversarial", TITLE, numbers, figures, [probe_table, table],
-                      f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
-                      notes, summary)  # fmt: skip
+        summary = (
+            f"{r.label}: at epsilon 0, {100 * base:.0f}% of the samples' probe predictions already "
+            f"differ from the clean image's (the baseline: sampling noise alone); at epsilon "
+            f"{eps_list[-1]:g}, {100 * top:.0f}%, {100 * (top - base):+.0f} points over it."
+        )
+    return ctx.finish(
+        "adversarial",
+        TITLE,
+        numbers,
+        figures,
+        [probe_table, table],
+        f"Encoder {describe_encoder(info)}; FGSM (one signed-gradient step) in pixel space.",
+        notes,
+        summary,
+    )

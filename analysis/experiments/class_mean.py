@@ -46,18 +46,33 @@ def run(ctx: Context) -> Entry:
             # the member nearest the mean, shown as the row's reference image
             d = ((tf[members].astype(np.float64) - means[c]) ** 2).sum(1)
             ref = int(members[int(np.argmin(d))])
-            grid_rows.append([labelled(ctx.image(train, ref), name, size)] + [labelled(s, "", size) for s in samples[c]])
-            rec = {"checkpoint": r.path, "label": int(lab), "class": name, "n_members": int(len(members)),
-                   "nearest_member": train.keys[ref], "nearest_member_squared_distance": float(d.min()),
-                   "mean_norm": float(np.linalg.norm(means[c]))}  # fmt: skip
+            grid_rows.append(
+                [labelled(ctx.image(train, ref), name, size)] + [labelled(s, "", size) for s in samples[c]]
+            )
+            rec = {
+                "checkpoint": r.path,
+                "label": int(lab),
+                "class": name,
+                "n_members": int(len(members)),
+                "nearest_member": train.keys[ref],
+                "nearest_member_squared_distance": float(d.min()),
+                "mean_norm": float(np.linalg.norm(means[c])),
+            }
             records.append(rec)
             table_rows.append([r.label, name, rec["n_members"], rec["nearest_member_squared_distance"]])
         cap = ctx.caption(
-            r, seeds,
+            r,
+            seeds,
             "Samples from the mean training representation of each class (left: the class member "
             f"nearest the mean); classes {chosen}",
         )
         figures.append(ctx.save_figure("class-mean", r.label, grid(grid_rows), cap, r.title))
     table = Table("Class means", ["checkpoint", "class", "members", "nearest member sq. distance"], table_rows)
-    return ctx.finish("class-mean", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "labels": chosen,
-                                            "classes": records}, figures, [table], notes=notes)  # fmt: skip
+    return ctx.finish(
+        "class-mean",
+        TITLE,
+        {"seed": cfg.seed, "noise_seeds": seeds, "labels": chosen, "classes": records},
+        figures,
+        [table],
+        notes=notes,
+    )

@@ -181,8 +181,14 @@ class Context:
                     "(e.g. simclr-rn50, dino-rn50)"
                 )
             info["layer"], info["dim"] = layer, spec.dims[layer]
-        key = ("encoder", info.get("name"), info.get("layer"), info.get("weights_sha256"), info.get("seed"),
-               repr(info.get("preprocess")))  # fmt: skip
+        key = (
+            "encoder",
+            info.get("name"),
+            info.get("layer"),
+            info.get("weights_sha256"),
+            info.get("seed"),
+            repr(info.get("preprocess")),
+        )
         if key not in self._cache:
             enc = encoder_from_info(info, trust_checkpoint=self.cfg.trust_checkpoint)
             self._cache[key] = enc.to(self.device).eval()
@@ -262,10 +268,18 @@ class Context:
                 break
         label = checkpoint_label(path)
         return RCDM(
-            path=path, label=label, model=model, diffusion=diffusion, meta=meta, encoder_info=info,
-            encoder_note=note, conditioning=conditioning, cond_dim=cond_dim, image_size=image_size,
+            path=path,
+            label=label,
+            model=model,
+            diffusion=diffusion,
+            meta=meta,
+            encoder_info=info,
+            encoder_note=note,
+            conditioning=conditioning,
+            cond_dim=cond_dim,
+            image_size=image_size,
             kimg=meta.get("kimg"),
-        )  # fmt: skip
+        )
 
     @property
     def ddim(self) -> bool:
@@ -279,10 +293,18 @@ class Context:
         if conds.ndim != 2 or conds.shape[1] != r.cond_dim:
             raise InvalidInput(f"checkpoint {r.path} expects {r.cond_dim}-d conditions, got shape {conds.shape}")
         return generate(
-            r.model, r.diffusion, conds, seeds, ddim=self.ddim, batch_size=self.cfg.batch_size,
-            device=self.device, progress=False, mixed_precision=self.cfg.mixed_precision,
-            guidance=self.cfg.guidance, guidance_rescale=self.cfg.guidance_rescale,
-        )  # fmt: skip
+            r.model,
+            r.diffusion,
+            conds,
+            seeds,
+            ddim=self.ddim,
+            batch_size=self.cfg.batch_size,
+            device=self.device,
+            progress=False,
+            mixed_precision=self.cfg.mixed_precision,
+            guidance=self.cfg.guidance,
+            guidance_rescale=self.cfg.guidance_rescale,
+        )
 
     def sample_grid(self, r: RCDM, conds: np.ndarray, seeds: list[int]) -> np.ndarray:
         """Every condition with every seed: ``(N, S, H, W, 3)`` uint8."""
@@ -366,9 +388,15 @@ class Context:
         path = self.dir(experiment) / f"{experiment}.json"
         atomic_write_json(path, _jsonable(numbers))
         entry = Entry(
-            experiment=experiment, title=title, description=description, figures=figures,
-            tables=tables, numbers=str(path.relative_to(self.out)), notes=list(notes or []), summary=summary,
-        )  # fmt: skip
+            experiment=experiment,
+            title=title,
+            description=description,
+            figures=figures,
+            tables=tables,
+            numbers=str(path.relative_to(self.out)),
+            notes=list(notes or []),
+            summary=summary,
+        )
         write_entry(self.out, entry)
         return entry
 

@@ -72,7 +72,9 @@ def run(ctx: Context) -> Entry:
         for r in rcdms:
             samples = ctx.sample(r, np.repeat(h[None], len(seeds), 0), seeds)
             d = squared_distances(h, ctx.encode(enc, samples))
-            groups[f"samples {r.label}"] = [(f"seed {s}", float(dj), im) for s, dj, im in zip(seeds, d, samples, strict=True)]
+            groups[f"samples {r.label}"] = [
+                (f"seed {s}", float(dj), im) for s, dj, im in zip(seeds, d, samples, strict=True)
+            ]
         # figure: one row per group, the query first
         grid_rows = []
         for gname, items in groups.items():
@@ -80,10 +82,11 @@ def run(ctx: Context) -> Entry:
             row += [labelled(im, f"{dist:.3g}", size) for _, dist, im in items]
             grid_rows.append(row)
         caption = ctx.caption(
-            rcdms[0] if rcdms else None, seeds if rcdms else None,
+            rcdms[0] if rcdms else None,
+            seeds if rcdms else None,
             f"Squared distance ||f(x) - f(y)||^2 from {val.keys[i]} (left) to each image y of the row",
             encoder=info,
-        )  # fmt: skip
+        )
         if len(rcdms) > 1:
             caption += " Sample rows from: " + ", ".join(r.path for r in rcdms) + "."
         figures.append(ctx.save_figure("distances", f"distances_{n_img}", grid(grid_rows), caption, val.keys[i]))
@@ -96,12 +99,23 @@ def run(ctx: Context) -> Entry:
         results.append(rec)
         for g, it in groups.items():
             ds = [dd for _, dd, _ in it]
-            table_rows.append([val.keys[i], g, len(ds), float(np.mean(ds)) if ds else float("nan"),
-                               float(np.min(ds)) if ds else float("nan")])  # fmt: skip
+            table_rows.append(
+                [
+                    val.keys[i],
+                    g,
+                    len(ds),
+                    float(np.mean(ds)) if ds else float("nan"),
+                    float(np.min(ds)) if ds else float("nan"),
+                ]
+            )
     numbers = {"encoder": info, "seed": cfg.seed, "noise_seeds": seeds, "images": results}
     table = Table("Squared distances per group", ["image", "group", "n", "mean", "min"], table_rows)
     return ctx.finish(
-        "distances", TITLE, numbers, figures, [table],
+        "distances",
+        TITLE,
+        numbers,
+        figures,
+        [table],
         f"Representation: {describe_encoder(info)}; squared Euclidean distance of view-0 features.",
         notes,
-    )  # fmt: skip
+    )

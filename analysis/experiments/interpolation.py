@@ -40,22 +40,37 @@ def run(ctx: Context) -> Entry:
             # how smoothly the samples change along the path: mean |x_{i+1} - x_i| in [0, 1]
             steps = np.abs(np.diff(samples.astype(np.float32) / 255.0, axis=1)).mean(axis=(2, 3, 4))  # (S, n-1)
             cap = ctx.caption(
-                r, seeds,
+                r,
+                seeds,
                 f"Linear interpolation h = (1 - a) h({val.keys[a]}) + a h({val.keys[b]}), a in {n} "
                 "steps from 0 to 1 (end images left and right); one row per noise seed",
-            )  # fmt: skip
+            )
             name = f"{r.label}_{len(records)}"
-            figures.append(ctx.save_figure("interpolation", name, fig, cap, f"{r.title}: {val.keys[a]} to {val.keys[b]}"))
+            figures.append(
+                ctx.save_figure("interpolation", name, fig, cap, f"{r.title}: {val.keys[a]} to {val.keys[b]}")
+            )
             rec = {
-                "checkpoint": r.path, "a": val.keys[a], "b": val.keys[b], "alphas": alphas,
+                "checkpoint": r.path,
+                "a": val.keys[a],
+                "b": val.keys[b],
+                "alphas": alphas,
                 "squared_distance_a_b": float(((ha.astype(np.float64) - hb) ** 2).sum()),
                 "mean_abs_pixel_step": steps.mean(0).tolist(),
-            }  # fmt: skip
+            }
             records.append(rec)
-            table_rows.append([r.label, val.keys[a], val.keys[b], rec["squared_distance_a_b"],
-                               float(steps.mean()), float(steps.max())])  # fmt: skip
+            table_rows.append(
+                [
+                    r.label,
+                    val.keys[a],
+                    val.keys[b],
+                    rec["squared_distance_a_b"],
+                    float(steps.mean()),
+                    float(steps.max()),
+                ]
+            )
     table = Table(
         "Paths", ["checkpoint", "a", "b", "||h(a) - h(b)||^2", "mean pixel step", "max pixel step"], table_rows
     )
-    return ctx.finish("interpolation", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "paths": records},
-                      figures, [table])  # fmt: skip
+    return ctx.finish(
+        "interpolation", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "paths": records}, figures, [table]
+    )

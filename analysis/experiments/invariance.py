@@ -89,7 +89,9 @@ def _second(ctx: Context, r):
     if ctx.cfg.second_store:
         s = ctx.store(ctx.cfg.second_store)
         return ctx.encoder(s.encoder_info), f"second encoder {describe_encoder(s.encoder_info)} (store {s.path})"
-    return ctx.encoder(r.encoder_info), f"the conditioning encoder {describe_encoder(r.encoder_info)} (no analyze.second_store)"
+    return ctx.encoder(
+        r.encoder_info
+    ), f"the conditioning encoder {describe_encoder(r.encoder_info)} (no analyze.second_store)"
 
 
 def _mean(values: list[float]) -> float:
@@ -142,7 +144,10 @@ def run(ctx: Context) -> Entry:
                     d[f"{layer}_relative"] = d[f"{layer}_squared_distance"] / max(float((raw[0] ** 2).sum()), 1e-12)
                     sc = h_score(seen[0], seen[t_idx], nn0)
                     d[f"{layer}_distance"], d[f"{layer}_nn_distance"], d[f"{layer}_score"] = (
-                        sc["distance"], sc["nn_distance"], sc["score"])  # fmt: skip
+                        sc["distance"],
+                        sc["nn_distance"],
+                        sc["score"],
+                    )
                 d.update(sample_score(s_feats[0], s_feats[t_idx]))
                 # how far the samples move, with the same noise seeds
                 d["sample_pixel_mad"] = float(
@@ -157,55 +162,104 @@ def run(ctx: Context) -> Entry:
             rec["original_squared_norm"] = norm0
             records.append(rec)
             cap = ctx.caption(
-                r, seeds,
+                r,
+                seeds,
                 f"Rows: the original image {val.keys[i]} and its transformations ({', '.join(names)}; "
                 f"random ones seeded by analysis seed {cfg.seed}), each followed by samples from its "
                 "representation, the same noise seed per column",
-            )  # fmt: skip
-            figures.append(ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}"))
+            )
+            figures.append(
+                ctx.save_figure("invariance", f"{r.label}_{n_img}", grid(grid_rows), cap, f"{r.title}: {val.keys[i]}")
+            )
         mean = {t: {k: _mean(v) for k, v in per_t[t].items()} for t in names}
         for layer in cfg.layers:
             for t in names:
                 m = mean[t]
-                h_rows.append([r.label, describe_encoder({**r.encoder_info, "layer": layer}), t,
-                               round(m[f"{layer}_distance"], 4), round(m[f"{layer}_nn_distance"], 4),
-                               round(m[f"{layer}_score"], 3), m[f"{layer}_squared_distance"]])  # fmt: skip
+                h_rows.append(
+                    [
+                        r.label,
+                        describe_encoder({**r.encoder_info, "layer": layer}),
+                        t,
+                        round(m[f"{layer}_distance"], 4),
+                        round(m[f"{layer}_nn_distance"], 4),
+                        round(m[f"{layer}_score"], 3),
+                        m[f"{layer}_squared_distance"],
+                    ]
+                )
         for t in names:
             m = mean[t]
-            s_rows.append([r.label, t, round(m["sample_movement"], 4), round(m["sample_diversity"], 4),
-                           round(m["sample_score"], 3), round(m["sample_pixel_mad"], 4)])  # fmt: skip
+            s_rows.append(
+                [
+                    r.label,
+                    t,
+                    round(m["sample_movement"], 4),
+                    round(m["sample_diversity"], 4),
+                    round(m["sample_score"], 3),
+                    round(m["sample_pixel_mad"], 4),
+                ]
+            )
         std_note = (
             f" The {cond_layer} distances are measured after the per-dimension standardisation this checkpoint "
             "applies to h before using it ((h - mean) / std with the training store's mean and std per dimension, "
             "train.cond_norm=standardize), the space the model sees; raw squared distances are in invariance.json."
-            if std is not None else ""
-        )  # fmt: skip
+            if std is not None
+            else ""
+        )
         series = {f"{layer} h (a)": [mean[t][f"{layer}_score"] for t in names] for layer in cfg.layers}
         series["samples (b)"] = [mean[t]["sample_score"] for t in names]
         cap = ctx.caption(
-            r, seeds,
+            r,
+            seeds,
             f"Invariance scores, mean over {len(rows)} images. (a) per layer: ||h(T x) - h(x)|| / distance from "
             f"h(x) to its nearest training neighbour ({'; '.join(f'{k}: {v[1]}' for k, v in refs.items())}). "
             f"(b): distance between same-seed samples from h(T x) and h(x), in the space of {second_desc}, over "
             f"the mean pairwise distance of the samples from h(x) (diversity at a fixed h). 0: invariant; the "
             f"dashed line at 1: the augmentation moves as far as the reference distance.{std_note}",
-        )  # fmt: skip
-        figures.append(ctx.save_figure("invariance", f"{r.label}_scores", plot_scores(names, series, f"{r.title}: invariance scores"), cap, f"{r.title}: scores"))
+        )
+        figures.append(
+            ctx.save_figure(
+                "invariance",
+                f"{r.label}_scores",
+                plot_scores(names, series, f"{r.title}: invariance scores"),
+                cap,
+                f"{r.title}: scores",
+            )
+        )
         if std_note:
             notes.append(f"{r.label}:{std_note}")
         notes.append(f"{r.label}: sample movement measured in the space of {second_desc}.")
         if len(seeds) < 2:
-            notes.append("(b) needs at least 2 samples per condition (analyze.n_samples) for the diversity at a fixed h.")
+            notes.append(
+                "(b) needs at least 2 samples per condition (analyze.n_samples) for the diversity at a fixed h."
+            )
     tables = [
-        Table(f"(a) How far each augmentation moves h, beside the distance to the nearest training neighbour (mean over {len(rows)} images)",
-              ["checkpoint", "encoder (layer)", "transform", "||h(Tx) - h(x)||", "nearest-neighbour distance",
-               "(a) ratio", "||dh||^2 (raw)"], h_rows),
-        Table("(b) How far the samples move (same noise seeds), beside their diversity at a fixed h",
-              ["checkpoint", "transform", "sample movement", "diversity at fixed h", "(b) ratio", "mean |dx| (pixels)"],
-              s_rows),
-    ]  # fmt: skip
-    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "layers": list(cfg.layers), "transforms": names,
-               "second_store": cfg.second_store, "images": records}  # fmt: skip
+        Table(
+            f"(a) How far each augmentation moves h, beside the distance to the nearest training neighbour (mean over {len(rows)} images)",
+            [
+                "checkpoint",
+                "encoder (layer)",
+                "transform",
+                "||h(Tx) - h(x)||",
+                "nearest-neighbour distance",
+                "(a) ratio",
+                "||dh||^2 (raw)",
+            ],
+            h_rows,
+        ),
+        Table(
+            "(b) How far the samples move (same noise seeds), beside their diversity at a fixed h",
+            ["checkpoint", "transform", "sample movement", "diversity at fixed h", "(b) ratio", "mean |dx| (pixels)"],
+            s_rows,
+        ),
+    ]
+    numbers = {
+        "seed": cfg.seed,
+        "noise_seeds": seeds,
+        "layers": list(cfg.layers),
+        "transforms": names,
+        "second_store": cfg.second_store,
+        "images": records,
+    }
     desc = (
         "One number per (encoder, layer, augmentation) and per (checkpoint, augmentation). (a): how far the "
         "augmentation moves the representation, relative to the distance from the original to its nearest "

@@ -56,8 +56,11 @@ def sample_score(s0: np.ndarray, s1: np.ndarray) -> dict:
         div = float(pd.mean())
     else:
         div = float("nan")
-    return {"sample_movement": move, "sample_diversity": div,
-            "sample_score": move / div if div > 0 else (0.0 if move == 0 else float("nan"))}  # fmt: skip
+    return {
+        "sample_movement": move,
+        "sample_diversity": div,
+        "sample_score": move / div if div > 0 else (0.0 if move == 0 else float("nan")),
+    }
 
 
 def plot_scores(transforms: list[str], series: dict[str, list[float]], title: str) -> np.ndarray:

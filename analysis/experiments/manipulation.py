@@ -69,8 +69,14 @@ def selection_check(most: np.ndarray, least: np.ndarray, dim: int) -> dict:
         reasons.append(f"{overlap} of the {len(most)} dimensions are in both the most- and least-common sets")
     if frac > 0.5:
         reasons.append(f"the selection covers {100 * frac:.0f}% of the {dim} dimensions")
-    return {"n_most": int(len(most)), "n_least": int(len(least)), "overlap": overlap,
-            "fraction_of_dims": frac, "degenerate": bool(reasons), "reason": "; ".join(reasons)}  # fmt: skip
+    return {
+        "n_most": int(len(most)),
+        "n_least": int(len(least)),
+        "overlap": overlap,
+        "fraction_of_dims": frac,
+        "degenerate": bool(reasons),
+        "reason": "; ".join(reasons),
+    }
 
 
 def run(ctx: Context) -> Entry:
@@ -118,58 +124,96 @@ def run(ctx: Context) -> Entry:
             for c, lab in enumerate(labels):
                 first = labelled(oimg if lab.startswith("sub ") else img, lab, size, lines=3)
                 grid_rows.append([first] + [labelled(s, "", size) for s in samples[c]])
-            warn = (f"DEGENERATE SELECTION: {check['reason']}, so the mask / sub rows cannot show "
-                    "different things. " if check["degenerate"] else "")  # fmt: skip
+            warn = (
+                f"DEGENERATE SELECTION: {check['reason']}, so the mask / sub rows cannot show different things. "
+                if check["degenerate"]
+                else ""
+            )
             cap = ctx.caption(
-                r, seeds,
+                r,
+                seeds,
                 f"{warn}Rows: samples of h({val.keys[i]}); with its {len(dims_by['most'])} most-common / "
                 f"least-common dimensions (active, i.e. above the dimension's {100 * ACTIVE_QUANTILE:.0f}th "
                 f"percentile over the training store, in >= {m} of its {k} nearest training neighbours; "
                 f"overlap {check['overlap']}) zeroed (mask) or replaced by those of {val.keys[other]} "
                 "(sub, whose image is shown)",
-            )  # fmt: skip
+            )
             title = f"{r.title}: {val.keys[i]}" + (" (degenerate selection)" if check["degenerate"] else "")
             figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, title))
-            records.append({
-                "checkpoint": r.path, "key": val.keys[i], "substitute_from": val.keys[other],
-                "k": k, "m": m, "neighbours": [train.keys[j] for j in nn],
-                "dims_most": dims_by["most"], "dims_least": dims_by["least"], "selection": check,
-            })  # fmt: skip
-            table_rows.append([r.label, val.keys[i], len(dims_by["most"]), len(dims_by["least"]),
-                               check["overlap"], r.cond_dim, "yes" if check["degenerate"] else "no"])  # fmt: skip
+            records.append(
+                {
+                    "checkpoint": r.path,
+                    "key": val.keys[i],
+                    "substitute_from": val.keys[other],
+                    "k": k,
+                    "m": m,
+                    "neighbours": [train.keys[j] for j in nn],
+                    "dims_most": dims_by["most"],
+                    "dims_least": dims_by["least"],
+                    "selection": check,
+                }
+            )
+            table_rows.append(
+                [
+                    r.label,
+                    val.keys[i],
+                    len(dims_by["most"]),
+                    len(dims_by["least"]),
+                    check["overlap"],
+                    r.cond_dim,
+                    "yes" if check["degenerate"] else "no",
+                ]
+            )
         # algebra rows: a - b + c
         triples = _triples(ctx, val, rows)
         alg_rows, alg_records = [], []
         for a, b, c in triples:
             hc = algebra(vf[a], vf[b], vf[c])
             samples = ctx.sample(r, np.repeat(hc[None], len(seeds), 0), seeds)
-            row = [labelled(ctx.image(val, a), "a", size), labelled(ctx.image(val, b), "- b", size),
-                   labelled(ctx.image(val, c), "+ c", size)]  # fmt: skip
+            row = [
+                labelled(ctx.image(val, a), "a", size),
+                labelled(ctx.image(val, b), "- b", size),
+                labelled(ctx.image(val, c), "+ c", size),
+            ]
             row += [labelled(s, "", size) for s in samples]
             alg_rows.append(row)
             alg_records.append({"a": val.keys[a], "b": val.keys[b], "c": val.keys[c]})
         if alg_rows:
             cap = ctx.caption(
-                r, seeds,
+                r,
+                seeds,
                 "Representation algebra: each row shows a, b, c, then samples of h(a) - h(b) + h(c) ("
-                + "; ".join(f"{t['a']} - {t['b']} + {t['c']}" for t in alg_records) + ")",
+                + "; ".join(f"{t['a']} - {t['b']} + {t['c']}" for t in alg_records)
+                + ")",
             )
             fig = grid(alg_rows, separator_after_first=False)
             figures.append(ctx.save_figure("manipulation", f"{r.label}_algebra", fig, cap, f"{r.title}: algebra"))
             records.append({"checkpoint": r.path, "algebra": alg_records})
-    table = Table("Edited dimensions", ["run", "image", "most-common dims", "least-common dims", "overlap",
-                                        "D", "degenerate"], table_rows)  # fmt: skip
-    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "active_rule": f"value > the dimension's "
-               f"{ACTIVE_QUANTILE} quantile over the training store", "active_quantile": ACTIVE_QUANTILE,
-               "degenerate": degenerate, "results": records}  # fmt: skip
+    table = Table(
+        "Edited dimensions",
+        ["run", "image", "most-common dims", "least-common dims", "overlap", "D", "degenerate"],
+        table_rows,
+    )
+    numbers = {
+        "seed": cfg.seed,
+        "noise_seeds": seeds,
+        "active_rule": f"value > the dimension's {ACTIVE_QUANTILE} quantile over the training store",
+        "active_quantile": ACTIVE_QUANTILE,
+        "degenerate": degenerate,
+        "results": records,
+    }
     if degenerate:
-        notes = [f"Degenerate selection for {len(degenerate)} image(s): most- and least-common masking "
-                 f"cannot be told apart ({'; '.join(degenerate)})."] + list(notes)  # fmt: skip
+        notes = [
+            f"Degenerate selection for {len(degenerate)} image(s): most- and least-common masking "
+            f"cannot be told apart ({'; '.join(degenerate)})."
+        ] + list(notes)
     summary = ""
     if degenerate:  # said in bold under the title, not only in the figures
-        summary = (f"{len(degenerate)} of {len(records) - sum('algebra' in r for r in records)} "
-                   "masking figure(s) have a degenerate selection: their most- and least-common rows "
-                   "cannot show different things (see each figure's caption).")  # fmt: skip
+        summary = (
+            f"{len(degenerate)} of {len(records) - sum('algebra' in r for r in records)} "
+            "masking figure(s) have a degenerate selection: their most- and least-common rows "
+            "cannot show different things (see each figure's caption)."
+        )
     return ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes, summary=summary)
 
 
@@ -189,4 +233,3 @@ def _triples(ctx: Context, val, rows: list[int]) -> list[tuple[int, int, int]]:
         return []
     # default: rotate the picked images, one row per image
     return [(rows[j], rows[(j + 1) % len(rows)], rows[(j + 2) % len(rows)]) for j in range(min(len(rows), 2))]
-

@@ -39,20 +39,36 @@ def run(ctx: Context) -> Entry:
             row = [labelled(s_img, f"d(h) {d_cond:.3g}", size)]
             row += [labelled(ctx.image(train, t), f"{dt:.3g}", size) for t, dt in zip(idx, d, strict=True)]
             grid_rows.append(row)
-            records.append({"checkpoint": r.path, "condition": val.keys[rows[i]], "seed": seeds[s],
-                            "squared_distance_to_condition": d_cond,
-                            "neighbours": [{"key": train.keys[t], "squared_distance": float(dt)}
-                                           for t, dt in zip(idx, d, strict=True)]})  # fmt: skip
+            records.append(
+                {
+                    "checkpoint": r.path,
+                    "condition": val.keys[rows[i]],
+                    "seed": seeds[s],
+                    "squared_distance_to_condition": d_cond,
+                    "neighbours": [
+                        {"key": train.keys[t], "squared_distance": float(dt)} for t, dt in zip(idx, d, strict=True)
+                    ],
+                }
+            )
             table_rows.append([r.label, val.keys[rows[i]], seeds[s], d_cond, float(d[0]), train.keys[idx[0]]])
         cap = ctx.caption(
-            r, seeds,
+            r,
+            seeds,
             f"Left: a sample (conditioned on {', '.join(val.keys[i] for i in rows)}, {len(seeds)} seeds each, "
             f"under it the squared distance of its representation to the condition); right: its {k} nearest "
             "training images in representation space with squared distances",
-        )  # fmt: skip
+        )
         figures.append(ctx.save_figure("neighbours", r.label, grid(grid_rows), cap, r.title))
-    table = Table("Nearest training neighbour of each sample",
-                  ["checkpoint", "condition", "seed", "sq. dist. to condition", "sq. dist. to NN 1", "NN 1"],
-                  table_rows)  # fmt: skip
-    return ctx.finish("neighbours", TITLE, {"seed": cfg.seed, "noise_seeds": seeds, "k": k, "samples": records},
-                      figures, [table], notes=notes)  # fmt: skip
+    table = Table(
+        "Nearest training neighbour of each sample",
+        ["checkpoint", "condition", "seed", "sq. dist. to condition", "sq. dist. to NN 1", "NN 1"],
+        table_rows,
+    )
+    return ctx.finish(
+        "neighbours",
+        TITLE,
+        {"seed": cfg.seed, "noise_seeds": seeds, "k": k, "samples": records},
+        figures,
+        [table],
+        notes=notes,
+    )

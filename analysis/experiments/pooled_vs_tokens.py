@@ -41,8 +41,10 @@ def split_models(ctx: Context, val) -> tuple[list[RCDM], list[RCDM], list[str]]:
         elif cond in ("embed", "cbn") and _same_encoder_name(r, val.encoder_info):
             pooled.append(r)
         else:
-            notes.append(f"checkpoint {r.path} ({describe_encoder(r.encoder_info)}, cond {cond}) is not a "
-                         f"pooled or token model of {val.encoder_info.get('name')}: left out")  # fmt: skip
+            notes.append(
+                f"checkpoint {r.path} ({describe_encoder(r.encoder_info)}, cond {cond}) is not a "
+                f"pooled or token model of {val.encoder_info.get('name')}: left out"
+            )
     return tokens, pooled, notes
 
 
@@ -72,7 +74,9 @@ def run(ctx: Context) -> Entry:
     for i, row in enumerate(rows):
         tiles = [labelled(ctx.image(val, row), val.keys[row], size)]
         for kind, r in models:
-            tiles += [labelled(s, f"{kind}: {r.label}" if j == 0 else "", size) for j, s in enumerate(samples[r.path][i])]
+            tiles += [
+                labelled(s, f"{kind}: {r.label}" if j == 0 else "", size) for j, s in enumerate(samples[r.path][i])
+            ]
         grid_rows.append(tiles)
     records, table_rows = [], []
     cond_index = np.repeat(np.asarray(rows), len(seeds))  # sample -> its condition's val row, every model
@@ -81,27 +85,56 @@ def run(ctx: Context) -> Entry:
         q = ctx.encode(enc, flat)  # (n * S, T * D)
         both = metrics.token_ranks(q, ref, cond_index, val.token_shape, device=ctx.device)
         summary = {d: metrics.rank_summary(both[d], len(ref)) for d in ("tokens", "pooled")}
-        records.append({"model": kind, "checkpoint": r.path, "cond": r.meta["unet"]["cond"], "ranks": summary,
-                        "per_sample": {d: both[d].tolist() for d in both}})  # fmt: skip
-        table_rows.append([kind, r.label, summary["tokens"]["mean_rank"], summary["tokens"]["mrr"],
-                           summary["pooled"]["mean_rank"], summary["pooled"]["mrr"]])  # fmt: skip
+        records.append(
+            {
+                "model": kind,
+                "checkpoint": r.path,
+                "cond": r.meta["unet"]["cond"],
+                "ranks": summary,
+                "per_sample": {d: both[d].tolist() for d in both},
+            }
+        )
+        table_rows.append(
+            [
+                kind,
+                r.label,
+                summary["tokens"]["mean_rank"],
+                summary["tokens"]["mrr"],
+                summary["pooled"]["mean_rank"],
+                summary["pooled"]["mrr"],
+            ]
+        )
     cap = ctx.caption(
-        None, seeds,
+        None,
+        seeds,
         f"Left: the validation image; then {len(seeds)} samples of each model, pooled first "
         f"({', '.join(r.label for r in pooled)}), then token cross-attention ({', '.join(r.label for r in tokens)}); "
         "same noise seeds across models",
         encoder=val.encoder_info,
-    )  # fmt: skip
+    )
     figure = ctx.save_figure(NAME, "side-by-side", grid(grid_rows), cap, "pooled vs tokens")
     table = Table(
         f"Rank of the condition among the {len(ref)} val images (chance: mean rank "
         f"{metrics.chance_mean_rank(len(ref)):.3g}, MRR {metrics.chance_mrr(len(ref)):.3g})",
-        ["model", "checkpoint", "mean rank (token distance)", "MRR (token distance)",
-         "mean rank (pooled distance)", "MRR (pooled distance)"],
+        [
+            "model",
+            "checkpoint",
+            "mean rank (token distance)",
+            "MRR (token distance)",
+            "mean rank (pooled distance)",
+            "MRR (pooled distance)",
+        ],
         table_rows,
-    )  # fmt: skip
-    numbers = {"seed": cfg.seed, "noise_seeds": seeds, "conditions": [val.keys[i] for i in rows],
-               "token_shape": list(val.token_shape), "models": records,
-               "distances": {"tokens": "mean over tokens of the squared euclidean distance",
-                             "pooled": "euclidean distance of the token means"}}  # fmt: skip
+    )
+    numbers = {
+        "seed": cfg.seed,
+        "noise_seeds": seeds,
+        "conditions": [val.keys[i] for i in rows],
+        "token_shape": list(val.token_shape),
+        "models": records,
+        "distances": {
+            "tokens": "mean over tokens of the squared euclidean distance",
+            "pooled": "euclidean distance of the token means",
+        },
+    }
     return ctx.finish(NAME, TITLE, numbers, [figure], [table], description=__doc__.split("\n\n")[2], notes=notes)

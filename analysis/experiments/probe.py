@@ -37,9 +37,16 @@ def fit_store_probe(ctx: Context, train, val) -> ProbeResult:
     yva = ctx.labels(val, "probe: the val")
     n_classes = int(max(ytr.max(), yva.max()) + 1)
     return train_probe(
-        ctx.features(train), ytr, ctx.features(val), yva, epochs=ctx.cfg.probe_epochs,
-        lr=ctx.cfg.probe_lr, seed=ctx.cfg.seed, n_classes=n_classes, device=ctx.device,
-    )  # fmt: skip
+        ctx.features(train),
+        ytr,
+        ctx.features(val),
+        yva,
+        epochs=ctx.cfg.probe_epochs,
+        lr=ctx.cfg.probe_lr,
+        seed=ctx.cfg.seed,
+        n_classes=n_classes,
+        device=ctx.device,
+    )
 
 
 def cached_probe(ctx: Context, train, val) -> ProbeResult:
@@ -70,9 +77,17 @@ def run(ctx: Context) -> Entry:
         }
         numbers.append(rec)
         rows.append(
-            [rec["encoder"], rec["layer"], rec["dim"], rec["n_train"], rec["n_val"],
-             round(100 * res.val_accuracy, 2), round(100 * res.train_accuracy, 2), round(100 * chance, 2)]
-        )  # fmt: skip
+            [
+                rec["encoder"],
+                rec["layer"],
+                rec["dim"],
+                rec["n_train"],
+                rec["n_val"],
+                round(100 * res.val_accuracy, 2),
+                round(100 * res.train_accuracy, 2),
+                round(100 * chance, 2),
+            ]
+        )
     table = Table(
         title="Linear-probe accuracy (%) on the validation store",
         columns=["encoder", "layer", "dim", "train n", "val n", "val acc", "train acc", "majority"],

@@ -16,10 +16,11 @@ def run(ctx: Context) -> Entry:
     cfg = ctx.cfg
     if not cfg.dynamics_checkpoints:
         return ctx.skip(
-            "training-dynamics", TITLE,
+            "training-dynamics",
+            TITLE,
             "no analyze.dynamics_checkpoints configured: give the RCDM runs trained on the encoder's "
             "checkpoints, in training order, to compare them side by side",
-        )  # fmt: skip
+        )
     rcdms = [ctx.rcdm(p) for p in cfg.dynamics_checkpoints]
     for r in rcdms:
         if not r.meta.get("encoder"):
@@ -44,13 +45,22 @@ def run(ctx: Context) -> Entry:
         for r in rcdms
     )
     cap = ctx.caption(
-        rcdms[-1], seeds,
+        rcdms[-1],
+        seeds,
         f"Columns in blocks of {len(seeds)} samples per checkpoint, in training order ({encs}); "
         f"all checkpoints: {', '.join(r.path for r in rcdms)}",
-    )  # fmt: skip
+    )
     fig = ctx.save_figure("training-dynamics", "dynamics", grid(grid_rows), cap, "checkpoints side by side")
     records = [{"checkpoint": r.path, "encoder": r.encoder_info, "kimg": r.kimg} for r in rcdms]
-    table = Table("Checkpoints", ["order", "checkpoint", "encoder", "kimg"],
-                  [[n, r.path, r.encoder_info.get("name"), r.kimg] for n, r in enumerate(rcdms)])  # fmt: skip
-    return ctx.finish("training-dynamics", TITLE, {"seed": cfg.seed, "noise_seeds": seeds,
-                      "images": [val.keys[i] for i in rows], "checkpoints": records}, [fig], [table])  # fmt: skip
+    table = Table(
+        "Checkpoints",
+        ["order", "checkpoint", "encoder", "kimg"],
+        [[n, r.path, r.encoder_info.get("name"), r.kimg] for n, r in enumerate(rcdms)],
+    )
+    return ctx.finish(
+        "training-dynamics",
+        TITLE,
+        {"seed": cfg.seed, "noise_seeds": seeds, "images": [val.keys[i] for i in rows], "checkpoints": records},
+        [fig],
+        [table],
+    )

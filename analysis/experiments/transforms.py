@@ -77,8 +77,17 @@ NAMED: dict[str, Transform] = {
 }
 
 # transforms that do not map a PIL image to a PIL image (or need a callable argument)
-_REFUSED = {"ToTensor", "PILToTensor", "ToPILImage", "Normalize", "ConvertImageDtype", "Lambda",
-            "LinearTransformation", "ToImage", "ToDtype"}  # fmt: skip
+_REFUSED = {
+    "ToTensor",
+    "PILToTensor",
+    "ToPILImage",
+    "Normalize",
+    "ConvertImageDtype",
+    "Lambda",
+    "LinearTransformation",
+    "ToImage",
+    "ToDtype",
+}
 _PREFIXES = ("", "T.", "transforms.", "torchvision.transforms.")
 
 
@@ -110,10 +119,14 @@ def _allowed_names(T) -> list[str]:
     import enum
 
     return [
-        n for n, v in vars(T).items()
-        if isinstance(v, type) and not n.startswith("_") and not issubclass(v, enum.Enum)
-        and v.__module__.startswith("torchvision.transforms") and n not in _REFUSED
-    ]  # fmt: skip
+        n
+        for n, v in vars(T).items()
+        if isinstance(v, type)
+        and not n.startswith("_")
+        and not issubclass(v, enum.Enum)
+        and v.__module__.startswith("torchvision.transforms")
+        and n not in _REFUSED
+    ]
 
 
 def _build(node: ast.Call, expr: str):
@@ -150,8 +163,7 @@ def parse_transform(expr: str) -> Transform:
         raise InvalidInput(f"custom transform {expr!r} is not a Python expression: {e.msg}") from None
     if not isinstance(tree.body, ast.Call):
         raise InvalidInput(
-            f"custom transform {expr!r}: expected a call of a torchvision.transforms class, "
-            "e.g. RandomRotation(30)"
+            f"custom transform {expr!r}: expected a call of a torchvision.transforms class, e.g. RandomRotation(30)"
         )
     t = _build(tree.body, expr)
 
@@ -222,8 +234,14 @@ def multicrop(n_global: int = 2, n_local: int = 6) -> list[tuple[str, Transform]
     ]
     blur = T.GaussianBlur(23, sigma=(0.1, 2.0))
     g1 = T.Compose([T.RandomResizedCrop(224, scale=(0.14, 1.0)), *flip_color, blur])
-    g2 = T.Compose([T.RandomResizedCrop(224, scale=(0.14, 1.0)), *flip_color,
-                    T.RandomApply([blur], p=0.1), T.RandomSolarize(128, p=0.2)])  # fmt: skip
+    g2 = T.Compose(
+        [
+            T.RandomResizedCrop(224, scale=(0.14, 1.0)),
+            *flip_color,
+            T.RandomApply([blur], p=0.1),
+            T.RandomSolarize(128, p=0.2),
+        ]
+    )
     loc = T.Compose([T.RandomResizedCrop(96, scale=(0.05, 0.14)), *flip_color, T.RandomApply([blur], p=0.5)])
     out = [("global-1", g1), ("global-2", g2)][:n_global]
     out += [(f"local-{i + 1}", loc) for i in range(n_local)]

@@ -53,18 +53,34 @@ def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
 
 
 @cli.command()
-@click.option("--encoder", type=click.Choice(list(REGISTRY)), help="Encoder (--list-encoders shows layers, preprocessing and weights URLs).")
+@click.option(
+    "--encoder",
+    type=click.Choice(list(REGISTRY)),
+    help="Encoder (--list-encoders shows layers, preprocessing and weights URLs).",
+)
 @click.option("--weights", type=click.Path(), help="Local checkpoint file for the encoder.")
-@click.option("--layer", type=click.Choice(["trunk", "cls", "mean", "tokens", "head"]), help="Which layer to store (ViTs: cls, mean, tokens).")
+@click.option(
+    "--layer",
+    type=click.Choice(["trunk", "cls", "mean", "tokens", "head"]),
+    help="Which layer to store (ViTs: cls, mean, tokens).",
+)
 @click.option("--source", type=click.Path(), help="ImageFolder tree, text file of paths, or .tar shards.")
 @click.option("--out", type=click.Path(), help="Output store directory.")
 @click.option("--format", "format", type=click.Choice(["h5", "wds"]), help="Shard format.")
-@click.option("--preprocess", type=click.Choice(["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"]), help="Encoder input convention (default: the encoder's own).")
+@click.option(
+    "--preprocess",
+    type=click.Choice(["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"]),
+    help="Encoder input convention (default: the encoder's own).",
+)
 @click.option("--input-size", type=click.IntRange(min=16), help="Encoder input crop (default: the encoder's own, 224).")
 @click.option("--batch-size", type=click.IntRange(min=1))
 @click.option("--workers", type=click.IntRange(min=0))
 @click.option("--device")
-@click.option("--decode", type=click.Choice(["auto", "cpu", "gpu"]), help="JPEG decoding: PIL in workers, or batched on the GPU (auto: gpu on CUDA).")
+@click.option(
+    "--decode",
+    type=click.Choice(["auto", "cpu", "gpu"]),
+    help="JPEG decoding: PIL in workers, or batched on the GPU (auto: gpu on CUDA).",
+)
 @click.option("--include-images", is_flag=True, help="wds: store the image bytes too.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
 @click.option("--repair", is_flag=True, help="Re-encode only the damaged or missing shards of an existing store.")
@@ -136,10 +152,24 @@ def store_verify(path: str) -> None:
 @cli.command()
 @click.option("--store", type=click.Path(), help="Training feature store.")
 @click.option("--out", type=click.Path(), help="Run directory.")
-@click.option("--preset", type=click.Choice(["tiny", "adm64", "adm128", "adm256"]), help="UNet architecture (ADM's for 64/128/256 px; tiny for CPU).")
-@click.option("--cond", type=click.Choice(["embed", "cbn", "both", "xattn"]), help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm; both: an rcdm addition; xattn: cross-attention to a tokens store's patch grid).")
-@click.option("--threads", type=click.IntRange(min=0), help="Torch CPU threads (0: auto, the cores minus the loader workers).")
-@click.option("--source", type=click.Path(), help="Image source of the store's keys, when the images moved since extraction (default: the store's own).")
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "adm64", "adm128", "adm256"]),
+    help="UNet architecture (ADM's for 64/128/256 px; tiny for CPU).",
+)
+@click.option(
+    "--cond",
+    type=click.Choice(["embed", "cbn", "both", "xattn"]),
+    help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm; both: an rcdm addition; xattn: cross-attention to a tokens store's patch grid).",
+)
+@click.option(
+    "--threads", type=click.IntRange(min=0), help="Torch CPU threads (0: auto, the cores minus the loader workers)."
+)
+@click.option(
+    "--source",
+    type=click.Path(),
+    help="Image source of the store's keys, when the images moved since extraction (default: the store's own).",
+)
 @click.option("--init-from", type=click.Path(), help="Start from an official RCDM/ADM checkpoint or ours.")
 @click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Total training images, thousands.")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
@@ -150,9 +180,12 @@ def store_verify(path: str) -> None:
 def train(ctx: click.Context, **_: Any) -> None:
     """Train RCDM on a feature store (resumes when re-run with the same command)."""
     stage(
-        ctx, "train", lambda t: f"would train {t.preset} ({t.cond}, lr {t.lr:g}) on {t.store} -> {t.out}",
-        entry("rcdm.train"), "run written",
-    )  # fmt: skip
+        ctx,
+        "train",
+        lambda t: f"would train {t.preset} ({t.cond}, lr {t.lr:g}) on {t.store} -> {t.out}",
+        entry("rcdm.train"),
+        "run written",
+    )
 
 
 @cli.command("train-prior")
@@ -167,10 +200,12 @@ def train(ctx: click.Context, **_: Any) -> None:
 def train_prior(ctx: click.Context, **_: Any) -> None:
     """Train a prior over representations (RCG's MLP diffusion), for `rcdm sample --condition prior`."""
     stage(
-        ctx, "prior",
+        ctx,
+        "prior",
         lambda p: f"would train a {p.blocks}-block, {p.width}-wide prior for {p.iters} steps on {p.store} -> {p.out}",
-        entry("rcdm.train.prior", "train_prior"), "prior written",
-    )  # fmt: skip
+        entry("rcdm.train.prior", "train_prior"),
+        "prior written",
+    )
 
 
 # ------------------------------------------------------------------------------------ sample
@@ -191,7 +226,9 @@ _CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate,
 @click.option("--checkpoint", type=click.Path(), help="Run directory or weights file.")
 @click.option("--out", type=click.Path())
 @click.option("--store", type=click.Path(), help="Store whose encoder and entries condition sampling.")
-@click.option("--condition", type=click.Choice(_CONDITIONS.split(", ")), help="What the samples are conditioned on (see below).")
+@click.option(
+    "--condition", type=click.Choice(_CONDITIONS.split(", ")), help="What the samples are conditioned on (see below)."
+)
 @click.option("--images", multiple=True, help="Image files, folders or globs (repeatable).")
 @click.option("--indices", multiple=True, type=int, help="Store rows (repeatable).")
 @click.option("--keys", multiple=True, help="Store keys (repeatable).")
@@ -200,7 +237,11 @@ _CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate,
 @click.option("--steps", help='Respacing: "100" (the paper), "1000", "10,20,30" or "ddim50".')
 @click.option("--ddim", is_flag=True, help="DDIM update on the respaced steps.")
 @click.option("--eta", type=click.FloatRange(min=0))
-@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none, RCDM's sampler; needs train.cond_drop > 0).")
+@click.option(
+    "--guidance",
+    type=click.FloatRange(min=0),
+    help="Classifier-free guidance scale (1: none, RCDM's sampler; needs train.cond_drop > 0).",
+)
 @click.option("--seed", type=int)
 @click.option("--batch-size", type=click.IntRange(min=1))
 @common_options
@@ -208,10 +249,13 @@ _CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate,
 def sample(ctx: click.Context, **_: Any) -> None:
     """Draw images from representations."""
     stage(
-        ctx, "sample",
+        ctx,
+        "sample",
         lambda s: f"would sample ({s.sampler.label()}) from {s.checkpoint} conditioned on {s.condition} -> {s.out}",
-        entry("rcdm.sample"), "samples written", after=results.sample_lines,
-    )  # fmt: skip
+        entry("rcdm.sample"),
+        "samples written",
+        after=results.sample_lines,
+    )
 
 
 # ---------------------------------------------------------------------------------- evaluate
@@ -223,7 +267,11 @@ def sample(ctx: click.Context, **_: Any) -> None:
 @click.option("--fid", type=click.Choice(["auto", "on", "off"]))
 @click.option("--inception-weights", type=click.Path())
 @click.option("--table", is_flag=True, help="Assemble the evaluated RUNS (folders of rcdm evaluate) into one table.")
-@click.option("--curve", is_flag=True, help="Plot rank / MRR against kimg of the training RUNS (their faithfulness checks) into --out.")
+@click.option(
+    "--curve",
+    is_flag=True,
+    help="Plot rank / MRR against kimg of the training RUNS (their faithfulness checks) into --out.",
+)
 @common_options
 @click.pass_context
 def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool, **_: Any) -> None:
@@ -238,14 +286,19 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool
         raise click.UsageError(f"unexpected argument(s) {' '.join(runs)}: evaluated runs go after --table")
     if not (table or curve):
         stage(
-            ctx, "evaluate", lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
-            entry("rcdm.analysis", "evaluate"), "metrics written", after=results.evaluate_lines,
-        )  # fmt: skip
+            ctx,
+            "evaluate",
+            lambda e: f"would evaluate {e.samples} against {e.reference} -> {e.out}",
+            entry("rcdm.analysis", "evaluate"),
+            "metrics written",
+            after=results.evaluate_lines,
+        )
         return
     kind, what, fn = (
-        ("table", "assemble", ("rcdm.analysis", "table")) if table
+        ("table", "assemble", ("rcdm.analysis", "table"))
+        if table
         else ("curve", "plot the faithfulness curves of", ("rcdm.analysis.curve", "curve"))
-    )  # fmt: skip
+    )
     if not runs:
         example = "eval/a eval/b --out eval/table" if table else "runs/a runs/b --out eval/curve"
         raise click.UsageError(f"--{kind} needs the runs: rcdm evaluate --{kind} {example}")
@@ -262,11 +315,13 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool
     "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS + EXTRA_EXPERIMENTS)
 )
 @click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS + EXTRA_EXPERIMENTS), metavar="[EXPERIMENT]...")
-@click.option("--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable).")
+@click.option(
+    "--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable)."
+)
 @click.option("--train-store", type=click.Path())
 @click.option("--val-store", type=click.Path())
 @click.option("--out", type=click.Path())
-@click.option("--steps", help='Respacing of every sample drawn (as rcdm sample --steps).')
+@click.option("--steps", help="Respacing of every sample drawn (as rcdm sample --steps).")
 @click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none).")
 @click.option("--seed", type=int)
 @common_options
@@ -326,8 +381,16 @@ def run(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
 @cli.command()
 @click.option("--stages", help=_STAGES_HELP)
 @click.option("--force", is_flag=True, help=_FORCE_HELP)
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="A config applied on top of the demo profile.")
-@click.option("--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="A config applied on top of the demo profile.",
+)
+@click.option(
+    "--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable)."
+)
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
 @click.pass_context
 def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
@@ -342,8 +405,12 @@ def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
 
 
 @cli.command("config-reference")
-@click.option("--update", "update_path", type=click.Path(exists=True, dir_okay=False),
-              help="Rewrite the generated sections of this README instead of printing.")
+@click.option(
+    "--update",
+    "update_path",
+    type=click.Path(exists=True, dir_okay=False),
+    help="Rewrite the generated sections of this README instead of printing.",
+)
 def config_reference(update_path: str | None) -> None:
     """Print the config reference (Markdown), generated from the dataclasses."""
     from rcdm.app.readme import config_reference as reference

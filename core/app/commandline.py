@@ -26,8 +26,18 @@ from rcdm.app.configio import dump_yaml, field_default
 from rcdm.app.load import PROFILES, load_config, resolve
 from rcdm.errors import UserError
 
-__all__ = ["USER_ERRORS", "call", "common_options", "entry", "fail", "load", "show", "stage", "summary",
-           "typed_options"]  # fmt: skip
+__all__ = [
+    "USER_ERRORS",
+    "call",
+    "common_options",
+    "entry",
+    "fail",
+    "load",
+    "show",
+    "stage",
+    "summary",
+    "typed_options",
+]
 
 # Errors a user can act on: printed without a traceback. Anything else (out of memory, a bug in
 # rcdm or torch) keeps its traceback. The OS errors here always name the path at fault.
@@ -131,11 +141,19 @@ def summary(title: str, obj: Any, prefix: str = "") -> str:
     n = sum(len(v) for v in groups.values())
     if not n:
         return f"# {title}: rcdm's defaults (the paper's recipe); --dry-run prints the full config"
-    lines = [f"# {title}: {n} value(s) differ from rcdm's defaults (the paper's recipe); the full config "
-             "is in the config.yaml beside the outputs, or printed by --dry-run"]  # fmt: skip
+    lines = [
+        f"# {title}: {n} value(s) differ from rcdm's defaults (the paper's recipe); the full config "
+        "is in the config.yaml beside the outputs, or printed by --dry-run"
+    ]
     for where, items in groups.items():
-        lines += textwrap.wrap(", ".join(items), 110, initial_indent=f"#   {where}: ", subsequent_indent="#       ",
-                               break_long_words=False, break_on_hyphens=False)  # fmt: skip
+        lines += textwrap.wrap(
+            ", ".join(items),
+            110,
+            initial_indent=f"#   {where}: ",
+            subsequent_indent="#       ",
+            break_long_words=False,
+            break_on_hyphens=False,
+        )
     return "\n".join(lines)
 
 

@@ -276,8 +276,12 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
     from_w = "derived from data.workdir"
     train_store, val_store = (str(stores / "train"), from_w), (str(stores / "val"), from_w)
     ex = _fill(cfg.extract, source=(cfg.data.train, "derived from data.train"), out=train_store)
-    tr = _fill(cfg.train, store=train_store, out=(run, from_w),
-               val_store=(str(stores / "val") if cfg.data.val else None, "derived from data.val"))  # fmt: skip
+    tr = _fill(
+        cfg.train,
+        store=train_store,
+        out=(run, from_w),
+        val_store=(str(stores / "val") if cfg.data.val else None, "derived from data.val"),
+    )
     prior = (str(w / "prior"), from_w)
     sa = _fill(cfg.sample, checkpoint=(run, from_w), out=(str(w / "samples"), from_w), store=val_store, prior=prior)
     ev = _fill(

@@ -52,8 +52,7 @@ def config_reference() -> str:
         for f in section_fields(cls):
             default = field_default(f)
             rows.append(
-                f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | "
-                f"{comments.get(f.name, '')} |"
+                f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | {comments.get(f.name, '')} |"
             )
         out.append("\n".join(rows) + "\n")
     return "\n".join(out)

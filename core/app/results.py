@@ -25,8 +25,9 @@ def sample_lines(out: Path) -> list[str]:
     out = Path(out)
     m = _read(out / "manifest.json") or {}
     grids = sorted(p.name for p in out.glob("*.png"))
-    lines = [f"{m.get('n_samples', '?')} samples of {m.get('n_conditions', '?')} condition(s), "
-             f"{m.get('image_size', '?')} px"]  # fmt: skip
+    lines = [
+        f"{m.get('n_samples', '?')} samples of {m.get('n_conditions', '?')} condition(s), {m.get('image_size', '?')} px"
+    ]
     if grids:
         lines.append(f"pictures: {', '.join(str(out / g) for g in grids)}")
     lines.append(f"next: rcdm evaluate --samples {out} --reference STORE (faithfulness: rank / MRR)")

@@ -53,9 +53,25 @@ __all__ = [
 ]
 
 IMAGE_EXTS = (
-    ".jpg", ".jpeg", ".png", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff",
-    ".JPG", ".JPEG", ".PNG", ".BMP", ".WEBP", ".PPM", ".PGM", ".TIF", ".TIFF",
-)  # fmt: skip
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".bmp",
+    ".webp",
+    ".ppm",
+    ".pgm",
+    ".tif",
+    ".tiff",
+    ".JPG",
+    ".JPEG",
+    ".PNG",
+    ".BMP",
+    ".WEBP",
+    ".PPM",
+    ".PGM",
+    ".TIF",
+    ".TIFF",
+)
 _IMAGE_EXTS_LOWER = {e.lower() for e in IMAGE_EXTS}
 # webdataset image fields, in order of preference when a sample has several
 _WDS_IMAGE_FIELDS = ("jpg", "jpeg", "png", "webp", "bmp", "ppm", "tif", "tiff")
@@ -226,9 +242,7 @@ def _check_unique(items: list[Item], where: str) -> None:
 
 
 def _open_folder(root: Path) -> ImageSource:
-    classes = sorted(
-        d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _has_images(d)
-    )
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _has_images(d))
     items: list[Item] = []
     # images directly in the root: no class
     for f in sorted(root.iterdir()):
@@ -331,8 +345,7 @@ def _open_tars(tars: list[str], root: str) -> ImageSource:
             members.append(img)
     if not items:
         raise InvalidInput(
-            f"webdataset source {root} is empty: no sample has an image field "
-            f"({'|'.join(_WDS_IMAGE_FIELDS)})"
+            f"webdataset source {root} is empty: no sample has an image field ({'|'.join(_WDS_IMAGE_FIELDS)})"
         )
     _check_unique(items, f"webdataset source {root}")
     return ImageSource(

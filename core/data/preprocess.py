@@ -64,9 +64,7 @@ class Preprocess:
 
     def __post_init__(self) -> None:
         if self.interpolation not in ("bicubic", "bilinear"):
-            raise InvalidInput(
-                f"preprocess interpolation {self.interpolation!r}: use 'bicubic' or 'bilinear'"
-            )
+            raise InvalidInput(f"preprocess interpolation {self.interpolation!r}: use 'bicubic' or 'bilinear'")
         if self.resize_rule not in ("torchvision", "adm"):
             raise InvalidInput(f"preprocess resize_rule {self.resize_rule!r}: use 'torchvision' or 'adm'")
         if self.resize_rule == "adm" and self.interpolation != "bicubic":
@@ -133,9 +131,7 @@ def get_preprocess(name_or_pp: str | Preprocess) -> Preprocess:
     try:
         return PREPROCESS[name_or_pp]
     except KeyError:
-        raise InvalidInput(
-            f"unknown preprocessing {name_or_pp!r}; choose one of {', '.join(PREPROCESS)}"
-        ) from None
+        raise InvalidInput(f"unknown preprocessing {name_or_pp!r}; choose one of {', '.join(PREPROCESS)}") from None
 
 
 def effective_preprocess(own: str, choice: str = "default", input_size: int | None = None) -> Preprocess:

@@ -35,7 +35,9 @@ _PRECISION_BITS = 32 - 8 - 2  # Resample.c
 def _bicubic(x: np.ndarray) -> np.ndarray:
     a = -0.5
     x = np.abs(x)
-    return np.where(x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1, np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0))
+    return np.where(
+        x < 1.0, ((a + 2.0) * x - (a + 3.0)) * x * x + 1, np.where(x < 2.0, (((x - 5) * x + 8) * x - 4) * a, 0.0)
+    )
 
 
 def _bilinear(x: np.ndarray) -> np.ndarray:
@@ -130,7 +132,9 @@ def pass_order(in_size: tuple[int, int], size: tuple[int, int], kind: str, devic
         if torch.equal(_resize(x, size, kind, vertical_first).cpu(), want):
             _ORDER[key] = vertical_first
             return vertical_first
-    raise RuntimeError(f"Pillow's {kind} resize {in_size} -> {size} matches neither pass order; report this Pillow version")
+    raise RuntimeError(
+        f"Pillow's {kind} resize {in_size} -> {size} matches neither pass order; report this Pillow version"
+    )
 
 
 def resize(x: torch.Tensor, size: tuple[int, int], kind: str) -> torch.Tensor:

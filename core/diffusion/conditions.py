@@ -86,9 +86,7 @@ def class_mean(feats: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
     feats = np.asarray(feats, dtype=np.float32)
     labels = np.asarray(labels)
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
-        raise InvalidInput(
-            f"class_mean needs feats (N, D) and labels (N,), got {feats.shape} and {labels.shape}"
-        )
+        raise InvalidInput(f"class_mean needs feats (N, D) and labels (N,), got {feats.shape} and {labels.shape}")
     rows = labels == label
     if not rows.any():
         known = sorted(int(v) for v in np.unique(labels))

@@ -178,9 +178,7 @@ class GaussianDiffusion:
             var = torch.exp(log_var)
         else:
             eps = model_output
-            name = (
-                "fixed_large_variance" if self.fixed_variance == "large" else "posterior_variance"
-            )
+            name = "fixed_large_variance" if self.fixed_variance == "large" else "posterior_variance"
             var = self._extract(name, t, xt.ndim).expand_as(xt)
             log_var = (
                 torch.log(var)
@@ -271,9 +269,7 @@ class GaussianDiffusion:
         true_mean, _, true_log_var = self.q_posterior_mean_variance(x0, xt, t)
         out = self.p_mean_variance_from_output(model_output, xt, t, clip_denoised=False)
         kl = mean_flat(normal_kl(true_mean, true_log_var, out["mean"], out["log_variance"]))
-        nll = -mean_flat(
-            discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"])
-        )
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, out["mean"], 0.5 * out["log_variance"]))
         return torch.where(t == 0, nll, kl) / math.log(2.0)
 
     def training_losses(

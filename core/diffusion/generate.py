@@ -162,11 +162,7 @@ class _Autocast(torch.nn.Module):
         self.cfg = getattr(model, "cfg", None) or getattr(getattr(model, "module", None), "cfg", None)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
-        ctx = (
-            torch.autocast(self.device_type, dtype=self.dtype)
-            if self.dtype is not None
-            else contextlib.nullcontext()
-        )
+        ctx = torch.autocast(self.device_type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         with ctx:
             out = self.model(x, t, *args, **kwargs)
         return out.float()
@@ -186,9 +182,13 @@ class _Guided(torch.nn.Module):
     sample's pixels, which keeps guidance from over-exposing (0, the default: off)."""
 
     def __init__(
-        self, model: torch.nn.Module, scale: float, interval: tuple[float, float] = (0.0, 1.0), num_timesteps: int = 1000,
+        self,
+        model: torch.nn.Module,
+        scale: float,
+        interval: tuple[float, float] = (0.0, 1.0),
+        num_timesteps: int = 1000,
         rescale: float = 0.0,
-    ):  # fmt: skip
+    ):
         super().__init__()
         self.model, self.scale, self.rescale = model, float(scale), float(rescale)
         self.interval, self.num_timesteps = (float(interval[0]), float(interval[1])), num_timesteps
@@ -323,9 +323,13 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
     # weights with no meta at all: every RCDM / ADM model has a 1000-step chain
     num = int(recorded.get("steps") or DIFFUSION_STEPS)
     return create_diffusion(
-        schedule, steps=num, respacing=Steps.parse(steps), learn_sigma=recorded.get("learn_sigma", True),
-        prediction=recorded["prediction"], zero_terminal_snr=bool(recorded["zero_terminal_snr"]),
-    )  # fmt: skip
+        schedule,
+        steps=num,
+        respacing=Steps.parse(steps),
+        learn_sigma=recorded.get("learn_sigma", True),
+        prediction=recorded["prediction"],
+        zero_terminal_snr=bool(recorded["zero_terminal_snr"]),
+    )
 
 
 def load_for_sampling(
@@ -349,7 +353,9 @@ def load_for_sampling(
     return prepare_for_sampling(model, device, compile), diffusion, meta
 
 
-def prepare_for_sampling(model: torch.nn.Module, device: torch.device | str, compile: bool | str = False) -> torch.nn.Module:
+def prepare_for_sampling(
+    model: torch.nn.Module, device: torch.device | str, compile: bool | str = False
+) -> torch.nn.Module:
     """Eval mode on ``device`` with the ``auto`` speed settings (``rcdm.speed``): on CUDA cuDNN
     autotune + TF32, compile, and channels-last when compiled; on a CPU none of them.
     ``bench/sample.py`` times models prepared here, so it measures what ``rcdm sample`` runs."""

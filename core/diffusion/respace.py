@@ -16,9 +16,7 @@ def space_timesteps(num_timesteps: int, section_counts: str | int | list[int] | 
     return set(Steps.parse(section_counts).timesteps(num_timesteps))
 
 
-def respaced_betas(
-    alphas_cumprod: torch.Tensor, use_timesteps: set[int]
-) -> tuple[torch.Tensor, list[int]]:
+def respaced_betas(alphas_cumprod: torch.Tensor, use_timesteps: set[int]) -> tuple[torch.Tensor, list[int]]:
     """Betas of the shorter chain that keeps alphas_cumprod at ``use_timesteps`` unchanged.
 
     Returns (betas (K,) float64, timestep_map: kept original step for each new step).

@@ -29,9 +29,7 @@ def get_named_beta_schedule(name: str, num_timesteps: int = 1000) -> torch.Tenso
         scale = 1000 / num_timesteps
         return torch.linspace(scale * 1e-4, scale * 0.02, num_timesteps, dtype=torch.float64)
     if name == "cosine":
-        return betas_for_alpha_bar(
-            num_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2
-        )
+        return betas_for_alpha_bar(num_timesteps, lambda t: math.cos((t + 0.008) / 1.008 * math.pi / 2) ** 2)
     raise InvalidInput(f"unknown beta schedule {name!r}: expected 'linear' or 'cosine'")
 
 

@@ -125,7 +125,9 @@ class Sampler:
     eta: float = 0.0  # DDIM noise (0: deterministic)
     guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler)
     guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where lo <= t / T <= hi
-    guidance_rescale: float = 0.0  # phi: rescale the guided prediction towards the conditional one's std (Lin et al. 2024)
+    guidance_rescale: float = (
+        0.0  # phi: rescale the guided prediction towards the conditional one's std (Lin et al. 2024)
+    )
 
     def __post_init__(self) -> None:
         gi = tuple(float(v) for v in self.guidance_interval)
@@ -140,7 +142,9 @@ class Sampler:
         if self.guidance < 0:
             raise InvalidInput(f"guidance must be >= 0 (1: no guidance), got {self.guidance}")
         if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise InvalidInput(f"guidance_rescale must be in [0, 1] (0: off, 0.7 as Lin et al. 2024), got {self.guidance_rescale}")
+            raise InvalidInput(
+                f"guidance_rescale must be in [0, 1] (0: off, 0.7 as Lin et al. 2024), got {self.guidance_rescale}"
+            )
 
     @property
     def name(self) -> str:

@@ -118,8 +118,12 @@ class Encoder(nn.Module):
         d: dict[str, Any] = {"patch_size": self.spec.patch_size}
         if self.layer == "tokens":
             gh, gw = self.spec.token_grid(self.preprocess.crop)
-            d["tokens"] = {"grid": [gh, gw], "count": gh * gw, "dim": self.spec.trunk_dim,
-                           "order": "row-major over the patch grid; view 1 is the grid of the flipped input"}  # fmt: skip
+            d["tokens"] = {
+                "grid": [gh, gw],
+                "count": gh * gw,
+                "dim": self.spec.trunk_dim,
+                "order": "row-major over the patch grid; view 1 is the grid of the flipped input",
+            }
         return d
 
 
@@ -168,9 +172,7 @@ def load_encoder(
     """
     spec = get_spec(name)
     if layer not in spec.dims:
-        raise InvalidInput(
-            f"encoder {spec.name} has no layer {layer!r}; its layers are {', '.join(spec.dims)}"
-        )
+        raise InvalidInput(f"encoder {spec.name} has no layer {layer!r}; its layers are {', '.join(spec.dims)}")
     pp = get_preprocess(spec.preprocess if preprocess in (None, "default") else preprocess)
     if spec.is_vit and pp.crop % spec.patch_size:
         raise InvalidInput(
@@ -221,8 +223,11 @@ def check_vit_fits(trunk: nn.Module, sd: dict, spec: EncoderSpec, path: Path, la
     want, got = describe_state_dict(trunk.state_dict()), describe_state_dict(sd)
     if want == got:
         return
-    fits = [s.name for s in REGISTRY.values() if s.reader == spec.reader and s.arch in ARCHS
-            and ARCHS[s.arch].describe() == got]  # fmt: skip
+    fits = [
+        s.name
+        for s in REGISTRY.values()
+        if s.reader == spec.reader and s.arch in ARCHS and ARCHS[s.arch].describe() == got
+    ]
     raise InvalidInput(
         f"{path} ({layout}) holds a {got}, but encoder {spec.name} is a {want}: pass the "
         f"{spec.name} weights ({spec.url or 'see the registry'})"
@@ -244,16 +249,18 @@ def _freeze(enc: Encoder) -> Encoder:
     return enc
 
 
-def encoder_from_info(
-    info: dict, *, weights: str | None = None, trust_checkpoint: bool = False
-) -> Encoder:
+def encoder_from_info(info: dict, *, weights: str | None = None, trust_checkpoint: bool = False) -> Encoder:
     """Rebuild the encoder a store was made with from its manifest's ``encoder`` field.
 
     The weights file is ``weights`` or the recorded path; its sha256 must match the record."""
     spec = get_spec(info["name"])
     if info.get("arch", spec.arch) != spec.arch:  # a test / demo variant of the entry
-        spec = replace(spec, arch=info["arch"], trunk_dim=int(info.get("trunk_dim", spec.trunk_dim)),
-                       patch_size=int(info.get("patch_size", spec.patch_size)))
+        spec = replace(
+            spec,
+            arch=info["arch"],
+            trunk_dim=int(info.get("trunk_dim", spec.trunk_dim)),
+            patch_size=int(info.get("patch_size", spec.patch_size)),
+        )
     if spec.head is not None and info.get("head_dims") and tuple(info["head_dims"]) != spec.head.dims:
         spec = replace(spec, head=replace(spec.head, dims=tuple(info["head_dims"])))
     pp = Preprocess.from_dict(info["preprocess"]) if info.get("preprocess") else None

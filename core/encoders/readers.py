@@ -80,9 +80,7 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
             raise InvalidInput(f"{path} is not a readable safetensors file ({e})") from e
     obj = load_weights_only(path, trust_checkpoint=trust_checkpoint, safe_globals=SAFE_GLOBALS)
     if not isinstance(obj, dict):
-        raise InvalidInput(
-            f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead"
-        )
+        raise InvalidInput(f"{path} holds a {type(obj).__name__}, not a state dict; save model.state_dict() instead")
     return obj
 
 
@@ -120,9 +118,12 @@ def remap(
 def strict_load(module: nn.Module, sd: dict[str, Any], what: str, unexpected: list[str] = ()) -> None:
     """Load ``sd`` into ``module`` or raise InvalidInput naming every bad key."""
     load_strict(
-        module, sd, what, unexpected=unexpected,
+        module,
+        sd,
+        what,
+        unexpected=unexpected,
         hint="Check that the weights file belongs to this encoder (see `rcdm extract --list-encoders`)",
-    )  # fmt: skip
+    )
 
 
 def first_keys(keys: Iterable[Any], n: int = 5) -> str:
@@ -223,8 +224,9 @@ def read_vicreg(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
         trunk, unexpected = remap(sd, [("backbone.", "")], ignore=heads)
         head_sd = None
         if want_head:
-            head_sd, _ = remap({k: v for k, v in sd.items() if k.startswith(heads)},
-                               [("projector.", ""), ("head.", "")])
+            head_sd, _ = remap(
+                {k: v for k, v in sd.items() if k.startswith(heads)}, [("projector.", ""), ("head.", "")]
+            )
         return Mapped(trunk, head_sd, unexpected, "VICReg full checkpoint (model)")
     return Mapped(strip_prefix(ckpt), None, [], "VICReg backbone-only file")
 

@@ -62,7 +62,6 @@ class HeadSpec:
         return "-".join(parts) + (" then L2-normalised" if self.l2norm else "")
 
 
-
 @dataclass(frozen=True)
 class EncoderSpec:
     name: str
@@ -125,6 +124,7 @@ def _mlp(dims, bn=False, act="relu", bias=None, l2norm=False) -> HeadSpec:
     return HeadSpec(tuple(dims), bn=bn, act=act, bias=bias, l2norm=l2norm)
 
 
+# fmt: off
 _SPECS = [
     EncoderSpec(
         "simclr-rn50", "resnet50", "vissl-mlp", _mlp([_RN50, 2048, 128]), "rcdm",
@@ -194,30 +194,47 @@ _SPECS = [
         head_note="DINOHead mlp output before normalisation and last_layer",
         patch_size=16, pooled_note="normalised CLS token",
     ),
-]  # fmt: skip
+]
+# fmt: on
 
 _DINOV2 = "https://dl.fbaipublicfiles.com/dinov2"
 _SIZES = {"s": ("small", 384), "b": ("base", 768), "l": ("large", 1024), "g": ("giant", 1536)}
 for _k, (_size, _dim) in _SIZES.items():
     for _reg in (False, True):
-        _SPECS.append(EncoderSpec(
-            f"dinov2-vit{_k}14" + ("-reg" if _reg else ""),
-            f"vit_{_size}_patch14" + ("_reg4" if _reg else "") + "_dinov2", "dinov2", None,
-            "imagenet-bicubic",
-            f"{_DINOV2}/dinov2_vit{_k}14/dinov2_vit{_k}14" + ("_reg4" if _reg else "") + "_pretrain.pth",
-            f"DINOv2 ViT-{_k.upper() if _k != 'g' else 'g'}/14" + (" with 4 registers" if _reg else "")
-            + " (facebookresearch/dinov2 hub backbone; position embeddings of 518 px resized)",
-            trunk_dim=_dim, patch_size=14, pooled_note="normalised CLS token",
-        ))
+        _SPECS.append(
+            EncoderSpec(
+                f"dinov2-vit{_k}14" + ("-reg" if _reg else ""),
+                f"vit_{_size}_patch14" + ("_reg4" if _reg else "") + "_dinov2",
+                "dinov2",
+                None,
+                "imagenet-bicubic",
+                f"{_DINOV2}/dinov2_vit{_k}14/dinov2_vit{_k}14" + ("_reg4" if _reg else "") + "_pretrain.pth",
+                f"DINOv2 ViT-{_k.upper() if _k != 'g' else 'g'}/14"
+                + (" with 4 registers" if _reg else "")
+                + " (facebookresearch/dinov2 hub backbone; position embeddings of 518 px resized)",
+                trunk_dim=_dim,
+                patch_size=14,
+                pooled_note="normalised CLS token",
+            )
+        )
 _MAE = "https://dl.fbaipublicfiles.com/mae/pretrain"
 for _k, _size, _dim, _p in (("b", "base", 768, 16), ("l", "large", 1024, 16), ("h", "huge", 1280, 14)):
-    _SPECS.append(EncoderSpec(
-        f"mae-vit{_k}{_p}", f"vit_{_size}_patch{_p}_mae", "mae", None, "imagenet-bicubic",
-        f"{_MAE}/mae_pretrain_vit_{_size}.pth",
-        f"MAE ViT-{_k.upper()}/{_p} encoder (facebookresearch/mae mae_pretrain_vit_{_size}.pth; "
-        "the decoder of a full checkpoint is not used)",
-        trunk_dim=_dim, patch_size=_p, pooled_note="normalised CLS token (MAE's linear-probe feature)",
-    ))
+    _SPECS.append(
+        EncoderSpec(
+            f"mae-vit{_k}{_p}",
+            f"vit_{_size}_patch{_p}_mae",
+            "mae",
+            None,
+            "imagenet-bicubic",
+            f"{_MAE}/mae_pretrain_vit_{_size}.pth",
+            f"MAE ViT-{_k.upper()}/{_p} encoder (facebookresearch/mae mae_pretrain_vit_{_size}.pth; "
+            "the decoder of a full checkpoint is not used)",
+            trunk_dim=_dim,
+            patch_size=_p,
+            pooled_note="normalised CLS token (MAE's linear-probe feature)",
+        )
+    )
+# fmt: off
 _SPECS += [
     EncoderSpec(
         "ijepa-vith14", "vit_huge_patch14_ijepa", "ijepa", None, "imagenet-bicubic",
@@ -239,7 +256,7 @@ _SPECS += [
              "https://huggingface.co/laion/CLIP-ViT-B-16-laion2B-s34B-b88K/resolve/main/open_clip_pytorch_model.bin",
              "open_clip ViT-B/16 trained on LAION-2B image tower (open_clip layout)"),
         )
-    ),  # fmt: skip
+    ),
     EncoderSpec(
         "siglip-vitb16", "vit_base_patch16_siglip", "siglip", None, "siglip",
         "https://huggingface.co/timm/ViT-B-16-SigLIP/resolve/main/open_clip_pytorch_model.bin",
@@ -247,7 +264,8 @@ _SPECS += [
         "vit_base_patch16_siglip_224 model.safetensors also reads)",
         trunk_dim=768, patch_size=16, pooled_note="attention-pool (MAP) output, SigLIP's image embedding",
     ),
-]  # fmt: skip
+]
+# fmt: on
 
 REGISTRY: dict[str, EncoderSpec] = {s.name: s for s in _SPECS}
 
@@ -262,9 +280,7 @@ def get_spec(name: str | EncoderSpec | None) -> EncoderSpec:
     try:
         return REGISTRY[name]
     except KeyError:
-        raise InvalidInput(
-            f"unknown encoder {name!r}; the known encoders are: {', '.join(REGISTRY)}"
-        ) from None
+        raise InvalidInput(f"unknown encoder {name!r}; the known encoders are: {', '.join(REGISTRY)}") from None
 
 
 def describe_registry() -> str:
@@ -272,8 +288,7 @@ def describe_registry() -> str:
     rows = ["| encoder | layers (dim) | preprocessing | weights |", "|---|---|---|---|"]
     for s in REGISTRY.values():
         layers = ", ".join(
-            f"{k} ({s.token_shape()[0]}x{s.trunk_dim})" if k == "tokens" else f"{k} ({v})"
-            for k, v in s.dims.items()
+            f"{k} ({s.token_shape()[0]}x{s.trunk_dim})" if k == "tokens" else f"{k} ({v})" for k, v in s.dims.items()
         )
         if s.is_vit:
             layers += f"; patch {s.patch_size}; cls = {s.pooled_note}"

@@ -40,9 +40,20 @@ __all__ = ["VIT_READERS"]
 
 # open_clip text-tower keys (not used for the image tower); an OpenAI state dict also records
 # input_resolution / context_length / vocab_size (open_clip drops them on load)
-_TEXT = ("token_embedding.", "transformer.", "positional_embedding", "ln_final.", "text_projection",
-         "logit_scale", "logit_bias", "text.", "attn_mask", "input_resolution", "context_length",
-         "vocab_size")  # fmt: skip
+_TEXT = (
+    "token_embedding.",
+    "transformer.",
+    "positional_embedding",
+    "ln_final.",
+    "text_projection",
+    "logit_scale",
+    "logit_bias",
+    "text.",
+    "attn_mask",
+    "input_resolution",
+    "context_length",
+    "vocab_size",
+)
 
 
 def _state_dict(ckpt: dict, *wrappers: str) -> dict:
@@ -95,9 +106,16 @@ def read_ijepa(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
 
 
 def _clip_block(k: str) -> str:
-    for a, b in (("transformer.resblocks.", "blocks."), (".ln_1.", ".norm1."), (".ln_2.", ".norm2."),
-                 (".attn.in_proj_weight", ".attn.qkv.weight"), (".attn.in_proj_bias", ".attn.qkv.bias"),
-                 (".attn.out_proj.", ".attn.proj."), (".mlp.c_fc.", ".mlp.fc1."), (".mlp.c_proj.", ".mlp.fc2.")):  # fmt: skip
+    for a, b in (
+        ("transformer.resblocks.", "blocks."),
+        (".ln_1.", ".norm1."),
+        (".ln_2.", ".norm2."),
+        (".attn.in_proj_weight", ".attn.qkv.weight"),
+        (".attn.in_proj_bias", ".attn.qkv.bias"),
+        (".attn.out_proj.", ".attn.proj."),
+        (".mlp.c_fc.", ".mlp.fc1."),
+        (".mlp.c_proj.", ".mlp.fc2."),
+    ):
         k = k.replace(a, b)
     return k
 

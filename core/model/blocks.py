@@ -37,9 +37,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     Same layout as guided-diffusion: [cos(t f_0..f_{d/2-1}), sin(...)].
     """
     half = dim // 2
-    freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half
-    )
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
     emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
     if dim % 2:
@@ -47,9 +45,7 @@ def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -
     return emb
 
 
-def _group_norm(
-    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
-) -> torch.Tensor:
+def _group_norm(x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float) -> torch.Tensor:
     """GroupNorm with 32 groups, returned in x's dtype.
 
     float32 inputs take the plain path. For bf16/fp16 inputs the native kernels already
@@ -180,9 +176,7 @@ class ResBlock(nn.Module):
             return F.avg_pool2d(x, 2)
         return x
 
-    def forward(
-        self, x: torch.Tensor, emb_act: torch.Tensor, s: torch.Tensor | None = None
-    ) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, emb_act: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
         """x (N, C, H, W); emb_act = SiLU(time embedding) (N, E), shared by all blocks."""
         h = F.silu(_norm(self.in_layers[0], x, s))
         # up/down: resample after the activation and before the conv, on both paths

@@ -36,19 +36,17 @@ class UNetConfig:
     use_new_attention_order: bool = False  # qkv layout: False = guided-diffusion "legacy" layout
     use_scale_shift_norm: bool = True  # FiLM-style time embedding: norm(h) * (1 + scale) + shift
     resblock_updown: bool = True  # down/upsample with ResBlocks (else strided conv / nearest+conv)
-    conv_resample: bool = (
-        True  # Downsample/Upsample use a conv (only when resblock_updown is False)
-    )
+    conv_resample: bool = True  # Downsample/Upsample use a conv (only when resblock_updown is False)
     cond: CondMethod = "embed"  # embed: ssl_emb added to the time embedding; cbn: conditional norm; xattn: cross-attention to the tokens in every attention block
     cond_dim: int = 2048  # dimension of the representation h (0 with cond "none")
     cbn_dim: int = 512  # width of the shared cbn projection of h
-    cond_norm: Literal["none", "standardize"] = "none"  # standardize: h -> (h - mean) / std, stats from the training store (buffers cond_norm.*)
+    cond_norm: Literal["none", "standardize"] = (
+        "none"  # standardize: h -> (h - mean) / std, stats from the training store (buffers cond_norm.*)
+    )
     cond_tokens: int = 0  # > 0: h is a flat grid of cond_tokens tokens (cond_dim = cond_tokens x token dim); embed / cbn condition on their mean, xattn attends to them
     xattn_dim: int = 256  # xattn: width of the learned token projection (the keys' and values' input)
     cond_image: int = 0  # > 0: cond_image_map = Linear(h, 3 x N x N), upsampled to image_size and concatenated to the input as 3 channels (an rcdm addition); 0: off
-    num_classes: int = (
-        0  # ADM class-conditional label embedding (label_emb, forward y=...); 0: none
-    )
+    num_classes: int = 0  # ADM class-conditional label embedding (label_emb, forward y=...); 0: none
     schedule: Literal["linear", "cosine"] = "linear"  # the beta schedule this model is trained with
     learn_sigma: bool = True  # out_channels = 2 * in_channels
 
@@ -64,8 +62,7 @@ class UNetConfig:
             )
         if self.cond_image and (self.cond == "none" or not 0 < self.cond_image <= self.image_size):
             raise InvalidInput(
-                f"cond_image={self.cond_image} needs a conditioned model and 1 <= N <= image_size "
-                f"({self.image_size})"
+                f"cond_image={self.cond_image} needs a conditioned model and 1 <= N <= image_size ({self.image_size})"
             )
         if self.cond_tokens and self.cond_dim % self.cond_tokens:
             raise InvalidInput(f"cond_dim {self.cond_dim} is not a whole number of {self.cond_tokens} tokens")
@@ -80,8 +77,7 @@ class UNetConfig:
         levels = len(self.channel_mult)
         if self.image_size % (2 ** (levels - 1)) != 0:
             raise InvalidInput(
-                f"image_size={self.image_size} is not divisible by 2**{levels - 1} "
-                f"(channel_mult has {levels} levels)"
+                f"image_size={self.image_size} is not divisible by 2**{levels - 1} (channel_mult has {levels} levels)"
             )
         for ch in self._attention_channels():
             heads = self.heads_for(ch)
@@ -202,9 +198,7 @@ def _shape(sd: Mapping[str, Any], key: str) -> tuple[int, ...]:
     return tuple(int(s) for s in sd[key].shape)
 
 
-def config_from_state_dict(
-    sd: Mapping[str, Any], image_size: int | None = None, **overrides: Any
-) -> UNetConfig:
+def config_from_state_dict(sd: Mapping[str, Any], image_size: int | None = None, **overrides: Any) -> UNetConfig:
     """Infer the UNetConfig of a guided-diffusion / RCDM state dict from its key names and shapes.
 
     Head counts, dropout and the schedule are not stored in the weights: they come from the ADM
@@ -213,8 +207,7 @@ def config_from_state_dict(
     """
     if "input_blocks.0.0.weight" not in sd or "out.2.weight" not in sd:
         raise InvalidInput(
-            "not a guided-diffusion UNet state dict: keys 'input_blocks.0.0.weight' and "
-            "'out.2.weight' are missing"
+            "not a guided-diffusion UNet state dict: keys 'input_blocks.0.0.weight' and 'out.2.weight' are missing"
         )
     mc, in_ch = _shape(sd, "input_blocks.0.0.weight")[:2]
     if "cond_image_map.weight" in sd:  # the map's 3 channels are inputs of the first conv too
@@ -254,8 +247,13 @@ def config_from_state_dict(
 
     if "token_proj.weight" in sd:
         t, xd = _shape(sd, "token_pos")[1:]
-        overrides = {"cond": "xattn", "cond_tokens": t, "xattn_dim": xd,
-                     "cond_dim": t * _shape(sd, "token_proj.weight")[1], **overrides}  # fmt: skip
+        overrides = {
+            "cond": "xattn",
+            "cond_tokens": t,
+            "xattn_dim": xd,
+            "cond_dim": t * _shape(sd, "token_proj.weight")[1],
+            **overrides,
+        }
     if "ssl_emb.weight" in sd and "cbn_shared.weight" in sd:
         cond, cond_dim = "both", _shape(sd, "ssl_emb.weight")[1]
     elif "ssl_emb.weight" in sd:
@@ -288,9 +286,7 @@ def config_from_state_dict(
         )
         known = dict(num_heads=4, dropout=0.0, schedule="linear")
         if image_size is None:
-            raise InvalidInput(
-                "cannot infer the image size of this architecture; pass image_size explicitly"
-            )
+            raise InvalidInput("cannot infer the image size of this architecture; pass image_size explicitly")
     size = image_size or known["image_size"]
     kw: dict[str, Any] = dict(known)
     kw.update(

@@ -109,9 +109,7 @@ class UNetModel(nn.Module):
         cbn_dim = cfg.cbn_dim if cfg.cond in ("cbn", "both") else 0
 
         def res(ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(
-                ch_in, ted, cfg.dropout, ch_out, cfg.use_scale_shift_norm, up, down, cbn_dim
-            )
+            return ResBlock(ch_in, ted, cfg.dropout, ch_out, cfg.use_scale_shift_norm, up, down, cbn_dim)
 
         ctx_dim = cfg.xattn_dim if cfg.cond == "xattn" else 0
 
@@ -232,9 +230,7 @@ class UNetModel(nn.Module):
         s = ctx = extra = None
         if cfg.cond != "none":
             if cond is None:
-                raise InvalidInput(
-                    f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})"
-                )
+                raise InvalidInput(f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})")
             if cond.shape[-1] != cfg.cond_dim:
                 tokens = f" ({cfg.cond_tokens} tokens of {cfg.token_dim})" if cfg.cond_tokens else ""
                 raise InvalidInput(

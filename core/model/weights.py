@@ -128,15 +128,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             return dict(obj)
         for key in ("ema", "state_dict", "model", "net"):
             inner = obj.get(key)
-            if (
-                isinstance(inner, Mapping)
-                and inner
-                and all(torch.is_tensor(v) for v in inner.values())
-            ):
+            if isinstance(inner, Mapping) and inner and all(torch.is_tensor(v) for v in inner.values()):
                 return dict(inner)
-        raise InvalidInput(
-            f"{path} is not a model state dict (top-level keys: {', '.join(sorted(map(str, obj))[:8])})"
-        )
+        raise InvalidInput(f"{path} is not a model state dict (top-level keys: {', '.join(sorted(map(str, obj))[:8])})")
     raise InvalidInput(f"{path} holds a {type(obj).__name__}, not a model state dict")
 
 
@@ -150,9 +144,7 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
             header = f.metadata() or {}
             sd = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except (SafetensorError, OSError) as e:
-        raise InvalidInput(
-            f"{path} is truncated or not a safetensors file ({first_line(e)})"
-        ) from None
+        raise InvalidInput(f"{path} is truncated or not a safetensors file ({first_line(e)})") from None
     meta: dict = {}
     if META_KEY in header:
         meta = json.loads(header[META_KEY])

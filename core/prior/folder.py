@@ -65,9 +65,15 @@ def load_prior(path: str | Path, device: Any = "cpu") -> tuple[Any, dict]:
 
 
 def draw(
-    model: Any, n: int, *, seed: int = 0, steps: int | None = None, eta: float | None = None,
-    device: Any = "cpu", meta: dict | None = None,
-) -> np.ndarray:  # fmt: skip
+    model: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    eta: float | None = None,
+    device: Any = "cpu",
+    meta: dict | None = None,
+) -> np.ndarray:
     """``n`` representations from the prior, seeded: ``(n, D)`` float32 in the store's units."""
     import torch
     from rcdm.prior.model import VectorDiffusion

@@ -128,9 +128,15 @@ class VectorDiffusion:
 
     @torch.no_grad()
     def sample(
-        self, model: nn.Module, n: int, *, steps: int = 100, eta: float = 1.0,
-        generator: torch.Generator | None = None, device: torch.device | str = "cpu",
-    ) -> torch.Tensor:  # fmt: skip
+        self,
+        model: nn.Module,
+        n: int,
+        *,
+        steps: int = 100,
+        eta: float = 1.0,
+        generator: torch.Generator | None = None,
+        device: torch.device | str = "cpu",
+    ) -> torch.Tensor:
         """DDIM (Song et al. 2021, eq. 12) on ``steps`` evenly spaced steps; (n, D) in model space."""
         steps = max(1, min(int(steps), self.T))
         ts = np.unique(np.linspace(0, self.T - 1, steps).round().astype(np.int64))[::-1]

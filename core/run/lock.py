@@ -174,8 +174,7 @@ def _acquire(folder: Path, command: str, wait_s: float) -> bytes:
             if why is None:
                 raise OutputLocked(_held_message(folder, lock, holder)) from None
             if _remove_if_unchanged(lock, raw):
-                print(f"rcdm: taking over the lock of {folder}: {_describe(holder)}, but {why}",
-                      file=sys.stderr)  # fmt: skip
+                print(f"rcdm: taking over the lock of {folder}: {_describe(holder)}, but {why}", file=sys.stderr)
             continue
         data = json.dumps(_me(command)).encode()
         try:
@@ -231,10 +230,14 @@ def _sigterm_exits() -> Iterator[None]:
 def _check_folder(folder: Path) -> None:
     """``--out`` must name a folder, new or existing (refused before anything is written)."""
     if folder.exists() and not folder.is_dir():
-        raise OutputExists(f"--out {folder} is a file, not a folder; pass a folder (a new one, or the output to resume)")
+        raise OutputExists(
+            f"--out {folder} is a file, not a folder; pass a folder (a new one, or the output to resume)"
+        )
     parent = next((p for p in folder.parents if p.exists()), None)
     if parent is not None and not parent.is_dir():
-        raise OutputExists(f"--out {folder}: {parent} is a file, not a folder, so it cannot hold the output; pass a folder path")
+        raise OutputExists(
+            f"--out {folder}: {parent} is a file, not a folder, so it cannot hold the output; pass a folder path"
+        )
 
 
 @contextlib.contextmanager

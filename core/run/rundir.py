@@ -379,16 +379,22 @@ class RunDir:
                 f"{meta['store_manifest_sha256'][:12]}...; {fix}"
             )
         a, b = old.get("unet", {}), meta["unet"]
-        diff = [f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if _norm(a.get(k)) != _norm(b.get(k))]
+        diff = [
+            f"{k}: {a.get(k)!r} vs {b.get(k)!r}" for k in sorted(set(a) | set(b)) if _norm(a.get(k)) != _norm(b.get(k))
+        ]
         if diff:
             raise InvalidInput(f"run {self.path} holds a model with other settings ({', '.join(diff)}); {fix}")
         # the opt-in diffusion options (docs/recipes.md): absent means the paper's
         da, db = old.get("diffusion") or {}, meta.get("diffusion") or {}
         for k, paper in PAPER_DIFFUSION.items():
             if da.get(k, paper) != db.get(k, paper):
-                raise InvalidInput(f"run {self.path} was trained with {k} {da.get(k, paper)!r}, not {db.get(k, paper)!r}; {fix}")
+                raise InvalidInput(
+                    f"run {self.path} was trained with {k} {da.get(k, paper)!r}, not {db.get(k, paper)!r}; {fix}"
+                )
         if list(old.get("ema_rates", [])) != list(meta["ema_rates"]):
-            raise InvalidInput(f"run {self.path} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}")
+            raise InvalidInput(
+                f"run {self.path} keeps EMA rates {old.get('ema_rates')}, not {meta['ema_rates']}; {fix}"
+            )
 
 
 def _norm(v: Any) -> Any:

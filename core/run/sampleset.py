@@ -37,9 +37,25 @@ from rcdm.utils import (
     tool_version,
 )
 
-__all__ = ["CONDS", "DATA_FILES", "FORMAT_VERSION", "INDEX", "INDEX_FIELDS", "MANIFEST", "SAMPLES",
-           "STRIP", "Chunks", "IndexRow", "SampleSet", "SampleSetWriter", "assign_seeds", "grid_files",
-           "grid_name", "read_samples", "write_sample_set"]  # fmt: skip
+__all__ = [
+    "CONDS",
+    "DATA_FILES",
+    "FORMAT_VERSION",
+    "INDEX",
+    "INDEX_FIELDS",
+    "MANIFEST",
+    "SAMPLES",
+    "STRIP",
+    "Chunks",
+    "IndexRow",
+    "SampleSet",
+    "SampleSetWriter",
+    "assign_seeds",
+    "grid_files",
+    "grid_name",
+    "read_samples",
+    "write_sample_set",
+]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -220,7 +236,9 @@ class SampleSetWriter:
         assert all(0 <= r.condition < n_cond for r in rows), "rows name conditions of conds.npy"
         own = {"format_version", "n_conditions", "n_samples", "image_size", "files"} & set(record)
         assert not own, f"the writer sets {own}"
-        _write_npz(self.path / SAMPLES, (chunks.n, *chunks.shape), (self._chunk_or_fail(chunks, c) for c in range(len(chunks))))
+        _write_npz(
+            self.path / SAMPLES, (chunks.n, *chunks.shape), (self._chunk_or_fail(chunks, c) for c in range(len(chunks)))
+        )
         atomic_write_text(self.path / INDEX, "".join(json.dumps(r.to_json()) + "\n" for r in rows))
         manifest = {
             "format_version": FORMAT_VERSION,
@@ -247,7 +265,11 @@ def _write_npz(path: Path, shape: tuple[int, ...], parts: Iterator[np.ndarray]) 
     with open(tmp, "wb") as f:
         with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
             with zf.open(info, "w", force_zip64=True) as member:
-                header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False, "shape": shape}
+                header = {
+                    "descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                    "fortran_order": False,
+                    "shape": shape,
+                }
                 np.lib.format.write_array_header_1_0(member, header)
                 for part in parts:
                     member.write(np.ascontiguousarray(part, dtype=np.uint8).data)
@@ -258,7 +280,9 @@ def _write_npz(path: Path, shape: tuple[int, ...], parts: Iterator[np.ndarray]) 
     os.replace(tmp, path)
 
 
-def write_sample_set(path: str | Path, images: np.ndarray, rows: Sequence[IndexRow], vectors: np.ndarray, record: dict) -> Path:
+def write_sample_set(
+    path: str | Path, images: np.ndarray, rows: Sequence[IndexRow], vectors: np.ndarray, record: dict
+) -> Path:
     """A whole sample set from arrays in memory: images (N, H, W, 3) uint8, one row per sample,
     vectors (C, D). Returns the folder."""
     w = SampleSetWriter(path)
@@ -301,7 +325,11 @@ def read_samples(path: str | Path) -> SampleSet:
         raise MissingInput(f"sample directory {d} does not exist; run `rcdm sample` first")
     for name in (MANIFEST, *DATA_FILES):
         if not (d / name).is_file():
-            what = "the sampler writes it last, so the run did not finish" if name == MANIFEST else "a finished sample set has it"
+            what = (
+                "the sampler writes it last, so the run did not finish"
+                if name == MANIFEST
+                else "a finished sample set has it"
+            )
             if (d / PARTIAL).is_dir():  # interrupted: its finished chunks are kept
                 what = f"sampling was interrupted ({len(list((d / PARTIAL).glob('chunk-*.npy')))} finished chunk(s) in {d / PARTIAL}); re-running the same `rcdm sample` command resumes it"
             raise MissingInput(f"{d / name} is missing: {what}. Is {d} a finished `rcdm sample` output?")
@@ -395,6 +423,8 @@ def _read_index(d: Path, n: int, n_conditions: int) -> list[IndexRow]:
         if r.sample != i:
             raise InvalidInput(f"{where} describes sample {r.sample!r}, expected {i}; {_rerun(d)}")
         if not isinstance(r.condition, int) or not 0 <= r.condition < n_conditions:
-            raise InvalidInput(f"{where} names condition {r.condition!r}; conds.npy has {n_conditions} rows; {_rerun(d)}")
+            raise InvalidInput(
+                f"{where} names condition {r.condition!r}; conds.npy has {n_conditions} rows; {_rerun(d)}"
+            )
         rows.append(r)
     return rows

@@ -40,8 +40,14 @@ def info(path: str | Path) -> str:
         f"encoder     {enc.get('name')} ({enc.get('arch', '?')}), layer {st.layer}, dim {st.dim}, "
         f"weights {(sha[:16] + '...') if sha else 'none (' + str(enc.get('weights') or 'seeded init') + ')'}",
         f"preprocess  {_fmt_pp(m.get('preprocess', {}))}",
-        *([f"tokens      {st.tokens['grid'][0]}x{st.tokens['grid'][1]} grid of {st.tokens['dim']}-d tokens "
-           f"(patch {enc.get('patch_size')}), stored flat per view"] if st.tokens else []),
+        *(
+            [
+                f"tokens      {st.tokens['grid'][0]}x{st.tokens['grid'][1]} grid of {st.tokens['dim']}-d tokens "
+                f"(patch {enc.get('patch_size')}), stored flat per view"
+            ]
+            if st.tokens
+            else []
+        ),
         f"views       {', '.join(st.views)}",
         f"rows        {len(st)} in {len(m['shards'])} shard(s), format {st.format}, dtype {st.dtype}, "
         f"image bytes {'yes' if st.has_images else 'no'}",
@@ -106,9 +112,7 @@ def verify(path: str | Path) -> list[str]:
         problems.append(f"manifest says {m['rows']} rows but its shards list {total}")
     n_items = m["source"].get("n_items")
     if n_items is not None and total + int(m.get("n_failed", 0)) != int(n_items):
-        problems.append(
-            f"{total} rows + {m.get('n_failed', 0)} failed != {n_items} source items in the manifest"
-        )
+        problems.append(f"{total} rows + {m.get('n_failed', 0)} failed != {n_items} source items in the manifest")
     return problems
 
 
@@ -161,4 +165,3 @@ def _verify_tar(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: b
                         f"{name}: sample {key!r} feat.npy is {arr.shape} {arr.dtype}, expected {(V, D)} {dtype} and finite"
                     )
     return [k for k, _ in samples]
-

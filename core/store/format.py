@@ -67,9 +67,7 @@ def token_layout(tokens: dict | None, dim: int) -> dict | None:
     grid = [int(v) for v in tokens["grid"]]
     count, tdim = int(tokens.get("count", grid[0] * grid[1])), int(tokens["dim"])
     if count != grid[0] * grid[1] or count * tdim != int(dim):
-        raise InvalidInput(
-            f"the store's token layout {tokens} does not match its {dim}-d rows; re-extract the store"
-        )
+        raise InvalidInput(f"the store's token layout {tokens} does not match its {dim}-d rows; re-extract the store")
     return {**tokens, "grid": grid, "count": count, "dim": tdim}
 
 

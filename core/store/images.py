@@ -40,8 +40,7 @@ class StoreImages:
                     else f"; {self.hint}"
                 )
                 raise MissingInput(
-                    f"the images of store {self.store.path} were read from {self.root!r}, which does "
-                    f"not exist{where}"
+                    f"the images of store {self.store.path} were read from {self.root!r}, which does not exist{where}"
                 )
             self._source = open_source(self.root)
         return self._source

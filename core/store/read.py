@@ -158,7 +158,9 @@ class FeatureStore:
         return int(self._offsets[-1])
 
     def __repr__(self) -> str:
-        return f"FeatureStore({str(self.path)!r}, {self.encoder_info.get('name')}/{self.layer}, {len(self)} x {self.dim})"
+        return (
+            f"FeatureStore({str(self.path)!r}, {self.encoder_info.get('name')}/{self.layer}, {len(self)} x {self.dim})"
+        )
 
     # ---- pickling (DataLoader workers): open file handles stay behind
     def __getstate__(self) -> dict:
@@ -291,7 +293,9 @@ class FeatureStore:
     def features(self, view: int | None = 0) -> np.ndarray:
         """All rows: (N, D) float32 for one view, or (N, V, D) for ``view=None``."""
         if view is not None and not 0 <= view < len(self.views):
-            raise InvalidInput(f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}")
+            raise InvalidInput(
+                f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}"
+            )
         parts = []
         for s in range(len(self._files)):
             if self.format == "h5":

@@ -34,7 +34,9 @@ from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 # Writing
 # --------------------------------------------------------------------------------------------
 
-RESUME = "free some space (or quota), then re-run the same `rcdm extract` command: it resumes from the last complete shard"
+RESUME = (
+    "free some space (or quota), then re-run the same `rcdm extract` command: it resumes from the last complete shard"
+)
 
 
 def disk_full(error: BaseException, path: Path) -> DiskFull | None:
@@ -125,9 +127,7 @@ def _write_h5(path: Path, feats: np.ndarray, keys: list[str], labels: np.ndarray
     with h5py.File(path, "w") as f:
         # track_times=False: the same content gives the same bytes (and sha256)
         f.create_dataset("feat", data=feats, track_times=False)  # (n, V, D)
-        f.create_dataset(
-            "key", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"), track_times=False
-        )
+        f.create_dataset("key", data=np.array(keys, dtype=object), dtype=h5py.string_dtype("utf-8"), track_times=False)
         f.create_dataset("label", data=labels, dtype=np.int64, track_times=False)
 
 
@@ -209,8 +209,7 @@ def build_manifest(
         "n_failed": len(failed),
         "failed": failed,
         "shards": [
-            {"file": r["file"], "rows": r["rows"], "sha256": r["sha256"], "first_item": r["first_item"]}
-            for r in recs
+            {"file": r["file"], "rows": r["rows"], "sha256": r["sha256"], "first_item": r["first_item"]} for r in recs
         ],
         "tool": {"name": "rcdm", "version": tool_version()},
         "created": now_iso(),
@@ -225,5 +224,3 @@ def write_manifest(store_dir: str | Path, manifest: dict) -> Path:
     path = Path(store_dir) / MANIFEST
     with _disk_full_as_user_error(path):
         return atomic_write_json(path, manifest)
-
-
