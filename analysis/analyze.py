@@ -18,8 +18,7 @@ from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.prior_entry import prior_entry
 from rcdm.analysis.recipe import recipe_label
 from rcdm.analysis.report import Entry, write_report
-from rcdm.app.config import AnalyzeConfig, check_experiments, to_dict
-from rcdm.app.configio import save_resolved
+from rcdm.config import AnalyzeConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_json, now_iso, pick_device
 
@@ -28,25 +27,9 @@ __all__ = ["analyze", "check_config"]
 
 def check_config(cfg: AnalyzeConfig) -> None:
     """Cheap checks of the config before anything is loaded."""
-    check_experiments(cfg.experiments, cfg.origin.get("experiments", "analyze.experiments"))
+    cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
     if cfg.out is None:
         raise InvalidInput("analyze.out is not set; give --out or resolve the config (data.workdir)")
-    for name, v in (
-        ("n_images", cfg.n_images),
-        ("n_samples", cfg.n_samples),
-        ("batch_size", cfg.batch_size),
-        ("interp_steps", cfg.interp_steps - 1),
-        ("neighbours_k", cfg.neighbours_k),
-        ("knn_k", cfg.knn_k),
-        ("knn_m", cfg.knn_m),
-        ("n_distance", cfg.n_distance),
-    ):
-        if v < 1:
-            raise InvalidInput(f"analyze.{name} must be at least {2 if name == 'interp_steps' else 1}")
-    if cfg.knn_m > cfg.knn_k:
-        raise InvalidInput(f"analyze.knn_m ({cfg.knn_m}) must not exceed analyze.knn_k ({cfg.knn_k})")
-    if any(e < 0 for e in cfg.epsilons):
-        raise InvalidInput(f"analyze.epsilons must be >= 0, got {list(cfg.epsilons)}")
     if "invariance" in cfg.experiments:
         from rcdm.analysis.experiments.transforms import get_transform
 

@@ -16,8 +16,7 @@ from rcdm.analysis import fid as fidmod
 from rcdm.analysis import metrics
 from rcdm.analysis.second_space import evaluate_spaces, open_second_stores
 from rcdm.analysis.tables import table, write_metrics_files
-from rcdm.app.config import EvaluateConfig
-from rcdm.app.configio import save_resolved
+from rcdm.config import EvaluateConfig, save_resolved
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.faithfulness import reencode
 from rcdm.run.conditioning import Conditioning, extraction_for, mismatches, same_representation
@@ -190,8 +189,6 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     for name in ("samples", "reference", "out"):
         if not getattr(cfg, name):
             raise InvalidInput(f"evaluate.{name} is not set; pass --{name} or set it in pipeline.yaml")
-    if cfg.is_splits < 1:
-        raise InvalidInput(f"evaluate.is_splits must be >= 1, got {cfg.is_splits}")
     out = Path(cfg.out)
 
     # Cheap checks first: nothing heavy runs on inputs that will fail later.

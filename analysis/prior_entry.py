@@ -20,7 +20,7 @@ import numpy as np
 from rcdm.analysis import faithfulness as F
 from rcdm.analysis import metrics
 from rcdm.analysis.report import Entry, Table
-from rcdm.app.config import SampleConfig
+from rcdm.config import SampleConfig
 from rcdm.errors import MissingInput
 
 __all__ = ["prior_entry", "draw_statistics", "evaluated_rows"]

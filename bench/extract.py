@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
 
     import rcdm.extract
     import torch
-    from rcdm.app.config import ExtractConfig
+    from rcdm.config import ExtractConfig
     from rcdm.encoders.build import load_encoder
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device

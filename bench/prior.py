@@ -19,7 +19,7 @@ import platform
 import time
 
 import torch
-from rcdm.app.config import PriorConfig
+from rcdm.config import PriorConfig
 
 
 def main() -> None:

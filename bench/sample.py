@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--out", default=None, help="also write the JSON here")
     a = ap.parse_args(argv)
 
-    from rcdm.app.config import SampleConfig
+    from rcdm.config import SampleConfig
     from rcdm.utils import pick_device
 
     device = pick_device(a.device)

@@ -22,8 +22,6 @@ __all__ = ["resolve_decode", "decode_on_device"]
 
 def resolve_decode(spec: str, device: torch.device, uint8: bool) -> str:
     """``auto`` -> ``gpu`` on a CUDA device (when the crops are normalised there), else ``cpu``."""
-    if spec not in ("auto", "cpu", "gpu"):
-        raise InvalidInput(f"extract.decode={spec!r}: use auto, cpu or gpu")
     if spec == "gpu" and device.type != "cuda":
         raise InvalidInput(
             f"extract.decode=gpu needs a CUDA device (extraction runs on {device}); use decode: auto or cpu"

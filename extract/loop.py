@@ -19,8 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rcdm.app.config import ExtractConfig, to_dict
-from rcdm.app.configio import save_resolved
+from rcdm.config import ExtractConfig, save_resolved, to_dict
 from rcdm.data.preprocess import Preprocess, effective_preprocess
 from rcdm.encoders.registry import get_spec
 from rcdm.errors import InvalidInput, UserError
@@ -69,8 +68,6 @@ def _open_source(cfg: ExtractConfig):
     src = open_source(os.path.abspath(cfg.source))
     if len(src) == 0:
         raise InvalidInput(f"image source {cfg.source} holds no images; point --source at a folder of images")
-    if cfg.limit is not None and cfg.limit < 1:
-        raise InvalidInput(f"extract.limit must be a positive number of images, got {cfg.limit}")
     return src
 
 
@@ -81,18 +78,8 @@ def _check_config(cfg: ExtractConfig) -> None:
         raise InvalidInput("extract.source is not set; pass --source with an image folder, list or tars")
     if not cfg.out:
         raise InvalidInput("extract.out is not set; pass --out STORE_DIR")
+    cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
     prepare.check_out(Path(cfg.out))
-    if cfg.shard_size < 1 or cfg.batch_size < 1 or auto_workers(cfg.workers) < 0:
-        raise InvalidInput(
-            f"extract.shard_size ({cfg.shard_size}) and batch_size ({cfg.batch_size}) must be >= 1 "
-            f"and workers ({cfg.workers}) >= 0"
-        )
-    if cfg.include_images and cfg.format != "wds":
-        raise InvalidInput("extract.include_images needs the webdataset format; add --format wds")
-    if cfg.max_pixels < 1:
-        raise InvalidInput(
-            f"extract.max_pixels must be a positive number of pixels (width x height), got {cfg.max_pixels}"
-        )
 
 
 def _preprocess(cfg: ExtractConfig) -> str | Preprocess:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rcdm.app.config import SampleConfig
+from rcdm.config import SampleConfig
 from rcdm.data.images import IMAGE_EXTS, UnreadableImage, decode_image
 from rcdm.diffusion import conditions as C
 from rcdm.errors import InvalidInput, MissingInput
@@ -187,87 +187,90 @@ def _need(ends: list[Condition], n: int | None, what: str, at_least: int = 1) ->
 
 
 # ------------------------------------------------------------------------------- conditions
-def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
-    """The conditions for ``cfg.condition``."""
-    r = Resolver(cfg, store, device)
-    kind = cfg.condition
-    if kind == "store":
-        if cfg.indices or cfg.keys:
-            return ConditionSet(r.endpoints())
-        if cfg.subset < 1:
-            raise InvalidInput(f"subset must be at least 1, got {cfg.subset}")
-        n = min(cfg.subset, len(store))
-        if cfg.subset > n:
-            print(
-                f"note: --subset {cfg.subset} is more than the {n} rows of the store {getattr(store, 'path', '')}; "
-                f"conditioning on all {n} (give --subset {n} or less to choose a random part)",
-                file=sys.stderr,
-            )
-        rows = np.random.default_rng(cfg.seed).choice(len(store), size=n, replace=False)
-        return ConditionSet([r.store_row(int(i)) for i in rows])
-    if kind == "images":
-        if not cfg.images:
-            raise InvalidInput("condition 'images' needs --images (files, folders or globs)")
-        return ConditionSet(r.images())
-    if kind == "interpolate":
-        ends = r.endpoints()
-        _need(ends, 2, "interpolate")
-        a, b = ends
-        path = C.interpolate(a.vector, b.vector, cfg.interp_steps)  # (n, D)
-        alphas = np.linspace(0.0, 1.0, cfg.interp_steps)
-        conds = [
+def _store(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    """Rows of the store: the --indices / --keys given, else a seeded --subset."""
+    if cfg.indices or cfg.keys:
+        return ConditionSet(r.endpoints())
+    n = min(cfg.subset, len(r.store))
+    if cfg.subset > n:
+        print(
+            f"note: --subset {cfg.subset} is more than the {n} rows of the store {getattr(r.store, 'path', '')}; "
+            f"conditioning on all {n} (give --subset {n} or less to choose a random part)",
+            file=sys.stderr,
+        )
+    rows = np.random.default_rng(cfg.seed).choice(len(r.store), size=n, replace=False)
+    return ConditionSet([r.store_row(int(i)) for i in rows])
+
+
+def _images(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    if not cfg.images:
+        raise InvalidInput("condition 'images' needs --images (files, folders or globs)")
+    return ConditionSet(r.images())
+
+
+def _interpolate(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    ends = r.endpoints()
+    _need(ends, 2, "interpolate")
+    a, b = ends
+    path = C.interpolate(a.vector, b.vector, cfg.interp_steps)  # (n, D)
+    alphas = np.linspace(0.0, 1.0, cfg.interp_steps)
+    conds = [
+        Condition(
+            v,
+            "interpolate",
+            f"interp:{al:.4f}",
+            f"(1 - {al:.3f}) {a.key} + {al:.3f} {b.key}",
+            extra={"alpha": float(al), "a": a.key, "b": b.key},
+            image=a.image if i == 0 else (b.image if i == len(path) - 1 else None),
+        )
+        for i, (v, al) in enumerate(zip(path, alphas, strict=True))
+    ]
+    return ConditionSet(conds, fixed_noise_groups=cfg.fixed_noise, ends=(a.image, b.image))
+
+
+def _class_mean(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    if not cfg.labels:
+        raise InvalidInput("condition 'class-mean' needs --set sample.labels=[...] (class indices)")
+    classes = (r.store.source or {}).get("classes") or []
+    conds = []
+    for lab in cfg.labels:
+        name = classes[lab] if 0 <= lab < len(classes) else str(lab)
+        v = C.class_mean(r.feats, r.store.labels, lab)
+        conds.append(Condition(v, "class-mean", f"class:{lab}", f"mean of class {name}", int(lab)))
+    return ConditionSet(conds)
+
+
+def _kde(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    vecs, idx = C.kde_sample(r.feats, cfg.kde_n, cfg.kde_sigma, cfg.seed, return_index=True)
+    return ConditionSet(
+        [
             Condition(
                 v,
-                "interpolate",
-                f"interp:{al:.4f}",
-                f"(1 - {al:.3f}) {a.key} + {al:.3f} {b.key}",
-                extra={"alpha": float(al), "a": a.key, "b": b.key},
-                image=a.image if i == 0 else (b.image if i == len(path) - 1 else None),
+                "kde",
+                f"kde:{j}",
+                f"KDE draw {j} around row {int(i)} (sigma={cfg.kde_sigma} std)",
+                extra={"center": int(i), "sigma": cfg.kde_sigma},
             )
-            for i, (v, al) in enumerate(zip(path, alphas, strict=True))
+            for j, (v, i) in enumerate(zip(vecs, idx, strict=True))
         ]
-        return ConditionSet(conds, fixed_noise_groups=cfg.fixed_noise, ends=(a.image, b.image))
-    if kind == "class-mean":
-        if not cfg.labels:
-            raise InvalidInput("condition 'class-mean' needs --set sample.labels=[...] (class indices)")
-        classes = (store.source or {}).get("classes") or []
-        conds = []
-        for lab in cfg.labels:
-            name = classes[lab] if 0 <= lab < len(classes) else str(lab)
-            v = C.class_mean(r.feats, store.labels, lab)
-            conds.append(Condition(v, "class-mean", f"class:{lab}", f"mean of class {name}", int(lab)))
-        return ConditionSet(conds)
-    if kind == "kde":
-        vecs, idx = C.kde_sample(r.feats, cfg.kde_n, cfg.kde_sigma, cfg.seed, return_index=True)
-        return ConditionSet(
-            [
-                Condition(
-                    v,
-                    "kde",
-                    f"kde:{j}",
-                    f"KDE draw {j} around row {int(i)} (sigma={cfg.kde_sigma} std)",
-                    extra={"center": int(i), "sigma": cfg.kde_sigma},
-                )
-                for j, (v, i) in enumerate(zip(vecs, idx, strict=True))
-            ]
-        )
-    if kind == "prior":
-        return _prior(cfg, store, device)
-    if kind == "algebra":
-        ends = r.endpoints()
-        _need(ends, 3, "algebra")
-        a, b, c = ends
-        v = C.algebra(a.vector, b.vector, c.vector)
-        desc = f"{a.key} - {b.key} + {c.key}"
-        return ConditionSet(
-            [Condition(v, "algebra", f"algebra:{desc}", desc, extra={"a": a.key, "b": b.key, "c": c.key})]
-        )
-    if kind == "manipulate":
-        return _manipulate(cfg, r)
-    raise InvalidInput(f"unknown condition {kind!r}")  # the config's Literal prevents this
+    )
 
 
-def _prior(cfg: SampleConfig, store: Any, device: Any) -> ConditionSet:
+def _algebra(cfg: SampleConfig, r: Resolver) -> ConditionSet:
+    ends = r.endpoints()
+    _need(ends, 3, "algebra")
+    a, b, c = ends
+    v = C.algebra(a.vector, b.vector, c.vector)
+    desc = f"{a.key} - {b.key} + {c.key}"
+    return ConditionSet([Condition(v, "algebra", f"algebra:{desc}", desc, extra={"a": a.key, "b": b.key, "c": c.key})])
+
+
+def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
+    """The conditions for ``cfg.condition``."""
+    return BUILDERS[cfg.condition](cfg, Resolver(cfg, store, device))
+
+
+def _prior(cfg: SampleConfig, r: Resolver) -> ConditionSet:
     """``prior_n`` draws from the learned prior of ``rcdm train-prior`` (seeded by sample.seed),
     which must live in the store's representation space."""
     from rcdm.prior.folder import WEIGHTS, check_store, draw, load_prior
@@ -275,11 +278,9 @@ def _prior(cfg: SampleConfig, store: Any, device: Any) -> ConditionSet:
 
     if not cfg.prior:
         raise InvalidInput("condition 'prior' needs sample.prior: a folder written by `rcdm train-prior`")
-    if cfg.prior_n < 1:
-        raise InvalidInput(f"sample.prior_n must be at least 1, got {cfg.prior_n}")
-    model, meta = load_prior(cfg.prior, device)
-    check_store(meta, store, cfg.prior)
-    vecs = draw(model, cfg.prior_n, seed=cfg.seed, device=device, meta=meta)  # (n, D)
+    model, meta = load_prior(cfg.prior, r.device)
+    check_store(meta, r.store, cfg.prior)
+    vecs = draw(model, cfg.prior_n, seed=cfg.seed, device=r.device, meta=meta)  # (n, D)
     sha = sha256_file(Path(cfg.prior) / WEIGHTS)
     extra = {"prior": str(cfg.prior), "prior_sha256": sha, "prior_steps": meta.get("sample_steps")}
     return ConditionSet(
@@ -324,3 +325,16 @@ def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:
             )
         )
     return ConditionSet(conds)
+
+
+# sample.condition -> its builder (tests/test_config.py keeps these the schema's choices)
+BUILDERS = {
+    "store": _store,
+    "images": _images,
+    "interpolate": _interpolate,
+    "class-mean": _class_mean,
+    "kde": _kde,
+    "algebra": _algebra,
+    "manipulate": _manipulate,
+    "prior": _prior,
+}

@@ -14,8 +14,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rcdm.app.config import SampleConfig, to_dict
-from rcdm.app.configio import save_resolved
+from rcdm.config import SampleConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
 from rcdm.launch import launch_state, on_main
 from rcdm.run.conditioning import check_conditioning
@@ -55,15 +54,9 @@ def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
 
 
 def _validate(cfg: SampleConfig) -> None:
-    for name in ("n_per_condition", "batch_size", "chunk_size", "grid_rows", "grid_conditions"):
-        if getattr(cfg, name) < 1:
-            raise InvalidInput(f"sample.{name} must be at least 1, got {getattr(cfg, name)}")
-    if cfg.eta < 0:
-        raise InvalidInput(f"sample.eta must be >= 0 (0: deterministic DDIM), got {cfg.eta}")
-    if cfg.condition == "interpolate" and cfg.interp_steps < 2:
-        raise InvalidInput(f"sample.interp_steps must be at least 2, got {cfg.interp_steps}")
     if cfg.checkpoint is None or cfg.out is None or cfg.store is None:
         raise InvalidInput("sample.checkpoint, sample.out and sample.store must be set (resolve the config)")
+    cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
 
 
 def _prepare_out(writer: SampleSetWriter, fp: str, overwrite: bool) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from rcdm.app.config import ExtractConfig
+from rcdm.config import ExtractConfig
 
 
 def extract_cfg(images: Path, out: Path, **kw) -> ExtractConfig:

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from rcdm.app.config import SampleConfig
+from rcdm.config import SampleConfig
 from rcdm.model.unet import UNetModel, preset
 
 from tests.synthetic import jpeg_bytes, random_image

@@ -74,7 +74,7 @@ def _checkpoint(path: Path, info: dict, seed: int, cond_dim: int | None = None) 
 def world(tmp_path_factory):
     """Image folders, train / val stores of random-rn50 (seed 0), an untrained tiny RCDM on
     them, and a second one on random-rn50 seed 1 (another "checkpoint" of the encoder)."""
-    from rcdm.app.config import AnalyzeConfig
+    from rcdm.config import AnalyzeConfig
     from rcdm.encoders.build import load_encoder
 
     from tests.synthetic import make_image_folder
@@ -384,7 +384,7 @@ def test_cached_features_condition_only_a_matching_run(tmp_path):
 
     import torch
     from rcdm.analysis.experiments.common import RCDM, Context, same_encoder
-    from rcdm.app.config import AnalyzeConfig
+    from rcdm.config import AnalyzeConfig
     from rcdm.data.images import PREPROCESS
     from rcdm.run.conditioning import Conditioning
     from rcdm.store import FeatureStore

@@ -130,14 +130,14 @@ def test_extract_needs_an_encoder(tmp_path):
 
 
 def test_help_lists_the_choices_a_user_must_make():
-    from rcdm.app.config import EXPERIMENTS
+    from rcdm.config import EXPERIMENTS
     from rcdm.encoders.registry import REGISTRY
 
     out = CliRunner().invoke(cli, ["analyze", "--help"]).output
     assert all(e in out for e in EXPERIMENTS)
     out = CliRunner().invoke(cli, ["sample", "--help"]).output
-    for kind in ("store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate"):
-        assert f"  {kind} " in out
+    for kind in ("store", "images", "interpolate", "class-mean", "kde", "algebra", "manipulate", "prior"):
+        assert f"{kind}:" in " ".join(out.split())
     out = CliRunner().invoke(cli, ["extract", "--help"]).output
     assert "--list-encoders" in out and all(name in out for name in REGISTRY)
 
@@ -167,7 +167,7 @@ def test_demo_runs_from_any_directory(tmp_path, monkeypatch):
     assert "data      run" in r.output
 
 
-def test_user_errors_print_a_line_and_bugs_keep_their_traceback(monkeypatch):
+def test_user_errors_print_a_line_and_bugs_keep_their_traceback(monkeypatch, tmp_path):
     import rcdm.train
     from rcdm.errors import InvalidInput
 
@@ -175,12 +175,13 @@ def test_user_errors_print_a_line_and_bugs_keep_their_traceback(monkeypatch):
         raise InvalidInput("train.lr is bad; use 1e-4")
 
     monkeypatch.setattr(rcdm.train, "run", user_mistake)
-    r = CliRunner().invoke(cli, ["train", "--store", "s", "--out", "o"])
+    store = str(tmp_path)  # an input that exists: the stage's own check comes next
+    r = CliRunner().invoke(cli, ["train", "--store", store, "--out", "o"])
     assert r.exit_code == 1 and "error: train.lr is bad; use 1e-4" in r.output
 
     def bug(cfg):
         raise RuntimeError("CUDA out of memory")
 
     monkeypatch.setattr(rcdm.train, "run", bug)
-    r = CliRunner().invoke(cli, ["train", "--store", "s", "--out", "o"])
+    r = CliRunner().invoke(cli, ["train", "--store", store, "--out", "o"])
     assert isinstance(r.exception, RuntimeError) and "error:" not in r.output

@@ -4,14 +4,15 @@ typed values (steps parsed once), derived paths, the generated reference."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 import pytest
 import yaml
-from rcdm.app import config as C
-from rcdm.app import configio
+from rcdm import config as C
 from rcdm.app.load import apply_mapping, load_config, profile_path, resolve
-from rcdm.diffusion.spec import Steps
+from rcdm.config import Steps
+from rcdm.config import io as configio
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -172,3 +173,106 @@ def test_experiment_names_match_the_analysis_modules():
     from rcdm.analysis.experiments import EXPERIMENTS
 
     assert tuple(EXPERIMENTS) == C.EXPERIMENTS + C.EXTRA_EXPERIMENTS
+
+
+# ------------------------------------------------------------------ one schema, checked once
+def _options(command: str) -> dict:
+    import click
+    from rcdm.app.cli import cli
+
+    return {p.name: p for p in cli.commands[command].params if isinstance(p, click.Option)}
+
+
+def test_options_are_made_from_the_schema():
+    """A key's choices, type and help exist once, in its declaration: the command line's options
+    are made from it (a choice added to the Literal is an option choice, with no other edit)."""
+    import click
+    from rcdm.app.options import choices
+    from rcdm.config import SECTIONS, section_fields, setting_of
+    from rcdm.encoders.registry import REGISTRY
+
+    for command, section in (("train", "train"), ("sample", "sample"), ("extract", "extract"), ("analyze", "analyze")):
+        fields = {f.name: f for f in section_fields(SECTIONS[section])}
+        for name, opt in _options(command).items():
+            if name not in fields:
+                continue
+            assert setting_of(fields[name]).help[1:] in opt.help, (command, name)
+            if isinstance(opt.type, click.Choice):  # the encoder's choices are the registry's names
+                owner = tuple(REGISTRY) if name == "encoder" else choices(section, name)
+                assert tuple(opt.type.choices) == owner, (command, name)
+    # the sampling options: every field of the spec, on each command that samples
+    from rcdm.config import SamplerSettings
+
+    spec = {f.name for f in section_fields(SamplerSettings)}
+    assert spec <= set(_options("sample")) and spec <= set(_options("analyze"))
+
+
+def test_schema_choices_match_their_owners():
+    """Where another module owns a set of names (presets, conditioning methods, preprocessing,
+    layers, conditions), the schema's Literal holds exactly those names."""
+    from rcdm.app.options import choices
+    from rcdm.data.preprocess import PREPROCESS
+    from rcdm.encoders.registry import REGISTRY
+    from rcdm.model.config import COND_METHODS, PRESETS
+    from rcdm.sample.conds import BUILDERS
+
+    assert choices("train", "preset") == PRESETS
+    assert set(choices("train", "cond")) == set(COND_METHODS) - {"none"}
+    assert set(choices("extract", "preprocess")) == {"default", *PREPROCESS}
+    assert {layer for spec in REGISTRY.values() for layer in spec.dims} <= set(choices("extract", "layer"))
+    assert set(choices("sample", "condition")) == set(BUILDERS)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("train.lr=-1", "train.lr must be >= 0, got -1.0 (from --set train.lr)"),
+        ("train.cond_drop=1", "train.cond_drop must be in [0, 1), got 1.0"),
+        ("sample.guidance=-2", "sample.guidance must be >= 0, got -2.0"),
+        ("sample.guidance_interval=[0.8,0.2]", "sample.guidance_interval must be [lo, hi]"),
+        ("sample.guidance_rescale=1.5", "sample.guidance_rescale must be in [0, 1], got 1.5"),
+        ("train.ema_rates=[0.9,0.9]", "train.ema_rates has duplicates"),
+        ("analyze.epsilons=[0.1,-0.1]", "analyze.epsilons must be >= 0"),
+        ("prior.ema_rate=1", "prior.ema_rate must be in [0, 1)"),
+    ],
+)
+def test_values_are_checked_where_declared(override, message):
+    """The same bound refuses a value however it is set: --set, a file, an option or code."""
+    from rcdm.app.load import load_config
+    from rcdm.config import ConfigError
+
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(None, [override])
+
+
+def test_a_bad_option_value_is_refused_by_the_schema(tmp_path):
+    from click.testing import CliRunner
+    from rcdm.app.cli import cli
+
+    r = CliRunner().invoke(cli, ["train", "--lr", "-1", "--dry-run", "--set", f"data.workdir={tmp_path}"])
+    assert r.exit_code != 0 and "train.lr must be >= 0, got -1.0 (from option --lr)" in r.output
+
+
+def test_sections_built_in_code_are_checked_too():
+    from rcdm.config import ConfigError, SampleConfig, Sampler, Steps
+
+    with pytest.raises(ConfigError, match=r"sample.n_per_condition must be >= 1, got 0"):
+        SampleConfig(n_per_condition=0)
+    with pytest.raises(ConfigError, match=r"^guidance must be >= 0, got -1"):
+        Sampler(Steps.parse("10"), guidance=-1)
+
+
+def test_a_missing_input_is_reported_before_torch_is_imported(tmp_path):
+    """`rcdm sample` with a store that does not exist fails at once, naming the key, and never
+    imports torch (which takes 12-19 s on this machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\nfrom rcdm.app.cli import main\nsys.argv = ['rcdm', 'sample', '--store', "
+        f"{str(tmp_path / 'nope')!r}, '--checkpoint', {str(tmp_path)!r}]\n"
+        "try:\n    main()\nexcept SystemExit as e:\n    print('torch' in sys.modules, e.code)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert done.stdout.strip() == "False 1", done.stdout + done.stderr
+    assert f"sample.store: {tmp_path / 'nope'} does not exist" in done.stderr

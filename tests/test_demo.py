@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from PIL import Image
-from rcdm.app.config import DataConfig
+from rcdm.config import DataConfig
 from rcdm.data import demo
 from rcdm.utils import read_json
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rcdm.config import Sampler, Steps
 from rcdm.diffusion.gaussian import (
     GaussianDiffusion,
     create_diffusion,
@@ -18,7 +19,6 @@ from rcdm.diffusion.gaussian import (
     space_timesteps,
 )
 from rcdm.diffusion.generate import draw_noise, sample_loop
-from rcdm.diffusion.spec import Sampler, Steps
 from rcdm.model.unet import UNetModel, preset
 
 T = 1000

@@ -17,7 +17,7 @@ import torch
 from rcdm.analysis import evaluate, table
 from rcdm.analysis.fid import expected_meta, load_reference_stats, plan_fid, save_reference_stats
 from rcdm.analysis.inception import INCEPTION_FILENAME, INCEPTION_URL, InceptionV3
-from rcdm.app.config import EvaluateConfig
+from rcdm.config import EvaluateConfig
 
 from tests.synthetic import make_image_folder
 from tests.synthetic_store import make_store

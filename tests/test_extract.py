@@ -118,8 +118,8 @@ def test_input_size_override_is_recorded_and_used(images, tmp_path):
     with torch.no_grad():
         want = enc(x).numpy()
     np.testing.assert_allclose(st.features(0)[:1], want.astype(np.float16).astype(np.float32), rtol=5e-3, atol=5e-3)
-    with pytest.raises(ValueError, match="input_size=8 is too small"):
-        run(_cfg(images, tmp_path / "s8", input_size=8))
+    with pytest.raises(ValueError, match="extract.input_size must be >= 16, got 8"):  # the schema's bound
+        _cfg(images, tmp_path / "s8", input_size=8)
 
 
 def test_interrupted_run_resumes_to_the_same_store(tiny, images, tmp_path, monkeypatch):
@@ -168,7 +168,7 @@ def test_two_processes_give_the_same_store(ref_store, images, tmp_path):
     out = tmp_path / "store"
     script = tmp_path / "launch.py"
     script.write_text(
-        "import sys\nimport rcdm.extract\nfrom rcdm.app.config import ExtractConfig\n"
+        "import sys\nimport rcdm.extract\nfrom rcdm.config import ExtractConfig\n"
         f"rcdm.extract.run(ExtractConfig(**{json.dumps(dict(encoder='random-rn50', source=str(images), out=str(out), shard_size=2, batch_size=2, workers=0, device='cpu'))}))\n"
     )
     torchrun = Path(sys.executable).with_name("torchrun")

@@ -144,6 +144,6 @@ def test_bad_guidance_settings_fail_before_training(tmp_path):
         rcdm.train.run(_cfg(store, tmp_path / "a", grid_guidance=3.0))
     with pytest.raises(ValueError, match=r"cond_drop must be in \[0, 1\)"):
         rcdm.train.run(_cfg(store, tmp_path / "b", cond_drop=1.0))
-    with pytest.raises(ValueError, match="p2_gamma and train.p2_k must be >= 0"):
+    with pytest.raises(ValueError, match="train.p2_gamma must be >= 0, got -1.0"):
         rcdm.train.run(_cfg(store, tmp_path / "c", p2_gamma=-1.0))
     assert not (tmp_path / "a").exists()  # nothing written

@@ -54,7 +54,7 @@ def _checkpoint(path: Path, info: dict, cond: str, seed: int) -> Path:
 
 def test_pooled_vs_tokens_side_by_side_with_both_rank_tables(tmp_path):
     from rcdm.analysis import analyze
-    from rcdm.app.config import AnalyzeConfig
+    from rcdm.config import AnalyzeConfig
 
     store, info = _tokens_store(tmp_path)
     pooled = _checkpoint(tmp_path / "runs" / "pooled" / "ema.safetensors", info, "cbn", 0)
@@ -91,7 +91,7 @@ def test_pooled_vs_tokens_side_by_side_with_both_rank_tables(tmp_path):
 
 def test_pooled_vs_tokens_needs_a_tokens_store_and_both_models(tmp_path):
     from rcdm.analysis import analyze
-    from rcdm.app.config import AnalyzeConfig
+    from rcdm.config import AnalyzeConfig
 
     store, info = _tokens_store(tmp_path)
     tokens = _checkpoint(tmp_path / "t" / "ema.safetensors", info, "xattn", 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rcdm.app.config import PriorConfig
+from rcdm.config import PriorConfig
 from rcdm.errors import InvalidInput, MissingInput, OutputExists
 from rcdm.prior.folder import check_store, draw, load_prior
 from rcdm.train.prior import train_prior

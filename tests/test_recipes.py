@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from rcdm.config import Sampler, Steps
 from rcdm.diffusion.gaussian import (
     create_diffusion,
     get_named_beta_schedule,
     rescale_zero_terminal_snr,
 )
-from rcdm.diffusion.spec import Sampler, Steps
 from rcdm.errors import InvalidInput
 
 REF = Path(__file__).parent / "data" / "paper_loss_reference.npz"
@@ -202,9 +202,8 @@ def test_cond_both_uses_embedding_and_cbn():
 
 
 def test_named_recipe_fills_unset_fields_and_records_them(tmp_path, monkeypatch):
-    from rcdm.app.config import RECIPES, TrainConfig
-    from rcdm.app.configio import dump_yaml
     from rcdm.app.load import load_config
+    from rcdm.config import RECIPES, TrainConfig, dump_yaml
 
     monkeypatch.chdir(tmp_path)  # no pipeline.yaml here
     paper = load_config().train

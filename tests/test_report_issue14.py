@@ -44,7 +44,7 @@ def world(tmp_path_factory):
     import rcdm.sample
     import torch
     from rcdm.analysis import analyze, evaluate
-    from rcdm.app.config import AnalyzeConfig, EvaluateConfig, PriorConfig, SampleConfig
+    from rcdm.config import AnalyzeConfig, EvaluateConfig, PriorConfig, SampleConfig
     from rcdm.encoders.build import load_encoder
     from rcdm.model.config import preset
     from rcdm.model.unet import UNetModel

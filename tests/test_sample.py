@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rcdm.app.config import SampleConfig
+from rcdm.config import SampleConfig
 from rcdm.diffusion.gaussian import create_diffusion
 from rcdm.diffusion.generate import generate, sample_loop
 from rcdm.utils import seed_generator
@@ -330,7 +330,7 @@ def test_two_processes_split_the_work_with_identical_samples(done_run, ckpt, sto
     cfg = run_cfg(ckpt, store_dir, tmp_path / "mp", chunk_size=2)
     (tmp_path / "cfg.json").write_text(json.dumps(dataclass_dict(cfg)))
     script.write_text(
-        "import json, sys, torch, rcdm.sample\nfrom rcdm.app.config import SampleConfig\n"
+        "import json, sys, torch, rcdm.sample\nfrom rcdm.config import SampleConfig\n"
         "torch.set_num_threads(1)\n"
         "d = {k: tuple(v) if isinstance(v, list) else v for k, v in json.load(open(sys.argv[1])).items()}\n"
         "rcdm.sample.run(SampleConfig(**d))\n"
@@ -353,7 +353,7 @@ def test_two_processes_split_the_work_with_identical_samples(done_run, ckpt, sto
 
 
 def dataclass_dict(cfg: SampleConfig) -> dict:
-    from rcdm.app.config import to_dict
+    from rcdm.config import to_dict
 
     return to_dict(cfg)
 

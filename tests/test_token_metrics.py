@@ -45,7 +45,7 @@ def test_evaluate_reports_token_and_pooled_ranks_for_a_tokens_reference(tmp_path
     import json
 
     from rcdm.analysis import evaluate
-    from rcdm.app.config import EvaluateConfig
+    from rcdm.config import EvaluateConfig
     from rcdm.data.images import adm_center_crop, open_source
     from rcdm.encoders.build import encode, load_encoder
 

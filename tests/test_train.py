@@ -252,7 +252,7 @@ def test_two_process_cpu_run(tmp_path):
     run = tmp_path / "run"
     script = tmp_path / "go.py"
     script.write_text(
-        "import sys\nfrom rcdm.app.config import TrainConfig\nimport rcdm.train\n"
+        "import sys\nfrom rcdm.config import TrainConfig\nimport rcdm.train\n"
         f"rcdm.train.run(TrainConfig(store={str(store)!r}, out={str(run)!r}, preset='tiny', resolution={RES}, "
         "kimg=0.016, batch_size=4, grad_accum=2, checkpoint_kimg=0.008, grid_kimg=0, log_every=1, workers=0, "
         "mixed_precision='no'))\n"
@@ -362,7 +362,7 @@ def test_init_from_official_pt_state_dict(tmp_path):
 
 
 def test_training_grid_title_names_kimg_and_sampler():
-    from rcdm.diffusion.spec import Sampler, Steps
+    from rcdm.config import Sampler, Steps
     from rcdm.train.grid import GridMaker
 
     g = object.__new__(GridMaker)  # only the title: no dataset needed

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from rcdm.config import TrainConfig
 from rcdm.errors import InvalidInput
 from rcdm.store import FeatureStore
 from rcdm.train import cache as C
@@ -45,8 +46,8 @@ def test_cache_wanted_on_cuda_only_by_default(tmp_path):
     assert not C.wanted("off", store, RES, torch.device("cuda"))
     with pytest.raises(InvalidInput, match="needs"):
         C.wanted("on", store, 10**6, torch.device("cpu"))  # 3 TB per image: never fits
-    with pytest.raises(InvalidInput, match="image_cache"):
-        C.wanted("yes", store, RES, torch.device("cpu"))
+    with pytest.raises(InvalidInput, match="train.image_cache: 'yes' is not allowed"):  # the schema's choices
+        TrainConfig(image_cache="yes")
 
 
 def test_draft_decoding_is_opt_in_and_close(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from rcdm.config import TrainConfig
 from rcdm.data.images import adm_center_crop, open_source
 from rcdm.train.data import ImageFeatureDataset, StreamSampler, epoch_order
 
@@ -104,5 +105,5 @@ def test_ema_update_matches_closed_form():
             assert torch.allclose(v, rate * start[k] + (1 - rate) * (start[k] + 1.0))
     assert ema_rate_at(0.9999, 1, True) == pytest.approx(2 / 11)
     assert ema_rate_at(0.9999, 10**7, True) == 0.9999 and ema_rate_at(0.9999, 1, False) == 0.9999
-    with pytest.raises(ValueError, match="not in"):
-        EMA(net, (1.5,))
+    with pytest.raises(ValueError, match=r"train.ema_rates must be in \[0, 1\), got \[1.5\]"):  # the schema's bound
+        TrainConfig(ema_rates=(1.5,))

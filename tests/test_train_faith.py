@@ -110,7 +110,7 @@ def test_check_skipped_without_val_store_said_once(stores, tmp_path, capsys):
 
 def test_threads_auto_recorded_in_run_config(stores, tmp_path):
     import yaml
-    from rcdm.app.config import TrainConfig
+    from rcdm.config import TrainConfig
     from rcdm.speed import auto_workers, usable_cores
     from rcdm.train import run
     from rcdm.train.threads import auto_threads, resolve_threads

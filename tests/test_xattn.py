@@ -126,7 +126,7 @@ def test_tokens_store_given_to_a_pooled_model_and_the_reverse(tmp_path):
         rcdm.train.run(train_cfg(pooled.path, tmp_path / "bad", cond="xattn"))
     # end to end: `rcdm sample --store` with a tokens store for a model trained on pooled vectors
     import rcdm.sample
-    from rcdm.app.config import SampleConfig
+    from rcdm.config import SampleConfig
 
     run = rcdm.train.run(train_cfg(pooled.path, tmp_path / "pooled-run", kimg=0.004))
     with pytest.raises(ValueError, match=r"checkpoint .* trained on pooled 'cls' vectors, but the store .*--layer cls"):

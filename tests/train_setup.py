@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rcdm.app.config import TrainConfig
+from rcdm.config import TrainConfig
 from rcdm.data.images import open_source
 
 from tests.synthetic import make_image_folder

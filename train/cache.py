@@ -56,8 +56,6 @@ def _valid(d: Path, meta: dict) -> bool:
 def wanted(spec: str, store: Any, resolution: int, device: torch.device, draft: bool = False) -> bool:
     """``on`` / ``off`` as said; ``auto``: on CUDA (where decoding would starve the GPU) when the
     cache is already there or would take under a quarter of the free disk space beside the store."""
-    if spec not in ("auto", "on", "off"):
-        raise InvalidInput(f"train.image_cache={spec!r}: use auto, on or off")
     if spec == "off" or (spec == "auto" and device.type != "cuda"):
         return False
     d = cache_dir(store.path, resolution, draft)

@@ -23,7 +23,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rcdm.app.config import TrainConfig
+from rcdm.config import TrainConfig
 from tqdm.auto import tqdm
 
 MAX_ROWS = 20_000  # rows the fit reads (the demo's 2,400 all; ImageNet: a seeded 20k)

@@ -29,13 +29,6 @@ class EMA:
     """``rates`` -> an averaged copy of ``model`` (fp32, eval mode, no gradients)."""
 
     def __init__(self, model: nn.Module, rates: tuple[float, ...], warmup: bool = True) -> None:
-        if not rates:
-            raise InvalidInput("train.ema_rates is empty; give at least one rate, e.g. [0.9999]")
-        for r in rates:
-            if not 0.0 <= r < 1.0:
-                raise InvalidInput(f"train.ema_rates: {r} is not in [0, 1); use e.g. 0.9999")
-        if len(set(rates)) != len(rates):
-            raise InvalidInput(f"train.ema_rates has duplicates: {list(rates)}")
         self.rates = tuple(float(r) for r in rates)
         self.warmup = warmup
         self.models: dict[float, nn.Module] = {}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rcdm.app.config import TrainConfig
+from rcdm.config import TrainConfig
 from rcdm.errors import MissingInput
 from rcdm.faithfulness import (
     chance_mean_rank,
@@ -75,7 +75,7 @@ class FaithCheck:
         self.encoder = encoder_from_info(store.encoder_info, trust_checkpoint=cfg.trust_checkpoint).to(device).eval()
         store.close()
         self.diffusion = diffusion_for(meta, cfg.eval_steps)
-        from rcdm.diffusion.spec import Sampler
+        from rcdm.config import Sampler
 
         self.ddim = Sampler(cfg.eval_steps).ddim
         self.guidances = guidances(cfg)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rcdm.diffusion.spec import Sampler
+from rcdm.config import Sampler
 from rcdm.train.data import ImageFeatureDataset
 
 

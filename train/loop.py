@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import torch
-from rcdm.app.config import TrainConfig, to_dict
-from rcdm.app.configio import save_resolved
+from rcdm.config import TrainConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, UserError
 from rcdm.launch import on_main
 from rcdm.run.lock import holding_output_lock
@@ -53,26 +52,7 @@ def _mixed_precision(spec: str) -> str:
 def _validate(cfg: TrainConfig) -> None:
     if not cfg.store or not cfg.out:
         raise InvalidInput("train.store and train.out must be set (resolve the config first)")
-    for name in ("kimg", "checkpoint_kimg"):
-        if getattr(cfg, name) <= 0:
-            raise InvalidInput(f"train.{name} must be > 0, got {getattr(cfg, name)}")
-    if cfg.batch_size < 1 or cfg.grad_accum < 1 or cfg.log_every < 1:
-        raise InvalidInput("train.batch_size, train.grad_accum and train.log_every must be >= 1")
-    if not 0.0 <= cfg.cond_drop < 1.0:
-        raise InvalidInput(f"train.cond_drop must be in [0, 1) (0.1 is usual for guidance), got {cfg.cond_drop}")
-    if cfg.p2_gamma < 0 or cfg.p2_k < 0:
-        raise InvalidInput(f"train.p2_gamma and train.p2_k must be >= 0, got {cfg.p2_gamma} and {cfg.p2_k}")
-    if cfg.min_snr_gamma < 0:
-        raise InvalidInput(f"train.min_snr_gamma must be >= 0 (5 is usual; 0: off), got {cfg.min_snr_gamma}")
-    if cfg.zero_terminal_snr and cfg.prediction != "v":
-        raise InvalidInput(
-            "train.zero_terminal_snr needs train.prediction=v (eps cannot be predicted from pure noise); "
-            "add --set train.prediction=v"
-        )
-    if cfg.grid_guidance != 1.0:
-        from rcdm.diffusion.generate import check_guidance
-
-        check_guidance(cfg.grid_guidance, {"cond_drop": cfg.cond_drop}, f"train.out {cfg.out}")
+    cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
 
 
 def _accelerator(mixed_precision: str, compile: bool):

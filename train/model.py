@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from rcdm.app.config import TrainConfig
+from rcdm.config import PAPER_DIFFUSION, TrainConfig
 from rcdm.diffusion.gaussian import DIFFUSION_STEPS
-from rcdm.diffusion.spec import PAPER_DIFFUSION
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, preset
 from rcdm.run.conditioning import check_conditioning

@@ -16,8 +16,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from rcdm.app.config import PriorConfig
-from rcdm.app.configio import save_resolved
+from rcdm.config import PriorConfig, save_resolved
 from rcdm.errors import InvalidInput, OutputExists
 from rcdm.train.ema import EMA
 from rcdm.utils import now_iso
@@ -28,13 +27,6 @@ __all__ = ["train_prior"]
 def _check(cfg: PriorConfig) -> None:
     if not cfg.store or not cfg.out:
         raise InvalidInput("train-prior needs prior.store and prior.out (--store, --out)")
-    for name in ("width", "blocks", "timesteps", "iters", "batch_size", "sample_steps"):
-        if getattr(cfg, name) < 1:
-            raise InvalidInput(f"prior.{name} must be at least 1, got {getattr(cfg, name)}")
-    if not 0.0 <= cfg.ema_rate < 1.0:
-        raise InvalidInput(f"prior.ema_rate must be in [0, 1), got {cfg.ema_rate}")
-    if cfg.lr <= 0:
-        raise InvalidInput(f"prior.lr must be > 0, got {cfg.lr}")
 
 
 def lr_at(lr: float, step: int, iters: int, warmup: int = 100) -> float:

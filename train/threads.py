@@ -13,8 +13,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from rcdm.app.config import TrainConfig
-from rcdm.errors import InvalidInput
+from rcdm.config import TrainConfig
 from rcdm.speed import auto_workers, usable_cores
 
 
@@ -46,8 +45,6 @@ def resolve_threads(
     """``cfg`` with ``threads`` set to the number used (auto: :func:`auto_threads` over the cores
     this machine's ``processes`` share), its origin recorded. ``workers``: the loader's worker
     count, as the loop resolved it (default: :func:`loader_workers`)."""
-    if cfg.threads < 0:
-        raise InvalidInput(f"train.threads must be >= 0 (0: auto), got {cfg.threads}")
     if cfg.threads > 0:
         return cfg
     processes = max(1, processes)

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from rcdm.analysis.experiments.names import checkpoint_label
 from rcdm.analysis.report import Entry, Figure, Table, write_entry
-from rcdm.app.config import AnalyzeConfig
+from rcdm.config import AnalyzeConfig
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.run.conditioning import Conditioning, check_conditioning, same_representation
 from rcdm.store.format import MANIFEST as STORE_MANIFEST

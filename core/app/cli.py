@@ -1,6 +1,7 @@
 """The ``rcdm`` command line: one click command per stage, each a thin layer over
 :func:`rcdm.app.commandline.stage` (load the config, show it with its origins, honour
---dry-run, call the stage's one entry point). Stages are imported inside the commands, so
+--dry-run, check the inputs exist, call the stage's one entry point). The options are made from
+the config's fields (:mod:`rcdm.app.options`). Stages are imported inside the commands, so
 ``rcdm --help`` never imports torch."""
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from typing import Any
 
 import click
 from rcdm.app import results
-from rcdm.app.commandline import call, common_options, entry, load, show, stage
-from rcdm.app.config import EXPERIMENTS, EXTRA_EXPERIMENTS, PipelineConfig, check_experiments
-from rcdm.app.load import resolve
+from rcdm.app.commandline import call, common_options, entry, inputs, load, show, stage
+from rcdm.app.load import resolve, set_value
+from rcdm.app.options import options, sampler_fields
+from rcdm.config import EXPERIMENTS, EXTRA_EXPERIMENTS
 from rcdm.encoders.registry import REGISTRY
 from rcdm.errors import UserError
 
@@ -38,7 +40,7 @@ def cli() -> None:
 
 
 # ----------------------------------------------------------------------------------- extract
-def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
+def _extract_plan(jobs: list) -> str:
     from rcdm.data.preprocess import describe_preprocess, effective_preprocess
     from rcdm.encoders.registry import get_spec
 
@@ -53,39 +55,27 @@ def _extract_plan(cfg: PipelineConfig, jobs: list) -> str:
 
 
 @cli.command()
-@click.option(
-    "--encoder",
-    type=click.Choice(list(REGISTRY)),
-    help="Encoder (--list-encoders shows layers, preprocessing and weights URLs).",
+@options(
+    "extract",
+    "encoder",
+    "weights",
+    "layer",
+    "source",
+    "out",
+    "format",
+    "preprocess",
+    "input_size",
+    "batch_size",
+    "workers",
+    "device",
+    "decode",
+    "include_images",
+    "overwrite",
+    "repair",
+    "trust_checkpoint",
+    "allow_download",
+    names={"encoder": list(REGISTRY)},
 )
-@click.option("--weights", type=click.Path(), help="Local checkpoint file for the encoder.")
-@click.option(
-    "--layer",
-    type=click.Choice(["trunk", "cls", "mean", "tokens", "head"]),
-    help="Which layer to store (ViTs: cls, mean, tokens).",
-)
-@click.option("--source", type=click.Path(), help="ImageFolder tree, text file of paths, or .tar shards.")
-@click.option("--out", type=click.Path(), help="Output store directory.")
-@click.option("--format", "format", type=click.Choice(["h5", "wds"]), help="Shard format.")
-@click.option(
-    "--preprocess",
-    type=click.Choice(["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"]),
-    help="Encoder input convention (default: the encoder's own).",
-)
-@click.option("--input-size", type=click.IntRange(min=16), help="Encoder input crop (default: the encoder's own, 224).")
-@click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--workers", type=click.IntRange(min=0))
-@click.option("--device")
-@click.option(
-    "--decode",
-    type=click.Choice(["auto", "cpu", "gpu"]),
-    help="JPEG decoding: PIL in workers, or batched on the GPU (auto: gpu on CUDA).",
-)
-@click.option("--include-images", is_flag=True, help="wds: store the image bytes too.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing store made with other settings.")
-@click.option("--repair", is_flag=True, help="Re-encode only the damaged or missing shards of an existing store.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow pickle when loading weights (trusted files only).")
-@click.option("--allow-download", is_flag=True, help="Download the registry's public weights if --weights is missing.")
 @click.option("--list-encoders", is_flag=True, help="List the registered encoders and exit.")
 @common_options
 @click.pass_context
@@ -109,8 +99,9 @@ def extract(ctx: click.Context, list_encoders: bool, **_: Any) -> None:
     jobs = call(extract_jobs, resolve(raw), both)
     for job in jobs:
         show(f"extract {job.source} -> {job.out}", job, full=ctx.params["dry_run"], prefix="extract.")
+        inputs(job, ctx.params["dry_run"])
     if ctx.params["dry_run"]:
-        click.echo("dry run: " + call(_extract_plan, raw, jobs))
+        click.echo("dry run: " + call(_extract_plan, jobs))
         return
     run = entry("rcdm.extract")
     for job in jobs:
@@ -150,31 +141,9 @@ def store_verify(path: str) -> None:
 
 # ------------------------------------------------------------------------------------- train
 @cli.command()
-@click.option("--store", type=click.Path(), help="Training feature store.")
-@click.option("--out", type=click.Path(), help="Run directory.")
-@click.option(
-    "--preset",
-    type=click.Choice(["tiny", "adm64", "adm128", "adm256"]),
-    help="UNet architecture (ADM's for 64/128/256 px; tiny for CPU).",
+@options(
+    "train", "store", "out", "preset", "cond", "threads", "source", "init_from", "kimg", "batch_size", "lr", "compile"
 )
-@click.option(
-    "--cond",
-    type=click.Choice(["embed", "cbn", "both", "xattn"]),
-    help="How h enters the UNet (embed: the RCDM code; cbn: the paper's conditional norm; both: an rcdm addition; xattn: cross-attention to a tokens store's patch grid).",
-)
-@click.option(
-    "--threads", type=click.IntRange(min=0), help="Torch CPU threads (0: auto, the cores minus the loader workers)."
-)
-@click.option(
-    "--source",
-    type=click.Path(),
-    help="Image source of the store's keys, when the images moved since extraction (default: the store's own).",
-)
-@click.option("--init-from", type=click.Path(), help="Start from an official RCDM/ADM checkpoint or ours.")
-@click.option("--kimg", type=click.FloatRange(min=0, min_open=True), help="Total training images, thousands.")
-@click.option("--batch-size", type=click.IntRange(min=1), help="Global batch size.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), help="Learning rate (the paper: 1e-4).")
-@click.option("--compile", is_flag=True, help="torch.compile the model.")
 @common_options
 @click.pass_context
 def train(ctx: click.Context, **_: Any) -> None:
@@ -189,12 +158,7 @@ def train(ctx: click.Context, **_: Any) -> None:
 
 
 @cli.command("train-prior")
-@click.option("--store", type=click.Path(), help="Feature store whose representations the prior learns.")
-@click.option("--out", type=click.Path(), help="Prior folder (default: <workdir>/prior).")
-@click.option("--iters", type=click.IntRange(min=1), help="Optimiser steps.")
-@click.option("--batch-size", type=click.IntRange(min=1))
-@click.option("--device")
-@click.option("--overwrite", is_flag=True, help="Replace a finished prior in --out.")
+@options("prior", "store", "out", "iters", "batch_size", "device", "overwrite")
 @common_options
 @click.pass_context
 def train_prior(ctx: click.Context, **_: Any) -> None:
@@ -209,41 +173,22 @@ def train_prior(ctx: click.Context, **_: Any) -> None:
 
 
 # ------------------------------------------------------------------------------------ sample
-_CONDITIONS = "store, images, interpolate, class-mean, kde, algebra, manipulate, prior"
-
-
-@cli.command(
-    epilog="\b\nConditions (--condition):\n"
-    "  store        rows of --store (--indices, --keys, or a seeded --subset)\n"
-    "  images       your image files (--images), encoded with the store's encoder\n"
-    "  interpolate  a path between two store rows (--keys A B)\n"
-    "  class-mean   the mean representation of a class (sample.labels)\n"
-    "  kde          draws from a kernel density estimate over the store (sample.kde_sigma)\n"
-    "  algebra      a - b + c of three store rows (--keys A B C)\n"
-    "  manipulate   a row with the dimensions common to its neighbours zeroed or replaced\n"
-    "  prior        draws from a learned prior over representations (rcdm train-prior; sample.prior)"
+@cli.command()
+@options(
+    "sample",
+    "checkpoint",
+    "out",
+    "store",
+    "condition",
+    "images",
+    "indices",
+    "keys",
+    "subset",
+    "n_per_condition",
+    *sampler_fields(),
+    "seed",
+    "batch_size",
 )
-@click.option("--checkpoint", type=click.Path(), help="Run directory or weights file.")
-@click.option("--out", type=click.Path())
-@click.option("--store", type=click.Path(), help="Store whose encoder and entries condition sampling.")
-@click.option(
-    "--condition", type=click.Choice(_CONDITIONS.split(", ")), help="What the samples are conditioned on (see below)."
-)
-@click.option("--images", multiple=True, help="Image files, folders or globs (repeatable).")
-@click.option("--indices", multiple=True, type=int, help="Store rows (repeatable).")
-@click.option("--keys", multiple=True, help="Store keys (repeatable).")
-@click.option("--subset", type=click.IntRange(min=1), help="Random store rows to condition on.")
-@click.option("--n-per-condition", type=click.IntRange(min=1))
-@click.option("--steps", help='Respacing: "100" (the paper), "1000", "10,20,30" or "ddim50".')
-@click.option("--ddim", is_flag=True, help="DDIM update on the respaced steps.")
-@click.option("--eta", type=click.FloatRange(min=0))
-@click.option(
-    "--guidance",
-    type=click.FloatRange(min=0),
-    help="Classifier-free guidance scale (1: none, RCDM's sampler; needs train.cond_drop > 0).",
-)
-@click.option("--seed", type=int)
-@click.option("--batch-size", type=click.IntRange(min=1))
 @common_options
 @click.pass_context
 def sample(ctx: click.Context, **_: Any) -> None:
@@ -261,11 +206,7 @@ def sample(ctx: click.Context, **_: Any) -> None:
 # ---------------------------------------------------------------------------------- evaluate
 @cli.command()
 @click.argument("runs", nargs=-1, type=click.Path())
-@click.option("--samples", type=click.Path(), help="Sample directory (samples.npz + index.jsonl).")
-@click.option("--reference", type=click.Path(), help="Reference feature store (validation).")
-@click.option("--out", type=click.Path())
-@click.option("--fid", type=click.Choice(["auto", "on", "off"]))
-@click.option("--inception-weights", type=click.Path())
+@options("evaluate", "samples", "reference", "out", "fid", "inception_weights")
 @click.option("--table", is_flag=True, help="Assemble the evaluated RUNS (folders of rcdm evaluate) into one table.")
 @click.option(
     "--curve",
@@ -315,28 +256,26 @@ def evaluate(ctx: click.Context, runs: tuple[str, ...], table: bool, curve: bool
     "EXPERIMENTS (default: all of analyze.experiments):\n\n\b\n  " + "\n  ".join(EXPERIMENTS + EXTRA_EXPERIMENTS)
 )
 @click.argument("experiments", nargs=-1, type=click.Choice(EXPERIMENTS + EXTRA_EXPERIMENTS), metavar="[EXPERIMENT]...")
-@click.option(
-    "--checkpoint", "checkpoints", multiple=True, type=click.Path(), help="RCDM run(s) to analyse (repeatable)."
+@options(
+    "analyze",
+    "checkpoints",
+    "train_store",
+    "val_store",
+    "out",
+    *sampler_fields(),
+    "seed",
+    flags={"checkpoints": "--checkpoint"},
 )
-@click.option("--train-store", type=click.Path())
-@click.option("--val-store", type=click.Path())
-@click.option("--out", type=click.Path())
-@click.option("--steps", help="Respacing of every sample drawn (as rcdm sample --steps).")
-@click.option("--guidance", type=click.FloatRange(min=0), help="Classifier-free guidance scale (1: none).")
-@click.option("--seed", type=int)
 @common_options
 @click.pass_context
 def analyze(ctx: click.Context, experiments: tuple[str, ...], **_: Any) -> None:
     cfg = load(ctx, "analyze")
     if experiments:
-        from rcdm.app.load import set_value
-
         cfg = set_value(cfg, "analyze", "experiments", experiments, "command-line EXPERIMENTS")
     stage(ctx, "analyze", _analyze_plan, entry("rcdm.analysis", "analyze"), "report", cfg=cfg)
 
 
 def _analyze_plan(a: Any) -> str:
-    check_experiments(a.experiments, a.origin.get("experiments", "analyze.experiments"))
     return f"would run {', '.join(a.experiments)} ({a.sampler.label()}) on {', '.join(a.checkpoints)} -> {a.out}"
 
 
@@ -394,11 +333,11 @@ def run(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
 @click.pass_context
 def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
-    """The embedded demo, end to end on a CPU in about 10 minutes (= rcdm run --profile demo).
+    """The embedded demo, end to end on a CPU in about 20 minutes (= rcdm run --profile demo).
 
     Works from any directory: it builds a small image set from photographs shipped with
     scikit-image and scikit-learn, and writes everything under ./runs/demo. Its shortcuts
-    (32 px encoder input, guidance 5, ...) are the demo profile's, never the recipe's.
+    (32 px encoder input, the tiny UNet, guidance 1.5, ...) are the demo profile's, never the recipe's.
     """
     ctx.params["profile"] = "demo"
     _run_pipeline(ctx, stages, force)

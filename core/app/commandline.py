@@ -21,14 +21,25 @@ from typing import Any
 
 import click
 from click.core import ParameterSource
-from rcdm.app.config import SECTIONS, ConfigError, PipelineConfig, section_fields, to_dict
-from rcdm.app.configio import dump_yaml, field_default
 from rcdm.app.load import PROFILES, load_config, resolve
-from rcdm.errors import UserError
+from rcdm.config import (
+    SECTIONS,
+    ConfigError,
+    PipelineConfig,
+    Section,
+    dump_yaml,
+    field_default,
+    section_fields,
+    setting_of,
+    to_dict,
+)
+from rcdm.errors import MissingInput, UserError
 
 __all__ = [
     "USER_ERRORS",
     "call",
+    "check_inputs",
+    "inputs",
     "common_options",
     "entry",
     "fail",
@@ -170,6 +181,36 @@ def call(fn: Callable[..., Any], *args: Any) -> Any:
         fail(e)
 
 
+def check_inputs(section: Section) -> None:
+    """The section's input paths exist (``path="in"`` keys when set; ``"in?"`` keys when the user
+    set them, not derived from data.workdir), checked before the stage imports torch."""
+    for f in section_fields(section):
+        role = setting_of(f).path
+        value = getattr(section, f.name)
+        if role not in ("in", "in?") or value in (None, ()):
+            continue
+        if role == "in?" and section.derived(f.name, unknown=False):
+            continue
+        for p in value if isinstance(value, tuple) else (value,):
+            if not Path(p).exists():
+                where = section.origin.get(f.name)
+                raise MissingInput(
+                    f"{section.name()}.{f.name}: {p} does not exist"
+                    + (f" ({where})" if where else "")
+                    + f"; give an existing path with --set {section.name()}.{f.name}=PATH"
+                )
+
+
+def inputs(section: Section, dry_run: bool) -> None:
+    """:func:`check_inputs`: an error, or under ``--dry-run`` a note (an earlier stage may make them)."""
+    try:
+        check_inputs(section)
+    except MissingInput as e:
+        if not dry_run:
+            fail(e)
+        click.echo(f"note: {e}", err=True)
+
+
 def stage(
     ctx: click.Context,
     section: str,
@@ -184,6 +225,8 @@ def stage(
     cfg = cfg or load(ctx, section)
     sec = getattr(cfg, section)
     show(section, sec, full=ctx.params["dry_run"], prefix=f"{section}.")
+    call(sec.check)  # the rules between keys, and the inputs exist: before torch is imported
+    inputs(sec, ctx.params["dry_run"])
     if ctx.params["dry_run"]:
         click.echo("dry run: " + call(plan, sec))
         return

@@ -2,7 +2,7 @@
 
 Layers, the later winning:
 
-1. the built-in defaults (the paper's recipe, :mod:`rcdm.app.config`);
+1. the built-in defaults (the paper's recipe, :mod:`rcdm.config`);
 2. a profile shipped with the package (``--profile demo``), or else ``./pipeline.yaml`` when it
    exists and no ``--config`` is given (a profile never picks up the current folder's file, so
    the demo runs the same from any directory);
@@ -10,8 +10,9 @@ Layers, the later winning:
 4. the command's own options (``--lr 1e-3``), typed by click;
 5. ``--set section.key=value``.
 
-Loading is strict: an unknown section or key, or a value of the wrong type, is a
-:class:`ConfigError` naming it. Paths left ``null`` are derived from ``data.workdir`` by
+Loading is strict: an unknown section or key, a value of the wrong type or outside the bounds its
+key declares (:mod:`rcdm.config.sections`), is a :class:`ConfigError` naming it and where it came
+from. Paths left ``null`` are derived from ``data.workdir`` by
 :func:`resolve`, so the config written next to every output is explicit.
 """
 
@@ -23,20 +24,11 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
+from typing import Any, Union, get_args, get_origin
 
 import yaml
-from rcdm.app.config import (
-    RECIPES,
-    SECTIONS,
-    ConfigError,
-    PipelineConfig,
-    Section,
-    section_fields,
-)
-from rcdm.app.configio import type_name
-from rcdm.diffusion.spec import Steps
-from rcdm.errors import InvalidInput
+from rcdm.config import RECIPES, SECTIONS, ConfigError, PipelineConfig, Section, coerce, section_fields
+from rcdm.config.schema import hints
 
 __all__ = [
     "PROFILES",
@@ -50,84 +42,6 @@ __all__ = [
 ]
 
 PROFILES = ("demo",)  # app/profiles/<name>.yaml
-
-
-# --------------------------------------------------------------------------------------------
-# Typed conversion
-# --------------------------------------------------------------------------------------------
-
-
-def _coerce(value: Any, tp: Any, where: str) -> Any:
-    """Convert a YAML / command-line value to ``tp``, or raise ConfigError naming ``where``."""
-    origin = get_origin(tp)
-    if tp is Steps:
-        try:
-            return Steps.parse(value)
-        except InvalidInput as e:
-            raise ConfigError(f"{where}: {e}") from None
-    if origin in (Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if isinstance(value, str) and value.lower() in ("null", "none", "~") and type(None) in args:
-            return None
-        for a in args:
-            if a is type(None):
-                continue
-            try:
-                return _coerce(value, a, where)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{where}: expected {type_name(tp)}, got {value!r}")
-    if origin is Literal:
-        allowed = get_args(tp)
-        if isinstance(value, bool):
-            # YAML 1.1 reads a bare no/off/false as False: map it back to the one allowed word.
-            words = {"no", "off", "false"} if not value else {"yes", "on", "true"}
-            match = [a for a in allowed if isinstance(a, str) and a.lower() in words]
-            if len(match) == 1:
-                return match[0]
-        if value in allowed:
-            return value
-        raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {', '.join(map(repr, allowed))}")
-    if origin is tuple:
-        (item,) = get_args(tp)[:1]
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()] if value.strip() else []
-        if not isinstance(value, (list, tuple)):
-            value = [value]
-        return tuple(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
-            return True
-        if isinstance(value, str) and value.lower() in ("false", "no", "0", "off"):
-            return False
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if tp in (int, float):
-        return _number(value, tp, where)
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
-        raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
-    raise AssertionError(f"{where}: unsupported config type {tp!r}")
-
-
-def _number(value: Any, tp: type, where: str) -> int | float:
-    """An int or float from a number or its text; a float with a fraction is not an int."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if tp is float:
-            return float(value)
-        if isinstance(value, int) or value.is_integer():
-            return int(value)
-    elif isinstance(value, str):
-        try:
-            return tp(value)
-        except ValueError:
-            pass
-    raise ConfigError(f"{where}: expected {'an integer' if tp is int else 'a number'}, got {value!r}")
 
 
 def _unknown_key(section: str, key: str, known: Iterable[str]) -> ConfigError:
@@ -148,13 +62,15 @@ def _check_section(section: str) -> type:
 def set_value(cfg: PipelineConfig, section: str, key: str, value: Any, origin: str = "") -> PipelineConfig:
     """``cfg`` with ``section.key`` set to ``value`` (type-checked), remembering ``origin``."""
     cls = _check_section(section)
-    hints = get_type_hints(cls)
     known = {f.name for f in section_fields(cls)}
     if key not in known:
         raise _unknown_key(section, key, known)
     old: Section = getattr(cfg, section)
     where = {**old.origin, key: origin} if origin else dict(old.origin)
-    sec = replace(old, **{key: _coerce(value, hints[key], f"{section}.{key}")}, origin=where)
+    try:  # the new section checks the value against the key's declared bounds (Section.__post_init__)
+        sec = replace(old, **{key: coerce(value, hints(cls)[key], f"{section}.{key}")}, origin=where)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (from {origin})" if origin else str(e)) from None
     return replace(cfg, **{section: sec})
 
 
@@ -194,7 +110,7 @@ def apply_overrides(cfg: PipelineConfig, overrides: Sequence[str]) -> PipelineCo
 
 def _wants_text(section: str, key: str) -> bool:
     """True for fields typed str / str | None (not bool, not Literal)."""
-    tp = get_type_hints(SECTIONS[section]).get(key) if section in SECTIONS else None
+    tp = hints(SECTIONS[section]).get(key) if section in SECTIONS else None
     if tp is str:
         return True
     return get_origin(tp) in (Union, types.UnionType) and str in get_args(tp) and bool not in get_args(tp)

@@ -9,7 +9,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from rcdm.app.config import ExtractConfig, PipelineConfig
+from rcdm.config import ExtractConfig, PipelineConfig
 from rcdm.errors import InvalidInput
 
 STAGES = ("data", "extract", "train", "sample", "evaluate", "analyze")

@@ -6,13 +6,11 @@ tests/test_readme.py fails when the README differs from what the code generates.
 
 from __future__ import annotations
 
-import inspect
 import re
 from pathlib import Path
-from typing import get_type_hints
 
-from rcdm.app.config import SECTIONS, section_fields, to_dict
-from rcdm.app.configio import field_default, type_name
+from rcdm.config import SECTIONS, field_default, section_fields, setting_of, to_dict, type_name
+from rcdm.config.schema import hints
 from rcdm.errors import InvalidInput
 
 
@@ -42,28 +40,16 @@ def update(path: str | Path) -> bool:
 
 
 def config_reference() -> str:
-    """Markdown reference of every section and key, generated from the dataclasses."""
+    """Markdown reference of every section and key, generated from the schema's declarations."""
     out = []
     for name, cls in SECTIONS.items():
         out.append(f"### `{name}`\n\n{(cls.__doc__ or '').strip()}\n")
-        hints = get_type_hints(cls)
-        comments = _field_comments(inspect.getsource(cls))
+        types = hints(cls)
         rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
         for f in section_fields(cls):
-            default = field_default(f)
-            rows.append(
-                f"| `{f.name}` | {type_name(hints[f.name])} | `{to_dict(default)!r}` | {comments.get(f.name, '')} |"
-            )
+            s = setting_of(f)
+            meaning = s.help + (f" ({s.bounds()})" if s.bounds() else "")
+            cells = [f"`{f.name}`", type_name(types[f.name]), f"`{to_dict(field_default(f))!r}`", meaning]
+            rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
         out.append("\n".join(rows) + "\n")
     return "\n".join(out)
-
-
-def _field_comments(source: str) -> dict[str, str]:
-    result = {}
-    for line in source.splitlines():
-        s = line.strip()
-        if ":" in s and "#" in s and not s.startswith("#"):
-            name = s.split(":", 1)[0].strip()
-            if name.isidentifier():
-                result[name] = s.split("#", 1)[1].strip().replace("|", "\\|")
-    return result

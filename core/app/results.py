@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from rcdm.app.config import PipelineConfig
+from rcdm.config import PipelineConfig
 from rcdm.verdict import metrics_summary
 
 __all__ = ["evaluate_lines", "run_lines", "sample_lines"]

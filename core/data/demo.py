@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from rcdm.app.config import DataConfig
+from rcdm.config import DataConfig
 from rcdm.errors import InvalidInput
 from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
 

@@ -141,8 +141,6 @@ def effective_preprocess(own: str, choice: str = "default", input_size: int | No
     base = get_preprocess(own if choice == "default" else choice)
     if input_size is None:
         return base
-    if input_size < 16:
-        raise InvalidInput(f"extract.input_size={input_size} is too small; use 16 or more (or null)")
     resize = max(input_size, round(base.resize * input_size / base.crop))
     return replace(base, resize=resize, crop=input_size)
 

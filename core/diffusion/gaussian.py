@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
+from rcdm.config import Steps
 from rcdm.diffusion.losses import discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from rcdm.diffusion.respace import respaced_betas, space_timesteps
 from rcdm.diffusion.schedules import get_named_beta_schedule, rescale_zero_terminal_snr
-from rcdm.diffusion.spec import Steps
 from rcdm.errors import InvalidInput
 
 __all__ = [

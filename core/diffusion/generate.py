@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rcdm.diffusion.spec import PAPER_DIFFUSION, Steps
+from rcdm.config import PAPER_DIFFUSION, Steps
 from rcdm.errors import InvalidInput
 from rcdm.utils import seed_generator
 

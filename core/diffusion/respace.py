@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from rcdm.diffusion.spec import Steps
+from rcdm.config import Steps
 
 
 def space_timesteps(num_timesteps: int, section_counts: str | int | list[int] | Steps) -> set[int]:
-    """Which of the ``num_timesteps`` original steps to keep (see :class:`rcdm.diffusion.spec.Steps`).
+    """Which of the ``num_timesteps`` original steps to keep (see :class:`rcdm.config.Steps`).
 
     ``section_counts``: ``"ddimN"``, a count ``"100"``, a comma list ``"10,15,20"`` or a list.
     """

@@ -34,7 +34,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from rcdm.diffusion.spec import PAPER_DIFFUSION
+from rcdm.config import PAPER_DIFFUSION
 from rcdm.errors import InvalidInput, MissingInput, first_line
 from rcdm.utils import atomic_write_json, read_json, sha256_file
 

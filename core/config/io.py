@@ -1,25 +1,36 @@
-"""Writing a resolved config: YAML with each non-default value's origin as a comment.
+"""A config's plain forms: the data of a section (``to_dict``), and the YAML written beside every
+output with each non-default value's origin as a comment (``dump_yaml``, ``save_resolved``).
 
-``dump_yaml`` is what ``--dry-run`` prints and ``save_resolved`` writes as ``config.yaml`` beside
-every stage's outputs (it loads back as YAML). ``type_name`` is how the config reference and
-error messages name a field's type. No torch here: ``--dry-run`` uses it.
+``dump_yaml`` is what ``--dry-run`` prints and ``save_resolved`` writes as ``config.yaml`` (it
+loads back as YAML). No torch.
 """
 
 from __future__ import annotations
 
-import types
-from dataclasses import MISSING, Field
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any
 
 import yaml
-from rcdm.app.config import SECTIONS, PipelineConfig, Section, section_fields, to_dict
-from rcdm.diffusion.spec import Steps
+from rcdm.config.sampler import Steps
+from rcdm.config.sections import SECTIONS, PipelineConfig, Section, section_fields
 from rcdm.utils import atomic_write_text
 
-__all__ = ["dump_yaml", "field_default", "save_resolved", "type_name"]
+__all__ = ["dump_yaml", "save_resolved", "to_dict"]
 
 _LEGEND = "# values without a comment are rcdm's built-in defaults (the paper's recipe)"
+
+
+def to_dict(obj: Any) -> Any:
+    """Plain YAML/JSON data: sections as dicts (without ``origin``), tuples as lists, steps as text."""
+    if isinstance(obj, Steps):
+        return str(obj)
+    if is_dataclass(obj) and not isinstance(obj, type):
+        names = [f.name for f in (section_fields(obj) if isinstance(obj, Section) else fields(obj))]
+        return {n: to_dict(getattr(obj, n)) for n in names}
+    if isinstance(obj, tuple):
+        return [to_dict(v) for v in obj]
+    return obj
 
 
 def _yaml_line(key: str, value: Any) -> str:
@@ -53,25 +64,3 @@ def save_resolved(obj: Any, out_dir: str | Path, name: str = "config.yaml") -> P
     """Write a resolved config (a section or the whole pipeline) next to a stage's outputs
     (atomically; the folder is made if needed)."""
     return atomic_write_text(Path(out_dir) / name, dump_yaml(obj))
-
-
-def type_name(tp: Any) -> str:
-    """How the config reference and error messages name a field's type."""
-    if tp is Steps:
-        return "steps"
-    if get_origin(tp) is Literal:
-        return " | ".join(repr(a) for a in get_args(tp))
-    if get_origin(tp) in (Union, types.UnionType):
-        return " | ".join(type_name(a) for a in get_args(tp))
-    if get_origin(tp) is tuple:
-        return f"list of {type_name(get_args(tp)[0])}"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", str(tp))
-
-
-def field_default(f: Field) -> Any:
-    """A config field's default (``default``, else ``default_factory()``; MISSING when none)."""
-    if f.default is not MISSING:
-        return f.default
-    return f.default_factory() if f.default_factory is not MISSING else MISSING

@@ -1,8 +1,11 @@
 """The typed sampling spec: which timesteps to keep, DDIM or ancestral, eta, guidance.
 
-Parsed once, when the config is loaded (``sample.steps``, ``analyze.steps``, ``train.grid_steps``
-are :class:`Steps`); everything downstream takes these objects, never the strings. Pure Python,
-no torch: the command line and ``--dry-run`` use it.
+:class:`Sampler` is how samples are drawn, declared once: its fields are the options of every
+section that samples (``sample.*``, ``analyze.*`` inherit them), it checks itself, names itself
+(:meth:`Sampler.label`, in every table and caption) and round-trips through the sample set's
+manifest (:meth:`Sampler.to_dict` / :meth:`Sampler.from_dict`). Steps are parsed once, when the
+config is loaded; everything downstream takes these objects, never the strings. Pure Python, no
+torch: the command line and ``--dry-run`` use it.
 
 Respacing follows guided-diffusion's ``space_timesteps`` exactly (Nichol & Dhariwal 2021):
 
@@ -21,16 +24,14 @@ spec: it comes from the model's ``model.json``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from types import MappingProxyType
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
 
+from rcdm.config.schema import ConfigError, check_fields, coerce, hints, setting
 from rcdm.errors import InvalidInput
 
-__all__ = ["Steps", "Sampler", "PAPER_DIFFUSION"]
-
-# The paper's (guided-diffusion's) values of the opt-in diffusion options (docs/recipes.md): a run
-# records in model.json only those it changes, so an absent key means the value here.
-PAPER_DIFFUSION = MappingProxyType({"prediction": "eps", "zero_terminal_snr": False})
+__all__ = ["Sampler", "SamplerSettings", "Steps", "interval_problem"]
 
 _FORMS = '"100" (steps spread over the chain), "10,15,20" (steps per section), "ddim50" or "trailing50"'
 
@@ -116,35 +117,57 @@ class Steps:
         return sorted(set(kept))
 
 
+def interval_problem(value: tuple[float, ...]) -> str | None:
+    """What is wrong with a guidance interval (lo, hi), or None."""
+    if len(value) != 2 or not 0.0 <= value[0] <= value[1] <= 1.0:
+        return f"must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the chain), got {list(value)}"
+    return None
+
+
 @dataclass(frozen=True)
-class Sampler:
+class SamplerSettings:
+    """The sampling options, declared once. :class:`Sampler` is them as a spec; the sections that
+    sample (``sample``, ``analyze``) inherit them as config keys and options."""
+
+    steps: Steps = setting(
+        Steps.parse("100"), 'respacing: "100" (the paper), "1000", "10,20,30", "ddim50" or "trailing50"'
+    )
+    ddim: bool = setting(False, "DDIM update on the respaced steps (always for ddimN and trailingN)")
+    eta: float = setting(0.0, "DDIM noise (0: deterministic)", ge=0)
+    guidance: float = setting(
+        1.0, "classifier-free guidance scale (1: none, RCDM's sampler); > 1 needs train.cond_drop > 0", ge=0
+    )
+    guidance_interval: tuple[float, float] = setting(
+        (0.0, 1.0),
+        "guide only the steps with lo <= t/T <= hi (Kynkaanniemi et al. 2024); [0, 1]: every step",
+        check=interval_problem,
+    )
+    guidance_rescale: float = setting(
+        0.0,
+        "phi in [0, 1]: rescale the guided prediction to the conditional one's std, against over-exposure "
+        "(Lin et al. 2024 use 0.7); 0: off",
+        ge=0,
+        le=1,
+    )
+    clip_denoised: bool = setting(True, "clip each step's predicted x0 to [-1, 1] (guided-diffusion's sampler)")
+
+
+@dataclass(frozen=True)
+class Sampler(SamplerSettings):
     """How to draw samples: the respacing, the update rule, and classifier-free guidance."""
 
-    steps: Steps
-    ddim: bool = False  # DDIM update (always for "ddimN" steps)
-    eta: float = 0.0  # DDIM noise (0: deterministic)
-    guidance: float = 1.0  # classifier-free guidance scale (1: none, RCDM's sampler)
-    guidance_interval: tuple[float, float] = (0.0, 1.0)  # guide only where lo <= t / T <= hi
-    guidance_rescale: float = (
-        0.0  # phi: rescale the guided prediction towards the conditional one's std (Lin et al. 2024)
-    )
-
     def __post_init__(self) -> None:
-        gi = tuple(float(v) for v in self.guidance_interval)
-        if len(gi) != 2 or not 0.0 <= gi[0] <= gi[1] <= 1.0:
-            raise InvalidInput(
-                f"guidance_interval must be [lo, hi] with 0 <= lo <= hi <= 1 (fractions of the chain), got {list(self.guidance_interval)}"
-            )
+        if not isinstance(self.steps, Steps):
+            object.__setattr__(self, "steps", Steps.parse(self.steps))
+        object.__setattr__(self, "guidance_interval", tuple(float(v) for v in self.guidance_interval))
+        check_fields(self, "")
         if (self.steps.ddim_stride or self.steps.trailing) and not self.ddim:
             object.__setattr__(self, "ddim", True)
-        if self.eta < 0:
-            raise InvalidInput(f"eta must be >= 0 (0: deterministic DDIM), got {self.eta}")
-        if self.guidance < 0:
-            raise InvalidInput(f"guidance must be >= 0 (1: no guidance), got {self.guidance}")
-        if not 0.0 <= self.guidance_rescale <= 1.0:
-            raise InvalidInput(
-                f"guidance_rescale must be in [0, 1] (0: off, 0.7 as Lin et al. 2024), got {self.guidance_rescale}"
-            )
+
+    @classmethod
+    def of(cls, settings: SamplerSettings) -> Sampler:
+        """The spec of a section's sampling options."""
+        return cls(**{f.name: getattr(settings, f.name) for f in fields(SamplerSettings)})
 
     @property
     def name(self) -> str:
@@ -163,3 +186,20 @@ class Sampler:
         lo, hi = self.guidance_interval
         text += f" in t/T [{lo:g}, {hi:g}]" if self.guided and (lo > 0 or hi < 1) else ""
         return text + (f" rescaled {self.guidance_rescale:g}" if self.guided and self.guidance_rescale else "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON: what a sample set's manifest records (``ddim`` as used, so it reads back the same)."""
+        return {
+            f.name: str(v) if isinstance(v, Steps) else list(v) if isinstance(v, tuple) else v
+            for f in fields(self)
+            for v in [getattr(self, f.name)]
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], where: str = "sampler") -> Sampler:
+        """The spec :meth:`to_dict` wrote; a key it does not know is an error, a missing one its
+        default (a newer option's default is what an older spec did)."""
+        types_ = hints(SamplerSettings)
+        if unknown := sorted(set(d) - set(types_)):
+            raise ConfigError(f"{where}: unknown sampler option(s) {unknown}; known: {sorted(types_)}")
+        return cls(**{k: coerce(v, types_[k], f"{where}.{k}") for k, v in d.items()})
