@@ -53,10 +53,7 @@ def analyze(cfg: AnalyzeConfig) -> Path:
         "train store": cfg.train_store,
         "val store": cfg.val_store,
         "seed": cfg.seed,
-        "steps": str(cfg.steps),
-        "sampler": "DDIM" if ctx.ddim else "ancestral",
-        "guidance": cfg.guidance,
-        **({"guidance rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {}),
+        "sampler": cfg.sampler.label(),
     }
     for ckpt in cfg.checkpoints:  # what the samples come from, in words
         if (label := recipe_label(ckpt)) is not None:

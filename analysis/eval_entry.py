@@ -58,7 +58,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
     rank = (m.get("rank") or {}).get("in_reference") or {}
     v = verdict_of_metrics(m)
     if v is not None:
-        entry.summary = v.sentence + f" Sampler: {m.get('sampler')}, {m.get('steps')} steps."
+        entry.summary = v.sentence + f" Sampler: {m.get('sampler')}."
         entry.tables.append(
             Table(
                 title="Nearest-neighbour rank of the conditioning image (Table 1b)",
@@ -103,7 +103,7 @@ def evaluation_entry(eval_dir: str | Path, out: str | Path, index: int = 0) -> E
                 title=grid.stem,
                 caption=(
                     f"First column: conditioning image; then samples from its {m.get('encoder')} "
-                    f"{m.get('layer')} representation ({m.get('sampler')}, {m.get('steps')} steps, "
+                    f"{m.get('layer')} representation (sampler {m.get('sampler')}, "
                     f"checkpoint {(m.get('samples') or {}).get('checkpoint')}, seeds in "
                     f"{samples / INDEX})."
                 ),

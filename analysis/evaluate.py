@@ -77,20 +77,6 @@ def _check_encoder(ss: SampleSet, store) -> None:
         )
 
 
-def sampler_label(manifest: dict) -> str | None:
-    """ "ddim" / "ancestral", with the classifier-free guidance scale when it is not 1, and its
-    interval and rescale when the sample set records them (worded as ``Sampler.label``)."""
-    sampler, g = manifest.get("sampler"), manifest.get("guidance")
-    if sampler is None or g is None or float(g) == 1.0:
-        return sampler
-    text = f"{sampler}, guidance {float(g):g}"
-    if gi := manifest.get("guidance_interval"):
-        text += f" in t/T [{float(gi[0]):g}, {float(gi[1]):g}]"
-    if r := manifest.get("guidance_rescale"):
-        text += f" rescaled {float(r):g}"
-    return text
-
-
 def _method(ss: SampleSet, encoder_name: str) -> str:
     m = ss.manifest
     if m.get("method"):
@@ -293,8 +279,8 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         "layer": store.layer,
         "resolution": ss.resolution,
         "n_samples": len(ss.images),
-        "sampler": sampler_label(m),
-        "steps": m.get("steps"),
+        "sampler": ss.sampler.label() if ss.sampler else None,  # what every table and caption names
+        "steps": str(ss.sampler.steps) if ss.sampler else None,
         "samples": {
             "path": str(ss.path.resolve()),
             "manifest_sha256": ss.manifest_sha256,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ def weights_file(checkpoint: str | Path, ema: str = "auto") -> Path:
 def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
     """Identity of the samples a configuration produces, to refuse mixing runs on resume."""
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
-    if cfg.condition != "prior":  # the prior's settings draw nothing otherwise (and older sets lack them)
+    if cfg.condition != "prior":  # the prior's settings change nothing for another condition
         d.pop("prior", None), d.pop("prior_n", None)
     d["store_manifest_sha256"] = store.manifest_sha256
     if ckpt_file is not None:
@@ -77,17 +78,51 @@ def _prepare_out(writer: SampleSetWriter, fp: str, overwrite: bool) -> str:
     return "fresh"
 
 
+@dataclass
+class _Job:
+    """One sampling job as every process sees it: where, what from, and the plan's counts."""
+
+    cfg: SampleConfig
+    state: Any  # accelerate's PartialState
+    device: Any  # torch.device
+    writer: SampleSetWriter
+    store: Any  # FeatureStore
+    ckpt_file: Path
+    fingerprint: str
+
+
 @holding_output_lock("rcdm sample")  # one writer per sample folder (rank 0 holds it for a launch)
 def run(cfg: SampleConfig) -> Path:
     """Sample images for ``cfg.condition``; returns the sample directory."""
-    import torch
-    from rcdm.diffusion.generate import check_guidance, generate, load_for_sampling
+    _validate(cfg)
+    job = _job(cfg)
+    # Every process agrees on the plan: the main process decides and writes it, the others read.
+    status = on_main(lambda: _prepare_out(job.writer, job.fingerprint, cfg.overwrite))
+    if (job.writer.finished() or {}).get("fingerprint") == job.fingerprint:
+        return job.writer.path
+    model, diffusion, meta = _load(job)
+    cs: ConditionSet | None = on_main(lambda: _plan_conditions(job, status), share=False)
+    conds = job.writer.read_conds()  # (C, D)
+    plan = job.writer.plan()
+    assert plan is not None
+    cond_index, seeds = assign_seeds(len(conds), cfg.n_per_condition, cfg.seed, plan["fixed_noise"])
+    chunks = Chunks(len(seeds), cfg.chunk_size, _image_shape(model))
+    _sample_chunks(job, model, diffusion, conds[cond_index], seeds, chunks)
+    del model
+    _release(job)
+    if not job.state.is_main_process:
+        return job.writer.path
+    assert cs is not None
+    _finish(job, cs, meta, chunks, cond_index, seeds)
+    return job.writer.path
+
+
+def _job(cfg: SampleConfig) -> _Job:
+    """The launch (one process, or this process of an ``accelerate launch``), its device, the
+    output, the conditions' store and the weights file the samples come from."""
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
 
-    _validate(cfg)
-    sampler = cfg.sampler
-    ddim = sampler.ddim
     # On a machine without CUDA (or with --device cpu), accelerate only joins the processes that
     # torchrun / accelerate launch started when asked for CPU explicitly.
     state = launch_state(cfg.device)
@@ -99,113 +134,113 @@ def run(cfg: SampleConfig) -> Path:
         )
     # accelerate launch gives each process its device; a single process uses cfg.device.
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
-    out = Path(cfg.out)
-    writer = SampleSetWriter(out)
     store = FeatureStore(cfg.store)
     ckpt_file = weights_file(cfg.checkpoint, cfg.ema)
     fp = fingerprint(cfg, store, ckpt_file)
+    return _Job(cfg, state, device, SampleSetWriter(Path(cfg.out)), store, ckpt_file, fp)
 
-    # Every process agrees on the plan: the main process decides and writes it, the others read.
-    status = on_main(lambda: _prepare_out(writer, fp, cfg.overwrite))
-    if (writer.finished() or {}).get("fingerprint") == fp:
-        return out
 
+def _load(job: _Job) -> tuple[Any, Any, dict]:
+    """The model (checked against the store's representation and the sampler) and its diffusion."""
+    from rcdm.diffusion.generate import load_for_sampling
+
+    cfg = job.cfg
     model, diffusion, meta = load_for_sampling(
         cfg.checkpoint,
-        cfg.steps,
+        cfg.sampler,
         ema=cfg.ema,
-        device=device,
+        device=job.device,
         trust_checkpoint=cfg.trust_checkpoint,
         compile=cfg.compile,
     )
-    assert meta["source"]["path"] == str(ckpt_file), (meta["source"], ckpt_file)  # hashed = loaded
-    check_conditioning(meta, store, what=f"checkpoint {cfg.checkpoint}")
-    check_guidance(cfg.guidance, meta, cfg.checkpoint)
+    assert meta["source"]["path"] == str(job.ckpt_file), (meta["source"], job.ckpt_file)  # hashed = loaded
+    check_conditioning(meta, job.store, what=f"checkpoint {cfg.checkpoint}")
+    return model, diffusion, meta
 
-    def plan_conditions() -> ConditionSet:
-        save_resolved(cfg, out)
-        cs = build(cfg, store, device)
-        if status == "fresh" or not writer.has_conds():
-            writer.write_conds(cs.vectors)  # (C, D) float32
-        writer.write_plan({"fingerprint": fp, "n_conditions": len(cs.conditions), "fixed_noise": cs.fixed_noise_groups})
-        return cs
 
-    cs: ConditionSet | None = on_main(plan_conditions, share=False)
-    conds = writer.read_conds()  # (C, D)
-    plan = writer.plan()
-    assert plan is not None
-    k = cfg.n_per_condition
-    cond_index, seeds = assign_seeds(len(conds), k, cfg.seed, plan["fixed_noise"])
-    n = len(seeds)
-    c_, h, w = _image_shape(model)
-    chunks = Chunks(n, cfg.chunk_size, (h, w, c_))
-    n_chunks = len(chunks)
-
-    # This process's chunks; finished ones (from an earlier run) are skipped.
-    mine = [c for c in range(n_chunks) if c % state.num_processes == state.process_index]
-    todo = [c for c in mine if writer.read_chunk(chunks, c) is None]
-    print(
-        f"process {state.process_index}: {n} images ({len(conds)} conditions x {k}) in {n_chunks} "
-        f"chunks; this process has {len(mine)}, {len(mine) - len(todo)} already done"
+def _plan_conditions(job: _Job, status: str) -> ConditionSet:
+    """(main process) The conditions, written once with the plan the other processes read."""
+    save_resolved(job.cfg, job.writer.path)
+    cs = build(job.cfg, job.store, job.device)
+    if status == "fresh" or not job.writer.has_conds():
+        job.writer.write_conds(cs.vectors)  # (C, D) float32
+    job.writer.write_plan(
+        {"fingerprint": job.fingerprint, "n_conditions": len(cs.conditions), "fixed_noise": cs.fixed_noise_groups}
     )
+    return cs
+
+
+def _sample_chunks(job: _Job, model: Any, diffusion: Any, conds: Any, seeds: Any, chunks: Chunks) -> None:
+    """This process's chunks (r, r + P, ...), skipping those an earlier run finished."""
+    from rcdm.diffusion.generate import generate
     from tqdm.auto import tqdm
 
-    for c in tqdm(todo, desc=f"chunks (process {state.process_index})", disable=not todo):
+    cfg, rank, world = job.cfg, job.state.process_index, job.state.num_processes
+    mine = [c for c in range(len(chunks)) if c % world == rank]
+    todo = [c for c in mine if job.writer.read_chunk(chunks, c) is None]
+    print(
+        f"process {rank}: {len(seeds)} images ({len(seeds) // cfg.n_per_condition} conditions x "
+        f"{cfg.n_per_condition}) in {len(chunks)} chunks; this process has {len(mine)}, "
+        f"{len(mine) - len(todo)} already done"
+    )
+    for c in tqdm(todo, desc=f"chunks (process {rank})", disable=not todo):
         s, e = chunks.bounds(c)
         imgs = generate(
             model,
             diffusion,
-            conds[cond_index[s:e]],
+            conds[s:e],
             seeds[s:e],
-            ddim=sampler.ddim,
-            eta=sampler.eta,
-            clip_denoised=cfg.clip_denoised,
+            cfg.sampler,
             batch_size=cfg.batch_size,
-            device=device,
+            device=job.device,
             progress=True,
             mixed_precision=cfg.mixed_precision,
-            guidance=sampler.guidance,
-            guidance_interval=sampler.guidance_interval,
-            guidance_rescale=sampler.guidance_rescale,
         )
-        writer.write_chunk(chunks, c, imgs)
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        return out
+        job.writer.write_chunk(chunks, c, imgs)
 
-    # The pictures (from the chunks: all samples are never in memory at once), then the sample
-    # set's data files and its manifest last.
-    assert cs is not None
-    shown = writer.read_range(chunks, 0, n if cfg.condition == "interpolate" else min(n, cfg.grid_conditions * k))
+
+def _release(job: _Job) -> None:
+    """Free the device's cache, then wait until every process has written its chunks."""
+    if job.device.type == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    job.state.wait_for_everyone()
+
+
+def _finish(job: _Job, cs: ConditionSet, meta: dict, chunks: Chunks, cond_index: Any, seeds: Any) -> None:
+    """(main process) The pictures (from the chunks: all samples are never in memory at once),
+    then the sample set's data files and its manifest last."""
+    cfg, out, k = job.cfg, job.writer.path, job.cfg.n_per_condition
+    n = len(seeds)
+    shown = job.writer.read_range(chunks, 0, n if cfg.condition == "interpolate" else min(n, cfg.grid_conditions * k))
     kimg = f", {meta['kimg']:g} kimg" if isinstance(meta.get("kimg"), (int, float)) else ""
+    sampler = cfg.sampler
     title = f"{cfg.checkpoint}{kimg}; sampler {sampler.label()}" + ("" if sampler.guided else ", no guidance")
     pictures = [p.name for p in O.write_grids(out, cs, shown, k, cfg.grid_rows, cfg.grid_conditions, title)]
     if cfg.condition == "interpolate":
         pictures.append(O.write_strip(out, cs, shown, k).name)
-    record = _manifest(cfg, store, meta, ckpt_file, fp, ddim, state.num_processes)
-    writer.finish(chunks, cs.index_rows(cond_index, seeds, k), record, ["config.yaml", *pictures])
-    return out
+    record = _manifest(job, meta)
+    job.writer.finish(chunks, cs.index_rows(cond_index, seeds, k), record, ["config.yaml", *pictures])
 
 
 def _image_shape(model: Any) -> tuple[int, int, int]:
+    """(H, W, C) of the model's images, the chunks' shape."""
     from rcdm.diffusion.generate import model_image_shape
 
-    return model_image_shape(model)
+    c, h, w = model_image_shape(model)
+    return h, w, c
 
 
-def _manifest(
-    cfg: SampleConfig, store: Any, meta: dict, ckpt_file: Path | None, fp: str, ddim: bool, n_proc: int
-) -> dict:
+def _manifest(job: _Job, meta: dict) -> dict:
     """What the sampler records in the sample set's manifest (the writer adds the counts, the
     image size, the files' sha256 and the format version)."""
+    cfg, store, ckpt_file = job.cfg, job.store, job.ckpt_file
     run_manifest = RunDir(cfg.checkpoint).manifest
     return {
         "checkpoint": str(cfg.checkpoint),
-        "checkpoint_weights": str(ckpt_file) if ckpt_file else None,
-        "checkpoint_sha256": sha256_file(ckpt_file) if ckpt_file else None,
+        "checkpoint_weights": str(ckpt_file),
+        "checkpoint_sha256": sha256_file(ckpt_file),
         "run_manifest_sha256": sha256_file(run_manifest) if run_manifest.is_file() else None,
         "train_store_manifest_sha256": meta.get("store_manifest_sha256"),
         "store": str(cfg.store),
@@ -215,17 +250,11 @@ def _manifest(
         "unet": meta.get("unet"),
         **({"diffusion": meta["diffusion"]} if meta.get("diffusion") else {}),  # the recipe's options, as model.json
         "condition": cfg.condition,
-        "sampler": "ddim" if ddim else "ancestral",
-        "steps": str(cfg.steps),
-        "eta": cfg.eta if ddim else None,
-        "guidance": cfg.guidance,
-        **({"guidance_interval": list(cfg.guidance_interval)} if tuple(cfg.guidance_interval) != (0.0, 1.0) else {}),
-        **({"guidance_rescale": cfg.guidance_rescale} if cfg.guidance_rescale else {}),
-        "clip_denoised": cfg.clip_denoised,
+        "sampler": cfg.sampler.to_dict(),  # read back with Sampler.from_dict
         "mixed_precision": cfg.mixed_precision,
         "seed": cfg.seed,
         "n_per_condition": cfg.n_per_condition,
-        "num_processes": n_proc,
-        "fingerprint": fp,
+        "num_processes": job.state.num_processes,
+        "fingerprint": job.fingerprint,
         "config": to_dict(cfg),
     }

@@ -148,8 +148,7 @@ def test_experiment_writes_figure_json_and_entry(world, experiment):
                 "Encoder random-rn50",
                 "layer trunk",
                 "Checkpoint ",
-                "Sampler ancestral",
-                "steps 2",
+                "Sampler ancestral, 2 steps.",  # Sampler.label(), as every caption
                 "Noise seeds [0, 1]",
             ):
                 assert word in fig.caption, (word, fig.caption)

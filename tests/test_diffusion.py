@@ -201,7 +201,8 @@ class Oracle(torch.nn.Module):
 def test_samplers_recover_a_point_mass(spec: str, ddim: bool) -> None:
     x_star = torch.rand(1, 3, 4, 4) * 1.6 - 0.8
     d = create_diffusion("linear", respacing=spec)
-    out = sample_loop(Oracle(x_star), d, None, torch.randn(3, 3, 4, 4), ddim=ddim)
+    # the sampler's update rule (its steps are the diffusion's respacing, already applied)
+    out = sample_loop(Oracle(x_star), d, None, torch.randn(3, 3, 4, 4), Sampler(Steps.parse("10"), ddim=ddim))
     torch.testing.assert_close(out, x_star.expand(3, -1, -1, -1), atol=1e-4, rtol=0)
 
 
@@ -265,8 +266,9 @@ def test_ddim_eta0_is_deterministic_and_uses_no_generator_draws() -> None:
     model, d = _tiny_model(), create_diffusion("linear", respacing="ddim4")
     noise, h = torch.randn(2, 3, 16, 16), torch.randn(2, 8)
     gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
-    a = sample_loop(model, d, h, noise, ddim=True, eta=0.0, generators=gens)
-    b = sample_loop(model, d, h, noise.clone(), ddim=True, eta=0.0)
+    ddim4 = Sampler(Steps.parse("ddim4"), eta=0.0)
+    a = sample_loop(model, d, h, noise, ddim4, generators=gens)
+    b = sample_loop(model, d, h, noise.clone(), ddim4)
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     # the generators were not advanced
     assert torch.equal(
@@ -274,7 +276,9 @@ def test_ddim_eta0_is_deterministic_and_uses_no_generator_draws() -> None:
         torch.randn(3, generator=torch.Generator().manual_seed(1)),
     )
     # eta > 0 is stochastic
-    c = sample_loop(model, d, h, noise, ddim=True, eta=1.0, generators=[torch.Generator().manual_seed(5)] * 2)
+    c = sample_loop(
+        model, d, h, noise, Sampler(Steps.parse("ddim4"), eta=1.0), generators=[torch.Generator().manual_seed(5)] * 2
+    )
     assert (c - a).abs().max() > 1e-3
     assert a.abs().max() <= 1.0 + 1e-5
 
@@ -287,7 +291,7 @@ def test_sample_depends_on_its_seed_only(ddim: bool, eta: float) -> None:
     def run(seeds: list[int], rows: list[int]) -> torch.Tensor:
         gens = [torch.Generator().manual_seed(s) for s in seeds]
         noise = draw_noise(gens, (3, 16, 16), "cpu")
-        return sample_loop(model, d, conds[rows], noise, ddim=ddim, eta=eta, generators=gens)
+        return sample_loop(model, d, conds[rows], noise, Sampler(Steps.parse("4"), ddim=ddim, eta=eta), generators=gens)
 
     batch = run([11, 22, 33], [0, 1, 2])
     alone = run([22], [1])
@@ -296,7 +300,9 @@ def test_sample_depends_on_its_seed_only(ddim: bool, eta: float) -> None:
     torch.testing.assert_close(swapped[1:2], alone, atol=1e-5, rtol=1e-4)
     assert (batch[0] - batch[1]).abs().max() > 1e-2
     with pytest.raises(ValueError, match="one per sample"):
-        sample_loop(model, d, conds, torch.randn(3, 3, 16, 16), generators=[torch.Generator()])
+        sample_loop(
+            model, d, conds, torch.randn(3, 3, 16, 16), Sampler(Steps.parse("4")), generators=[torch.Generator()]
+        )
 
 
 def test_fixed_variance_without_learned_sigma() -> None:

@@ -73,7 +73,7 @@ def _eval_dir(tmp_path, fid_skipped=True):
         "layer": "trunk",
         "resolution": 32,
         "n_samples": 8,
-        "sampler": "ancestral",
+        "sampler": "ancestral, 50 steps",  # what evaluate writes: Sampler.label()
         "steps": "50",
         "samples": {"path": str(samples), "checkpoint": "runs/demo/run"},
         "reference": {"N": 100},

@@ -73,7 +73,7 @@ def write_samples(d: Path, images, rows: list[dict], conds, **manifest) -> Path:
     condition), with the sampler's manifest fields as sample/stage.py records them."""
     from rcdm.run.sampleset import IndexRow, write_sample_set
 
-    record = {"checkpoint": "synthetic", "store": "synthetic", "sampler": "ancestral", "steps": "100"}
+    record = {"checkpoint": "synthetic", "store": "synthetic", "sampler": {"steps": "100"}}
     return write_sample_set(d, images, [IndexRow(**r) for r in rows], conds, {**record, **manifest})
 
 
@@ -331,7 +331,7 @@ def test_e2e_outputs_and_rank(e2e):
     o = m["rank"]["outside_reference"]
     assert o["n"] == 2 and o["N"] == 7 and set(o["by_kind"]) == {"image"}
     assert m["n_samples"] == 10 and m["resolution"] == RES and m["complete"] is True
-    assert m["method"] == "RCDM (random-rn50, embed)" and m["sampler"] == "ancestral"
+    assert m["method"] == "RCDM (random-rn50, embed)" and m["sampler"] == "ancestral, 100 steps"
 
 
 def test_e2e_fid_is_and_cache_reuse(e2e):

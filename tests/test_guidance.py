@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from rcdm.config import Sampler, Steps
 from rcdm.diffusion.gaussian import create_diffusion
 from rcdm.diffusion.generate import _Guided, check_guidance, generate
 from rcdm.model.config import preset
@@ -58,22 +59,24 @@ def test_generate_with_guidance_differs_and_is_reproducible():
     m = _model()
     diff = create_diffusion("linear", 1000, "ddim5")
     conds, seeds = np.random.default_rng(0).standard_normal((2, DIM)).astype(np.float32), [1, 2]
-    kw = dict(ddim=True, progress=False)
-    plain = generate(m, diff, conds, seeds, **kw)
-    g1 = generate(m, diff, conds, seeds, guidance=3.0, **kw)
-    g2 = generate(m, diff, conds, seeds, guidance=3.0, batch_size=1, **kw)
+    kw = dict(progress=False)
+    plain = generate(m, diff, conds, seeds, Sampler(Steps.parse("ddim5")), **kw)
+    guided = Sampler(Steps.parse("ddim5"), guidance=3.0)
+    g1 = generate(m, diff, conds, seeds, guided, **kw)
+    g2 = generate(m, diff, conds, seeds, guided, batch_size=1, **kw)
     assert np.array_equal(g1, g2)
     assert not np.array_equal(plain, g1)
-    assert np.array_equal(plain, generate(m, diff, conds, seeds, guidance=1.0, **kw))
+    assert np.array_equal(plain, generate(m, diff, conds, seeds, Sampler(Steps.parse("ddim5"), guidance=1.0), **kw))
 
 
 def test_guidance_needs_a_model_trained_with_cond_drop():
-    check_guidance(1.0, {}, "run")  # no guidance: any model
-    check_guidance(2.0, {"cond_drop": 0.1}, "run")
+    steps = Steps.parse("10")
+    check_guidance(Sampler(steps), {}, "run")  # no guidance: any model
+    check_guidance(Sampler(steps, guidance=2.0), {"cond_drop": 0.1}, "run")
     with pytest.raises(ValueError, match=r"train.cond_drop=0; sample with guidance 1, or train with"):
-        check_guidance(2.0, {"cond_drop": 0.0}, "runs/x")
-    with pytest.raises(ValueError, match="must be >= 0"):
-        check_guidance(-1.0, {"cond_drop": 0.1}, "run")
+        check_guidance(Sampler(steps, guidance=2.0), {"cond_drop": 0.0}, "runs/x")
+    with pytest.raises(ValueError, match="guidance must be >= 0"):  # the scale: the sampler's own check
+        Sampler(steps, guidance=-1.0)
 
 
 def test_p2_weighting_scales_the_mse_by_snr():
@@ -123,14 +126,25 @@ def test_training_with_cond_drop_records_it(tmp_path):
     assert len(log) == 4 and all(np.isfinite(r["loss"]) for r in log)
 
 
-def test_evaluation_labels_guided_samples():
-    from rcdm.analysis.evaluate import sampler_label
+def test_every_label_is_the_samplers_own():
+    """A sample set records its sampler whole; evaluation and the report name it with
+    Sampler.label(), read back with Sampler.from_dict: the one wording."""
+    from rcdm.config import Sampler, Steps
 
-    assert sampler_label({"sampler": "ddim", "guidance": 1.0}) == "ddim"
-    assert sampler_label({"sampler": "ddim"}) == "ddim"  # manifests from before guidance existed
-    assert sampler_label({"sampler": "ancestral", "guidance": 3.0}) == "ancestral, guidance 3"
-    both = {"sampler": "ddim", "guidance": 1.5, "guidance_interval": [0.2, 0.8], "guidance_rescale": 0.7}
-    assert sampler_label(both) == "ddim, guidance 1.5 in t/T [0.2, 0.8] rescaled 0.7"
+    for sampler in (
+        Sampler(Steps.parse("ddim25")),
+        Sampler(Steps.parse("100"), guidance=3.0),
+        Sampler(Steps.parse("trailing50"), guidance=1.5, guidance_interval=(0.2, 0.8), guidance_rescale=0.7),
+    ):
+        assert Sampler.from_dict(sampler.to_dict()) == sampler
+    assert Sampler.from_dict({"steps": "ddim25"}).label() == "ddim25"  # a newer option's default: what it did
+    assert Sampler.from_dict({"steps": "100", "guidance": 3}).label() == "ancestral, 100 steps, guidance 3"
+    both = Sampler.from_dict(
+        {"steps": "trailing50", "guidance": 1.5, "guidance_interval": [0.2, 0.8], "guidance_rescale": 0.7}
+    )
+    assert both.label() == "trailing50, guidance 1.5 in t/T [0.2, 0.8] rescaled 0.7"
+    with pytest.raises(ValueError, match=r"sampler: unknown sampler option\(s\) \['guidnace'\]"):
+        Sampler.from_dict({"steps": "100", "guidnace": 2})
 
 
 def test_bad_guidance_settings_fail_before_training(tmp_path):

@@ -58,3 +58,42 @@ def test_ruff(command):
     linter's rules include the complexity limits that keep functions small."""
     done = subprocess.run([sys.executable, "-m", "ruff", *command, str(REPO)], capture_output=True, text=True)
     assert done.returncode == 0, f"ruff {' '.join(command)}:\n{done.stdout}{done.stderr}"
+
+
+def _rcdm_imports(p: Path) -> list[tuple[str, int]]:
+    """Every ``rcdm`` module ``p`` imports, at module level or inside a function: (module, line)."""
+    out = []
+    for node in ast.walk(ast.parse(p.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0 and node.module.startswith("rcdm"):
+            out += [(f"{node.module}.{a.name}", node.lineno) for a in node.names]
+        elif isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names if a.name.startswith("rcdm")]
+    return out
+
+
+def test_the_app_is_on_top_imported_by_nothing():
+    """rcdm.app (the command line, the config's layers, `rcdm run`) launches the stages; nothing
+    below it imports it (the package's entry point aside)."""
+    bad = [
+        f"{p.relative_to(REPO)}:{line} imports {module}"
+        for p in _sources("core", "extract", "train", "sample", "analysis")
+        if "app" not in p.relative_to(REPO).parts and p.name != "__main__.py"
+        for module, line in _rcdm_imports(p)
+        if module == "rcdm.app" or module.startswith("rcdm.app.")
+    ]
+    assert bad == []
+
+
+def test_the_config_is_the_bottom_layer():
+    """rcdm.config (the schema every stage stands on) imports nothing of rcdm but errors and utils,
+    and no torch: `rcdm --help` and --dry-run read it."""
+    allowed = ("rcdm.config", "rcdm.errors", "rcdm.utils")
+    bad = []
+    for p in _sources("core/config"):
+        for module, line in _rcdm_imports(p):
+            if not any(module == a or module.startswith(a + ".") for a in allowed):
+                bad.append(f"{p.relative_to(REPO)}:{line} imports {module}")
+        for module, _, line in _imports(p):
+            if module.split(".")[0] in ("torch", "numpy"):
+                bad.append(f"{p.relative_to(REPO)}:{line} imports {module}")
+    assert bad == []

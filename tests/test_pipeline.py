@@ -91,7 +91,9 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     rank = metrics["rank"]["in_reference"]
     assert rank["n"] == 8 and 1 <= rank["mean_rank"] <= 24 and rank["chance_mean_rank"] == 12.5
     assert metrics["fid"]["skipped"] and "weights-inception" in metrics["fid"]["how_to_enable"]
-    assert metrics["sampler"] == "ancestral, guidance 1.5 rescaled 0.7"  # the demo samples with guidance, labelled
+    assert (
+        metrics["sampler"] == "ancestral, 4 steps, guidance 1.5 rescaled 0.7"
+    )  # the demo samples with guidance, labelled
     assert json.loads((w / "run/model.json").read_text())["cond_drop"] == 0.1
     for f in ("metrics.md", "metrics.csv", "ranks.npy", "manifest.json"):
         assert (w / "eval" / f).exists(), f
@@ -99,7 +101,7 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     html = report.read_text()
     assert "Evaluation" in html and "chance" in html
     assert re.search(
-        r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, guidance 1.5 rescaled 0\.7, 4 steps\.</p>', html
+        r'<p class="summary">[^<]*chance[^<]*Sampler: ancestral, 4 steps, guidance 1\.5 rescaled 0\.7\.</p>', html
     )
     for title in ("Invariance", "Interpolation", "Distances", "Probe"):
         assert title.lower() in html.lower(), title

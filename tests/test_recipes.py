@@ -131,7 +131,9 @@ def test_guidance_interval():
     conds, seeds = np.random.default_rng(0).standard_normal((2, 4)).astype(np.float32), [1, 2]
 
     def run(g, gi=(0.0, 1.0)):
-        return generate(m, d, conds, seeds, ddim=True, progress=False, guidance=g, guidance_interval=gi)
+        return generate(
+            m, d, conds, seeds, Sampler(Steps.parse("ddim5"), guidance=g, guidance_interval=gi), progress=False
+        )
 
     plain, full = run(1.0), run(3.0)
     assert np.array_equal(run(3.0, (0.0, 1.0)), full)  # the default interval guides every step

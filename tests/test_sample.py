@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from rcdm.config import SampleConfig
+from rcdm.config import SampleConfig, Sampler, Steps
 from rcdm.diffusion.gaussian import create_diffusion
 from rcdm.diffusion.generate import generate, sample_loop
 from rcdm.utils import seed_generator
@@ -29,16 +29,17 @@ def test_sample_depends_on_its_seed_only(model):
     diffusion = create_diffusion("linear", 1000, "4")
     conds, seeds = _conds(4), np.array([10, 11, 12, 13])
     kw = dict(device="cpu", progress=False)
-    a = generate(model, diffusion, conds, seeds, batch_size=4, **kw)
-    b = generate(model, diffusion, conds, seeds, batch_size=1, **kw)
+    s4 = Sampler(Steps.parse("4"))
+    a = generate(model, diffusion, conds, seeds, s4, batch_size=4, **kw)
+    b = generate(model, diffusion, conds, seeds, s4, batch_size=1, **kw)
     assert a.shape == (4, 32, 32, 3) and a.dtype == np.uint8
     np.testing.assert_array_equal(a, b)
     # position in the batch and batch companions do not matter either
     perm = [2, 0, 3, 1]
-    c = generate(model, diffusion, conds[perm], seeds[perm], batch_size=3, **kw)
+    c = generate(model, diffusion, conds[perm], seeds[perm], s4, batch_size=3, **kw)
     np.testing.assert_array_equal(c, a[perm])
     # and the seed does: same condition, different seeds -> different images
-    d = generate(model, diffusion, conds[[0, 0]], np.array([10, 99]), batch_size=2, **kw)
+    d = generate(model, diffusion, conds[[0, 0]], np.array([10, 99]), s4, batch_size=2, **kw)
     np.testing.assert_array_equal(d[0], a[0])
     assert np.abs(d[0].astype(int) - d[1].astype(int)).max() > 0
 
@@ -50,28 +51,32 @@ def test_ddim_eta0_ignores_step_noise(model):
 
     def run(eta, gen_seeds):
         gens = [seed_generator(s) for s in gen_seeds]
-        return sample_loop(model, diffusion, cond, noise.clone(), ddim=True, eta=eta, generators=gens)
+        return sample_loop(
+            model, diffusion, cond, noise.clone(), Sampler(Steps.parse("ddim4"), eta=eta), generators=gens
+        )
 
     # eta = 0: x_0 is a function of x_T alone (the generators' step noise is not used)
     torch.testing.assert_close(run(0.0, [1, 2]), run(0.0, [3, 4]), rtol=0, atol=0)
     # eta > 0 uses it
     assert not torch.equal(run(1.0, [1, 2]), run(1.0, [3, 4]))
     # and generate() with ddim + eta 0 repeats exactly
-    g1 = generate(model, diffusion, _conds(2), [7, 8], ddim=True, eta=0.0, progress=False)
-    g2 = generate(model, diffusion, _conds(2), [7, 8], ddim=True, eta=0.0, progress=False, batch_size=1)
+    ddim4 = Sampler(Steps.parse("ddim4"), eta=0.0)
+    g1 = generate(model, diffusion, _conds(2), [7, 8], ddim4, progress=False)
+    g2 = generate(model, diffusion, _conds(2), [7, 8], ddim4, progress=False, batch_size=1)
     np.testing.assert_array_equal(g1, g2)
 
 
 def test_bf16_autocast_path(model):
     diffusion = create_diffusion("linear", 1000, "3")
     kw = dict(device="cpu", progress=False)
-    full = generate(model, diffusion, _conds(2), [1, 2], mixed_precision="no", **kw)
-    half = generate(model, diffusion, _conds(2), [1, 2], mixed_precision="bf16", **kw)
+    s3 = Sampler(Steps.parse("3"))
+    full = generate(model, diffusion, _conds(2), [1, 2], s3, mixed_precision="no", **kw)
+    half = generate(model, diffusion, _conds(2), [1, 2], s3, mixed_precision="bf16", **kw)
     assert half.shape == full.shape and half.dtype == np.uint8
     # the UNet runs in bf16, the diffusion maths in fp32: the images stay close
     assert np.abs(half.astype(int) - full.astype(int)).mean() < 8
     with pytest.raises(ValueError, match="mixed_precision"):
-        generate(model, diffusion, _conds(1), [1], mixed_precision="int8", **kw)
+        generate(model, diffusion, _conds(1), [1], s3, mixed_precision="int8", **kw)
 
 
 @pytest.mark.gpu
@@ -82,8 +87,8 @@ def test_per_seed_determinism_on_cuda_bf16(model):
     diffusion = create_diffusion("linear", 1000, "4")
     conds, seeds = _conds(4), np.array([3, 4, 5, 6])
     kw = dict(device="cuda", progress=False, mixed_precision="bf16")
-    a = generate(m, diffusion, conds, seeds, batch_size=4, **kw)
-    b = generate(m, diffusion, conds, seeds, batch_size=1, **kw)
+    a = generate(m, diffusion, conds, seeds, Sampler(Steps.parse("4")), batch_size=4, **kw)
+    b = generate(m, diffusion, conds, seeds, Sampler(Steps.parse("4")), batch_size=1, **kw)
     # The noise is identical; cuDNN may pick other conv algorithms for another batch size, so
     # allow last-bit differences that flip a pixel level here and there.
     d = np.abs(a.astype(int) - b.astype(int))
@@ -209,8 +214,9 @@ def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
     assert index[2]["key"] == "cls_2/img_005" and index[2]["kind"] == "store"
     np.testing.assert_array_equal(np.load(out / "conds.npy"), store.features(view=0)[[0, 5, 7]])
     # sample 3 = (condition 1, seed 3), reproduced on its own from the checkpoint
-    m, diffusion, _ = load_for_sampling(ckpt, "3")
-    alone = generate(m, diffusion, store.features(view=0)[[5]], [3], progress=False)
+    three = Sampler(Steps.parse("3"))
+    m, diffusion, _ = load_for_sampling(ckpt, three)
+    alone = generate(m, diffusion, store.features(view=0)[[5]], [3], three, progress=False)
     np.testing.assert_array_equal(alone[0], samples[3])
     # grid: condition image first, then its samples
     grid = np.asarray(Image.open(out / "grid-000.png"))
@@ -227,7 +233,7 @@ def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["indices"] == [0, 5, 7] and cfg["steps"] == "3"
     man = json.loads((out / "manifest.json").read_text())
-    assert man["n_samples"] == 6 and man["n_conditions"] == 3 and man["sampler"] == "ancestral"
+    assert man["n_samples"] == 6 and man["n_conditions"] == 3 and man["sampler"]["ddim"] is False
     assert man["store_manifest_sha256"] == store.manifest_sha256
     assert man["checkpoint_sha256"] == sha256_file(ckpt)
     assert man["files"]["samples.npz"] == sha256_file(out / "samples.npz")
@@ -278,7 +284,7 @@ def test_run_interpolation_strip_with_fixed_noise(ckpt, store_dir, tmp_path):
     assert [r["alpha"] for r in index[::2]] == [0.0, 0.5, 1.0]
     strip = np.asarray(Image.open(out / "interpolation.png"))
     assert strip.shape[0] == 2 * (4 * 32 + 4)  # one strip per sample column: 32 px enlarged 4x, 2 * 2 pad
-    assert json.loads((out / "manifest.json").read_text())["sampler"] == "ddim"
+    assert json.loads((out / "manifest.json").read_text())["sampler"]["ddim"] is True
 
 
 def test_run_images_encoded_with_the_stores_encoder(tmp_path):

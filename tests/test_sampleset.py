@@ -61,7 +61,7 @@ def parts():
 @pytest.fixture
 def sample_dir(tmp_path, parts) -> Path:
     images, vectors, rows = parts
-    return write_sample_set(tmp_path / "s", images, rows, vectors, {"sampler": "ddim", "seed": 10})
+    return write_sample_set(tmp_path / "s", images, rows, vectors, {"sampler": {"steps": "ddim10"}, "seed": 10})
 
 
 def _rehash(d: Path) -> None:
@@ -100,7 +100,7 @@ def test_round_trip_through_chunks(tmp_path, parts):
         w.write_chunk(chunks, c, images[s:e])
     np.testing.assert_array_equal(w.read_range(chunks, 3, 9), images[3:9])
     assert w.plan() == {"fingerprint": "abc"} and w.finished() is None
-    man = w.finish(chunks, rows, {"sampler": "ddim"}, other_files=[])
+    man = w.finish(chunks, rows, {"sampler": {"steps": "ddim10"}}, other_files=[])
     assert w.finished() == man and not (tmp_path / "s" / "partial").exists()
 
     ss = read_samples(tmp_path / "s")
@@ -110,7 +110,7 @@ def test_round_trip_through_chunks(tmp_path, parts):
     np.testing.assert_array_equal(ss.conds, vectors[[r.condition for r in rows]])  # (N, D)
     assert ss.resolution == RES and ss.keys()[3] == "cls/img_1" and set(ss.kinds()) == {"store"}
     m = ss.manifest
-    assert m["format_version"] == FORMAT_VERSION and m["sampler"] == "ddim"
+    assert m["format_version"] == FORMAT_VERSION and m["sampler"] == {"steps": "ddim10"}
     assert (m["n_samples"], m["n_conditions"], m["image_size"]) == (9, N_COND, RES)
     assert m["files"] == {f: sha256_file(tmp_path / "s" / f) for f in DATA_FILES}
     assert ss.manifest_sha256 == sha256_file(tmp_path / "s" / MANIFEST)

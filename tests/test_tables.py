@@ -16,7 +16,7 @@ def _evaluation(d, outside: int = 0):
         "layer": "trunk",
         "resolution": 32,
         "n_samples": 8,
-        "sampler": "ancestral",
+        "sampler": "ancestral, 50 steps",
         "steps": "50",
         "samples": {"path": str(d / "s")},
         "fid": {"skipped": True, "reason": "no weights", "how_to_enable": "pass --inception-weights"},

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rcdm.config import TrainConfig
+from rcdm.config import Sampler, TrainConfig
 from rcdm.errors import MissingInput
 from rcdm.faithfulness import (
     chance_mean_rank,
@@ -35,10 +35,12 @@ def check_nimg(cfg: TrainConfig) -> int:
     return max(1, int(round(kimg * 1000)))
 
 
-def guidances(cfg: TrainConfig) -> list[float]:
-    """Unguided always; and the guided scale when the model has a null condition."""
+def samplers(cfg: TrainConfig) -> list[Sampler]:
+    """The check's samplers: unguided always; and guided, in ``eval_guidance_interval``, when the
+    model has a null condition."""
     g = cfg.grid_guidance if cfg.eval_guidance is None else cfg.eval_guidance
-    return [1.0] + ([float(g)] if cfg.cond_drop > 0 and g != 1.0 else [])
+    scales = [1.0] + ([float(g)] if cfg.cond_drop > 0 and g != 1.0 else [])
+    return [Sampler(cfg.eval_steps, guidance=s, guidance_interval=cfg.eval_guidance_interval) for s in scales]
 
 
 def keys_for(g: float) -> str:
@@ -75,16 +77,12 @@ class FaithCheck:
         self.encoder = encoder_from_info(store.encoder_info, trust_checkpoint=cfg.trust_checkpoint).to(device).eval()
         store.close()
         self.diffusion = diffusion_for(meta, cfg.eval_steps)
-        from rcdm.config import Sampler
-
-        self.ddim = Sampler(cfg.eval_steps).ddim
-        self.guidances = guidances(cfg)
-        self.interval = tuple(cfg.eval_guidance_interval)
+        self.samplers = samplers(cfg)
         self.device = device
         self.store_path = str(path)
 
     def describe(self) -> str:
-        gs = ", ".join("unguided" if g == 1 else f"guidance {g:g}" for g in self.guidances)
+        gs = ", ".join("unguided" if not s.guided else f"guidance {s.guidance:g}" for s in self.samplers)
         return (
             f"faithfulness check: {len(self.rows)} conditions of {self.store_path} "
             f"(N = {len(self.reference)}), {self.diffusion.num_timesteps} steps, {gs}"
@@ -98,24 +96,22 @@ class FaithCheck:
         t0 = time.perf_counter()
         out: dict = {}
         n_ref = len(self.reference)
-        for g in self.guidances:
+        for sampler in self.samplers:
             images = generate(
                 model,
                 self.diffusion,
                 self.conds,
                 self.seeds,
+                sampler,
                 batch_size=64,
                 device=self.device,
                 progress=False,
                 mixed_precision=mixed_precision,
-                ddim=self.ddim,
-                guidance=g,
-                guidance_interval=self.interval,
             )
             ranks = reencode_ranks(self.encoder, images, self.preprocess, self.reference, self.rows, device=self.device)
             s = rank_summary(ranks, n_ref)
-            out[f"eval_mean_rank{keys_for(g)}"] = s["mean_rank"]
-            out[f"eval_mrr{keys_for(g)}"] = s["mrr"]
+            out[f"eval_mean_rank{keys_for(sampler.guidance)}"] = s["mean_rank"]
+            out[f"eval_mrr{keys_for(sampler.guidance)}"] = s["mrr"]
         out.update(
             eval_chance_mean_rank=chance_mean_rank(n_ref),
             eval_chance_mrr=chance_mrr(n_ref),

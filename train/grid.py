@@ -48,13 +48,11 @@ class GridMaker:
             self.diffusion,
             self.conds,
             self.seeds,
+            self.sampler,
             batch_size=64,
             device=device,
             progress=False,
             mixed_precision=mixed_precision,
-            ddim=self.sampler.ddim,
-            eta=self.sampler.eta,
-            guidance=self.sampler.guidance,
         )  # (n * S, H, W, 3) uint8
         s = self.n_samples
         rows = [[img] + list(out[i * s : (i + 1) * s]) for i, img in enumerate(self.images)]

@@ -228,14 +228,13 @@ class Context:
         return [self.rcdm(p) for p in self.cfg.checkpoints]
 
     def _load_rcdm(self, path: str) -> RCDM:
-        from rcdm.diffusion.generate import check_guidance, load_for_sampling
+        from rcdm.diffusion.generate import load_for_sampling
 
         if not Path(path).exists():
             raise MissingInput(f"checkpoint {path} does not exist; train one with `rcdm train` first")
         model, diffusion, meta = load_for_sampling(
-            path, self.cfg.steps, device=self.device, trust_checkpoint=self.cfg.trust_checkpoint
+            path, self.cfg.sampler, device=self.device, trust_checkpoint=self.cfg.trust_checkpoint
         )
-        check_guidance(self.cfg.guidance, meta, path)
         unet = meta.get("unet") or {}
         cfg = getattr(model, "cfg", None)
         cond_dim = int(unet.get("cond_dim") or getattr(cfg, "cond_dim", 0))
@@ -281,10 +280,6 @@ class Context:
             kimg=meta.get("kimg"),
         )
 
-    @property
-    def ddim(self) -> bool:
-        return self.cfg.sampler.ddim
-
     def sample(self, r: RCDM, conds: np.ndarray, seeds: list[int] | np.ndarray) -> np.ndarray:
         """``conds (N, D)``, ``seeds (N,)`` -> ``(N, H, W, 3)`` uint8."""
         from rcdm.diffusion.generate import generate
@@ -297,13 +292,11 @@ class Context:
             r.diffusion,
             conds,
             seeds,
-            ddim=self.ddim,
+            self.cfg.sampler,
             batch_size=self.cfg.batch_size,
             device=self.device,
             progress=False,
             mixed_precision=self.cfg.mixed_precision,
-            guidance=self.cfg.guidance,
-            guidance_rescale=self.cfg.guidance_rescale,
         )
 
     def sample_grid(self, r: RCDM, conds: np.ndarray, seeds: list[int]) -> np.ndarray:
@@ -355,7 +348,7 @@ class Context:
             parts.append(f"Checkpoint {r.path}{kimg}.")
             if r.encoder_note != "recorded in the checkpoint":
                 parts.append(f"(Encoder {r.encoder_note}.)")
-            parts.append(f"Sampler {'DDIM' if self.ddim else 'ancestral'}, steps {self.cfg.steps}.")
+            parts.append(f"Sampler {self.cfg.sampler.label()}.")
         if seeds is not None:
             parts.append(f"Noise seeds {list(seeds)}; analysis seed {self.cfg.seed}.")
         return " ".join(parts)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from rcdm.config import PAPER_DIFFUSION, Steps
+from rcdm.config import PAPER_DIFFUSION, Sampler, Steps
 from rcdm.errors import InvalidInput
 from rcdm.utils import seed_generator
 
@@ -94,14 +94,14 @@ def sample_loop(
     diffusion: Any,
     cond: torch.Tensor | None,
     noise: torch.Tensor,
+    sampler: Sampler,
     *,
-    ddim: bool = False,
-    eta: float = 0.0,
-    clip_denoised: bool = True,
     generators: Sequence[torch.Generator] | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
-    """Run the reverse chain from x_T = noise (N, C, H, W) to x_0 in [-1, 1] (float32).
+    """Run the reverse chain from x_T = noise (N, C, H, W) to x_0 in [-1, 1] (float32), with the
+    sampler's update rule (ancestral, or DDIM with its eta) and clipping; ``diffusion`` is already
+    respaced to ``sampler.steps`` and ``model`` already guided (:func:`generate` does both).
 
     With ``generators`` (one per sample) every random draw of sample i comes from generators[i],
     so a sample depends only on its own condition and seed, not on its batch or position.
@@ -118,7 +118,7 @@ def sample_loop(
         from tqdm.auto import tqdm
 
         steps = tqdm(steps, desc="sampling", leave=False)
-    stochastic = not ddim or eta > 0
+    stochastic = not sampler.ddim or sampler.eta > 0
     bank = StepNoise(generators, x.shape[1:], x.device, diffusion.num_timesteps - 1) if generators is not None else None
     with torch.no_grad():
         for i in steps:
@@ -126,10 +126,10 @@ def sample_loop(
             z = None
             if stochastic and i > 0:
                 z = bank.next() if bank is not None else draw_noise(None, x.shape[1:], x.device, n)
-            if ddim:
-                out = diffusion.ddim_sample(model, x, t, z, clip_denoised, kwargs, eta)
+            if sampler.ddim:
+                out = diffusion.ddim_sample(model, x, t, z, sampler.clip_denoised, kwargs, sampler.eta)
             else:
-                out = diffusion.p_sample(model, x, t, z, clip_denoised, kwargs)
+                out = diffusion.p_sample(model, x, t, z, sampler.clip_denoised, kwargs)
             x = out["sample"]
     return x
 
@@ -218,13 +218,12 @@ class _Guided(torch.nn.Module):
         return torch.cat([eps, out_c[:, c:]], dim=1)
 
 
-def check_guidance(guidance: float, meta: dict, checkpoint: str | Path) -> None:
-    """Guidance needs a model trained with the null condition (``train.cond_drop`` > 0)."""
-    if guidance < 0:
-        raise InvalidInput(f"guidance must be >= 0 (1: no guidance), got {guidance}")
-    if guidance != 1.0 and not float(meta.get("cond_drop") or 0.0) > 0:
+def check_guidance(sampler: Sampler, meta: dict, checkpoint: str | Path) -> None:
+    """A guided sampler needs a model trained with the null condition (``train.cond_drop`` > 0).
+    (The scale itself is checked by the sampler.)"""
+    if sampler.guided and not float(meta.get("cond_drop") or 0.0) > 0:
         raise InvalidInput(
-            f"guidance {guidance} needs a model trained with the null condition, but {checkpoint} was "
+            f"guidance {sampler.guidance:g} needs a model trained with the null condition, but {checkpoint} was "
             "trained with train.cond_drop=0; sample with guidance 1, or train with "
             "--set train.cond_drop=0.1 (or more)"
         )
@@ -249,24 +248,20 @@ def generate(
     diffusion: Any,
     conds: np.ndarray | torch.Tensor,
     seeds: Sequence[int] | np.ndarray,
+    sampler: Sampler,
     *,
-    ddim: bool = False,
-    eta: float = 0.0,
-    clip_denoised: bool = True,
     batch_size: int = 32,
     device: torch.device | str = "cpu",
     progress: bool = True,
     mixed_precision: str = "no",
-    guidance: float = 1.0,
-    guidance_interval: tuple[float, float] = (0.0, 1.0),
-    guidance_rescale: float = 0.0,
 ) -> np.ndarray:
-    """Sample one image per ``(conds[i], seeds[i])``; returns ``(N, H, W, 3)`` uint8.
+    """Sample one image per ``(conds[i], seeds[i])`` with ``sampler``; returns ``(N, H, W, 3)`` uint8.
 
-    ``conds`` is ``(N, D)``; ``seeds`` ``(N,)`` ints. The model should already be on ``device``
-    and in eval mode. ``guidance`` != 1 applies classifier-free guidance of that scale (the model
-    must have been trained with ``train.cond_drop`` > 0; see :func:`check_guidance`);
-    ``guidance_interval`` and ``guidance_rescale`` as :class:`_Guided`.
+    ``conds`` is ``(N, D)``; ``seeds`` ``(N,)`` ints; ``diffusion`` is the model's, respaced to
+    ``sampler.steps`` (:func:`diffusion_for`). The model should already be on ``device`` and in
+    eval mode. A guided sampler applies classifier-free guidance (the model must have been trained
+    with ``train.cond_drop`` > 0; see :func:`check_guidance`), in its interval, rescaled as it says
+    (:class:`_Guided`).
     """
     device = torch.device(device)
     conds_t = torch.as_tensor(np.asarray(conds, dtype=np.float32) if not torch.is_tensor(conds) else conds)
@@ -284,8 +279,10 @@ def generate(
     if n == 0:
         return out
     net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
-    if guidance != 1.0:
-        net = _Guided(net, guidance, guidance_interval, diffusion.original_steps, guidance_rescale)
+    if sampler.guided:
+        net = _Guided(
+            net, sampler.guidance, sampler.guidance_interval, diffusion.original_steps, sampler.guidance_rescale
+        )
 
     starts = range(0, n, batch_size)
     if progress:
@@ -297,17 +294,7 @@ def generate(
         # One generator per sample: it draws x_T here and the noise of every step in sample_loop.
         gens = [seed_generator(seed, device) for seed in seeds[s:e]]
         noise = torch.stack([torch.randn((c, h, w), generator=g, device=device) for g in gens])
-        x = sample_loop(
-            net,
-            diffusion,
-            conds_t[s:e].to(device),
-            noise,
-            ddim=ddim,
-            eta=eta,
-            clip_denoised=clip_denoised,
-            generators=gens,
-            progress=False,
-        )  # (b, C, H, W) in [-1, 1]
+        x = sample_loop(net, diffusion, conds_t[s:e].to(device), noise, sampler, generators=gens)  # (b, C, H, W)
         out[s:e] = to_uint8(x)
     return out
 
@@ -334,14 +321,15 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
 
 def load_for_sampling(
     checkpoint: str | Path,
-    steps: Steps | str = "100",
+    sampler: Sampler,
     *,
     ema: str = "auto",
     device: torch.device | str = "cpu",
     trust_checkpoint: bool = False,
     compile: bool | str = False,
 ) -> tuple[torch.nn.Module, Any, dict]:
-    """Load (model, respaced diffusion, meta) from a run directory or weights file.
+    """Load (model, diffusion respaced to ``sampler.steps``, meta) from a run directory or weights
+    file, refusing a guided sampler for a model trained without the null condition.
 
     The schedule and the chain's length come from the checkpoint's meta (:func:`diffusion_for`).
     The model is put in eval mode on ``device`` and prepared by :func:`prepare_for_sampling`.
@@ -349,7 +337,8 @@ def load_for_sampling(
     from rcdm.model.weights import load_model
 
     model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)
-    diffusion = diffusion_for(meta, steps)
+    check_guidance(sampler, meta, checkpoint)
+    diffusion = diffusion_for(meta, sampler.steps)
     return prepare_for_sampling(model, device, compile), diffusion, meta
 
 

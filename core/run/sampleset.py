@@ -1,11 +1,11 @@
 """The sample set: the folder ``rcdm sample`` writes and ``rcdm evaluate`` / ``rcdm analyze`` read.
 
 This module is the one owner of the format: the file names, the index row, one writer
-(:class:`SampleSetWriter`) and one reader (:func:`read_samples`). Layout, format_version 1:
+(:class:`SampleSetWriter`) and one reader (:func:`read_samples`). Layout, format_version 2:
 
     manifest.json    written last, the finished marker: format_version, n_samples, n_conditions,
                      image_size, files {name: sha256} and what the sampler records (checkpoint,
-                     store, sampler, seed, fingerprint, ...)
+                     store, seed, fingerprint, ...; ``sampler``: the spec, ``Sampler.to_dict()``)
     samples.npz      arr_0 (N, H, W, 3) uint8 (guided-diffusion's convention)
     index.jsonl      one JSON line per sample: the IndexRow fields, then the condition's extras
     conds.npy        (C, D) float32, one conditioning vector per condition (row field `condition`)
@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rcdm.config import Sampler
 from rcdm.errors import InvalidInput, MissingInput, UserError
 from rcdm.utils import (
     atomic_write_bytes,
@@ -57,7 +58,7 @@ __all__ = [
     "write_sample_set",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the sampler recorded whole, as rcdm.config.Sampler.to_dict()
 MANIFEST = "manifest.json"
 SAMPLES = "samples.npz"
 INDEX = "index.jsonl"
@@ -313,6 +314,12 @@ class SampleSet:
     def keys(self) -> list[str | None]:
         return [r.key for r in self.rows]
 
+    @property
+    def sampler(self) -> Sampler | None:
+        """How the samples were drawn (None for a set that does not say: conditions typed in by hand)."""
+        spec = self.manifest.get("sampler")
+        return Sampler.from_dict(spec, f"{self.path / MANIFEST}: sampler") if spec is not None else None
+
     def kinds(self) -> list[str]:
         return [r.kind for r in self.rows]
 
@@ -343,7 +350,9 @@ def read_samples(path: str | Path) -> SampleSet:
     vectors = _read_conds(d, int(manifest["n_conditions"]))
     rows = _read_index(d, len(images), len(vectors))
     conds = vectors[np.array([r.condition for r in rows], dtype=np.int64)]  # (N, D)
-    return SampleSet(d, images, rows, vectors, conds, manifest, sha256_file(d / MANIFEST))
+    ss = SampleSet(d, images, rows, vectors, conds, manifest, sha256_file(d / MANIFEST))
+    ss.sampler  # noqa: B018  (a sampler spec that does not parse is refused here, naming the file)
+    return ss
 
 
 def _read_manifest(d: Path) -> dict:
