@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from rcdm.encoders.readers import Mapped, first_keys, remap, strip_prefix
+from rcdm.encoders.keymap import Mapped, first_keys, remap, strip_prefix
 from rcdm.encoders.registry import HeadSpec
 from rcdm.errors import InvalidInput
 
