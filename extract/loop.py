@@ -32,21 +32,11 @@ from rcdm.extract.dataset import (
     normalize,
 )
 from rcdm.extract.gpudecode import decode_on_device, resolve_decode
-from rcdm.launch import on_main
+from rcdm.launch import launch_state, on_main
 from rcdm.run.lock import holding_output_lock
 from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
-
-
-def _process_state(device_spec: str):
-    """accelerate's view of the launch (rank, world size, device); one process when not launched.
-
-    On a CPU-only launch accelerate needs ``cpu=True`` to see the other processes (gloo backend).
-    """
-    from accelerate import PartialState
-
-    return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available())
 
 
 def _device(spec: str, state) -> torch.device:
@@ -98,7 +88,7 @@ def run(cfg: ExtractConfig) -> Path:
     out = Path(cfg.out)
     source = _open_source(cfg)
     n_items = min(len(source), cfg.limit or len(source))
-    state = _process_state(cfg.device)
+    state = launch_state(cfg.device)
     rank, world = state.process_index, state.num_processes
     device = _device(cfg.device, state)
     cfg = _resolve_auto(cfg, device)
