@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rcdm.config import ExtractConfig, save_resolved, to_dict
 from rcdm.data.preprocess import Preprocess, effective_preprocess
-from rcdm.encoders.registry import get_spec
+from rcdm.encoders.registry import EncoderSpec, get_spec
 from rcdm.errors import InvalidInput, UserError
 from rcdm.extract import prepare
 from rcdm.extract.dataset import (
@@ -61,22 +61,23 @@ def _open_source(cfg: ExtractConfig):
     return src
 
 
-def _check_config(cfg: ExtractConfig) -> None:
-    if not cfg.encoder:
-        get_spec(cfg.encoder)  # the error says how to name one
+def _check_config(cfg: ExtractConfig) -> EncoderSpec:
+    """The encoder's registry entry, once the settings are checked (before any work)."""
+    spec = get_spec(cfg.encoder)  # a missing or unknown name: the error lists the known ones
     if not cfg.source:
         raise InvalidInput("extract.source is not set; pass --source with an image folder, list or tars")
     if not cfg.out:
         raise InvalidInput("extract.out is not set; pass --out STORE_DIR")
     cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
     prepare.check_out(Path(cfg.out))
+    return spec
 
 
-def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
+def _preprocess(cfg: ExtractConfig, spec: EncoderSpec) -> str | Preprocess:
     """The encoder's preprocessing ("default": its own), with ``input_size`` applied if set."""
     if cfg.input_size is None:
         return cfg.preprocess  # the encoder resolves "default" to its own
-    return effective_preprocess(get_spec(cfg.encoder).preprocess, cfg.preprocess, cfg.input_size)
+    return effective_preprocess(spec.preprocess, cfg.preprocess, cfg.input_size)
 
 
 @holding_output_lock("rcdm extract")  # one writer per store (rank 0 holds it for a launch)
@@ -84,7 +85,7 @@ def run(cfg: ExtractConfig) -> Path:
     """Extract features of ``cfg.source`` into the store ``cfg.out``; return the store directory."""
     from rcdm.encoders.build import load_encoder
 
-    _check_config(cfg)
+    spec = _check_config(cfg)  # resolved once: what follows is given the spec, not the name
     out = Path(cfg.out)
     source = _open_source(cfg)
     n_items = min(len(source), cfg.limit or len(source))
@@ -94,11 +95,11 @@ def run(cfg: ExtractConfig) -> Path:
     cfg = _resolve_auto(cfg, device)
 
     encoder = load_encoder(
-        cfg.encoder,
+        spec,
         cfg.weights,
         cfg.layer,
         trust_checkpoint=cfg.trust_checkpoint,
-        preprocess=_preprocess(cfg),
+        preprocess=_preprocess(cfg, spec),
         allow_download=cfg.allow_download,
         seed=cfg.seed,
     )
