@@ -64,36 +64,57 @@ def verify(path: str | Path) -> list[str]:
     path = Path(path)
     m = read_manifest(path)  # a store that is not exactly format 1 is refused here, as by every reader
     problems: list[str] = []
-    V, D, dtype, fmt = len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), m["format"]
+    fmt = m["format"]
     if fmt not in FORMATS:
         return problems + [f"unknown format {fmt!r}"]
+    expect = (len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), bool(m["has_images"]))  # V, D, dtype, images
     total = 0
     seen_keys: set[str] = set()
     for s in m["shards"]:
-        f = path / s["file"]
-        problem = shard_problem(f, s["sha256"])  # the words every reader of the store uses
-        if problem:
-            problems.append(f"{s['file']}: {problem}")
-        if not f.is_file():
-            continue
-        rec_path = path / (Path(s["file"]).stem + ".json")
-        if rec_path.is_file():
-            try:
-                rec = read_json(rec_path)
-                if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
-                    problems.append(f"{rec_path.name}: record disagrees with the manifest")
-            except json.JSONDecodeError:
-                problems.append(f"{rec_path.name}: not valid JSON")
-        try:
-            keys = (_verify_h5 if fmt == "h5" else _verify_tar)(f, s, V, D, dtype, bool(m["has_images"]), problems)
-        except Exception as e:  # an unreadable shard is a finding, not a crash
-            problems.append(f"{s['file']}: cannot be read ({type(e).__name__}: {e})")
+        keys = _verify_shard(path, s, fmt, expect, problems)
+        if keys is None:  # missing or unreadable: said, and its rows not counted
             continue
         dup = seen_keys.intersection(keys)
         if dup:
             problems.append(f"{s['file']}: {len(dup)} key(s) also in an earlier shard, e.g. {sorted(dup)[0]!r}")
         seen_keys.update(keys)
         total += int(s["rows"])
+    return problems + _verify_counts(m, total)
+
+
+def _verify_shard(path: Path, s: dict, fmt: str, expect: tuple, problems: list[str]) -> list[str] | None:
+    """Check the manifest's shard entry ``s`` (file, record, contents), adding to ``problems``;
+    return the shard's keys, or None when it is missing or cannot be read."""
+    f = path / s["file"]
+    problem = shard_problem(f, s["sha256"])  # the words every reader of the store uses
+    if problem:
+        problems.append(f"{s['file']}: {problem}")
+    if not f.is_file():
+        return None
+    _verify_record(path, s, problems)
+    try:
+        return (_verify_h5 if fmt == "h5" else _verify_tar)(f, s, *expect, problems)
+    except Exception as e:  # an unreadable shard is a finding, not a crash
+        problems.append(f"{s['file']}: cannot be read ({type(e).__name__}: {e})")
+        return None
+
+
+def _verify_record(path: Path, s: dict, problems: list[str]) -> None:
+    """The shard's own record (``shard-NNNNN.json``), where present, agrees with the manifest."""
+    rec_path = path / (Path(s["file"]).stem + ".json")
+    if not rec_path.is_file():
+        return
+    try:
+        rec = read_json(rec_path)
+        if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
+            problems.append(f"{rec_path.name}: record disagrees with the manifest")
+    except json.JSONDecodeError:
+        problems.append(f"{rec_path.name}: not valid JSON")
+
+
+def _verify_counts(m: dict, total: int) -> list[str]:
+    """The manifest's row count and the source's item count against the ``total`` rows of its shards."""
+    problems = []
     if int(m["rows"]) != total:
         problems.append(f"manifest says {m['rows']} rows but its shards list {total}")
     n_items = m["source"].get("n_items")
