@@ -32,14 +32,12 @@ import numpy as np
 from jpegs import make_jpeg_folder
 
 
-def random_weights(name: str, path: Path) -> Path:
-    """A randomly initialised checkpoint of registry entry ``name`` in its method's file layout
+def random_weights(spec, path: Path) -> Path:
+    """A randomly initialised checkpoint of the registry entry ``spec`` in its method's file layout
     (the ViT readers' layouts; throughput does not depend on the values)."""
     import torch
     from rcdm.encoders.build import build_trunk
-    from rcdm.encoders.registry import get_spec
 
-    spec = get_spec(name)
     torch.manual_seed(0)
     sd = build_trunk(spec.arch).state_dict()
     if spec.reader == "mae":
@@ -55,7 +53,7 @@ def random_weights(name: str, path: Path) -> Path:
             "head.bias": torch.zeros(spec.head.dims[-1]),
         }
     else:
-        raise SystemExit(f"--random-weights supports the ViT entries without registers, not {name}")
+        raise SystemExit(f"--random-weights supports the ViT entries without registers, not {spec.name}")
     torch.save(ckpt, path)
     return path
 
@@ -127,7 +125,7 @@ def decode_difference(images: Path, encoder, device, k: int = 256) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> None:
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="number of synthetic JPEGs")
     p.add_argument("--size", default="500x375", help="nominal image size WxH (jittered by +-20 px)")
@@ -152,35 +150,29 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--format", choices=["h5", "wds"], default="h5")
     p.add_argument("--shard-size", type=int, default=1024)
     p.add_argument("--forward-seconds", type=float, default=5.0)
-    a = p.parse_args(argv)
+    return p.parse_args(argv)
 
-    import rcdm.extract
-    import torch
-    from rcdm.config import ExtractConfig
-    from rcdm.encoders.build import load_encoder
-    from rcdm.store import FeatureStore
-    from rcdm.utils import pick_device
 
-    device = pick_device(a.device)
+def _speed_settings(a: argparse.Namespace, device) -> tuple[str, bool, int | str]:
+    """(amp, channels_last, workers): ``rcdm extract``'s auto rules for ``device``."""
     amp = ("bf16" if device.type == "cuda" else "none") if a.amp == "auto" else a.amp
     channels_last = {"on": True, "off": False}.get(a.channels_last, device.type == "cuda")
     workers = a.workers if a.workers == "auto" else int(a.workers)
-    w, h = (int(v) for v in a.size.lower().split("x"))
-    tmp = Path(tempfile.mkdtemp(prefix="rcdm-bench-"))
-    images = Path(a.images) if a.images else tmp / "images"
-    t0 = time.perf_counter()
-    make_jpeg_folder(images, a.n, (w, h), a.quality)
-    t_make = time.perf_counter() - t0
-    if a.random_weights:
-        a.weights = str(random_weights(a.encoder, tmp / "random.pth"))
-    mean_kb = np.mean([p.stat().st_size for p in list(images.rglob("*.jpg"))[:200]]) / 1024
+    return amp, channels_last, workers
+
+
+def _extract(a: argparse.Namespace, images: Path, out: Path, device, amp: str, channels_last: bool, workers) -> float:
+    """Run ``rcdm.extract.run`` on ``images`` into ``out``; its seconds, the whole call."""
+    import rcdm.extract
+    import torch
+    from rcdm.config import ExtractConfig
 
     cfg = ExtractConfig(
         encoder=a.encoder,
         weights=a.weights,
         layer=a.layer,
         source=str(images),
-        out=str(tmp / "store"),
+        out=str(out),
         format=a.format,
         batch_size=a.batch_size,
         workers=workers,
@@ -193,30 +185,56 @@ def main(argv: list[str] | None = None) -> None:
         input_size=a.input_size,
     )
     t0 = time.perf_counter()
-    store = rcdm.extract.run(cfg)
+    rcdm.extract.run(cfg)
     if device.type == "cuda":
         torch.cuda.synchronize()
-    t_run = time.perf_counter() - t0
-    st = FeatureStore(store)
-    timing = st.manifest.get("timing", {})
+    return time.perf_counter() - t0
 
-    # decode + resize + crop on one core (what each DataLoader worker does per image)
+
+def _decode_crop_per_core(images: Path, pp, draft: bool, k: int = 200) -> float:
+    """Images/s of decode + resize + crop on one core (what each DataLoader worker does per image)."""
     from rcdm.data.images import open_source
     from rcdm.extract.dataset import ExtractDataset
 
     src = open_source(images)
-    from rcdm.data.preprocess import effective_preprocess
-    from rcdm.encoders.registry import get_spec
-
-    enc_pp = effective_preprocess(get_spec(a.encoder).preprocess, "default", a.input_size)
-    ds = ExtractDataset(src, enc_pp, draft=not a.no_draft)
-    k = min(200, len(src))
+    ds = ExtractDataset(src, pp, draft=draft)
+    k = min(k, len(src))
     t0 = time.perf_counter()
     for i in range(k):
         ds[i]
-    per_core = k / (time.perf_counter() - t0)
+    return k / (time.perf_counter() - t0)
 
-    enc = load_encoder(a.encoder, a.weights, a.layer, preprocess=enc_pp)
+
+def main(argv: list[str] | None = None) -> None:
+    a = _arguments(argv)
+
+    import torch
+    from rcdm.data.preprocess import effective_preprocess
+    from rcdm.encoders.build import load_encoder
+    from rcdm.encoders.registry import get_spec
+    from rcdm.store import FeatureStore
+    from rcdm.utils import pick_device
+
+    spec = get_spec(a.encoder)  # the registry entry, looked up once
+    device = pick_device(a.device)
+    amp, channels_last, workers = _speed_settings(a, device)
+    w, h = (int(v) for v in a.size.lower().split("x"))
+    tmp = Path(tempfile.mkdtemp(prefix="rcdm-bench-"))
+    images = Path(a.images) if a.images else tmp / "images"
+    t0 = time.perf_counter()
+    make_jpeg_folder(images, a.n, (w, h), a.quality)
+    t_make = time.perf_counter() - t0
+    if a.random_weights:
+        a.weights = str(random_weights(spec, tmp / "random.pth"))
+    mean_kb = np.mean([p.stat().st_size for p in list(images.rglob("*.jpg"))[:200]]) / 1024
+
+    store = tmp / "store"
+    t_run = _extract(a, images, store, device, amp, channels_last, workers)
+    st = FeatureStore(store)
+    timing = st.manifest.get("timing", {})
+    enc_pp = effective_preprocess(spec.preprocess, "default", a.input_size)
+    per_core = _decode_crop_per_core(images, enc_pp, not a.no_draft)
+    enc = load_encoder(spec, a.weights, a.layer, preprocess=enc_pp)
     fwd = forward_alone(enc, device, a.batch_size, amp, channels_last, a.forward_seconds)
     result = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -247,7 +265,7 @@ def main(argv: list[str] | None = None) -> None:
     print(text)
     if a.out:
         Path(a.out).write_text(text + "\n")
-    shutil.rmtree(tmp / "store", ignore_errors=True)
+    shutil.rmtree(store, ignore_errors=True)
     if not a.images:
         shutil.rmtree(tmp, ignore_errors=True)
 

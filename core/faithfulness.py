@@ -94,8 +94,23 @@ def nearest_neighbour_ranks(
     device, ``device`` is then not used): the same arithmetic, without copying and centring the
     set again on every call.
     """
-    import torch
+    q_np, c_np, v_np = _rank_inputs(queries, reference, cond_index, cond_vectors)
+    if not isinstance(reference, Reference):
+        reference = prepare_reference(reference, device)
+    m, n = q_np.shape[0], len(reference)
+    chunk = max(1, int(max_chunk_bytes // (4 * max(n, 1))))
+    ranks = np.empty(m, dtype=np.int64)
+    for s in range(0, m, chunk):
+        e = min(m, s + chunk)
+        ranks[s:e] = _chunk_ranks(q_np[s:e], c_np[s:e], v_np[s:e], reference)
+    return ranks
 
+
+def _rank_inputs(
+    queries: np.ndarray, reference: np.ndarray | Reference, cond_index: np.ndarray, cond_vectors: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(queries float32, cond_index int64, condition vectors float32; zeros when every condition
+    is in the set), checked against each other and the reference's shape."""
     q_np = np.asarray(queries, dtype=np.float32)
     r_shape = reference.shape if isinstance(reference, Reference) else np.shape(reference)
     c_np = np.asarray(cond_index, dtype=np.int64)
@@ -106,50 +121,54 @@ def nearest_neighbour_ranks(
         raise InvalidInput(f"rank: cond_index must have shape ({m},), got {c_np.shape}")
     if (c_np >= n).any() or (c_np < -1).any():
         raise InvalidInput(f"rank: cond_index must be in [-1, {n - 1}]")
-    if (c_np < 0).any():
-        if cond_vectors is None:
-            raise InvalidInput("rank: conditions outside the reference set need cond_vectors")
-        v_np = np.asarray(cond_vectors, dtype=np.float32)
-        if v_np.shape != q_np.shape:
-            raise InvalidInput(f"rank: cond_vectors must have shape {q_np.shape}, got {v_np.shape}")
-    else:
-        v_np = np.zeros_like(q_np)
+    if not (c_np < 0).any():
+        return q_np, c_np, np.zeros_like(q_np)
+    if cond_vectors is None:
+        raise InvalidInput("rank: conditions outside the reference set need cond_vectors")
+    v_np = np.asarray(cond_vectors, dtype=np.float32)
+    if v_np.shape != q_np.shape:
+        raise InvalidInput(f"rank: cond_vectors must have shape {q_np.shape}, got {v_np.shape}")
+    return q_np, c_np, v_np
 
-    if not isinstance(reference, Reference):
-        reference = prepare_reference(reference, device)
+
+def _chunk_ranks(q_np: np.ndarray, c_np: np.ndarray, v_np: np.ndarray, reference: Reference) -> np.ndarray:
+    """The ranks of one chunk of queries (B, D) against all N references (the arithmetic of
+    :func:`nearest_neighbour_ranks`' docstring)."""
+    import torch
+
     ref_raw, centre, ref, ref_sq = reference.raw, reference.centre, reference.centred, reference.sq
     dev = ref_raw.device
-    chunk = max(1, int(max_chunk_bytes // (4 * max(n, 1))))
-    ranks = np.empty(m, dtype=np.int64)
-    for s in range(0, m, chunk):
-        e = min(m, s + chunk)
-        q_raw = torch.from_numpy(q_np[s:e]).to(dev)  # (B, D)
-        c = torch.from_numpy(c_np[s:e]).to(dev)  # (B,)
-        inside = c >= 0
-        # The condition vector h_c: the reference row c, or the given vector for outside ones.
-        h_raw = torch.from_numpy(v_np[s:e]).to(dev)
-        h_raw[inside] = ref_raw[c[inside]]
-        q, h = q_raw - centre, h_raw - centre
-        q_sq = (q * q).sum(dim=1)  # (B,)
-        d2 = q_sq[:, None] + ref_sq[None, :] - 2.0 * (q @ ref.T)  # (B, N) squared distances
-        d_c = (q * q).sum(1) + (h * h).sum(1) - 2.0 * (q * h).sum(1)  # (B,)
-        rows = torch.arange(e - s, device=dev)
-        d_c[inside] = d2[rows[inside], c[inside]]  # same computation as the d_j it is compared to
-        # float32 rounding of the expansion is a few ulps of ||q||^2 + ||r||^2 (sqrt(D) terms).
-        tol = 1e-5 * (q_sq + ref_sq.max()) + 1e-12  # (B,)
-        closer = (d2 < (d_c - tol)[:, None]).sum(dim=1)  # (B,) certainly closer
-        near = (d2 - d_c[:, None]).abs() <= tol[:, None]  # (B, N) too close to call in float32
-        near[rows[inside], c[inside]] = False  # j != c
-        ii, jj = near.nonzero(as_tuple=True)
-        if ii.numel():
-            q64, h64 = q_raw.double(), h_raw.double()
-            dc64 = ((q64 - h64) ** 2).sum(1)  # (B,) exact squared distance to the condition
-            for p in range(0, ii.numel(), 8192):
-                a, b = ii[p : p + 8192], jj[p : p + 8192]
-                dj64 = ((q64[a] - ref_raw[b].double()) ** 2).sum(1)
-                closer.index_add_(0, a, (dj64 < dc64[a]).to(closer.dtype))
-        ranks[s:e] = (1 + closer).cpu().numpy()
-    return ranks
+    q_raw = torch.from_numpy(q_np).to(dev)  # (B, D)
+    c = torch.from_numpy(c_np).to(dev)  # (B,)
+    inside = c >= 0
+    # The condition vector h_c: the reference row c, or the given vector for outside ones.
+    h_raw = torch.from_numpy(v_np).to(dev)
+    h_raw[inside] = ref_raw[c[inside]]
+    q, h = q_raw - centre, h_raw - centre
+    q_sq = (q * q).sum(dim=1)  # (B,)
+    d2 = q_sq[:, None] + ref_sq[None, :] - 2.0 * (q @ ref.T)  # (B, N) squared distances
+    d_c = (q * q).sum(1) + (h * h).sum(1) - 2.0 * (q * h).sum(1)  # (B,)
+    rows = torch.arange(len(q_np), device=dev)
+    d_c[inside] = d2[rows[inside], c[inside]]  # same computation as the d_j it is compared to
+    # float32 rounding of the expansion is a few ulps of ||q||^2 + ||r||^2 (sqrt(D) terms).
+    tol = 1e-5 * (q_sq + ref_sq.max()) + 1e-12  # (B,)
+    closer = (d2 < (d_c - tol)[:, None]).sum(dim=1)  # (B,) certainly closer
+    near = (d2 - d_c[:, None]).abs() <= tol[:, None]  # (B, N) too close to call in float32
+    near[rows[inside], c[inside]] = False  # j != c
+    ii, jj = near.nonzero(as_tuple=True)
+    if ii.numel():
+        _count_exact(closer, ii, jj, q_raw, h_raw, ref_raw)
+    return (1 + closer).cpu().numpy()
+
+
+def _count_exact(closer, ii, jj, q_raw, h_raw, ref_raw) -> None:
+    """Add to ``closer`` the near pairs (ii, jj) whose float64 distance is below the condition's."""
+    q64, h64 = q_raw.double(), h_raw.double()
+    dc64 = ((q64 - h64) ** 2).sum(1)  # (B,) exact squared distance to the condition
+    for p in range(0, ii.numel(), 8192):
+        a, b = ii[p : p + 8192], jj[p : p + 8192]
+        dj64 = ((q64[a] - ref_raw[b].double()) ** 2).sum(1)
+        closer.index_add_(0, a, (dj64 < dc64[a]).to(closer.dtype))
 
 
 def chance_mean_rank(n: int) -> float:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from rcdm.config import ExtractConfig, save_resolved, to_dict
 from rcdm.data.preprocess import Preprocess, effective_preprocess
-from rcdm.encoders.registry import get_spec
+from rcdm.encoders.registry import EncoderSpec, get_spec
 from rcdm.errors import InvalidInput, UserError
 from rcdm.extract import prepare
 from rcdm.extract.dataset import (
@@ -32,21 +32,11 @@ from rcdm.extract.dataset import (
     normalize,
 )
 from rcdm.extract.gpudecode import decode_on_device, resolve_decode
-from rcdm.launch import on_main
+from rcdm.launch import launch_state, on_main
 from rcdm.run.lock import holding_output_lock
 from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
 from tqdm.auto import tqdm
-
-
-def _process_state(device_spec: str):
-    """accelerate's view of the launch (rank, world size, device); one process when not launched.
-
-    On a CPU-only launch accelerate needs ``cpu=True`` to see the other processes (gloo backend).
-    """
-    from accelerate import PartialState
-
-    return PartialState(cpu=device_spec == "cpu" or not torch.cuda.is_available())
 
 
 def _device(spec: str, state) -> torch.device:
@@ -71,22 +61,23 @@ def _open_source(cfg: ExtractConfig):
     return src
 
 
-def _check_config(cfg: ExtractConfig) -> None:
-    if not cfg.encoder:
-        get_spec(cfg.encoder)  # the error says how to name one
+def _check_config(cfg: ExtractConfig) -> EncoderSpec:
+    """The encoder's registry entry, once the settings are checked (before any work)."""
+    spec = get_spec(cfg.encoder)  # a missing or unknown name: the error lists the known ones
     if not cfg.source:
         raise InvalidInput("extract.source is not set; pass --source with an image folder, list or tars")
     if not cfg.out:
         raise InvalidInput("extract.out is not set; pass --out STORE_DIR")
     cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
     prepare.check_out(Path(cfg.out))
+    return spec
 
 
-def _preprocess(cfg: ExtractConfig) -> str | Preprocess:
+def _preprocess(cfg: ExtractConfig, spec: EncoderSpec) -> str | Preprocess:
     """The encoder's preprocessing ("default": its own), with ``input_size`` applied if set."""
     if cfg.input_size is None:
         return cfg.preprocess  # the encoder resolves "default" to its own
-    return effective_preprocess(get_spec(cfg.encoder).preprocess, cfg.preprocess, cfg.input_size)
+    return effective_preprocess(spec.preprocess, cfg.preprocess, cfg.input_size)
 
 
 @holding_output_lock("rcdm extract")  # one writer per store (rank 0 holds it for a launch)
@@ -94,21 +85,21 @@ def run(cfg: ExtractConfig) -> Path:
     """Extract features of ``cfg.source`` into the store ``cfg.out``; return the store directory."""
     from rcdm.encoders.build import load_encoder
 
-    _check_config(cfg)
+    spec = _check_config(cfg)  # resolved once: what follows is given the spec, not the name
     out = Path(cfg.out)
     source = _open_source(cfg)
     n_items = min(len(source), cfg.limit or len(source))
-    state = _process_state(cfg.device)
+    state = launch_state(cfg.device)
     rank, world = state.process_index, state.num_processes
     device = _device(cfg.device, state)
     cfg = _resolve_auto(cfg, device)
 
     encoder = load_encoder(
-        cfg.encoder,
+        spec,
         cfg.weights,
         cfg.layer,
         trust_checkpoint=cfg.trust_checkpoint,
-        preprocess=_preprocess(cfg),
+        preprocess=_preprocess(cfg, spec),
         allow_download=cfg.allow_download,
         seed=cfg.seed,
     )
@@ -121,8 +112,26 @@ def run(cfg: ExtractConfig) -> Path:
     src_info.update(n_items=n_items, n_items_in_source=len(source), limit=cfg.limit)
     header = prepare.make_header(enc_info, pp.to_dict(), src_info, cfg)
 
-    # Decide on every process (the same answer), then let process 0 touch the directory. The
-    # shards a re-run would keep must be what they record: process 0 hashes, all act on it.
+    if _prepare_out(cfg, out, header, state) == "finished":
+        return out
+
+    n_shards = math.ceil(n_items / cfg.shard_size)
+    done = completed_shards(out)
+    mine = [k for k in range(n_shards) if k % world == rank and k not in done]
+    timing = {"images": 0, "seconds": 0.0}
+    if mine:
+        timing = _encode_shards(cfg, source, encoder, pp, mine, n_items, out, device, show=state.is_main_process)
+
+    # Process 0 writes the manifest once every process has written its shards.
+    timing.update(world_size=world, device=str(device), note="process 0 only, this run only")
+    _after_everyone(state, lambda: _finish(cfg, out, n_shards, enc_info, pp, src_info, timing))
+    return out
+
+
+def _prepare_out(cfg: ExtractConfig, out: Path, header: dict, state) -> prepare.Action:
+    """Decide what to do with ``out`` on every process (the same answer), then let process 0 touch
+    the directory; returns the action. The shards a re-run would keep must be what they record:
+    process 0 hashes, all act on it."""
     action, clear_first = prepare.decide(out, header, cfg.overwrite)
     damaged = on_main(lambda: prepare.damaged_shards(out)) if action != "start" else {}
     action = prepare.after_damage(out, action, damaged, cfg.repair)
@@ -140,29 +149,22 @@ def run(cfg: ExtractConfig) -> Path:
             prepare.clear_temp(out)
             save_resolved(replace(cfg, out=str(out)), out)
     state.wait_for_everyone()
-    if action == "finished":
-        return out
+    return action
 
-    n_shards = math.ceil(n_items / cfg.shard_size)
-    done = completed_shards(out)
-    mine = [k for k in range(n_shards) if k % world == rank and k not in done]
-    timing = {"images": 0, "seconds": 0.0}
-    if mine:
-        timing = _encode_shards(cfg, source, encoder, pp, mine, n_items, out, device, show=state.is_main_process)
 
-    # Process 0 writes the manifest once every process has written its shards.
+def _after_everyone(state, fn) -> None:
+    """``fn()`` on process 0 once every process got here; its error is raised after the last
+    barrier, so the other processes do not hang."""
     state.wait_for_everyone()
     error: Exception | None = None
     if state.is_main_process:
         try:
-            timing.update(world_size=world, device=str(device), note="process 0 only, this run only")
-            _finish(cfg, out, n_shards, enc_info, pp, src_info, timing)
-        except Exception as e:  # raised after the barrier, so the other processes do not hang
+            fn()
+        except Exception as e:  # raised after the barrier
             error = e
     state.wait_for_everyone()
     if error is not None:
         raise error
-    return out
 
 
 def _resolve_auto(cfg: ExtractConfig, device: torch.device) -> ExtractConfig:
@@ -261,12 +263,52 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
     encoder = encoder.to(device).eval()
     if cfg.channels_last:
         encoder = encoder.to(memory_format=torch.channels_last)
-    S = cfg.shard_size
     uint8 = device_normalisation_is_exact(pp)  # else normalise in the workers (exact by definition)
     decode = resolve_decode(cfg.decode, device, uint8)
-    sampler = ShardBatches(shards, S, n_items, cfg.batch_size)
     workers = auto_workers(cfg.workers)
-    loader = torch.utils.data.DataLoader(
+    loader = _loader(cfg, source, pp, shards, n_items, device, workers, uint8=uint8, device_decode=decode == "gpu")
+    total = sum(_shard_items(k, cfg.shard_size, n_items) for k in shards)
+    writer = _ShardWriter()
+    buffers = _ShardBuffers(cfg, source, n_items, out, encoder.dim, writer)
+
+    t0 = time.perf_counter()
+    try:
+        with tqdm(
+            total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1
+        ) as bar:
+            _encode_batches(loader, encoder, cfg, pp, device, decode == "gpu", uint8, buffers, bar)
+    finally:
+        writer.close()
+    if buffers.pending:  # internal invariant: every shard's items came through
+        raise RuntimeError(f"extraction ended with incomplete shards {sorted(buffers.pending)}")
+    dt = time.perf_counter() - t0
+    encoded = total - buffers.skipped
+    if show:
+        tqdm.write(
+            f"encoded {encoded} images in {dt:.1f} s ({encoded / max(dt, 1e-9):.1f} img/s) on {device}"
+            + (f"; {buffers.skipped} unreadable image(s) skipped" if buffers.skipped else ""),
+            file=sys.stderr,
+        )
+    return {
+        "images": encoded,
+        "skipped": buffers.skipped,
+        "seconds": round(dt, 3),
+        "img_per_s": round(encoded / max(dt, 1e-9), 1),
+        "decode": decode,
+        "workers": workers,
+    }
+
+
+def _shard_items(k: int, shard_size: int, n_items: int) -> int:
+    """How many source items shard ``k`` covers (the last one may be short)."""
+    return min((k + 1) * shard_size, n_items) - k * shard_size
+
+
+def _loader(
+    cfg, source, pp, shards: list[int], n_items: int, device, workers: int, *, uint8: bool, device_decode: bool
+):
+    """The DataLoader of the items of ``shards``, in batches that never straddle two shards."""
+    return torch.utils.data.DataLoader(
         ExtractDataset(
             source,
             pp,
@@ -274,26 +316,56 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
             keep_bytes=cfg.include_images,
             uint8=uint8,
             max_pixels=cfg.max_pixels,
-            device_decode=decode == "gpu",
+            device_decode=device_decode,
         ),
-        batch_sampler=sampler,
+        batch_sampler=ShardBatches(shards, cfg.shard_size, n_items, cfg.batch_size),
         num_workers=workers,
         collate_fn=collate,
         pin_memory=device.type == "cuda",
         prefetch_factor=4 if workers > 0 else None,
     )
-    total = sum(min((k + 1) * S, n_items) - k * S for k in shards)
-    pending: dict[int, dict] = {}
-    writer = _ShardWriter()
-    skipped = [0]  # unreadable images: not counted as encoded
 
-    def file_batch(batch: dict, feats: np.ndarray) -> None:
+
+def _encode_batches(loader, encoder, cfg, pp, device, device_decode: bool, uint8: bool, buffers, bar) -> None:
+    """Launch each batch on the device, then file the previous one's features while it runs."""
+    previous = None
+    for batch in loader:
+        # Copy the whole (pinned) batch first, then decode JPEGs and drop failures on the device.
+        x = batch["x"].to(device, non_blocking=True)
+        if device_decode:
+            decode_on_device(batch, pp, device, x)
+        ok = batch["ok"]
+        result = None
+        if ok.any():
+            x = x if ok.all() else x[ok.to(device)]
+            result = _launch(encoder, normalize(x, pp) if uint8 else x, cfg, device)
+        if previous is not None:
+            buffers.file(previous[0], _collect(previous[1], encoder.dim))
+            bar.update(len(previous[0]["index"]))
+        previous = (batch, result)
+    if previous is not None:
+        buffers.file(previous[0], _collect(previous[1], encoder.dim))
+        bar.update(len(previous[0]["index"]))
+
+
+class _ShardBuffers:
+    """The rows of the shards being encoded, each shard handed to the writer when its last item is in."""
+
+    def __init__(self, cfg, source, n_items: int, out: Path, dim: int, writer: _ShardWriter) -> None:
+        self.cfg, self.source, self.n_items, self.out, self.dim, self.writer = cfg, source, n_items, out, dim, writer
+        self.pending: dict[int, dict] = {}
+        self.skipped = 0  # unreadable images: not counted as encoded
+
+    def file(self, batch: dict, feats: np.ndarray) -> None:
         """Put a batch's rows into their shards' buffers; hand complete shards to the writer."""
+        S = self.cfg.shard_size
         m = 0
         for j, i in enumerate(batch["index"]):
             k = i // S
-            buf = pending.setdefault(k, {"feats": [], "keys": [], "labels": [], "images": [], "failed": [], "seen": 0})
-            item = source.items[i]
+            buf = self.pending.setdefault(
+                k, {"feats": [], "keys": [], "labels": [], "images": [], "failed": [], "seen": 0}
+            )
+            item = self.source.items[i]
             if batch["ok"][j]:
                 buf["feats"].append(feats[m])
                 buf["keys"].append(item.key)
@@ -302,54 +374,10 @@ def _encode_shards(cfg, source, encoder, pp, shards: list[int], n_items: int, ou
                 m += 1
             else:
                 buf["failed"].append({"key": item.key, "index": i, "reason": batch["reason"][j]})
-                skipped[0] += 1
+                self.skipped += 1
             buf["seen"] += 1
-            if buf["seen"] == min((k + 1) * S, n_items) - k * S:
-                writer.submit(cfg, out, k, pending.pop(k), encoder.dim)
-
-    t0 = time.perf_counter()
-    try:
-        with tqdm(
-            total=total, unit="img", desc=f"extract {cfg.encoder}/{cfg.layer}", disable=not show, smoothing=0.1
-        ) as bar:
-            previous = None
-            for batch in loader:
-                # Copy the whole (pinned) batch first, then decode JPEGs and drop failures on the device.
-                x = batch["x"].to(device, non_blocking=True)
-                if decode == "gpu":
-                    decode_on_device(batch, pp, device, x)
-                ok = batch["ok"]
-                result = None
-                if ok.any():
-                    x = x if ok.all() else x[ok.to(device)]
-                    result = _launch(encoder, normalize(x, pp) if uint8 else x, cfg, device)
-                if previous is not None:
-                    file_batch(previous[0], _collect(previous[1], encoder.dim))
-                    bar.update(len(previous[0]["index"]))
-                previous = (batch, result)
-            if previous is not None:
-                file_batch(previous[0], _collect(previous[1], encoder.dim))
-                bar.update(len(previous[0]["index"]))
-    finally:
-        writer.close()
-    if pending:  # internal invariant: every shard's items came through
-        raise RuntimeError(f"extraction ended with incomplete shards {sorted(pending)}")
-    dt = time.perf_counter() - t0
-    encoded = total - skipped[0]
-    if show:
-        tqdm.write(
-            f"encoded {encoded} images in {dt:.1f} s ({encoded / max(dt, 1e-9):.1f} img/s) on {device}"
-            + (f"; {skipped[0]} unreadable image(s) skipped" if skipped[0] else ""),
-            file=sys.stderr,
-        )
-    return {
-        "images": encoded,
-        "skipped": skipped[0],
-        "seconds": round(dt, 3),
-        "img_per_s": round(encoded / max(dt, 1e-9), 1),
-        "decode": decode,
-        "workers": workers,
-    }
+            if buf["seen"] == _shard_items(k, S, self.n_items):
+                self.writer.submit(self.cfg, self.out, k, self.pending.pop(k), self.dim)
 
 
 @torch.inference_mode()

@@ -19,7 +19,7 @@ from typing import Literal
 
 from rcdm.errors import InvalidInput, OutputExists
 from rcdm.run.lock import LOCK_FILE
-from rcdm.store import bad_shards, completed_shards
+from rcdm.store import bad_shards, completed_shards, read_manifest
 from rcdm.store.format import MANIFEST, record_path
 from rcdm.utils import atomic_write_json, read_json
 
@@ -44,8 +44,6 @@ _MUST_MATCH = (
     "decode",
     "draft",
 )
-# Compared only when the existing header records them (stores made before they were added).
-_IF_RECORDED = ("max_pixels", "decode", "draft")
 _SHARD = re.compile(r"^shard-(\d+)\.(h5|tar)$")
 
 Action = Literal["start", "resume", "finished"]
@@ -100,32 +98,6 @@ def _describe(h: dict) -> str:
     )
 
 
-def _existing_header(out: Path) -> dict | None:
-    if (out / HEADER).is_file():
-        return read_json(out / HEADER)
-    if (out / MANIFEST).is_file():  # a store made without a header (e.g. by hand): rebuild one
-        m = read_json(out / MANIFEST)
-        cfg = m.get("extract_config", {})
-        enc = m.get("encoder", {})
-        return {
-            "encoder": enc.get("name"),
-            "weights_sha256": enc.get("weights_sha256"),
-            "seed": enc.get("seed"),
-            "layer": m.get("layer"),
-            "preprocess": {
-                k: m.get("preprocess", {}).get(k)
-                for k in ("resize", "crop", "interpolation", "value_range", "mean", "std")
-            },
-            "format": m.get("format"),
-            "dtype": m.get("dtype"),
-            "shard_size": cfg.get("shard_size"),
-            "include_images": m.get("has_images", False),
-            "source_root": _abs(m.get("source", {}).get("root")),
-            "n_items": m.get("source", {}).get("n_items"),
-        }
-    return None
-
-
 def _normal(v):
     return json.loads(json.dumps(v))  # tuples -> lists, so headers compare as JSON
 
@@ -133,19 +105,13 @@ def _normal(v):
 def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
     """(action, clear_first). Raises on a mismatch without ``overwrite`` (nothing is touched).
     ``out`` has passed :func:`check_out` (a folder or nothing yet), before any work."""
-    existing = _existing_header(out) if out.is_dir() else None
-    if existing is None:
-        foreign = (
-            [p.name for p in out.iterdir() if not _OURS.match(p.name) and p.name != LOCK_FILE] if out.is_dir() else []
-        )
-        if foreign:
-            raise OutputExists(
-                f"output {out} is not empty and is not a feature store (it holds {', '.join(sorted(foreign)[:3])}); "
-                "choose another --out or an empty directory"
-            )
-        return "start", bool(out.is_dir() and any(out.iterdir()))
+    if not out.is_dir():
+        return "start", False
+    if not (out / HEADER).is_file():
+        return _without_header(out, overwrite)
+    existing = read_json(out / HEADER)
     mine, theirs = _normal(header), _normal(existing)
-    diff = [k for k in _MUST_MATCH if mine.get(k) != theirs.get(k) and (k not in _IF_RECORDED or k in theirs)]
+    diff = [k for k in _MUST_MATCH if mine.get(k) != theirs.get(k)]
     if header.get("weights_sha256") is None and mine.get("seed") != theirs.get("seed"):
         diff.append("seed")  # random-rn50: the seed is the weights
     if diff:
@@ -157,9 +123,33 @@ def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
                 "pass --overwrite to replace it, or choose another --out"
             )
         return "start", True
-    if (out / MANIFEST).is_file():
-        return "finished", False
-    return "resume", False
+    if not (out / MANIFEST).is_file():
+        return "resume", False
+    try:
+        read_manifest(out)  # only format 1 is read: another one is replaced (--overwrite) or refused
+    except InvalidInput:
+        if not overwrite:
+            raise
+        return "start", True
+    return "finished", False
+
+
+def _without_header(out: Path, overwrite: bool) -> tuple[Action, bool]:
+    """A folder without ``extract.json``: empty, or the files of no store this rcdm can resume.
+    A finished store without it was not written by `rcdm extract`, and someone else's files are
+    never touched."""
+    if (out / MANIFEST).is_file() and not overwrite:
+        raise OutputExists(
+            f"store {out} has no {HEADER} (it was not written by `rcdm extract`), so its settings cannot be "
+            "compared with this run's; pass --overwrite to replace it, or choose another --out"
+        )
+    foreign = [p.name for p in out.iterdir() if not _OURS.match(p.name) and p.name != LOCK_FILE]
+    if foreign:
+        raise OutputExists(
+            f"output {out} is not empty and is not a feature store (it holds {', '.join(sorted(foreign)[:3])}); "
+            "choose another --out or an empty directory"
+        )
+    return "start", any(out.iterdir())
 
 
 def clear(out: Path) -> None:
@@ -184,7 +174,7 @@ def damaged_shards(out: Path) -> dict[str, str]:
     """``{file: problem}`` of the shards a re-run would keep that are not as recorded (streamed
     sha256): a finished store's against its manifest, an unfinished one's against their records."""
     if (out / MANIFEST).is_file():
-        return bad_shards(out, read_json(out / MANIFEST)["shards"])
+        return bad_shards(out, read_manifest(out)["shards"])
     return bad_shards(out, list(completed_shards(out).values()))
 
 

@@ -52,14 +52,18 @@ class TinyEncoder(torch.nn.Module):
 
 @pytest.fixture(name="tiny")
 def tiny_encoder(monkeypatch):
-    """Make ``encoder="tiny"`` load TinyEncoder (other names load as usual)."""
+    """Make ``encoder="tiny"`` a registry entry that loads TinyEncoder (other entries load as usual)."""
     import rcdm.encoders.build
+    from rcdm.encoders.registry import REGISTRY, EncoderSpec
 
     real = rcdm.encoders.build.load_encoder
+    monkeypatch.setitem(
+        REGISTRY, "tiny", EncoderSpec("tiny", "conv", None, None, "rcdm", None, "TinyEncoder (tests)", trunk_dim=8)
+    )
 
-    def load(name, weights=None, layer="trunk", **kw):
-        if name != "tiny":
-            return real(name, weights, layer, **kw)
+    def load(spec, weights=None, layer="trunk", **kw):  # extraction passes the registry entry
+        if getattr(spec, "name", spec) != "tiny":
+            return real(spec, weights, layer, **kw)
         enc = TinyEncoder(layer, kw.get("seed", 0))
         if kw.get("preprocess") not in (None, "default"):
             from rcdm.data.images import PREPROCESS

@@ -101,12 +101,30 @@ def test_store_holds_the_encoder_features(ref_store, images):
     assert st.manifest["extract_config"]["shard_size"] == 2
 
 
-def test_input_size_override_is_recorded_and_used(images, tmp_path):
+class _CountingRegistry(dict):
+    lookups = 0
+
+    def __getitem__(self, name):
+        type(self).lookups += 1
+        return super().__getitem__(name)
+
+
+def test_input_size_override_is_recorded_and_used(images, tmp_path, monkeypatch):
+    import rcdm.encoders.registry
     from rcdm.data.images import encoder_input, open_source
     from rcdm.encoders.build import encoder_from_info
+    from rcdm.errors import InvalidInput
     from rcdm.extract import run
 
+    # the registry entry is looked up once per extraction (its preprocessing and the encoder use it),
+    # and an unknown name is refused before anything else, the source included
+    monkeypatch.setattr(rcdm.encoders.registry, "REGISTRY", _CountingRegistry(rcdm.encoders.registry.REGISTRY))
+    with pytest.raises(InvalidInput, match="unknown encoder 'no-such-net'"):
+        run(_cfg(tmp_path / "no-images-here", tmp_path / "s", encoder="no-such-net"))
+    _CountingRegistry.lookups = 0
     out = run(_cfg(images, tmp_path / "s32", input_size=32))
+    assert _CountingRegistry.lookups == 1
+    monkeypatch.undo()
     st = S.FeatureStore(out)
     assert (st.preprocess.crop, st.preprocess.resize) == (32, 32)  # rcdm preset: resize = crop
     assert st.encoder_info["preprocess"]["crop"] == 32

@@ -196,14 +196,6 @@ def test_source_root_is_recorded_absolute(tiny, images, tmp_path, monkeypatch):
     assert st.source["root"] == str(images) and os.path.isabs(st.source["root"])
     monkeypatch.chdir(tmp_path)  # `rcdm train` from another directory finds the images
     assert StoreImages(st).load(0).size == (40, 32)
-    # an old store with a relative root works from the directory it was made in, and only there
-    m = st.manifest
-    m["source"]["root"] = images.name
-    S.write_manifest(out, m)
-    with pytest.raises(FileNotFoundError, match="relative"):
-        StoreImages(S.FeatureStore(out)).load(0)
-    monkeypatch.chdir(images.parent)
-    assert StoreImages(S.FeatureStore(out)).load(0).size == (40, 32)
 
 
 def test_huge_images_are_skipped_and_the_budget_is_recorded(tiny, images, tmp_path):
@@ -236,7 +228,28 @@ def test_a_resume_must_use_the_same_decode_path(ref, images, tmp_path):
     assert "decode cpu (draft True)" in str(e.value) and "--overwrite" in str(e.value)
     rcdm.extract.run(_cfg(images, out, decode="cpu"))  # what auto resolved to: resumes
     _same_store(ref, out)
-    for k in ("decode", "draft"):  # a store from before they were recorded: not compared
+    for k in ("decode", "draft"):  # a header without them is not this format's: refused, not guessed
         del header[k]
     (out / HEADER).write_text(json.dumps(header))
-    rcdm.extract.run(_cfg(images, out, draft=False))
+    with pytest.raises(InvalidInput, match="different decode, draft") as e:
+        rcdm.extract.run(_cfg(images, out))
+    assert "existing: " in str(e.value) and "decode None (draft None)" in str(e.value) and "--overwrite" in str(e.value)
+
+
+def test_a_store_that_is_not_format_1_is_refused_or_replaced(ref, images, tmp_path):
+    """Only format 1 exists: a manifest of another version, or a finished store without the header
+    extraction writes, is refused (naming the fix) and replaced with --overwrite, never resumed."""
+    out = tmp_path / "store"
+    shutil.copytree(ref, out)
+    m = read_json(out / "manifest.json")
+    S.write_manifest(out, {**m, "format_version": 2})
+    for reader in (S.FeatureStore, S.verify, lambda p: rcdm.extract.run(_cfg(images, p))):
+        with pytest.raises(InvalidInput, match="format_version 2 is not supported.*re-extract the store"):
+            reader(out)
+    rcdm.extract.run(_cfg(images, out, overwrite=True))
+    _same_store(ref, out)
+    (out / HEADER).unlink()  # a finished store rcdm extract did not write
+    with pytest.raises(OutputExists, match="has no extract.json.*--overwrite"):
+        rcdm.extract.run(_cfg(images, out))
+    rcdm.extract.run(_cfg(images, out, overwrite=True))
+    _same_store(ref, out)

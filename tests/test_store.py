@@ -128,6 +128,33 @@ def test_missing_and_incomplete_store(tmp_path):
     assert S.completed_shards(tmp_path / "s") == {}
 
 
+@pytest.mark.parametrize(
+    "edit, words",
+    [
+        (lambda m: {**m, "format_version": 2}, "format_version 2 is not supported"),
+        (lambda m: {k: v for k, v in m.items() if k != "format_version"}, "format_version None is not supported"),
+        (lambda m: {k: v for k, v in m.items() if k not in ("layer", "failed")}, "lacks layer, failed"),
+        (lambda m: {**m, "shards": [{"file": "x", "rows": 1}]}, r"lacks shards\[\]\.first_item, shards\[\]\.sha256"),
+    ],
+    ids=["version-2", "no-version", "fields", "shard-fields"],
+)
+def test_only_a_format_1_manifest_is_read(tmp_path, edit, words):
+    """The one reader (FeatureStore, verify, extraction) refuses any other manifest, naming the fix."""
+    from rcdm.errors import InvalidInput
+
+    feats, keys, labels = _data(n=4)
+    make_store(tmp_path / "s", feats, keys, labels)
+    m = S.read_manifest(tmp_path / "s")
+    assert set(m) >= set(S.format.MANIFEST_FIELDS)  # build_manifest writes the whole format
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(edit(m)))
+    for reader in (S.read_manifest, S.FeatureStore, S.verify):
+        with pytest.raises(InvalidInput, match=f"{words}.*re-extract the store"):
+            reader(tmp_path / "s")
+    (tmp_path / "s" / "manifest.json").write_text("{")
+    with pytest.raises(InvalidInput, match="not valid JSON.*re-extract the store"):
+        S.verify(tmp_path / "s")
+
+
 def test_write_shard_is_atomic_and_validates(tmp_path):
     feats, keys, labels = _data(n=4)
     with pytest.raises(ValueError, match="keys"):

@@ -1,6 +1,7 @@
 """Reading encoder checkpoints: safe loading, the repositories' key layouts, strict loading.
 
-Each reader maps a checkpoint dict (in one repository's layout) onto our module names:
+Each reader maps a checkpoint dict (in one repository's layout) onto our module names
+(:class:`rcdm.encoders.keymap.Mapped`):
 ``trunk`` (a torchvision ResNet-50 without ``fc``, or :class:`rcdm.encoders.vit.VisionTransformer`) and
 ``head`` (an ``nn.Sequential`` from :func:`rcdm.encoders.heads.build_head`). Keys the reader does not
 recognise are reported as unexpected, and :func:`strict_load` refuses any missing, unexpected
@@ -24,13 +25,12 @@ Layouts (read without importing the training frameworks):
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+from rcdm.encoders.keymap import Mapped, Reader, first_keys, remap, strip_prefix
 from rcdm.encoders.registry import HeadSpec
+from rcdm.encoders.vit_readers import VIT_READERS
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.statedict import load_strict
 from rcdm.torchload import UntrustedCheckpoint as UntrustedCheckpoint  # raised by read_checkpoint
@@ -40,19 +40,6 @@ from torch import nn
 # Globals allowed in weights-only loading besides tensors and containers: DINO's checkpoints
 # pickle the training arguments as an argparse.Namespace, which holds plain values only.
 SAFE_GLOBALS = [argparse.Namespace]
-
-
-@dataclass
-class Mapped:
-    """A checkpoint mapped onto our module names."""
-
-    trunk: dict[str, torch.Tensor]
-    head: dict[str, torch.Tensor] | None  # None: the file has no head weights
-    unexpected: list[str] = field(default_factory=list)  # keys of the file nobody claims
-    layout: str = ""  # which layout was recognised, for messages
-
-
-Reader = Callable[[dict, "HeadSpec | None", bool], Mapped]
 
 
 # --------------------------------------------------------------------------------------------
@@ -89,32 +76,6 @@ def read_checkpoint(path: str | Path, trust_checkpoint: bool = False) -> dict:
 # --------------------------------------------------------------------------------------------
 
 
-def strip_prefix(sd: dict[str, Any], prefix: str = "module.") -> dict[str, Any]:
-    """Drop ``prefix`` from every key that has it (DDP's ``module.``)."""
-    return {(k[len(prefix) :] if k.startswith(prefix) else k): v for k, v in sd.items()}
-
-
-def remap(
-    sd: dict[str, Any], rules: list[tuple[str, str]], ignore: tuple[str, ...] = ()
-) -> tuple[dict[str, Any], list[str]]:
-    """Rename keys by the first matching ``(source prefix, target prefix)`` rule.
-
-    Keys under an ``ignore`` prefix are dropped (weights we know and do not use); keys no rule
-    matches are returned as unexpected."""
-    out: dict[str, Any] = {}
-    unexpected: list[str] = []
-    for k, v in sd.items():
-        if k.startswith(ignore) if ignore else False:
-            continue
-        for src, dst in rules:
-            if k.startswith(src):
-                out[dst + k[len(src) :]] = v
-                break
-        else:
-            unexpected.append(k)
-    return out, unexpected
-
-
 def strict_load(module: nn.Module, sd: dict[str, Any], what: str, unexpected: list[str] = ()) -> None:
     """Load ``sd`` into ``module`` or raise InvalidInput naming every bad key."""
     load_strict(
@@ -124,13 +85,6 @@ def strict_load(module: nn.Module, sd: dict[str, Any], what: str, unexpected: li
         unexpected=unexpected,
         hint="Check that the weights file belongs to this encoder (see `rcdm extract --list-encoders`)",
     )
-
-
-def first_keys(keys: Iterable[Any], n: int = 5) -> str:
-    """The first ``n`` of ``keys`` (a dict: its keys) for a message: ``'a', 'b', ... (k more)``."""
-    ks = [str(k) for k in keys]
-    shown = ", ".join(f"'{k}'" for k in ks[:n])
-    return shown + (f", ... ({len(ks) - n} more)" if len(ks) > n else "")
 
 
 def _dig(d: Any, *path: str) -> Any:
@@ -248,9 +202,6 @@ READERS: dict[str, Reader] = {
     "dino": read_dino,
     "vicreg": read_vicreg,
     "torchvision": read_torchvision,
+    # the ViT families' readers (DINOv2, MAE, I-JEPA, open_clip / timm CLIP and SigLIP)
+    **VIT_READERS,
 }
-
-# the ViT families' readers (DINOv2, MAE, I-JEPA, open_clip / timm CLIP and SigLIP)
-from rcdm.encoders.vit_readers import VIT_READERS  # noqa: E402  (they use Mapped and remap above)
-
-READERS.update(VIT_READERS)

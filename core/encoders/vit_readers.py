@@ -32,7 +32,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from rcdm.encoders.readers import Mapped, first_keys, remap, strip_prefix
+from rcdm.encoders.keymap import Mapped, first_keys, remap, strip_prefix
 from rcdm.encoders.registry import HeadSpec
 from rcdm.errors import InvalidInput
 
@@ -123,16 +123,26 @@ def _clip_block(k: str) -> str:
 def read_clip(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
     sd = strip_prefix(_state_dict(ckpt, "state_dict"))
     if "cls_token" in sd:  # timm's file: timm names, head = the projection (zero bias)
-        trunk = {k: v for k, v in sd.items() if not k.startswith("head.")}
-        head_sd = None
-        if want_head and "head.weight" in sd:
-            b = sd.get("head.bias")
-            if b is not None and torch.count_nonzero(b):
-                raise InvalidInput("timm CLIP file with a non-zero head.bias: not a CLIP projection")
-            head_sd = {"0.weight": sd["head.weight"]}
-        return Mapped(trunk, head_sd, [], "timm CLIP image tower")
+        return _read_timm_clip(sd, want_head)
     if "visual.class_embedding" not in sd:
         raise InvalidInput(f"not an open_clip ViT checkpoint: no visual.class_embedding (keys: {first_keys(sd, 6)})")
+    return _read_open_clip(sd, want_head)
+
+
+def _read_timm_clip(sd: dict, want_head: bool) -> Mapped:
+    trunk = {k: v for k, v in sd.items() if not k.startswith("head.")}
+    head_sd = None
+    if want_head and "head.weight" in sd:
+        b = sd.get("head.bias")
+        if b is not None and torch.count_nonzero(b):
+            raise InvalidInput("timm CLIP file with a non-zero head.bias: not a CLIP projection")
+        head_sd = {"0.weight": sd["head.weight"]}
+    return Mapped(trunk, head_sd, [], "timm CLIP image tower")
+
+
+def _read_open_clip(sd: dict, want_head: bool) -> Mapped:
+    """open_clip's ``visual.*``: the trunk in timm names, ``visual.proj`` (D, E) the head's
+    weight (E, D); the text tower's keys are not used, any other key is unexpected."""
     trunk: dict[str, Any] = {}
     unexpected: list[str] = []
     head_sd = None
@@ -142,23 +152,33 @@ def read_clip(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
                 unexpected.append(k)
             continue
         name = k[len("visual.") :]
-        if name == "class_embedding":
-            trunk["cls_token"] = v.reshape(1, 1, -1)
-        elif name == "positional_embedding":
-            trunk["pos_embed"] = v.unsqueeze(0)
-        elif name == "proj":
+        if name == "proj":
             head_sd = {"0.weight": v.t().contiguous()} if want_head else None
-        elif name.startswith("conv1."):
-            trunk["patch_embed.proj." + name[len("conv1.") :]] = v
-        elif name.startswith("ln_pre."):
-            trunk["norm_pre." + name[len("ln_pre.") :]] = v
-        elif name.startswith("ln_post."):
-            trunk["norm." + name[len("ln_post.") :]] = v
-        elif name.startswith("transformer.resblocks."):
-            trunk[_clip_block(name)] = v
-        else:
+            continue
+        timm = _clip_visual(name, v)
+        if timm is None:
             unexpected.append(k)
+        else:
+            trunk[timm[0]] = timm[1]
     return Mapped(trunk, head_sd, unexpected, "open_clip image tower (visual.*)")
+
+
+# open_clip visual.<prefix>... -> timm <prefix>... (the patch embedding and the two LayerNorms)
+_CLIP_PREFIXES = (("conv1.", "patch_embed.proj."), ("ln_pre.", "norm_pre."), ("ln_post.", "norm."))
+
+
+def _clip_visual(name: str, v: Any) -> tuple[str, Any] | None:
+    """timm's (name, tensor) for the open_clip trunk entry ``visual.<name>``; None if it is not one."""
+    if name == "class_embedding":
+        return "cls_token", v.reshape(1, 1, -1)
+    if name == "positional_embedding":
+        return "pos_embed", v.unsqueeze(0)
+    for src, dst in _CLIP_PREFIXES:
+        if name.startswith(src):
+            return dst + name[len(src) :], v
+    if name.startswith("transformer.resblocks."):
+        return _clip_block(name), v
+    return None
 
 
 def read_siglip(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:

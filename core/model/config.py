@@ -51,6 +51,10 @@ class UNetConfig:
     learn_sigma: bool = True  # out_channels = 2 * in_channels
 
     def __post_init__(self) -> None:
+        self._check_conditioning()
+        self._check_architecture()
+
+    def _check_conditioning(self) -> None:
         if self.cond not in COND_METHODS:
             raise InvalidInput(f"cond={self.cond!r}: expected one of {COND_METHODS}")
         if self.cond != "none" and self.cond_dim <= 0:
@@ -66,6 +70,8 @@ class UNetConfig:
             )
         if self.cond_tokens and self.cond_dim % self.cond_tokens:
             raise InvalidInput(f"cond_dim {self.cond_dim} is not a whole number of {self.cond_tokens} tokens")
+
+    def _check_architecture(self) -> None:
         if self.schedule not in ("linear", "cosine"):
             raise InvalidInput(f"schedule={self.schedule!r}: expected 'linear' or 'cosine'")
         expect_out = self.in_channels * (2 if self.learn_sigma else 1)
@@ -214,37 +220,8 @@ def config_from_state_dict(sd: Mapping[str, Any], image_size: int | None = None,
         in_ch -= 3
         overrides = {"cond_image": round((_shape(sd, "cond_image_map.weight")[0] // 3) ** 0.5), **overrides}
     out_ch = _shape(sd, "out.2.weight")[0]
-
-    def n_blocks(prefix: str) -> int:
-        idx = {int(k.split(".")[1]) for k in sd if k.startswith(prefix + ".")}
-        return max(idx) + 1 if idx else 0
-
-    n_out = n_blocks("output_blocks")
-    # Each decoder level but the last ends with an up layer: a ResBlock (in_layers) or Upsample
-    # (conv), found as sub-module 1 or 2 of an output block.
-    n_up = 0
-    resblock_updown = True
-    for i in range(n_out):
-        for m in (1, 2):
-            p = f"output_blocks.{i}.{m}."
-            if f"{p}in_layers.2.weight" in sd:
-                n_up += 1
-            elif f"{p}conv.weight" in sd:
-                n_up += 1
-                resblock_updown = False
-    levels = n_up + 1
-    if n_out % levels:
-        raise InvalidInput(f"cannot infer the levels: {n_out} output blocks, {n_up} up layers")
-    nrb = n_out // levels - 1
-    # Encoder: block 1 + l * (nrb + 1) is the first ResBlock of level l (ds = 2**l).
-    mult, attn_ds = [], []
-    for level in range(levels):
-        b = 1 + level * (nrb + 1)
-        mult.append(_shape(sd, f"input_blocks.{b}.0.out_layers.3.weight")[0] // mc)
-        if f"input_blocks.{b}.1.qkv.weight" in sd:
-            attn_ds.append(2**level)
-    channel_mult = tuple(mult)
-
+    levels, nrb, resblock_updown = _decoder_levels(sd)
+    channel_mult, attn_ds = _encoder_levels(sd, mc, levels, nrb)
     if "token_proj.weight" in sd:
         t, xd = _shape(sd, "token_pos")[1:]
         overrides = {
@@ -254,39 +231,11 @@ def config_from_state_dict(sd: Mapping[str, Any], image_size: int | None = None,
             "cond_dim": t * _shape(sd, "token_proj.weight")[1],
             **overrides,
         }
-    if "ssl_emb.weight" in sd and "cbn_shared.weight" in sd:
-        cond, cond_dim = "both", _shape(sd, "ssl_emb.weight")[1]
-    elif "ssl_emb.weight" in sd:
-        cond, cond_dim = "embed", _shape(sd, "ssl_emb.weight")[1]
-    elif "cbn_shared.weight" in sd:
-        cond, cond_dim = "cbn", _shape(sd, "cbn_shared.weight")[1]
-    else:
-        cond, cond_dim = "none", 0
-    cbn_dim = _shape(sd, "cbn_shared.weight")[0] if cond in ("cbn", "both") else 512
+    cond, cond_dim, cbn_dim = _conditioning(sd)
     emb_out = _shape(sd, "input_blocks.1.0.emb_layers.1.weight")[0]
     use_ssn = emb_out == 2 * mc * channel_mult[0]
 
-    # Match a known architecture for what the weights do not record.
-    known: dict[str, Any] = {}
-    for p in _PRESETS.values():
-        if (p["model_channels"], tuple(p["channel_mult"]), p["num_res_blocks"]) == (
-            mc,
-            channel_mult,
-            nrb,
-        ):
-            known = dict(p)
-            known.pop("attention_resolutions", None)
-            break
-    if not known:
-        warnings.warn(
-            f"unknown architecture (channels {mc}, mult {channel_mult}, {nrb} blocks): assuming "
-            "guided-diffusion defaults num_heads=4, legacy attention, dropout 0, linear schedule; "
-            "pass overrides if that is wrong",
-            stacklevel=2,
-        )
-        known = dict(num_heads=4, dropout=0.0, schedule="linear")
-        if image_size is None:
-            raise InvalidInput("cannot infer the image size of this architecture; pass image_size explicitly")
+    known = _unrecorded_settings(mc, channel_mult, nrb, image_size)
     size = image_size or known["image_size"]
     kw: dict[str, Any] = dict(known)
     kw.update(
@@ -308,3 +257,77 @@ def config_from_state_dict(sd: Mapping[str, Any], image_size: int | None = None,
     )
     kw.update(overrides)
     return UNetConfig(**kw)
+
+
+def _n_blocks(sd: Mapping[str, Any], prefix: str) -> int:
+    """How many ``<prefix>.N`` blocks the state dict has."""
+    idx = {int(k.split(".")[1]) for k in sd if k.startswith(prefix + ".")}
+    return max(idx) + 1 if idx else 0
+
+
+def _decoder_levels(sd: Mapping[str, Any]) -> tuple[int, int, bool]:
+    """(levels, ResBlocks per level, resblock_updown), read off the decoder.
+
+    Each decoder level but the last ends with an up layer: a ResBlock (in_layers) or Upsample
+    (conv), found as sub-module 1 or 2 of an output block; a level has ``num_res_blocks + 1``
+    output blocks."""
+    n_out = _n_blocks(sd, "output_blocks")
+    n_up = 0
+    resblock_updown = True
+    for i in range(n_out):
+        for m in (1, 2):
+            p = f"output_blocks.{i}.{m}."
+            if f"{p}in_layers.2.weight" in sd:
+                n_up += 1
+            elif f"{p}conv.weight" in sd:
+                n_up += 1
+                resblock_updown = False
+    levels = n_up + 1
+    if n_out % levels:
+        raise InvalidInput(f"cannot infer the levels: {n_out} output blocks, {n_up} up layers")
+    return levels, n_out // levels - 1, resblock_updown
+
+
+def _encoder_levels(sd: Mapping[str, Any], mc: int, levels: int, nrb: int) -> tuple[tuple[int, ...], list[int]]:
+    """(channel_mult, the downsampling rates with attention), read off the encoder: block
+    1 + l * (nrb + 1) is the first ResBlock of level l (ds = 2**l)."""
+    mult, attn_ds = [], []
+    for level in range(levels):
+        b = 1 + level * (nrb + 1)
+        mult.append(_shape(sd, f"input_blocks.{b}.0.out_layers.3.weight")[0] // mc)
+        if f"input_blocks.{b}.1.qkv.weight" in sd:
+            attn_ds.append(2**level)
+    return tuple(mult), attn_ds
+
+
+# (has ssl_emb, has cbn_shared) -> the conditioning method
+_COND_OF_KEYS = {(True, True): "both", (True, False): "embed", (False, True): "cbn", (False, False): "none"}
+
+
+def _conditioning(sd: Mapping[str, Any]) -> tuple[str, int, int]:
+    """(cond, cond_dim, cbn_dim) from the conditioning layers present (cbn_dim 512 without cbn)."""
+    embed, cbn = "ssl_emb.weight" in sd, "cbn_shared.weight" in sd
+    cond = _COND_OF_KEYS[(embed, cbn)]
+    cond_dim = _shape(sd, "ssl_emb.weight" if embed else "cbn_shared.weight")[1] if embed or cbn else 0
+    cbn_dim = _shape(sd, "cbn_shared.weight")[0] if cbn else 512
+    return cond, cond_dim, cbn_dim
+
+
+def _unrecorded_settings(mc: int, channel_mult: tuple[int, ...], nrb: int, image_size: int | None) -> dict[str, Any]:
+    """What the weights do not record (heads, dropout, schedule, the preset's image size): the
+    ADM preset of the same channels / levels / blocks, else guided-diffusion's defaults, with a
+    warning (attributed to the caller of config_from_state_dict)."""
+    for p in _PRESETS.values():
+        if (p["model_channels"], tuple(p["channel_mult"]), p["num_res_blocks"]) == (mc, channel_mult, nrb):
+            known = dict(p)
+            known.pop("attention_resolutions", None)
+            return known
+    warnings.warn(
+        f"unknown architecture (channels {mc}, mult {channel_mult}, {nrb} blocks): assuming "
+        "guided-diffusion defaults num_heads=4, legacy attention, dropout 0, linear schedule; "
+        "pass overrides if that is wrong",
+        stacklevel=3,
+    )
+    if image_size is None:
+        raise InvalidInput("cannot infer the image size of this architecture; pass image_size explicitly")
+    return dict(num_heads=4, dropout=0.0, schedule="linear")

@@ -106,18 +106,23 @@ class UNetModel(nn.Module):
         self.cfg = cfg
         self.grad_checkpointing = False  # recompute each block in backward (saves memory)
         mc, ted = cfg.model_channels, cfg.time_embed_dim
-        cbn_dim = cfg.cbn_dim if cfg.cond in ("cbn", "both") else 0
 
-        def res(ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
-            return ResBlock(ch_in, ted, cfg.dropout, ch_out, cfg.use_scale_shift_norm, up, down, cbn_dim)
-
-        ctx_dim = cfg.xattn_dim if cfg.cond == "xattn" else 0
-
-        def attn(ch: int, upsample: bool = False) -> AttentionBlock:
-            return AttentionBlock(ch, cfg.heads_for(ch, upsample), not cfg.use_new_attention_order, ctx_dim)
-
-        # Parameter registration order = guided-diffusion's state-dict key order.
+        # Creation order = guided-diffusion's state-dict key order (and the order of the random
+        # initialisation's draws): time embedding, conditioning, encoder, middle, decoder, output.
         self.time_embed = nn.Sequential(nn.Linear(mc, ted), nn.SiLU(), nn.Linear(ted, ted))
+        self._add_conditioning(cfg)
+        ch, skip_chans, ds = self._add_input_blocks(cfg)
+        self.middle_block = TimestepEmbedSequential(_resblock(cfg, ch, ch), _attention(cfg, ch), _resblock(cfg, ch, ch))
+        ch = self._add_output_blocks(cfg, ch, skip_chans, ds)
+        self.out = nn.Sequential(
+            GroupNorm32(ch),
+            nn.SiLU(),
+            zero_module(nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)),
+        )
+
+    def _add_conditioning(self, cfg: UNetConfig) -> None:
+        """The layers that take y or h, each only when the config uses it (the module docstring)."""
+        ted = cfg.time_embed_dim
         if cfg.num_classes:  # ADM's class-conditional checkpoints
             self.label_emb = nn.Embedding(cfg.num_classes, ted)
         if cfg.cond != "none" and cfg.cond_norm == "standardize":
@@ -133,47 +138,48 @@ class UNetModel(nn.Module):
         if cfg.cond_image:  # h -> a 3 x N x N image, given as 3 more input channels (rcdm addition)
             self.cond_image_map = nn.Linear(cfg.token_dim, 3 * cfg.cond_image**2)
 
+    def _add_input_blocks(self, cfg: UNetConfig) -> tuple[int, list[int], int]:
+        """The encoder: per level ``num_res_blocks`` ResBlocks (with attention where the level's
+        downsampling rate is in ``attention_ds``), then a downsampling layer but after the last.
+        Returns the channels at the bottom, each block's output channels (the skips) and the
+        bottom's downsampling rate."""
+        mc = cfg.model_channels
         ch = mc * cfg.channel_mult[0]
         self.input_blocks = nn.ModuleList(
             [TimestepEmbedSequential(nn.Conv2d(cfg.in_channels + 3 * bool(cfg.cond_image), ch, 3, padding=1))]
         )
         skip_chans, ds = [ch], 1
-        attention_ds = cfg.attention_ds
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [res(ch, mult * mc)]
+                layers: list[nn.Module] = [_resblock(cfg, ch, mult * mc)]
                 ch = mult * mc
-                if ds in attention_ds:
-                    layers.append(attn(ch))
+                if ds in cfg.attention_ds:
+                    layers.append(_attention(cfg, ch))
                 self.input_blocks.append(TimestepEmbedSequential(*layers))
                 skip_chans.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                down = res(ch, ch, down=True) if cfg.resblock_updown else None
-                down = down or Downsample(ch, cfg.conv_resample)
-                self.input_blocks.append(TimestepEmbedSequential(down))
+                self.input_blocks.append(TimestepEmbedSequential(_downsample(cfg, ch)))
                 skip_chans.append(ch)
                 ds *= 2
+        return ch, skip_chans, ds
 
-        self.middle_block = TimestepEmbedSequential(res(ch, ch), attn(ch), res(ch, ch))
-
+    def _add_output_blocks(self, cfg: UNetConfig, ch: int, skip_chans: list[int], ds: int) -> int:
+        """The decoder, levels in reverse: ``num_res_blocks + 1`` ResBlocks each taking one skip
+        (``skip_chans`` is used up), attention as in the encoder, an upsampling layer ending every
+        level but the top. Returns the output channels."""
+        mc = cfg.model_channels
         self.output_blocks = nn.ModuleList([])
         for level, mult in list(enumerate(cfg.channel_mult))[::-1]:
             for i in range(cfg.num_res_blocks + 1):
-                layers = [res(ch + skip_chans.pop(), mc * mult)]
+                layers = [_resblock(cfg, ch + skip_chans.pop(), mc * mult)]
                 ch = mc * mult
-                if ds in attention_ds:
-                    layers.append(attn(ch, upsample=True))
+                if ds in cfg.attention_ds:
+                    layers.append(_attention(cfg, ch, upsample=True))
                 if level and i == cfg.num_res_blocks:
-                    up = res(ch, ch, up=True) if cfg.resblock_updown else None
-                    layers.append(up or Upsample(ch, cfg.conv_resample))
+                    layers.append(_upsample(cfg, ch))
                     ds //= 2
                 self.output_blocks.append(TimestepEmbedSequential(*layers))
-
-        self.out = nn.Sequential(
-            GroupNorm32(ch),
-            nn.SiLU(),
-            zero_module(nn.Conv2d(mc * cfg.channel_mult[0], cfg.out_channels, 3, padding=1)),
-        )
+        return ch
 
     def _block(self, block: nn.Module, h: torch.Tensor, emb_act, s, ctx=None) -> torch.Tensor:
         if self.grad_checkpointing and self.training and torch.is_grad_enabled():
@@ -229,27 +235,7 @@ class UNetModel(nn.Module):
             emb = emb + self.label_emb(y)
         s = ctx = extra = None
         if cfg.cond != "none":
-            if cond is None:
-                raise InvalidInput(f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})")
-            if cond.shape[-1] != cfg.cond_dim:
-                tokens = f" ({cfg.cond_tokens} tokens of {cfg.token_dim})" if cfg.cond_tokens else ""
-                raise InvalidInput(
-                    f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}{tokens}"
-                )
-            if cfg.cond_norm == "standardize":
-                cond = self.cond_norm(cond)
-            if cond_drop is not None:
-                cond = cond.masked_fill(cond_drop.view(-1, 1).to(torch.bool), 0.0)
-            cond = cond.to(wdtype)
-            if cfg.cond == "xattn":
-                ctx = self.token_context(cond)
-            cond = self._pooled(cond)  # pooled conditioning on a tokens store: the token mean
-            if cfg.cond_image:
-                extra = self.cond_image(cond, x.shape[-2:])
-            if cfg.cond in ("embed", "both"):
-                emb = emb + self.ssl_emb(cond)
-            if cfg.cond in ("cbn", "both"):
-                s = self.cbn_shared(cond)  # (N, cbn_dim)
+            emb, s, ctx, extra = self._condition(self._checked(cond), cond_drop, emb, wdtype, x.shape[-2:])
         # every ResBlock starts its embedding path with SiLU: apply it once here
         emb_act = F.silu(emb)
 
@@ -262,6 +248,67 @@ class UNetModel(nn.Module):
         for block in self.output_blocks:
             h = self._block(block, torch.cat([h, hs.pop()], dim=1), emb_act, s, ctx)
         return self.out(h)
+
+    def _checked(self, cond: torch.Tensor | None) -> torch.Tensor:
+        """``cond`` itself, if a conditioned model can take it (else the error says what it needs)."""
+        cfg = self.cfg
+        if cond is None:
+            raise InvalidInput(f"this model is conditioned ({cfg.cond}); pass cond=(N, {cfg.cond_dim})")
+        if cond.shape[-1] != cfg.cond_dim:
+            tokens = f" ({cfg.cond_tokens} tokens of {cfg.token_dim})" if cfg.cond_tokens else ""
+            raise InvalidInput(f"condition has dimension {cond.shape[-1]}, the model expects {cfg.cond_dim}{tokens}")
+        return cond
+
+    def _condition(
+        self,
+        cond: torch.Tensor,
+        cond_drop: torch.Tensor | None,
+        emb: torch.Tensor,
+        wdtype: torch.dtype,
+        size: tuple[int, int],
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """What h contributes: (the time embedding plus ``ssl_emb``, the cbn projection s, the
+        cross-attention context, the cond_image channels at ``size``); None for what the model
+        does not use."""
+        cfg = self.cfg
+        s = ctx = extra = None
+        if cfg.cond_norm == "standardize":
+            cond = self.cond_norm(cond)
+        if cond_drop is not None:
+            cond = cond.masked_fill(cond_drop.view(-1, 1).to(torch.bool), 0.0)
+        cond = cond.to(wdtype)
+        if cfg.cond == "xattn":
+            ctx = self.token_context(cond)
+        cond = self._pooled(cond)  # pooled conditioning on a tokens store: the token mean
+        if cfg.cond_image:
+            extra = self.cond_image(cond, size)
+        if cfg.cond in ("embed", "both"):
+            emb = emb + self.ssl_emb(cond)
+        if cfg.cond in ("cbn", "both"):
+            s = self.cbn_shared(cond)  # (N, cbn_dim)
+        return emb, s, ctx, extra
+
+
+def _resblock(cfg: UNetConfig, ch_in: int, ch_out: int, up: bool = False, down: bool = False) -> ResBlock:
+    """A ResBlock of ``cfg`` (its norms conditional under cbn)."""
+    cbn_dim = cfg.cbn_dim if cfg.cond in ("cbn", "both") else 0
+    return ResBlock(ch_in, cfg.time_embed_dim, cfg.dropout, ch_out, cfg.use_scale_shift_norm, up, down, cbn_dim)
+
+
+def _attention(cfg: UNetConfig, ch: int, upsample: bool = False) -> AttentionBlock:
+    """An attention block of ``cfg`` (cross-attending to the tokens under xattn)."""
+    ctx_dim = cfg.xattn_dim if cfg.cond == "xattn" else 0
+    return AttentionBlock(ch, cfg.heads_for(ch, upsample), not cfg.use_new_attention_order, ctx_dim)
+
+
+def _downsample(cfg: UNetConfig, ch: int) -> nn.Module:
+    """A ResBlock that halves the size (``resblock_updown``), else a strided conv / average pool."""
+    return _resblock(cfg, ch, ch, down=True) if cfg.resblock_updown else Downsample(ch, cfg.conv_resample)
+
+
+def _upsample(cfg: UNetConfig, ch: int) -> nn.Module:
+    """A ResBlock that doubles the size (``resblock_updown``), else nearest (+ conv)."""
+    return _resblock(cfg, ch, ch, up=True) if cfg.resblock_updown else Upsample(ch, cfg.conv_resample)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -30,7 +30,7 @@ from rcdm.diffusion.gaussian import DIFFUSION_STEPS
 from rcdm.errors import InvalidInput, MissingInput, first_line
 from rcdm.model.config import UNetConfig, config_from_state_dict
 from rcdm.model.unet import UNetModel
-from rcdm.run.rundir import RunDir
+from rcdm.run.rundir import RunDir, meta_path  # meta_path: <file>.json, re-exported
 from rcdm.statedict import load_strict, strip_prefixes
 from rcdm.torchload import load_weights_only
 from rcdm.utils import atomic_write_json, read_json
@@ -39,12 +39,6 @@ META_KEY = "rcdm_meta"  # safetensors header entry holding the meta dict as JSON
 
 
 # -- writing ---------------------------------------------------------------------------------
-def meta_path(weights: str | Path) -> Path:
-    """The JSON written beside a weights file: ``<file>.json``."""
-    weights = Path(weights)
-    return weights.with_name(weights.name + ".json")
-
-
 def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: dict) -> Path:
     """Write ``state_dict`` as safetensors at ``path`` and ``meta`` as ``<path>.json``.
 

@@ -1,7 +1,8 @@
 """The feature store: one owner for the format shared by every stage.
 
     format.py   names, versions, the webdataset member layout (the on-disk contract)
-    read.py     FeatureStore: a finished store, by row, key or as one matrix
+    read.py     read_manifest (the one reader: format 1 only), FeatureStore: a finished store,
+                by row, key or as one matrix
     images.py   StoreImages: the source image of each row
     write.py    atomic shards, their records, the manifest (written last)
     check.py    info and verify
@@ -14,7 +15,7 @@ from rcdm.store.check import info, verify
 from rcdm.store.format import FORMAT_VERSION, VIEWS, shard_name
 from rcdm.store.images import StoreImages
 from rcdm.store.integrity import REPAIR, bad_shards, check_shard
-from rcdm.store.read import FeatureStore, UnknownKey
+from rcdm.store.read import FeatureStore, UnknownKey, read_manifest
 from rcdm.store.write import build_manifest, completed_shards, write_manifest, write_shard
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "check_shard",
     "completed_shards",
     "info",
+    "read_manifest",
     "shard_name",
     "verify",
     "write_manifest",

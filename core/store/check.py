@@ -10,9 +10,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from rcdm.store.format import CLS, FEAT, FORMAT_VERSION, FORMATS, JPG, MANIFEST, index_tar
+from rcdm.store.format import CLS, FEAT, FORMATS, JPG, index_tar
 from rcdm.store.integrity import shard_problem
-from rcdm.store.read import FeatureStore
+from rcdm.store.read import FeatureStore, read_manifest
 from rcdm.utils import read_json
 
 # --------------------------------------------------------------------------------------------
@@ -21,8 +21,6 @@ from rcdm.utils import read_json
 
 
 def _fmt_pp(pp: dict) -> str:
-    if not pp:
-        return "(not recorded)"
     if "rule" in pp:
         return f"{pp['rule']}; mean {pp.get('mean')}, std {pp.get('std')}"
     return ", ".join(f"{k} {v}" for k, v in pp.items())
@@ -34,12 +32,12 @@ def info(path: str | Path) -> str:
     m = st.manifest
     enc = m["encoder"]
     sha = enc.get("weights_sha256")
-    src = m.get("source", {})
+    src = m["source"]
     lines = [
         f"store       {st.path}",
         f"encoder     {enc.get('name')} ({enc.get('arch', '?')}), layer {st.layer}, dim {st.dim}, "
         f"weights {(sha[:16] + '...') if sha else 'none (' + str(enc.get('weights') or 'seeded init') + ')'}",
-        f"preprocess  {_fmt_pp(m.get('preprocess', {}))}",
+        f"preprocess  {_fmt_pp(m['preprocess'])}",
         *(
             [
                 f"tokens      {st.tokens['grid'][0]}x{st.tokens['grid'][1]} grid of {st.tokens['dim']}-d tokens "
@@ -52,10 +50,10 @@ def info(path: str | Path) -> str:
         f"rows        {len(st)} in {len(m['shards'])} shard(s), format {st.format}, dtype {st.dtype}, "
         f"image bytes {'yes' if st.has_images else 'no'}",
         "source      " + ", ".join(f"{k} {v}" for k, v in src.items() if v is not None),
-        f"failed      {m.get('n_failed', 0)}"
-        + "".join(f"\n              {f.get('key')}: {f.get('reason')}" for f in m.get("failed", [])[:10])
-        + ("\n              ..." if m.get("n_failed", 0) > 10 else ""),
-        f"created     {m.get('created')} by rcdm {m.get('tool', {}).get('version')}",
+        f"failed      {m['n_failed']}"
+        + "".join(f"\n              {f.get('key')}: {f.get('reason')}" for f in m["failed"][:10])
+        + ("\n              ..." if m["n_failed"] > 10 else ""),
+        f"created     {m['created']} by rcdm {m['tool'].get('version')}",
         f"manifest    sha256 {st.manifest_sha256}",
     ]
     return "\n".join(lines)
@@ -64,55 +62,64 @@ def info(path: str | Path) -> str:
 def verify(path: str | Path) -> list[str]:
     """Re-check counts, shapes, dtypes and sha256s; return the problems found (empty: OK)."""
     path = Path(path)
-    if not (path / MANIFEST).is_file():
-        FeatureStore(path)  # raises FileNotFoundError with the reason
-    try:
-        m = read_json(path / MANIFEST)
-    except json.JSONDecodeError as e:
-        return [f"manifest.json is not valid JSON: {e}"]
+    m = read_manifest(path)  # a store that is not exactly format 1 is refused here, as by every reader
     problems: list[str] = []
-    for field in ("format_version", "encoder", "dim", "views", "dtype", "format", "shards", "source", "preprocess"):
-        if field not in m:
-            problems.append(f"manifest.json lacks the field {field!r}")
-    if problems:
-        return problems
-    if m["format_version"] != FORMAT_VERSION:
-        problems.append(f"format_version {m['format_version']!r}, expected {FORMAT_VERSION}")
-    V, D, dtype, fmt = len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), m["format"]
+    fmt = m["format"]
     if fmt not in FORMATS:
         return problems + [f"unknown format {fmt!r}"]
+    expect = (len(m["views"]), int(m["dim"]), np.dtype(m["dtype"]), bool(m["has_images"]))  # V, D, dtype, images
     total = 0
     seen_keys: set[str] = set()
     for s in m["shards"]:
-        f = path / s["file"]
-        problem = shard_problem(f, s.get("sha256"))  # the words every reader of the store uses
-        if problem:
-            problems.append(f"{s['file']}: {problem}")
-        if not f.is_file():
-            continue
-        rec_path = path / (Path(s["file"]).stem + ".json")
-        if rec_path.is_file():
-            try:
-                rec = read_json(rec_path)
-                if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
-                    problems.append(f"{rec_path.name}: record disagrees with the manifest")
-            except json.JSONDecodeError:
-                problems.append(f"{rec_path.name}: not valid JSON")
-        try:
-            keys = (_verify_h5 if fmt == "h5" else _verify_tar)(f, s, V, D, dtype, bool(m.get("has_images")), problems)
-        except Exception as e:  # an unreadable shard is a finding, not a crash
-            problems.append(f"{s['file']}: cannot be read ({type(e).__name__}: {e})")
+        keys = _verify_shard(path, s, fmt, expect, problems)
+        if keys is None:  # missing or unreadable: said, and its rows not counted
             continue
         dup = seen_keys.intersection(keys)
         if dup:
             problems.append(f"{s['file']}: {len(dup)} key(s) also in an earlier shard, e.g. {sorted(dup)[0]!r}")
         seen_keys.update(keys)
         total += int(s["rows"])
-    if "rows" in m and int(m["rows"]) != total:
+    return problems + _verify_counts(m, total)
+
+
+def _verify_shard(path: Path, s: dict, fmt: str, expect: tuple, problems: list[str]) -> list[str] | None:
+    """Check the manifest's shard entry ``s`` (file, record, contents), adding to ``problems``;
+    return the shard's keys, or None when it is missing or cannot be read."""
+    f = path / s["file"]
+    problem = shard_problem(f, s["sha256"])  # the words every reader of the store uses
+    if problem:
+        problems.append(f"{s['file']}: {problem}")
+    if not f.is_file():
+        return None
+    _verify_record(path, s, problems)
+    try:
+        return (_verify_h5 if fmt == "h5" else _verify_tar)(f, s, *expect, problems)
+    except Exception as e:  # an unreadable shard is a finding, not a crash
+        problems.append(f"{s['file']}: cannot be read ({type(e).__name__}: {e})")
+        return None
+
+
+def _verify_record(path: Path, s: dict, problems: list[str]) -> None:
+    """The shard's own record (``shard-NNNNN.json``), where present, agrees with the manifest."""
+    rec_path = path / (Path(s["file"]).stem + ".json")
+    if not rec_path.is_file():
+        return
+    try:
+        rec = read_json(rec_path)
+        if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
+            problems.append(f"{rec_path.name}: record disagrees with the manifest")
+    except json.JSONDecodeError:
+        problems.append(f"{rec_path.name}: not valid JSON")
+
+
+def _verify_counts(m: dict, total: int) -> list[str]:
+    """The manifest's row count and the source's item count against the ``total`` rows of its shards."""
+    problems = []
+    if int(m["rows"]) != total:
         problems.append(f"manifest says {m['rows']} rows but its shards list {total}")
     n_items = m["source"].get("n_items")
-    if n_items is not None and total + int(m.get("n_failed", 0)) != int(n_items):
-        problems.append(f"{total} rows + {m.get('n_failed', 0)} failed != {n_items} source items in the manifest")
+    if n_items is not None and total + int(m["n_failed"]) != int(n_items):
+        problems.append(f"{total} rows + {m['n_failed']} failed != {n_items} source items in the manifest")
     return problems
 
 

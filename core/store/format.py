@@ -38,6 +38,8 @@ __all__ = [
     "FORMAT_VERSION",
     "JPG",
     "MANIFEST",
+    "MANIFEST_FIELDS",
+    "SHARD_FIELDS",
     "SHARD_RECORD_RE",
     "VIEWS",
     "index_tar",
@@ -51,6 +53,29 @@ __all__ = [
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"  # written last: the store is finished
+# What a format-1 manifest holds (rcdm.store.write.build_manifest writes all of it), and each of
+# its ``shards`` entries; rcdm.store.read.read_manifest refuses a manifest that lacks any.
+MANIFEST_FIELDS = (
+    "format_version",
+    "encoder",
+    "layer",
+    "dim",
+    "tokens",
+    "preprocess",
+    "views",
+    "dtype",
+    "format",
+    "has_images",
+    "source",
+    "rows",
+    "n_failed",
+    "failed",
+    "shards",
+    "tool",
+    "created",
+    "extract_config",
+)
+SHARD_FIELDS = ("file", "rows", "sha256", "first_item")
 VIEWS = ["orig", "hflip"]  # view 0: encoder input; view 1: the same input flipped horizontally
 FORMATS = ("h5", "wds")
 _EXT = {"h5": "h5", "wds": "tar"}

@@ -33,14 +33,9 @@ class StoreImages:
             from rcdm.data.images import open_source
 
             if not self.root or not Path(self.root).exists():
-                # Stores made before roots were recorded absolute name them from where extract ran.
-                where = (
-                    f" (a path relative to the directory `rcdm extract` ran in: run from there, or {self.hint})"
-                    if self.root and not Path(self.root).is_absolute()
-                    else f"; {self.hint}"
-                )
                 raise MissingInput(
-                    f"the images of store {self.store.path} were read from {self.root!r}, which does not exist{where}"
+                    f"the images of store {self.store.path} were read from {self.root!r}, which does not exist; "
+                    f"{self.hint}"
                 )
             self._source = open_source(self.root)
         return self._source

@@ -32,13 +32,11 @@ REPAIR = (
 _CHECKED: set[tuple] = set()
 
 
-def shard_problem(path: Path, expected_sha256: str | None) -> str | None:
+def shard_problem(path: Path, expected_sha256: str) -> str | None:
     """What is wrong with the shard file ``path`` (missing, or another sha256), or None."""
     path = Path(path)
     if not path.is_file():
         return "is missing"
-    if expected_sha256 is None:  # not recorded: nothing to compare with
-        return None
     digest = sha256_file(path)  # streamed, 1 MiB at a time
     if digest != expected_sha256:
         return f"has sha256 {digest[:16]}..., not the {expected_sha256[:16]}... its manifest records"
@@ -49,13 +47,13 @@ def bad_shards(store_dir: Path, shards: list[dict]) -> dict[str, str]:
     """``{file: problem}`` for the shards (manifest or record entries) that are not as recorded."""
     found = {}
     for s in shards:
-        problem = shard_problem(Path(store_dir) / s["file"], s.get("sha256"))
+        problem = shard_problem(Path(store_dir) / s["file"], s["sha256"])
         if problem:
             found[s["file"]] = problem
     return found
 
 
-def check_shard(path: Path, expected_sha256: str | None) -> None:
+def check_shard(path: Path, expected_sha256: str) -> None:
     """Raise naming ``path`` and the fix unless it is the file its manifest records.
 
     Hashes a given file once per process (see the module docstring)."""

@@ -11,7 +11,7 @@ import os
 import tarfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 from rcdm.errors import InvalidInput, MissingInput, UserError
@@ -21,6 +21,8 @@ from rcdm.store.format import (
     FORMAT_VERSION,
     JPG,
     MANIFEST,
+    MANIFEST_FIELDS,
+    SHARD_FIELDS,
     index_tar,
     read_at,
     token_layout,
@@ -28,7 +30,55 @@ from rcdm.store.format import (
 from rcdm.store.integrity import check_shard, unreadable
 from rcdm.utils import read_json, sha256_file
 
-__all__ = ["FeatureStore", "UnknownKey"]
+__all__ = ["FeatureStore", "UnknownKey", "read_manifest"]
+
+REEXTRACT = "re-extract the store (`rcdm extract` with --overwrite, or into a new --out)"
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of the finished store at ``path``: the one reader of ``manifest.json``.
+
+    Only format 1 exists (:data:`~rcdm.store.format.FORMAT_VERSION`): a manifest of another or no
+    ``format_version``, or one that lacks a field of the format, is refused with the fix
+    (:data:`REEXTRACT`); no other layout is read. A folder without a manifest is missing or
+    unfinished (``MissingInput`` saying which)."""
+    path = Path(path)
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        _no_manifest(path)
+    try:
+        manifest = read_json(mpath)
+    except json.JSONDecodeError as e:
+        raise InvalidInput(f"{mpath} is not valid JSON ({e}); {REEXTRACT}") from e
+    version = manifest.get("format_version") if isinstance(manifest, dict) else None
+    if version != FORMAT_VERSION:
+        raise InvalidInput(
+            f"{mpath}: format_version {version!r} is not supported (this rcdm reads version {FORMAT_VERSION} "
+            f"only); {REEXTRACT}"
+        )
+    lacks = [f for f in MANIFEST_FIELDS if f not in manifest]
+    lacks += sorted({f"shards[].{f}" for s in manifest.get("shards") or [] for f in SHARD_FIELDS if f not in s})
+    if lacks:
+        raise InvalidInput(
+            f"{mpath} lacks {', '.join(lacks)}: it is not a format-{FORMAT_VERSION} manifest; {REEXTRACT}"
+        )
+    return manifest
+
+
+def _no_manifest(path: Path) -> NoReturn:
+    """Raise: ``path`` does not exist, or holds no finished store (how far it got, and the fix)."""
+    if not path.exists():
+        raise MissingInput(f"feature store {path} does not exist; check the path or run `rcdm extract`")
+    from rcdm.store.write import completed_shards
+
+    n_done = len(completed_shards(path))
+    hint = (
+        f"it is incomplete ({n_done} shard(s) done, no manifest.json): re-run the same "
+        "`rcdm extract` command to finish it"
+        if n_done
+        else "it has no manifest.json; is it a feature store made by `rcdm extract`?"
+    )
+    raise MissingInput(f"feature store {path}: {hint}")
 
 
 class UnknownKey(KeyError, InvalidInput):
@@ -48,30 +98,8 @@ class FeatureStore:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        mpath = self.path / MANIFEST
-        if not mpath.is_file():
-            if not self.path.exists():
-                raise MissingInput(f"feature store {self.path} does not exist; check the path or run `rcdm extract`")
-            from rcdm.store.write import completed_shards
-
-            n_done = len(completed_shards(self.path))
-            hint = (
-                f"it is incomplete ({n_done} shard(s) done, no manifest.json): re-run the same "
-                "`rcdm extract` command to finish it"
-                if n_done
-                else "it has no manifest.json; is it a feature store made by `rcdm extract`?"
-            )
-            raise MissingInput(f"feature store {self.path}: {hint}")
-        try:
-            self.manifest: dict = read_json(mpath)
-        except json.JSONDecodeError as e:
-            raise InvalidInput(f"{mpath} is not valid JSON ({e}); re-run `rcdm extract --overwrite`") from e
-        if self.manifest.get("format_version") != FORMAT_VERSION:
-            raise InvalidInput(
-                f"{mpath}: format_version {self.manifest.get('format_version')!r} is not supported "
-                f"(this rcdm reads version {FORMAT_VERSION}); re-extract the store"
-            )
-        self.manifest_sha256 = sha256_file(mpath)
+        self.manifest: dict = read_manifest(self.path)
+        self.manifest_sha256 = sha256_file(self.path / MANIFEST)
         shards = self.manifest["shards"]
         self._files = [self.path / s["file"] for s in shards]
         self._offsets = np.cumsum([0] + [int(s["rows"]) for s in shards]).tolist()  # row starts
@@ -90,7 +118,7 @@ class FeatureStore:
 
     @property
     def layer(self) -> str:
-        return self.manifest.get("layer") or self.encoder_info.get("layer")
+        return self.manifest["layer"]
 
     @property
     def dim(self) -> int:
@@ -114,18 +142,18 @@ class FeatureStore:
 
     @property
     def failed(self) -> list[dict]:
-        return list(self.manifest.get("failed", []))
+        return list(self.manifest["failed"])
 
     @property
     def has_images(self) -> bool:
-        return bool(self.manifest.get("has_images", False))
+        return bool(self.manifest["has_images"])
 
     @functools.cached_property
     def tokens(self) -> dict | None:
         """A tokens store's layout (``grid`` [rows, columns], ``count`` T, ``dim`` D), else None.
         Checked and built on first use, once (the manifest does not change); a layout that does
         not fit the rows raises then."""
-        return token_layout(self.manifest.get("tokens"), self.dim)
+        return token_layout(self.manifest["tokens"], self.dim)
 
     @property
     def token_shape(self) -> tuple[int, int] | None:
@@ -191,7 +219,7 @@ class FeatureStore:
         own, so a spawned worker hashes the shards it touches once (forked ones inherit the
         parent's checks); a few ms per 1024-row shard against hours of reading.
         """
-        check_shard(self._files[s], self.manifest["shards"][s].get("sha256"))
+        check_shard(self._files[s], self.manifest["shards"][s]["sha256"])
 
     @contextlib.contextmanager
     def _reading(self, s: int) -> Iterator[None]:

@@ -191,7 +191,7 @@ def build_manifest(
     """The manifest of a store made of ``records`` (shard records in shard order)."""
     recs = list(records.values()) if isinstance(records, dict) else list(records)
     recs.sort(key=lambda r: r["first_item"])
-    failed = [f for r in recs for f in r.get("failed", [])]
+    failed = [f for r in recs for f in r["failed"]]
     manifest = {
         "format_version": FORMAT_VERSION,
         "encoder": dict(encoder_info),
