@@ -174,18 +174,18 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
         return _coerce_literal(value, get_args(tp), where)
     if origin is tuple:
         return _coerce_tuple(value, get_args(tp), where)
-    if tp is bool:
-        return _coerce_bool(value, where)
-    if tp in (int, float):
-        return _number(value, tp, where)
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
-        raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
+    if tp in _SCALARS:
+        return _SCALARS[tp](value, tp, where)
     if isinstance(tp, type) and isinstance(value, tp):
         return value
     raise AssertionError(f"{where}: unsupported config type {tp!r}")
+
+
+def _coerce_str(value: Any, tp: type, where: str) -> str:
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+        return str(value)
+    hint = " (YAML reads bare yes/no/on/off as booleans: quote the value)" if isinstance(value, bool) else ""
+    raise ConfigError(f"{where}: expected a string, got {value!r}{hint}")
 
 
 def _coerce_union(value: Any, args: tuple, where: str, tp: Any) -> Any:
@@ -225,7 +225,7 @@ def _coerce_tuple(value: Any, args: tuple, where: str) -> tuple:
     return tuple(coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args, strict=True)))
 
 
-def _coerce_bool(value: Any, where: str) -> bool:
+def _coerce_bool(value: Any, tp: type, where: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.lower() in ("true", "yes", "1", "on"):
@@ -264,3 +264,11 @@ def type_name(tp: Any) -> str:
     if tp is type(None):
         return "null"
     return getattr(tp, "__name__", str(tp)).lower()
+
+
+_SCALARS: dict[type, Callable[[Any, type, str], Any]] = {
+    bool: _coerce_bool,
+    int: _number,
+    float: _number,
+    str: _coerce_str,
+}
