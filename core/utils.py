@@ -19,6 +19,25 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def inside(folder: str | Path, name: str, what: str, fix: str) -> Path:
+    """``folder / name`` for a file name read from a manifest, refused (``InvalidInput`` naming
+    ``what`` and ``fix``) unless it stays inside ``folder``: no absolute path, no ``..``, and no
+    symbolic link that leads out of it. Nothing a manifest says can make rcdm read, write or
+    delete a file elsewhere."""
+    folder = Path(folder)
+    p = Path(str(name))
+    escapes = not str(name) or p.is_absolute() or ".." in p.parts or p.drive
+    if not escapes:
+        real, root = os.path.realpath(folder / p), os.path.realpath(folder)
+        escapes = os.path.commonpath([real, root]) != root
+    if escapes:
+        raise InvalidInput(
+            f"{what} names {str(name)!r}, which is not a file inside {folder} (an absolute path, '..' or a "
+            f"link out of the folder): the manifest was edited or damaged; {fix}"
+        )
+    return folder / p
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
     path = Path(path)

@@ -239,12 +239,8 @@ class RunDir:
         if latest is None:
             return None
         try:
-            meta = read_json(self.meta_file)
-            if self.PUBLISHED in meta:
-                current = meta[self.PUBLISHED] == self._identity(latest)
-            else:  # written before model.json named its checkpoint: the same model.json will do
-                current = meta == read_json(latest / self.META)
-        except (OSError, ValueError):
+            current = read_json(self.meta_file).get(self.PUBLISHED) == self._identity(latest)
+        except (OSError, ValueError, AttributeError):
             current = False
         return None if current else latest
 

@@ -32,6 +32,7 @@ from rcdm.utils import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    inside,
     now_iso,
     read_json,
     sha256_file,
@@ -372,6 +373,8 @@ def _read_manifest(d: Path) -> dict:
     missing = [k for k in need if k not in m] or [f"files.{f}" for f in DATA_FILES if f not in m["files"]]
     if missing:
         raise InvalidInput(f"{path} has no {', '.join(missing)}; {_rerun(d)}")
+    for name in m["files"]:  # every file it lists is one of this folder's, never one elsewhere
+        inside(d, name, f"{path}: files", _rerun(d))
     return m
 
 

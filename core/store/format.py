@@ -29,7 +29,7 @@ import tarfile
 from pathlib import Path
 
 from rcdm.errors import InvalidInput
-from rcdm.utils import tool_version
+from rcdm.utils import inside, tool_version
 
 __all__ = [
     "CLS",
@@ -40,12 +40,14 @@ __all__ = [
     "MANIFEST",
     "MANIFEST_FIELDS",
     "SHARD_FIELDS",
+    "SHARD_FILE_RE",
     "SHARD_RECORD_RE",
     "VIEWS",
     "index_tar",
     "parse_member",
     "read_at",
     "record_path",
+    "shard_file",
     "shard_name",
     "token_layout",
     "tool_version",
@@ -80,6 +82,7 @@ VIEWS = ["orig", "hflip"]  # view 0: encoder input; view 1: the same input flipp
 FORMATS = ("h5", "wds")
 _EXT = {"h5": "h5", "wds": "tar"}
 SHARD_RECORD_RE = re.compile(r"^shard-(\d{5,})\.json$")
+SHARD_FILE_RE = re.compile(r"^shard-(\d{5,})\.(h5|tar)$")  # a shard's own file name
 # webdataset member suffixes we write; parsed by suffix so keys may contain dots.
 FEAT, CLS, JPG = "feat.npy", "cls", "jpg"
 
@@ -100,6 +103,15 @@ def shard_name(index: int, fmt: str = "h5") -> str:
     if fmt not in FORMATS:
         raise InvalidInput(f"store format {fmt!r} is unknown; use one of {', '.join(FORMATS)}")
     return f"shard-{index:05d}.{_EXT[fmt]}"
+
+
+def shard_file(store: Path, name: str, fmt: str, what: str, fix: str) -> Path:
+    """The shard file ``name`` of the store at ``store``, as a manifest or a record names it: one of
+    this store's shard names (``shard-NNNNN.h5`` / ``.tar``) inside the folder, else ``InvalidInput``
+    naming ``what`` and ``fix`` (a name read from a file never leads elsewhere)."""
+    if not isinstance(name, str) or not SHARD_FILE_RE.match(name) or not name.endswith("." + _EXT.get(fmt, "?")):
+        raise InvalidInput(f"{what} is {name!r}, not the name of one of this store's {fmt} shards; {fix}")
+    return inside(store, name, what, fix)
 
 
 def record_path(store_dir: Path, index: int) -> Path:

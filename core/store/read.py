@@ -25,6 +25,7 @@ from rcdm.store.format import (
     SHARD_FIELDS,
     index_tar,
     read_at,
+    shard_file,
     token_layout,
 )
 from rcdm.store.integrity import check_shard, unreadable
@@ -62,6 +63,8 @@ def read_manifest(path: str | Path) -> dict:
         raise InvalidInput(
             f"{mpath} lacks {', '.join(lacks)}: it is not a format-{FORMAT_VERSION} manifest; {REEXTRACT}"
         )
+    for i, s in enumerate(manifest["shards"]):  # every shard a file of this store, never one elsewhere
+        shard_file(path, s["file"], manifest["format"], f"{mpath}: shards[{i}].file", REEXTRACT)
     return manifest
 
 

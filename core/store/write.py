@@ -28,7 +28,7 @@ from rcdm.store.format import (
     token_layout,
     tool_version,
 )
-from rcdm.utils import atomic_write_json, now_iso, read_json, sha256_file
+from rcdm.utils import atomic_write_json, inside, now_iso, read_json, sha256_file
 
 # --------------------------------------------------------------------------------------------
 # Writing
@@ -170,9 +170,23 @@ def completed_shards(store_dir: str | Path) -> dict[int, dict]:
             rec = read_json(p)
         except (OSError, json.JSONDecodeError):
             continue  # a torn record: the shard is redone
-        if (store_dir / rec.get("file", "")).is_file():
+        # a record names its own shard file, never another path (a tampered one is redone)
+        if _own_shard(store_dir, rec, m.group(1)):
             out[int(m.group(1))] = rec
     return dict(sorted(out.items()))
+
+
+def _own_shard(store_dir: Path, rec: object, index: str) -> bool:
+    """``rec`` is the record of shard ``index``: it names that shard's file, which is present
+    inside the store (not a link out of it)."""
+    names = {f"shard-{index}.{ext}" for ext in ("h5", "tar")}
+    if not isinstance(rec, dict) or rec.get("file") not in names or not (store_dir / rec["file"]).is_file():
+        return False
+    try:
+        inside(store_dir, rec["file"], "a shard record", "")
+    except InvalidInput:
+        return False
+    return True
 
 
 def build_manifest(
