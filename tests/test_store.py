@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from rcdm import store as S
+from rcdm.errors import InvalidInput
 
 from tests.synthetic import jpeg_bytes, random_image
 from tests.synthetic_store import make_store
@@ -262,3 +263,51 @@ def test_a_full_disk_writing_a_record_or_the_manifest_is_one_line(tmp_path, monk
     monkeypatch.setattr(W, "atomic_write_json", other)
     with pytest.raises(PermissionError):  # not a full disk: as it is
         W.write_manifest(tmp_path, {})
+
+
+def test_a_store_of_more_shards_than_open_files_reads_whole(tmp_path):
+    """ImageNet's train store is 1,252 shards at the default shard_size, over the common limit of
+    1,024 open files: a reader holds at most MAX_OPEN_SHARDS of them (here 60 shards under a limit
+    of 48 open files, where every shard held open failed with "Too many open files")."""
+    import subprocess
+    import sys
+
+    feats = np.arange(120 * 2 * 3, dtype=np.float32).reshape(120, 2, 3) / 100
+    store = make_store(tmp_path / "s", feats, shard_size=2)
+    code = f"""
+import resource, sys
+import numpy as np
+from rcdm.store import FeatureStore
+from rcdm.store.read import MAX_OPEN_SHARDS
+resource.setrlimit(resource.RLIMIT_NOFILE, (48, 48))
+st = FeatureStore({str(store)!r})
+assert len(st.manifest["shards"]) == 60 > 48 > MAX_OPEN_SHARDS
+f = st.features(None)
+keys, rows = st.keys, [st[i][0] for i in range(len(st))]
+print(f.shape, len(keys), float(np.abs(np.stack(rows) - f).max()), st.index_of(keys[-1]))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["(120,", "2,", "3)", "120", "0.0", "119"]
+
+
+def test_a_shard_with_fewer_rows_than_its_manifest_is_refused(tmp_path):
+    """A shard rewritten with fewer rows (and its sha256 recorded again) reads as damaged, at the
+    stage that opens it, not as a shorter store."""
+    import h5py
+    from rcdm.utils import sha256_file
+
+    store = make_store(tmp_path / "s", np.ones((4, 3), np.float32), shard_size=2)
+    with h5py.File(store / "shard-00001.h5", "a") as f:
+        for name in ("feat", "key", "label"):
+            data = f[name][:1]
+            del f[name]
+            f.create_dataset(name, data=data)
+    m = json.loads((store / "manifest.json").read_text())
+    m["shards"][1]["sha256"] = sha256_file(store / "shard-00001.h5")
+    (store / "manifest.json").write_text(json.dumps(m))
+    st = S.FeatureStore(store)
+    with pytest.raises(InvalidInput, match=r"holds 1/1/1 rows .* not the 2 its manifest records"):
+        st.features()
+    with pytest.raises(InvalidInput, match="not the 2 its manifest records"):
+        st[3]

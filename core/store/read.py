@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import collections
 import contextlib
 import functools
 import io
@@ -28,12 +29,15 @@ from rcdm.store.format import (
     shard_file,
     token_layout,
 )
-from rcdm.store.integrity import check_shard, unreadable
+from rcdm.store.integrity import REPAIR, check_shard, unreadable
 from rcdm.utils import read_json, sha256_file
 
 __all__ = ["FeatureStore", "UnknownKey", "read_manifest"]
 
 REEXTRACT = "re-extract the store (`rcdm extract` with --overwrite, or into a new --out)"
+# HDF5 shards a reader keeps open at once (least recently used closed first): ImageNet's train store
+# is 1,252 shards at the default shard_size, over the common limit of 1,024 open files a process.
+MAX_OPEN_SHARDS = 32
 
 
 def read_manifest(path: str | Path) -> dict:
@@ -111,7 +115,7 @@ class FeatureStore:
         self._key_index: dict[str, int] | None = None
         self._rows: dict[int, tuple[list[str], np.ndarray]] = {}  # shard -> (keys, labels)
         self._tar_index: dict[int, list[tuple[str, dict[str, tuple[int, int]]]]] = {}
-        self._h5: dict[int, Any] = {}
+        self._h5: collections.OrderedDict[int, Any] = collections.OrderedDict()  # at most MAX_OPEN_SHARDS
         self._pid = os.getpid()
 
     # ---- manifest fields
@@ -196,7 +200,7 @@ class FeatureStore:
     # ---- pickling (DataLoader workers): open file handles stay behind
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_h5"] = {}
+        state["_h5"] = collections.OrderedDict()
         return state
 
     def __setstate__(self, state: dict) -> None:
@@ -204,12 +208,8 @@ class FeatureStore:
         self._pid = os.getpid()
 
     def close(self) -> None:
-        for h in self._h5.values():
-            try:
-                h.close()
-            except Exception:
-                pass
-        self._h5 = {}
+        while self._h5:
+            _close(self._h5.popitem()[1])
 
     def __del__(self) -> None:
         if os.getpid() == getattr(self, "_pid", None):
@@ -235,22 +235,45 @@ class FeatureStore:
             raise unreadable(self._files[s], e) from e
 
     def _h5_file(self, s: int):
+        """Shard ``s`` open for reading; at most :data:`MAX_OPEN_SHARDS` stay open (the least
+        recently used is closed first), so a store of any number of shards needs few handles."""
         import h5py
 
         if self._pid != os.getpid():  # forked: handles of the parent are not ours
-            self._h5, self._pid = {}, os.getpid()
-        if s not in self._h5:
-            self._check(s)
-            with self._reading(s):
-                self._h5[s] = h5py.File(self._files[s], "r")
-        return self._h5[s]
+            self._h5, self._pid = collections.OrderedDict(), os.getpid()
+        if s in self._h5:
+            self._h5.move_to_end(s)
+            return self._h5[s]
+        self._check(s)
+        while len(self._h5) >= MAX_OPEN_SHARDS:
+            _close(self._h5.popitem(last=False)[1])
+        with self._reading(s):
+            f = h5py.File(self._files[s], "r")
+            try:
+                self._check_rows(s, f["feat"].shape[0], f["key"].shape[0], f["label"].shape[0])
+            except BaseException:
+                _close(f)
+                raise
+        self._h5[s] = f
+        return f
+
+    def _check_rows(self, s: int, *counts: int) -> None:
+        """Shard ``s`` holds the rows its manifest says (features, keys and labels alike)."""
+        want = int(self.manifest["shards"][s]["rows"])
+        if any(int(n) != want for n in counts):
+            raise InvalidInput(
+                f"shard {self._files[s]} holds {'/'.join(map(str, counts))} rows (features/keys/labels), not the "
+                f"{want} its manifest records: it is damaged; {REPAIR}"
+            )
 
     def _tar(self, s: int) -> list[tuple[str, dict[str, tuple[int, int]]]]:
         """Shard ``s``'s samples: [(key, {suffix: (offset, size)})]."""
         if s not in self._tar_index:
             self._check(s)
             with self._reading(s):
-                self._tar_index[s] = index_tar(self._files[s])
+                samples = index_tar(self._files[s])
+            self._check_rows(s, len(samples))
+            self._tar_index[s] = samples
         return self._tar_index[s]
 
     def _locate(self, i: int) -> tuple[int, int]:
@@ -387,3 +410,10 @@ class FeatureStore:
             raise InvalidInput(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
         if dim is not None and int(dim) != self.dim:
             raise InvalidInput(f"store {self.path} has {self.dim}-d features, not {dim}-d")
+
+
+def _close(h5file: Any) -> None:
+    try:
+        h5file.close()
+    except Exception:  # closing a handle whose file went away: nothing left to release
+        pass
