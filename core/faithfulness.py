@@ -83,7 +83,8 @@ def nearest_neighbour_ranks(
         in the set:  rank = 1 + #{j != c : d_j < d_c}
         outside:     rank = 1 + #{j : d_j < ||f(x_hat) - h||}   (rank among reference + h)
 
-    Ties count in the condition's favour (strict <). Distances are computed in float32 with the
+    Ties count in the condition's favour (strict <); a sample whose distance to its condition is not
+    finite gets the worst rank (N, or N + 1 outside), and a non-finite reference row is never closer. Distances are computed in float32 with the
     matmul expansion ||q||^2 + ||r||^2 - 2 q.r after centering on the reference mean, a chunk of
     queries against all N references at a time so that the (chunk, N) distance block stays under
     ``max_chunk_bytes``. Pairs whose float32 distance is within rounding of d_c are recomputed
@@ -158,6 +159,10 @@ def _chunk_ranks(q_np: np.ndarray, c_np: np.ndarray, v_np: np.ndarray, reference
     ii, jj = near.nonzero(as_tuple=True)
     if ii.numel():
         _count_exact(closer, ii, jj, q_raw, h_raw, ref_raw)
+    # A sample whose distance to its condition is not finite (a NaN or inf re-encoding) never
+    # counts as faithful: the worst rank (a NaN compares as "not closer" to everything, rank 1).
+    lost = ~torch.isfinite(d_c)
+    closer[lost] = torch.where(inside[lost], len(ref_raw) - 1, len(ref_raw))
     return (1 + closer).cpu().numpy()
 
 

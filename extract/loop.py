@@ -358,6 +358,9 @@ class _ShardBuffers:
 
     def file(self, batch: dict, feats: np.ndarray) -> None:
         """Put a batch's rows into their shards' buffers; hand complete shards to the writer."""
+        check_finite(
+            feats, [self.source.items[i].key for j, i in enumerate(batch["index"]) if batch["ok"][j]], self.cfg
+        )
         S = self.cfg.shard_size
         m = 0
         for j, i in enumerate(batch["index"]):
@@ -380,6 +383,31 @@ class _ShardBuffers:
                 self.writer.submit(self.cfg, self.out, k, self.pending.pop(k), self.dim)
 
 
+def check_finite(feats: np.ndarray, keys: list[str], cfg) -> None:
+    """Stop the extraction at the first batch whose features are not finite in the storage dtype:
+    a NaN or inf would flow into training, sampling and a "faithful" verdict. Says which encoder,
+    layer and dtype, the first image, and whether float32 storage would hold them."""
+    stored = feats.astype(cfg.dtype, copy=False)  # (m, 2, D): what the shard would hold
+    bad = ~np.isfinite(stored).all(axis=(1, 2))
+    if not bad.any():
+        return
+    first = keys[int(np.argmax(bad))]
+    what = f"{int(bad.sum())} of the {len(stored)} images of a batch (the first: {first!r})"
+    if np.isfinite(feats).all():  # finite in float32, out of range of the storage dtype
+        fix = (
+            f"their largest magnitude is {float(np.abs(feats).max()):.3g}, beyond {cfg.dtype}'s range: store them "
+            "with --set extract.dtype=float32"
+        )
+    else:
+        fix = (
+            f"the encoder itself gave NaN / inf (amp {cfg.amp}): try --set extract.amp=none, and check the weights file"
+        )
+    raise InvalidInput(
+        f"encoder {cfg.encoder} ({cfg.layer}) gave non-finite {cfg.dtype} features for {what}; {fix}. "
+        "Nothing of this batch was written"
+    )
+
+
 @torch.inference_mode()
 def _launch(encoder, x: torch.Tensor, cfg, device):
     """Queue the forward of x (m, 3, H, W) and the copy of its (m, 2, D) features to the host.
@@ -398,7 +426,7 @@ def _launch(encoder, x: torch.Tensor, cfg, device):
     host = torch.empty(f.shape, dtype=torch.float32, pin_memory=True)
     host.copy_(f, non_blocking=True)
     event = torch.cuda.Event()
-    event.record()
+    event.record(torch.cuda.current_stream(device))  # the copy's stream (cuda:1 is not the current device)
     return host, event
 
 

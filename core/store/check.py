@@ -19,6 +19,12 @@ from rcdm.utils import read_json
 # info / verify
 # --------------------------------------------------------------------------------------------
 
+# Non-finite features are what the encoder gave, so --repair (which re-encodes) would write them again.
+NONFINITE_FIX = (
+    "the encoder's output itself: re-extract into a new --out with --set extract.dtype=float32 (values "
+    "beyond float16) or --set extract.amp=none (an overflow under mixed precision)"
+)
+
 
 def _fmt_pp(pp: dict) -> str:
     if "rule" in pp:
@@ -142,7 +148,7 @@ def _verify_h5(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: bo
         if label.shape != (n,) or label.dtype != np.int64:
             problems.append(f"{name}: label shape {label.shape} dtype {label.dtype}, expected ({n},) int64")
         if feat.size and not np.isfinite(feat[:]).all():
-            problems.append(f"{name}: feat holds non-finite values")
+            problems.append(f"{name}: feat holds non-finite values; {NONFINITE_FIX}")
         return key.asstr()[:].tolist()
 
 
@@ -169,6 +175,7 @@ def _verify_tar(f: Path, s: dict, V: int, D: int, dtype: np.dtype, has_images: b
                 bad += 1
                 if bad == 1:
                     problems.append(
-                        f"{name}: sample {key!r} feat.npy is {arr.shape} {arr.dtype}, expected {(V, D)} {dtype} and finite"
+                        f"{name}: sample {key!r} feat.npy is {arr.shape} {arr.dtype}, expected {(V, D)} {dtype} and "
+                        f"finite; {NONFINITE_FIX}"
                     )
     return [k for k, _ in samples]
