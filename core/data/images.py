@@ -155,6 +155,7 @@ class ImageSource:
             "n_items": len(self.items),
             "key_rule": self.key_rule,
             "n_classes": len(self.classes) if self.classes is not None else None,
+            "classes": list(self.classes) if self.classes is not None else None,  # label i is classes[i]
         }
         d.update(self.notes)
         return d
@@ -242,7 +243,9 @@ def _check_unique(items: list[Item], where: str) -> None:
 
 
 def _open_folder(root: Path) -> ImageSource:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".") and _has_images(d))
+    # Every class folder counts, empty or not: a split missing a class's images keeps the labels of
+    # the others (a class folder empty in val only renumbered val's labels), and the map is recorded.
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     items: list[Item] = []
     # images directly in the root: no class
     for f in sorted(root.iterdir()):
@@ -329,20 +332,21 @@ def _split_wds_name(name: str) -> tuple[str, str]:
 def _open_tars(tars: list[str], root: str) -> ImageSource:
     items: list[Item] = []
     members: list[tuple[int, int]] = []
-    no_image = 0
+    counts = dict.fromkeys(_WDS_SKIPS, 0)
     for tar_path in tars:
         try:
-            samples = _scan_tar(tar_path)
+            samples = _scan_tar(tar_path, counts)
         except (tarfile.TarError, OSError) as e:
             raise InvalidInput(f"{tar_path} is not a readable tar file: {e}") from e
         for key, fields_ in samples:
             img = next((fields_[f] for f in _WDS_IMAGE_FIELDS if f in fields_), None)
             if img is None:
-                no_image += 1
-                continue
-            label = fields_.get("__cls__", -1)
-            items.append(Item(key=key, label=label, tar=tar_path))
-            members.append(img)
+                counts["n_samples_without_image"] += 1
+            elif not _safe_key(key):  # it would name files (a wds store's members) out of their folder
+                counts["n_samples_with_unsafe_key"] += 1
+            else:
+                items.append(Item(key=key, label=fields_.get("__cls__", -1), tar=tar_path))
+                members.append(img)
     if not items:
         raise InvalidInput(
             f"webdataset source {root} is empty: no sample has an image field ({'|'.join(_WDS_IMAGE_FIELDS)})"
@@ -354,15 +358,33 @@ def _open_tars(tars: list[str], root: str) -> ImageSource:
         items=items,
         key_rule="webdataset __key__; label from the cls field (-1 if absent)",
         _members=members,
-        notes={"n_tars": len(tars), "n_samples_without_image": no_image},
+        notes={"n_tars": len(tars), **counts},
     )
 
 
-def _scan_tar(tar_path: str) -> list[tuple[str, dict[str, Any]]]:
-    """(key, {ext: (offset, size), "__cls__": label}) for each sample, in tar order."""
+# What a webdataset source skips, each counted in the store's manifest (``source``):
+_WDS_SKIPS = (
+    "n_samples_without_image",  # no jpg / png / ... member
+    "n_samples_with_unsafe_key",  # a key with '..' or an absolute path: skipped, never written
+    "n_link_members",  # symbolic or hard links in the tar: not read
+    "n_unreadable_cls",  # a .cls that is not an integer: the sample is kept with label -1
+)
+
+
+def _safe_key(key: str) -> bool:
+    """A webdataset key that stays a relative name: no absolute path, no '..', no backslash."""
+    p = Path(key)
+    return bool(key) and not p.is_absolute() and ".." not in p.parts and "\\" not in key
+
+
+def _scan_tar(tar_path: str, counts: dict[str, int]) -> list[tuple[str, dict[str, Any]]]:
+    """(key, {ext: (offset, size), "__cls__": label}) for each sample, in tar order; links and
+    unreadable labels are counted in ``counts``."""
     samples: list[tuple[str, dict[str, Any]]] = []
     with tarfile.open(tar_path, "r:") as tf:
         for m in tf:
+            if m.issym() or m.islnk():
+                counts["n_link_members"] += 1
             if not m.isfile():
                 continue
             key, ext = _split_wds_name(m.name)
@@ -373,8 +395,9 @@ def _scan_tar(tar_path: str) -> list[tuple[str, dict[str, Any]]]:
                 f = tf.extractfile(m)
                 try:
                     fields_["__cls__"] = int(f.read().decode().strip())  # type: ignore[union-attr]
-                except ValueError:
+                except (ValueError, UnicodeDecodeError):
                     fields_["__cls__"] = -1
+                    counts["n_unreadable_cls"] += 1
             else:
                 fields_[ext] = (m.offset_data, m.size)
     return samples

@@ -15,7 +15,7 @@ from rcdm.store.check import info, verify
 from rcdm.store.format import FORMAT_VERSION, VIEWS, shard_name
 from rcdm.store.images import StoreImages
 from rcdm.store.integrity import REPAIR, bad_shards, check_shard
-from rcdm.store.read import FeatureStore, UnknownKey, read_manifest
+from rcdm.store.read import FeatureStore, UnknownKey, check_same_classes, read_manifest
 from rcdm.store.write import build_manifest, completed_shards, write_manifest, write_shard
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "UnknownKey",
     "bad_shards",
     "build_manifest",
+    "check_same_classes",
     "check_shard",
     "completed_shards",
     "info",

@@ -32,7 +32,7 @@ from rcdm.store.format import (
 from rcdm.store.integrity import REPAIR, check_shard, unreadable
 from rcdm.utils import read_json, sha256_file
 
-__all__ = ["FeatureStore", "UnknownKey", "read_manifest"]
+__all__ = ["FeatureStore", "UnknownKey", "check_same_classes", "read_manifest"]
 
 REEXTRACT = "re-extract the store (`rcdm extract` with --overwrite, or into a new --out)"
 # HDF5 shards a reader keeps open at once (least recently used closed first): ImageNet's train store
@@ -142,6 +142,12 @@ class FeatureStore:
     @property
     def source(self) -> dict:
         return self.manifest["source"]
+
+    @property
+    def classes(self) -> list[str] | None:
+        """The class names of the source's labels (label i is ``classes[i]``), where it has them."""
+        classes = self.source.get("classes")
+        return list(classes) if classes is not None else None
 
     @property
     def dtype(self) -> str:
@@ -417,3 +423,19 @@ def _close(h5file: Any) -> None:
         h5file.close()
     except Exception:  # closing a handle whose file went away: nothing left to release
         pass
+
+
+def check_same_classes(a: FeatureStore, b: FeatureStore, why: str) -> None:
+    """Labels of ``a`` and ``b`` mean the same classes (``why``: what compares them), or
+    ``InvalidInput`` naming the first label they disagree on. Stores whose source names no classes
+    (a file list, tars) are not compared."""
+    ca, cb = a.classes, b.classes
+    if ca is None or cb is None or ca == cb:
+        return
+    diff = next((i for i in range(min(len(ca), len(cb))) if ca[i] != cb[i]), min(len(ca), len(cb)))
+    name = lambda c: repr(c[diff]) if diff < len(c) else "no class"  # noqa: E731
+    raise InvalidInput(
+        f"{why} compares the labels of {a.path} and {b.path}, but their class folders differ: label {diff} is "
+        f"{name(ca)} in the first and {name(cb)} in the second ({len(ca)} vs {len(cb)} classes). Extract both "
+        "splits from image folders with the same class sub-folders"
+    )
