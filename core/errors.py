@@ -15,7 +15,17 @@ import errno
 import shutil
 from pathlib import Path
 
-__all__ = ["UserError", "InvalidInput", "MissingInput", "OutputExists", "DiskFull", "disk_full_errno", "first_line"]
+__all__ = [
+    "UserError",
+    "InvalidInput",
+    "MissingInput",
+    "OutputExists",
+    "DiskFull",
+    "NotWritable",
+    "disk_full_errno",
+    "first_line",
+    "write_error",
+]
 
 
 class UserError(Exception):
@@ -36,6 +46,23 @@ class OutputExists(UserError, FileExistsError):
 
 class DiskFull(UserError, OSError):
     """The disk (or the quota) filled up while writing an output; free space and re-run."""
+
+
+class NotWritable(UserError, PermissionError):
+    """An output folder that cannot be written (read-only file system, no permission)."""
+
+
+def write_error(error: OSError, path: str | Path) -> UserError | None:
+    """The one-line user error for a failed write of ``path`` (a full disk, a read-only file system,
+    no permission), or None when the error is something else (keep its traceback)."""
+    if disk_full_errno(error, Path(path).parent if Path(path).parent.exists() else None):
+        return DiskFull(
+            f"no space left on the device writing {path}: free some space and re-run (the work done is kept)"
+        )
+    if error.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        why = "it is on a read-only file system" if error.errno == errno.EROFS else "permission is denied"
+        return NotWritable(f"cannot write {path}: {why}; choose an output folder you can write (--out) and re-run")
+    return None
 
 
 def first_line(e: BaseException, limit: int = 200, *, typed: bool = False) -> str:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from rcdm.errors import InvalidInput
+from rcdm.errors import InvalidInput, write_error
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -41,16 +42,19 @@ def inside(folder: str | Path, name: str, what: str, fix: str) -> Path:
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     """Write to a temporary name in the same folder, then rename: readers never see half a file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a read-only folder: one line naming the file and the fix
+        raise (write_error(e, path) or e) from e
     finally:
-        tmp.unlink(missing_ok=True)  # after a failed write (a full disk): no half file stays
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)  # after a failed write (a full disk): no half file stays
     return path
 
 

@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from rcdm.errors import OutputExists
+from rcdm.errors import OutputExists, UserError, write_error
 from rcdm.launch import launch_state, on_main
 
 __all__ = ["LOCK_FILE", "OutputLocked", "holding_output_lock", "is_main_process", "output_lock", "read_holder"]
@@ -258,13 +258,16 @@ def output_lock(
         nonlocal made
         _check_folder(folder)
         made = not folder.exists()
-        folder.mkdir(parents=True, exist_ok=True)
         try:
+            folder.mkdir(parents=True, exist_ok=True)
             return _acquire(folder, command, wait_s)
-        except BaseException:
+        except BaseException as e:
             if made:
                 with contextlib.suppress(OSError):
                     folder.rmdir()
+            # the first write of every stage: a read-only output folder is one line, not a traceback
+            if isinstance(e, OSError) and not isinstance(e, UserError) and (w := write_error(e, folder / LOCK_FILE)):
+                raise w from e
             raise
 
     # with sync, a refusal on the main process is raised on every process of the launch
