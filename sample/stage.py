@@ -162,12 +162,26 @@ def _plan_conditions(job: _Job, status: str) -> ConditionSet:
     """(main process) The conditions, written once with the plan the other processes read."""
     save_resolved(job.cfg, job.writer.path)
     cs = build(job.cfg, job.store, job.device)
+    check_finite_conditions(cs)
     if status == "fresh" or not job.writer.has_conds():
         job.writer.write_conds(cs.vectors)  # (C, D) float32
     job.writer.write_plan(
         {"fingerprint": job.fingerprint, "n_conditions": len(cs.conditions), "fixed_noise": cs.fixed_noise_groups}
     )
     return cs
+
+
+def check_finite_conditions(cs: ConditionSet) -> None:
+    """Conditions that are not finite (a damaged store row, an encoder's overflow) give black images
+    that nothing would flag: refused, naming the first of them."""
+    import numpy as np
+
+    bad = [c for c in cs.conditions if not np.isfinite(c.vector).all()]
+    if bad:
+        raise InvalidInput(
+            f"{len(bad)} of the {len(cs.conditions)} conditions hold NaN or inf (the first: {bad[0].description or bad[0].key}); "
+            "sample from finite representations: `rcdm store verify` names the store's damaged shards"
+        )
 
 
 def _sample_chunks(job: _Job, model: Any, diffusion: Any, conds: Any, seeds: Any, chunks: Chunks) -> None:

@@ -74,3 +74,21 @@ def test_verify_names_a_fix_that_works_for_non_finite_features(tmp_path):
     assert "non-finite" in problem and "extract.dtype=float32" in problem
     r = CliRunner().invoke(cli, ["store", "verify", str(store)])
     assert r.exit_code == 1 and "extract.dtype=float32" in r.output and REPAIR not in r.output
+
+
+def test_sample_refuses_conditions_that_are_not_finite(tmp_path):
+    """NaN conditions gave all-black samples with exit 0."""
+    import rcdm.sample
+    from rcdm.model.weights import save_weights
+
+    from tests.sample_setup import D, run_cfg, tiny_model
+    from tests.synthetic_store import make_store
+
+    feats = np.ones((4, D), np.float32)
+    feats[2, 3] = np.nan
+    store = make_store(tmp_path / "store", feats)
+    model = tiny_model()
+    ckpt = save_weights(tmp_path / "ema.safetensors", model.state_dict(), {"unet": model.cfg.to_dict(), "kimg": 0})
+    with pytest.raises(InvalidInput, match=r"1 of the 2 conditions hold NaN or inf \(the first: .*item_00002"):
+        rcdm.sample.run(run_cfg(ckpt, store, tmp_path / "s", indices=(1, 2)))
+    assert not (tmp_path / "s" / "samples.npz").exists()

@@ -191,7 +191,9 @@ class ExtractConfig(Section):
     max_pixels: int = setting(
         64_000_000,
         "images larger than this (width x height, read from the header) are skipped and listed like "
-        "unreadable ones, never decoded; recorded with the store",
+        "unreadable ones, never decoded; recorded with the store. It bounds each decode worker's memory: "
+        "a worker holds one image at a time, about 28 bytes per pixel at its peak (1.7 GB for a 62 Mpx "
+        "PNG), so the extraction's decoding needs up to workers x max_pixels x 28 bytes",
         ge=1,
     )
     repair: bool = setting(
