@@ -46,8 +46,9 @@ def _multi_rate_run(root: Path) -> Path:
         save_weights(step / f"{name}.safetensors", m.state_dict(), {**meta, "ema_rate": rate})
     (step / "model.json").write_text(json.dumps(meta))
     (step / "state.json").write_text(json.dumps({"step": 2, "nimg": 8}))
-    save_weights(root / "ema.safetensors", models["ema-0.9999"].state_dict(), {**meta, "ema_rate": 0.9999})
-    (root / "model.json").write_text(json.dumps(meta))
+    from rcdm.run.rundir import RunDir
+
+    RunDir(root).publish(step)  # ema.safetensors and model.json, as training publishes a checkpoint
     return root
 
 
