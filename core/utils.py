@@ -66,6 +66,30 @@ def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+CHECKSUM = "checksum"  # a manifest's own sha256, of its other fields (json_checksum)
+
+
+def json_checksum(obj: dict) -> str:
+    """sha256 of a manifest's fields but ``checksum`` (sorted keys, compact): written into the
+    manifest, so an edited or damaged manifest is refused instead of read as something else."""
+    body = {k: v for k, v in obj.items() if k != CHECKSUM}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def with_checksum(obj: dict) -> dict:
+    """``obj`` with its :func:`json_checksum` as the last field."""
+    return {**{k: v for k, v in obj.items() if k != CHECKSUM}, CHECKSUM: json_checksum(obj)}
+
+
+def checksum_problem(obj: Any) -> str | None:
+    """What is wrong with a manifest's own checksum (absent, or not its fields'), or None."""
+    if not isinstance(obj, dict) or CHECKSUM not in obj:
+        return "has no checksum of its fields"
+    if obj[CHECKSUM] != json_checksum(obj):
+        return "does not match its checksum: it was edited or damaged"
+    return None
+
+
 def read_json(path: str | Path) -> Any:
     with open(path) as f:
         return json.load(f)

@@ -126,7 +126,7 @@ def decide(out: Path, header: dict, overwrite: bool) -> tuple[Action, bool]:
     if not (out / MANIFEST).is_file():
         return "resume", False
     try:
-        read_manifest(out)  # only format 1 is read: another one is replaced (--overwrite) or refused
+        read_manifest(out)  # only the current format is read: another one is replaced (--overwrite) or refused
     except InvalidInput:
         if not overwrite:
             raise

@@ -29,7 +29,7 @@ from tests.store_damage import flip_feature_byte
 from tests.synthetic import make_image_folder
 
 # manifest fields that differ between two runs of the same extraction (when, how fast, how asked)
-RUN_FIELDS = ("created", "timing", "extract_config")
+RUN_FIELDS = ("created", "timing", "extract_config", "checksum")
 
 
 @pytest.fixture(scope="module")
@@ -236,15 +236,16 @@ def test_a_resume_must_use_the_same_decode_path(ref, images, tmp_path):
     assert "existing: " in str(e.value) and "decode None (draft None)" in str(e.value) and "--overwrite" in str(e.value)
 
 
-def test_a_store_that_is_not_format_1_is_refused_or_replaced(ref, images, tmp_path):
-    """Only format 1 exists: a manifest of another version, or a finished store without the header
-    extraction writes, is refused (naming the fix) and replaced with --overwrite, never resumed."""
+def test_a_store_of_another_format_is_refused_or_replaced(ref, images, tmp_path):
+    """Only the current format is read: a manifest of another version, or a finished store without
+    the header extraction writes, is refused (naming the fix) and replaced with --overwrite, never
+    resumed."""
     out = tmp_path / "store"
     shutil.copytree(ref, out)
     m = read_json(out / "manifest.json")
-    S.write_manifest(out, {**m, "format_version": 2})
+    S.write_manifest(out, {**m, "format_version": 1})
     for reader in (S.FeatureStore, S.verify, lambda p: rcdm.extract.run(_cfg(images, p))):
-        with pytest.raises(InvalidInput, match="format_version 2 is not supported.*re-extract the store"):
+        with pytest.raises(InvalidInput, match="format_version 1 is not supported.*re-extract the store"):
             reader(out)
     rcdm.extract.run(_cfg(images, out, overwrite=True))
     _same_store(ref, out)

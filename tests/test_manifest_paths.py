@@ -14,7 +14,7 @@ import pytest
 import rcdm.extract
 from rcdm import store as S
 from rcdm.errors import InvalidInput
-from rcdm.utils import inside
+from rcdm.utils import inside, with_checksum
 
 from tests.extract_setup import extract_cfg, tiny_encoder  # noqa: F401 (the fixture `tiny`)
 from tests.synthetic import make_image_folder
@@ -22,9 +22,11 @@ from tests.synthetic_store import make_store
 
 
 def _edit_manifest(store: Path, shard: int, name: str) -> None:
+    """Name another file, and sign the edit (the checksum alone refuses an unsigned one): what
+    each reader does with the name itself."""
     m = json.loads((store / "manifest.json").read_text())
     m["shards"][shard]["file"] = name
-    (store / "manifest.json").write_text(json.dumps(m))
+    (store / "manifest.json").write_text(json.dumps(with_checksum(m)))
 
 
 @pytest.mark.parametrize("name", ["../victim.h5", "/tmp/victim.h5", "sub/../../victim.h5", "other.h5", ""])
@@ -88,6 +90,6 @@ def test_a_sample_set_listing_a_file_elsewhere_is_refused(tmp_path):
     path = write_sample_set(tmp_path / "s", images, rows, np.zeros((1, 4), np.float32), {"sampler": {"steps": "10"}})
     m = json.loads((path / "manifest.json").read_text())
     m["files"]["../../etc/passwd"] = "0" * 64
-    (path / "manifest.json").write_text(json.dumps(m))
+    (path / "manifest.json").write_text(json.dumps(with_checksum(m)))
     with pytest.raises(InvalidInput, match="not a file inside"):
         read_samples(path)

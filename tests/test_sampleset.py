@@ -26,7 +26,7 @@ from rcdm.run.sampleset import (
     read_samples,
     write_sample_set,
 )
-from rcdm.utils import sha256_file
+from rcdm.utils import sha256_file, with_checksum
 
 N_COND, K, D, RES = 3, 3, 5, 8  # 9 samples of 8 px
 
@@ -68,13 +68,13 @@ def _rehash(d: Path) -> None:
     """Record the files' current sha256, as a writer that wrote them so would have."""
     m = json.loads((d / MANIFEST).read_text())
     m["files"] = {f: sha256_file(d / f) for f in DATA_FILES}
-    (d / MANIFEST).write_text(json.dumps(m))
+    (d / MANIFEST).write_text(json.dumps(with_checksum(m)))
 
 
 def _edit_manifest(d: Path, **kw) -> None:
     m = json.loads((d / MANIFEST).read_text())
     m.update(kw)
-    (d / MANIFEST).write_text(json.dumps({k: v for k, v in m.items() if v is not None}))
+    (d / MANIFEST).write_text(json.dumps(with_checksum({k: v for k, v in m.items() if v is not None})))
 
 
 # ---------------------------------------------------------------------------------- writer
@@ -157,7 +157,7 @@ def test_format_version_mismatch_says_to_resample(sample_dir):
         read_samples(sample_dir)
     m = json.loads((sample_dir / MANIFEST).read_text())
     del m["format_version"]
-    (sample_dir / MANIFEST).write_text(json.dumps(m))
+    (sample_dir / MANIFEST).write_text(json.dumps(with_checksum(m)))
     with pytest.raises(InvalidInput, match="no format_version.*rcdm sample --out"):
         read_samples(sample_dir)
 

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from rcdm import store as S
 from rcdm.errors import InvalidInput
+from rcdm.utils import with_checksum
 
 from tests.synthetic import jpeg_bytes, random_image
 from tests.synthetic_store import make_store
@@ -97,7 +98,7 @@ def test_verify_catches_missing_shard_and_wrong_counts(tmp_path):
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     m["shards"][0]["rows"] = 5
     m["rows"] = 9
-    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(with_checksum(m)))  # signed: verify's own checks
     problems = S.verify(tmp_path / "s")
     assert any("feat shape" in p for p in problems), problems
     assert any("source items" in p for p in problems), problems
@@ -110,7 +111,7 @@ def test_verify_catches_wrong_dtype(tmp_path):
     make_store(tmp_path / "s", feats, keys, labels, dtype="float32")
     m = json.loads((tmp_path / "s" / "manifest.json").read_text())
     m["dtype"] = "float16"
-    (tmp_path / "s" / "manifest.json").write_text(json.dumps(m))
+    (tmp_path / "s" / "manifest.json").write_text(json.dumps(with_checksum(m)))  # a signed edit: verify's check
     assert any("dtype" in p for p in S.verify(tmp_path / "s"))
 
 
@@ -132,15 +133,21 @@ def test_missing_and_incomplete_store(tmp_path):
 @pytest.mark.parametrize(
     "edit, words",
     [
-        (lambda m: {**m, "format_version": 2}, "format_version 2 is not supported"),
+        (lambda m: with_checksum({**m, "format_version": 1}), "format_version 1 is not supported"),
         (lambda m: {k: v for k, v in m.items() if k != "format_version"}, "format_version None is not supported"),
-        (lambda m: {k: v for k, v in m.items() if k not in ("layer", "failed")}, "lacks layer, failed"),
-        (lambda m: {**m, "shards": [{"file": "x", "rows": 1}]}, r"lacks shards\[\]\.first_item, shards\[\]\.sha256"),
+        (lambda m: {**m, "layer": "head"}, "does not match its checksum: it was edited or damaged"),
+        (lambda m: {k: v for k, v in m.items() if k != "checksum"}, "has no checksum of its fields"),
+        (lambda m: with_checksum({k: v for k, v in m.items() if k not in ("layer", "failed")}), "lacks layer, failed"),
+        (
+            lambda m: with_checksum({**m, "shards": [{"file": "x", "rows": 1}]}),
+            r"lacks shards\[\]\.first_item, shards\[\]\.sha256",
+        ),
     ],
-    ids=["version-2", "no-version", "fields", "shard-fields"],
+    ids=["version-1", "no-version", "edited", "no-checksum", "fields", "shard-fields"],
 )
-def test_only_a_format_1_manifest_is_read(tmp_path, edit, words):
-    """The one reader (FeatureStore, verify, extraction) refuses any other manifest, naming the fix."""
+def test_only_the_current_format_is_read(tmp_path, edit, words):
+    """The one reader (FeatureStore, verify, extraction) refuses any other manifest, and any edit
+    of one (its checksum), naming the fix."""
     from rcdm.errors import InvalidInput
 
     feats, keys, labels = _data(n=4)
@@ -305,7 +312,7 @@ def test_a_shard_with_fewer_rows_than_its_manifest_is_refused(tmp_path):
             f.create_dataset(name, data=data)
     m = json.loads((store / "manifest.json").read_text())
     m["shards"][1]["sha256"] = sha256_file(store / "shard-00001.h5")
-    (store / "manifest.json").write_text(json.dumps(m))
+    (store / "manifest.json").write_text(json.dumps(with_checksum(m)))  # a consistent, signed edit
     st = S.FeatureStore(store)
     with pytest.raises(InvalidInput, match=r"holds 1/1/1 rows .* not the 2 its manifest records"):
         st.features()

@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from rcdm import store as S
 from rcdm.errors import InvalidInput, MissingInput
-from rcdm.utils import atomic_write_json, read_json, sha256_file
+from rcdm.utils import atomic_write_json, read_json, sha256_file, with_checksum
 
 from tests.store_damage import flip_feature_byte
 from tests.synthetic_store import make_store
@@ -85,7 +85,7 @@ def test_a_damaged_shard_file_is_one_line_naming_it(tmp_path, damage):
     # manifest was rewritten after the damage): h5py's OSError becomes the same kind of message.
     m = read_json(store / "manifest.json")
     m["shards"][1]["sha256"] = sha256_file(shard)
-    atomic_write_json(store / "manifest.json", m)
+    atomic_write_json(store / "manifest.json", with_checksum(m))
     with pytest.raises(InvalidInput) as e:
         S.FeatureStore(store).features()
     assert shard.name in str(e.value) and "cannot be read" in str(e.value) and "--repair" in str(e.value)

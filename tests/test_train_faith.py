@@ -43,9 +43,11 @@ def stores(tmp_path_factory):
     # the train store's manifest names the same encoder as the val store's
     import json
 
+    from rcdm.utils import with_checksum
+
     m = json.loads((train / "manifest.json").read_text())
     m["encoder"], m["preprocess"] = info, PP.to_dict()
-    (train / "manifest.json").write_text(json.dumps(m))
+    (train / "manifest.json").write_text(json.dumps(with_checksum(m)))  # as extraction would sign it
     return {"train": train, "val": val, "n_val": len(src)}
 
 

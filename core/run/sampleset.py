@@ -32,11 +32,13 @@ from rcdm.utils import (
     atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
+    checksum_problem,
     inside,
     now_iso,
     read_json,
     sha256_file,
     tool_version,
+    with_checksum,
 )
 
 __all__ = [
@@ -59,7 +61,7 @@ __all__ = [
     "write_sample_set",
 ]
 
-FORMAT_VERSION = 2  # 2: the sampler recorded whole, as rcdm.config.Sampler.to_dict()
+FORMAT_VERSION = 2  # 2: the sampler recorded whole (rcdm.config.Sampler.to_dict()); a checksum of the manifest
 MANIFEST = "manifest.json"
 SAMPLES = "samples.npz"
 INDEX = "index.jsonl"
@@ -253,6 +255,7 @@ class SampleSetWriter:
             "tool_version": tool_version(),
             "created": now_iso(),
         }
+        manifest = with_checksum(manifest)  # readers refuse an edited manifest
         atomic_write_json(self.path / MANIFEST, manifest)
         shutil.rmtree(self.path / PARTIAL, ignore_errors=True)  # samples.npz now holds every chunk
         return manifest
@@ -369,6 +372,8 @@ def _read_manifest(d: Path) -> dict:
             f"{path} {got}, but this rcdm reads sample sets of format_version {FORMAT_VERSION} "
             f"(written by an older or newer `rcdm sample`); {_rerun(d)}"
         )
+    if problem := checksum_problem(m):
+        raise InvalidInput(f"{path} {problem}; {_rerun(d)}")
     need = ("n_samples", "n_conditions", "image_size", "files")
     missing = [k for k in need if k not in m] or [f"files.{f}" for f in DATA_FILES if f not in m["files"]]
     if missing:

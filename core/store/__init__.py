@@ -1,7 +1,7 @@
 """The feature store: one owner for the format shared by every stage.
 
     format.py   names, versions, the webdataset member layout (the on-disk contract)
-    read.py     read_manifest (the one reader: format 1 only), FeatureStore: a finished store,
+    read.py     read_manifest (the one reader: the current format only), FeatureStore: a finished store,
                 by row, key or as one matrix
     images.py   StoreImages: the source image of each row
     write.py    atomic shards, their records, the manifest (written last)

@@ -6,7 +6,6 @@ Part of :mod:`rcdm.store`.
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +67,7 @@ def info(path: str | Path) -> str:
 def verify(path: str | Path) -> list[str]:
     """Re-check counts, shapes, dtypes and sha256s; return the problems found (empty: OK)."""
     path = Path(path)
-    m = read_manifest(path)  # a store that is not exactly format 1 is refused here, as by every reader
+    m = read_manifest(path)  # a store of another format, or an edited manifest, is refused here as by every reader
     problems: list[str] = []
     fmt = m["format"]
     if fmt not in FORMATS:
@@ -112,10 +111,11 @@ def _verify_record(path: Path, s: dict, problems: list[str]) -> None:
         return
     try:
         rec = read_json(rec_path)
-        if rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
-            problems.append(f"{rec_path.name}: record disagrees with the manifest")
-    except json.JSONDecodeError:
+    except ValueError:  # not JSON, or not even UTF-8 text
         problems.append(f"{rec_path.name}: not valid JSON")
+        return
+    if not isinstance(rec, dict) or rec.get("sha256") != s["sha256"] or rec.get("rows") != s["rows"]:
+        problems.append(f"{rec_path.name}: record disagrees with the manifest")
 
 
 def _verify_counts(m: dict, total: int) -> list[str]:

@@ -53,9 +53,9 @@ __all__ = [
     "tool_version",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: the manifest carries the checksum of its fields; the source its class map
 MANIFEST = "manifest.json"  # written last: the store is finished
-# What a format-1 manifest holds (rcdm.store.write.build_manifest writes all of it), and each of
+# What a manifest of this format holds (rcdm.store.write.build_manifest writes all of it), and each of
 # its ``shards`` entries; rcdm.store.read.read_manifest refuses a manifest that lacks any.
 MANIFEST_FIELDS = (
     "format_version",
@@ -76,6 +76,7 @@ MANIFEST_FIELDS = (
     "tool",
     "created",
     "extract_config",
+    "checksum",
 )
 SHARD_FIELDS = ("file", "rows", "sha256", "first_item")
 VIEWS = ["orig", "hflip"]  # view 0: encoder input; view 1: the same input flipped horizontally

@@ -7,7 +7,6 @@ import collections
 import contextlib
 import functools
 import io
-import json
 import os
 import tarfile
 from collections.abc import Iterator
@@ -30,7 +29,7 @@ from rcdm.store.format import (
     token_layout,
 )
 from rcdm.store.integrity import REPAIR, check_shard, unreadable
-from rcdm.utils import read_json, sha256_file
+from rcdm.utils import checksum_problem, read_json, sha256_file
 
 __all__ = ["FeatureStore", "UnknownKey", "check_same_classes", "read_manifest"]
 
@@ -43,7 +42,7 @@ MAX_OPEN_SHARDS = 32
 def read_manifest(path: str | Path) -> dict:
     """The manifest of the finished store at ``path``: the one reader of ``manifest.json``.
 
-    Only format 1 exists (:data:`~rcdm.store.format.FORMAT_VERSION`): a manifest of another or no
+    Only the current format is read (:data:`~rcdm.store.format.FORMAT_VERSION`): a manifest of another or no
     ``format_version``, or one that lacks a field of the format, is refused with the fix
     (:data:`REEXTRACT`); no other layout is read. A folder without a manifest is missing or
     unfinished (``MissingInput`` saying which)."""
@@ -53,7 +52,7 @@ def read_manifest(path: str | Path) -> dict:
         _no_manifest(path)
     try:
         manifest = read_json(mpath)
-    except json.JSONDecodeError as e:
+    except ValueError as e:  # not JSON, or not even UTF-8 text
         raise InvalidInput(f"{mpath} is not valid JSON ({e}); {REEXTRACT}") from e
     version = manifest.get("format_version") if isinstance(manifest, dict) else None
     if version != FORMAT_VERSION:
@@ -61,6 +60,8 @@ def read_manifest(path: str | Path) -> dict:
             f"{mpath}: format_version {version!r} is not supported (this rcdm reads version {FORMAT_VERSION} "
             f"only); {REEXTRACT}"
         )
+    if problem := checksum_problem(manifest):
+        raise InvalidInput(f"{mpath} {problem}; {REEXTRACT}")
     lacks = [f for f in MANIFEST_FIELDS if f not in manifest]
     lacks += sorted({f"shards[].{f}" for s in manifest.get("shards") or [] for f in SHARD_FIELDS if f not in s})
     if lacks:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import os
 import tarfile
 from collections.abc import Iterator, Sequence
@@ -28,7 +27,7 @@ from rcdm.store.format import (
     token_layout,
     tool_version,
 )
-from rcdm.utils import atomic_write_json, inside, now_iso, read_json, sha256_file
+from rcdm.utils import atomic_write_json, inside, now_iso, read_json, sha256_file, with_checksum
 
 # --------------------------------------------------------------------------------------------
 # Writing
@@ -168,7 +167,7 @@ def completed_shards(store_dir: str | Path) -> dict[int, dict]:
             continue
         try:
             rec = read_json(p)
-        except (OSError, json.JSONDecodeError):
+        except (OSError, ValueError):  # not JSON, or not even UTF-8 text
             continue  # a torn record: the shard is redone
         # a record names its own shard file, never another path (a tampered one is redone)
         if _own_shard(store_dir, rec, m.group(1)):
@@ -237,4 +236,4 @@ def write_manifest(store_dir: str | Path, manifest: dict) -> Path:
     """Write ``manifest.json`` atomically; call it last, it marks the store finished."""
     path = Path(store_dir) / MANIFEST
     with _disk_full_as_user_error(path):
-        return atomic_write_json(path, manifest)
+        return atomic_write_json(path, with_checksum(manifest))  # readers refuse an edited one
