@@ -24,7 +24,6 @@ from rcdm.run.rundir import RunDir
 from rcdm.speed import enable_fast_math, resolve_channels_last, resolve_compile
 from rcdm.store import FeatureStore
 from rcdm.train import cache as image_cache
-from rcdm.train import condimage
 from rcdm.train import model as model_setup
 from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, input_layout, make_loader, to_model_input
@@ -123,14 +122,7 @@ def run(cfg: TrainConfig) -> Path:
     dataset = ImageFeatureDataset(cfg.store, ucfg.image_size, source=cfg.source, draft=cfg.draft)
     if image_cache.wanted(cfg.image_cache, store, ucfg.image_size, device, cfg.draft):  # decode + resize once
         dataset.use_cache(on_main(lambda: image_cache.build(dataset, store, workers, show=main)))
-    if condimage.wanted(cfg, fresh=latest is None):
-        said = condimage.fit(net, dataset, cfg.seed, workers, show=main)
-        if main:
-            print(said)
-    if ucfg.cond_image:
-        # the fitted map stays fixed: Adam at the UNet's learning rate turned the fitted image into
-        # noise in a few hundred steps and lost what it knew (docs/recipes.md)
-        net.cond_image_map.requires_grad_(False)
+    model_setup.fit_and_freeze_cond_image(net, cfg, ucfg, dataset, fresh=latest is None, workers=workers, show=main)
     net.to(device)
     if channels_last:
         net.to(memory_format=torch.channels_last)
