@@ -69,33 +69,10 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         with torch.no_grad():
             torch._foreach_lerp_(ema, [p.detach() for p in net.parameters()], 1e-4)
 
-    # FLOPs of one step, counted on the eager model (compile does not change the maths)
-    from torch.utils.flop_counter import FlopCounterMode
-
-    count_cpu_sdpa()
-    t = torch.randint(0, diffusion.num_timesteps, (batch,), device=device)
-    counter = FlopCounterMode(display=False)
-    with counter, torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        diffusion.training_losses(net, x, t, {"cond": h})["loss"].mean().backward()
-    flops_per_step = counter.get_total_flops()
+    flops_per_step = _step_flops(net, diffusion, x, h, bf16)
     opt.zero_grad(set_to_none=True)
-
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    t0 = time.perf_counter()
-    for _ in range(args.steps):
-        step()
-    sync(device)
-    dt = (time.perf_counter() - t0) / args.steps
-    if device.type == "cuda":
-        peak_mem = torch.cuda.max_memory_allocated(device) / 2**30
-    else:  # the process's peak resident set (KiB on Linux)
-        import resource
-
-        peak_mem = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    dt = _step_time(step, args.warmup, args.steps, device)
+    peak_mem = _peak_memory_gb(device)
     achieved = flops_per_step / dt / 1e12
     return {
         "preset": name,
@@ -114,6 +91,43 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         "mfu": achieved / args.peak_tflops if args.peak_tflops else None,
         "mfu_datasheet": achieved / args.datasheet_tflops if args.datasheet_tflops else None,
     }
+
+
+def _step_flops(net: torch.nn.Module, diffusion, x: torch.Tensor, h: torch.Tensor, bf16: bool) -> int:
+    """FLOPs of one step (forward + backward; its gradients are left in ``net``), counted on the
+    eager model (compile does not change the maths)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    count_cpu_sdpa()
+    t = torch.randint(0, diffusion.num_timesteps, (x.shape[0],), device=x.device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=bf16):
+        diffusion.training_losses(net, x, t, {"cond": h})["loss"].mean().backward()
+    return counter.get_total_flops()
+
+
+def _step_time(step, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per ``step()`` over ``steps`` timed calls after ``warmup`` untimed ones (the peak
+    memory is counted from the timed ones on CUDA)."""
+    for _ in range(warmup):
+        step()
+    sync(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / steps
+
+
+def _peak_memory_gb(device: torch.device) -> float:
+    """The peak memory in GiB: allocated on CUDA, else the process's peak resident set."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # ru_maxrss: KiB on Linux
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -4,10 +4,11 @@ regression from h, as the model sees it, to the training images at N x N.
 The UNet's ``cond_image_map`` (``rcdm.model.unet``) turns h into a 3 x N x N image given to the
 network as 3 more input channels. Learned from zero by the diffusion loss alone it would take many
 steps to carry information; fitted in closed form first, it is the best linear guess of the image
-from h from the first step. Training keeps it fixed (``rcdm.train.loop``): trained with the rest
-by Adam at the UNet's learning rate, its image drifted into noise (on the demo, RMS 1.65 from the
-fit after 750 steps, against a spread of 0.67 across images) and the network lost the guess. On
-the demo store a linear map from h to the 32 px image already ranks its condition with MRR 0.59
+from h from the first step. Training keeps it fixed (``rcdm.train.model.fit_and_freeze_cond_image``,
+where the model is built, fits it and freezes it): trained with the rest by Adam at the UNet's
+learning rate, its image drifted into noise (on the demo, RMS 1.65 from the fit after 750 steps,
+against a spread of 0.67 across images) and the network lost the guess. On the demo store a linear
+map from h to the 32 px image already ranks its condition with MRR 0.59
 (``bench/recipe_trials.py mean-image``; docs/recipes.md).
 
 The fit streams over at most ``MAX_ROWS`` seeded training rows (view 0, unflipped), accumulating
@@ -23,7 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from rcdm.config import TrainConfig
+from rcdm.model.config import UNetConfig
 from tqdm.auto import tqdm
 
 MAX_ROWS = 20_000  # rows the fit reads (the demo's 2,400 all; ImageNet: a seeded 20k)
@@ -68,6 +69,6 @@ def fit(net: torch.nn.Module, dataset, seed: int, workers: int = 0, show: bool =
     )
 
 
-def wanted(cfg: TrainConfig, fresh: bool) -> bool:
-    """Fit only a fresh run's map that ``--init-from`` does not bring."""
-    return bool(cfg.cond_image) and fresh and not cfg.init_from
+def wanted(ucfg: UNetConfig, fresh: bool, init_from: str | None = None) -> bool:
+    """Fit only a fresh run's map (``ucfg.cond_image`` > 0) that ``--init-from`` does not bring."""
+    return bool(ucfg.cond_image) and fresh and not init_from

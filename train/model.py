@@ -1,10 +1,11 @@
 """The model a run trains: its config from the preset and the store, its ``model.json``, the
-checks of the store and ``--init-from``, and the initial weights."""
+checks of the store and ``--init-from``, the initial weights, and the ``cond_image`` map fitted
+and frozen."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from rcdm.config import PAPER_DIFFUSION, TrainConfig
@@ -13,6 +14,10 @@ from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, preset
 from rcdm.run.conditioning import check_conditioning
 from rcdm.store import FeatureStore
+from rcdm.train import condimage
+
+if TYPE_CHECKING:
+    from rcdm.train.data import ImageFeatureDataset
 
 # Fields that fix the weights' shapes: an --init-from checkpoint must agree on all of them.
 _ARCH_FIELDS = (
@@ -113,6 +118,30 @@ def build_net(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore, fresh: bo
         # both views: the model sees either, as the flip picks one
         net.cond_norm.set_statistics(torch.from_numpy(store.features(None).reshape(-1, store.dim)))
     return net
+
+
+def fit_and_freeze_cond_image(
+    net: torch.nn.Module,
+    cfg: TrainConfig,
+    ucfg: UNetConfig,
+    dataset: ImageFeatureDataset,
+    fresh: bool,
+    workers: int,
+    show: bool,
+) -> None:
+    """The ``cond_image`` map of the UNet ``build_net`` made (when ``ucfg.cond_image``): fitted on
+    the training images ``dataset`` (``rcdm.train.condimage``; ``workers`` loader processes) in a
+    fresh run that ``--init-from`` does not give it, then frozen in every run. ``show``: the
+    main process, which shows the fit's progress and says what it fitted. Call it before the
+    EMA copies the weights and before the optimizer is made (it takes the trainable parameters)."""
+    if condimage.wanted(ucfg, fresh=fresh, init_from=cfg.init_from):
+        said = condimage.fit(net, dataset, cfg.seed, workers, show=show)
+        if show:
+            print(said)
+    if ucfg.cond_image:
+        # the fitted map stays fixed: Adam at the UNet's learning rate turned the fitted image into
+        # noise in a few hundred steps and lost what it knew (docs/recipes.md)
+        net.cond_image_map.requires_grad_(False)
 
 
 def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
