@@ -69,8 +69,8 @@ def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray, str]:
     """Training representations of ``layer`` for nearest-neighbour distances (float64, converted
     once), and what they are: the train store when it holds this encoder and layer, else N_NN
     training images encoded. Cached per (encoder, layer): checkpoints of one encoder share it."""
-    key = ("invariance-nn", layer, repr(sorted(r.encoder_info.items())))
-    if key not in ctx._cache:
+
+    def make() -> tuple[np.ndarray, str]:
         train = ctx.store("train")
         info = {**r.encoder_info, "layer": layer}
         if layer == r.encoder_info.get("layer") and same_encoder(train, r):
@@ -80,8 +80,9 @@ def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray, str]:
             enc = ctx.encoder(r.encoder_info, layer)
             ref = ctx.encode(enc, [ctx.image(train, i) for i in rows])
             what = f"{len(rows)} training images ({describe_encoder(info)})"
-        ctx._cache[key] = (np.asarray(ref, np.float64), what)
-    return ctx._cache[key]
+        return np.asarray(ref, np.float64), what
+
+    return ctx.cached(("invariance-nn", layer, repr(sorted(r.encoder_info.items()))), make)
 
 
 def _second(ctx: Context, r):
