@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 from rcdm.analysis import evaluate, table
-from rcdm.analysis.fid import expected_meta, load_reference_stats, plan_fid, save_reference_stats
-from rcdm.analysis.inception import INCEPTION_FILENAME, INCEPTION_URL, InceptionV3
+from rcdm.analysis.evaluation.fid import expected_meta, load_reference_stats, plan_fid, save_reference_stats
+from rcdm.analysis.evaluation.inception import INCEPTION_FILENAME, INCEPTION_URL, InceptionV3
 from rcdm.config import EvaluateConfig
 
 from tests.synthetic import make_image_folder
@@ -92,6 +92,27 @@ def cfg_for(samples, store, out, **kw) -> EvaluateConfig:
     base = dict(samples=str(samples), reference=str(store), out=str(out), fid="off", device="cpu")
     base.update(kw)
     return EvaluateConfig(**base)
+
+
+def fake_evaluation(d: Path, metrics: dict, ranks=(1,), inside=(True,)) -> Path:
+    """A finished evaluation folder holding ``metrics`` (the schema's other keys empty: ``{}`` for
+    the blocks, None for the rest), written by the folder's owner as `rcdm evaluate` would."""
+    from rcdm.run.evaldir import METRICS_KEYS, EvalDir
+
+    blocks = ("samples", "reference", "fid", "is", "rank", "faithfulness", "fd")
+    unknown = set(metrics) - set(METRICS_KEYS)
+    assert not unknown, f"not metrics.json keys: {unknown}"
+    full = {k: metrics.get(k, {} if k in blocks else None) for k in METRICS_KEYS if k not in ("complete", "created")}
+    EvalDir(d).write(
+        full,
+        ranks=np.asarray(ranks, np.int64),
+        rank_in_reference=np.asarray(inside, bool),
+        csv="run\n",
+        markdown="# test\n",
+        config=EvaluateConfig(),
+        upstream={"samples_manifest_sha256": None, "reference_manifest_sha256": None},
+    )
+    return Path(d)
 
 
 # ----------------------------------------------------------------------- torch-fidelity path
@@ -373,7 +394,7 @@ def test_e2e_table(e2e, tmp_path):
 
 
 def test_match_conditions_uses_key_and_vector(tmp_path):
-    from rcdm.analysis.evaluate import match_conditions
+    from rcdm.analysis.evaluation.ranking import match_conditions
     from rcdm.run.sampleset import read_samples
 
     samples, store, images, rows, feats = simple_case(tmp_path)
@@ -389,7 +410,7 @@ def test_match_conditions_uses_key_and_vector(tmp_path):
 
 
 def test_reference_stats_subset_and_unreadable_images(tmp_path):
-    from rcdm.analysis.fid import compute_reference_stats
+    from rcdm.analysis.evaluation.fid import compute_reference_stats
 
     from tests.synthetic import corrupt_jpeg
 

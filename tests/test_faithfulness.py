@@ -9,10 +9,10 @@ import json
 import numpy as np
 import pytest
 from rcdm.analysis import evaluate
-from rcdm.analysis import faithfulness as F
-from rcdm.analysis import fd as fdmod
-from rcdm.analysis.metrics import nearest_neighbour_ranks
-from rcdm.analysis.second_space import space_metrics
+from rcdm.analysis.evaluation import fd as fdmod
+from rcdm.analysis.evaluation import feature_stats as F
+from rcdm.analysis.evaluation.metrics import nearest_neighbour_ranks
+from rcdm.analysis.evaluation.spaces import space_metrics
 
 from tests.synthetic import make_image_folder
 from tests.synthetic_store import make_store
@@ -96,7 +96,7 @@ def test_fd_extractors_offline_message_and_compute(tmp_path, monkeypatch):
 def test_fd_streams_fids_reference_images(tmp_path):
     """FD reads the reference set as FID does (same evenly spaced subset, unreadable ones skipped),
     in batches; fewer than 2 readable images is an error naming the set."""
-    from rcdm.analysis.fid import reference_batches
+    from rcdm.analysis.evaluation.fid import reference_batches
     from rcdm.data.images import adm_center_crop, open_source
 
     from tests.synthetic import corrupt_jpeg
@@ -178,7 +178,7 @@ def second(tmp_path_factory):
 def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
     """The pixels space: each sample ranks its conditioning image among the reference images
     (ADM-resized to the samples' resolution) by distance in [0, 1] RGB; no encoder involved."""
-    from rcdm.analysis.second_space import pixel_space
+    from rcdm.analysis.evaluation.spaces import pixel_space
     from rcdm.data.images import adm_center_crop
     from rcdm.store import FeatureStore
 
@@ -197,7 +197,7 @@ def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
     )
     assert far["mean_rank"] > px["mean_rank"]
     # too many pixels to hold, or images that cannot be read: a note that says so, no number
-    import rcdm.analysis.second_space as sp
+    import rcdm.analysis.evaluation.spaces as sp
 
     old, sp.PIXEL_SPACE_BYTES = sp.PIXEL_SPACE_BYTES, 1000
     try:

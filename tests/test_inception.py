@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rcdm.analysis.fid import fid_and_is
-from rcdm.analysis.inception import InceptionV3
+from rcdm.analysis.evaluation.fid import fid_and_is
+from rcdm.analysis.evaluation.inception import InceptionV3
 
 from tests.synthetic import make_image_folder
 from tests.test_evaluate import make_inception_weights

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 
-from rcdm.analysis.tables import run_labels, table
+from rcdm.analysis.evaluation.tables import run_labels, table
+
+from tests.test_evaluate import fake_evaluation
 
 
 def _evaluation(d, outside: int = 0):
-    d.mkdir(parents=True)
     m = {
         "complete": True,
         "method": "RCDM (random-rn50, embed)",
@@ -34,9 +35,7 @@ def _evaluation(d, outside: int = 0):
             "outside_reference": {"n": outside, "N": 25, "mean_rank": 3.0, "mrr": 0.5} if outside else {},
         },
     }
-    (d / "metrics.json").write_text(json.dumps(m))
-    (d / "manifest.json").write_text("{}")
-    return d
+    return fake_evaluation(d, m)
 
 
 def test_rows_name_their_run_and_notes_are_not_repeated(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rcdm.analysis import metrics
+from rcdm.analysis.evaluation import metrics
 
 
 def test_token_distance_is_the_mean_over_tokens_of_squared_distances():
