@@ -16,7 +16,7 @@ from rcdm.errors import InvalidInput, MissingInput
 from rcdm.run import evaldir
 from rcdm.run.evaldir import FILES, METRICS_KEYS, EvalDir, write_table
 
-from tests.test_evaluate import fake_evaluation
+from tests.evaluation_setup import fake_evaluation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -98,7 +98,7 @@ def test_an_unfinished_folder_is_missing_input_naming_it_and_the_fix(tmp_path, w
 
 
 def test_a_folder_of_another_stage_is_refused(tmp_path):
-    from tests.test_evaluate import simple_case
+    from tests.evaluation_setup import simple_case
 
     samples, store, *_ = simple_case(tmp_path)
     for d, said in ((samples, "`rcdm sample`"), (store, "names none")):

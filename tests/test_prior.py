@@ -156,7 +156,7 @@ def test_report_lists_the_fid_of_prior_and_kde_sample_sets(tmp_path):
 
     from rcdm.analysis.prior_entry import evaluated_rows
 
-    from tests.test_evaluate import fake_evaluation
+    from tests.evaluation_setup import fake_evaluation
 
     runs = []
     for cond, fid in (("prior", {"value": 12.5}), ("kde", {"skipped": True}), ("store", {"value": 3.0})):

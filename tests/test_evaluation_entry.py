@@ -1,14 +1,17 @@
-"""The report's evaluation section: numbers, chance level and the sample grids."""
+"""The report's evaluation section: the verdict on its fixed scale, numbers beside chance, the
+sample grids, read from a finished evaluation folder (and only from one)."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from PIL import Image
 from rcdm.analysis.evaluation_entry import evaluation_entry, verdict
+from rcdm.errors import InvalidInput
 from rcdm.run.evaldir import EvalDir
 from rcdm.verdict import SCALE_TEXT, grade, metrics_summary, verdict_of_metrics
 
-from tests.test_evaluate import fake_evaluation
+from tests.evaluation_setup import fake_evaluation
 
 
 def test_verdict_on_the_fixed_scale_beside_chance():
@@ -118,3 +121,13 @@ def test_entry_with_fid(tmp_path):
     entry = evaluation_entry(ev, tmp_path / "analysis")
     quality = [t for t in entry.tables if "quality" in t.title][0]
     assert quality.rows[0][3:5] == ["12.35", "3.20 ± 0.10"]
+
+
+def test_a_folder_of_another_stage_is_refused(tmp_path):
+    """analyze.evaluations naming a table of evaluations (or any other folder with a manifest) is a
+    mistake to say, not an evaluation to leave out silently."""
+    from rcdm.run.evaldir import write_table
+
+    write_table(tmp_path / "table", csv="", tables={}, markdown="", evaluations={})
+    with pytest.raises(InvalidInput, match="is not an evaluation folder"):
+        evaluation_entry(tmp_path / "table", tmp_path / "analysis")
