@@ -32,6 +32,7 @@ __all__ = [
     "describe_space",
     "evaluate_spaces",
     "open_second_stores",
+    "pixel_spaces",
     "space_metrics",
     "pixel_diversity",
     "pixel_space",
@@ -273,34 +274,43 @@ def evaluate_spaces(
     if base is not None:
         baseline_images(base, train_store, notes)
     spaces += [second_space(sp, images, target, groups, base, encode, **kw) for sp in seconds]
-    every = all_reference_pixels(store, ss.resolution)  # read once: the pixel space and pixel diversity
+    diversity = pixel_spaces(store, ss.resolution, images, target, groups, base, spaces, notes, **kw)
+    return {
+        "spaces": spaces,
+        "pixel_diversity": diversity,
+        "retrieval_baseline": _get(base, "info"),
+        "n_samples": int(inside.sum()),
+        "notes": notes,
+    }
+
+
+def pixel_spaces(
+    store: Any,
+    resolution: int,
+    images: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray,
+    base: Baseline | None,
+    spaces: list[dict],
+    notes: list[str],
+    **kw: Any,
+) -> dict:
+    """The pixel space (appended to ``spaces``, or a note saying why not) and the pixel diversity
+    (returned); the reference images are read once for both."""
+    every = all_reference_pixels(store, resolution)
     pixels = pixel_space(
-        store,
-        ss.resolution,
-        images,
-        target,
-        groups,
-        _get(base, "images"),
-        _get(base, "inverse"),
-        every=every,
-        **kw,
+        store, resolution, images, target, groups, _get(base, "images"), _get(base, "inverse"), every=every, **kw
     )
     if isinstance(pixels, str):
         notes.append(pixels)
     else:
         spaces.append(pixels)
-    ref_px = _reference_pixels(store, ss.resolution, every=every)
+    ref_px = _reference_pixels(store, resolution, every=every)
     if ref_px is None:
         notes.append(
             f"pixel diversity of random reference pairs not computed: the images of {store.path} could not be read"
         )
-    return {
-        "spaces": spaces,
-        "pixel_diversity": pixel_diversity(images, groups, ref_px),
-        "retrieval_baseline": _get(base, "info"),
-        "n_samples": int(inside.sum()),
-        "notes": notes,
-    }
+    return pixel_diversity(images, groups, ref_px)
 
 
 def _get(base: Baseline | None, name: str) -> Any:
