@@ -4,14 +4,19 @@ Entry points:
 - ``evaluate(cfg: EvaluateConfig) -> Path``: samples -> metrics.json / .csv / .md.
 - ``table(run_dirs, out) -> Path``: several evaluated runs -> the paper's Table 1a / 1b.
 - ``analyze(cfg: AnalyzeConfig) -> Path``: the configured experiments -> report.html.
+- ``curve.curve(runs, out) -> Path``: faithfulness against training images, several runs.
 
-The functions are imported after their submodules, so the package attributes are the functions
-(importing a submodule would otherwise rebind ``rcdm.analysis.evaluate`` to the module).
+Modules:
+- ``evaluation/``: ``rcdm evaluate`` and every metric it computes (see its ``__init__``).
+- ``analyze.py``: ``rcdm analyze``; ``report.py``: the report's entries and report.html.
+- ``evaluation_entry.py``: the report's section on what ``rcdm evaluate`` measured.
+- ``prior_entry.py``: the report's learned prior vs KDE; ``recipe.py``: a run's recipe in words.
+- ``probe.py``: the linear probe and FGSM; ``experiments/``: the paper's experiments.
 """
 
 from __future__ import annotations
 
 from rcdm.analysis.analyze import analyze
-from rcdm.analysis.evaluate import evaluate, table
+from rcdm.analysis.evaluation import evaluate, table
 
 __all__ = ["analyze", "evaluate", "table"]

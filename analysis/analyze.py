@@ -13,7 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
-from rcdm.analysis.eval_entry import evaluation_entry
+from rcdm.analysis.evaluation_entry import evaluation_entry
 from rcdm.analysis.experiments import EXPERIMENTS
 from rcdm.analysis.prior_entry import prior_entry
 from rcdm.analysis.recipe import recipe_label

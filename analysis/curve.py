@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from rcdm.errors import InvalidInput, MissingInput
+from rcdm.run.evaldir import CURVE_JSON, CURVE_PNG
 from rcdm.run.rundir import RunDir
 from rcdm.utils import atomic_write_json, now_iso
 
@@ -91,10 +92,10 @@ def curve(runs: list[str], out: str | Path) -> Path:
     ax_m.set_ylim(0, 1)
     ax_m.legend(fontsize=7, loc="best")
     fig.tight_layout()
-    png = out / "curve.png"
+    png = out / CURVE_PNG
     fig.savefig(png, dpi=110)
     plt.close(fig)
-    atomic_write_json(out / "curve.json", {"runs": data, "created": now_iso()})
+    atomic_write_json(out / CURVE_JSON, {"runs": data, "created": now_iso()})
     return png
 
 

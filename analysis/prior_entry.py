@@ -12,16 +12,17 @@ is analysed, a figure shows its samples from both.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rcdm.analysis import faithfulness as F
-from rcdm.analysis import metrics
+from rcdm.analysis.evaluation import feature_stats as F
+from rcdm.analysis.evaluation import metrics
 from rcdm.analysis.report import Entry, Table
 from rcdm.config import SampleConfig
 from rcdm.errors import MissingInput
+from rcdm.run.evaldir import EvalDir
+from rcdm.run.sampleset import SampleSetWriter
 
 __all__ = ["prior_entry", "draw_statistics", "evaluated_rows"]
 
@@ -48,12 +49,12 @@ def evaluated_rows(evaluations: tuple[str, ...]) -> list[list[Any]]:
     """Rows for evaluations of sample sets conditioned on prior or kde draws."""
     rows = []
     for d in evaluations:
-        p = Path(d) / "metrics.json"
-        if not p.is_file():
+        try:
+            m = EvalDir(d).metrics()
+        except MissingInput:  # not evaluated (yet): nothing to list
             continue
-        m = json.loads(p.read_text())
-        man = Path((m.get("samples") or {}).get("path", "")) / "manifest.json"
-        cond = json.loads(man.read_text()).get("condition") if man.is_file() else None
+        man = SampleSetWriter((m.get("samples") or {}).get("path", "")).finished()  # the sample set's manifest
+        cond = man.get("condition") if man else None
         if cond in ("prior", "kde"):
             fid = m.get("fid") or {}
             rows.append([cond, d, m.get("n_samples"), fid.get("value") if not fid.get("skipped") else "not computed"])

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import yaml
+from rcdm.run.rundir import RunDir
 
 __all__ = ["recipe_label"]
 
@@ -17,7 +18,7 @@ def recipe_label(checkpoint: str | Path | None) -> str | None:
         return None
     path = Path(checkpoint)
     found = next(
-        (p / "config.yaml" for p in (path, path.parent, path.parent.parent) if (p / "config.yaml").is_file()), None
+        (p / RunDir.CONFIG for p in (path, path.parent, path.parent.parent) if (p / RunDir.CONFIG).is_file()), None
     )
     if found is None:
         return None

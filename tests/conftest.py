@@ -16,5 +16,7 @@ import torch  # noqa: E402
 
 torch.set_num_threads(1)
 
-# The sampling tests' module-scoped fixtures (a tiny RCDM, its checkpoint, a store with images).
+# Shared fixtures: the evaluation tests' TORCH_HOME with stand-in Inception weights (module-scoped)
+# and a test setting it; the sampling tests' tiny RCDM, its checkpoint and a store with images.
+from tests.evaluation_setup import torch_home, use_torch_home  # noqa: E402, F401
 from tests.sample_setup import ckpt, model, store_dir  # noqa: E402, F401

@@ -414,7 +414,7 @@ def test_cached_features_condition_only_a_matching_run(tmp_path):
         image_size=32,
     )
     ctx = Context(cfg=AnalyzeConfig(checkpoints=("runs/a",)), out=tmp_path, device=torch.device("cpu"))
-    ctx._cache[("rcdm", "runs/a")] = r
+    assert ctx.cached(("rcdm", "runs/a"), lambda: r) is r  # as if loaded: ctx.rcdm("runs/a") is r
     feats = np.random.default_rng(0).standard_normal((3, 2048)).astype(np.float32)
     variants = {
         "same": (info, pp),

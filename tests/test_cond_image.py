@@ -118,9 +118,9 @@ def test_training_fits_records_and_reloads_the_map(tmp_path, capsys):
 def test_evaluate_names_the_map_in_the_method():
     from types import SimpleNamespace
 
-    from rcdm.analysis.evaluate import _method
+    from rcdm.analysis.evaluation.stage import method_label
 
     with_map = SimpleNamespace(manifest={"unet": {"cond": "embed", "cond_image": 32}})
-    assert _method(with_map, "random-rn50") == "RCDM (random-rn50, embed + cond_image 32)"
+    assert method_label(with_map, "random-rn50") == "RCDM (random-rn50, embed + cond_image 32)"
     plain = SimpleNamespace(manifest={"unet": {"cond": "embed", "cond_image": 0}})
-    assert _method(plain, "random-rn50") == "RCDM (random-rn50, embed)"
+    assert method_label(plain, "random-rn50") == "RCDM (random-rn50, embed)"

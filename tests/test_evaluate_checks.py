@@ -1,18 +1,116 @@
-"""`rcdm evaluate` refuses a reference store whose features are another representation than the
-one the samples were conditioned on (encoder seed, weights, layer, preprocessing, input size):
-the same comparison as `rcdm train` and `rcdm sample` (rcdm.run.conditioning), made before any
-work and before any output."""
+"""`rcdm evaluate`'s checks before any work: every bad input stops it before the encoder is built
+and before any output (no manifest, no metrics), with a message naming the fix.
+
+The sample set's own damage (test_sampleset.py has each case), the conditioning dimension, a
+reference store of another representation than the samples' (encoder seed, weights, layer,
+preprocessing, input size: the same comparison as `rcdm train` and `rcdm sample`,
+rcdm.run.conditioning), a named training store of another encoder, missing Inception or encoder
+weights, stale FID reference statistics, missing reference images."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import pytest
 from rcdm.analysis import evaluate
+from rcdm.analysis.evaluation.fid import expected_meta, save_reference_stats
+from rcdm.analysis.evaluation.inception import INCEPTION_FILENAME
 from rcdm.errors import InvalidInput
+from rcdm.run.evaldir import EvalDir
 
+from tests.evaluation_setup import RES, cfg_for, simple_case, write_samples
+from tests.synthetic import make_image_folder
 from tests.synthetic_store import RCDM_PREPROCESS, make_store
-from tests.test_evaluate import RES, cfg_for, write_samples
 
+
+# ------------------------------------------------------------------------------ the inputs
+def test_bad_sample_files(tmp_path):
+    """The sample set's own checks are in test_sampleset.py: evaluate stops on them first."""
+    samples, store, images, rows, feats = simple_case(tmp_path)
+    out = tmp_path / "eval"
+    cfg = cfg_for(samples, store, out)
+    np.savez(samples / "samples.npz", images[::-1].copy())  # changed after the sampler wrote it
+    with pytest.raises(ValueError, match="has changed since"):
+        evaluate(cfg)
+    write_samples(samples, images, rows, feats)
+    (samples / "conds.npy").unlink()
+    with pytest.raises(FileNotFoundError, match="conds.npy"):
+        evaluate(cfg)
+    (samples / "manifest.json").unlink()  # the sample set's finished marker
+    with pytest.raises(FileNotFoundError, match="did not finish"):
+        evaluate(cfg)
+    assert not EvalDir(out).manifest.exists()
+
+
+def test_condition_dimension_must_match_reference(tmp_path):
+    samples, store, images, rows, feats = simple_case(tmp_path)
+    write_samples(samples, images, rows, np.zeros((len(images), 5), np.float32))
+    with pytest.raises(ValueError, match="conditioned on 5-d"):
+        evaluate(cfg_for(samples, store, tmp_path / "eval"))
+
+
+def test_fid_on_without_weights_stops_before_any_output(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty_home"))
+    samples, store, *_ = simple_case(tmp_path)
+    out = tmp_path / "eval"
+    with pytest.raises(FileNotFoundError, match=INCEPTION_FILENAME):
+        evaluate(cfg_for(samples, store, out, fid="on", reference_images=str(tmp_path)))
+    assert not EvalDir(out).manifest.exists() and not EvalDir(out).metrics_file.exists()
+
+
+def test_stale_reference_stats_refused_before_work(tmp_path, use_torch_home):
+    from rcdm.utils import sha256_file
+
+    samples, store, *_ = simple_case(tmp_path)
+    val = make_image_folder(tmp_path / "val", n_classes=1, per_class=2)
+    cache = tmp_path / "ref.npz"
+    wsha = sha256_file(use_torch_home / "hub" / "checkpoints" / INCEPTION_FILENAME)
+    save_reference_stats(cache, np.zeros(2048), np.eye(2048), expected_meta(val, 64, wsha, None))
+    cfg = cfg_for(samples, store, tmp_path / "eval", fid="on", reference_images=str(val), fid_stats_cache=str(cache))
+    with pytest.raises(ValueError, match="resolution=64"):
+        evaluate(cfg)
+
+
+def test_missing_reference_images_stop_before_work(tmp_path, use_torch_home):
+    samples, store, *_ = simple_case(tmp_path)
+    cfg = cfg_for(samples, store, tmp_path / "eval", fid="auto", reference_images=str(tmp_path / "no_such_val"))
+    with pytest.raises(FileNotFoundError, match="no_such_val"):
+        evaluate(cfg)
+    assert not EvalDir(tmp_path / "eval").manifest.exists()
+
+
+def test_missing_encoder_weights_stop_before_output(tmp_path):
+    rng = np.random.default_rng(0)
+    feats = rng.normal(size=(3, 8)).astype(np.float32)
+    info = {
+        "name": "supervised-rn50",
+        "arch": "resnet50",
+        "layer": "trunk",
+        "dim": 8,
+        "weights": str(tmp_path / "gone.pth"),
+        "weights_sha256": "0" * 64,
+    }
+    store = make_store(tmp_path / "store", feats, encoder_info=info)
+    rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(3)]
+    images = rng.integers(0, 256, size=(3, RES, RES, 3), dtype=np.uint8)
+    samples = write_samples(tmp_path / "samples", images, rows, feats)
+    with pytest.raises(FileNotFoundError, match="gone.pth"):
+        evaluate(cfg_for(samples, store, tmp_path / "eval"))
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_named_train_store_of_another_encoder_is_refused(tmp_path):
+    samples, store, *_ = simple_case(tmp_path)
+    other = make_store(tmp_path / "other", np.zeros((3, 9), np.float32))
+    cfg = cfg_for(samples, store, tmp_path / "eval", train_store=str(other))
+    cfg = dataclasses.replace(cfg, origin={"train_store": "--set evaluate.train_store"})
+    with pytest.raises(ValueError, match="retrieval baseline needs the training store"):
+        evaluate(cfg)
+    assert not (tmp_path / "eval").exists()  # refused before any output
+
+
+# ------------------------------------------------------------------ the representation
 DIM = 2048
 INFO = {
     "name": "random-rn50",

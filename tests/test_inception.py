@@ -1,8 +1,9 @@
-"""The Inception weights for FID / IS are read once, without pickle (issue 12).
+"""The Inception network of FID / IS: torch-fidelity's, given weights read once, without pickle.
 
 torch-fidelity's constructor loads a weights file with ``torch.load(weights_only=False)``; rcdm
-reads and checks the file itself (weights-only) and hands torch-fidelity's model that state dict.
-The stand-in weights are test_evaluate's He-initialised state dict; nothing is downloaded.
+reads and checks the file itself (weights-only) and hands torch-fidelity's model that state dict,
+whose outputs are then torch-fidelity's own. The stand-in weights are evaluation_setup's
+He-initialised state dict; nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rcdm.analysis.fid import fid_and_is
-from rcdm.analysis.inception import InceptionV3
+from rcdm.analysis.evaluation.fid import fid_and_is
+from rcdm.analysis.evaluation.inception import INCEPTION_FILENAME, InceptionV3
 
+from tests.evaluation_setup import RES, make_inception_weights
 from tests.synthetic import make_image_folder
-from tests.test_evaluate import make_inception_weights
 
 
 @pytest.fixture(scope="module")
@@ -77,3 +78,30 @@ def test_a_file_that_is_not_inception_is_refused_before_torch_fidelity(tmp_path)
     torch.save(bad, tmp_path / "misshaped.pth")
     with pytest.raises(ValueError, match=r"misshaped\.pth does not match torch-fidelity's Inception-v3.*fc\.weight"):
         InceptionV3(tmp_path / "misshaped.pth")
+
+
+def test_wrapper_matches_torch_fidelity_extractor(use_torch_home):
+    from torch_fidelity.utils import create_feature_extractor
+
+    w = use_torch_home / "hub" / "checkpoints" / INCEPTION_FILENAME
+    x = np.random.default_rng(0).integers(0, 256, size=(2, RES, RES, 3), dtype=np.uint8)
+    pool, logits = InceptionV3(w)(x, batch_size=1)  # two batches of one
+    fe = create_feature_extractor(
+        "inception-v3-compat",
+        ["2048", "logits_unbiased"],
+        cuda=False,
+        feature_extractor_weights_path=str(w),
+    )
+    with torch.no_grad():
+        ref_pool, ref_logits = fe(torch.from_numpy(x).permute(0, 3, 1, 2))
+    assert pool.shape == (2, 2048) and logits.shape == (2, 1008)
+    np.testing.assert_allclose(pool, ref_pool.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(logits, ref_logits.numpy(), rtol=1e-5, atol=1e-5)
+    assert pool.std() > 0
+
+
+def test_weights_that_need_pickle_are_refused(tmp_path):
+    bad = tmp_path / "w.pth"
+    torch.save({"fc.weight": torch.zeros(1), "x": object()}, bad)
+    with pytest.raises(ValueError, match="trust_checkpoint"):
+        InceptionV3(bad)

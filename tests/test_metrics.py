@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from rcdm.analysis.metrics import (
+from rcdm.analysis.evaluation.metrics import (
     chance_mrr,
     feature_statistics,
     frechet_distance,

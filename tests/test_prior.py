@@ -156,11 +156,14 @@ def test_report_lists_the_fid_of_prior_and_kde_sample_sets(tmp_path):
 
     from rcdm.analysis.prior_entry import evaluated_rows
 
+    from tests.evaluation_setup import fake_evaluation
+
     runs = []
     for cond, fid in (("prior", {"value": 12.5}), ("kde", {"skipped": True}), ("store", {"value": 3.0})):
         samples, ev = tmp_path / f"s-{cond}", tmp_path / f"e-{cond}"
-        samples.mkdir(), ev.mkdir()
-        (samples / "manifest.json").write_text(json.dumps({"condition": cond}))
-        (ev / "metrics.json").write_text(json.dumps({"samples": {"path": str(samples)}, "n_samples": 8, "fid": fid}))
+        samples.mkdir()
+        (samples / "manifest.json").write_text(json.dumps({"condition": cond}))  # the sample set's
+        fake_evaluation(ev, {"samples": {"path": str(samples)}, "n_samples": 8, "fid": fid})
         runs.append(str(ev))
+    runs.append(str(tmp_path / "not-evaluated"))  # left out
     assert evaluated_rows(tuple(runs)) == [["prior", runs[0], 8, 12.5], ["kde", runs[1], 8, "not computed"]]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from rcdm.analysis import metrics
+from rcdm.analysis.evaluation import metrics
 
 
 def test_token_distance_is_the_mean_over_tokens_of_squared_distances():
@@ -49,10 +49,10 @@ def test_evaluate_reports_token_and_pooled_ranks_for_a_tokens_reference(tmp_path
     from rcdm.data.images import adm_center_crop, open_source
     from rcdm.encoders.build import encode, load_encoder
 
+    from tests.evaluation_setup import write_samples
     from tests.synthetic import make_image_folder
     from tests.synthetic_store import make_store
     from tests.synthetic_vit_ckpt import save_dinov2
-    from tests.test_evaluate import write_samples
     from tests.test_vit_encoders import pp_for, randomized, tiny_spec
 
     spec = tiny_spec("dinov2-vits14")

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import zlib
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -26,6 +27,8 @@ from rcdm.store.format import MANIFEST as STORE_MANIFEST
 from rcdm.utils import atomic_write_json
 
 __all__ = ["RCDM", "Context", "same_encoder", "describe_encoder"]
+
+T = TypeVar("T")
 
 
 def describe_encoder(info: dict) -> str:
@@ -75,11 +78,23 @@ class RCDM:
 
 @dataclass
 class Context:
+    """What the experiments of one ``rcdm analyze`` share: the config, the output folder, the
+    device, and everything loaded once (stores, features, encoders, RCDMs, probes: :meth:`cached`)."""
+
     cfg: AnalyzeConfig
     out: Path
     device: torch.device
-    _cache: dict = field(default_factory=dict)
     upstream: dict = field(default_factory=dict)  # manifest path -> sha256, for manifest.json
+    _memo: dict = field(default_factory=dict, init=False, repr=False)  # key -> value: only cached() reads it
+
+    # ---------------------------------------------------------------- memo
+    def cached(self, key: Hashable, make: Callable[[], T]) -> T:
+        """The value stored under ``key``, made by ``make()`` the first time: what several
+        experiments (or checkpoints) need is loaded or computed once per analysis. Keys are tuples
+        whose first item names the kind ("store", "feats", "probe", ...), so kinds never collide."""
+        if key not in self._memo:
+            self._memo[key] = make()
+        return self._memo[key]
 
     # ---------------------------------------------------------------- seeds
     def rng(self, salt: str) -> np.random.Generator:
@@ -100,18 +115,17 @@ class Context:
         path = {"train": self.cfg.train_store, "val": self.cfg.val_store}.get(which, which)
         if path is None:
             raise InvalidInput(f"analyze.{which}_store is not set; give the {which} feature store path")
-        key = ("store", str(path))
-        if key not in self._cache:
+
+        def open_store():
             s = FeatureStore(path)
-            self._cache[key] = s
             self.upstream[str(Path(path) / STORE_MANIFEST)] = s.manifest_sha256
-        return self._cache[key]
+            return s
+
+        return self.cached(("store", str(path)), open_store)
 
     def features(self, store) -> np.ndarray:
-        key = ("feats", str(store.path))
-        if key not in self._cache:
-            self._cache[key] = store.features(0)  # (N, D) float32, view 0 (unflipped)
-        return self._cache[key]
+        """The store's view-0 (unflipped) features, ``(N, D)`` float32; cached."""
+        return self.cached(("feats", str(store.path)), lambda: store.features(0))
 
     def labels(self, store, what: str) -> np.ndarray:
         from rcdm.analysis.probe import check_labels
@@ -135,12 +149,12 @@ class Context:
         """The store's ``StoreImages`` (cached): source images of its rows."""
         from rcdm.store import StoreImages
 
-        key = ("images", str(store.path))
-        if key not in self._cache:
-            self._cache[key] = StoreImages(
+        return self.cached(
+            ("images", str(store.path)),
+            lambda: StoreImages(
                 store, hint="the analyses show images, so run them where the store's source images are"
-            )
-        return self._cache[key]
+            ),
+        )
 
     def image(self, store, i: int) -> Image.Image:
         """The source image of store row ``i`` (RGB)."""
@@ -189,10 +203,9 @@ class Context:
             info.get("seed"),
             repr(info.get("preprocess")),
         )
-        if key not in self._cache:
-            enc = encoder_from_info(info, trust_checkpoint=self.cfg.trust_checkpoint)
-            self._cache[key] = enc.to(self.device).eval()
-        return self._cache[key]
+        return self.cached(
+            key, lambda: encoder_from_info(info, trust_checkpoint=self.cfg.trust_checkpoint).to(self.device).eval()
+        )
 
     def preprocess_for(self, info: dict):
         """The preprocessing a store of this encoder recorded (exactly what its features were made
@@ -217,10 +230,8 @@ class Context:
 
     # ---------------------------------------------------------------- RCDMs
     def rcdm(self, path: str) -> RCDM:
-        key = ("rcdm", str(path))
-        if key not in self._cache:
-            self._cache[key] = self._load_rcdm(str(path))
-        return self._cache[key]
+        """The checkpoint at ``path``, loaded once."""
+        return self.cached(("rcdm", str(path)), lambda: self._load_rcdm(str(path)))
 
     def rcdms(self) -> list[RCDM]:
         if not self.cfg.checkpoints:

@@ -12,6 +12,9 @@ dimensions is flagged as degenerate in the figure, the notes and the JSON. Each 
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from typing import Any
+
 import numpy as np
 from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
@@ -79,9 +82,31 @@ def selection_check(most: np.ndarray, least: np.ndarray, dim: int) -> dict:
     }
 
 
-def run(ctx: Context) -> Entry:
-    from rcdm.diffusion.conditions import algebra, knn, manipulate
+@dataclass
+class _Setting:
+    """What every checkpoint's figures share: the stores, the neighbour rule, the picked images."""
 
+    val: Any
+    train: Any
+    tf: np.ndarray  # (N_train, D) the training features
+    vf: np.ndarray  # (N_val, D) the validation features
+    k: int  # nearest training neighbours
+    m: int  # a dimension is common when active in at least m of them
+    thresholds: np.ndarray  # (D,) per-dimension "active" thresholds
+    rows: list[int]  # the picked validation rows
+    seeds: list[int]
+
+
+@dataclass
+class _Results:
+    figures: list = field(default_factory=list)
+    records: list = field(default_factory=list)
+    table_rows: list = field(default_factory=list)
+    degenerate: list = field(default_factory=list)  # "<key>: <reason>" per degenerate selection
+
+
+def run(ctx: Context) -> Entry:
+    """Per checkpoint: masking / substitution figures of each picked image, then the algebra rows."""
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")
     tf = ctx.features(train)
@@ -89,7 +114,6 @@ def run(ctx: Context) -> Entry:
     m = min(cfg.knn_m, k)
     rows = ctx.pick(val, max(3, cfg.n_images), "manipulation")  # algebra needs 3
     seeds = ctx.noise_seeds()
-    figures, records, table_rows = [], [], []
     if not same_encoder(train, val):
         raise InvalidInput(
             f"manipulation: the train store ({describe_encoder(train.encoder_info)}) and val store "
@@ -97,124 +121,144 @@ def run(ctx: Context) -> Entry:
         )
     rcdms, notes = ctx.store_rcdms(train, "manipulation")
     thresholds = active_thresholds(tf)
-    degenerate = []
+    out = _Results()
     for r in rcdms:
+        st = _Setting(val, train, tf, ctx.features(val), k, m, thresholds, rows, seeds)
         size = display_size(r.image_size, ["mask least (degenerate)"])
-        vf = ctx.features(val)
         for n_img, i in enumerate(rows[: max(1, cfg.n_images)]):
-            h = vf[i]
-            other = rows[(n_img + 1) % len(rows)]  # the substitution source: the next image
-            nn = knn(tf, h, k)
-            conds, labels = [h], ["original"]
-            dims_by = {}
-            for variant in ("most", "least"):
-                dims = select_dims(h, tf[nn], m, variant, thresholds)
-                dims_by[variant] = dims
-                conds.append(manipulate(h, dims, "zero"))
-                labels.append(f"mask {variant}")
-                conds.append(manipulate(h, dims, "replace", target=vf[other]))
-                labels.append(f"sub {variant}")
-            check = selection_check(dims_by["most"], dims_by["least"], len(h))
-            if check["degenerate"]:
-                degenerate.append(f"{val.keys[i]}: {check['reason']}")
-                labels = [lab if lab == "original" else f"{lab} (degenerate)" for lab in labels]
-            samples = ctx.sample_grid(r, np.stack(conds), seeds)  # (5, S, H, W, 3)
-            img, oimg = ctx.image(val, i), ctx.image(val, other)
-            grid_rows = []
-            for c, lab in enumerate(labels):
-                first = labelled(oimg if lab.startswith("sub ") else img, lab, size, lines=3)
-                grid_rows.append([first] + [labelled(s, "", size) for s in samples[c]])
-            warn = (
-                f"DEGENERATE SELECTION: {check['reason']}, so the mask / sub rows cannot show different things. "
-                if check["degenerate"]
-                else ""
-            )
-            cap = ctx.caption(
-                r,
-                seeds,
-                f"{warn}Rows: samples of h({val.keys[i]}); with its {len(dims_by['most'])} most-common / "
-                f"least-common dimensions (active, i.e. above the dimension's {100 * ACTIVE_QUANTILE:.0f}th "
-                f"percentile over the training store, in >= {m} of its {k} nearest training neighbours; "
-                f"overlap {check['overlap']}) zeroed (mask) or replaced by those of {val.keys[other]} "
-                "(sub, whose image is shown)",
-            )
-            title = f"{r.title}: {val.keys[i]}" + (" (degenerate selection)" if check["degenerate"] else "")
-            figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, title))
-            records.append(
-                {
-                    "checkpoint": r.path,
-                    "key": val.keys[i],
-                    "substitute_from": val.keys[other],
-                    "k": k,
-                    "m": m,
-                    "neighbours": [train.keys[j] for j in nn],
-                    "dims_most": dims_by["most"],
-                    "dims_least": dims_by["least"],
-                    "selection": check,
-                }
-            )
-            table_rows.append(
-                [
-                    r.label,
-                    val.keys[i],
-                    len(dims_by["most"]),
-                    len(dims_by["least"]),
-                    check["overlap"],
-                    r.cond_dim,
-                    "yes" if check["degenerate"] else "no",
-                ]
-            )
-        # algebra rows: a - b + c
-        triples = _triples(ctx, val, rows)
-        alg_rows, alg_records = [], []
-        for a, b, c in triples:
-            hc = algebra(vf[a], vf[b], vf[c])
-            samples = ctx.sample(r, np.repeat(hc[None], len(seeds), 0), seeds)
-            row = [
-                labelled(ctx.image(val, a), "a", size),
-                labelled(ctx.image(val, b), "- b", size),
-                labelled(ctx.image(val, c), "+ c", size),
-            ]
-            row += [labelled(s, "", size) for s in samples]
-            alg_rows.append(row)
-            alg_records.append({"a": val.keys[a], "b": val.keys[b], "c": val.keys[c]})
-        if alg_rows:
-            cap = ctx.caption(
-                r,
-                seeds,
-                "Representation algebra: each row shows a, b, c, then samples of h(a) - h(b) + h(c) ("
-                + "; ".join(f"{t['a']} - {t['b']} + {t['c']}" for t in alg_records)
-                + ")",
-            )
-            fig = grid(alg_rows, separator_after_first=False)
-            figures.append(ctx.save_figure("manipulation", f"{r.label}_algebra", fig, cap, f"{r.title}: algebra"))
-            records.append({"checkpoint": r.path, "algebra": alg_records})
+            _masking(ctx, r, st, n_img, i, size, out)
+        _algebra_rows(ctx, r, st, size, out)
     table = Table(
         "Edited dimensions",
         ["run", "image", "most-common dims", "least-common dims", "overlap", "D", "degenerate"],
-        table_rows,
+        out.table_rows,
     )
     numbers = {
         "seed": cfg.seed,
         "noise_seeds": seeds,
         "active_rule": f"value > the dimension's {ACTIVE_QUANTILE} quantile over the training store",
         "active_quantile": ACTIVE_QUANTILE,
-        "degenerate": degenerate,
-        "results": records,
+        "degenerate": out.degenerate,
+        "results": out.records,
     }
-    if degenerate:
-        notes = [
-            f"Degenerate selection for {len(degenerate)} image(s): most- and least-common masking "
-            f"cannot be told apart ({'; '.join(degenerate)})."
-        ] + list(notes)
-    summary = ""
-    if degenerate:  # said in bold under the title, not only in the figures
-        summary = (
-            f"{len(degenerate)} of {len(records) - sum('algebra' in r for r in records)} "
-            "masking figure(s) have a degenerate selection: their most- and least-common rows "
-            "cannot show different things (see each figure's caption)."
-        )
-    return ctx.finish("manipulation", TITLE, numbers, figures, [table], notes=notes, summary=summary)
+    notes, summary = _degenerate_notes(out, notes)
+    return ctx.finish("manipulation", TITLE, numbers, out.figures, [table], notes=notes, summary=summary)
+
+
+def _masking(ctx: Context, r, st: _Setting, n_img: int, i: int, size: int, out: _Results) -> None:
+    """Image ``i``: h, its most- / least-common dimensions zeroed and replaced by those of the next
+    picked image, sampled; its figure, record and table row."""
+    from rcdm.diffusion.conditions import knn, manipulate
+
+    val, h = st.val, st.vf[i]
+    other = st.rows[(n_img + 1) % len(st.rows)]  # the substitution source: the next image
+    nn = knn(st.tf, h, st.k)
+    conds, labels = [h], ["original"]
+    dims_by = {}
+    for variant in ("most", "least"):
+        dims = select_dims(h, st.tf[nn], st.m, variant, st.thresholds)
+        dims_by[variant] = dims
+        conds.append(manipulate(h, dims, "zero"))
+        labels.append(f"mask {variant}")
+        conds.append(manipulate(h, dims, "replace", target=st.vf[other]))
+        labels.append(f"sub {variant}")
+    check = selection_check(dims_by["most"], dims_by["least"], len(h))
+    if check["degenerate"]:
+        out.degenerate.append(f"{val.keys[i]}: {check['reason']}")
+        labels = [lab if lab == "original" else f"{lab} (degenerate)" for lab in labels]
+    samples = ctx.sample_grid(r, np.stack(conds), st.seeds)  # (5, S, H, W, 3)
+    img, oimg = ctx.image(val, i), ctx.image(val, other)
+    grid_rows = []
+    for c, lab in enumerate(labels):
+        first = labelled(oimg if lab.startswith("sub ") else img, lab, size, lines=3)
+        grid_rows.append([first] + [labelled(s, "", size) for s in samples[c]])
+    warn = (
+        f"DEGENERATE SELECTION: {check['reason']}, so the mask / sub rows cannot show different things. "
+        if check["degenerate"]
+        else ""
+    )
+    cap = ctx.caption(
+        r,
+        st.seeds,
+        f"{warn}Rows: samples of h({val.keys[i]}); with its {len(dims_by['most'])} most-common / "
+        f"least-common dimensions (active, i.e. above the dimension's {100 * ACTIVE_QUANTILE:.0f}th "
+        f"percentile over the training store, in >= {st.m} of its {st.k} nearest training neighbours; "
+        f"overlap {check['overlap']}) zeroed (mask) or replaced by those of {val.keys[other]} "
+        "(sub, whose image is shown)",
+    )
+    title = f"{r.title}: {val.keys[i]}" + (" (degenerate selection)" if check["degenerate"] else "")
+    out.figures.append(ctx.save_figure("manipulation", f"{r.label}_mask_{n_img}", grid(grid_rows), cap, title))
+    out.records.append(
+        {
+            "checkpoint": r.path,
+            "key": val.keys[i],
+            "substitute_from": val.keys[other],
+            "k": st.k,
+            "m": st.m,
+            "neighbours": [st.train.keys[j] for j in nn],
+            "dims_most": dims_by["most"],
+            "dims_least": dims_by["least"],
+            "selection": check,
+        }
+    )
+    out.table_rows.append(
+        [
+            r.label,
+            val.keys[i],
+            len(dims_by["most"]),
+            len(dims_by["least"]),
+            check["overlap"],
+            r.cond_dim,
+            "yes" if check["degenerate"] else "no",
+        ]
+    )
+
+
+def _algebra_rows(ctx: Context, r, st: _Setting, size: int, out: _Results) -> None:
+    """Samples of h(a) - h(b) + h(c) for each triple: one figure and record per checkpoint."""
+    from rcdm.diffusion.conditions import algebra
+
+    val, vf, seeds = st.val, st.vf, st.seeds
+    alg_rows, alg_records = [], []
+    for a, b, c in _triples(ctx, val, st.rows):
+        hc = algebra(vf[a], vf[b], vf[c])
+        samples = ctx.sample(r, np.repeat(hc[None], len(seeds), 0), seeds)
+        row = [
+            labelled(ctx.image(val, a), "a", size),
+            labelled(ctx.image(val, b), "- b", size),
+            labelled(ctx.image(val, c), "+ c", size),
+        ]
+        row += [labelled(s, "", size) for s in samples]
+        alg_rows.append(row)
+        alg_records.append({"a": val.keys[a], "b": val.keys[b], "c": val.keys[c]})
+    if not alg_rows:
+        return
+    cap = ctx.caption(
+        r,
+        seeds,
+        "Representation algebra: each row shows a, b, c, then samples of h(a) - h(b) + h(c) ("
+        + "; ".join(f"{t['a']} - {t['b']} + {t['c']}" for t in alg_records)
+        + ")",
+    )
+    fig = grid(alg_rows, separator_after_first=False)
+    out.figures.append(ctx.save_figure("manipulation", f"{r.label}_algebra", fig, cap, f"{r.title}: algebra"))
+    out.records.append({"checkpoint": r.path, "algebra": alg_records})
+
+
+def _degenerate_notes(out: _Results, notes: list[str]) -> tuple[list[str], str]:
+    """The notes, led by the degenerate selections when there are any, and the summary saying so."""
+    if not out.degenerate:
+        return notes, ""
+    notes = [
+        f"Degenerate selection for {len(out.degenerate)} image(s): most- and least-common masking "
+        f"cannot be told apart ({'; '.join(out.degenerate)})."
+    ] + list(notes)
+    summary = (  # said in bold under the title, not only in the figures
+        f"{len(out.degenerate)} of {len(out.records) - sum('algebra' in r for r in out.records)} "
+        "masking figure(s) have a degenerate selection: their most- and least-common rows "
+        "cannot show different things (see each figure's caption)."
+    )
+    return notes, summary
 
 
 def _triples(ctx: Context, val, rows: list[int]) -> list[tuple[int, int, int]]:

@@ -7,7 +7,7 @@ conditions on the token mean, or a model trained on a ``mean`` / ``cls`` store o
 
 For the same validation images and noise seeds the figure shows, per image, the samples of the
 pooled model beside those of the token model. Each model's samples are re-encoded into tokens and
-ranked against the val store under both distances of :func:`rcdm.analysis.metrics.token_ranks`
+ranked against the val store under both distances of :func:`rcdm.analysis.evaluation.metrics.token_ranks`
 (mean over tokens of the squared distance; distance of the token means): mean rank and MRR of
 each (model, distance) pair form the table.
 """
@@ -15,7 +15,7 @@ each (model, distance) pair form the table.
 from __future__ import annotations
 
 import numpy as np
-from rcdm.analysis import metrics
+from rcdm.analysis.evaluation import metrics
 from rcdm.analysis.experiments.common import RCDM, Context, describe_encoder, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table

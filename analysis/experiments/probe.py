@@ -51,10 +51,7 @@ def fit_store_probe(ctx: Context, train, val) -> ProbeResult:
 
 def cached_probe(ctx: Context, train, val) -> ProbeResult:
     """The adversarial experiment reuses the probe of the same stores."""
-    key = ("probe", str(train.path), str(val.path))
-    if key not in ctx._cache:
-        ctx._cache[key] = fit_store_probe(ctx, train, val)
-    return ctx._cache[key]
+    return ctx.cached(("probe", str(train.path), str(val.path)), lambda: fit_store_probe(ctx, train, val))
 
 
 def run(ctx: Context) -> Entry:

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 from rcdm.config import PipelineConfig
+from rcdm.run.evaldir import EvalDir
 from rcdm.verdict import metrics_summary
 
 __all__ = ["evaluate_lines", "run_lines", "sample_lines"]
@@ -39,12 +40,12 @@ def evaluate_lines(metrics: Path) -> list[str]:
     m = _read(Path(metrics))
     if m is None:
         return []
-    return [*metrics_summary(m), f"tables: {Path(metrics).with_name('metrics.md')}"]
+    return [*metrics_summary(m), f"tables: {EvalDir(Path(metrics).parent).markdown_file}"]
 
 
 def run_lines(cfg: PipelineConfig, stages: tuple[str, ...]) -> list[str]:
     """``rcdm run``: the evaluation's numbers (when the pipeline evaluated), before the report path."""
     if "evaluate" not in stages and "analyze" not in stages:
         return []
-    metrics = Path(cfg.evaluate.out) / "metrics.json"
+    metrics = EvalDir(cfg.evaluate.out).metrics_file
     return evaluate_lines(metrics) if metrics.is_file() else []

@@ -1,8 +1,10 @@
-"""metrics.json / .csv / .md for one evaluation, and the paper's Table 1a / 1b over several.
+"""The paper's Table 1 from metrics.json: one evaluation's metrics.csv / .md, and Table 1a / 1b
+over several (``rcdm evaluate --table``).
 
 Table 1a (image quality): method, resolution, FID, IS. Table 1b (faithfulness to the
 representation): encoder, mean rank, MRR. Every row also carries the sample count, sampler and
-steps, so numbers computed differently never sit side by side unlabelled.
+steps, so numbers computed differently never sit side by side unlabelled. The folders are read and
+written by ``rcdm.run.evaldir``; this module renders the tables.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ import csv
 import io
 from pathlib import Path
 
-from rcdm.errors import InvalidInput, MissingInput
-from rcdm.utils import atomic_write_json, atomic_write_text, now_iso, read_json, sha256_file
+from rcdm.errors import InvalidInput
+from rcdm.run.evaldir import EvalDir, write_table
 
 COLUMNS = [
     "run",
@@ -203,50 +205,35 @@ def run_labels(run_dirs: list[Path]) -> list[str]:
     return out
 
 
-def write_metrics_files(out: Path, metrics: dict) -> Path:
-    """metrics.csv and metrics.md, then metrics.json (returned)."""
-    atomic_write_text(out / "metrics.csv", _csv([flat_row(metrics, out.name)]))
-    atomic_write_text(
-        out / "metrics.md", render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}", [out.name])
-    )
-    return atomic_write_json(out / "metrics.json", metrics)
+def metrics_csv(metrics: dict, run: str) -> str:
+    """One evaluation's metrics.csv: the header and its row, named ``run``."""
+    return _csv([flat_row(metrics, run)])
+
+
+def metrics_markdown(metrics: dict, run: str) -> str:
+    """One evaluation's metrics.md: Table 1a / 1b and the notes."""
+    return render_markdown([metrics], f"Evaluation of {metrics['samples']['path']}", [run])
 
 
 def table(run_dirs: list[str], out: str) -> Path:
     """Assemble finished evaluations into Table 1a / 1b: metrics.md, .csv, .json; returns .md."""
     if not run_dirs:
         raise InvalidInput("--table needs at least one evaluation directory (the --out of `rcdm evaluate`)")
-    metrics_list, shas = [], {}
-    for d in map(Path, run_dirs):
-        if not (d / "manifest.json").is_file() or not (d / "metrics.json").is_file():
-            raise MissingInput(
-                f"{d} is not a finished evaluation (no manifest.json / metrics.json); "
-                "run `rcdm evaluate --out` on it first"
-            )
-        m = read_json(d / "metrics.json")
-        if not m.get("complete"):
-            raise InvalidInput(f"{d / 'metrics.json'} is not marked complete; re-run `rcdm evaluate`")
-        metrics_list.append(m)
-        shas[str(d)] = sha256_file(d / "manifest.json")
+    folders = [EvalDir(d) for d in run_dirs]
+    metrics_list = [f.metrics() for f in folders]  # each a finished evaluation, or refused saying why
+    shas = {str(f.path): f.manifest_sha256() for f in folders}
     labels = run_labels([Path(d) for d in run_dirs])
     rows = [flat_row(m, lab) for m, lab in zip(metrics_list, labels, strict=True)]
-    o = Path(out)
-    o.mkdir(parents=True, exist_ok=True)
-    (o / "manifest.json").unlink(missing_ok=True)
     h1a, b1a = table_1a(rows)
     h1b, b1b = table_1b(rows)
-    atomic_write_text(o / "metrics.csv", _csv(rows))
-    atomic_write_json(
-        o / "metrics.json",
-        {
+    return write_table(
+        out,
+        csv=_csv(rows),
+        tables={
             "table_1a": [dict(zip(h1a, r, strict=True)) for r in b1a],
             "table_1b": [dict(zip(h1b, r, strict=True)) for r in b1b],
             "rows": rows,
         },
+        markdown=render_markdown(metrics_list, "RCDM evaluation: Table 1", labels),
+        evaluations=shas,
     )
-    md = atomic_write_text(o / "metrics.md", render_markdown(metrics_list, "RCDM evaluation: Table 1", labels))
-    atomic_write_json(
-        o / "manifest.json",
-        {"stage": "evaluate-table", "evaluations": shas, "created": now_iso()},
-    )
-    return md

@@ -23,11 +23,20 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rcdm.analysis import faithfulness as F
-from rcdm.analysis import metrics
+from rcdm.analysis.evaluation import feature_stats as F
+from rcdm.analysis.evaluation import metrics
 from rcdm.errors import InvalidInput
 
-__all__ = ["Space", "describe_space", "open_second_stores", "space_metrics", "pixel_diversity", "pixel_space"]
+__all__ = [
+    "Space",
+    "describe_space",
+    "evaluate_spaces",
+    "open_second_stores",
+    "pixel_spaces",
+    "space_metrics",
+    "pixel_diversity",
+    "pixel_space",
+]
 
 PAIRS = 10000  # random pairs for the chance cosine and the random-pair distance
 PIXEL_SPACE_BYTES = 1 << 30  # the reference images as float32 pixels, at most (ImageNet's val at 32 px: 0.6 GiB)
@@ -168,7 +177,7 @@ def all_reference_pixels(store: Any, resolution: int) -> np.ndarray | str:
     if n * dim * 4 > PIXEL_SPACE_BYTES:
         return (
             f"pixel-space rank not computed: the {n} reference images at {resolution} px would take "
-            f"{n * dim * 4 / 2**30:.1f} GiB as float32 (rcdm.analysis.second_space.PIXEL_SPACE_BYTES: "
+            f"{n * dim * 4 / 2**30:.1f} GiB as float32 (rcdm.analysis.evaluation.spaces.PIXEL_SPACE_BYTES: "
             f"{PIXEL_SPACE_BYTES / 2**30:g} GiB)"
         )
     try:
@@ -216,6 +225,17 @@ def pixel_space(
     }
 
 
+@dataclass
+class Baseline:
+    """The retrieval baseline: the nearest training image to each condition, used as the sample."""
+
+    rows: np.ndarray  # (M_in,) its training-store row, per sample
+    features: np.ndarray  # (M_in, D) its features in the conditioning space
+    info: dict  # metrics.json's faithfulness.retrieval_baseline
+    images: list | None = None  # the distinct training images (None: unreadable), decoded once
+    inverse: np.ndarray | None = None  # (M_in,) index into ``images`` per sample
+
+
 def evaluate_spaces(
     ss: Any,
     store: Any,
@@ -231,7 +251,11 @@ def evaluate_spaces(
 ) -> dict:
     """The ``faithfulness`` block of metrics.json: one entry per space, pixel diversity, the
     retrieval baseline's description and notes. ``ref (N, D)``: ``store``'s features (view 0), as
-    the caller already read them. ``encode(encoder, images, preprocess) -> (N, D)``."""
+    the caller already read them. ``encode(encoder, images, preprocess) -> (N, D)``.
+
+    Only samples conditioned on a reference image count. The steps: the retrieval baseline (with a
+    training store), the conditioning space, each second encoder's space, then the pixel space and
+    the pixel diversity."""
     inside = cond_index >= 0
     notes: list[str] = []
     if not inside.any():
@@ -239,86 +263,114 @@ def evaluate_spaces(
     target = cond_index[inside]
     groups = np.array([r.condition for r in ss.rows])[inside]
     images = ss.images[inside]
-    nn = baseline_info = base = None
-    if train_store is not None:
-        train_feats = train_store.features(view=0)  # (N_train, D): read once, can be ~10 GB
-        nn, nn_dist = F.nearest_rows(ss.conds[inside], train_feats)  # nearest training row per condition
-        base = train_feats[nn]  # the retrieval baseline's "samples" in the conditioning space
-        del train_feats
-        baseline_info = {
-            "train_store": str(train_store.path.resolve()),
-            "N_train": len(train_store),
-            "mean_distance_condition_to_nearest_train": float(nn_dist.mean()),
-        }
-    else:
-        notes.append(
-            "retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
-            "layer (set evaluate.train_store to the training store)"
-        )
+    kw = dict(device=device, chunk_bytes=chunk_bytes)
+    base = retrieval_baseline(ss.conds[inside], train_store, notes)
     spaces = [
         {
             **describe_space("conditioning", store),
-            **space_metrics(
-                queries[inside], ref, target, groups, baseline=base, device=device, chunk_bytes=chunk_bytes
-            ),
+            **space_metrics(queries[inside], ref, target, groups, baseline=_get(base, "features"), **kw),
         }
     ]
-    nn_images = inv = None  # the baseline's training images, decoded once for the second and pixel spaces
-    if nn is not None:
-        try:
-            from rcdm.store import StoreImages
+    if base is not None:
+        baseline_images(base, train_store, notes)
+    spaces += [second_space(sp, images, target, groups, base, encode, **kw) for sp in seconds]
+    diversity = pixel_spaces(store, ss.resolution, images, target, groups, base, spaces, notes, **kw)
+    return {
+        "spaces": spaces,
+        "pixel_diversity": diversity,
+        "retrieval_baseline": _get(base, "info"),
+        "n_samples": int(inside.sum()),
+        "notes": notes,
+    }
 
-            uniq, inv = np.unique(nn, return_inverse=True)
-            imgs = StoreImages(train_store)
-            nn_images = [imgs.load(int(i)) for i in uniq]
-        except Exception as e:  # the training images moved: the second spaces have no baseline
-            notes.append(
-                f"retrieval baseline in pixel space (and any second space) not computed: the training images "
-                f"could not be read ({str(e).splitlines()[0][:200]})"
-            )
-    for sp in seconds:
-        q2 = encode(sp.encoder, images, sp.store.preprocess)
-        base2 = encode(sp.encoder, nn_images, sp.store.preprocess)[inv] if nn_images is not None else None
-        spaces.append(
-            {
-                **sp.describe(),
-                **space_metrics(
-                    q2,
-                    sp.store.features(view=0),
-                    sp.row_of_reference[target],
-                    groups,
-                    baseline=base2,
-                    device=device,
-                    chunk_bytes=chunk_bytes,
-                ),
-            }
-        )
-    every = all_reference_pixels(store, ss.resolution)  # read once: the pixel space and pixel diversity
+
+def pixel_spaces(
+    store: Any,
+    resolution: int,
+    images: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray,
+    base: Baseline | None,
+    spaces: list[dict],
+    notes: list[str],
+    **kw: Any,
+) -> dict:
+    """The pixel space (appended to ``spaces``, or a note saying why not) and the pixel diversity
+    (returned); the reference images are read once for both."""
+    every = all_reference_pixels(store, resolution)
     pixels = pixel_space(
-        store,
-        ss.resolution,
-        images,
-        target,
-        groups,
-        nn_images,
-        inv,
-        every=every,
-        device=device,
-        chunk_bytes=chunk_bytes,
+        store, resolution, images, target, groups, _get(base, "images"), _get(base, "inverse"), every=every, **kw
     )
     if isinstance(pixels, str):
         notes.append(pixels)
     else:
         spaces.append(pixels)
-    ref_px = _reference_pixels(store, ss.resolution, every=every)
+    ref_px = _reference_pixels(store, resolution, every=every)
     if ref_px is None:
         notes.append(
             f"pixel diversity of random reference pairs not computed: the images of {store.path} could not be read"
         )
+    return pixel_diversity(images, groups, ref_px)
+
+
+def _get(base: Baseline | None, name: str) -> Any:
+    """``base.<name>``, or None without a baseline."""
+    return None if base is None else getattr(base, name)
+
+
+def retrieval_baseline(conds: np.ndarray, train_store: Any | None, notes: list[str]) -> Baseline | None:
+    """The nearest training row to each condition ``conds (M_in, D)`` and its features, or None
+    (noted) without a training store."""
+    if train_store is None:
+        notes.append(
+            "retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
+            "layer (set evaluate.train_store to the training store)"
+        )
+        return None
+    train_feats = train_store.features(view=0)  # (N_train, D): read once, can be ~10 GB
+    nn, nn_dist = F.nearest_rows(conds, train_feats)  # nearest training row per condition
+    base = train_feats[nn]  # the retrieval baseline's "samples" in the conditioning space
+    del train_feats
+    info = {
+        "train_store": str(train_store.path.resolve()),
+        "N_train": len(train_store),
+        "mean_distance_condition_to_nearest_train": float(nn_dist.mean()),
+    }
+    return Baseline(nn, base, info)
+
+
+def baseline_images(base: Baseline, train_store: Any, notes: list[str]) -> None:
+    """Decode the baseline's training images once, for the second and pixel spaces (a note, and
+    no baseline there, when they cannot be read)."""
+    try:
+        from rcdm.store import StoreImages
+
+        uniq, inv = np.unique(base.rows, return_inverse=True)
+        imgs = StoreImages(train_store)
+        base.images, base.inverse = [imgs.load(int(i)) for i in uniq], inv
+    except Exception as e:  # the training images moved: the second spaces have no baseline
+        notes.append(
+            f"retrieval baseline in pixel space (and any second space) not computed: the training images "
+            f"could not be read ({str(e).splitlines()[0][:200]})"
+        )
+
+
+def second_space(
+    sp: Space,
+    images: np.ndarray,
+    target: np.ndarray,
+    groups: np.ndarray,
+    base: Baseline | None,
+    encode: Any,
+    **kw: Any,
+) -> dict:
+    """A second encoder's space: the samples (and the baseline's images) re-encoded by it, ranked
+    among its store's features of the reference images."""
+    q2 = encode(sp.encoder, images, sp.store.preprocess)
+    base2 = None
+    if base is not None and base.images is not None:
+        base2 = encode(sp.encoder, base.images, sp.store.preprocess)[base.inverse]
     return {
-        "spaces": spaces,
-        "pixel_diversity": pixel_diversity(images, groups, ref_px),
-        "retrieval_baseline": baseline_info,
-        "n_samples": int(inside.sum()),
-        "notes": notes,
+        **sp.describe(),
+        **space_metrics(q2, sp.store.features(view=0), sp.row_of_reference[target], groups, baseline=base2, **kw),
     }

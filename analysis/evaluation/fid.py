@@ -15,8 +15,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-from rcdm.analysis import metrics
-from rcdm.analysis.inception import (
+from rcdm.analysis.evaluation import metrics
+from rcdm.analysis.evaluation.inception import (
     FEATURE_EXTRACTOR,
     InceptionV3,
     missing_weights_message,
@@ -139,7 +139,7 @@ def plan_fid(mode: str, weights: str | None, allow_download: bool) -> tuple[Path
         return None, "evaluate.fid=off"
     path = resolve_weights(weights, allow_download=allow_download)
     if path is None:
-        from rcdm.analysis.inception import default_weights_path
+        from rcdm.analysis.evaluation.inception import default_weights_path
 
         msg = missing_weights_message(default_weights_path(), configured=False)
         if mode == "on":

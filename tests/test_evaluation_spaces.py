@@ -1,5 +1,7 @@
-"""Faithfulness beyond the conditioning encoder (rcdm evaluate): the pure metrics on hand-made
-cases, and `rcdm evaluate` with a second encoder's store and a training store end to end."""
+"""Faithfulness beyond the conditioning encoder (metrics.json's ``faithfulness``): the feature
+statistics on hand-made cases (top-k, cosine, nearest rows, diversity, precision / recall), and
+`rcdm evaluate` end to end with a second encoder's store, a training store (the retrieval
+baseline) and the pixel space."""
 
 from __future__ import annotations
 
@@ -9,18 +11,16 @@ import json
 import numpy as np
 import pytest
 from rcdm.analysis import evaluate
-from rcdm.analysis import faithfulness as F
-from rcdm.analysis import fd as fdmod
-from rcdm.analysis.metrics import nearest_neighbour_ranks
-from rcdm.analysis.second_space import space_metrics
+from rcdm.analysis.evaluation import feature_stats as F
+from rcdm.analysis.evaluation.metrics import nearest_neighbour_ranks
+from rcdm.analysis.evaluation.spaces import space_metrics
 
+from tests.evaluation_setup import RES, cfg_for, write_samples
 from tests.synthetic import make_image_folder
 from tests.synthetic_store import make_store
-from tests.test_evaluate import cfg_for, write_samples
-
-RES = 32
 
 
+# ------------------------------------------------------------------------- feature statistics
 def test_second_space_ranks_topk_cosine_by_hand():
     # reference on a line: r_j = (j, 0); each sample's condition and where it lands
     ref = np.array([[0.0, 0.0], [1.0, 0.0], [2.0, 0.0], [3.0, 0.0], [10.0, 0.0]])
@@ -69,53 +69,7 @@ def test_precision_recall_by_hand():
     assert pr["precision"] == 0.75 and pr["recall"] == 1.0
 
 
-def test_fd_extractors_offline_message_and_compute(tmp_path, monkeypatch):
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "home"))
-    run, skipped = fdmod.plan_fd("auto", ("dinov2-vit-b-14", "vgg16"))
-    assert run == [] and "dinov2_vitb14_pretrain.pth" in skipped["dinov2-vit-b-14"]["how_to_enable"]
-    assert "fd_extractors=[]" in skipped["vgg16"]["how_to_enable"]
-    assert fdmod.plan_fd("off", ("vgg16",))[1]["vgg16"]["reason"] == "evaluate.fid=off"
-    with pytest.raises(ValueError, match="unknown extractor 'nope'"):
-        fdmod.plan_fd("auto", ("nope",))
-    vgg = tmp_path / "home" / "hub" / "checkpoints" / fdmod.VGG16_FILE
-    vgg.parent.mkdir(parents=True)
-    vgg.write_bytes(b"x")
-    assert fdmod.plan_fd("auto", ("vgg16",))[0] == ["vgg16"]
-    # the computation, with a stand-in extractor (mean colour of 4x4 blocks)
-    rng = np.random.default_rng(0)
-    fake, real = rng.integers(0, 256, (12, 8, 8, 3), np.uint8), rng.integers(0, 256, (16, 8, 8, 3), np.uint8)
-    blocks = lambda name: lambda x: x.reshape(len(x), 2, 4, 2, 4, 3).mean((2, 4)).reshape(len(x), -1) / 255  # noqa: E731
-    out = fdmod.compute(["vgg16"], fake, real, batch_size=5, device="cpu", extractor=blocks)["vgg16"]
-    want = fdmod.fd_and_pr(blocks("")(fake), blocks("")(real))
-    assert out["fd"] == pytest.approx(want["fd"]) and out["precision"] == want["precision"]
-    assert out["n_reference"] == 16 and out["feature_dim"] == 12
-    streamed = fdmod.compute(["vgg16"], fake, iter([real[:7], real[7:]]), batch_size=5, device="cpu", extractor=blocks)
-    assert streamed["vgg16"] == out
-
-
-def test_fd_streams_fids_reference_images(tmp_path):
-    """FD reads the reference set as FID does (same evenly spaced subset, unreadable ones skipped),
-    in batches; fewer than 2 readable images is an error naming the set."""
-    from rcdm.analysis.fid import reference_batches
-    from rcdm.data.images import adm_center_crop, open_source
-
-    from tests.synthetic import corrupt_jpeg
-
-    val = make_image_folder(tmp_path / "val", n_classes=2, per_class=3)
-    corrupt_jpeg(val / "cls_1" / "img_002.jpg")  # the last image
-    skipped: list[str] = []
-    fid_batches = list(reference_batches(val, RES, 3, 1, skipped))
-    fd_batches = list(fdmod.reference_images(str(val), RES, 3, 1))
-    src = open_source(val)
-    want = np.stack([adm_center_crop(src.load(i), RES) for i in (0, 2)])  # 0, 2, 5 with 5 unreadable
-    assert [len(b) for b in fd_batches] == [1, 1] and len(skipped) == 1
-    np.testing.assert_array_equal(np.concatenate(fd_batches), want)
-    np.testing.assert_array_equal(np.concatenate(fid_batches), want)
-    assert [len(b) for b in fdmod.reference_images(str(val), RES, None, 4)] == [4, 1]
-    with pytest.raises(ValueError, match="at least 2 readable reference images in"):
-        list(fdmod.reference_images(str(val), RES, 1, 4))
-
-
+# ------------------------------------------------------------------------------ end to end
 @pytest.fixture(scope="module")
 def second(tmp_path_factory):
     """Reference images encoded by two random ResNets (conditioning seed 0, second seed 1), a
@@ -178,7 +132,7 @@ def second(tmp_path_factory):
 def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
     """The pixels space: each sample ranks its conditioning image among the reference images
     (ADM-resized to the samples' resolution) by distance in [0, 1] RGB; no encoder involved."""
-    from rcdm.analysis.second_space import pixel_space
+    from rcdm.analysis.evaluation.spaces import pixel_space
     from rcdm.data.images import adm_center_crop
     from rcdm.store import FeatureStore
 
@@ -197,7 +151,7 @@ def test_evaluate_ranks_the_conditioning_image_in_pixel_space(second):
     )
     assert far["mean_rank"] > px["mean_rank"]
     # too many pixels to hold, or images that cannot be read: a note that says so, no number
-    import rcdm.analysis.second_space as sp
+    import rcdm.analysis.evaluation.spaces as sp
 
     old, sp.PIXEL_SPACE_BYTES = sp.PIXEL_SPACE_BYTES, 1000
     try:
@@ -233,15 +187,3 @@ def test_evaluate_reports_second_space_beside_conditioning(second):
     px = f["pixel_diversity"]
     assert px["samples_per_condition"] > 0 and px["random_reference_pairs"] > 0
     assert set(second["m"]["fd"]) == {"dinov2-vit-b-14"}  # skipped: fid=off
-
-
-def test_a_named_train_store_of_another_encoder_is_refused(tmp_path):
-    from tests.test_evaluate import simple_case
-
-    samples, store, *_ = simple_case(tmp_path)
-    other = make_store(tmp_path / "other", np.zeros((3, 9), np.float32))
-    cfg = cfg_for(samples, store, tmp_path / "eval", train_store=str(other))
-    cfg = dataclasses.replace(cfg, origin={"train_store": "--set evaluate.train_store"})
-    with pytest.raises(ValueError, match="retrieval baseline needs the training store"):
-        evaluate(cfg)
-    assert not (tmp_path / "eval").exists()  # refused before any output

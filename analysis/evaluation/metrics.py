@@ -2,7 +2,8 @@
 
 Arrays in, numbers out; no I/O and no model. Rank / MRR live in core (:mod:`rcdm.faithfulness`:
 training logs them too) and are re-exported here. The Inception network lives in
-:mod:`rcdm.analysis.inception`, the file handling in :mod:`rcdm.analysis.evaluate`.
+:mod:`.inception`, the file handling in :mod:`.fid`; the pure numbers beyond rank (top-k,
+cosine, diversity, precision / recall) in :mod:`.feature_stats`.
 """
 
 from __future__ import annotations

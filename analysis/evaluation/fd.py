@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rcdm.analysis import faithfulness as F
-from rcdm.analysis import metrics
+from rcdm.analysis.evaluation import feature_stats as F
+from rcdm.analysis.evaluation import metrics
 from rcdm.errors import InvalidInput
 
 __all__ = ["EXTRACTORS", "weights_files", "plan_fd", "make_extractor", "extract", "fd_and_pr", "compute"]
@@ -115,9 +115,9 @@ def fd_and_pr(fake: np.ndarray, real: np.ndarray, k: int = 3) -> dict:
 
 
 def reference_images(source: str, resolution: int, limit: int | None, batch_size: int) -> Iterator[np.ndarray]:
-    """FID's reference images (:func:`rcdm.analysis.fid.reference_batches`: the same images in the
+    """FID's reference images (:func:`rcdm.analysis.evaluation.fid.reference_batches`: the same images in the
     same order), streamed in uint8 batches; fewer than 2 readable ones is an error naming ``source``."""
-    from rcdm.analysis.fid import reference_batches
+    from rcdm.analysis.evaluation.fid import reference_batches
 
     n = 0
     for batch in reference_batches(source, resolution, limit, batch_size):

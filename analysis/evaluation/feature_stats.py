@@ -1,5 +1,6 @@
-"""Pure metrics beyond rank / MRR, over plain (N, D) arrays (any representation space: the
-conditioning encoder's, a second encoder's, Inception / DINOv2 features, flattened pixels).
+"""Statistics of sample and reference features in one space, beyond rank / MRR: pure, over plain
+(N, D) arrays (any representation space: the conditioning encoder's, a second encoder's,
+Inception / DINOv2 features, flattened pixels).
 
 - top-k retrieval accuracy from ranks, and its chance level k / N;
 - cosine similarity of each sample to its conditioning image, and the chance level (the mean
@@ -9,7 +10,7 @@ conditioning encoder's, a second encoder's, Inception / DINOv2 features, flatten
 - precision / recall of generated against real features (Kynkaanniemi et al. 2019, k-NN radii).
 
 Arrays in, numbers out; no I/O and no model. Rank itself is
-:func:`rcdm.analysis.metrics.nearest_neighbour_ranks`.
+:func:`rcdm.analysis.evaluation.metrics.nearest_neighbour_ranks`.
 """
 
 from __future__ import annotations

@@ -1,13 +1,17 @@
-"""The report's evaluation section: numbers, chance level and the sample grids."""
+"""The report's evaluation section: the verdict on its fixed scale, numbers beside chance, the
+sample grids, read from a finished evaluation folder (and only from one)."""
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
+import pytest
 from PIL import Image
-from rcdm.analysis.eval_entry import evaluation_entry, verdict
+from rcdm.analysis.evaluation_entry import evaluation_entry, verdict
+from rcdm.errors import InvalidInput
+from rcdm.run.evaldir import EvalDir
 from rcdm.verdict import SCALE_TEXT, grade, metrics_summary, verdict_of_metrics
+
+from tests.evaluation_setup import fake_evaluation
 
 
 def test_verdict_on_the_fixed_scale_beside_chance():
@@ -63,10 +67,8 @@ def test_metrics_summary_for_the_terminal():
 
 def _eval_dir(tmp_path, fid_skipped=True):
     samples = tmp_path / "samples"
-    samples.mkdir()
+    samples.mkdir(exist_ok=True)
     Image.fromarray(np.zeros((8, 16, 3), np.uint8)).save(samples / "grid-000.png")
-    ev = tmp_path / "eval"
-    ev.mkdir()
     metrics = {
         "method": "RCDM (random-rn50, embed)",
         "encoder": "random-rn50",
@@ -93,14 +95,15 @@ def _eval_dir(tmp_path, fid_skipped=True):
             }
         },
     }
-    (ev / "metrics.json").write_text(json.dumps(metrics))
-    return ev
+    return fake_evaluation(tmp_path / "eval", metrics)
 
 
 def test_entry_needs_a_finished_evaluation(tmp_path):
+    assert evaluation_entry(tmp_path / "none", tmp_path / "analysis") is None  # not evaluated
     ev = _eval_dir(tmp_path)
-    assert evaluation_entry(ev, tmp_path / "analysis") is None  # no manifest: not finished
-    (ev / "manifest.json").write_text("{}")
+    EvalDir(ev).begin()  # a re-run under way: its old metrics are not a finished evaluation
+    assert evaluation_entry(ev, tmp_path / "analysis") is None
+    ev = _eval_dir(tmp_path)
     entry = evaluation_entry(ev, tmp_path / "analysis")
     assert entry is not None and entry.experiment == "evaluation"
     row = entry.tables[0].rows[0]
@@ -115,7 +118,16 @@ def test_entry_needs_a_finished_evaluation(tmp_path):
 
 def test_entry_with_fid(tmp_path):
     ev = _eval_dir(tmp_path, fid_skipped=False)
-    (ev / "manifest.json").write_text("{}")
     entry = evaluation_entry(ev, tmp_path / "analysis")
     quality = [t for t in entry.tables if "quality" in t.title][0]
     assert quality.rows[0][3:5] == ["12.35", "3.20 ± 0.10"]
+
+
+def test_a_folder_of_another_stage_is_refused(tmp_path):
+    """analyze.evaluations naming a table of evaluations (or any other folder with a manifest) is a
+    mistake to say, not an evaluation to leave out silently."""
+    from rcdm.run.evaldir import write_table
+
+    write_table(tmp_path / "table", csv="", tables={}, markdown="", evaluations={})
+    with pytest.raises(InvalidInput, match="is not an evaluation folder"):
+        evaluation_entry(tmp_path / "table", tmp_path / "analysis")
