@@ -64,7 +64,8 @@ def evaluated_rows(evaluations: tuple[str, ...]) -> list[list[Any]]:
 def prior_entry(ctx: Any) -> Entry | None:
     """The entry, or None when ``analyze.prior`` is the derived default and holds no prior."""
     from rcdm.diffusion.conditions import kde_sample
-    from rcdm.prior.folder import check_store, draw, is_prior, load_prior
+    from rcdm.prior.model import draw
+    from rcdm.run.priordir import check_store, is_prior, load_prior
 
     cfg = ctx.cfg
     if not cfg.prior or not is_prior(cfg.prior):

@@ -273,7 +273,8 @@ def build(cfg: SampleConfig, store: Any, device: Any = "cpu") -> ConditionSet:
 def _prior(cfg: SampleConfig, r: Resolver) -> ConditionSet:
     """``prior_n`` draws from the learned prior of ``rcdm train-prior`` (seeded by sample.seed),
     which must live in the store's representation space."""
-    from rcdm.prior.folder import WEIGHTS, check_store, draw, load_prior
+    from rcdm.prior.model import draw
+    from rcdm.run.priordir import WEIGHTS, check_store, load_prior
     from rcdm.utils import sha256_file
 
     if not cfg.prior:

@@ -142,7 +142,7 @@ def _job(cfg: SampleConfig) -> _Job:
 
 def _load(job: _Job) -> tuple[Any, Any, dict]:
     """The model (checked against the store's representation and the sampler) and its diffusion."""
-    from rcdm.diffusion.generate import load_for_sampling
+    from rcdm.run.models import load_for_sampling
 
     cfg = job.cfg
     model, diffusion, meta = load_for_sampling(

@@ -354,18 +354,18 @@ def test_several_checkpoints_side_by_side(world, tmp_path):
 def test_checkpoint_without_encoder_uses_the_val_store(world, tmp_path, monkeypatch):
     """Official checkpoints record no encoder: the val store's is used (and said so in captions),
     unless the file's name hints at another encoder."""
-    import rcdm.diffusion.generate
+    import rcdm.run.models
     import torch
     from rcdm.analysis.experiments.common import Context
 
-    real = rcdm.diffusion.generate.load_for_sampling
+    real = rcdm.run.models.load_for_sampling
     hint: dict = {}
 
     def official(*args, **kwargs):
         model, diffusion, meta = real(*args, **kwargs)
         return model, diffusion, {**meta, "encoder": None, "encoder_hint": dict(hint)}
 
-    monkeypatch.setattr(rcdm.diffusion.generate, "load_for_sampling", official)
+    monkeypatch.setattr(rcdm.run.models, "load_for_sampling", official)
     ctx = Context(cfg=world["cfg"], out=tmp_path, device=torch.device("cpu"))
     r = ctx.rcdm(str(world["ck0"]))
     assert r.encoder_info == world["info0"]

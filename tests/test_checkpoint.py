@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 from rcdm.model.unet import UNetConfig, UNetModel, config_from_state_dict, preset
-from rcdm.model.weights import load_model, load_state_dict_strict, meta_path, save_weights
+from rcdm.model.weights import load_state_dict_strict, meta_path, save_weights
+from rcdm.run.models import load_model
 
 REFERENCE = Path(__file__).parent / "data" / "adm128_embed2048_state_dict_keys.txt"
 

@@ -89,7 +89,7 @@ def test_fit_recovers_a_linear_map_through_the_models_standardisation():
 
 
 def test_training_fits_records_and_reloads_the_map(tmp_path, capsys):
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
     from rcdm.train import run
 
     store = train_store(tmp_path, per_class=4)

@@ -189,18 +189,3 @@ def test_the_config_is_the_bottom_layer():
             if module.split(".")[0] in ("torch", "numpy"):
                 bad.append(f"{p.relative_to(REPO)}:{line} imports {module}")
     assert bad == []
-
-
-# Folders held to the complexity limits that replace the 400-line file cap (others join as they are cut).
-SMALL_FUNCTIONS = ["analysis"]
-
-
-def test_functions_are_small():
-    """Every function of these folders: McCabe complexity <= 10 and at most 50 statements."""
-    done = subprocess.run(
-        [sys.executable, "-m", "ruff", "check", "--select", "C901,PLR0915", "--config", "lint.mccabe.max-complexity=10"]
-        + [str(REPO / f) for f in SMALL_FUNCTIONS],
-        capture_output=True,
-        text=True,
-    )
-    assert done.returncode == 0, f"functions over the limits:\n{done.stdout}{done.stderr}"

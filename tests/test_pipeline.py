@@ -62,42 +62,61 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
     assert "# pipeline: " in r.output and "\nbatch_size:" not in r.output  # a summary, not the YAML
 
     w = tmp_path / "runs/demo"
-    # data: the demonstration set, verified by checksum
-    man = json.loads((tmp_path / "data/cache/demo/manifest.json").read_text())
-    assert man["n_files"] == 12 * 5 and "not a benchmark" in man["notice"]
-    # extract: both stores, complete and verified
+    _check_data_and_stores(tmp_path, w)
+    _check_run(w)
+    _check_samples_and_evaluation(w)
+    _check_report(w, report)
+
+    # a second run skips every finished stage
+    r = CliRunner().invoke(cli, ["run", "--profile", "demo", *sets], catch_exceptions=False)
+    assert r.exit_code == 0, r.output
+    assert r.output.count("finished earlier, skipping") == 6
+    assert f"open the report: {report.relative_to(tmp_path)}" in r.output
+
+
+def _check_data_and_stores(tmp_path, w) -> None:
+    """data: the demonstration set, verified by checksum; extract: both stores, complete and verified."""
     from rcdm.store import FeatureStore, verify
 
+    man = json.loads((tmp_path / "data/cache/demo/manifest.json").read_text())
+    assert man["n_files"] == 12 * 5 and "not a benchmark" in man["notice"]
     for split, n in (("train", 36), ("val", 24)):
         assert verify(w / "stores" / split) == []
         st = FeatureStore(w / "stores" / split)
         assert len(st) == n and st.dim == 2048 and st.encoder_info["name"] == "random-rn50"
-    # train: weights, model config, log and the finished marker
+
+
+def _check_run(w) -> None:
+    """train: weights, model config, log and the finished marker; the faithfulness check ran at
+    each checkpoint against the val store (derived from data.val)."""
     for f in ("manifest.json", "model.json", "ema.safetensors", "log.jsonl", "config.yaml"):
         assert (w / "run" / f).exists(), f
     assert list((w / "run/grids").glob("*.png"))
-    # the faithfulness check ran at each checkpoint against the val store (derived from data.val)
     checks = [json.loads(x) for x in (w / "run/log.jsonl").read_text().splitlines() if '"faithfulness"' in x]
     assert [c["kimg"] for c in checks] == [0.016, 0.032] and all(
         c["eval_N"] == 24 and "eval_mrr_g1p5" in c for c in checks
     )
-    # sample: uint8 NHWC samples with one index line each
+    assert json.loads((w / "run/model.json").read_text())["cond_drop"] == 0.1
+
+
+def _check_samples_and_evaluation(w) -> None:
+    """sample: uint8 NHWC samples with one index line each; evaluate: rank / MRR against the
+    validation split, chance beside it, FID explained, the sampler named."""
     arr = np.load(w / "samples/samples.npz")["arr_0"]
     assert arr.dtype == np.uint8 and arr.shape == (8, 32, 32, 3)
     assert len((w / "samples/index.jsonl").read_text().splitlines()) == 8
     assert list((w / "samples").glob("grid-*.png"))
-    # evaluate: rank / MRR against the validation split, chance beside it, FID explained
     metrics = json.loads((w / "eval/metrics.json").read_text())
     rank = metrics["rank"]["in_reference"]
     assert rank["n"] == 8 and 1 <= rank["mean_rank"] <= 24 and rank["chance_mean_rank"] == 12.5
     assert metrics["fid"]["skipped"] and "weights-inception" in metrics["fid"]["how_to_enable"]
-    assert (
-        metrics["sampler"] == "ancestral, 4 steps, guidance 1.5 rescaled 0.7"
-    )  # the demo samples with guidance, labelled
-    assert json.loads((w / "run/model.json").read_text())["cond_drop"] == 0.1
+    assert metrics["sampler"] == "ancestral, 4 steps, guidance 1.5 rescaled 0.7"  # guided, and labelled so
     for f in ("metrics.md", "metrics.csv", "ranks.npy", "manifest.json"):
         assert (w / "eval" / f).exists(), f
-    # analyze: the report opens with the evaluation and holds every experiment
+
+
+def _check_report(w, report) -> None:
+    """analyze: the report opens with the evaluation and holds every experiment."""
     html = report.read_text()
     assert "Evaluation" in html and "chance" in html
     assert re.search(
@@ -111,9 +130,3 @@ def test_rcdm_run_end_to_end_then_skips(tmp_path, monkeypatch):
 
     if chromium_missing() is None:  # the report has no cut label, no squeezed figure
         assert check_in_browser(report)["images"] >= 8
-
-    # a second run skips every finished stage
-    r = CliRunner().invoke(cli, ["run", "--profile", "demo", *sets], catch_exceptions=False)
-    assert r.exit_code == 0, r.output
-    assert r.output.count("finished earlier, skipping") == 6
-    assert f"open the report: {report.relative_to(tmp_path)}" in r.output

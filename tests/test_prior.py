@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from rcdm.config import PriorConfig
 from rcdm.errors import InvalidInput, MissingInput, OutputExists
-from rcdm.prior.folder import check_store, draw, load_prior
+from rcdm.prior.model import draw
+from rcdm.run.priordir import check_store, load_prior
 from rcdm.train.prior import train_prior
 
 from tests.synthetic_store import make_store

@@ -200,7 +200,7 @@ def test_run_end_to_end_outputs(done_run, ckpt, store, store_dir):
     import yaml
     from rcdm import viz
     from rcdm.data.images import adm_center_crop, decode_image
-    from rcdm.diffusion.generate import load_for_sampling
+    from rcdm.run.models import load_for_sampling
     from rcdm.utils import sha256_file
 
     out = done_run

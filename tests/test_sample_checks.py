@@ -66,7 +66,7 @@ def test_manifest_hashes_the_weights_it_loads(store_dir, tmp_path, where, ema, e
     """The sample manifest records (and hashes) exactly the file load_model loads: with several
     EMA rates, a checkpoint folder gives the run's first rate, not the alphabetically first file."""
     import rcdm.sample
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
     from rcdm.utils import sha256_file
 
     run = _multi_rate_run(tmp_path / "run")

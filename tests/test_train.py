@@ -22,7 +22,7 @@ from tests.train_setup import DIM, RES, ROOT, read_log, train_cfg, train_store
 def test_overfit_checkpoints_and_run_files(tmp_path):
     """A few dozen steps on 4 images drive the loss down; the run directory is complete."""
     import rcdm.train
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
     from safetensors.torch import load_file
 
     store = train_store(tmp_path)

@@ -55,7 +55,7 @@ def _equal(a: Path, b: Path) -> bool:
 
 def _check_reader_gets_latest(run: Path) -> None:
     """What rcdm sample / analyze / load_model read is the newest complete checkpoint."""
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
 
     rd = RunDir(run)
     latest = rd.latest()

@@ -138,7 +138,7 @@ def test_sample_out_naming_a_file(ckpt, store_dir, tmp_path):
 def test_latest_checkpoint_is_what_a_reader_gets_after_a_deleted_one(world, tmp_path):
     """Deleting the newest checkpoint (the fix for a damaged one) makes the one before the run's
     weights for readers too, before any re-run."""
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
     from safetensors.torch import load_file
 
     run = _copy(world, tmp_path, "reference")

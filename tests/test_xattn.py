@@ -83,7 +83,7 @@ def test_pooled_conditioning_on_tokens_is_the_token_mean():
 
 def test_xattn_training_overfits_a_handful_of_images(tmp_path):
     import rcdm.train
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
 
     store = token_store(tmp_path)
     run = tmp_path / "run"

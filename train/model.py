@@ -148,9 +148,9 @@ def load_init(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore) -> dict:
     """The state dict of ``cfg.init_from`` after checking it fits ``ucfg`` and the store.
 
     Accepts an official RCDM / ADM ``.pt``, one of our safetensors files, or a run directory
-    (``rcdm.model.weights.load_model`` reads all three; official checkpoints carry no encoder).
+    (``rcdm.run.models.load_model`` reads all three; official checkpoints carry no encoder).
     """
-    from rcdm.model.weights import load_model
+    from rcdm.run.models import load_model
 
     path = Path(cfg.init_from)
     if not path.exists():

@@ -35,10 +35,10 @@ def lr_at(lr: float, step: int, iters: int, warmup: int = 100) -> float:
 
 
 def train_prior(cfg: PriorConfig) -> Path:
-    """Train on ``cfg.store``, write ``cfg.out`` (see :mod:`rcdm.prior.folder`); returns the folder."""
+    """Train on ``cfg.store``, write ``cfg.out`` (see :mod:`rcdm.run.priordir`); returns the folder."""
     import torch
-    from rcdm.prior.folder import is_prior, save_prior
     from rcdm.prior.model import PriorMLP, PriorSpec, VectorDiffusion
+    from rcdm.run.priordir import is_prior, save_prior
     from rcdm.store import FeatureStore
     from rcdm.utils import pick_device
     from tqdm.auto import tqdm

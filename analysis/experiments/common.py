@@ -239,7 +239,7 @@ class Context:
         return [self.rcdm(p) for p in self.cfg.checkpoints]
 
     def _load_rcdm(self, path: str) -> RCDM:
-        from rcdm.diffusion.generate import load_for_sampling
+        from rcdm.run.models import load_for_sampling
 
         if not Path(path).exists():
             raise MissingInput(f"checkpoint {path} does not exist; train one with `rcdm train` first")

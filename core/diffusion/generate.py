@@ -28,7 +28,6 @@ __all__ = [
     "sample_loop",
     "check_guidance",
     "generate",
-    "load_for_sampling",
     "diffusion_for",
     "model_image_shape",
     "to_uint8",
@@ -317,29 +316,6 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
         prediction=recorded["prediction"],
         zero_terminal_snr=bool(recorded["zero_terminal_snr"]),
     )
-
-
-def load_for_sampling(
-    checkpoint: str | Path,
-    sampler: Sampler,
-    *,
-    ema: str = "auto",
-    device: torch.device | str = "cpu",
-    trust_checkpoint: bool = False,
-    compile: bool | str = False,
-) -> tuple[torch.nn.Module, Any, dict]:
-    """Load (model, diffusion respaced to ``sampler.steps``, meta) from a run directory or weights
-    file, refusing a guided sampler for a model trained without the null condition.
-
-    The schedule and the chain's length come from the checkpoint's meta (:func:`diffusion_for`).
-    The model is put in eval mode on ``device`` and prepared by :func:`prepare_for_sampling`.
-    """
-    from rcdm.model.weights import load_model
-
-    model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)
-    check_guidance(sampler, meta, checkpoint)
-    diffusion = diffusion_for(meta, sampler.steps)
-    return prepare_for_sampling(model, device, compile), diffusion, meta
 
 
 def prepare_for_sampling(

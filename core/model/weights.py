@@ -1,13 +1,10 @@
-"""Model weights on disk: our safetensors + JSON files, run directories, official ``.pt`` files.
+"""Model weights files: our safetensors + JSON files, official ``.pt`` files.
 
-Formats read by :func:`load_model`:
+Formats read by :func:`load_file` (a run folder, which names one of these files and holds its
+``model.json``, is read by :func:`rcdm.run.models.load_model`):
 
-- a run directory written by ``rcdm train``, or one of its ``checkpoints/step-N`` folders:
-  :class:`rcdm.run.rundir.RunDir` says which weights file (``RunDir.weights(ema)``) and reads its
-  ``model.json`` (``{"unet": UNetConfig dict, "diffusion": {...}, "encoder": {...}, "preprocess":
-  {...}, "store_manifest_sha256", "ema_rates", "kimg"}``);
 - one of our safetensors files: the meta dict is stored in the file's header (key
-  ``rcdm_meta``) and beside it as ``<file>.json``;
+  ``rcdm_meta``) and beside it as ``<file>.json`` (:func:`meta_path`);
 - an official guided-diffusion / RCDM ``.pt`` state dict (``rcdm_ema_dino_trunk.pt``, ADM
   ``256x256_diffusion_uncond.pt`` ...): read with ``weights_only=True``, architecture inferred
   from the keys and shapes.
@@ -27,10 +24,9 @@ from typing import Any
 
 import torch
 from rcdm.diffusion.gaussian import DIFFUSION_STEPS
-from rcdm.errors import InvalidInput, MissingInput, first_line
+from rcdm.errors import InvalidInput, first_line
 from rcdm.model.config import UNetConfig, config_from_state_dict
 from rcdm.model.unet import UNetModel
-from rcdm.run.rundir import RunDir, meta_path  # meta_path: <file>.json, re-exported
 from rcdm.statedict import load_strict, strip_prefixes
 from rcdm.torchload import load_weights_only
 from rcdm.utils import atomic_write_json, read_json
@@ -39,6 +35,13 @@ META_KEY = "rcdm_meta"  # safetensors header entry holding the meta dict as JSON
 
 
 # -- writing ---------------------------------------------------------------------------------
+def meta_path(weights: str | Path) -> Path:
+    """The JSON written beside a weights file: ``<file>.json`` (a run folder's weights files each
+    have one; :class:`rcdm.run.rundir.RunDir` copies them together)."""
+    weights = Path(weights)
+    return weights.with_name(weights.name + ".json")
+
+
 def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: dict) -> Path:
     """Write ``state_dict`` as safetensors at ``path`` and ``meta`` as ``<path>.json``.
 
@@ -128,6 +131,22 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
     raise InvalidInput(f"{path} holds a {type(obj).__name__}, not a model state dict")
 
 
+def read_meta(path: str | Path) -> dict:
+    """The meta of one of our safetensors files, without its tensors: the header's, else the JSON
+    beside it ({} when it has neither)."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError) as e:
+        raise InvalidInput(f"{path} is truncated or not a safetensors file ({first_line(e)})") from None
+    if META_KEY in header:
+        return json.loads(header[META_KEY])
+    return read_json(meta_path(path)) if meta_path(path).exists() else {}
+
+
 def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(state dict, meta) of one of our safetensors files (meta {} if it has none)."""
     from safetensors import SafetensorError, safe_open
@@ -144,8 +163,6 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
         meta = json.loads(header[META_KEY])
     elif meta_path(path).exists():
         meta = read_json(meta_path(path))
-    elif (path.parent / RunDir.META).exists():  # a weights file in a run / checkpoint folder
-        meta = RunDir(path.parent).meta()
     return sd, meta
 
 
@@ -178,39 +195,20 @@ def build_model(
     return model.to(device).eval()
 
 
-def load_model(
+def load_file(
     path: str | Path,
     *,
-    ema: Any = "auto",
     device: str | torch.device = "cpu",
     trust_checkpoint: bool = False,
     image_size: int | None = None,
+    meta: dict | None = None,
 ) -> tuple[UNetModel, dict]:
-    """(model in eval mode on ``device``, meta) from a run directory, a checkpoint folder, one of
-    our safetensors files, or an official guided-diffusion / RCDM ``.pt`` state dict.
-
-    ``ema``: "auto" (the run's EMA weights, else the raw model), "no" (the raw weights of a
-    checkpoint folder), or a rate such as 0.9999. ``image_size`` is only needed for an official
-    checkpoint of an unknown architecture.
-    """
+    """(model in eval mode on ``device``, meta) from one of our safetensors files or an official
+    guided-diffusion / RCDM ``.pt`` state dict. ``meta``: what the run folder holding the file says
+    of it (``rcdm.run.models.load_model`` reads folders), over the file's own. ``image_size`` is only
+    needed for an official checkpoint of an unknown architecture."""
     path = Path(path)
-    if not path.exists():
-        raise MissingInput(
-            f"checkpoint {path} does not exist: pass a run directory, a .safetensors file or an "
-            "official RCDM / ADM .pt file"
-        )
-    if path.is_dir():
-        run = RunDir(path).current()  # stale or not, decided once: weights and meta of one folder
-        weights = run.weights(ema)  # the one rule for which file a folder gives
-        sd, meta = read_safetensors(weights)
-        try:  # the run's model.json (its newest checkpoint's when the run-level files lag behind)
-            meta = {**meta, **run.meta(), "ema_rate": meta.get("ema_rate")}
-        except MissingInput:  # a folder of weights files without model.json
-            pass
-    elif path.suffix == ".safetensors":
-        weights = path
-        sd, meta = read_safetensors(path)
-    else:
+    if path.suffix != ".safetensors":
         sd = read_official(path, trust_checkpoint)
         try:
             cfg = config_from_state_dict(sd, image_size=image_size)
@@ -219,11 +217,13 @@ def load_model(
         except ValueError as e:
             raise InvalidInput(f"{path}: {e} (load_model(..., image_size=N))") from None
         return build_model(cfg, sd, str(path), device), _official_meta(cfg, path)
-
+    sd, own = read_safetensors(path)
+    # the folder's model.json over the file's own record; the EMA rate is the file's
+    meta = own if meta is None else {**own, **meta, "ema_rate": own.get("ema_rate")}
     if meta.get("unet"):
         cfg = UNetConfig.from_dict(meta["unet"])
     else:
         cfg = config_from_state_dict(sd, image_size=image_size)
         meta = {**meta, "unet": cfg.to_dict()}
-    meta = {**meta, "source": {"kind": "rcdm", "path": str(weights)}}
-    return build_model(cfg, sd, str(weights), device), meta
+    meta = {**meta, "source": {"kind": "rcdm", "path": str(path)}}
+    return build_model(cfg, sd, str(path), device), meta

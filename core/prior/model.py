@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from rcdm.errors import InvalidInput
 from torch import nn
 
-__all__ = ["PriorSpec", "PriorMLP", "VectorDiffusion", "linear_alphas_cumprod"]
+__all__ = ["PriorSpec", "PriorMLP", "VectorDiffusion", "draw", "linear_alphas_cumprod"]
 
 
 @dataclass(frozen=True)
@@ -152,3 +154,26 @@ class VectorDiffusion:
             noise = torch.randn(x.shape, generator=generator, device="cpu").to(device)
             x = a_prev.sqrt() * x0 + dir_xt + sigma * noise
         return x
+
+
+def draw(
+    model: Any,
+    n: int,
+    *,
+    seed: int = 0,
+    steps: int | None = None,
+    eta: float | None = None,
+    device: Any = "cpu",
+    meta: dict | None = None,
+) -> np.ndarray:
+    """``n`` representations from the prior, seeded: ``(n, D)`` float32 in the store's units."""
+    if n < 1:
+        raise InvalidInput(f"prior: the number of draws must be at least 1, got {n}")
+    meta = meta or {}
+    steps = int(steps or meta.get("sample_steps", 100))
+    eta = float(meta.get("sample_eta", 1.0) if eta is None else eta)
+    gen = torch.Generator().manual_seed(int(seed))
+    diff = VectorDiffusion(model.spec.timesteps)
+    z = diff.sample(model, n, steps=steps, eta=eta, generator=gen, device=device)
+    h = z * model.std + model.mean
+    return h.float().cpu().numpy()

@@ -38,19 +38,12 @@ from rcdm.config import PAPER_DIFFUSION
 from rcdm.errors import InvalidInput, MissingInput, first_line
 from rcdm.utils import atomic_write_json, read_json, sha256_file
 
-__all__ = ["RunDir", "meta_path", "parse_ema"]
+__all__ = ["RunDir", "parse_ema"]
 
 _STEP_RE = re.compile(r"^step-(\d{7})$")
 _EMA_RE = re.compile(r"^ema-(.+)\.safetensors$")
 _AUTO = ("auto", "yes")
 _RAW = ("no", "none", "raw", "model")
-
-
-def meta_path(weights: str | Path) -> Path:
-    """The JSON written beside a weights file: ``<file>.json`` (``rcdm.model.weights.save_weights``
-    writes it; a run folder's weights files each have one)."""
-    weights = Path(weights)
-    return weights.with_name(weights.name + ".json")
 
 
 def parse_ema(ema: Any) -> str | float:
@@ -212,6 +205,8 @@ class RunDir:
         """Make ``checkpoint`` the run's current one: copy its first EMA rate's weights (meta JSON
         first, as ``save_weights`` does) to ``ema.safetensors``, then its ``model.json``, last,
         naming the checkpoint (until then :meth:`stale` sends readers to the checkpoint)."""
+        from rcdm.model.weights import meta_path
+
         meta = read_json(checkpoint / self.META)
         src = checkpoint / self.ema_name(meta["ema_rates"][0])
         for a, b in ((meta_path(src), meta_path(self.path / self.WEIGHTS)), (src, self.path / self.WEIGHTS)):
@@ -356,6 +351,8 @@ class RunDir:
 
     def _rate_of(self, weights: Path) -> float | None:
         """The EMA rate a run-level weights file holds (its meta, else model.json's first)."""
+        from rcdm.model.weights import meta_path
+
         if meta_path(weights).is_file():
             rate = read_json(meta_path(weights)).get("ema_rate")
         else:

@@ -1,10 +1,12 @@
-"""The prior's output folder, one owner: ``prior.safetensors`` (the EMA network, with the
-standardisation buffers ``mean`` / ``std``), ``prior.json`` (architecture, training settings,
-the store it was trained on and its encoder, the loss curve) and ``config.yaml``. ``prior.json``
-is written last: a folder with it is complete.
+"""The prior's output folder (``rcdm train-prior``), one owner: ``prior.safetensors`` (the EMA
+network, with the standardisation buffers ``mean`` / ``std``), ``prior.json`` (architecture,
+training settings, the store it was trained on and its encoder, the loss curve) and
+``config.yaml``. ``prior.json`` is written last: a folder with it is complete.
 
     save_prior(out, model, meta)         load_prior(path) -> (model, meta)
-    draw(model, n, seed=0, steps=None)   -> (n, D) float32 representations, in h's own units
+    check_store(meta, store, where)      its draws live in the store's representation space
+
+Drawing from the loaded network is :func:`rcdm.prior.model.draw`.
 """
 
 from __future__ import annotations
@@ -12,11 +14,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from rcdm.errors import InvalidInput, MissingInput
+from rcdm.run.conditioning import Conditioning, mismatches
 from rcdm.utils import atomic_write_json, read_json
 
-__all__ = ["WEIGHTS", "META", "save_prior", "load_prior", "is_prior", "draw", "check_store"]
+__all__ = ["WEIGHTS", "META", "save_prior", "load_prior", "is_prior", "check_store"]
 
 WEIGHTS = "prior.safetensors"
 META = "prior.json"
@@ -64,37 +66,10 @@ def load_prior(path: str | Path, device: Any = "cpu") -> tuple[Any, dict]:
     return model.to(device).eval(), meta
 
 
-def draw(
-    model: Any,
-    n: int,
-    *,
-    seed: int = 0,
-    steps: int | None = None,
-    eta: float | None = None,
-    device: Any = "cpu",
-    meta: dict | None = None,
-) -> np.ndarray:
-    """``n`` representations from the prior, seeded: ``(n, D)`` float32 in the store's units."""
-    import torch
-    from rcdm.prior.model import VectorDiffusion
-
-    if n < 1:
-        raise InvalidInput(f"prior: the number of draws must be at least 1, got {n}")
-    meta = meta or {}
-    steps = int(steps or meta.get("sample_steps", 100))
-    eta = float(meta.get("sample_eta", 1.0) if eta is None else eta)
-    gen = torch.Generator().manual_seed(int(seed))
-    diff = VectorDiffusion(model.spec.timesteps)
-    z = diff.sample(model, n, steps=steps, eta=eta, generator=gen, device=device)
-    h = z * model.std + model.mean
-    return h.float().cpu().numpy()
-
-
 def check_store(meta: dict, store: Any, where: str) -> None:
     """The prior's draws live in ``store``'s space: :func:`rcdm.run.conditioning.mismatches`
     (dimension, encoder, architecture, layer, weights, random seed; the preprocessing when the
     prior records it) finds nothing that differs."""
-    from rcdm.run.conditioning import Conditioning, mismatches
 
     enc = meta.get("encoder") or {}
     theirs = Conditioning(dim=int(meta["spec"]["dim"]), encoder=enc, preprocess=meta.get("preprocess"))
