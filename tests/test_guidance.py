@@ -48,11 +48,11 @@ def test_guided_prediction_is_the_cfg_combination():
         c = m(x, t, cond=h)
         u = m(x, t, cond=h, cond_drop=torch.ones(2, dtype=torch.bool))
         for w in (0.0, 1.0, 3.0):
-            g = _Guided(m, w)(x, t, h)
+            g = _Guided(m, Sampler(Steps.parse("10"), guidance=w))(x, t, h)
             assert g.shape == c.shape
             assert torch.allclose(g[:, :3], u[:, :3] + w * (c[:, :3] - u[:, :3]), atol=1e-5)
             assert torch.allclose(g[:, 3:], c[:, 3:], atol=1e-5)  # variance: the conditional one
-        assert torch.allclose(_Guided(m, 1.0)(x, t, h), c, atol=1e-5)
+        assert torch.allclose(_Guided(m, Sampler(Steps.parse("10"), guidance=1.0))(x, t, h), c, atol=1e-5)
 
 
 def test_generate_with_guidance_differs_and_is_reproducible():

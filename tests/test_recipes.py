@@ -162,14 +162,18 @@ def test_guidance_rescale_is_lin_et_al_formula():
 
     x, t, h = torch.zeros(2, 3, 4, 4), torch.tensor([5, 5]), torch.zeros(2, 4)
     g = out_u[:, :3] + 3.0 * (out_c[:, :3] - out_u[:, :3])
-    assert torch.equal(_Guided(fake, 3.0)(x, t, h)[:, :3], g)
-    assert torch.equal(_Guided(fake, 3.0, rescale=0.0)(x, t, h), _Guided(fake, 3.0)(x, t, h))
-    got = _Guided(fake, 3.0, rescale=0.7)(x, t, h)
+
+    def guided(rescale: float = 0.0) -> _Guided:
+        return _Guided(fake, Sampler(Steps.parse("10"), guidance=3.0, guidance_rescale=rescale))
+
+    assert torch.equal(guided()(x, t, h)[:, :3], g)
+    assert torch.equal(guided(0.0)(x, t, h), guided()(x, t, h))
+    got = guided(0.7)(x, t, h)
     for i in range(2):
         want = 0.7 * g[i] * out_c[i, :3].std() / g[i].std() + 0.3 * g[i]
         assert torch.allclose(got[i, :3], want, atol=1e-6)
     assert torch.equal(got[:, 3:], out_c[:, 3:])  # the learned variance stays the conditional one's
-    full = _Guided(fake, 3.0, rescale=1.0)(x, t, h)[:, :3]
+    full = guided(1.0)(x, t, h)[:, :3]
     assert torch.allclose(full.std(dim=(1, 2, 3)), out_c[:, :3].std(dim=(1, 2, 3)), atol=1e-5)
     assert (
         Sampler(Steps.parse("trailing50"), guidance=1.5, guidance_rescale=0.7).label()

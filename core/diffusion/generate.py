@@ -172,25 +172,20 @@ class _Guided(torch.nn.Module):
     the model's prediction under the null condition. One forward on the doubled batch; the
     learned variance channels are the conditional prediction's.
 
-    ``interval`` (lo, hi), an rcdm addition: guide only the steps whose original timestep t
-    has lo <= t / T <= hi (guidance in a limited interval, Kynkaanniemi et al. 2024); elsewhere
-    the plain conditional prediction, one forward. (0, 1), the default, guides every step.
+    The sampler's ``guidance_interval`` (lo, hi), an rcdm addition: guide only the steps whose
+    original timestep t has lo <= t / T <= hi (guidance in a limited interval, Kynkaanniemi et al.
+    2024), T = ``num_timesteps`` the model's chain; elsewhere the plain conditional prediction, one
+    forward. (0, 1), the default, guides every step.
 
-    ``rescale`` phi > 0 (Lin et al. 2024, sec. 3.4; an rcdm addition): the guided prediction g
-    becomes phi g std(c) / std(g) + (1 - phi) g, c the conditional prediction and std over each
-    sample's pixels, which keeps guidance from over-exposing (0, the default: off)."""
+    Its ``guidance_rescale`` phi > 0 (Lin et al. 2024, sec. 3.4; an rcdm addition): the guided
+    prediction g becomes phi g std(c) / std(g) + (1 - phi) g, c the conditional prediction and std
+    over each sample's pixels, which keeps guidance from over-exposing (0, the default: off)."""
 
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        scale: float,
-        interval: tuple[float, float] = (0.0, 1.0),
-        num_timesteps: int = 1000,
-        rescale: float = 0.0,
-    ):
+    def __init__(self, model: torch.nn.Module, sampler: Sampler, num_timesteps: int = 1000):
         super().__init__()
-        self.model, self.scale, self.rescale = model, float(scale), float(rescale)
-        self.interval, self.num_timesteps = (float(interval[0]), float(interval[1])), num_timesteps
+        self.model, self.sampler, self.num_timesteps = model, sampler, num_timesteps
+        self.scale, self.rescale = float(sampler.guidance), float(sampler.guidance_rescale)
+        self.interval = (float(sampler.guidance_interval[0]), float(sampler.guidance_interval[1]))
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
         lo, hi = self.interval
@@ -279,9 +274,7 @@ def generate(
         return out
     net = _Autocast(model, device.type, resolve_precision(mixed_precision, device))
     if sampler.guided:
-        net = _Guided(
-            net, sampler.guidance, sampler.guidance_interval, diffusion.original_steps, sampler.guidance_rescale
-        )
+        net = _Guided(net, sampler, diffusion.original_steps)
 
     starts = range(0, n, batch_size)
     if progress:
