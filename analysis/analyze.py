@@ -20,6 +20,7 @@ from rcdm.analysis.recipe import recipe_label
 from rcdm.analysis.report import Entry, write_report
 from rcdm.config import AnalyzeConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput
+from rcdm.run.lock import holding_output_lock
 from rcdm.utils import atomic_write_json, now_iso, pick_device
 
 __all__ = ["analyze", "check_config"]
@@ -37,6 +38,7 @@ def check_config(cfg: AnalyzeConfig) -> None:
             get_transform(t)
 
 
+@holding_output_lock("rcdm analyze")  # one writer per report folder
 def analyze(cfg: AnalyzeConfig) -> Path:
     """Run ``cfg.experiments`` in order; returns ``<out>/report.html``."""
     from rcdm.analysis.experiments.common import Context

@@ -74,7 +74,7 @@ def write_samples(d: Path, images, rows: list[dict], conds, **manifest) -> Path:
     return write_sample_set(d, images, [IndexRow(**r) for r in rows], conds, {**record, **manifest})
 
 
-def simple_case(tmp: Path, n: int = 4, dim: int = 8):
+def simple_case(tmp: Path, n: int = 12, dim: int = 8):
     """A tiny samples dir and a synthetic store (no real encoder): for the input checks."""
     rng = np.random.default_rng(0)
     feats = rng.normal(size=(n, dim)).astype(np.float32)

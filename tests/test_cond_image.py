@@ -88,6 +88,24 @@ def test_fit_recovers_a_linear_map_through_the_models_standardisation():
     assert (want - data.b).std() > 0.05  # what h explains is well above the tolerance
 
 
+def test_a_store_too_small_or_too_alike_to_fit():
+    """One training row (the demo profile on a 1-image store) made the ridge system singular; now
+    it is refused naming the minimum, and rows that do not vary get the mean image."""
+    from rcdm.train.condimage import MIN_ROWS, fit
+
+    data = _LinearImages(n=1)
+    with pytest.raises(InvalidInput, match=rf"needs at least {MIN_ROWS}; the store holds 1: .*train.cond_image=0"):
+        fit(_net(), data, seed=0, show=False)
+    data = _LinearImages(n=8)
+    data.h[:] = data.h[0]  # every row's features alike: no variance, lambda would be 0
+    net = _net()
+    fit(net, data, seed=0, show=False)
+    with torch.no_grad():
+        got = net.cond_image_map(net.cond_vector(torch.from_numpy(data.h[:1]))).numpy()
+    mean = (data.pixels.astype(np.float64) / 127.5 - 1).reshape(8, 4, 4, 4, 4, 3).mean((0, 2, 4))  # (4, 4, 3)
+    assert np.abs(got.reshape(3, 4, 4) - mean.transpose(2, 0, 1)).max() < 1e-4
+
+
 def test_training_fits_records_and_reloads_the_map(tmp_path, capsys):
     from rcdm.run.models import load_model
     from rcdm.train import run

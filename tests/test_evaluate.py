@@ -164,7 +164,7 @@ def test_match_conditions_uses_key_and_vector(tmp_path):
     from rcdm.analysis.evaluation.ranking import match_conditions
     from rcdm.run.sampleset import read_samples
 
-    samples, store, images, rows, feats = simple_case(tmp_path)
+    samples, store, images, rows, feats = simple_case(tmp_path, n=4)
     conds = feats.copy()
     conds[1] += 0.5  # a manipulated vector under a reference key: outside
     rows[2]["key"] = "somewhere/else.png"  # an image that is not in the reference: outside

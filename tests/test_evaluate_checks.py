@@ -82,7 +82,7 @@ def test_missing_reference_images_stop_before_work(tmp_path, use_torch_home):
 
 def test_missing_encoder_weights_stop_before_output(tmp_path):
     rng = np.random.default_rng(0)
-    feats = rng.normal(size=(3, 8)).astype(np.float32)
+    feats = rng.normal(size=(6, 8)).astype(np.float32)
     info = {
         "name": "supervised-rn50",
         "arch": "resnet50",
@@ -92,8 +92,8 @@ def test_missing_encoder_weights_stop_before_output(tmp_path):
         "weights_sha256": "0" * 64,
     }
     store = make_store(tmp_path / "store", feats, encoder_info=info)
-    rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(3)]
-    images = rng.integers(0, 256, size=(3, RES, RES, 3), dtype=np.uint8)
+    rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(6)]
+    images = rng.integers(0, 256, size=(6, RES, RES, 3), dtype=np.uint8)
     samples = write_samples(tmp_path / "samples", images, rows, feats)
     with pytest.raises(FileNotFoundError, match="gone.pth"):
         evaluate(cfg_for(samples, store, tmp_path / "eval"))
@@ -127,7 +127,7 @@ def _case(tmp_path, encoder: dict, preprocess: dict | None):
     """A reference store made with INFO and the rcdm preprocessing; samples conditioned on
     ``encoder`` / ``preprocess`` (None: an older sample set that does not record it)."""
     rng = np.random.default_rng(0)
-    n = 3
+    n = 6
     feats = rng.normal(size=(n, DIM)).astype(np.float32)
     store = make_store(tmp_path / "store", feats, encoder_info=INFO)
     rows = [{"sample": i, "condition": i, "kind": "store", "key": f"item_{i:05d}", "seed": i} for i in range(n)]
@@ -186,3 +186,53 @@ def test_the_sampler_records_the_store_preprocessing(ckpt, store_dir, tmp_path):
     out = rcdm.sample.run(run_cfg(ckpt, store_dir, tmp_path / "samples", indices=(0,), n_per_condition=1))
     m = read_samples(out).manifest
     assert m["preprocess"] == FeatureStore(store_dir).manifest["preprocess"] and m["encoder"]["name"] == "synthetic"
+
+
+def test_a_reference_store_too_small_for_rank_mrr_is_refused(tmp_path):
+    """Against one reference every sample ranks first: it printed "No better than chance ... train
+    longer"; now it says rank / MRR needs at least MIN_REFERENCES references."""
+    from rcdm.analysis.evaluation.checks import MIN_REFERENCES
+
+    samples, store, images, rows, feats = simple_case(tmp_path, n=1)
+    with pytest.raises(ValueError, match=rf"holds 1 row\(s\): rank / MRR needs at least {MIN_REFERENCES} references"):
+        evaluate(cfg_for(samples, store, tmp_path / "eval"))
+
+
+def test_non_finite_rows_are_refused_before_any_number(tmp_path):
+    """NaN conditions or reference rows never become a verdict ("Faithful: MRR 1.000" came from NaN)."""
+    samples, store, images, rows, feats = simple_case(tmp_path)
+    bad = feats.copy()
+    bad[3, 2] = np.nan
+    write_samples(samples, images, rows, bad)
+    with pytest.raises(
+        ValueError, match=r"1 of the 12 conditioning vectors .* hold NaN or inf \(the first: 'item_00003'\)"
+    ):
+        evaluate(cfg_for(samples, store, tmp_path / "eval"))
+    assert not EvalDir(tmp_path / "eval").metrics_file.exists()
+
+
+def test_a_sample_set_rewritten_during_evaluation_is_not_reported(tmp_path, monkeypatch):
+    """evaluate checks at its end that the sample set is still the one it read."""
+    import rcdm.analysis.evaluation.stage as stage
+
+    samples, store, images, rows, feats = simple_case(tmp_path)
+    real = stage.metrics_of
+
+    def resample(*args, **kw):  # another `rcdm sample` rewrites the set meanwhile
+        write_samples(samples, images[::-1].copy(), rows, feats)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(stage, "metrics_of", resample)
+    monkeypatch.setattr(stage, "open_encoders", lambda *a: None)
+    monkeypatch.setattr(stage, "rank_samples", lambda *a: _fake_ranking(len(images)))
+    monkeypatch.setattr(stage, "faithfulness_spaces", lambda *a: {})
+    with pytest.raises(ValueError, match="changed while it was evaluated"):
+        evaluate(cfg_for(samples, store, tmp_path / "eval"))
+    assert not EvalDir(tmp_path / "eval").manifest.exists()
+
+
+def _fake_ranking(n: int):
+    from rcdm.analysis.evaluation.ranking import Ranking
+
+    ranks, inside = np.ones(n, np.int64), np.ones(n, bool)
+    return Ranking({}, ranks, inside, np.zeros((n, 8), np.float32), np.arange(n), np.zeros((n, 8), np.float32))

@@ -92,3 +92,41 @@ def test_sample_refuses_conditions_that_are_not_finite(tmp_path):
     with pytest.raises(InvalidInput, match=r"1 of the 2 conditions hold NaN or inf \(the first: .*item_00002"):
         rcdm.sample.run(run_cfg(ckpt, store, tmp_path / "s", indices=(1, 2)))
     assert not (tmp_path / "s" / "samples.npz").exists()
+
+
+def _nan_store(tmp_path):
+    """The training store of tests/train_setup.py with one NaN feature in row 2."""
+    import h5py
+    from rcdm.utils import sha256_file, with_checksum
+
+    from tests.train_setup import train_store
+
+    store = train_store(tmp_path)
+    with h5py.File(store / "shard-00000.h5", "a") as f:
+        f["feat"][2, 0, 1] = np.nan
+    import json
+
+    m = json.loads((store / "manifest.json").read_text())  # a store made this way (no extraction refused it)
+    m["shards"][0]["sha256"] = sha256_file(store / "shard-00000.h5")
+    (store / "manifest.json").write_text(json.dumps(with_checksum(m)))
+    return store
+
+
+def test_training_names_the_rows_that_are_not_finite(tmp_path):
+    """A NaN in the store ended in "the loss became NaN ... lower train.lr"; now the rows are named."""
+    import rcdm.train
+
+    from tests.train_setup import train_cfg
+
+    store = _nan_store(tmp_path)
+    with pytest.raises(
+        InvalidInput, match=r"training row\(s\) hold NaN or inf features \(the first: row 2, 'cls_1/img_000'"
+    ):
+        rcdm.train.run(train_cfg(store, tmp_path / "run", workers=0))
+    from rcdm.config import PriorConfig
+    from rcdm.train.prior import train_prior
+
+    with pytest.raises(
+        InvalidInput, match=r"1 row\(s\) of the store .* hold NaN or inf features \(the first: 'cls_1/img_000'\)"
+    ):
+        train_prior(PriorConfig(store=str(store), out=str(tmp_path / "prior"), iters=2, device="cpu"))

@@ -97,3 +97,21 @@ def test_extraction_records_the_class_map(tmp_path):
         )
     )
     assert FeatureStore(out).classes == ["cls_0", "cls_1"]
+
+
+def test_an_analysis_reading_labels_refuses_stores_whose_classes_disagree(tmp_path):
+    """The probe (and every analysis that reads labels) compares train and val labels: their class
+    maps must agree."""
+    import torch
+    from rcdm.analysis.experiments.common import Context
+    from rcdm.config import AnalyzeConfig
+
+    def store(name, classes):
+        src = {"kind": "folder", "root": str(tmp_path / name), "split": name, "key_rule": "k", "classes": classes}
+        return make_store(tmp_path / name, np.ones((2, 3), np.float32), labels=[0, 1], source=src)
+
+    train, val = store("train", ["cat", "dog"]), store("val", ["dog", "eel"])
+    cfg = AnalyzeConfig(train_store=str(train), val_store=str(val), out=str(tmp_path / "a"))
+    ctx = Context(cfg=cfg, out=tmp_path / "a", device=torch.device("cpu"))
+    with pytest.raises(InvalidInput, match=r"label 0 is 'cat' in the first and 'dog' in the second"):
+        ctx.labels(ctx.store("train"), "probe: the train")

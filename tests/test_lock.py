@@ -233,3 +233,34 @@ def test_two_ranks_of_one_launch_share_one_lock_and_fail_together(tmp_path):
     proc = launch(tmp_path / "held")
     assert proc.returncode != 0 and time.monotonic() - t0 < 200
     assert proc.stderr.count(f"pid {os.getpid()}") >= 2, proc.stderr[-3000:]  # both ranks say why
+
+
+@pytest.mark.parametrize("stage", ["train-prior", "evaluate", "analyze"])
+def test_every_writing_stage_takes_the_lock(tmp_path, stage):
+    """train-prior, evaluate and analyze take the lock like extract, train and sample: two
+    train-prior runs into one --out both said "prior written" and one replaced the other."""
+    import rcdm.analysis
+    from rcdm.config import AnalyzeConfig, EvaluateConfig, PriorConfig
+    from rcdm.train.prior import train_prior
+
+    out = tmp_path / "out"
+    run, cfg = {
+        "train-prior": (train_prior, PriorConfig(store=str(tmp_path / "s"), out=str(out), device="cpu")),
+        "evaluate": (rcdm.analysis.evaluate, EvaluateConfig(samples="s", reference="r", out=str(out), device="cpu")),
+        "analyze": (rcdm.analysis.analyze, AnalyzeConfig(out=str(out), device="cpu")),
+    }[stage]
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(out)],
+        env=ENV,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held", holder.stderr.read()
+        with pytest.raises(OutputLocked, match="is being written by another process"):
+            run(cfg)
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)

@@ -54,7 +54,7 @@ def world(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("sections")
     tr_dir = make_image_folder(root / "img" / "train", n_classes=2, per_class=4, size=(40, 40), seed=0)
-    va_dir = make_image_folder(root / "img" / "val", n_classes=2, per_class=2, size=(40, 40), seed=1)
+    va_dir = make_image_folder(root / "img" / "val", n_classes=2, per_class=3, size=(40, 40), seed=1)
     enc0, enc1 = load_encoder("random-rn50", seed=0), load_encoder("random-rn50", seed=1)
     train, val = store_of(tr_dir, root / "train", enc0), store_of(va_dir, root / "val", enc0)
     val2 = store_of(va_dir, root / "val2", enc1)

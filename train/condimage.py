@@ -24,11 +24,16 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from rcdm.errors import InvalidInput
 from rcdm.model.config import UNetConfig
 from tqdm.auto import tqdm
 
 MAX_ROWS = 20_000  # rows the fit reads (the demo's 2,400 all; ImageNet: a seeded 20k)
 RIDGE = 1e-3  # lambda / (n x mean feature variance); 4e-4 .. 1.2e-3 were best on the demo (docs/recipes.md)
+# lambda's floor, per row: features that do not vary (one row, or all alike) made the system singular;
+# far below RIDGE x any real variance, so it only ever decides there (the map is then the mean image)
+LAMBDA_FLOOR = 1e-8
+MIN_ROWS = 2  # a linear map of h needs h to vary: at least two training rows
 
 
 @torch.no_grad()
@@ -38,6 +43,11 @@ def fit(net: torch.nn.Module, dataset, seed: int, workers: int = 0, show: bool =
     t0 = time.perf_counter()
     r = net.cfg.cond_image
     n_all = len(dataset)
+    if n_all < MIN_ROWS:
+        raise InvalidInput(
+            f"train.cond_image fits a map of h on the training rows, which needs at least {MIN_ROWS}; the store "
+            f"holds {n_all}: train on more images, or turn the map off with --set train.cond_image=0"
+        )
     rows = np.sort(np.random.default_rng(seed).choice(n_all, min(n_all, MAX_ROWS), replace=False))
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=256, sampler=[(int(i), False) for i in rows], num_workers=workers
@@ -58,7 +68,7 @@ def fit(net: torch.nn.Module, dataset, seed: int, workers: int = 0, show: bool =
     mz, my = sz / n, sy / n
     czz = ztz - n * torch.outer(mz, mz)  # centred Z^T Z
     czy = zty - n * torch.outer(mz, my)
-    lam = RIDGE * float(torch.trace(czz)) / d  # RIDGE x n x mean variance
+    lam = max(RIDGE * float(torch.trace(czz)) / d, LAMBDA_FLOOR * n)  # RIDGE x n x mean variance, floored
     w = torch.linalg.solve(czz + lam * torch.eye(d, dtype=torch.float64), czy)  # (d, k)
     b = my - mz @ w
     net.cond_image_map.weight.copy_(w.T.to(net.cond_image_map.weight))

@@ -397,13 +397,27 @@ def _step(r: _Run, m: _Model, state: TrainState, lp: _Loop) -> None:
     m.ema.update(m.net, state.step)
 
 
+def _check_conditions(h: torch.Tensor, rows: torch.Tensor, store: FeatureStore) -> None:
+    """The batch's features (on the host, before the copy: no device sync) are finite, or the rows
+    are named: a NaN condition would end as a "non-finite loss" blamed on the learning rate."""
+    bad = ~torch.isfinite(h).reshape(len(h), -1).all(1)
+    if bool(bad.any()):
+        row = int(rows[bad][0])
+        raise InvalidInput(
+            f"{int(bad.sum())} training row(s) hold NaN or inf features (the first: row {row}, "
+            f"{store.keys[row]!r}, of {store.path}); train on finite ones: `rcdm store verify` names the damaged "
+            "shards, re-extract them"
+        )
+
+
 def _micro_batch(r: _Run, m: _Model, state: TrainState, lp: _Loop, micro: int) -> None:
     """The loss of the next micro-batch at its seeded t and noise; its gradient accumulated
     (DDP all-reduces on the last of the step's grad_accum)."""
     from rcdm.diffusion import gaussian
 
     cfg, device = r.cfg, r.device
-    x, h, _rows = next(lp.batches)
+    x, h, rows = next(lp.batches)
+    _check_conditions(h, rows, r.store)
     x = to_model_input(x.to(device, non_blocking=True), lp.layout)  # (b, 3, H, W) in [-1, 1]
     h = h.to(device, non_blocking=True)  # (b, D)
     # t and noise depend on (seed, rank, step, micro) only: resuming redraws them

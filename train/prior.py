@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from rcdm.config import PriorConfig, save_resolved
 from rcdm.errors import InvalidInput, OutputExists
+from rcdm.run.lock import holding_output_lock
 from rcdm.train.ema import EMA
 from rcdm.utils import now_iso
 
@@ -34,6 +35,7 @@ def lr_at(lr: float, step: int, iters: int, warmup: int = 100) -> float:
     return lr * min(1.0, (step + 1) / warmup) * 0.5 * (1.0 + math.cos(math.pi * step / iters))
 
 
+@holding_output_lock("rcdm train-prior")  # one writer per prior folder
 def train_prior(cfg: PriorConfig) -> Path:
     """Train on ``cfg.store``, write ``cfg.out`` (see :mod:`rcdm.run.priordir`); returns the folder."""
     import torch
@@ -48,9 +50,7 @@ def train_prior(cfg: PriorConfig) -> Path:
     if is_prior(out) and not cfg.overwrite:
         raise OutputExists(f"{out} already holds a trained prior; pass --overwrite to replace it, or another --out")
     store = FeatureStore(cfg.store)
-    x_all = torch.from_numpy(store.features(view=0))  # (N, D) float32, its own copy: standardised in place
-    if len(x_all) < 2:
-        raise InvalidInput(f"train-prior needs at least 2 store rows, {store.path} has {len(x_all)}")
+    x_all = _rows(store)  # (N, D) float32, finite, its own copy: standardised in place
     device = pick_device(cfg.device)
     torch.manual_seed(cfg.seed)
     model = PriorMLP(PriorSpec(dim=store.dim, width=cfg.width, blocks=cfg.blocks, timesteps=cfg.timesteps))
@@ -81,13 +81,38 @@ def train_prior(cfg: PriorConfig) -> Path:
         losses.append(float(loss.detach()))
         if step % 50 == 0 and bar.disable is False:
             bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+    meta = _meta(cfg, store, len(x_all), losses, time.perf_counter() - t0)
+    out.mkdir(parents=True, exist_ok=True)
+    save_resolved(cfg, out)
+    return save_prior(out, ema.models[cfg.ema_rate].cpu(), meta)
+
+
+def _rows(store):
+    """The store's view-0 features as a float32 tensor: finite (a NaN would end as a NaN loss
+    blamed on the lr), at least two rows."""
+    import torch
+
+    x_all = torch.from_numpy(store.features(view=0))  # (N, D)
+    if not bool(torch.isfinite(x_all).all()):
+        bad = (~torch.isfinite(x_all).all(1)).nonzero().flatten()
+        raise InvalidInput(
+            f"{len(bad)} row(s) of the store {store.path} hold NaN or inf features (the first: "
+            f"{store.keys[int(bad[0])]!r}); train the prior on finite ones: `rcdm store verify` names the damaged shards"
+        )
+    if len(x_all) < 2:
+        raise InvalidInput(f"train-prior needs at least 2 store rows, {store.path} has {len(x_all)}")
+    return x_all
+
+
+def _meta(cfg: PriorConfig, store, n_train: int, losses: list[float], seconds: float) -> dict:
+    """What prior.json records beside the network: the store, the training settings, the loss curve."""
     every = max(1, cfg.iters // 100)
     curve = [[i, float(np.mean(losses[i : i + every]))] for i in range(0, len(losses), every)]
-    meta = {
+    return {
         "store": str(store.path.resolve()),
         "store_manifest_sha256": store.manifest_sha256,
         "encoder": {**store.encoder_info, "layer": store.layer},
-        "n_train": int(len(x_all)),
+        "n_train": int(n_train),
         "iters": cfg.iters,
         "batch_size": cfg.batch_size,
         "lr": cfg.lr,
@@ -98,9 +123,6 @@ def train_prior(cfg: PriorConfig) -> Path:
         "sample_eta": cfg.sample_eta,
         "final_loss": curve[-1][1],
         "loss_curve": curve,
-        "seconds": round(time.perf_counter() - t0, 2),
+        "seconds": round(seconds, 2),
         "created": now_iso(),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    save_resolved(cfg, out)
-    return save_prior(out, ema.models[cfg.ema_rate].cpu(), meta)

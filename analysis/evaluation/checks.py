@@ -21,9 +21,20 @@ from rcdm.config import EvaluateConfig
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.run.conditioning import Conditioning, extraction_for, mismatches, same_representation
 from rcdm.run.sampleset import SampleSet, read_samples
+from rcdm.store import check_same_classes
 from rcdm.utils import sha256_file
 
-__all__ = ["Inputs", "QualityPlan", "check_encoder", "check_inputs", "plan_quality", "train_store"]
+__all__ = [
+    "MIN_REFERENCES",
+    "Inputs",
+    "QualityPlan",
+    "check_encoder",
+    "check_finite",
+    "check_inputs",
+    "check_references",
+    "plan_quality",
+    "train_store",
+]
 
 
 @dataclass
@@ -58,10 +69,43 @@ def check_inputs(cfg: EvaluateConfig) -> Inputs:
             raise InvalidInput(f"evaluate.{name} is not set; pass --{name} or set it in pipeline.yaml")
     ss = read_samples(cfg.samples)
     store = FeatureStore(cfg.reference)
+    check_references(store)
     check_encoder(ss, store)
+    check_finite(ss.conds, "conditioning vectors", f"the sample set {ss.path}", ss.keys())
     seconds = open_second_stores(cfg.second_references, store)
     train = train_store(cfg, store)
+    if train is not None:
+        check_same_classes(train, store, "the retrieval baseline")
     return Inputs(ss, store, seconds, train, plan_quality(cfg, ss))
+
+
+# Rank / MRR against fewer references cannot tell a faithful sample from chance: with N = 1 every
+# sample ranks first (chance MRR 1), and chance MRR stays above 0.5 up to N = 4 (0.52).
+MIN_REFERENCES = 5
+
+
+def check_references(store: Any) -> None:
+    """Enough reference rows for rank / MRR to mean something (:data:`MIN_REFERENCES`)."""
+    if len(store) < MIN_REFERENCES:
+        raise InvalidInput(
+            f"the reference store {store.path} holds {len(store)} row(s): rank / MRR needs at least "
+            f"{MIN_REFERENCES} references to tell a faithful sample from chance; evaluate against the "
+            "validation store of the images the conditions come from"
+        )
+
+
+def check_finite(rows: Any, what: str, where: str, keys: list | None = None) -> None:
+    """``rows`` (N, D) hold no NaN or inf: a non-finite row never becomes a number, naming the first."""
+    import numpy as np
+
+    bad = ~np.isfinite(np.asarray(rows)).reshape(len(rows), -1).all(axis=1)
+    if bad.any():
+        first = int(np.argmax(bad))
+        name = f" (the first: {keys[first]!r})" if keys is not None else f" (the first: row {first})"
+        raise InvalidInput(
+            f"{int(bad.sum())} of the {len(rows)} {what} of {where} hold NaN or inf{name}; nothing is measured "
+            "from them. `rcdm store verify` names a store's damaged shards"
+        )
 
 
 def check_encoder(ss: SampleSet, store: Any) -> None:

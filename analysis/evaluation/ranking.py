@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 from rcdm.analysis.evaluation import metrics
+from rcdm.analysis.evaluation.checks import check_finite
 from rcdm.config import EvaluateConfig
 from rcdm.faithfulness import reencode
 from rcdm.run.sampleset import SampleSet
@@ -62,6 +63,8 @@ def rank_samples(cfg: EvaluateConfig, ss: SampleSet, store: Any, encoder: Any, d
         reference=f"the reference store {store.path}",
     )  # (M, D)
     ref = store.features(view=0)  # (N, D)
+    check_finite(ref, "reference features", f"the reference store {store.path}", store.keys)
+    check_finite(queries, "re-encoded samples", f"the sample set {ss.path} (the encoder's output)", ss.keys())
     cond_index = match_conditions(ss, store.keys, ref)  # (M,) row c, or -1 outside
     kw = dict(device=device, max_chunk_bytes=cfg.rank_chunk_mb << 20)
     pooled = None

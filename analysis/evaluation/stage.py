@@ -21,12 +21,15 @@ from rcdm.analysis.evaluation.ranking import Ranking, rank_samples
 from rcdm.analysis.evaluation.spaces import evaluate_spaces
 from rcdm.analysis.evaluation.tables import metrics_csv, metrics_markdown
 from rcdm.config import EvaluateConfig
+from rcdm.errors import InvalidInput
 from rcdm.run.evaldir import EvalDir
-from rcdm.run.sampleset import SampleSet
+from rcdm.run.lock import holding_output_lock
+from rcdm.run.sampleset import MANIFEST, SampleSet
 
 __all__ = ["evaluate", "method_label"]
 
 
+@holding_output_lock("rcdm evaluate")  # one writer per evaluation folder
 def evaluate(cfg: EvaluateConfig) -> Path:
     """Evaluate one sample directory; returns ``<out>/metrics.json``."""
     from rcdm.utils import pick_device
@@ -161,7 +164,16 @@ def metrics_of(inputs: Inputs, quality: dict, ranking: Ranking, faithfulness: di
 
 
 def write(folder: EvalDir, cfg: EvaluateConfig, inputs: Inputs, metrics: dict, ranking: Ranking) -> Path:
-    """The evaluation folder, its tables rendered here; returns metrics.json."""
+    """The evaluation folder, its tables rendered here; returns metrics.json. The sample set must
+    still be the one read at the start (a sampler that rewrote it meanwhile: nothing is written)."""
+    from rcdm.utils import sha256_file
+
+    now = inputs.samples.path / MANIFEST
+    if not now.is_file() or sha256_file(now) != inputs.samples.manifest_sha256:
+        raise InvalidInput(
+            f"the sample set {inputs.samples.path} changed while it was evaluated (another `rcdm sample` wrote "
+            "it?); nothing was written: re-run `rcdm evaluate` once sampling is done"
+        )
     name = folder.path.name
     return folder.write(
         metrics,

@@ -128,8 +128,15 @@ class Context:
         return self.cached(("feats", str(store.path)), lambda: store.features(0))
 
     def labels(self, store, what: str) -> np.ndarray:
+        """``store``'s labels (known for every row), meaning the same classes as the other store
+        of the analysis (train and val must come from class folders that agree)."""
         from rcdm.analysis.probe import check_labels
+        from rcdm.store import check_same_classes
 
+        for which in ("train", "val"):
+            path = getattr(self.cfg, f"{which}_store")
+            if path and (Path(path) / STORE_MANIFEST).is_file() and Path(path).resolve() != store.path.resolve():
+                check_same_classes(store, self.store(which), f"{what} store's labels (analyze)")
         return check_labels(store.labels, f"{what} store {store.path}")
 
     def class_names(self, store) -> list[str] | None:
