@@ -299,6 +299,7 @@ def test_registry_contents():
         "vicreg-rn50",
         "supervised-rn50",
         "random-rn50",
+        "simclr-mini",
         "dino-vits16",
         "dinov2-vits14",
         "dinov2-vitb14",

@@ -218,4 +218,10 @@ def resolve(cfg: PipelineConfig) -> PipelineConfig:
         prior=prior,
     )
     pr = _fill(cfg.prior, store=train_store, out=prior)
-    return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an, prior=pr)
+    pt = _fill(
+        cfg.pretrain,
+        source=(cfg.data.train, "derived from data.train"),
+        val=(cfg.data.val, "derived from data.val"),
+        out=(str(w / "encoder"), from_w),
+    )
+    return replace(cfg, extract=ex, train=tr, sample=sa, evaluate=ev, analyze=an, prior=pr, pretrain=pt)

@@ -6,6 +6,7 @@ tests/test_readme.py fails when the README differs from what the code generates.
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def config_reference() -> str:
     """Markdown reference of every section and key, generated from the schema's declarations."""
     out = []
     for name, cls in SECTIONS.items():
-        out.append(f"### `{name}`\n\n{(cls.__doc__ or '').strip()}\n")
+        out.append(f"### `{name}`\n\n{inspect.cleandoc(cls.__doc__ or '')}\n")
         types = hints(cls)
         rows = ["| key | type | default | meaning |", "|---|---|---|---|"]
         for f in section_fields(cls):

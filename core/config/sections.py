@@ -34,6 +34,7 @@ __all__ = [
     "ExtractConfig",
     "PAPER_DIFFUSION",
     "PipelineConfig",
+    "PretrainConfig",
     "PriorConfig",
     "RECIPES",
     "SECTIONS",
@@ -56,7 +57,7 @@ EXPERIMENTS: tuple[str, ...] = (
     "training-dynamics",
 )
 # Analyses beyond the paper's, run only when named (``rcdm analyze pooled-vs-tokens``).
-EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens",)
+EXTRA_EXPERIMENTS: tuple[str, ...] = ("pooled-vs-tokens", "layers")
 
 # Named training recipes (``train.recipe``; docs/recipes.md has the measurements behind them).
 # "paper" is the fields' defaults; another name fills the fields it lists that no layer set.
@@ -157,7 +158,7 @@ class ExtractConfig(Section):
     )
     out: str | None = setting(None, "the store folder; default: <workdir>/stores/train", path="out")
     format: Literal["h5", "wds"] = setting("h5", "shard format: HDF5, or webdataset tars")
-    preprocess: Literal["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip"] = setting(
+    preprocess: Literal["default", "rcdm", "imagenet", "imagenet-bicubic", "clip", "siglip", "rcdm32"] = setting(
         "default", "encoder input convention; default: the encoder's own"
     )
     input_size: int | None = setting(
@@ -551,6 +552,28 @@ class PriorConfig(Section):
 
 
 @dataclass(frozen=True)
+class PretrainConfig(Section):
+    """A small self-supervised encoder trained by rcdm itself (SimCLR, Chen et al. 2020), for the
+    demo: a ResNet-shaped trunk and an MLP projector head (``rcdm pretrain``; docs/encoder.md)."""
+
+    source: str | None = setting(None, "training images; default: data.train", path="in")
+    val: str | None = setting(None, "held-out images for the linear probes; default: data.val", path="in?")
+    out: str | None = setting(None, "the encoder folder; default: <workdir>/encoder", path="out")
+    width: int = setting(16, "base width of the trunk (resnet-mini: an 8 x width trunk output)", ge=4)
+    head_dim: int = setting(64, "output of the projector head (hidden: the trunk's width)", ge=2)
+    image_size: int = setting(32, "side of the crops the encoder sees", ge=8)
+    steps: int = setting(300, "optimiser steps", ge=1)
+    batch_size: int = setting(256, "images per step (two views each)", ge=2)
+    lr: float = setting(2e-3, "AdamW learning rate, cosine decay to 0", gt=0)
+    weight_decay: float = setting(1e-4, "AdamW weight decay", ge=0)
+    temperature: float = setting(0.2, "NT-Xent temperature", gt=0)
+    seed: int = setting(0, "seed of the initialisation, the batches and the augmentations")
+    threads: int = setting(2, "torch CPU threads (the result depends on it: recorded with the weights)", ge=1)
+    probe: bool = setting(True, "after training, linear probes of trunk, head and random encoders on the val images")
+    overwrite: bool = setting(False, "replace a finished encoder in out")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     data: DataConfig = field(default_factory=DataConfig)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
@@ -559,6 +582,7 @@ class PipelineConfig:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     analyze: AnalyzeConfig = field(default_factory=AnalyzeConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -569,6 +593,7 @@ SECTIONS: dict[str, type[Section]] = {
     "evaluate": EvaluateConfig,
     "analyze": AnalyzeConfig,
     "prior": PriorConfig,
+    "pretrain": PretrainConfig,
 }
 
 

@@ -122,6 +122,8 @@ PREPROCESS: dict[str, Preprocess] = {
     # SigLIP (open_clip / timm): bicubic 224, mean = std = 0.5 (the official squash to 224x224
     # is done here as resize shorter side + center crop, like the other presets)
     "siglip": Preprocess(224, 224, "bicubic", (0.0, 1.0), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    # the rcdm rule at 32 px: what the demo's models draw, and what rcdm pretrain's encoder sees
+    "rcdm32": Preprocess(32, 32, "bicubic", (-1.0, 1.0), (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), "adm"),
 }
 
 

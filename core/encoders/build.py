@@ -52,6 +52,10 @@ def build_trunk(arch: str) -> nn.Module:
             m = ResNet(Bottleneck, [1, 1, 1, 1], width_per_group=8)  # still 2048-d output
         m.fc = nn.Identity()  # (N, 2048) average-pooled features
         return m
+    if arch == "resnet-mini":
+        from rcdm.encoders.mini import MiniResNet
+
+        return MiniResNet()
     if arch.startswith("vit_"):
         from rcdm.encoders.vit import build_vit
 
@@ -127,7 +131,30 @@ class Encoder(nn.Module):
         return d
 
 
+def shipped_folder() -> Path:
+    """The package's folder of shipped encoder weights (``rcdm/encoders/weights``)."""
+    from importlib import resources
+
+    return Path(str(resources.files("rcdm.encoders") / "weights"))
+
+
+def shipped_weights(spec: EncoderSpec) -> Path:
+    """The weights file the package ships for ``spec``, checked against the sha256 the registry
+    records (a changed file is refused: reinstall rcdm, or rebuild it with `rcdm pretrain`)."""
+    path = shipped_folder() / spec.shipped
+    if not path.is_file():
+        raise MissingInput(f"the weights of {spec.name} are not in the package ({path}); reinstall rcdm")
+    if sha256_file(path) != spec.shipped_sha256:
+        raise InvalidInput(
+            f"{path} has another sha256 than the {spec.shipped_sha256[:16]}... the registry records for "
+            f"{spec.name}: the packaged weights were changed; reinstall rcdm, or pass your own with --weights"
+        )
+    return path
+
+
 def _resolve_weights(spec: EncoderSpec, weights: str | None, allow_download: bool) -> Path:
+    if weights is None and spec.shipped:
+        return shipped_weights(spec)
     if weights is not None:
         p = Path(weights).expanduser()
         if not p.is_file():

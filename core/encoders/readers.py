@@ -196,7 +196,18 @@ def read_torchvision(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapp
     return Mapped(trunk, head_sd, [], "torchvision state dict")
 
 
+def read_rcdm(ckpt: dict, head: HeadSpec | None, want_head: bool) -> Mapped:
+    """rcdm's own encoder files (``rcdm pretrain``): ``trunk.*`` and ``head.*`` in our module names."""
+    trunk = {k[len("trunk.") :]: v for k, v in ckpt.items() if k.startswith("trunk.")}
+    head_sd = {k[len("head.") :]: v for k, v in ckpt.items() if k.startswith("head.")} or None
+    unexpected = [k for k in ckpt if not k.startswith(("trunk.", "head."))]
+    if not trunk:
+        raise ValueError(f"no trunk.* keys (found {first_keys(ckpt)})")
+    return Mapped(trunk, head_sd if want_head else None, unexpected, "rcdm encoder file")
+
+
 READERS: dict[str, Reader] = {
+    "rcdm": read_rcdm,
     "vissl-mlp": read_vissl_mlp,
     "vissl-swav": read_vissl_swav,
     "dino": read_dino,

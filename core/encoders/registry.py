@@ -75,6 +75,8 @@ class EncoderSpec:
     head_note: str = ""  # what the head output is
     patch_size: int = 0  # ViTs: the patch side (0: a ResNet, layers trunk / head only)
     pooled_note: str = ""  # ViTs: what ``cls`` (and ``trunk``) is for this method
+    shipped: str = ""  # weights inside the package (rcdm/encoders/weights/<file>), used when none is given
+    shipped_sha256: str = ""  # ... and their sha256, checked on every load
 
     @property
     def is_vit(self) -> bool:
@@ -117,6 +119,8 @@ class EncoderSpec:
 
 
 _VISSL = "https://dl.fbaipublicfiles.com/vissl/model_zoo"
+# The shipped weights of simclr-mini (rcdm/encoders/weights/; how they were made: their .json record)
+SIMCLR_MINI_SHA256 = "1ee82fd3ff68235997ab1b63675809ac31dd79de853aea2b1222cd9eac2328a9"
 _RN50 = 2048
 
 
@@ -183,6 +187,12 @@ _SPECS = [
     EncoderSpec(
         "random-rn50", "resnet50", None, None, "rcdm", None,
         "randomly initialised ResNet-50 (torchvision init, seeded): the untrained baseline",
+    ),
+    EncoderSpec(
+        "simclr-mini", "resnet-mini", "rcdm", _mlp([128, 128, 64]), "rcdm32", None,
+        "SimCLR resnet-mini trained by `rcdm pretrain` on the demo set, 32 px (shipped: docs/encoder.md)",
+        trunk_dim=128, head_note="Linear-ReLU-Linear projector",
+        shipped="simclr-mini.safetensors", shipped_sha256=SIMCLR_MINI_SHA256,
     ),
     EncoderSpec(
         "dino-vits16", "vit_small_patch16", "dino", _mlp([384, 2048, 2048, 256], act="gelu"),
@@ -294,5 +304,6 @@ def describe_registry() -> str:
             layers += f"; patch {s.patch_size}; cls = {s.pooled_note}"
         if s.head is not None:
             layers += f"; head = {s.head.describe()}"
-        rows.append(f"| `{s.name}` | {layers} | `{s.preprocess}` | {s.url or 'none (seeded init)'} |")
+        weights = s.url or ("shipped with rcdm" if s.shipped else "none (seeded init)")
+        rows.append(f"| `{s.name}` | {layers} | `{s.preprocess}` | {weights} |")
     return "\n".join(rows)
