@@ -288,8 +288,8 @@ def test_inputs_that_do_not_fit_are_rejected(world, tmp_path):
     from rcdm.analysis import analyze
 
     base = replace(world["cfg"], out=str(tmp_path / "bad"))
-    with pytest.raises(ValueError, match="has no 'head' layer"):
-        analyze(replace(base, experiments=("invariance",), layers=("trunk", "head")))
+    with pytest.raises(ValueError, match="has none of the layers head"):
+        analyze(replace(base, experiments=("invariance",), layers=("head",)))
     for exp in ("probe", "adversarial", "class-mean"):
         with pytest.raises(ValueError, match="without a label"):
             analyze(replace(base, experiments=(exp,), train_store=str(world["unlabelled"])))
@@ -298,6 +298,9 @@ def test_inputs_that_do_not_fit_are_rejected(world, tmp_path):
         analyze(replace(base, experiments=("interpolation",), checkpoints=(str(bad_ck),)))
     with pytest.raises(ValueError, match="unknown experiment"):
         analyze(replace(base, experiments=("invariance", "nope")))
+    # a layer one encoder lacks is left out for it, with a note (a random trunk beside a trunk / head pair)
+    entry = analyze(replace(base, experiments=("invariance",), layers=("trunk", "head"), n_images=1))
+    assert "has no head layer: its movement is not measured" in entry.read_text()
     with pytest.raises(ValueError, match="not an allowed torchvision"):
         analyze(replace(base, experiments=("invariance",), custom_transforms=("eval('1')",)))
     with pytest.raises(ValueError, match="target_class"):

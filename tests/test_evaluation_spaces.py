@@ -187,3 +187,19 @@ def test_evaluate_reports_second_space_beside_conditioning(second):
     px = f["pixel_diversity"]
     assert px["samples_per_condition"] > 0 and px["random_reference_pairs"] > 0
     assert set(second["m"]["fd"]) == {"dinov2-vit-b-14"}  # skipped: fid=off
+
+
+def test_colour_spread_within_against_between():
+    """Samples that keep their condition's colour: ratio near 0; samples whose colour is drawn at
+    random, whatever the condition: ratio near 1."""
+    from rcdm.analysis.evaluation.feature_stats import colour_spread
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(20), 4)
+    base = rng.uniform(0, 255, (20, 3))
+    kept = np.clip(base[groups] + rng.normal(0, 2, (80, 3)), 0, 255)
+    dropped = rng.uniform(0, 255, (80, 3))
+    img = lambda c: np.broadcast_to(c[:, None, None, :], (80, 4, 4, 3)).astype(np.uint8)  # noqa: E731
+    a, b = colour_spread(img(kept), groups), colour_spread(img(dropped), groups)
+    assert a["ratio"] < 0.05 and 0.7 < b["ratio"] < 3 and a["n_conditions"] == 20
+    assert abs(a["between"] - base.std(0, ddof=1).mean() / 255) < 0.05

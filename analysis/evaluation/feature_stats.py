@@ -7,7 +7,8 @@ Inception / DINOv2 features, flattened pixels).
   cosine of random pairs of reference images);
 - the retrieval baseline: the nearest training image to each condition, used as the "sample";
 - diversity: mean pairwise distance of the samples of one condition, beside random pairs;
-- precision / recall of generated against real features (Kynkaanniemi et al. 2019, k-NN radii).
+- precision / recall of generated against real features (Kynkaanniemi et al. 2019, k-NN radii);
+- colour kept: the spread of mean colour within a condition's samples against between conditions.
 
 Arrays in, numbers out; no I/O and no model. Rank itself is
 :func:`rcdm.analysis.evaluation.metrics.nearest_neighbour_ranks`.
@@ -28,6 +29,7 @@ __all__ = [
     "mean_pairwise_distance",
     "group_diversity",
     "precision_recall",
+    "colour_spread",
 ]
 
 
@@ -162,3 +164,23 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, chunk: int 
     precision = float(_inside_any_ball(f, r, _knn_radii(r, k, chunk), chunk).mean())
     recall = float(_inside_any_ball(r, f, _knn_radii(f, k, chunk), chunk).mean())
     return {"precision": precision, "recall": recall, "k": k, "n_real": len(r), "n_fake": len(f)}
+
+
+def colour_spread(images: np.ndarray, groups: np.ndarray) -> dict:
+    """How much of its colour a representation keeps (RGB in [0, 1]): ``within``, the spread of
+    the mean colour of each condition's samples (the RMS over conditions of their standard
+    deviation, over the three channels), against ``between``, the spread of those per-condition
+    mean colours across conditions. ``ratio`` = within / between: near 0, the samples of one
+    condition share its colour; near 1 or above, the colour varies as much as between conditions
+    (the representation dropped it)."""
+    colour = images.reshape(len(images), -1, images.shape[-1]).mean(1) / 255.0  # (M, 3) mean RGB
+    labels = np.unique(groups)
+    counts = np.array([(groups == g).sum() for g in labels])
+    means = np.stack([colour[groups == g].mean(0) for g in labels])  # (C, 3)
+    many = [g for g, c in zip(labels, counts, strict=True) if c > 1]
+    within = (
+        float(np.sqrt(np.mean([colour[groups == g].var(0, ddof=1).mean() for g in many]))) if many else float("nan")
+    )
+    between = float(np.sqrt(means.var(0, ddof=1).mean())) if len(labels) > 1 else float("nan")
+    ratio = within / between if between > 0 else float("nan")
+    return {"within": within, "between": between, "ratio": ratio, "n_conditions": int(len(labels))}

@@ -278,6 +278,7 @@ def evaluate_spaces(
     return {
         "spaces": spaces,
         "pixel_diversity": diversity,
+        "colour": F.colour_spread(images, groups),  # how much of the colour the representation keeps
         "retrieval_baseline": _get(base, "info"),
         "n_samples": int(inside.sum()),
         "notes": notes,

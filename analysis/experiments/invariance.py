@@ -39,20 +39,28 @@ def transform_names(ctx: Context) -> list[str]:
     return names
 
 
-def check_layers(ctx: Context, info: dict) -> None:
-    """Every layer of ``analyze.layers`` must exist in the encoder (checked before any work)."""
+def check_layers(ctx: Context, info: dict) -> tuple[tuple[str, ...], list[str]]:
+    """The layers of ``analyze.layers`` this encoder has (checked before any work), and a note for
+    each it lacks (a random network has no head: its trunk is still measured). None at all, or a
+    name that is not a layer, is an error."""
     from rcdm.encoders.registry import get_spec
 
     dims = get_spec(info["name"]).dims
     for layer in ctx.cfg.layers:
         if layer not in ("trunk", "head"):
             raise InvalidInput(f"analyze.layers: {layer!r} is not a layer; use 'trunk' and/or 'head'")
-        if layer not in dims:
-            raise InvalidInput(
-                f"invariance: encoder {info['name']} has no {layer!r} layer (it has: {', '.join(dims)}); "
-                f"remove {layer!r} from analyze.layers or use an encoder with a projection head "
-                "(e.g. simclr-rn50, dino-rn50)"
-            )
+    layers = tuple(layer for layer in ctx.cfg.layers if layer in dims)
+    if not layers:
+        raise InvalidInput(
+            f"invariance: encoder {info['name']} has none of the layers {', '.join(ctx.cfg.layers)} (it has: "
+            f"{', '.join(dims)}); set analyze.layers to one it has"
+        )
+    notes = [
+        f"encoder {info['name']} has no {layer} layer: its movement is not measured"
+        for layer in ctx.cfg.layers
+        if layer not in layers
+    ]
+    return layers, notes
 
 
 N_NN = 256  # training images encoded for the nearest-neighbour distance of a layer without a store
@@ -137,6 +145,7 @@ class _Setup:
     std: Callable | None  # the checkpoint's standardisation of h, or None
     cond_layer: str | None  # the layer that conditions the checkpoint
     refs: dict  # layer -> (training representations, what they are)
+    layers: tuple[str, ...]  # the layers of analyze.layers this encoder has
 
 
 def run(ctx: Context) -> Entry:
@@ -164,27 +173,27 @@ def run(ctx: Context) -> Entry:
 def _setup(ctx: Context, r) -> _Setup:
     """The checkpoint's encoders, and the nearest-neighbour references of every layer (in the
     standardised space the model sees, for the conditioning layer of a standardising checkpoint)."""
-    check_layers(ctx, r.encoder_info)
+    layers, _ = check_layers(ctx, r.encoder_info)
     enc = ctx.encoder(r.encoder_info)
     second, second_desc = _second(ctx, r)
     std = _standardiser(r)
     cond_layer = r.encoder_info.get("layer")
-    refs = {layer: _nn_reference(ctx, r, layer) for layer in ctx.cfg.layers}
+    refs = {layer: _nn_reference(ctx, r, layer) for layer in layers}
     if std is not None and cond_layer in refs:  # compare in the space the model sees
         refs[cond_layer] = (std(refs[cond_layer][0]), refs[cond_layer][1])
-    return _Setup(enc, second, second_desc, std, cond_layer, refs)
+    return _Setup(enc, second, second_desc, std, cond_layer, refs, layers)
 
 
 def _checkpoint(ctx: Context, r, val, rows: list[int], names: list[str], seeds: list[int], out: _Results) -> None:
     """One checkpoint's figures, records, table rows and notes."""
-    cfg = ctx.cfg
     setup = _setup(ctx, r)
     size = display_size(r.image_size, ["original", *names])  # tiles wide enough for every row label
     per_t: dict[str, dict[str, list[float]]] = {n: {} for n in names}
     for n_img, i in enumerate(rows):
         _image(ctx, r, setup, val, i, n_img, names, seeds, size, per_t, out)
     mean = {t: {k: _mean(v) for k, v in per_t[t].items()} for t in names}
-    out.h_rows += _h_rows(r, cfg.layers, names, mean)
+    out.h_rows += _h_rows(r, setup.layers, names, mean)
+    out.notes += check_layers(ctx, r.encoder_info)[1]
     out.s_rows += [
         [
             r.label,
@@ -264,7 +273,7 @@ def _layer_reprs(ctx: Context, r, setup: _Setup, views: list, conds: np.ndarray)
     """Per layer: (raw h of every view, h as the model sees it, the original's nearest-neighbour
     distance), float64."""
     hs = {}
-    for layer in ctx.cfg.layers:
+    for layer in setup.layers:
         h = conds if layer == setup.cond_layer else ctx.encode(ctx.encoder(r.encoder_info, layer), views)
         raw = h.astype(np.float64)
         seen = setup.std(raw) if (setup.std is not None and layer == setup.cond_layer) else raw
@@ -315,7 +324,7 @@ def _score_figure(
     ctx: Context, r, setup: _Setup, names: list[str], seeds: list[int], mean: dict, n_images: int, std_note: str
 ):
     """The plot of the mean scores (a) per layer and (b), with its caption."""
-    series = {f"{layer} h (a)": [mean[t][f"{layer}_score"] for t in names] for layer in ctx.cfg.layers}
+    series = {f"{layer} h (a)": [mean[t][f"{layer}_score"] for t in names] for layer in setup.layers}
     series["samples (b)"] = [mean[t]["sample_score"] for t in names]
     cap = ctx.caption(
         r,
