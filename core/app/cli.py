@@ -356,8 +356,13 @@ def run(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
     "--set", "sets", multiple=True, metavar="SECTION.KEY=VALUE", help="Override one config value (repeatable)."
 )
 @click.option("-n", "--dry-run", is_flag=True, help="Print the resolved config and plan; do nothing.")
+@click.option(
+    "--compare",
+    is_flag=True,
+    help="Run the demo through the encoder's trunk, its head and a random network, and compare them in one report.",
+)
 @click.pass_context
-def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
+def demo(ctx: click.Context, stages: str | None, force: bool, compare: bool, **_: Any) -> None:
     """The embedded demo, end to end on a CPU in about 20 minutes (= rcdm run --profile demo).
 
     Works from any directory: it builds a small image set from photographs shipped with
@@ -365,7 +370,22 @@ def demo(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
     (32 px encoder input, the tiny UNet, guidance 1.5, ...) are the demo profile's, never the recipe's.
     """
     ctx.params["profile"] = "demo"
+    if compare:
+        _compare(ctx, force)
+        return
     _run_pipeline(ctx, stages, force)
+
+
+def _compare(ctx: click.Context, force: bool) -> None:
+    from rcdm.app import pipeline
+
+    cfg = load(ctx, None, resolved=False)  # each compared run derives its paths from its own workdir
+    if ctx.params["dry_run"]:
+        for name, c in pipeline.compare_configs(cfg):
+            click.echo(f"{name}: {c.extract.encoder} {c.extract.layer} -> {c.data.workdir}")
+        return
+    path = call(pipeline.compare, cfg, force)
+    click.echo(f"done. open the comparison: {path}")
 
 
 @cli.command("config-reference")

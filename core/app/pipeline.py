@@ -130,3 +130,66 @@ def _run_stage(cfg: PipelineConfig, stage: str, force: bool) -> Path:
 
         return rcdm.analysis.analyze(cfg.analyze)
     raise AssertionError(stage)
+
+
+# ``rcdm demo --compare``: the demo through each layer, then one report of them side by side.
+# The trunk's run is the demo's own (``rcdm demo`` first makes --compare two runs shorter).
+COMPARED = (("trunk", "simclr-mini", "trunk"), ("head", "simclr-mini", "head"), ("random", "random-rn50", "trunk"))
+COMPARE_STAGES = ("data", "extract", "train", "sample", "evaluate")
+
+
+def compare_root(cfg: PipelineConfig) -> Path:
+    return Path(f"{cfg.data.workdir}-compare")
+
+
+def compare_configs(cfg: PipelineConfig) -> list[tuple[str, PipelineConfig]]:
+    """One pipeline per compared layer: the demo's own for its encoder's trunk, the others under
+    ``<workdir>-compare/<name>`` (the images shared)."""
+    from rcdm.app.load import resolve, set_value
+
+    out = []
+    for name, encoder, layer in COMPARED:
+        c = cfg
+        if (encoder, layer) != (cfg.extract.encoder, cfg.extract.layer):
+            c = set_value(c, "data", "workdir", str(compare_root(cfg) / name), "rcdm demo --compare")
+        c = set_value(c, "extract", "encoder", encoder, "rcdm demo --compare")
+        c = set_value(c, "extract", "layer", layer, "rcdm demo --compare")
+        out.append((name, resolve(c)))
+    return out
+
+
+def compare_analysis(cfg: PipelineConfig, runs: list[tuple[str, PipelineConfig]]):
+    """The analysis of every compared run together: the layers side by side, then invariance."""
+    from rcdm.app.load import set_value
+
+    first = runs[0][1]
+    a = cfg
+    for key, value in (
+        ("checkpoints", tuple(c.train.out for _, c in runs)),
+        ("evaluations", tuple(c.evaluate.out for _, c in runs)),
+        ("train_store", first.analyze.train_store),
+        ("val_store", first.analyze.val_store),
+        ("out", str(compare_root(cfg) / "analysis")),
+        ("experiments", ("layers", "invariance")),
+        ("layers", ("trunk", "head")),
+        ("prior", None),
+    ):
+        a = set_value(a, "analyze", key, value, "rcdm demo --compare")
+    return a.analyze
+
+
+def compare(cfg: PipelineConfig, force: bool = False) -> Path:
+    """Run the demo through each layer of ``COMPARED`` (finished stages skipped), then the joint
+    analysis; returns its report."""
+    import rcdm.analysis
+
+    runs = compare_configs(cfg)
+    for name, c in runs:
+        print(f"[rcdm demo --compare] {name}: {c.extract.encoder} {c.extract.layer} -> {c.data.workdir}", flush=True)
+        run(c, COMPARE_STAGES, force)
+    a = compare_analysis(cfg, runs)
+    if force or not (Path(a.out) / "manifest.json").is_file():
+        rcdm.analysis.analyze(a)
+    else:
+        print("[rcdm demo --compare] analysis: finished earlier, skipping (use --force to redo)", flush=True)
+    return Path(a.out) / "report.html"
