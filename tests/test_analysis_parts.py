@@ -152,3 +152,25 @@ def test_runs_are_named_not_run_in_every_column(tmp_path):
     assert checkpoint_label(str(run)) == "demo/run"
     assert checkpoint_label(str(run / "checkpoints" / "step-64")) == "demo/run/checkpoints/step-64"
     assert checkpoint_label(str(tmp_path / "dino-rn50")) == "dino-rn50"
+
+
+def test_layers_verdict_states_only_what_the_numbers_show():
+    """The trunk / head verdict compares pixel MRR (one space for both), and calls the head's
+    colour 'dropped' only when its spread is clearly larger (the demo's 0.13 vs 0.16 is not)."""
+    from rcdm.analysis.experiments.layers import verdict_of
+
+    def n(mrr, pixels, ratio):
+        return {"mrr": mrr, "mrr_pixels": pixels, "colour": {"ratio": ratio}}
+
+    demo = verdict_of(n(0.654, 0.556, 0.133), n(0.369, 0.257, 0.159))
+    assert demo.startswith("As in the paper, the head keeps less than the trunk, but its samples' colour varies only")
+    assert "pixel MRR 0.556 (trunk) vs 0.257 (head)" in demo
+    assert verdict_of(n(0.6, 0.5, 0.1), n(0.3, 0.2, 0.4)).startswith(
+        "As in the paper, the head keeps less than the trunk and drops colour"
+    )
+    # the head ranks higher by its own space but lower by pixels: pixels decide
+    assert "keeps less" in verdict_of(n(0.5, 0.5, 0.1), n(0.7, 0.2, 0.1))
+    assert verdict_of(n(0.3, 0.2, 0.1), n(0.4, 0.3, 0.1)).startswith("At this scale the numbers do not show")
+    # without pixel numbers, the encoder-space MRR
+    assert "MRR 0.600 (trunk)" in verdict_of(n(0.6, None, 0.1), n(0.3, None, 0.1))
+    assert "missing" in verdict_of({}, n(0.3, 0.2, 0.1))
