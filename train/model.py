@@ -116,8 +116,15 @@ def build_net(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore, fresh: bo
         load_state_dict_strict(net, load_init(cfg, ucfg, store))
     elif fresh and hasattr(net, "cond_norm"):
         # both views: the model sees either, as the flip picks one
-        net.cond_norm.set_statistics(torch.from_numpy(store.features(None).reshape(-1, store.dim)))
+        net.cond_norm.set_moments(*condition_statistics(store))
     return net
+
+
+def condition_statistics(store: FeatureStore) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) (D,) float32 of the store's features over both views: the model sees either,
+    as the flip picks one."""
+    feats = torch.from_numpy(store.features(None).reshape(-1, store.dim))
+    return feats.mean(0), feats.std(0)
 
 
 def fit_and_freeze_cond_image(
