@@ -309,21 +309,25 @@ class FeatureStore:
 
     def _load_keys_labels(self) -> None:
         rows = [self._shard_rows(s) for s in range(len(self._files))]
-        self._keys = [k for keys, _ in rows for k in keys]
-        self._labels = np.concatenate([lab for _, lab in rows]) if rows else np.zeros(0, dtype=np.int64)
+        self._keys = ReadOnlyList(k for keys, _ in rows for k in keys)
+        labels = np.concatenate([lab for _, lab in rows]) if rows else np.zeros(0, dtype=np.int64)
+        labels.flags.writeable = False
+        self._labels = labels
 
     @property
     def keys(self) -> list[str]:
+        """Every row's key, in row order: the store's one list (read-only), so ``keys[i]`` in a loop
+        over rows costs O(1), not a copy of 1.28M keys per access."""
         if self._keys is None:
             self._load_keys_labels()
-        return list(self._keys)
+        return self._keys
 
     @property
     def labels(self) -> np.ndarray:
-        """(N,) int64, -1 where unknown."""
+        """(N,) int64, -1 where unknown: the store's one array, read-only (``.copy()`` to edit)."""
         if self._labels is None:
             self._load_keys_labels()
-        return self._labels.copy()
+        return self._labels
 
     def index_of(self, key: str) -> int:
         if self._key_index is None:
@@ -417,6 +421,20 @@ class FeatureStore:
             raise InvalidInput(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
         if dim is not None and int(dim) != self.dim:
             raise InvalidInput(f"store {self.path} has {self.dim}-d features, not {dim}-d")
+
+
+class ReadOnlyList(list):
+    """A list that refuses changes: what :attr:`FeatureStore.keys` hands out, shared by every caller."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a store's key list is read-only; copy it with list(store.keys) to change it")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+
+    def __reduce__(self) -> tuple:  # pickling (DataLoader workers) and copies rebuild it whole
+        return (ReadOnlyList, (list(self),))
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
 
 
 def _close(h5file: Any) -> None:
