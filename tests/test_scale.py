@@ -39,3 +39,40 @@ def test_keys_and_labels_are_read_without_a_copy_of_all_rows(tmp_path):
     np.testing.assert_array_equal(st.labels, np.arange(300) % 7)
     again = pickle.loads(pickle.dumps(st))  # DataLoader workers get the store pickled
     assert again.keys == st.keys and copy.deepcopy(st.keys) == st.keys
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 50, 64, 1000])
+def test_iter_features_and_gather_give_the_rows_of_features(tmp_path, block_rows):
+    path, _ = _store(tmp_path)
+    st = S.FeatureStore(path)
+    whole = st.features(0)
+    blocks = list(st.iter_features(0, block_rows))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), whole)
+    assert [s for s, _ in blocks] == np.cumsum([0] + [len(b) for _, b in blocks])[:-1].tolist()
+    if block_rows is not None:
+        assert all(len(b) == block_rows for _, b in blocks[:-1]) and 0 < len(blocks[-1][1]) <= block_rows
+    rows = np.array([299, 0, 5, 5, 130, -1])
+    np.testing.assert_array_equal(st.gather(rows, 1), st.features(1)[rows])
+
+
+def _refuse_whole_matrix(monkeypatch):
+    def refuse(self, view=0):
+        raise AssertionError(f"{self.path}: the whole feature matrix was loaded")
+
+    monkeypatch.setattr(S.FeatureStore, "features", refuse)
+
+
+def test_the_retrieval_baseline_streams_the_training_store(tmp_path, monkeypatch):
+    # It loaded all training features (ImageNet: 10 GB float32) to find each condition's nearest row
+    from rcdm.analysis.evaluation import feature_stats as F
+    from rcdm.analysis.evaluation.spaces import retrieval_baseline
+
+    path, _ = _store(tmp_path, n=500, shard_size=64)
+    train = S.FeatureStore(path).features(0)
+    conds = np.random.default_rng(3).standard_normal((40, 5)).astype(np.float32)
+    want_nn, want_d = F.nearest_rows(conds, train)
+    _refuse_whole_matrix(monkeypatch)
+    base = retrieval_baseline(conds, S.FeatureStore(path), [])
+    np.testing.assert_array_equal(base.rows, want_nn)
+    np.testing.assert_array_equal(base.features, train[want_nn])
+    assert base.info["mean_distance_condition_to_nearest_train"] == float(want_d.mean())
