@@ -76,3 +76,47 @@ def test_the_retrieval_baseline_streams_the_training_store(tmp_path, monkeypatch
     np.testing.assert_array_equal(base.rows, want_nn)
     np.testing.assert_array_equal(base.features, train[want_nn])
     assert base.info["mean_distance_condition_to_nearest_train"] == float(want_d.mean())
+
+
+def test_the_condition_statistics_of_a_large_store_are_streamed(tmp_path, monkeypatch):
+    # Training's cond_norm statistics read both views of every row at once (ImageNet: 21 GB float32)
+    import torch
+    from rcdm.train.model import condition_statistics
+
+    path, feats = _store(tmp_path, n=700, d=6)
+    st = S.FeatureStore(path)
+    small_mean, small_std = condition_statistics(st)  # fits: the whole matrix, as it always was
+    whole = torch.from_numpy(st.features(None).reshape(-1, 6))
+    assert torch.equal(small_mean, whole.mean(0)) and torch.equal(small_std, whole.std(0))
+    _refuse_whole_matrix(monkeypatch)
+    mean, std = condition_statistics(S.FeatureStore(path), in_memory_bytes=1000)
+    assert mean.dtype == torch.float32 and mean.shape == (6,)
+    torch.testing.assert_close(mean, small_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(std, small_std, rtol=1e-6, atol=1e-6)
+
+
+def test_train_prior_streams_a_store_larger_than_memory(tmp_path, monkeypatch):
+    # train-prior held every row of view 0 in float32 (ImageNet: 10 GB) for its random batches
+    import torch
+    from rcdm.config import PriorConfig
+    from rcdm.prior.model import PriorMLP, PriorSpec
+    from rcdm.run.priordir import is_prior
+    from rcdm.train import prior as P
+
+    path, _ = _store(tmp_path, n=400, d=6)
+    whole = P.PriorRows(S.FeatureStore(path), tmp_path / "unused", "cpu")  # fits: in memory, as before
+    ref = PriorMLP(PriorSpec(dim=6, width=8, blocks=1, timesteps=10))
+    whole.standardise(ref)
+    _refuse_whole_matrix(monkeypatch)
+    streamed = P.PriorRows(S.FeatureStore(path), tmp_path / "p0", "cpu", in_memory_bytes=100)
+    model = PriorMLP(PriorSpec(dim=6, width=8, blocks=1, timesteps=10))
+    streamed.standardise(model)
+    for name in ("mean", "std", "bound"):
+        torch.testing.assert_close(getattr(model, name), getattr(ref, name), rtol=1e-6, atol=1e-6)
+    idx = torch.tensor([399, 0, 7, 7, 250])
+    torch.testing.assert_close(streamed.batch(idx), whole.batch(idx), rtol=1e-5, atol=1e-5)
+    streamed.close()
+    assert not (tmp_path / "p0" / P.SCRATCH).exists()
+    monkeypatch.setattr(P, "IN_MEMORY_BYTES", 100)  # the whole command, streamed
+    out = P.train_prior(PriorConfig(store=str(path), out=str(tmp_path / "p"), iters=3, width=8, blocks=1))
+    assert is_prior(out) and not (out / P.SCRATCH).exists()
