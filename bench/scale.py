@@ -45,6 +45,9 @@ DIM = 16
 VAL_N = 50_000
 WDS_PER_TAR = 10_000
 SMALL_ROOT = "/tmp/rcdm_scale"
+# rcdm.store.stats.IN_MEMORY_BYTES (1 GiB of float32) scaled to the bench's 16-d rows, so each stage
+# takes the path a 2048-d store of the same number of rows would (streamed above ~65k rows)
+IN_MEMORY = (1 << 30) * DIM // 2048
 
 
 # ---------------------------------------------------------------------------------------- inputs
@@ -229,7 +232,7 @@ def st_cond_stats(p: dict) -> dict:
     from rcdm.store import FeatureStore
     from rcdm.train.model import condition_statistics
 
-    mean, std = condition_statistics(FeatureStore(p["store"]))
+    mean, std = condition_statistics(FeatureStore(p["store"]), in_memory_bytes=IN_MEMORY)
     return {"dim": int(mean.shape[0])}
 
 
@@ -313,18 +316,98 @@ def st_retrieval_baseline(p: dict) -> dict:
 
 def st_train_prior(p: dict) -> dict:
     from rcdm.config import PriorConfig
+    from rcdm.train import prior
     from rcdm.train.prior import train_prior
 
+    prior.IN_MEMORY_BYTES = IN_MEMORY  # the path a 2048-d store of this many rows takes
     out = Path(p["root"]) / "prior"
     cfg = PriorConfig(store=p["store"], out=str(out), iters=20, width=64, blocks=2, overwrite=True)
     train_prior(cfg)
     return {"iters": 20}
 
 
+def st_resume_extract(p: dict) -> dict:
+    """A half-done extraction of the folder source (the first half of its shards written by the
+    real writer, then the run stopped), resumed with the real ``rcdm extract`` entry point. The
+    encoder is random-rn50 (built, never run: the shards are written by a stand-in for the encoding
+    loop, so what is timed is everything but the per-image work), to a store of 16-d rows."""
+    from rcdm.config import ExtractConfig
+    from rcdm.extract import loop
+
+    out = Path(p["root"]) / "extract"
+    shutil.rmtree(out, ignore_errors=True)
+    seen: dict = {}
+
+    def stand_in(cfg, source, encoder, pp, shards, n_items, out_, device, *, show):
+        t0 = time.perf_counter()
+        seen.setdefault("first_shards", shards)
+        for k in shards[: (len(shards) + 1) // 2] if "stop" not in seen else shards:
+            start, stop = k * cfg.shard_size, min(n_items, (k + 1) * cfg.shard_size)
+            items = source.items[start:stop]
+            feats = np.zeros((len(items), 2, DIM), np.float32)
+            loop.write_shard(out_, k, feats, [it.key for it in items], [it.label for it in items], first_item=start)
+        seen["write_s"] = seen.get("write_s", 0) + time.perf_counter() - t0
+        if "stop" not in seen:
+            seen["stop"] = True
+            raise KeyboardInterrupt("the first run stops half-way")
+        seen["resumed_shards"] = len(shards)
+        return {"images": 0, "seconds": 0.0}
+
+    loop._encode_shards = stand_in
+    cfg = ExtractConfig(encoder="random-rn50", source=p["folder"], out=str(out), device="cpu", workers=0)
+    t0 = time.perf_counter()
+    with contextlib.suppress(KeyboardInterrupt):
+        loop.run(cfg)
+    first = time.perf_counter() - t0 - seen["write_s"]
+    seen["write_s"] = 0
+    t0 = time.perf_counter()
+    loop.run(cfg)  # resumes: checks the finished shards, encodes the rest, writes the manifest
+    resume = time.perf_counter() - t0
+    return {
+        "first_run_s_without_writing": round(first, 2),
+        "resume_s_without_writing": round(resume - seen["write_s"], 2),
+        "shards_done_before": len(seen["first_shards"]) - seen["resumed_shards"],
+        "shards_resumed": seen["resumed_shards"],
+    }
+
+
+def st_kde(p: dict) -> dict:
+    from rcdm.config import SampleConfig
+    from rcdm.sample.conds import build
+    from rcdm.store import FeatureStore
+
+    cfg = SampleConfig(condition="kde", kde_n=64, store=p["store"])
+    return {"conditions": len(build(cfg, FeatureStore(p["store"]), "cpu").conditions)}
+
+
+def st_neighbours(p: dict) -> dict:
+    """The nearest training rows of 32 sample representations (the neighbours analysis' search)."""
+    from rcdm.analysis.experiments.neighbours import nearest_training_rows
+    from rcdm.store import FeatureStore
+
+    train = FeatureStore(p["store"])
+    hs = np.random.default_rng(0).standard_normal((32, DIM)).astype(np.float32)
+    nn = nearest_training_rows(train, hs, 8)
+    return {"queries": len(nn), "k": int(nn.shape[1])}
+
+
+def st_probe(p: dict) -> dict:
+    """The linear probe on the training store's rows (1 epoch), accuracy on the 50k val store."""
+    import torch
+    from rcdm.analysis.probe import train_probe
+    from rcdm.store import FeatureStore
+
+    torch.set_num_threads(1)
+    train, val = FeatureStore(p["store"]), FeatureStore(p["val"])
+    r = train_probe(train.features(0), train.labels, val.features(0), val.labels, epochs=1, n_classes=N_CLASSES)
+    return {"val_accuracy": round(float(r.val_accuracy), 4)}
+
+
 STAGES = {
     "scan_folder": ({"folder"}, st_scan_folder),
     "scan_wds": ({"wds"}, st_scan_wds),
     "scan_list": ({"list"}, st_scan_list),
+    "resume_extract": ({"folder"}, st_resume_extract),
     "store_info": ({"store"}, st_store_info),
     "store_verify": ({"store"}, st_store_verify),
     "open_lookup": ({"store"}, st_open_lookup),
@@ -336,6 +419,9 @@ STAGES = {
     "evaluate_rank": ({"val"}, st_evaluate_rank),
     "retrieval_baseline": ({"store", "val"}, st_retrieval_baseline),
     "train_prior": ({"store"}, st_train_prior),
+    "kde": ({"store"}, st_kde),
+    "neighbours": ({"store"}, st_neighbours),
+    "probe": ({"store", "val"}, st_probe),
 }
 
 

@@ -120,3 +120,51 @@ def test_train_prior_streams_a_store_larger_than_memory(tmp_path, monkeypatch):
     monkeypatch.setattr(P, "IN_MEMORY_BYTES", 100)  # the whole command, streamed
     out = P.train_prior(PriorConfig(store=str(path), out=str(tmp_path / "p"), iters=3, width=8, blocks=1))
     assert is_prior(out) and not (out / P.SCRATCH).exists()
+
+
+def test_store_and_kde_conditions_read_only_their_rows(tmp_path, monkeypatch):
+    # sample's conditions read the whole store first (store.features: 10 GB for ImageNet's training
+    # store) to use a few of its rows
+    from rcdm.config import SampleConfig
+    from rcdm.diffusion import conditions as C
+    from rcdm.sample.conds import build
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    want_kde = C.kde_sample(whole, 20, 0.3, 4)
+    _refuse_whole_matrix(monkeypatch)
+    kde = build(SampleConfig(condition="kde", kde_n=20, kde_sigma=0.3, seed=4), S.FeatureStore(path))
+    np.testing.assert_array_equal(kde.vectors, want_kde)
+    st = build(SampleConfig(condition="store", subset=50, seed=2), S.FeatureStore(path))
+    rows = [c.store_index for c in st.conditions]
+    np.testing.assert_array_equal(st.vectors, whole[rows])
+    assert [c.key for c in st.conditions] == [f"c{i % 7}/img_{i:05d}" for i in rows]
+
+
+def test_the_neighbours_search_streams_the_training_store(tmp_path, monkeypatch):
+    # the neighbours analysis loaded every training row to find the nearest ones of a few samples
+    from rcdm.analysis.experiments.neighbours import nearest_training_rows
+    from rcdm.diffusion import conditions as C
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    hs = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
+    hs[0] = whole[17]  # a sample on a training row, and ties: rows 3 and 4 made equal
+    want = C.knn(whole, hs, 6)
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(C, "KNN_CHUNK", 64)  # many blocks
+    np.testing.assert_array_equal(nearest_training_rows(S.FeatureStore(path), hs, 6), want)
+    assert want[0, 0] == 17
+
+
+def test_knn_over_blocks_equals_knn_with_ties_and_exclusion():
+    from rcdm.diffusion import conditions as C
+
+    feats = np.repeat(np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32), 2, axis=0)  # ties
+    q = feats[[5, 60]]
+    for exclude in (None, 5):
+        want = np.argsort(((feats.astype(np.float64)[None] - q.astype(np.float64)[:, None]) ** 2).sum(-1), 1, "stable")
+        if exclude is not None:
+            want = np.array([[j for j in w if j != exclude] for w in want])
+        got = C.knn(feats, q, 7, exclude=exclude, chunk=9)
+        np.testing.assert_array_equal(got, want[:, :7])
