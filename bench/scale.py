@@ -8,8 +8,8 @@ that is not per-image compute, at N = 10k, 100k and 1.28M rows, as JSON.
 
 Inputs (under ``--root``, default /tmp/rcdm_scale, removed at the end unless ``--keep``):
 
-- an ImageFolder tree of 1,000 class folders holding N tiny JPEGs, hard links to 4 real 16 px files
-  (each a distinct key, one inode); a webdataset source of the same N images in tars of 10,000
+- an ImageFolder tree of 1,000 class folders holding N tiny JPEGs, hard links to a few real 16 px
+  files (each a distinct key; 40,000 links an inode at most); a webdataset source of the same N images in tars of 10,000
   samples; a ``.txt`` file list of the same N paths with labels;
 - a store of N rows written through the real store writer (:func:`rcdm.store.write_shard`, the
   default ``shard_size`` 1024, 16-d features, float16, both views), keyed like the folder source so
@@ -51,12 +51,14 @@ IN_MEMORY = (1 << 30) * DIM // 2048
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def _tiny_jpegs(folder: Path) -> list[Path]:
+def _tiny_jpegs(folder: Path, n: int) -> list[Path]:
+    """Real 16 px JPEGs to hard-link ``n`` images to: a file takes at most 40,000 links (ext4 allows
+    65,000)."""
     from PIL import Image
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
-    for i in range(4):
+    for i in range(max(4, -(-n // 40_000))):
         p = folder / f"base{i}.JPEG"
         if not p.exists():
             rng = np.random.default_rng(i)
@@ -148,7 +150,7 @@ def build_inputs(root: Path, n: int, need: set[str]) -> dict:
     t0 = time.perf_counter()
     base = root / str(n)
     base.mkdir(parents=True, exist_ok=True)
-    bases = _tiny_jpegs(root / "base")
+    bases = _tiny_jpegs(base / "base", n)
     paths = {"root": str(base), "n": n}
     if need & {"folder", "list", "store"}:
         paths["folder"] = str(build_folder(base, n, bases))
@@ -371,6 +373,27 @@ def st_resume_extract(p: dict) -> dict:
     }
 
 
+def st_train_resume(p: dict) -> dict:
+    """A training run (tiny preset, 16 px, standardised condition, 2 steps) stopped, then resumed
+    for 2 more: the resumed start (store, the keys joined to the images, statistics, checkpoint)
+    is what grows with N; the 4 steps of a tiny model are not."""
+    import torch
+    from rcdm.config import TrainConfig
+    from rcdm.train import run
+
+    torch.set_num_threads(1)
+    out = Path(p["root"]) / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    kw = dict(store=p["store"], out=str(out), preset="tiny", resolution=16, batch_size=4, workers=0)
+    kw.update(cond_norm="standardize", grid_kimg=0, checkpoint_kimg=0.008, image_cache="off")
+    t0 = time.perf_counter()
+    run(TrainConfig(kimg=0.008, **kw))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run(TrainConfig(kimg=0.016, **kw))
+    return {"first_run_s": round(first, 2), "resumed_run_s": round(time.perf_counter() - t0, 2)}
+
+
 def st_kde(p: dict) -> dict:
     from rcdm.config import SampleConfig
     from rcdm.sample.conds import build
@@ -418,6 +441,7 @@ STAGES = {
     "sample_set_io": ({"val"}, st_sample_set_io),
     "evaluate_rank": ({"val"}, st_evaluate_rank),
     "retrieval_baseline": ({"store", "val"}, st_retrieval_baseline),
+    "train_resume": ({"store"}, st_train_resume),
     "train_prior": ({"store"}, st_train_prior),
     "kde": ({"store"}, st_kde),
     "neighbours": ({"store"}, st_neighbours),
