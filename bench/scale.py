@@ -475,8 +475,21 @@ def run_stage_here(name: str, paths: dict) -> dict:
     seconds = time.perf_counter() - t0
     watch.stop = True
     watch.join()
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB
-    return {"status": status, "seconds": round(seconds, 3), "peak_rss_mb": round(rss), "peak_fds": watch.peak, **extra}
+    return {
+        "status": status,
+        "seconds": round(seconds, 3),
+        "peak_rss_mb": _peak_rss_mb(),
+        "peak_fds": watch.peak,
+        **extra,
+    }
+
+
+def _peak_rss_mb() -> int:
+    """This process's peak resident memory (VmHWM: ru_maxrss would count the parent's from before exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 
 
 def run_stage(name: str, paths: dict, nofile: int, timeout: float) -> dict:
@@ -510,32 +523,44 @@ def fit_exponent(ns: list[int], secs: list[float]) -> float | None:
 
 
 def plot(results: dict, png: Path) -> dict:
+    """The log-log plot of each stage whose cost can grow with N (the 50k-only stages are flat by
+    construction); returns ``{stage: {"fit": exponent over every N, "last": over the two largest}}``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, ax = plt.subplots(figsize=(9, 6))
     exps = {}
-    for stage in STAGES:
+    colours = iter(plt.get_cmap("tab20").colors)
+    for stage, (need, _) in STAGES.items():
         pts = sorted(
             (int(n), r[stage]["seconds"])
             for n, r in results.items()
             if stage in r and r[stage].get("status") == "ok" and r[stage]["seconds"] > 0
         )
-        if not pts:
+        if len(pts) < 2 or need == {"val"}:
             continue
         ns, ss = [n for n, _ in pts], [s for _, s in pts]
-        exps[stage] = fit_exponent(ns, ss)
-        label = f"{stage} (N^{exps[stage]:.2f})" if exps[stage] is not None else stage
-        ax.plot(ns, ss, "o-", label=label)
+        exps[stage] = {"fit": round(fit_exponent(ns, ss), 2), "last": round(fit_exponent(ns[-2:], ss[-2:]), 2)}
+        ax.plot(
+            ns,
+            ss,
+            "o-",
+            color=next(colours),
+            label=f"{stage} (N^{exps[stage]['fit']:.2f}; last N^{exps[stage]['last']:.2f})",
+        )
+    ns = np.array([1e4, 1.28e6])
+    for ref, style in ((1.0, ":"), (2.0, "--")):
+        ax.plot(ns, 0.2 * (ns / 1e4) ** ref, "k" + style, lw=0.8, label=f"slope {ref:g} (reference)")
+    ax.axhline(120, color="r", lw=0.8, label="2 minutes")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("N (training images / store rows)")
     ax.set_ylabel("seconds (whole stage, one process, 2 shared cores)")
-    ax.set_title("rcdm: each stage's cost against the data-set size")
+    ax.set_title("rcdm at ImageNet's counts: each stage's cost against N (bench/scale.py)")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.legend(fontsize=6.5, loc="upper left", ncol=2)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     return exps
