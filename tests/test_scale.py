@@ -168,3 +168,77 @@ def test_knn_over_blocks_equals_knn_with_ties_and_exclusion():
             want = np.array([[j for j in w if j != exclude] for w in want])
         got = C.knn(feats, q, 7, exclude=exclude, chunk=9)
         np.testing.assert_array_equal(got, want[:, :7])
+
+
+def _tar(path, members, fmt=None):
+    """A tar of ``members``: (name, bytes) files, or (name, "dir" | "sym:TARGET" | "link:TARGET")."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", **({"format": fmt} if fmt is not None else {})) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            if data == "dir":
+                ti.type = tarfile.DIRTYPE
+            elif isinstance(data, str):
+                ti.type = tarfile.SYMTYPE if data.startswith("sym:") else tarfile.LNKTYPE
+                ti.linkname = data.split(":", 1)[1]
+            else:
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data) if isinstance(data, bytes) else None)
+    return str(path)
+
+
+def test_the_webdataset_scan_reads_plain_headers_itself_and_agrees_with_tarfile(tmp_path):
+    # tarfile's header parsing took 3 minutes over ImageNet's 2.56M members; plain ustar headers are
+    # now read directly, and every other tar still goes through tarfile, with the same result
+    import tarfile
+
+    from rcdm.data import images as I
+
+    deep = "a" * 90 + "/" + "b" * 60  # over 100 characters: a ustar prefix, still a plain header
+    plain = [("d", "dir"), ("s0.jpg", b"x" * 700), ("s0.cls", b"3"), ("s1.jpg", b"y"), ("s1.cls", b"oops")]
+    plain += [("s2.jpg", "sym:s0.jpg"), ("s3.jpg", "link:s0.jpg")]
+    long = plain + [(f"{deep}.jpg", b"z" * 513), (f"{deep}.cls", b"7")]
+    cases = {
+        "pax": (_tar(tmp_path / "pax.tar", plain), True),  # tarfile's default: pax headers only when needed
+        "ustar": (_tar(tmp_path / "ustar.tar", long, tarfile.USTAR_FORMAT), True),
+        "gnu": (_tar(tmp_path / "gnu.tar", plain, tarfile.GNU_FORMAT), True),
+        "pax long name": (_tar(tmp_path / "long.tar", long), False),
+        "gnu long name": (_tar(tmp_path / "gnulong.tar", long, tarfile.GNU_FORMAT), False),
+        "utf-8 name": (_tar(tmp_path / "utf.tar", [("é.jpg", b"q")]), False),
+    }
+    for what, (path, fast) in cases.items():
+        assert (I._ustar_members(path) is not None) == fast, what
+        a, b = dict.fromkeys(I._WDS_SKIPS, 0), dict.fromkeys(I._WDS_SKIPS, 0)
+        assert I._scan_tar(path, a) == I._scan_tarfile(path, b), what
+        assert a == b, what
+    counts = dict.fromkeys(I._WDS_SKIPS, 0)
+    got = dict(I._scan_tar(cases["ustar"][0], counts))
+    assert got["s0"]["__cls__"] == 3 and got["s1"]["__cls__"] == -1 and got[deep]["__cls__"] == 7
+    assert counts["n_link_members"] == 2 and counts["n_unreadable_cls"] == 1
+    # damaged tars are left to tarfile: a flipped header byte, a member cut short, an empty file
+    data = bytearray(open(cases["ustar"][0], "rb").read())
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data[:600]))  # s0.jpg's data cut short
+    assert I._ustar_members(str(bad)) is None
+    data[5] ^= 1  # the first header's name: its checksum no longer agrees
+    bad.write_bytes(bytes(data))
+    assert I._ustar_members(str(bad)) is None
+    bad.write_bytes(b"")
+    assert I._ustar_members(str(bad)) is None
+
+
+def test_listing_a_source_runs_without_the_cyclic_collector(tmp_path, monkeypatch):
+    # with it on, each collection walked every item made so far: 181 s for ImageNet's tars, 103 s off
+    import gc
+
+    from rcdm.data import images as I
+
+    seen = []
+    real = I._scan_tar
+    monkeypatch.setattr(I, "_scan_tar", lambda *a: seen.append(gc.isenabled()) or real(*a))
+    _tar(tmp_path / "a.tar", [("s0.jpg", b"x"), ("s0.cls", b"1")])
+    assert gc.isenabled()
+    assert len(I.open_source(tmp_path / "a.tar")) == 1
+    assert seen == [False] and gc.isenabled()
