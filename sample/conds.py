@@ -243,7 +243,9 @@ def _class_mean(cfg: SampleConfig, r: Resolver) -> ConditionSet:
     conds = []
     for lab in cfg.labels:
         name = classes[lab] if 0 <= lab < len(classes) else str(lab)
-        v = C.class_mean(r.feats, r.store.labels, lab)
+        labels = r.store.labels
+        rows = C.class_rows(labels, lab)  # only the class's rows are read (a training store is 10 GB)
+        v = C.class_mean(r.rows(rows), labels[rows], lab)
         conds.append(Condition(v, "class-mean", f"class:{lab}", f"mean of class {name}", int(lab)))
     return ConditionSet(conds)
 

@@ -122,7 +122,7 @@ def test_train_prior_streams_a_store_larger_than_memory(tmp_path, monkeypatch):
     assert is_prior(out) and not (out / P.SCRATCH).exists()
 
 
-def test_store_and_kde_conditions_read_only_their_rows(tmp_path, monkeypatch):
+def test_store_kde_and_class_mean_conditions_read_only_their_rows(tmp_path, monkeypatch):
     # sample's conditions read the whole store first (store.features: 10 GB for ImageNet's training
     # store) to use a few of its rows
     from rcdm.config import SampleConfig
@@ -139,6 +139,11 @@ def test_store_and_kde_conditions_read_only_their_rows(tmp_path, monkeypatch):
     rows = [c.store_index for c in st.conditions]
     np.testing.assert_array_equal(st.vectors, whole[rows])
     assert [c.key for c in st.conditions] == [f"c{i % 7}/img_{i:05d}" for i in rows]
+    means = build(SampleConfig(condition="class-mean", labels=(3, 0)), S.FeatureStore(path))
+    labels = np.arange(500) % 7
+    np.testing.assert_array_equal(means.vectors, [C.class_mean(whole, labels, 3), C.class_mean(whole, labels, 0)])
+    with pytest.raises(ValueError, match=r"no entry has label 9; labels present: \[0, 1, 2, 3, 4, 5, 6\]"):
+        build(SampleConfig(condition="class-mean", labels=(9,)), S.FeatureStore(path))
 
 
 def test_the_neighbours_search_streams_the_training_store(tmp_path, monkeypatch):

@@ -101,13 +101,20 @@ def class_mean(feats: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
     labels = np.asarray(labels)
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
         raise InvalidInput(f"class_mean needs feats (N, D) and labels (N,), got {feats.shape} and {labels.shape}")
-    rows = labels == label
-    if not rows.any():
+    return feats[class_rows(labels, label)].astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def class_rows(labels: np.ndarray, label: int) -> np.ndarray:
+    """The rows (ascending) whose label is ``label``, or ``InvalidInput`` naming the labels there are;
+    ``class_mean(feats[rows], labels[rows], label)`` is ``class_mean(feats, labels, label)``."""
+    labels = np.asarray(labels)
+    rows = np.flatnonzero(labels == label)
+    if not len(rows):
         known = sorted(int(v) for v in np.unique(labels))
         raise InvalidInput(
             f"no entry has label {label}; labels present: {known[:20]}{' ...' if len(known) > 20 else ''}"
         )
-    return feats[rows].astype(np.float64).mean(axis=0).astype(np.float32)
+    return rows
 
 
 def algebra(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
