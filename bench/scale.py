@@ -405,7 +405,7 @@ def st_kde(p: dict) -> dict:
 
 def st_neighbours(p: dict) -> dict:
     """The nearest training rows of 32 sample representations (the neighbours analysis' search)."""
-    from rcdm.analysis.experiments.neighbours import nearest_training_rows
+    from rcdm.analysis.experiments.common import nearest_training_rows
     from rcdm.store import FeatureStore
 
     train = FeatureStore(p["store"])

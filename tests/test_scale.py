@@ -147,8 +147,8 @@ def test_store_kde_and_class_mean_conditions_read_only_their_rows(tmp_path, monk
 
 
 def test_the_neighbours_search_streams_the_training_store(tmp_path, monkeypatch):
-    # the neighbours analysis loaded every training row to find the nearest ones of a few samples
-    from rcdm.analysis.experiments.neighbours import nearest_training_rows
+    # the neighbours and distances analyses loaded every training row to find the nearest of a few samples
+    from rcdm.analysis.experiments.common import nearest_training_rows
     from rcdm.diffusion import conditions as C
 
     path, _ = _store(tmp_path, n=500)

@@ -3,22 +3,13 @@ to see whether samples are new images or copies of training images."""
 
 from __future__ import annotations
 
-import numpy as np
-from rcdm.analysis.experiments.common import Context
+from rcdm.analysis.experiments.common import Context, nearest_training_rows
 from rcdm.analysis.experiments.distances import squared_distances
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
 from rcdm.viz import grid
 
 TITLE = "Nearest training neighbours of samples (Fig. 16)"
-
-
-def nearest_training_rows(train, hs: np.ndarray, k: int) -> np.ndarray:
-    """The ``k`` rows of the training store nearest to each of ``hs (Q, D)`` (``knn``'s answer),
-    nearest first, streamed over the store a block at a time (ImageNet's is 10 GB of float32)."""
-    from rcdm.diffusion.conditions import KNN_CHUNK, knn_streamed
-
-    return knn_streamed(train.iter_features(0, KNN_CHUNK), hs, k)
 
 
 def run(ctx: Context) -> Entry:
