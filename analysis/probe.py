@@ -112,7 +112,7 @@ def train_probe(
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     Xtr = torch.from_numpy(xtr).to(device)
-    Ytr = torch.from_numpy(ytr).to(device)
+    Ytr = torch.tensor(ytr).to(device)  # a copy: a store's labels are read-only
     mean = Xtr.mean(0)
     std = Xtr.std(0, unbiased=False).clamp_min(1e-6)  # constant dims stay finite
     probe = LinearProbe(mean, std, n_classes).to(device)
@@ -134,7 +134,7 @@ def train_probe(
             opt.step()
     probe.eval()
     Xva = torch.from_numpy(xva).to(device)
-    Yva = torch.from_numpy(yva).to(device)
+    Yva = torch.tensor(yva).to(device)
     return ProbeResult(
         probe=probe,
         train_accuracy=accuracy(probe, Xtr, Ytr),

@@ -137,16 +137,23 @@ class Resolver:
             self._images_failed = True
         return None
 
-    def store_row(self, i: int, kind: str = "store") -> Condition:
+    def rows(self, rows) -> np.ndarray:
+        """``feats[rows]`` (n, D) float32, reading only the shards that hold them unless ``feats`` is
+        already read."""
+        if self._feats is not None:
+            return self._feats[np.asarray(rows, dtype=np.int64)]
+        return self.store.gather(rows, view=0)  # view 0 = unflipped
+
+    def store_row(self, i: int, kind: str = "store", vector: np.ndarray | None = None) -> Condition:
+        """Row ``i`` as a condition (``vector``: its features, when already read)."""
         n = len(self.store)
         if not -n <= i < n:
             raise InvalidInput(f"store index {i} is out of range: the store {self.store.path} has {n} rows")
         i = i % n
         key = self.store.keys[i]
         label = int(self.store.labels[i])
-        return Condition(
-            self.feats[i].copy(), kind, key, f"store row {i} ({key})", label, i, lambda: self.store_image(i)
-        )
+        vector = self.rows([i])[0] if vector is None else vector
+        return Condition(vector.copy(), kind, key, f"store row {i} ({key})", label, i, lambda: self.store_image(i))
 
     def store_key(self, key: str, kind: str = "store") -> Condition:
         return self.store_row(self.store.index_of(key), kind)
@@ -199,7 +206,8 @@ def _store(cfg: SampleConfig, r: Resolver) -> ConditionSet:
             file=sys.stderr,
         )
     rows = np.random.default_rng(cfg.seed).choice(len(r.store), size=n, replace=False)
-    return ConditionSet([r.store_row(int(i)) for i in rows])
+    vectors = r.rows(rows)  # one pass over the shards that hold them
+    return ConditionSet([r.store_row(int(i), vector=v) for i, v in zip(rows, vectors, strict=True)])
 
 
 def _images(cfg: SampleConfig, r: Resolver) -> ConditionSet:
@@ -235,13 +243,17 @@ def _class_mean(cfg: SampleConfig, r: Resolver) -> ConditionSet:
     conds = []
     for lab in cfg.labels:
         name = classes[lab] if 0 <= lab < len(classes) else str(lab)
-        v = C.class_mean(r.feats, r.store.labels, lab)
+        labels = r.store.labels
+        rows = C.class_rows(labels, lab)  # only the class's rows are read (a training store is 10 GB)
+        v = C.class_mean(r.rows(rows), labels[rows], lab)
         conds.append(Condition(v, "class-mean", f"class:{lab}", f"mean of class {name}", int(lab)))
     return ConditionSet(conds)
 
 
 def _kde(cfg: SampleConfig, r: Resolver) -> ConditionSet:
-    vecs, idx = C.kde_sample(r.feats, cfg.kde_n, cfg.kde_sigma, cfg.seed, return_index=True)
+    # C.kde_sample's draws, reading only the picked rows (a training store is 10 GB of float32)
+    idx, noise = C.kde_draw(len(r.store), r.store.dim, cfg.kde_n, cfg.kde_sigma, cfg.seed)
+    vecs = C.kde_points(r.rows(idx), noise, cfg.kde_sigma)
     return ConditionSet(
         [
             Condition(

@@ -14,6 +14,7 @@ from rcdm.errors import InvalidInput, MissingInput
 from rcdm.model.config import UNetConfig, preset
 from rcdm.run.conditioning import check_conditioning
 from rcdm.store import FeatureStore
+from rcdm.store.stats import IN_MEMORY_BYTES, fits_in_memory, streamed_moments
 from rcdm.train import condimage
 
 if TYPE_CHECKING:
@@ -116,8 +117,21 @@ def build_net(cfg: TrainConfig, ucfg: UNetConfig, store: FeatureStore, fresh: bo
         load_state_dict_strict(net, load_init(cfg, ucfg, store))
     elif fresh and hasattr(net, "cond_norm"):
         # both views: the model sees either, as the flip picks one
-        net.cond_norm.set_statistics(torch.from_numpy(store.features(None).reshape(-1, store.dim)))
+        net.cond_norm.set_moments(*condition_statistics(store))
     return net
+
+
+def condition_statistics(
+    store: FeatureStore, in_memory_bytes: int = IN_MEMORY_BYTES
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) (D,) float32 of the store's features over both views: the model sees either,
+    as the flip picks one. A store larger than ``in_memory_bytes`` of float32 is streamed
+    (:mod:`rcdm.store.stats`); a smaller one is reduced whole, as it always was."""
+    if not fits_in_memory(store, None, in_memory_bytes):
+        mean, std = streamed_moments(store, None)
+        return torch.from_numpy(mean).float(), torch.from_numpy(std).float()
+    feats = torch.from_numpy(store.features(None).reshape(-1, store.dim))
+    return feats.mean(0), feats.std(0)
 
 
 def fit_and_freeze_cond_image(

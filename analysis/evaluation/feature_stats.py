@@ -25,7 +25,9 @@ __all__ = [
     "random_pair_indices",
     "random_pair_cosine",
     "random_pair_distance",
+    "nearest_block_rows",
     "nearest_rows",
+    "nearest_rows_streamed",
     "mean_pairwise_distance",
     "group_diversity",
     "precision_recall",
@@ -91,16 +93,30 @@ def nearest_rows(queries: np.ndarray, feats: np.ndarray, block_bytes: int = 1 <<
     """For each query (M, D) the nearest row of ``feats (N, D)`` by Euclidean distance (the first
     on ties) and that distance: ``(M,)`` int64, ``(M,)`` float64. Blocks of (queries, rows) stay
     under ``block_bytes``; float32 (a training store of 1.28M x 2048 is not copied to float64).
-    The retrieval baseline takes ``feats`` = the training store and ``queries`` = the conditions."""
-    q, f = _2d(queries, "queries", np.float32), _2d(feats, "feats", np.float32)
-    if q.shape[1] != f.shape[1]:
-        raise InvalidInput(f"nearest rows: queries are {q.shape[1]}-d, feats {f.shape[1]}-d")
+    The retrieval baseline takes ``feats`` = the training store and ``queries`` = the conditions,
+    streamed a block at a time (:func:`nearest_rows_streamed`)."""
+    f = _2d(feats, "feats", np.float32)
+    fb = nearest_block_rows(len(queries), block_bytes)
+    return nearest_rows_streamed(queries, ((s, f[s : s + fb]) for s in range(0, len(f), fb)))
+
+
+def nearest_block_rows(n_queries: int, block_bytes: int = 1 << 28) -> int:
+    """How many rows of ``feats`` :func:`nearest_rows` compares with the queries at a time."""
+    return max(1, block_bytes // (4 * max(1, min(n_queries, 1024))))
+
+
+def nearest_rows_streamed(queries: np.ndarray, blocks) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`nearest_rows` over ``blocks``, an iterable of ``(first row, (n, D) rows)`` in row
+    order (``FeatureStore.iter_features(0, nearest_block_rows(M))``: the same blocks, so the same
+    result): memory of one block, whatever the number of rows."""
+    q = _2d(queries, "queries", np.float32)
     qb = max(1, min(len(q), 1024))
-    fb = max(1, block_bytes // (4 * qb))
     best = np.full(len(q), np.inf, dtype=np.float64)
     idx = np.zeros(len(q), np.int64)
-    for s in range(0, len(f), fb):
-        part = f[s : s + fb]
+    for s, block in blocks:
+        part = _2d(block, "feats", np.float32)
+        if q.shape[1] != part.shape[1]:
+            raise InvalidInput(f"nearest rows: queries are {q.shape[1]}-d, feats {part.shape[1]}-d")
         p_sq = (part * part).sum(1)
         for t in range(0, len(q), qb):
             b = q[t : t + qb]

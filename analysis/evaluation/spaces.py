@@ -328,10 +328,10 @@ def retrieval_baseline(conds: np.ndarray, train_store: Any | None, notes: list[s
             "layer (set evaluate.train_store to the training store)"
         )
         return None
-    train_feats = train_store.features(view=0)  # (N_train, D): read once, can be ~10 GB
-    nn, nn_dist = F.nearest_rows(conds, train_feats)  # nearest training row per condition
-    base = train_feats[nn]  # the retrieval baseline's "samples" in the conditioning space
-    del train_feats
+    # Streamed a block at a time: ImageNet's training store is 10 GB of float32 a view.
+    blocks = train_store.iter_features(view=0, block_rows=F.nearest_block_rows(len(conds)))
+    nn, nn_dist = F.nearest_rows_streamed(conds, blocks)  # nearest training row per condition
+    base = train_store.gather(nn, view=0)  # the retrieval baseline's "samples" in the conditioning space
     info = {
         "train_store": str(train_store.path.resolve()),
         "N_train": len(train_store),

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
+from rcdm.analysis.experiments.common import Context, describe_encoder, nearest_training_rows, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.transforms import multicrop, seeded_apply, single_augmentations
 from rcdm.analysis.report import Entry, Table
@@ -37,14 +37,14 @@ def run(ctx: Context) -> Entry:
         )
     info = val.encoder_info
     enc = ctx.encoder(info)
-    vf, tf = ctx.features(val), ctx.features(train)
+    vf = ctx.features(val)  # the training store is searched a block at a time, never held
     rows = ctx.pick(val, cfg.n_images, "distances")
     rcdms, notes = ctx.store_rcdms(val, "distances", required=False)
     size = display_size(max([r.image_size for r in rcdms], default=64), [f"samples {r.label}" for r in rcdms])
     seeds = ctx.noise_seeds()
     rng = ctx.rng("distances")
     k = min(cfg.n_distance, len(val) - 1)
-    st = _Setting(val, train, vf, tf, enc, rcdms, rng, k)
+    st = _Setting(val, train, vf, enc, rcdms, rng, k)
     figures, results, table_rows = [], [], []
     for n_img, i in enumerate(rows):
         img = ctx.image(val, i)
@@ -92,7 +92,6 @@ class _Setting:
     val: Any
     train: Any
     vf: np.ndarray  # (N_val, D) view-0 features
-    tf: np.ndarray  # (N_train, D)
     enc: Any  # the stores' encoder
     rcdms: list  # the checkpoints conditioned on the stores' representation
     rng: np.random.Generator  # the experiment's: random and same-class picks, image after image
@@ -103,10 +102,8 @@ def _groups(ctx: Context, st: _Setting, i: int, img) -> dict:
     """Group name -> [(name, squared distance from h(x), image)] for image ``i``: random
     validation images, validation images of its class, nearest training neighbours, single
     augmentations, multi-crop views, and each checkpoint's samples (``st.rng`` drawn in that order)."""
-    from rcdm.diffusion.conditions import knn
-
     cfg, h = ctx.cfg, st.vf[i]
-    val, train, vf, tf, enc, rng, k = st.val, st.train, st.vf, st.tf, st.enc, st.rng, st.k
+    val, train, vf, enc, rng, k = st.val, st.train, st.vf, st.enc, st.rng, st.k
     groups: dict[str, list[tuple[str, float, object]]] = {}
     # random validation images (other than the query)
     others = np.array([j for j in range(len(val)) if j != i])
@@ -121,8 +118,8 @@ def _groups(ctx: Context, st: _Setting, i: int, img) -> dict:
         d = squared_distances(h, vf[same]) if len(same) else []
         groups["same class"] = [(val.keys[j], float(dj), ctx.image(val, j)) for j, dj in zip(same, d, strict=True)]
     # nearest training neighbours
-    nn = knn(tf, h, min(cfg.neighbours_k, len(train)))
-    d = squared_distances(h, tf[nn])
+    nn = nearest_training_rows(train, h[None], min(cfg.neighbours_k, len(train)))[0]
+    d = squared_distances(h, train.gather(nn))
     groups["train NN"] = [(train.keys[j], float(dj), ctx.image(train, j)) for j, dj in zip(nn, d, strict=True)]
     # single augmentations, and the multi-crop views
     for gname, augs in (("single aug", list(single_augmentations().items())), ("multi-crop", multicrop())):

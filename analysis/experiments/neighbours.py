@@ -3,7 +3,7 @@ to see whether samples are new images or copies of training images."""
 
 from __future__ import annotations
 
-from rcdm.analysis.experiments.common import Context
+from rcdm.analysis.experiments.common import Context, nearest_training_rows
 from rcdm.analysis.experiments.distances import squared_distances
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
@@ -13,11 +13,8 @@ TITLE = "Nearest training neighbours of samples (Fig. 16)"
 
 
 def run(ctx: Context) -> Entry:
-    from rcdm.diffusion.conditions import knn
-
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")
-    tf = ctx.features(train)
     k = min(cfg.neighbours_k, len(train))
     rows = ctx.pick(val, cfg.n_images, "neighbours")
     seeds = ctx.noise_seeds()
@@ -30,11 +27,12 @@ def run(ctx: Context) -> Entry:
         samples = ctx.sample_grid(r, conds, seeds)  # (N, S, H, W, 3)
         flat = samples.reshape(-1, *samples.shape[2:])
         hs = ctx.encode(enc, flat)  # (N*S, D)
-        nn = knn(tf, hs, k)  # (N*S, k)
+        nn = nearest_training_rows(train, hs, k)  # (N*S, k)
+        near = train.gather(nn.reshape(-1)).reshape(*nn.shape, -1)  # (N*S, k, D), the shards read once
         grid_rows = []
         for j, (s_img, h_s, idx) in enumerate(zip(flat, hs, nn, strict=True)):
             i, s = divmod(j, len(seeds))
-            d = squared_distances(h_s, tf[idx])
+            d = squared_distances(h_s, near[j])
             d_cond = float(squared_distances(h_s, conds[i][None])[0])
             row = [labelled(s_img, f"d(h) {d_cond:.3g}", size)]
             row += [labelled(ctx.image(train, t), f"{dt:.3g}", size) for t, dt in zip(idx, d, strict=True)]

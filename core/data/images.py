@@ -9,10 +9,13 @@ preprocessing (:class:`Preprocess`, :func:`encoder_input`, :func:`adm_center_cro
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import glob
 import os
 import re
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,7 +184,25 @@ def open_source(path: str | Path) -> ImageSource:
       label; relative paths are relative to the file's folder; ``#`` lines are comments;
     - a ``.tar`` file, or a brace / glob pattern of tars (``shards/train-{0000..0146}.tar``).
     """
-    text = str(path)
+    with _no_gc():  # a million items: the collector would walk them all, again and again
+        return _open_source(str(path))
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off inside (restored after): listing 1.28M images makes
+    millions of objects and no cycles, and each collection would walk all of them (a webdataset
+    source of ImageNet took 181 s with it, 103 s without)."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _open_source(text: str) -> ImageSource:
     if any(c in text for c in "{*?[") and not Path(text).exists():
         return _open_tar_pattern(text)
     p = Path(text)
@@ -379,7 +400,100 @@ def _safe_key(key: str) -> bool:
 
 def _scan_tar(tar_path: str, counts: dict[str, int]) -> list[tuple[str, dict[str, Any]]]:
     """(key, {ext: (offset, size), "__cls__": label}) for each sample, in tar order; links and
-    unreadable labels are counted in ``counts``."""
+    unreadable labels are counted in ``counts``.
+
+    Plain ustar headers (what webdataset writers make) are read by :func:`_ustar_members`, about 10x
+    faster than ``tarfile`` (ImageNet's 2.56M members: 3 minutes in tarfile's header parsing); a
+    tar with any other header (pax, GNU long names, sparse or base-256 sizes) is read by ``tarfile``."""
+    members = _ustar_members(tar_path)
+    if members is None:
+        return _scan_tarfile(tar_path, counts)
+    samples: list[tuple[str, dict[str, Any]]] = []
+    with open(tar_path, "rb") as f:
+        for name, kind, offset, size in members:
+            if kind in "12":  # a hard (1) or symbolic (2) link: counted, not read
+                counts["n_link_members"] += 1
+            if kind not in "07\0":  # not a regular file
+                continue
+            key, ext = _split_wds_name(name)
+            if not samples or samples[-1][0] != key:
+                samples.append((key, {}))
+            fields_ = samples[-1][1]
+            if ext == "cls":
+                f.seek(offset)
+                try:
+                    fields_["__cls__"] = int(f.read(size).decode().strip())
+                except (ValueError, UnicodeDecodeError):
+                    fields_["__cls__"] = -1
+                    counts["n_unreadable_cls"] += 1
+            else:
+                fields_[ext] = (offset, size)
+    return samples
+
+
+_USTAR_PLAIN_TYPES = frozenset(b"01257\0")  # files, links, directories, contiguous: no extended header
+
+
+def _ustar_members(tar_path: str) -> list[tuple[str, str, int, int]] | None:
+    """``(name, type flag, data offset, size)`` of every member of a tar of plain ustar / v7
+    headers (checksums checked, names as tarfile makes them), or None when anything is else (pax,
+    GNU long names, base-256 sizes, a member running past the end): then ``tarfile`` reads it."""
+    out = []
+    with open(tar_path, "rb") as f:
+        end, offset = os.fstat(f.fileno()).st_size, 0
+        while True:
+            f.seek(offset)
+            head = f.read(512)
+            if offset and (not head or head == bytes(512)):  # the end of the archive
+                return out
+            member = _ustar_header(head, offset, end)
+            if member is None:
+                return None
+            out.append(member)
+            offset = member[2] + -(-member[3] // 512) * 512
+
+
+def _ustar_header(head: bytes, offset: int, end: int) -> tuple[str, str, int, int] | None:
+    """One plain header's ``(name, type flag, data offset, size)``, or None (see _ustar_members)."""
+    if len(head) < 512 or head[156] not in _USTAR_PLAIN_TYPES or head[124] & 0x80 or not _checksum_ok(head):
+        return None
+    try:
+        size = int(head[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+    except ValueError:
+        return None
+    kind = chr(head[156]) if head[156] else "\0"
+    name = head[:100].split(b"\0", 1)[0]
+    if kind == "\0" and name.endswith(b"/"):  # v7's directory: tarfile's rule
+        kind = "5"
+    prefix = head[345:500].split(b"\0", 1)[0]
+    if prefix:
+        name = prefix + b"/" + name
+    if kind in "12":
+        size = 0  # a link has no data (tarfile reads none)
+    if offset + 512 + size > end:
+        return None
+    return name.decode(_TAR_ENCODING, "surrogateescape"), kind, offset + 512, size
+
+
+_TAR_ENCODING = tarfile.ENCODING
+
+
+def _checksum_ok(head: bytes) -> bool:
+    """The header's checksum field is the sum of its bytes with that field as spaces (unsigned or,
+    as some old writers did, signed), as ``tarfile`` checks it."""
+    try:
+        want = int(head[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
+    except ValueError:
+        return False
+    unsigned = sum(head[:148]) + 256 + sum(head[156:])
+    if want == unsigned:
+        return True
+    signed = sum(b - 256 * (b > 127) for b in head[:148] + head[156:]) + 256
+    return want == signed
+
+
+def _scan_tarfile(tar_path: str, counts: dict[str, int]) -> list[tuple[str, dict[str, Any]]]:
+    """:func:`_scan_tar` by ``tarfile``: any tar it reads."""
     samples: list[tuple[str, dict[str, Any]]] = []
     with tarfile.open(tar_path, "r:") as tf:
         for m in tf:

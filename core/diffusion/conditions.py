@@ -70,15 +70,29 @@ def kde_sample(
     feats = np.asarray(feats, dtype=np.float32)
     if feats.ndim != 2 or feats.shape[0] == 0:
         raise InvalidInput(f"kde_sample needs a non-empty (N, D) feature matrix, got shape {feats.shape}")
+    idx, noise = kde_draw(feats.shape[0], feats.shape[1], n, sigma, seed)
+    out = kde_points(feats[idx], noise, sigma)
+    return (out, idx) if return_index else out
+
+
+def kde_draw(n_rows: int, dim: int, n: int, sigma: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`kde_sample`'s random part: the ``(n,)`` rows picked of ``n_rows`` and the ``(n, dim)``
+    standard normal noise; with :func:`kde_points` on those rows alone (a store's ``gather``), the
+    draws of :func:`kde_sample` without the whole matrix."""
+    if n_rows < 1:
+        raise InvalidInput("kde_sample needs a non-empty (N, D) feature matrix, got 0 rows")
     if n < 1:
         raise InvalidInput(f"kde_sample: n must be at least 1, got {n}")
     if sigma < 0:
         raise InvalidInput(f"kde_sample: sigma is a standard deviation and must be >= 0, got {sigma}")
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, feats.shape[0], size=n)  # (n,)
-    noise = rng.standard_normal((n, feats.shape[1]))  # (n, D)
-    out = (feats[idx].astype(np.float64) + sigma * noise).astype(np.float32)
-    return (out, idx) if return_index else out
+    idx = rng.integers(0, n_rows, size=n)  # (n,)
+    return idx, rng.standard_normal((n, dim))  # (n, D)
+
+
+def kde_points(centres: np.ndarray, noise: np.ndarray, sigma: float) -> np.ndarray:
+    """The KDE draws ``(n, D)`` float32 around ``centres`` (the picked rows, float32)."""
+    return (np.asarray(centres, dtype=np.float32).astype(np.float64) + sigma * noise).astype(np.float32)
 
 
 def class_mean(feats: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
@@ -87,13 +101,20 @@ def class_mean(feats: np.ndarray, labels: np.ndarray, label: int) -> np.ndarray:
     labels = np.asarray(labels)
     if feats.ndim != 2 or labels.shape != (feats.shape[0],):
         raise InvalidInput(f"class_mean needs feats (N, D) and labels (N,), got {feats.shape} and {labels.shape}")
-    rows = labels == label
-    if not rows.any():
+    return feats[class_rows(labels, label)].astype(np.float64).mean(axis=0).astype(np.float32)
+
+
+def class_rows(labels: np.ndarray, label: int) -> np.ndarray:
+    """The rows (ascending) whose label is ``label``, or ``InvalidInput`` naming the labels there are;
+    ``class_mean(feats[rows], labels[rows], label)`` is ``class_mean(feats, labels, label)``."""
+    labels = np.asarray(labels)
+    rows = np.flatnonzero(labels == label)
+    if not len(rows):
         known = sorted(int(v) for v in np.unique(labels))
         raise InvalidInput(
             f"no entry has label {label}; labels present: {known[:20]}{' ...' if len(known) > 20 else ''}"
         )
-    return feats[rows].astype(np.float64).mean(axis=0).astype(np.float32)
+    return rows
 
 
 def algebra(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -104,13 +125,16 @@ def algebra(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
     return (a - b + c).astype(np.float32)
 
 
+KNN_CHUNK = 65536  # rows of feats :func:`knn` compares at a time
+
+
 def knn(
     feats: np.ndarray,
     query: np.ndarray,
     k: int,
     *,
     exclude: int | None = None,
-    chunk: int = 65536,
+    chunk: int = KNN_CHUNK,
 ) -> np.ndarray:
     """Indices of the ``k`` rows of ``feats`` nearest to ``query`` (Euclidean), nearest first.
 
@@ -126,16 +150,35 @@ def knn(
     n_avail = feats.shape[0] - (1 if exclude is not None else 0)
     if not 1 <= k <= n_avail:
         raise InvalidInput(f"knn: k={k} but only {n_avail} candidate rows are available")
-    # Squared distances ||f||^2 - 2 f.q + ||q||^2 in float64, chunked over the rows of feats.
-    d2 = np.empty((q2.shape[0], feats.shape[0]), dtype=np.float64)  # (Q, N)
-    qq = (q2.astype(np.float64) ** 2).sum(1)[:, None]
-    for s in range(0, feats.shape[0], chunk):
-        f = feats[s : s + chunk].astype(np.float64)
-        d2[:, s : s + chunk] = (f**2).sum(1)[None] - 2.0 * q2.astype(np.float64) @ f.T + qq
-    if exclude is not None:
-        d2[:, exclude] = np.inf
-    order = np.argsort(d2, axis=1, kind="stable")[:, :k]  # (Q, k)
+    order = knn_streamed(((s, feats[s : s + chunk]) for s in range(0, feats.shape[0], chunk)), q2, k, exclude=exclude)
     return order[0] if single else order
+
+
+def knn_streamed(blocks, query: np.ndarray, k: int, *, exclude: int | None = None) -> np.ndarray:
+    """:func:`knn` of ``(Q, D)`` queries over ``blocks`` of rows, ``(first row, (n, D))`` in row order
+    (``FeatureStore.iter_features(0, KNN_CHUNK)``: the same blocks knn cuts, the same answer): the
+    ``(Q, k)`` nearest rows, nearest first, ties to the lower index, holding one block and the
+    ``k`` best so far. Raises when fewer than ``k`` candidate rows came."""
+    q2 = np.asarray(query, dtype=np.float32)
+    qq = (q2.astype(np.float64) ** 2).sum(1)[:, None]
+    best_d = np.zeros((len(q2), 0))
+    best_i = np.zeros((len(q2), 0), np.int64)
+    rows = 0
+    for s, block in blocks:
+        # Squared distances ||f||^2 - 2 f.q + ||q||^2 in float64, a block of rows at a time.
+        f = np.asarray(block, dtype=np.float32).astype(np.float64)
+        d2 = (f**2).sum(1)[None] - 2.0 * q2.astype(np.float64) @ f.T + qq
+        rows += len(f)
+        if exclude is not None and s <= exclude < s + len(f):
+            d2[:, exclude - s] = np.inf
+        d = np.concatenate([best_d, d2], axis=1)
+        i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(f)), d2.shape)], axis=1)
+        keep = np.argsort(d, axis=1, kind="stable")[:, :k]  # earlier rows first: ties keep the lower index
+        best_d, best_i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
+    n_avail = rows - int(exclude is not None and 0 <= exclude < rows)
+    if n_avail < k:
+        raise InvalidInput(f"knn: k={k} but only {n_avail} candidate rows are available")
+    return best_i
 
 
 def active_mask(x: np.ndarray, *, threshold: float = 0.0, thresholds: np.ndarray | None = None) -> np.ndarray:

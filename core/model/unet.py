@@ -87,8 +87,12 @@ class CondStandardize(nn.Module):
     @torch.no_grad()
     def set_statistics(self, feats: torch.Tensor, eps: float = 1e-6) -> None:
         """feats (N, dim) float: the training representations."""
-        self.mean.copy_(feats.mean(0))
-        self.std.copy_(feats.std(0).clamp_min(eps))
+        self.set_moments(feats.mean(0), feats.std(0), eps)
+
+    def set_moments(self, mean: torch.Tensor, std: torch.Tensor, eps: float = 1e-6) -> None:
+        """The training representations' per-dimension mean and standard deviation (dim,)."""
+        self.mean.copy_(mean)
+        self.std.copy_(std.clamp_min(eps))
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return (h.float() - self.mean) / self.std

@@ -7,6 +7,7 @@
     write.py    atomic shards, their records, the manifest (written last)
     check.py    info and verify
     integrity.py  is a shard what its manifest records (sha256, once per shard per process)
+    stats.py    per-dimension statistics of a whole store in one streamed pass
 
 Import from ``rcdm.store``; the modules above never import each other's private names.
 """

@@ -309,21 +309,25 @@ class FeatureStore:
 
     def _load_keys_labels(self) -> None:
         rows = [self._shard_rows(s) for s in range(len(self._files))]
-        self._keys = [k for keys, _ in rows for k in keys]
-        self._labels = np.concatenate([lab for _, lab in rows]) if rows else np.zeros(0, dtype=np.int64)
+        self._keys = ReadOnlyList(k for keys, _ in rows for k in keys)
+        labels = np.concatenate([lab for _, lab in rows]) if rows else np.zeros(0, dtype=np.int64)
+        labels.flags.writeable = False
+        self._labels = labels
 
     @property
     def keys(self) -> list[str]:
+        """Every row's key, in row order: the store's one list (read-only), so ``keys[i]`` in a loop
+        over rows costs O(1), not a copy of 1.28M keys per access."""
         if self._keys is None:
             self._load_keys_labels()
-        return list(self._keys)
+        return self._keys
 
     @property
     def labels(self) -> np.ndarray:
-        """(N,) int64, -1 where unknown."""
+        """(N,) int64, -1 where unknown: the store's one array, read-only (``.copy()`` to edit)."""
         if self._labels is None:
             self._load_keys_labels()
-        return self._labels.copy()
+        return self._labels
 
     def index_of(self, key: str) -> int:
         if self._key_index is None:
@@ -352,29 +356,74 @@ class FeatureStore:
         return np.asarray(feat, dtype=np.float32), keys[j], int(labels[j])
 
     def features(self, view: int | None = 0) -> np.ndarray:
-        """All rows: (N, D) float32 for one view, or (N, V, D) for ``view=None``."""
+        """All rows: (N, D) float32 for one view, or (N, V, D) for ``view=None``. This holds the whole
+        matrix (ImageNet's 1.28M x 2048: 10 GB a view); :meth:`iter_features` reads it a block at a time."""
+        self._check_view(view)
+        parts = [self._shard_features(s, view) for s in range(len(self._files))]
+        shape = (0, self.dim) if view is not None else (0, len(self.views), self.dim)
+        out = np.concatenate(parts) if parts else np.zeros(shape)
+        return out.astype(np.float32, copy=False)
+
+    def iter_features(self, view: int | None = 0, block_rows: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+        """``(first row, float32 block)`` over every row in order: a shard at a time, or blocks of
+        exactly ``block_rows`` rows (the last one shorter), so a pass over the store holds one block,
+        whatever its size. The blocks are the rows :meth:`features` gives, cut."""
+        self._check_view(view)
+        pending: list[np.ndarray] = []
+        held, start = 0, 0
+        for s in range(len(self._files)):
+            part = self._shard_features(s, view).astype(np.float32, copy=False)
+            if block_rows is None:
+                if len(part):
+                    yield self._offsets[s], part
+                continue
+            pending.append(part)
+            held += len(part)
+            while held >= block_rows:
+                block = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                yield start, block[:block_rows]
+                pending, held, start = [block[block_rows:]], held - block_rows, start + block_rows
+        if block_rows is not None and held:
+            yield start, np.concatenate(pending)
+
+    def gather(self, rows: np.ndarray, view: int = 0) -> np.ndarray:
+        """``features(view)[rows]`` (len(rows), D) float32, reading only the shards that hold them,
+        one at a time."""
+        self._check_view(view)
+        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
+        out = np.zeros((len(rows), self.dim), np.float32)
+        if not len(rows):
+            return out
+        n = len(self)
+        if rows.min() < -n or rows.max() >= n:
+            raise IndexError(f"rows out of range for a store of {n} rows")
+        rows = rows % n
+        shard_of = np.searchsorted(self._offsets, rows, side="right") - 1
+        for s in np.unique(shard_of).tolist():
+            at = np.flatnonzero(shard_of == s)
+            out[at] = self._shard_features(s, view)[rows[at] - self._offsets[s]]
+        return out
+
+    def _check_view(self, view: int | None) -> None:
         if view is not None and not 0 <= view < len(self.views):
             raise InvalidInput(
                 f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}"
             )
-        parts = []
-        for s in range(len(self._files)):
-            if self.format == "h5":
-                f = self._h5_file(s)
-                with self._reading(s):
-                    parts.append(f["feat"][:] if view is None else f["feat"][:, view])
-                continue
-            samples = self._tar(s)
-            with self._reading(s), open(self._files[s], "rb") as fh:
-                rows = []
-                for _, m in samples:
-                    fh.seek(m[FEAT][0])
-                    rows.append(np.load(io.BytesIO(fh.read(m[FEAT][1])), allow_pickle=False))
-            arr = np.stack(rows) if rows else np.zeros((0, len(self.views), self.dim), self.dtype)
-            parts.append(arr if view is None else arr[:, view])
-        shape = (0, self.dim) if view is not None else (0, len(self.views), self.dim)
-        out = np.concatenate(parts) if parts else np.zeros(shape)
-        return out.astype(np.float32, copy=False)
+
+    def _shard_features(self, s: int, view: int | None) -> np.ndarray:
+        """Shard ``s``'s rows, (n, D) for one view or (n, V, D), in the stored dtype."""
+        if self.format == "h5":
+            f = self._h5_file(s)
+            with self._reading(s):
+                return f["feat"][:] if view is None else f["feat"][:, view]
+        samples = self._tar(s)
+        with self._reading(s), open(self._files[s], "rb") as fh:
+            rows = []
+            for _, m in samples:
+                fh.seek(m[FEAT][0])
+                rows.append(np.load(io.BytesIO(fh.read(m[FEAT][1])), allow_pickle=False))
+        arr = np.stack(rows) if rows else np.zeros((0, len(self.views), self.dim), self.dtype)
+        return arr if view is None else arr[:, view]
 
     def image_bytes(self, i: int) -> bytes:
         """The source image stored with row ``i`` (webdataset stores made with images)."""
@@ -417,6 +466,20 @@ class FeatureStore:
             raise InvalidInput(f"store {self.path} holds layer {self.layer!r}, not {layer!r}")
         if dim is not None and int(dim) != self.dim:
             raise InvalidInput(f"store {self.path} has {self.dim}-d features, not {dim}-d")
+
+
+class ReadOnlyList(list):
+    """A list that refuses changes: what :attr:`FeatureStore.keys` hands out, shared by every caller."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError("a store's key list is read-only; copy it with list(store.keys) to change it")
+
+    append = extend = insert = remove = pop = clear = sort = reverse = _refuse
+
+    def __reduce__(self) -> tuple:  # pickling (DataLoader workers) and copies rebuild it whole
+        return (ReadOnlyList, (list(self),))
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
 
 
 def _close(h5file: Any) -> None:

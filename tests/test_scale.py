@@ -1,0 +1,249 @@
+"""Costs that grow with the data set (issue 22): each a small-size check of what made a stage
+slower than N log N, or hold memory or file handles in proportion to N, at ImageNet's counts.
+bench/scale.py measures the stages themselves at N = 10k .. 1.28M (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pytest
+from rcdm import store as S
+
+from tests.synthetic_store import make_store
+
+
+def _store(tmp_path, n=300, d=5, shard_size=64, seed=0):
+    rng = np.random.default_rng(seed)
+    feats = rng.standard_normal((n, 2, d)).astype(np.float32)
+    keys = [f"c{i % 7}/img_{i:05d}" for i in range(n)]
+    return make_store(tmp_path / "s", feats, keys, np.arange(n) % 7, shard_size=shard_size), feats
+
+
+def test_keys_and_labels_are_read_without_a_copy_of_all_rows(tmp_path):
+    # `store.keys[i]` in a loop over rows (choosing 50k sample conditions, the analyses' tables)
+    # copied the whole key list and label array at every access: O(N) per row, O(N^2) per stage
+    path, _ = _store(tmp_path)
+    st = S.FeatureStore(path)
+    assert st.keys is st.keys  # the one list, not a copy per access
+    assert st.keys[5] == "c5/img_00005" and st.keys == [f"c{i % 7}/img_{i:05d}" for i in range(300)]
+    with pytest.raises(TypeError, match="read-only"):
+        st.keys.append("x")
+    with pytest.raises(TypeError, match="read-only"):
+        st.keys[0] = "x"
+    labels = st.labels
+    assert np.shares_memory(labels, st.labels) and not labels.flags.writeable
+    with pytest.raises(ValueError):
+        labels[0] = 3
+    np.testing.assert_array_equal(st.labels, np.arange(300) % 7)
+    again = pickle.loads(pickle.dumps(st))  # DataLoader workers get the store pickled
+    assert again.keys == st.keys and copy.deepcopy(st.keys) == st.keys
+
+
+@pytest.mark.parametrize("block_rows", [None, 1, 50, 64, 1000])
+def test_iter_features_and_gather_give_the_rows_of_features(tmp_path, block_rows):
+    path, _ = _store(tmp_path)
+    st = S.FeatureStore(path)
+    whole = st.features(0)
+    blocks = list(st.iter_features(0, block_rows))
+    np.testing.assert_array_equal(np.concatenate([b for _, b in blocks]), whole)
+    assert [s for s, _ in blocks] == np.cumsum([0] + [len(b) for _, b in blocks])[:-1].tolist()
+    if block_rows is not None:
+        assert all(len(b) == block_rows for _, b in blocks[:-1]) and 0 < len(blocks[-1][1]) <= block_rows
+    rows = np.array([299, 0, 5, 5, 130, -1])
+    np.testing.assert_array_equal(st.gather(rows, 1), st.features(1)[rows])
+
+
+def _refuse_whole_matrix(monkeypatch):
+    def refuse(self, view=0):
+        raise AssertionError(f"{self.path}: the whole feature matrix was loaded")
+
+    monkeypatch.setattr(S.FeatureStore, "features", refuse)
+
+
+def test_the_retrieval_baseline_streams_the_training_store(tmp_path, monkeypatch):
+    # It loaded all training features (ImageNet: 10 GB float32) to find each condition's nearest row
+    from rcdm.analysis.evaluation import feature_stats as F
+    from rcdm.analysis.evaluation.spaces import retrieval_baseline
+
+    path, _ = _store(tmp_path, n=500, shard_size=64)
+    train = S.FeatureStore(path).features(0)
+    conds = np.random.default_rng(3).standard_normal((40, 5)).astype(np.float32)
+    want_nn, want_d = F.nearest_rows(conds, train)
+    _refuse_whole_matrix(monkeypatch)
+    base = retrieval_baseline(conds, S.FeatureStore(path), [])
+    np.testing.assert_array_equal(base.rows, want_nn)
+    np.testing.assert_array_equal(base.features, train[want_nn])
+    assert base.info["mean_distance_condition_to_nearest_train"] == float(want_d.mean())
+
+
+def test_the_condition_statistics_of_a_large_store_are_streamed(tmp_path, monkeypatch):
+    # Training's cond_norm statistics read both views of every row at once (ImageNet: 21 GB float32)
+    import torch
+    from rcdm.train.model import condition_statistics
+
+    path, feats = _store(tmp_path, n=700, d=6)
+    st = S.FeatureStore(path)
+    small_mean, small_std = condition_statistics(st)  # fits: the whole matrix, as it always was
+    whole = torch.from_numpy(st.features(None).reshape(-1, 6))
+    assert torch.equal(small_mean, whole.mean(0)) and torch.equal(small_std, whole.std(0))
+    _refuse_whole_matrix(monkeypatch)
+    mean, std = condition_statistics(S.FeatureStore(path), in_memory_bytes=1000)
+    assert mean.dtype == torch.float32 and mean.shape == (6,)
+    torch.testing.assert_close(mean, small_mean, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(std, small_std, rtol=1e-6, atol=1e-6)
+
+
+def test_train_prior_streams_a_store_larger_than_memory(tmp_path, monkeypatch):
+    # train-prior held every row of view 0 in float32 (ImageNet: 10 GB) for its random batches
+    import torch
+    from rcdm.config import PriorConfig
+    from rcdm.prior.model import PriorMLP, PriorSpec
+    from rcdm.run.priordir import is_prior
+    from rcdm.train import prior as P
+
+    path, _ = _store(tmp_path, n=400, d=6)
+    whole = P.PriorRows(S.FeatureStore(path), tmp_path / "unused", "cpu")  # fits: in memory, as before
+    ref = PriorMLP(PriorSpec(dim=6, width=8, blocks=1, timesteps=10))
+    whole.standardise(ref)
+    _refuse_whole_matrix(monkeypatch)
+    streamed = P.PriorRows(S.FeatureStore(path), tmp_path / "p0", "cpu", in_memory_bytes=100)
+    model = PriorMLP(PriorSpec(dim=6, width=8, blocks=1, timesteps=10))
+    streamed.standardise(model)
+    for name in ("mean", "std", "bound"):
+        torch.testing.assert_close(getattr(model, name), getattr(ref, name), rtol=1e-6, atol=1e-6)
+    idx = torch.tensor([399, 0, 7, 7, 250])
+    torch.testing.assert_close(streamed.batch(idx), whole.batch(idx), rtol=1e-5, atol=1e-5)
+    streamed.close()
+    assert not (tmp_path / "p0" / P.SCRATCH).exists()
+    monkeypatch.setattr(P, "IN_MEMORY_BYTES", 100)  # the whole command, streamed
+    out = P.train_prior(PriorConfig(store=str(path), out=str(tmp_path / "p"), iters=3, width=8, blocks=1))
+    assert is_prior(out) and not (out / P.SCRATCH).exists()
+
+
+def test_store_kde_and_class_mean_conditions_read_only_their_rows(tmp_path, monkeypatch):
+    # sample's conditions read the whole store first (store.features: 10 GB for ImageNet's training
+    # store) to use a few of its rows
+    from rcdm.config import SampleConfig
+    from rcdm.diffusion import conditions as C
+    from rcdm.sample.conds import build
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    want_kde = C.kde_sample(whole, 20, 0.3, 4)
+    _refuse_whole_matrix(monkeypatch)
+    kde = build(SampleConfig(condition="kde", kde_n=20, kde_sigma=0.3, seed=4), S.FeatureStore(path))
+    np.testing.assert_array_equal(kde.vectors, want_kde)
+    st = build(SampleConfig(condition="store", subset=50, seed=2), S.FeatureStore(path))
+    rows = [c.store_index for c in st.conditions]
+    np.testing.assert_array_equal(st.vectors, whole[rows])
+    assert [c.key for c in st.conditions] == [f"c{i % 7}/img_{i:05d}" for i in rows]
+    means = build(SampleConfig(condition="class-mean", labels=(3, 0)), S.FeatureStore(path))
+    labels = np.arange(500) % 7
+    np.testing.assert_array_equal(means.vectors, [C.class_mean(whole, labels, 3), C.class_mean(whole, labels, 0)])
+    with pytest.raises(ValueError, match=r"no entry has label 9; labels present: \[0, 1, 2, 3, 4, 5, 6\]"):
+        build(SampleConfig(condition="class-mean", labels=(9,)), S.FeatureStore(path))
+
+
+def test_the_neighbours_search_streams_the_training_store(tmp_path, monkeypatch):
+    # the neighbours and distances analyses loaded every training row to find the nearest of a few samples
+    from rcdm.analysis.experiments.common import nearest_training_rows
+    from rcdm.diffusion import conditions as C
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    hs = np.random.default_rng(5).standard_normal((9, 5)).astype(np.float32)
+    hs[0] = whole[17]  # a sample on a training row, and ties: rows 3 and 4 made equal
+    want = C.knn(whole, hs, 6)
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(C, "KNN_CHUNK", 64)  # many blocks
+    np.testing.assert_array_equal(nearest_training_rows(S.FeatureStore(path), hs, 6), want)
+    assert want[0, 0] == 17
+
+
+def test_knn_over_blocks_equals_knn_with_ties_and_exclusion():
+    from rcdm.diffusion import conditions as C
+
+    feats = np.repeat(np.random.default_rng(0).standard_normal((40, 3)).astype(np.float32), 2, axis=0)  # ties
+    q = feats[[5, 60]]
+    for exclude in (None, 5):
+        want = np.argsort(((feats.astype(np.float64)[None] - q.astype(np.float64)[:, None]) ** 2).sum(-1), 1, "stable")
+        if exclude is not None:
+            want = np.array([[j for j in w if j != exclude] for w in want])
+        got = C.knn(feats, q, 7, exclude=exclude, chunk=9)
+        np.testing.assert_array_equal(got, want[:, :7])
+
+
+def _tar(path, members, fmt=None):
+    """A tar of ``members``: (name, bytes) files, or (name, "dir" | "sym:TARGET" | "link:TARGET")."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w", **({"format": fmt} if fmt is not None else {})) as tf:
+        for name, data in members:
+            ti = tarfile.TarInfo(name)
+            if data == "dir":
+                ti.type = tarfile.DIRTYPE
+            elif isinstance(data, str):
+                ti.type = tarfile.SYMTYPE if data.startswith("sym:") else tarfile.LNKTYPE
+                ti.linkname = data.split(":", 1)[1]
+            else:
+                ti.size = len(data)
+            tf.addfile(ti, io.BytesIO(data) if isinstance(data, bytes) else None)
+    return str(path)
+
+
+def test_the_webdataset_scan_reads_plain_headers_itself_and_agrees_with_tarfile(tmp_path):
+    # tarfile's header parsing took 3 minutes over ImageNet's 2.56M members; plain ustar headers are
+    # now read directly, and every other tar still goes through tarfile, with the same result
+    import tarfile
+
+    from rcdm.data import images as I
+
+    deep = "a" * 90 + "/" + "b" * 60  # over 100 characters: a ustar prefix, still a plain header
+    plain = [("d", "dir"), ("s0.jpg", b"x" * 700), ("s0.cls", b"3"), ("s1.jpg", b"y"), ("s1.cls", b"oops")]
+    plain += [("s2.jpg", "sym:s0.jpg"), ("s3.jpg", "link:s0.jpg")]
+    long = plain + [(f"{deep}.jpg", b"z" * 513), (f"{deep}.cls", b"7")]
+    cases = {
+        "pax": (_tar(tmp_path / "pax.tar", plain), True),  # tarfile's default: pax headers only when needed
+        "ustar": (_tar(tmp_path / "ustar.tar", long, tarfile.USTAR_FORMAT), True),
+        "gnu": (_tar(tmp_path / "gnu.tar", plain, tarfile.GNU_FORMAT), True),
+        "pax long name": (_tar(tmp_path / "long.tar", long), False),
+        "gnu long name": (_tar(tmp_path / "gnulong.tar", long, tarfile.GNU_FORMAT), False),
+        "utf-8 name": (_tar(tmp_path / "utf.tar", [("é.jpg", b"q")]), False),
+    }
+    for what, (path, fast) in cases.items():
+        assert (I._ustar_members(path) is not None) == fast, what
+        a, b = dict.fromkeys(I._WDS_SKIPS, 0), dict.fromkeys(I._WDS_SKIPS, 0)
+        assert I._scan_tar(path, a) == I._scan_tarfile(path, b), what
+        assert a == b, what
+    counts = dict.fromkeys(I._WDS_SKIPS, 0)
+    got = dict(I._scan_tar(cases["ustar"][0], counts))
+    assert got["s0"]["__cls__"] == 3 and got["s1"]["__cls__"] == -1 and got[deep]["__cls__"] == 7
+    assert counts["n_link_members"] == 2 and counts["n_unreadable_cls"] == 1
+    # damaged tars are left to tarfile: a flipped header byte, a member cut short, an empty file
+    data = bytearray(open(cases["ustar"][0], "rb").read())
+    bad = tmp_path / "bad.tar"
+    bad.write_bytes(bytes(data[:600]))  # s0.jpg's data cut short
+    assert I._ustar_members(str(bad)) is None
+    data[5] ^= 1  # the first header's name: its checksum no longer agrees
+    bad.write_bytes(bytes(data))
+    assert I._ustar_members(str(bad)) is None
+    bad.write_bytes(b"")
+    assert I._ustar_members(str(bad)) is None
+
+
+def test_listing_a_source_runs_without_the_cyclic_collector(tmp_path, monkeypatch):
+    # with it on, each collection walked every item made so far: 181 s for ImageNet's tars, 103 s off
+    import gc
+
+    from rcdm.data import images as I
+
+    seen = []
+    real = I._scan_tar
+    monkeypatch.setattr(I, "_scan_tar", lambda *a: seen.append(gc.isenabled()) or real(*a))
+    _tar(tmp_path / "a.tar", [("s0.jpg", b"x"), ("s0.cls", b"1")])
+    assert gc.isenabled()
+    assert len(I.open_source(tmp_path / "a.tar")) == 1
+    assert seen == [False] and gc.isenabled()
