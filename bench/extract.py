@@ -128,7 +128,7 @@ def decode_difference(images: Path, encoder, device, k: int = 256) -> dict:
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=2000, help="number of synthetic JPEGs")
-    p.add_argument("--size", default="500x375", help="nominal image size WxH (jittered by +-20 px)")
+    p.add_argument("--size", default="imagenet", help="imagenet: ImageNet-like sizes (a few common, a tail); or WxH")
     p.add_argument("--quality", type=int, default=90)
     p.add_argument("--images", default=None, help="folder for the JPEGs (kept and reused); default: a temp dir")
     p.add_argument("--batch-size", type=int, default=256)
@@ -218,11 +218,11 @@ def main(argv: list[str] | None = None) -> None:
     spec = get_spec(a.encoder)  # the registry entry, looked up once
     device = pick_device(a.device)
     amp, channels_last, workers = _speed_settings(a, device)
-    w, h = (int(v) for v in a.size.lower().split("x"))
+    size = None if a.size == "imagenet" else tuple(int(v) for v in a.size.lower().split("x"))
     tmp = Path(tempfile.mkdtemp(prefix="rcdm-bench-"))
     images = Path(a.images) if a.images else tmp / "images"
     t0 = time.perf_counter()
-    make_jpeg_folder(images, a.n, (w, h), a.quality)
+    make_jpeg_folder(images, a.n, size, a.quality)
     t_make = time.perf_counter() - t0
     if a.random_weights:
         a.weights = str(random_weights(spec, tmp / "random.pth"))

@@ -73,7 +73,16 @@ def decode_on_device(batch: dict, pp: Preprocess, device: torch.device, x: torch
     by_row = dict(zip(rows, images, strict=True))
     for js in groups.values():  # one resize per distinct size
         crops = encoder_crop(torch.stack([by_row[j] for j in js]), pp)  # (n, 3, crop, crop)
-        x[torch.tensor(js, device=device)] = crops
+        x[_row_index(js, device)] = crops
+
+
+def _row_index(rows: list[int], device: torch.device) -> torch.Tensor:
+    """Row numbers as an index on ``device``; on CUDA through pinned memory without blocking
+    (a plain ``torch.tensor(rows, device=...)`` waits for the stream, once per size per batch)."""
+    index = torch.tensor(rows, dtype=torch.long)
+    if device.type != "cuda":
+        return index.to(device)
+    return index.pin_memory().to(device, non_blocking=True)
 
 
 def _host_fallback(batch: dict, pp: Preprocess, j: int, x: torch.Tensor) -> None:

@@ -42,9 +42,18 @@ def weights_file(checkpoint: str | Path, ema: str = "auto") -> Path:
     raise MissingInput(f"checkpoint {checkpoint} does not exist; pass --checkpoint RUN_DIR or a weights file")
 
 
-def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None) -> str:
-    """Identity of the samples a configuration produces, to refuse mixing runs on resume."""
+def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None, device: Any = "cpu") -> str:
+    """Identity of the samples a configuration produces, to refuse mixing runs on resume.
+
+    The device type and the precision it resolves to are part of it: ``mixed_precision: auto`` is
+    bf16 on CUDA and fp32 on a CPU, so a set begun on one must not be finished on the other."""
+    import torch
+    from rcdm.diffusion.generate import resolve_precision
+
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+    dev = torch.device(device)
+    d["device_type"] = dev.type
+    d["precision"] = str(resolve_precision(cfg.mixed_precision, dev) or "fp32")
     if cfg.condition != "prior":  # the prior's settings change nothing for another condition
         d.pop("prior", None), d.pop("prior_n", None)
     d["store_manifest_sha256"] = store.manifest_sha256
@@ -70,7 +79,8 @@ def _prepare_out(writer: SampleSetWriter, fp: str, overwrite: bool) -> str:
         return "resume"
     if (done is not None or plan is not None) and not overwrite:
         raise OutputExists(
-            f"{writer.path} holds samples made with a different configuration; choose another --out or "
+            f"{writer.path} holds samples made with a different configuration (the device type and precision "
+            "count: resume on the device it was begun on); choose another --out or "
             "pass --set sample.overwrite=true to replace them"
         )
     if overwrite:
@@ -136,7 +146,7 @@ def _job(cfg: SampleConfig) -> _Job:
     device = state.device if state.num_processes > 1 else pick_device(cfg.device)
     store = FeatureStore(cfg.store)
     ckpt_file = weights_file(cfg.checkpoint, cfg.ema)
-    fp = fingerprint(cfg, store, ckpt_file)
+    fp = fingerprint(cfg, store, ckpt_file, device)
     return _Job(cfg, state, device, SampleSetWriter(Path(cfg.out)), store, ckpt_file, fp)
 
 

@@ -117,3 +117,14 @@ def test_summary_compares_with_targets_and_the_original():
     )
     report["rows"] = list(rows.values())
     assert "| train_adm128_compiled: img/s | 266.7 | img/s | 222.0 | 88.9 | 3.0 | ok |" in parts.to_markdown(report)
+
+
+def test_bench_jpegs_have_imagenet_like_sizes():
+    """A handful of sizes make most of the bench's JPEGs (jittering each gave ~1,300 sizes in 3,000,
+    so the GPU-decode bench measured its per-size set-up)."""
+    import jpegs
+
+    sizes = jpegs.imagenet_sizes(3000)
+    counts = sorted((sizes.count(s) for s in set(sizes)), reverse=True)
+    assert sum(counts[:6]) >= 0.75 * 3000 and len(counts) < 400
+    assert sizes == jpegs.imagenet_sizes(3000) and all(max(s) == 500 for s in sizes)

@@ -140,3 +140,14 @@ def test_device_decode_worker_refuses_large_images_from_the_header():
     ds.max_pixels = 40 * 30 - 1
     big = ds[2]
     assert not big["ok"] and big["jpeg"] == b"" and "extract.max_pixels" in big["reason"]
+
+
+def test_pass_order_is_calibrated_on_the_host_once_per_size():
+    """The exact resize's per-size calibration never touches the tensor's device (on a GPU a probe
+    there made every new size wait for the stream): a tensor on the meta device resizes, and the
+    order is cached by sizes."""
+    from rcdm.data import resample
+
+    x = torch.empty(2, 3, 41, 57, dtype=torch.uint8, device="meta")
+    assert resize(x, (23, 31), "bicubic").shape == (2, 3, 31, 23)
+    assert ((57, 41), (23, 31), "bicubic") in resample._ORDER

@@ -149,3 +149,21 @@ def test_store_of_other_features_is_refused(tmp_path, change, message):
         rcdm.sample.run(cfg)
     assert "Pass the store extracted with `rcdm extract --encoder random-rn50 --layer trunk`" in str(err.value)
     assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_sample_set_begun_on_cuda_is_not_resumed_on_a_cpu(ckpt, store_dir, tmp_path):
+    """mixed_precision auto is bf16 on CUDA, fp32 on a CPU: the device type and the precision are in
+    the fingerprint, so a resume on the other device refuses instead of mixing bf16 and fp32 chunks."""
+    import rcdm.sample
+    from rcdm.errors import OutputExists
+    from rcdm.run.sampleset import SampleSetWriter
+    from rcdm.sample.stage import fingerprint, weights_file
+    from rcdm.store import FeatureStore
+
+    cfg = run_cfg(ckpt, store_dir, tmp_path / "out", mixed_precision="auto")
+    store, wf = FeatureStore(store_dir), weights_file(ckpt)
+    on_cuda = fingerprint(cfg, store, wf, torch.device("cuda"))
+    assert on_cuda != fingerprint(cfg, store, wf, torch.device("cpu"))
+    SampleSetWriter(tmp_path / "out").write_plan({"fingerprint": on_cuda, "n_conditions": 3, "fixed_noise": False})
+    with pytest.raises(OutputExists, match="device type and precision"):
+        rcdm.sample.run(cfg)

@@ -111,11 +111,14 @@ _PIL_FILTER = {"box": 4, "bilinear": 2, "bicubic": 3}  # Image.Resampling values
 _ORDER: dict[tuple, bool] = {}
 
 
-def pass_order(in_size: tuple[int, int], size: tuple[int, int], kind: str, device: torch.device | str = "cpu") -> bool:
+def pass_order(in_size: tuple[int, int], size: tuple[int, int], kind: str) -> bool:
     """Does the installed Pillow run the vertical pass first for (w, h) -> (w', h') with ``kind``?
 
-    Found by resizing a seeded random probe of that size both ways and with Pillow (about a
-    millisecond per distinct pair of sizes; cached). Raises if neither order matches Pillow.
+    Found by resizing a seeded random probe of that size both ways and with Pillow (a few
+    milliseconds per distinct pair of sizes; cached by sizes). The probe always runs on the CPU:
+    the integer arithmetic is the same on every device, and a probe on a GPU would make the
+    device path wait for the host (a stream sync) each time a new size appears.
+    Raises if neither order matches Pillow.
     """
     from PIL import Image
 
@@ -127,9 +130,9 @@ def pass_order(in_size: tuple[int, int], size: tuple[int, int], kind: str, devic
         return _ORDER[key]
     probe = np.random.default_rng(w * 7919 + h).integers(0, 256, (h, w, 3), dtype=np.uint8)
     want = torch.from_numpy(np.array(Image.fromarray(probe).resize(size, _PIL_FILTER[kind]))).permute(2, 0, 1)
-    x = torch.from_numpy(probe).permute(2, 0, 1).to(device)
+    x = torch.from_numpy(probe).permute(2, 0, 1)
     for vertical_first in (False, True):
-        if torch.equal(_resize(x, size, kind, vertical_first).cpu(), want):
+        if torch.equal(_resize(x, size, kind, vertical_first), want):
             _ORDER[key] = vertical_first
             return vertical_first
     raise RuntimeError(
@@ -143,7 +146,7 @@ def resize(x: torch.Tensor, size: tuple[int, int], kind: str) -> torch.Tensor:
     in_size = (int(x.shape[-1]), int(x.shape[-2]))
     if in_size == size:
         return x
-    return _resize(x, size, kind, pass_order(in_size, size, kind, x.device))
+    return _resize(x, size, kind, pass_order(in_size, size, kind))
 
 
 def adm_crop(x: torch.Tensor, size: int) -> torch.Tensor:
