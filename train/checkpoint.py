@@ -135,7 +135,7 @@ class TrainState:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        device = str(self.accelerator.device)
+        device = _safetensors_device(self.accelerator.device)
         st = RunDir.read_state(checkpoint)  # a damaged state.json: InvalidInput naming it
         if int(st.get("seed", self.seed)) != self.seed:
             raise InvalidInput(
@@ -279,6 +279,12 @@ def _unreadable(folder: Path, e: BaseException) -> Path | None:
             return f
     damaged = isinstance(e, (pickle.UnpicklingError, EOFError, zipfile.BadZipFile)) or "PytorchStreamReader" in str(e)
     return folder if damaged else None
+
+
+def _safetensors_device(device: torch.device) -> str:
+    """``device`` as safetensors' ``load_file`` takes it: "cpu" for any CPU device (a process of a
+    CPU launch has ``cpu:0``, which safetensors refuses), else ``cuda:N``."""
+    return "cpu" if device.type == "cpu" else str(device)
 
 
 def _cpu(m: torch.nn.Module) -> dict[str, torch.Tensor]:

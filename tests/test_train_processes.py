@@ -1,0 +1,75 @@
+"""Training with several processes on the CPU (torchrun, gloo): resuming with 2 or 1 processes,
+a rank that dies, the image cache built across ranks."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.train_setup import ROOT, read_log, train_store
+
+# A training run of the tests' tiny config; argv: store, run folder, kimg, then key=value overrides
+# (python literals) of the config.
+_TRAIN = f"""
+import ast, sys
+sys.path.insert(0, {str(ROOT)!r})
+from tests.train_setup import train_cfg
+import rcdm.train
+kw = dict(a.split("=", 1) for a in sys.argv[4:])
+kw = {{k: ast.literal_eval(v) for k, v in kw.items()}}
+rcdm.train.run(train_cfg(sys.argv[1], sys.argv[2], kimg=float(sys.argv[3]), **kw))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(tmp: Path, nproc: int, args: list[str], *, env: dict | None = None, timeout: float = 240):
+    """``python -m torch.distributed.run --nproc_per_node nproc`` of the tiny training script with
+    ``args``; the completed process (stdout and stderr as text)."""
+    script = tmp / "train_script.py"
+    script.write_text(_TRAIN)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc)]
+    cmd += ["--master_addr", "127.0.0.1", "--master_port", str(_free_port()), str(script), *args]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout, cwd=tmp)
+
+
+def _ok(proc) -> None:
+    assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-4000:])
+
+
+@pytest.mark.slow
+def test_resume_with_two_processes_then_one(tmp_path):
+    """A 2-process run stopped at 16 images resumes with 2 processes (the same losses and weights as
+    an uninterrupted 2-process run) and then with 1 process."""
+    from safetensors.torch import load_file
+
+    store = train_store(tmp_path)
+    a, b = tmp_path / "a", tmp_path / "b"
+    _ok(torchrun(tmp_path, 2, [str(store), str(a), "0.024"]))  # uninterrupted: 6 steps of 4 images
+    _ok(torchrun(tmp_path, 2, [str(store), str(b), "0.016"]))  # stopped at step 4
+    proc = torchrun(tmp_path, 2, [str(store), str(b), "0.024"])  # resumed with 2 processes
+    _ok(proc)
+    assert "resuming" in proc.stdout and "step-0000004" in proc.stdout
+    full, resumed = read_log(a), read_log(b)
+    assert [r["step"] for r in resumed] == [r["step"] for r in full] == list(range(1, 7))
+    for x, y in zip(full, resumed, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=1e-4, abs=1e-6), x["step"]
+    wa, wb = load_file(str(a / "ema.safetensors")), load_file(str(b / "ema.safetensors"))
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-5) for k in wa)
+
+    proc = torchrun(tmp_path, 1, [str(store), str(b), "0.032"])  # and with 1 process
+    _ok(proc)
+    assert "step-0000006" in proc.stdout
+    assert [r["step"] for r in read_log(b)] == list(range(1, 9))
+    assert (b / "manifest.json").exists()
