@@ -73,3 +73,62 @@ def test_resume_with_two_processes_then_one(tmp_path):
     assert "step-0000006" in proc.stdout
     assert [r["step"] for r in read_log(b)] == list(range(1, 9))
     assert (b / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------ one launch, one device
+
+
+def test_accelerate_launch_of_several_cpu_processes_that_starts_one_is_refused(tmp_path):
+    """`accelerate launch --num_processes 2 --cpu` runs the command once, in one process: refused in
+    one line that says how to start several CPU processes."""
+    store = train_store(tmp_path)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu"]
+    cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port"]
+    cmd += [str(_free_port()), "-m", "rcdm", "train", "--store", str(store), "--out", str(tmp_path / "run")]
+    cmd += ["--preset", "tiny", "--kimg", "0.008", "--batch-size", "4"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    # accelerate's launcher repeats the process's output in its own traceback; the process says one line
+    errors = {line for line in proc.stderr.splitlines() if line.startswith("error:")}
+    assert len(errors) == 1, errors
+    (error,) = errors
+    assert "started only this one" in error and "torchrun --nproc_per_node" in error
+    assert f'File "{ROOT}' not in proc.stderr  # no traceback through rcdm's code
+    assert not (tmp_path / "run" / "log.jsonl").exists()
+
+
+def test_one_process_launch_is_not_refused(monkeypatch):
+    """A plain command, and a one-process `accelerate launch --cpu` (no MASTER_ADDR), run."""
+    from accelerate.state import AcceleratorState
+    from rcdm.launch import launch_state
+
+    for k in ("WORLD_SIZE", "RANK", "MASTER_ADDR", "ACCELERATE_USE_CPU"):
+        monkeypatch.delenv(k, raising=False)
+    assert launch_state("cpu").num_processes == 1
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "True")
+    assert launch_state("cpu").num_processes == 1
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # what accelerate sets for --num_processes 2
+    with pytest.raises(ValueError, match="started only this one"):
+        launch_state("cpu")
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_training_gets_the_gpu_after_a_cpu_stage_in_the_same_process(monkeypatch):
+    """An extraction on the CPU made accelerate's (shared) state for the CPU; training asks for the
+    GPU (faked: CUDA said available) and gets it, not the CPU without a word."""
+    from accelerate.state import AcceleratorState
+    from rcdm.config import TrainConfig
+    from rcdm.launch import launch_state
+    from rcdm.train import loop
+
+    for k in ("MASTER_ADDR", "ACCELERATE_USE_CPU"):
+        monkeypatch.delenv(k, raising=False)
+    try:
+        assert launch_state("cpu").device.type == "cpu"  # as extraction with device=cpu (and its lock) makes it
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        acc = loop._accelerator(TrainConfig(), "no", False)
+        assert acc.device.type == "cuda" and not acc.state._cpu
+        assert "training on cuda" in loop._describe(acc, "no", None, False)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)  # no fake CUDA state for later tests

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rcdm.config import TrainConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, UserError
-from rcdm.launch import on_main
+from rcdm.launch import launch_state, on_main
 from rcdm.model.config import UNetConfig
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -135,19 +135,31 @@ def _validate(cfg: TrainConfig) -> None:
     cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
 
 
-def _accelerator(mixed_precision: str, compile: bool):
+def _accelerator(cfg: TrainConfig, mixed_precision: str, compile: bool):
+    """The Accelerator on the device this stage asks for (CUDA when there is one), whatever state an
+    earlier stage of this process left; collectives wait ``train.pg_timeout_s`` for the others."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
+    cpu = not torch.cuda.is_available()
+    launch_state("auto", cfg.pg_timeout_s)  # made anew if an earlier stage made it for the other device
     # run() may be called several times in one process (the pipeline, tests) with other
     # precisions; the process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=mixed_precision,
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu,
         # prepare() compiles the model last (after DDP), the way accelerate supports it
-        dynamo_backend="inductor" if compile else "no",
+        dynamo_backend=cfg.compile_backend if compile else "no",
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.pg_timeout_s))],
     )
+    want = "cpu" if cpu else "cuda"
+    if accelerator.device.type != want:  # launch_state's reset is what prevents it
+        raise RuntimeError(f"rcdm train asked accelerate for {want} and was given {accelerator.device}")
+    return accelerator
 
 
 @holding_output_lock("rcdm train")  # one writer per run folder (rank 0 holds it for a launch)
@@ -171,10 +183,12 @@ def _setup(cfg: TrainConfig) -> _Run:
     mp = _mixed_precision(cfg.mixed_precision)
     cuda = torch.cuda.is_available()
     compile_ = resolve_compile(cfg.compile, "cuda" if cuda else "cpu")  # auto: on CUDA, as bench/train.py
-    accelerator = _accelerator(mp, compile_)
+    accelerator = _accelerator(cfg, mp, compile_)
     device = accelerator.device
     enable_fast_math(device)  # cuDNN autotune + TF32 on CUDA
     channels_last = resolve_channels_last(cfg.channels_last, compile_, device)
+    if accelerator.is_main_process:  # the device it runs on, first
+        print(_describe(accelerator, mp, cfg.compile_backend if compile_ else None, channels_last))
     # torch threads: the cores this machine's processes share, minus their loader workers
     workers = loader_workers(cfg)  # the loader's; torch's threads leave them their cores on a GPU
     cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1), device.type, workers=workers)
@@ -207,6 +221,16 @@ def _setup(cfg: TrainConfig) -> _Run:
         store=store,
         ucfg=ucfg,
         latest=latest,
+    )
+
+
+def _describe(accelerator: Any, mp: str, backend: str | None, channels_last: bool) -> str:
+    """The first line of a run: where it trains and how."""
+    n = accelerator.num_processes
+    procs = f"{n} processes" if n > 1 else "1 process"
+    return (
+        f"training on {accelerator.device} ({procs}; precision {mp}; compile "
+        f"{backend or 'off'}; {'channels-last' if channels_last else 'NCHW'})"
     )
 
 
