@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,85 @@ def test_training_gets_the_gpu_after_a_cpu_stage_in_the_same_process(monkeypatch
         assert "training on cuda" in loop._describe(acc, "no", None, False)
     finally:
         AcceleratorState._reset_state(reset_partial_state=True)  # no fake CUDA state for later tests
+
+
+# ------------------------------------------------------------------------------ a process lost
+
+# `rcdm train` in which rank 1 exits (DIE=exit:K) or hangs (DIE=hang:K) at its step K.
+_DYING = f"""
+import os, sys, time
+sys.path.insert(0, {str(ROOT)!r})
+from rcdm.train import loop
+mode, at = os.environ["DIE"].split(":")
+real = loop._step
+def step(r, m, state, lp):
+    if r.rank == 1 and state.step == int(at):
+        if mode == "exit":
+            os._exit(7)
+        time.sleep(3600)
+    return real(r, m, state, lp)
+loop._step = step
+from rcdm.app.cli import main
+sys.argv = ["rcdm", "train", *sys.argv[1:]]
+main()
+"""
+
+
+def _two_processes(tmp: Path, die: str, timeout_s: float) -> tuple[subprocess.CompletedProcess, float]:
+    """Rank 0 and rank 1 of a 2-process launch started as a launcher that does not stop the others
+    (a node of several): rank 0's completed process and how long it ran."""
+    store = train_store(tmp)
+    script = tmp / "dying.py"
+    script.write_text(_DYING)
+    args = [str(script), "--store", str(store), "--out", str(tmp / "run"), "--preset", "tiny", "--kimg", "0.064"]
+    args += ["--batch-size", "4", "--set", "train.resolution=16", "--set", "train.workers=0", "--set"]
+    args += ["train.checkpoint_kimg=0.008", "--set", "train.grid_kimg=0", "--set", f"train.pg_timeout_s={timeout_s}"]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT), DIE=die, MASTER_ADDR="127.0.0.1")
+    env.update(MASTER_PORT=str(_free_port()), WORLD_SIZE="2", LOCAL_WORLD_SIZE="2")
+    rank1 = subprocess.Popen(
+        [sys.executable, *args],
+        env=dict(env, RANK="1", LOCAL_RANK="1"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=tmp,
+    )
+    try:
+        t0 = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, *args],
+            env=dict(env, RANK="0", LOCAL_RANK="0"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp,
+        )
+        return proc, time.monotonic() - t0
+    finally:
+        rank1.kill()
+        rank1.wait()
+
+
+def _one_line_error(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stderr[-3000:]
+    return errors[0]
+
+
+def test_a_killed_process_stops_the_others_with_one_line(tmp_path):
+    """Rank 1 dies at step 3: rank 0 stops at once, in one line that says what happened and where
+    training resumes, not with gloo's traceback."""
+    proc, took = _two_processes(tmp_path, "exit:3", timeout_s=600)
+    error = _one_line_error(proc)
+    assert "process 0 of 2 lost the others" in error and "Connection closed by peer" in error
+    assert "resume from step-0000002" in error
+    assert took < 100  # not the 600 s of the timeout: a closed connection is seen at once
+
+
+def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path):
+    """Rank 1 hangs at step 3: rank 0 stops after train.pg_timeout_s (5 s), not torch's 30 minutes."""
+    proc, took = _two_processes(tmp_path, "hang:3", timeout_s=5)
+    error = _one_line_error(proc)
+    assert "lost the others (Timed out" in error and "train.pg_timeout_s=5 s" in error
+    assert took < 100

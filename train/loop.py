@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from rcdm.config import TrainConfig, save_resolved, to_dict
-from rcdm.errors import InvalidInput, UserError
+from rcdm.errors import InvalidInput, UserError, first_line
 from rcdm.launch import launch_state, on_main
 from rcdm.model.config import UNetConfig
 from rcdm.run.lock import holding_output_lock
@@ -51,6 +52,10 @@ _NOISE_STRIDE = 1_000_003
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or inf."""
+
+
+class ProcessLost(UserError):
+    """Another process of the launch stopped, or did not answer within train.pg_timeout_s."""
 
 
 @dataclass
@@ -169,12 +174,41 @@ def run(cfg: TrainConfig) -> Path:
     r = _setup(cfg)  # processes, threads, the store, the model config, the checkpoint to resume from
     if _finished(r):
         return r.run_dir.path
-    torch.manual_seed(r.rank_seed)  # the UNet's initialisation and every draw after it
-    m = _build(r)  # model, EMA, optimizer, diffusion; the training images
-    state = _resume(r, m)  # the state training resumes from; the run folder made ready
-    last_good = _train(r, m, state)
-    _finish(r, state, last_good)
+    with _peers(r):  # another process lost: one line, not a hang or gloo's traceback
+        torch.manual_seed(r.rank_seed)  # the UNet's initialisation and every draw after it
+        m = _build(r)  # model, EMA, optimizer, diffusion; the training images
+        state = _resume(r, m)  # the state training resumes from; the run folder made ready
+        last_good = _train(r, m, state)
+        _finish(r, state, last_good)
     return r.run_dir.path
+
+
+@contextlib.contextmanager
+def _peers(r: _Run) -> Iterator[None]:
+    """With several processes, a collective that failed because another process stopped (its
+    connection closed) or did not come within train.pg_timeout_s becomes one line saying so."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
+        if r.world == 1 or not _collective_failed(e):
+            raise
+        why = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, 160))  # gloo's source location first
+        latest = r.run_dir.latest()
+        resume = f"from {latest.name}" if latest is not None else "from the start (no checkpoint yet)"
+        raise ProcessLost(
+            f"process {r.rank} of {r.world} lost the others ({why}): another process stopped (its "
+            f"own error says why), was killed, or did not reach this point within train.pg_timeout_s="
+            f"{r.cfg.pg_timeout_s:g} s; re-run the same command to resume {resume}"
+        ) from None
+
+
+def _collective_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a failed collective of the process group (gloo / NCCL / the store)."""
+    dist = getattr(torch, "distributed", None)
+    if dist is not None and isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return any(w in text for w in ("gloo", "Connection closed by peer", "Connection reset by peer", "NCCL"))
 
 
 def _setup(cfg: TrainConfig) -> _Run:
