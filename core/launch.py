@@ -23,7 +23,7 @@ from typing import Any
 
 from rcdm.errors import InvalidInput
 
-__all__ = ["launch_state", "on_main", "set_timeout"]
+__all__ = ["launch_state", "on_all", "on_main", "set_timeout"]
 
 # The environment an MPI launcher gives its processes (accelerate reads the world size from them)
 _MPI_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -143,6 +143,26 @@ def on_main(fn: Callable[[], Any], *, main: bool | None = None, share: bool = Tr
             if msg[0] is not None:
                 raise msg[0]
             result = msg[1]
+    if error is not None:
+        raise error
+    return result
+
+
+def on_all(fn: Callable[[], Any]) -> Any:
+    """``fn()`` on every process, each its own result; when it failed on any process, that error
+    (the lowest rank's) is raised on every process, so none is left waiting for the others."""
+    dist = _group()
+    result, error = None, None
+    try:
+        result = fn()
+    except Exception as e:  # raised below on every process, after telling the others
+        error = e
+    if dist is not None:
+        errors: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(errors, None if error is None else _portable(error))
+        first = next((e for e in errors if e is not None), None)
+        if error is None and first is not None:
+            raise first
     if error is not None:
         raise error
     return result

@@ -215,3 +215,70 @@ def test_a_process_that_hangs_stops_the_others_after_the_timeout(tmp_path):
     error = _one_line_error(proc)
     assert "lost the others (Timed out" in error and "train.pg_timeout_s=5 s" in error
     assert took < 100
+
+
+# ------------------------------------------------------------------------------ the image cache
+
+# Every process of the launch builds the image cache of the store argv[1]; each says how many rows it decoded.
+_CACHE = f"""
+import os, sys
+sys.path.insert(0, {str(ROOT)!r})
+from rcdm.launch import launch_state
+from rcdm.store import FeatureStore
+from rcdm.train import cache
+from rcdm.train.data import ImageFeatureDataset
+state = launch_state("cpu")
+ds = ImageFeatureDataset(sys.argv[1], 16)
+decoded = []
+real = ds.load_image
+fail = int(os.environ.get("FAIL_ROW", -1))
+def load_image(row):
+    if row == fail:
+        raise ValueError(f"row {{row}} cannot be decoded")
+    decoded.append(row)
+    return real(row)
+ds.load_image = load_image
+d = cache.build(ds, FeatureStore(sys.argv[1]), 0, show=False, rank=state.process_index, world=state.num_processes)
+print(f"rank {{state.process_index}} decoded {{min(decoded)}}-{{max(decoded)}} ({{len(decoded)}}) into {{d}}")
+state.destroy_process_group()  # as training's end does (gloo's threads left at exit can abort it)
+"""
+
+
+def test_image_cache_built_by_two_processes_equals_one_process_cache(tmp_path):
+    """Two processes each decode their half of the rows into the one cache file: the cache is
+    byte for byte the one a single process builds."""
+    import shutil
+
+    import numpy as np
+    from rcdm.store import FeatureStore
+    from rcdm.train import cache
+    from rcdm.train.data import ImageFeatureDataset
+
+    store = train_store(tmp_path, n_classes=3, per_class=3)  # 9 rows: 4 on rank 0, 5 on rank 1
+    alone = tmp_path / "alone" / "store"
+    shutil.copytree(store, alone)
+    one = cache.build(ImageFeatureDataset(alone, 16), FeatureStore(alone), 0, show=False)
+
+    script = tmp_path / "cache_script.py"
+    script.write_text(_CACHE)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+    cmd += ["--master_port", str(_free_port()), str(script), str(store)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    _ok(proc)
+    two = cache.cache_dir(store, 16)
+    lines = sorted(line for line in proc.stdout.splitlines() if line.startswith("rank"))
+    assert lines == [f"rank 0 decoded 0-3 (4) into {two}", f"rank 1 decoded 4-8 (5) into {two}"]
+    a, b = np.load(one / "images.npy"), np.load(two / "images.npy")
+    assert a.shape == b.shape == (9, 16, 16, 3) and np.array_equal(a, b)
+    assert (one / "images.npy").read_bytes() == (two / "images.npy").read_bytes()
+    assert (two / "meta.json").exists() and not list(store.parent.glob("*.tmp-*"))
+
+    # a row that rank 1 cannot decode: both processes stop with its error, nothing is left behind
+    shutil.rmtree(two)
+    env["FAIL_ROW"] = "6"
+    cmd[cmd.index("--master_port") + 1] = str(_free_port())
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert proc.stderr.count("ValueError: row 6 cannot be decoded") == 2, proc.stderr[-3000:]  # rank 0 and rank 1
+    assert not two.exists() and not list(store.parent.glob("*.tmp-*"))
