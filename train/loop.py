@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rcdm.config import TrainConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, UserError, first_line
-from rcdm.launch import launch_state
+from rcdm.launch import launch_state, on_main
 from rcdm.model.config import UNetConfig
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -327,7 +327,8 @@ def _images(r: _Run) -> ImageFeatureDataset:
     wanted (decode + resize once, every process a share of the rows)."""
     cfg, size = r.cfg, r.ucfg.image_size
     dataset = ImageFeatureDataset(cfg.store, size, source=cfg.source, draft=cfg.draft)
-    if image_cache.wanted(cfg.image_cache, r.store, size, r.device, cfg.draft):
+    # decided once, by the main process (the free space it sees), so every process builds it or none
+    if on_main(lambda: image_cache.wanted(cfg.image_cache, r.store, size, r.device, cfg.draft)):
         # every process decodes its share of the rows (ImageNet at 128 px: ~10 min on one)
         dataset.use_cache(image_cache.build(dataset, r.store, r.workers, show=r.main, rank=r.rank, world=r.world))
     return dataset
