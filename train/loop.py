@@ -337,7 +337,8 @@ def _images(r: _Run) -> ImageFeatureDataset:
 def _resume(r: _Run, m: _Model) -> TrainState:
     """The state training resumes from (the newest checkpoint's, or step 0); the run folder made
     ready for more training (its config, its log cut at that step, no manifest)."""
-    state = TrainState(r.accelerator, m.net, m.ema, seed=r.cfg.seed, batch_size=r.cfg.batch_size)
+    background = r.cfg.checkpoint_async == "on" or (r.cfg.checkpoint_async == "auto" and r.device.type == "cuda")
+    state = TrainState(r.accelerator, m.net, m.ema, seed=r.cfg.seed, batch_size=r.cfg.batch_size, background=background)
     if r.latest is not None:
         state.load(r.latest)
         if r.main:
