@@ -1,6 +1,6 @@
 """The code paths a GPU run takes by default, run on the CPU: bf16 autocast, channels-last and
-torch.compile (the aot_eager backend: dynamo's tracing and AOT autograd with eager kernels), and
-checkpoints written in the background."""
+torch.compile (the aot_eager backend: dynamo's tracing and AOT autograd with eager kernels) in
+training and guided sampling, and checkpoints written in the background."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from tests.train_setup import read_log, train_cfg, train_store
 GPU_PATHS = dict(mixed_precision="bf16", compile=True, compile_backend="aot_eager", channels_last=True)
 
 
-def test_compiled_bf16_channels_last_training_does_not_recompile(tmp_path, monkeypatch, capsys):
+def test_compiled_bf16_channels_last_training_does_not_recompile(tmp_path, capsys):
     """The real training run with the GPU's settings: one graph, compiled at the first step and
     never again (a recompile raises), finite losses, and the run says how it trains."""
     import rcdm.train
@@ -26,11 +26,11 @@ def test_compiled_bf16_channels_last_training_does_not_recompile(tmp_path, monke
 
     torch._dynamo.reset()
     counters.clear()
-    monkeypatch.setattr(torch._dynamo.config, "error_on_recompile", True)
     store = train_store(tmp_path)
     run = tmp_path / "run"
     try:
-        rcdm.train.run(train_cfg(store, run, kimg=0.016, checkpoint_kimg=0.008, cond_drop=0.25, **GPU_PATHS))
+        with torch._dynamo.config.patch(error_on_recompile=True):  # a recompile raises
+            rcdm.train.run(train_cfg(store, run, kimg=0.016, checkpoint_kimg=0.008, cond_drop=0.25, **GPU_PATHS))
         assert counters["frames"]["ok"] == 1 and counters["stats"]["unique_graphs"] == 1
     finally:
         torch._dynamo.reset()  # the compiled UNet's code caches are not left to later tests
@@ -118,3 +118,48 @@ def test_a_background_write_error_reaches_the_user(tmp_path, monkeypatch, error,
         rcdm.train.run(train_cfg(store, run, kimg=0.016, checkpoint_kimg=0.008, checkpoint_async="on"))
     assert not (run / "manifest.json").exists()
     assert not list((run / "checkpoints").glob("step-*")), "no checkpoint is complete"
+
+
+@pytest.mark.slow  # a minute: four compilations
+def test_compiled_bf16_channels_last_guided_sampling_matches_eager(tmp_path, store_dir):
+    """`rcdm sample` with the GPU's settings (bf16, channels-last, compile via aot_eager), guidance in
+    an interval (some steps guided: a doubled batch, some not) and a short last batch: the samples
+    are those of the eager model, to bf16's rounding."""
+    import rcdm.sample
+    import torch._dynamo
+    from rcdm.model.weights import save_weights
+    from torch._dynamo.utils import counters
+
+    from tests.sample_setup import run_cfg, tiny_model
+
+    model = tiny_model()
+    ckpt = tmp_path / "ema.safetensors"
+    meta = {"unet": model.cfg.to_dict(), "encoder": None, "store_manifest_sha256": None, "kimg": 0, "cond_drop": 0.25}
+    save_weights(ckpt, model.state_dict(), meta)
+    # 3 conditions x 2 samples in batches of 4: a last batch of 2; 5 steps, 3 of them in the interval
+    kw = dict(guidance=3.0, guidance_interval=(0.2, 0.8), batch_size=4, steps="5", mixed_precision="bf16")
+    eager = rcdm.sample.run(run_cfg(ckpt, store_dir, tmp_path / "eager", compile=False, **kw))
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        out = rcdm.sample.run(
+            run_cfg(
+                ckpt,
+                store_dir,
+                tmp_path / "compiled",
+                compile=True,
+                compile_backend="aot_eager",
+                channels_last=True,
+                **kw,
+            )
+        )
+        # the compiled model ran, in at most 4 graphs: a guided call (doubled batch, cond_drop) and an
+        # unguided one, each again once for the short last batch (then with a dynamic batch size)
+        assert 1 <= counters["frames"]["ok"] <= 4 and counters["stats"]["unique_graphs"] <= 4
+    finally:
+        torch._dynamo.reset()
+    a = np.load(eager / "samples.npz")["arr_0"].astype(int)
+    b = np.load(out / "samples.npz")["arr_0"].astype(int)
+    assert a.shape == b.shape == (6, 32, 32, 3)
+    diff = np.abs(a - b)
+    assert diff.mean() < 1.0 and (diff > 8).mean() < 0.01, (diff.mean(), diff.max())

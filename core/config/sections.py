@@ -419,6 +419,12 @@ class SampleConfig(Section, SamplerSettings):
     compile: bool | Literal["auto"] = setting(
         "auto", "compile the UNet with torch.compile; auto: on CUDA (with channels-last)"
     )
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = setting(
+        "inductor", "torch.compile's backend when compiling, as train.compile_backend (aot_eager: on a CPU)"
+    )
+    channels_last: bool | Literal["auto"] = setting(
+        "auto", "channels-last UNet weights; auto: on CUDA when compiled (eager GroupNorm wants NCHW)"
+    )
     trust_checkpoint: bool = setting(False, "allow pickle in torch.load (only for files you trust)")
     encoder_weights: str | None = setting(
         None, "images condition: encoder weights; default: the store's recorded file", path="in?"
