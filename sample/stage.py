@@ -28,7 +28,18 @@ from . import outputs as O
 from .conds import ConditionSet, build
 
 # Fields that do not change the images (they may differ between a run and its resume).
-_NOT_IN_FINGERPRINT = {"out", "batch_size", "device", "overwrite", "compile", "grid_rows", "grid_conditions"}
+# (how fast, not which samples: the speed settings, like compile's backend and the weights' layout)
+_NOT_IN_FINGERPRINT = {
+    "out",
+    "batch_size",
+    "device",
+    "overwrite",
+    "compile",
+    "compile_backend",
+    "channels_last",
+    "grid_rows",
+    "grid_conditions",
+}
 
 
 def weights_file(checkpoint: str | Path, ema: str = "auto") -> Path:
@@ -162,6 +173,8 @@ def _load(job: _Job) -> tuple[Any, Any, dict]:
         device=job.device,
         trust_checkpoint=cfg.trust_checkpoint,
         compile=cfg.compile,
+        backend=cfg.compile_backend,
+        channels_last=cfg.channels_last,
     )
     assert meta["source"]["path"] == str(job.ckpt_file), (meta["source"], job.ckpt_file)  # hashed = loaded
     check_conditioning(meta, job.store, what=f"checkpoint {cfg.checkpoint}")

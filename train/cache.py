@@ -78,52 +78,98 @@ def wanted(spec: str, store: Any, resolution: int, device: torch.device, draft: 
 
 
 class _Rows(torch.utils.data.Dataset):
-    def __init__(self, dataset: Any):
-        self.dataset = dataset
+    """Rows ``lo .. hi - 1`` of ``dataset``, decoded."""
+
+    def __init__(self, dataset: Any, lo: int, hi: int):
+        self.dataset, self.lo, self.hi = dataset, lo, hi
 
     def __len__(self) -> int:
-        return self.dataset.n
+        return self.hi - self.lo
 
-    def __getitem__(self, row: int) -> tuple[int, np.ndarray]:
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray]:
+        row = self.lo + i
         return row, self.dataset.load_image(row)  # (R, R, 3) uint8, the decoding path's own
 
 
-def build(dataset: Any, store: Any, workers: int, show: bool = True) -> Path:
+def build(dataset: Any, store: Any, workers: int, show: bool = True, rank: int = 0, world: int = 1) -> Path:
     """The cache of ``dataset`` (an ``ImageFeatureDataset`` not yet using one): reused if it
-    matches ``store``, else written (with ``workers`` decoding processes). Returns its folder."""
-    from tqdm.auto import tqdm
+    matches ``store``, else written (with ``workers`` decoding processes). Returns its folder.
+
+    Every process of a launch calls it (``rank`` of ``world``): each decodes its own slice of the
+    rows into the one file the main process made, so ImageNet's cache takes 1 / world of the time
+    and no process waits alone for long; an error on any process is raised on all of them."""
+    from rcdm.launch import on_all, on_main
 
     res, draft = dataset.resolution, dataset.draft
     d = cache_dir(store.path, res, draft)
     meta = _meta(store, res, draft)
-    if _valid(d, meta):
+    tmp = on_main(lambda: _begin(d, meta, dataset.n, res))  # None: the cache is there
+    if tmp is None:
         return d
-    tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    lo, hi = dataset.n * rank // world, dataset.n * (rank + 1) // world
     try:
-        arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(dataset.n, res, res, 3))
-        loader = torch.utils.data.DataLoader(
-            _Rows(dataset),
-            batch_size=64,
-            num_workers=workers,
-            collate_fn=lambda b: b,
-            prefetch_factor=4 if workers else None,
-        )
-        with tqdm(total=dataset.n, unit="img", desc=f"image cache {res}px", disable=not show) as bar:
-            for batch in loader:
-                for row, img in batch:
-                    arr[row] = img
-                bar.update(len(batch))
-        arr.flush()
-        del arr
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")  # last: the cache is complete
-        if d.exists():  # a stale cache of another store version
-            shutil.rmtree(d)
-        os.replace(tmp, d)
+        on_all(lambda: _fill(tmp, dataset, lo, hi, workers, show))
+        on_main(lambda: _commit(tmp, d, meta), share=False)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
     if show:
         print(f"image cache: {d} ({dataset.n} images at {res}px)", file=sys.stderr)
     return d
+
+
+def _begin(d: Path, meta: dict, n: int, res: int) -> Path | None:
+    """None if ``d`` holds this cache; else a fresh temporary folder holding ``images.npy`` at its
+    full size (the header written, the rows not yet)."""
+    if _valid(d, meta):
+        return None
+    tmp = d.with_name(f"{d.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, res, res, 3))
+        del arr
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return tmp
+
+
+def _fill(tmp: Path, dataset: Any, lo: int, hi: int, workers: int, show: bool) -> None:
+    """Decode rows ``lo .. hi - 1`` into ``tmp/images.npy``: plain writes at their offsets (not a
+    shared mapping: processes on other hosts write their byte ranges, not whole pages)."""
+    from tqdm.auto import tqdm
+
+    path = tmp / "images.npy"
+    header = np.load(path, mmap_mode="r")
+    offset, row_bytes = header.offset, int(np.prod(header.shape[1:]))
+    del header
+    loader = torch.utils.data.DataLoader(
+        _Rows(dataset, lo, hi),
+        batch_size=64,
+        num_workers=workers,
+        collate_fn=lambda b: b,
+        prefetch_factor=4 if workers else None,
+    )
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        desc = f"image cache {dataset.resolution}px" + (
+            f" (rows {lo}-{hi - 1} of {dataset.n})" if hi - lo < dataset.n else ""
+        )
+        with tqdm(total=hi - lo, unit="img", desc=desc, disable=not show) as bar:
+            for batch in loader:  # consecutive rows: one write
+                data = np.stack([img for _, img in batch]).astype(np.uint8, copy=False)
+                os.pwrite(fd, data.tobytes(), offset + batch[0][0] * row_bytes)
+                bar.update(len(batch))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _commit(tmp: Path, d: Path, meta: dict) -> None:
+    """The cache complete: its meta written last, the folder renamed into place."""
+    (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    if d.exists():  # a stale cache of another store version
+        shutil.rmtree(d)
+    os.replace(tmp, d)

@@ -54,6 +54,8 @@ class TrainState:
     ema: EMA
     seed: int
     batch_size: int
+    # write the weights in a background thread while training goes on (train.checkpoint_async)
+    background: bool = False
     step: int = 0
     nimg: int = 0
     # set by load(): this rank's RNG state was not restored ({"file", "reason"})
@@ -70,10 +72,11 @@ class TrainState:
         (``ema.safetensors``, ``model.json``), then keep only the newest ``keep`` (0: all) plus the
         milestones (the first checkpoint past each multiple of ``milestone_kimg``).
 
-        On CUDA the weights are copied to host memory here and written, committed and published
-        by a background thread while training goes on (one checkpoint in flight: the next save,
-        or :meth:`wait_for_writes` at the end, waits for it and raises its error). On a CPU every
-        write happens here.
+        With ``background`` (train.checkpoint_async; auto: on CUDA) the weights are copied here
+        (to host memory; on a CPU into new memory, since training updates its tensors in place)
+        and written, committed and published by a background thread while training goes on (one
+        checkpoint in flight: the next save, or :meth:`wait_for_writes` at the end, waits for it
+        and raises its error). Otherwise every write happens here.
         """
         self.wait_for_writes()
         accelerator, main = self.accelerator, self.accelerator.is_main_process
@@ -85,7 +88,8 @@ class TrainState:
         accelerator.wait_for_everyone()  # every rank's RNG file is in tmp before it is renamed
         final = run.checkpoints_dir / run.checkpoint_name(self.step)
         if main:
-            weights = {None: _cpu(self.net), **{rate: _cpu(m) for rate, m in self.ema.models.items()}}
+            copy = self.background  # the tensors must not change while the thread writes them
+            weights = {None: _cpu(self.net, copy), **{rate: _cpu(m, copy) for rate, m in self.ema.models.items()}}
             state = {
                 "step": self.step,
                 "nimg": self.nimg,
@@ -95,7 +99,7 @@ class TrainState:
                 "time": now_iso(),
             }
             args = (run, tmp, weights, meta, state, keep, int(round(milestone_kimg * 1000)))
-            if accelerator.device.type == "cuda":
+            if self.background:
                 from concurrent.futures import ThreadPoolExecutor
 
                 self._writer = getattr(self, "_writer", None) or ThreadPoolExecutor(1, thread_name_prefix="rcdm-ckpt")
@@ -135,7 +139,7 @@ class TrainState:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        device = str(self.accelerator.device)
+        device = _safetensors_device(self.accelerator.device)
         st = RunDir.read_state(checkpoint)  # a damaged state.json: InvalidInput naming it
         if int(st.get("seed", self.seed)) != self.seed:
             raise InvalidInput(
@@ -281,5 +285,17 @@ def _unreadable(folder: Path, e: BaseException) -> Path | None:
     return folder if damaged else None
 
 
-def _cpu(m: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().float().cpu().contiguous() for k, v in m.state_dict().items()}
+def _safetensors_device(device: torch.device) -> str:
+    """``device`` as safetensors' ``load_file`` takes it: "cpu" for any CPU device (a process of a
+    CPU launch has ``cpu:0``, which safetensors refuses), else ``cuda:N``."""
+    return "cpu" if device.type == "cpu" else str(device)
+
+
+def _cpu(m: torch.nn.Module, copy: bool = False) -> dict[str, torch.Tensor]:
+    """``m``'s weights as fp32 contiguous CPU tensors; with ``copy`` never the module's own memory
+    (on a CPU, ``.float().cpu().contiguous()`` of an fp32 contiguous tensor is the tensor itself)."""
+    out = {}
+    for k, v in m.state_dict().items():
+        t = v.detach().float().cpu().contiguous()
+        out[k] = t.clone() if copy and t.untyped_storage().data_ptr() == v.untyped_storage().data_ptr() else t
+    return out

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,8 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from rcdm.config import TrainConfig, save_resolved, to_dict
-from rcdm.errors import InvalidInput, UserError
-from rcdm.launch import on_main
+from rcdm.errors import InvalidInput, UserError, first_line
+from rcdm.launch import launch_state, on_main
 from rcdm.model.config import UNetConfig
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -51,6 +52,10 @@ _NOISE_STRIDE = 1_000_003
 
 class NonFiniteLoss(UserError):
     """The loss became NaN or inf."""
+
+
+class ProcessLost(UserError):
+    """Another process of the launch stopped, or did not answer within train.pg_timeout_s."""
 
 
 @dataclass
@@ -135,19 +140,31 @@ def _validate(cfg: TrainConfig) -> None:
     cfg.check()  # each key's bounds were checked when the section was made; here the rules between keys
 
 
-def _accelerator(mixed_precision: str, compile: bool):
+def _accelerator(cfg: TrainConfig, mixed_precision: str, compile: bool):
+    """The Accelerator on the device this stage asks for (CUDA when there is one), whatever state an
+    earlier stage of this process left; collectives wait ``train.pg_timeout_s`` for the others."""
+    from datetime import timedelta
+
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
+    from accelerate.utils import InitProcessGroupKwargs
 
+    cpu = not torch.cuda.is_available()
+    launch_state("auto", cfg.pg_timeout_s)  # made anew if an earlier stage made it for the other device
     # run() may be called several times in one process (the pipeline, tests) with other
     # precisions; the process group (PartialState) is kept.
     AcceleratorState._reset_state(reset_partial_state=False)
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=mixed_precision,
-        cpu=not torch.cuda.is_available(),
+        cpu=cpu,
         # prepare() compiles the model last (after DDP), the way accelerate supports it
-        dynamo_backend="inductor" if compile else "no",
+        dynamo_backend=cfg.compile_backend if compile else "no",
+        kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(seconds=cfg.pg_timeout_s))],
     )
+    want = "cpu" if cpu else "cuda"
+    if accelerator.device.type != want:  # launch_state's reset is what prevents it
+        raise RuntimeError(f"rcdm train asked accelerate for {want} and was given {accelerator.device}")
+    return accelerator
 
 
 @holding_output_lock("rcdm train")  # one writer per run folder (rank 0 holds it for a launch)
@@ -157,12 +174,41 @@ def run(cfg: TrainConfig) -> Path:
     r = _setup(cfg)  # processes, threads, the store, the model config, the checkpoint to resume from
     if _finished(r):
         return r.run_dir.path
-    torch.manual_seed(r.rank_seed)  # the UNet's initialisation and every draw after it
-    m = _build(r)  # model, EMA, optimizer, diffusion; the training images
-    state = _resume(r, m)  # the state training resumes from; the run folder made ready
-    last_good = _train(r, m, state)
-    _finish(r, state, last_good)
+    with _peers(r):  # another process lost: one line, not a hang or gloo's traceback
+        torch.manual_seed(r.rank_seed)  # the UNet's initialisation and every draw after it
+        m = _build(r)  # model, EMA, optimizer, diffusion; the training images
+        state = _resume(r, m)  # the state training resumes from; the run folder made ready
+        last_good = _train(r, m, state)
+        _finish(r, state, last_good)
     return r.run_dir.path
+
+
+@contextlib.contextmanager
+def _peers(r: _Run) -> Iterator[None]:
+    """With several processes, a collective that failed because another process stopped (its
+    connection closed) or did not come within train.pg_timeout_s becomes one line saying so."""
+    try:
+        yield
+    except RuntimeError as e:  # torch.distributed's errors are RuntimeErrors
+        if r.world == 1 or not _collective_failed(e):
+            raise
+        why = re.sub(r"^\[[^\]]*\]\s*", "", first_line(e, 160))  # gloo's source location first
+        latest = r.run_dir.latest()
+        resume = f"from {latest.name}" if latest is not None else "from the start (no checkpoint yet)"
+        raise ProcessLost(
+            f"process {r.rank} of {r.world} lost the others ({why}): another process stopped (its "
+            f"own error says why), was killed, or did not reach this point within train.pg_timeout_s="
+            f"{r.cfg.pg_timeout_s:g} s; re-run the same command to resume {resume}"
+        ) from None
+
+
+def _collective_failed(e: BaseException) -> bool:
+    """Whether ``e`` is a failed collective of the process group (gloo / NCCL / the store)."""
+    dist = getattr(torch, "distributed", None)
+    if dist is not None and isinstance(e, getattr(dist, "DistError", ())):
+        return True
+    text = str(e)
+    return any(w in text for w in ("gloo", "Connection closed by peer", "Connection reset by peer", "NCCL"))
 
 
 def _setup(cfg: TrainConfig) -> _Run:
@@ -171,10 +217,12 @@ def _setup(cfg: TrainConfig) -> _Run:
     mp = _mixed_precision(cfg.mixed_precision)
     cuda = torch.cuda.is_available()
     compile_ = resolve_compile(cfg.compile, "cuda" if cuda else "cpu")  # auto: on CUDA, as bench/train.py
-    accelerator = _accelerator(mp, compile_)
+    accelerator = _accelerator(cfg, mp, compile_)
     device = accelerator.device
     enable_fast_math(device)  # cuDNN autotune + TF32 on CUDA
     channels_last = resolve_channels_last(cfg.channels_last, compile_, device)
+    if accelerator.is_main_process:  # the device it runs on, first
+        print(_describe(accelerator, mp, cfg.compile_backend if compile_ else None, channels_last))
     # torch threads: the cores this machine's processes share, minus their loader workers
     workers = loader_workers(cfg)  # the loader's; torch's threads leave them their cores on a GPU
     cfg = resolve_threads(cfg, int(os.environ.get("LOCAL_WORLD_SIZE") or 1), device.type, workers=workers)
@@ -207,6 +255,16 @@ def _setup(cfg: TrainConfig) -> _Run:
         store=store,
         ucfg=ucfg,
         latest=latest,
+    )
+
+
+def _describe(accelerator: Any, mp: str, backend: str | None, channels_last: bool) -> str:
+    """The first line of a run: where it trains and how."""
+    n = accelerator.num_processes
+    procs = f"{n} processes" if n > 1 else "1 process"
+    return (
+        f"training on {accelerator.device} ({procs}; precision {mp}; compile "
+        f"{backend or 'off'}; {'channels-last' if channels_last else 'NCHW'})"
     )
 
 
@@ -266,18 +324,21 @@ def _build(r: _Run) -> _Model:
 
 def _images(r: _Run) -> ImageFeatureDataset:
     """The training images at the model's resolution, read through the image cache when it is
-    wanted (built by the main process first: decode + resize once)."""
+    wanted (decode + resize once, every process a share of the rows)."""
     cfg, size = r.cfg, r.ucfg.image_size
     dataset = ImageFeatureDataset(cfg.store, size, source=cfg.source, draft=cfg.draft)
-    if image_cache.wanted(cfg.image_cache, r.store, size, r.device, cfg.draft):
-        dataset.use_cache(on_main(lambda: image_cache.build(dataset, r.store, r.workers, show=r.main)))
+    # decided once, by the main process (the free space it sees), so every process builds it or none
+    if on_main(lambda: image_cache.wanted(cfg.image_cache, r.store, size, r.device, cfg.draft)):
+        # every process decodes its share of the rows (ImageNet at 128 px: ~10 min on one)
+        dataset.use_cache(image_cache.build(dataset, r.store, r.workers, show=r.main, rank=r.rank, world=r.world))
     return dataset
 
 
 def _resume(r: _Run, m: _Model) -> TrainState:
     """The state training resumes from (the newest checkpoint's, or step 0); the run folder made
     ready for more training (its config, its log cut at that step, no manifest)."""
-    state = TrainState(r.accelerator, m.net, m.ema, seed=r.cfg.seed, batch_size=r.cfg.batch_size)
+    background = r.cfg.checkpoint_async == "on" or (r.cfg.checkpoint_async == "auto" and r.device.type == "cuda")
+    state = TrainState(r.accelerator, m.net, m.ema, seed=r.cfg.seed, batch_size=r.cfg.batch_size, background=background)
     if r.latest is not None:
         state.load(r.latest)
         if r.main:

@@ -250,12 +250,30 @@ class TrainConfig(Section):
     )
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = setting("auto", "auto: bf16 on GPU, no on CPU")
     compile: bool | Literal["auto"] = setting("auto", "compile the model with torch.compile; auto: on CUDA")
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = setting(
+        "inductor",
+        "torch.compile's backend when compiling: inductor (generated kernels; the GPU's), aot_eager (traces "
+        "forward and backward, runs them with eager kernels: the compiled path checked on a CPU), eager",
+    )
     channels_last: bool | Literal["auto"] = setting(
         "auto", "channels-last tensors; auto: on CUDA when compiled (eager GroupNorm wants NCHW)"
     )
     checkpoint_kimg: float = setting(
         500.0,
         "checkpoint every N kimg (an adm128 checkpoint is ~7 GB; written in the background on CUDA)",
+        gt=0,
+    )
+    checkpoint_async: Literal["auto", "on", "off"] = setting(
+        "auto",
+        "write a checkpoint's weights in a background thread while training goes on (the next checkpoint, or "
+        "the end of training, waits for it and stops with its error); auto: on CUDA",
+    )
+    pg_timeout_s: float = setting(
+        1800.0,
+        "several processes: seconds a process waits for the others at a collective (gradient all-reduce, "
+        "barrier) before the launch stops with an error; longer than anything one process does alone while "
+        "the others wait (a checkpoint, a sample grid, the faithfulness check); a killed process stops the "
+        "others within it",
         gt=0,
     )
     milestone_kimg: float = setting(
@@ -401,6 +419,12 @@ class SampleConfig(Section, SamplerSettings):
     mixed_precision: Literal["auto", "no", "bf16"] = setting("auto", "auto: bf16 on CUDA, fp32 on a CPU")
     compile: bool | Literal["auto"] = setting(
         "auto", "compile the UNet with torch.compile; auto: on CUDA (with channels-last)"
+    )
+    compile_backend: Literal["inductor", "aot_eager", "eager"] = setting(
+        "inductor", "torch.compile's backend when compiling, as train.compile_backend (aot_eager: on a CPU)"
+    )
+    channels_last: bool | Literal["auto"] = setting(
+        "auto", "channels-last UNet weights; auto: on CUDA when compiled (eager GroupNorm wants NCHW)"
     )
     trust_checkpoint: bool = setting(False, "allow pickle in torch.load (only for files you trust)")
     encoder_weights: str | None = setting(

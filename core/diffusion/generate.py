@@ -312,10 +312,16 @@ def diffusion_for(meta: dict, steps: Steps | str) -> Any:
 
 
 def prepare_for_sampling(
-    model: torch.nn.Module, device: torch.device | str, compile: bool | str = False
+    model: torch.nn.Module,
+    device: torch.device | str,
+    compile: bool | str = False,
+    *,
+    backend: str = "inductor",
+    channels_last: bool | str = "auto",
 ) -> torch.nn.Module:
     """Eval mode on ``device`` with the ``auto`` speed settings (``rcdm.speed``): on CUDA cuDNN
-    autotune + TF32, compile, and channels-last when compiled; on a CPU none of them.
+    autotune + TF32, compile (with ``backend``), and channels-last when compiled; on a CPU none of
+    them unless asked (``compile=True, backend="aot_eager", channels_last=True``: the GPU's path).
     ``bench/sample.py`` times models prepared here, so it measures what ``rcdm sample`` runs."""
     from rcdm.speed import enable_fast_math, resolve_channels_last, resolve_compile
 
@@ -323,8 +329,8 @@ def prepare_for_sampling(
     model = model.to(device).eval()
     enable_fast_math(device)
     compiled = resolve_compile(compile, device)
-    if resolve_channels_last("auto", compiled, device):
+    if resolve_channels_last(channels_last, compiled, device):
         model = model.to(memory_format=torch.channels_last)
     if compiled:
-        model = torch.compile(model)  # attribute lookups (.cfg) pass through to the module
+        model = torch.compile(model, backend=backend)  # attribute lookups (.cfg) pass through to the module
     return model

@@ -66,17 +66,20 @@ def load_for_sampling(
     device: Any = "cpu",
     trust_checkpoint: bool = False,
     compile: bool | str = False,
+    backend: str = "inductor",
+    channels_last: bool | str = "auto",
 ) -> tuple[Any, Any, dict]:
     """Load (model, diffusion respaced to ``sampler.steps``, meta) from a run directory or weights
     file, refusing a guided sampler for a model trained without the null condition.
 
     The schedule and the chain's length come from the checkpoint's meta
     (:func:`rcdm.diffusion.generate.diffusion_for`). The model is put in eval mode on ``device``
-    and prepared by :func:`rcdm.diffusion.generate.prepare_for_sampling`.
+    and prepared by :func:`rcdm.diffusion.generate.prepare_for_sampling` (``compile`` with
+    ``backend``, ``channels_last``).
     """
     from rcdm.diffusion.generate import check_guidance, diffusion_for, prepare_for_sampling
 
     model, meta = load_model(str(checkpoint), ema=ema, device=str(device), trust_checkpoint=trust_checkpoint)
     check_guidance(sampler, meta, checkpoint)
     diffusion = diffusion_for(meta, sampler.steps)
-    return prepare_for_sampling(model, device, compile), diffusion, meta
+    return prepare_for_sampling(model, device, compile, backend=backend, channels_last=channels_last), diffusion, meta
