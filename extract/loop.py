@@ -92,6 +92,8 @@ def run(cfg: ExtractConfig) -> Path:
     state = launch_state(cfg.device)
     rank, world = state.process_index, state.num_processes
     device = _device(cfg.device, state)
+    if rank == 0:  # where it runs, first
+        print(f"extracting on {device} ({world} process{'es' if world > 1 else ''})", flush=True)
     cfg = _resolve_auto(cfg, device)
 
     encoder = load_encoder(

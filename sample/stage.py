@@ -53,18 +53,25 @@ def weights_file(checkpoint: str | Path, ema: str = "auto") -> Path:
     raise MissingInput(f"checkpoint {checkpoint} does not exist; pass --checkpoint RUN_DIR or a weights file")
 
 
+def _precision(cfg: SampleConfig, device: Any) -> str:
+    """The precision ``cfg.mixed_precision`` resolves to on ``device``: ``torch.bfloat16`` or ``fp32``."""
+    import torch
+    from rcdm.diffusion.generate import resolve_precision
+
+    return str(resolve_precision(cfg.mixed_precision, torch.device(device)) or "fp32")
+
+
 def fingerprint(cfg: SampleConfig, store: Any, ckpt_file: Path | None, device: Any = "cpu") -> str:
     """Identity of the samples a configuration produces, to refuse mixing runs on resume.
 
     The device type and the precision it resolves to are part of it: ``mixed_precision: auto`` is
     bf16 on CUDA and fp32 on a CPU, so a set begun on one must not be finished on the other."""
     import torch
-    from rcdm.diffusion.generate import resolve_precision
 
     d = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
     dev = torch.device(device)
     d["device_type"] = dev.type
-    d["precision"] = str(resolve_precision(cfg.mixed_precision, dev) or "fp32")
+    d["precision"] = _precision(cfg, dev)
     if cfg.condition != "prior":  # the prior's settings change nothing for another condition
         d.pop("prior", None), d.pop("prior_n", None)
     d["store_manifest_sha256"] = store.manifest_sha256
@@ -158,6 +165,9 @@ def _job(cfg: SampleConfig) -> _Job:
     store = FeatureStore(cfg.store)
     ckpt_file = weights_file(cfg.checkpoint, cfg.ema)
     fp = fingerprint(cfg, store, ckpt_file, device)
+    if state.is_main_process:  # where it runs, first
+        n = state.num_processes
+        print(f"sampling on {device} ({n} process{'es' if n > 1 else ''}; precision {_precision(cfg, device)})")
     return _Job(cfg, state, device, SampleSetWriter(Path(cfg.out)), store, ckpt_file, fp)
 
 

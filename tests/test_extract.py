@@ -380,3 +380,11 @@ def test_gpu_extraction_matches_cpu(tiny, images, tmp_path):
     )
     a = cpu.features(None)
     np.testing.assert_allclose(amp.features(None), a, rtol=0.05, atol=0.02 * np.abs(a).max())
+
+
+def test_extraction_says_its_device_first(tiny, images, tmp_path, capsys):
+    """The first line of an extraction is where it runs."""
+    import rcdm.extract
+
+    rcdm.extract.run(_cfg(images, tmp_path / "store", encoder="tiny"))
+    assert capsys.readouterr().out.splitlines()[0] == "extracting on cpu (1 process)"

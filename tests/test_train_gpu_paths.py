@@ -163,3 +163,13 @@ def test_compiled_bf16_channels_last_guided_sampling_matches_eager(tmp_path, sto
     assert a.shape == b.shape == (6, 32, 32, 3)
     diff = np.abs(a - b)
     assert diff.mean() < 1.0 and (diff > 8).mean() < 0.01, (diff.mean(), diff.max())
+
+
+def test_sampling_says_its_device_first(tmp_path, ckpt, store_dir, capsys):
+    """The first line of `rcdm sample` is where it runs, at the precision it resolved."""
+    import rcdm.sample
+
+    from tests.sample_setup import run_cfg
+
+    rcdm.sample.run(run_cfg(ckpt, store_dir, tmp_path / "s", mixed_precision="auto"))
+    assert capsys.readouterr().out.splitlines()[0] == "sampling on cpu (1 process; precision fp32)"
