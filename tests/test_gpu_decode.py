@@ -94,7 +94,7 @@ def _device_path_matches(device: torch.device):
     blobs[1] = _encode(arrays[1], "JPEG", quality=75, progressive=True)
     blobs.append(_encode(arrays[0], "PNG"))  # not a JPEG: the worker decodes it (CPU path)
     blobs.append(blobs[0][: len(blobs[0]) // 3])  # truncated JPEG
-    blobs.append(_encode(np.asarray(Image.fromarray(arrays[3]).convert("L"))[..., None].repeat(3, 2), "JPEG"))
+    blobs.append(_encode(np.asarray(Image.fromarray(arrays[3]).convert("L")), "JPEG"))  # one channel (mode L)
     ds = ExtractDataset(_Source(blobs), pp, draft=False, device_decode=True)
     batch = collate([ds[i] for i in range(len(blobs))])
     # the PNG is decoded by the worker; the truncated JPEG is refused there, on every path (jpeg_incomplete)
@@ -110,6 +110,90 @@ def _device_path_matches(device: torch.device):
     assert torch.equal(x[4].cpu(), crop_uint8(Image.fromarray(arrays[0]), pp))  # the PNG
     assert batch["ok"].tolist() == [True] * 5 + [False, True]
     assert batch["reason"][5].startswith("truncated JPEG")
+
+
+def _smooth() -> np.ndarray:
+    """A smooth 64 x 48 RGB image (JPEG keeps its colours to a few levels)."""
+    rng = np.random.default_rng(5)
+    return np.asarray(Image.fromarray(rng.integers(0, 256, (3, 4, 3), dtype=np.uint8)).resize((64, 48), Image.BICUBIC))
+
+
+def _jpeg_modes() -> dict[str, bytes]:
+    """Real JPEGs of the modes a dataset holds: one channel (mode L), CMYK (PIL writes Adobe-marker
+    CMYK, stored inverted), and RGB carrying an ICC profile (a small synthetic sRGB profile standing
+    in for Adobe RGB: neither path applies a profile, so which one it is does not matter)."""
+    from PIL import ImageCms
+
+    a = _smooth()
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    blobs = {}
+    for name, img, kw in [
+        ("L", Image.fromarray(a).convert("L"), {}),
+        ("CMYK", Image.fromarray(a).convert("CMYK"), {}),
+        ("RGB+ICC", Image.fromarray(a), {"icc_profile": icc}),
+    ]:
+        buf = io.BytesIO()
+        img.save(buf, format="JPEG", quality=92, **kw)
+        blobs[name] = buf.getvalue()
+    with Image.open(io.BytesIO(blobs["CMYK"])) as img:
+        assert img.mode == "CMYK" and "adobe" in img.info  # a real Adobe CMYK JPEG, not RGB saved again
+    with Image.open(io.BytesIO(blobs["RGB+ICC"])) as img:
+        assert img.info["icc_profile"] == icc
+    return blobs
+
+
+def _modes_match(device: torch.device, exact: bool) -> None:
+    """Each mode comes out as 3-channel RGB of the file's size on both paths, with close values
+    (equal when the device decoder is libjpeg-turbo on the CPU). CMYK / YCCK JPEGs go through PIL
+    on every path (the device decoders' CMYK conversions differ); ICC profiles are applied on none."""
+    from rcdm.data.decode import decode_image
+    from rcdm.extract.gpudecode import device_decoder
+
+    pp = PPS[2]
+    blobs = _jpeg_modes()
+    names = list(blobs)
+    src = _Source(list(blobs.values()))
+    ds = ExtractDataset(src, pp, draft=False, device_decode=True)
+    batch = collate([ds[i] for i in range(len(names))])
+    assert {n: bool(j) for n, j in zip(names, batch["jpeg"], strict=True)} == {
+        "L": True,
+        "CMYK": False,
+        "RGB+ICC": True,
+    }
+    x = batch["x"].to(device)
+    decode_on_device(batch, pp, device, x)
+    assert batch["ok"].all()
+    host = ExtractDataset(src, pp, draft=False)  # decode: cpu
+    a = _smooth()
+    plain = np.asarray(decode_image(_encode(a, "JPEG", quality=92)))  # the RGB file without its profile
+    for j, (name, data) in enumerate(blobs.items()):
+        img = decode_image(data)
+        assert img.mode == "RGB" and img.size == (64, 48), name
+        if name != "CMYK":  # what the device decoder makes of the file itself
+            t = device_decoder([torch.frombuffer(bytearray(data), dtype=torch.uint8)], device)[0]
+            assert t.shape == (3, 48, 64) and t.dtype == torch.uint8, name
+        cpu = host[j]["x"]
+        assert cpu.shape == x[j].shape == (3, pp.crop, pp.crop), name
+        diff = (x[j].cpu().int() - cpu.int()).abs().float()
+        assert torch.equal(x[j].cpu(), cpu) if exact else diff.mean() <= 1.5, (name, diff.mean(), diff.max())
+        rgb = np.asarray(img).astype(int)
+        if name == "L":  # one channel, replicated
+            assert (rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all()
+            assert torch.equal(x[j][0], x[j][1]) and torch.equal(x[j][1], x[j][2])
+        else:  # colours, not inverted (Adobe CMYK): close to the encoded pixels
+            assert np.abs(rgb - a).mean() < 3, (name, np.abs(rgb - a).mean())
+        if name == "RGB+ICC":  # the profile is not applied: the pixels of the same file without it
+            assert np.array_equal(rgb, plain)
+
+
+def test_jpeg_modes_on_both_paths_on_cpu():
+    _modes_match(torch.device("cpu"), exact=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_jpeg_modes_on_both_paths_on_cuda():
+    _modes_match(torch.device("cuda"), exact=False)
 
 
 def test_device_decode_path_on_cpu_tensors():

@@ -131,7 +131,11 @@ def decode_opened(
 
 def device_decodable(img: Image.Image) -> bool:
     """Is an :func:`open_image` result a baseline/progressive RGB or greyscale JPEG (what
-    ``extract.decode: gpu`` sends to the device decoder)?"""
+    ``extract.decode: gpu`` sends to the device decoder)?
+
+    CMYK and YCCK JPEGs (PIL opens both as mode CMYK; Adobe-marker files are stored inverted) go
+    through PIL on every path: the device decoders' CMYK conversions are not PIL's. No path applies
+    an embedded ICC profile (an Adobe RGB file is read as its stored values, as PIL reads it)."""
     return img.format == "JPEG" and img.mode in ("RGB", "L")
 
 
