@@ -95,7 +95,10 @@ def jpeg_incomplete(data: bytes) -> str | None:
     This is the one damage rule of every decode path: nvjpeg decodes a truncated file with a grey
     bottom, libjpeg-turbo (PIL) refuses it, so without it the store's rows would depend on
     ``extract.decode``. The check walks the markers (skipping segments by their lengths, scanning
-    entropy-coded data at C speed for the next marker) and decodes nothing.
+    entropy-coded data at C speed for the next marker) and decodes nothing. It is stricter than
+    PIL's load() in two ways, on every path alike: a file that lacks only its EOI is refused (PIL
+    reads a greyscale one), and so is a file whose corrupt image data holds what looks like a
+    segment running past the end (PIL decodes it, with garbage after that point).
     """
     n, pos, scans = len(data), 2, 0  # after SOI
     while True:
@@ -110,8 +113,11 @@ def jpeg_incomplete(data: bytes) -> str | None:
             pos += 2
             continue
         length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-        if pos + 4 > n or pos + 2 + length > n:
-            return _TRUNCATED
+        if pos + 4 > n or pos + 2 + length > n:  # cut inside a segment, or corrupt data that looks like one
+            return (
+                f"truncated or corrupt JPEG: its segment 0xFF{code:02X} at byte {pos} runs past the end of "
+                f"the file ({n} bytes)"
+            )
         if length < 2:
             return f"damaged JPEG: segment 0xFF{code:02X} at byte {pos} has length {length}"
         scans += code == 0xDA  # a scan: its entropy-coded data follows the header
