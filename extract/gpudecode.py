@@ -2,9 +2,12 @@
 nvjpeg call (``torchvision.io.decode_jpeg(..., device=...)``), then resizes and crops with exactly
 the recorded preprocessing (:mod:`rcdm.data.resample`, Pillow's arithmetic bit for bit).
 
-What is not a plain RGB or greyscale JPEG (PNG, CMYK JPEG, ...) is decoded by the worker as with
-``decode: cpu``; a JPEG the device cannot decode falls back to PIL in the main process; one PIL
-cannot read either is counted and skipped as usual. The decoders themselves may differ by JPEG
+What is not a plain RGB or greyscale JPEG (PNG, CMYK / YCCK JPEG, ...) is decoded by the worker as
+with ``decode: cpu``. Damage is decided before any decoder sees the file, the same on every path:
+a JPEG whose data ends before its end-of-image marker is refused by the worker from its bytes
+(``rcdm.data.decode.jpeg_incomplete``; nvjpeg would decode it with a grey bottom, PIL refuses it).
+A complete JPEG the device cannot decode falls back to PIL in the main process; one PIL cannot
+read either is counted and skipped as usual. The decoders themselves may differ by JPEG
 rounding (nvjpeg's IDCT and chroma upsampling are not libjpeg-turbo's; there is no draft-mode DCT
 scaling on the device): ``bench/extract.py --compare-decode`` measures the feature difference.
 """
@@ -35,22 +38,29 @@ def resolve_decode(spec: str, device: torch.device, uint8: bool) -> str:
     return spec
 
 
-def _decode_all(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
-    """(3, H, W) uint8 on ``device`` per JPEG (None where the device decoder refused it)."""
+def device_decoder(tensors: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The device decoder: torchvision's batched ``decode_jpeg`` (nvjpeg on CUDA), one (3, H, W)
+    uint8 tensor on ``device`` per JPEG; raises if any of them fails. Tests replace it with a CPU
+    stand-in."""
     import warnings
 
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its codecs in favour of torchcodec
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
+    return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+
+
+def _decode_all(datas: list[bytes], device: torch.device) -> list[torch.Tensor | None]:
+    """(3, H, W) uint8 on ``device`` per JPEG (None where the device decoder refused it)."""
     tensors = [torch.frombuffer(bytearray(d), dtype=torch.uint8) for d in datas]
     try:  # one batched call
-        return list(decode_jpeg(tensors, mode=ImageReadMode.RGB, device=device))
+        return device_decoder(tensors, device)
     except Exception:  # one bad file fails the batch: decode one by one
         out: list[torch.Tensor | None] = []
         for t in tensors:
             try:
-                out.append(decode_jpeg(t, mode=ImageReadMode.RGB, device=device))
+                out.append(device_decoder([t], device)[0])
             except Exception:
                 out.append(None)
         return out

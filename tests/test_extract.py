@@ -388,3 +388,43 @@ def test_extraction_says_its_device_first(tiny, images, tmp_path, capsys):
 
     rcdm.extract.run(_cfg(images, tmp_path / "store", encoder="tiny"))
     assert capsys.readouterr().out.splitlines()[0] == "extracting on cpu (1 process)"
+
+
+def test_the_feature_copy_is_waited_for_on_the_stream_that_issued_it(monkeypatch):
+    """extract.device=cuda:1 while cuda:0 is the current device: the device-to-host copy of a batch's
+    features runs on cuda:1's current stream, so the event that _collect waits on must be recorded
+    there. Recorded on the current device's stream, event.synchronize() can return before the copy
+    has landed (stale features). Runs on the CPU with torch.cuda's stream and event replaced by fakes
+    that remember the device; the copy itself is a plain CPU copy."""
+    from types import SimpleNamespace
+
+    import rcdm.extract.loop as loop
+
+    from tests.extract_setup import TinyEncoder
+
+    current = torch.device("cuda", 0)  # what torch.cuda.current_device() would be
+    recorded: list[torch.device] = []
+
+    def current_stream(device=None):
+        d = current if device is None else torch.device(device)
+        return SimpleNamespace(device=current if d.index is None else d)  # "cuda" = the current device
+
+    class Event:  # torch.cuda.Event: record() without a stream records on the current device's
+        def record(self, stream=None):
+            recorded.append((stream if stream is not None else current_stream()).device)
+
+        def synchronize(self):
+            recorded.append("synchronized")
+
+    real_empty = torch.empty
+    monkeypatch.setattr(torch.cuda, "current_stream", current_stream)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch, "empty", lambda *a, pin_memory=False, **kw: real_empty(*a, **kw))  # no pinning
+    enc = TinyEncoder().eval()
+    x = torch.rand(2, 3, 224, 224)
+    result = loop._launch(enc, x, SimpleNamespace(channels_last=False, amp="none"), torch.device("cuda", 1))
+    assert recorded == [torch.device("cuda", 1)]
+    feats = loop._collect(result, enc.dim)
+    assert recorded[-1] == "synchronized" and feats.shape == (2, 2, enc.dim)
+    with torch.no_grad():
+        np.testing.assert_allclose(feats[:, 0], enc(x).numpy(), rtol=1e-6, atol=1e-6)

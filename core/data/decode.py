@@ -15,7 +15,15 @@ from collections.abc import Iterator
 import numpy as np
 from PIL import Image
 
-__all__ = ["UnreadableImage", "decode_image", "open_image", "decode_opened", "device_decodable", "to_rgb"]
+__all__ = [
+    "UnreadableImage",
+    "decode_image",
+    "open_image",
+    "decode_opened",
+    "device_decodable",
+    "jpeg_incomplete",
+    "to_rgb",
+]
 
 # 16-bit single-channel modes (PNG, TIFF, PGM); mode "I" is 32-bit, where 16-bit PGMs decode to.
 _SIXTEEN_BIT = ("I;16", "I;16B", "I;16L", "I;16N")
@@ -66,7 +74,54 @@ def open_image(data: bytes, *, key: str = "<bytes>", max_pixels: int | None = No
                 f"image is {w}x{h} ({w * h / 1e6:.1f} Mpx), more than extract.max_pixels "
                 f"({max_pixels / 1e6:g} Mpx); skipped without decoding",
             )
+    if img.format == "JPEG":  # the damage rule of every decode path (PIL, nvjpeg): see jpeg_incomplete
+        reason = jpeg_incomplete(data)
+        if reason is not None:
+            raise UnreadableImage(key, reason)
     return img
+
+
+# A marker where one may start: 0xFF then a code that is not stuffing (00), a restart marker (D0-D7)
+# or a fill byte (FF). Inside entropy-coded data every other 0xFF is followed by one of those.
+_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_NO_LENGTH = frozenset((0x01, 0xD8))  # TEM and SOI carry no length field (RSTn never match _MARKER)
+_TRUNCATED = "truncated JPEG: its data ends before the end-of-image marker (an interrupted download or copy?)"
+
+
+def jpeg_incomplete(data: bytes) -> str | None:
+    """Why a JPEG file is incomplete, or None when its segments fit in the file and an end-of-image
+    marker (EOI) follows its image data. Bytes after the EOI are allowed.
+
+    This is the one damage rule of every decode path: nvjpeg decodes a truncated file with a grey
+    bottom, libjpeg-turbo (PIL) refuses it, so without it the store's rows would depend on
+    ``extract.decode``. The check walks the markers (skipping segments by their lengths, scanning
+    entropy-coded data at C speed for the next marker) and decodes nothing. It is stricter than
+    PIL's load() in two ways, on every path alike: a file that lacks only its EOI is refused (PIL
+    reads a greyscale one), and so is a file whose corrupt image data holds what looks like a
+    segment running past the end (PIL decodes it, with garbage after that point).
+    """
+    n, pos, scans = len(data), 2, 0  # after SOI
+    while True:
+        found = _MARKER.search(data, pos)  # extraneous bytes before a marker are skipped, as libjpeg does
+        if found is None:
+            return _TRUNCATED
+        pos = found.start()
+        code = data[pos + 1]
+        if code == 0xD9:  # EOI
+            return None if scans else "damaged JPEG: it ends (end-of-image marker) before any image data"
+        if code in _NO_LENGTH:
+            pos += 2
+            continue
+        length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+        if pos + 4 > n or pos + 2 + length > n:  # cut inside a segment, or corrupt data that looks like one
+            return (
+                f"truncated or corrupt JPEG: its segment 0xFF{code:02X} at byte {pos} runs past the end of "
+                f"the file ({n} bytes)"
+            )
+        if length < 2:
+            return f"damaged JPEG: segment 0xFF{code:02X} at byte {pos} has length {length}"
+        scans += code == 0xDA  # a scan: its entropy-coded data follows the header
+        pos += 2 + length
 
 
 def decode_opened(
@@ -82,7 +137,11 @@ def decode_opened(
 
 def device_decodable(img: Image.Image) -> bool:
     """Is an :func:`open_image` result a baseline/progressive RGB or greyscale JPEG (what
-    ``extract.decode: gpu`` sends to the device decoder)?"""
+    ``extract.decode: gpu`` sends to the device decoder)?
+
+    CMYK and YCCK JPEGs (PIL opens both as mode CMYK; Adobe-marker files are stored inverted) go
+    through PIL on every path: the device decoders' CMYK conversions are not PIL's. No path applies
+    an embedded ICC profile (an Adobe RGB file is read as its stored values, as PIL reads it)."""
     return img.format == "JPEG" and img.mode in ("RGB", "L")
 
 
