@@ -1,26 +1,41 @@
 """Everything one GPU can show about rcdm, in one command: ``bash bench/gpu_check.sh`` (this driver).
 
-Parts, each a subprocess with its own timeout inside one overall budget (default 470 s), run in
-order of importance; a part that fails or times out is recorded and the rest still run:
+Parts, each a subprocess with its own timeout inside one overall budget (default 470 s); a part
+that fails or times out is recorded and the rest still run. The order (``plan``):
 
-  info         device, driver, torch / CUDA / cuDNN versions, measured bf16 matmul peak
-  pytest_gpu   every GPU-marked test (``pytest -m gpu``): pass / fail / skip counts
-  train_*      bench/train.py rows: adm128 b32 bf16 compiled channels-last, then eager rows for
-               adm64 b64, adm256 b16 and adm128 b32 (warm-up + timed steps; img/s, peak memory,
-               MFU vs the measured and the datasheet peak)
-  sample_*     bench/sample.py: adm128 forwards/s at batch 64 compiled + 100-step images/s,
-               and the same forward replayed from a CUDA graph
-  extract_*    bench/extract.py on a few thousand synthetic JPEGs, CPU-worker then GPU decoding
-               (the latter also measures PIL vs nvjpeg pixel and feature differences)
-  loader       bench/loader.py: training loader img/s per core, decoding vs the image cache
-  e2e          ``accelerate launch --num_processes 1`` of extract -> train (adm64, a few steps)
-               -> sample -> evaluate on a small synthetic set, checking every output file
-               (compile off there: the benches time it; GPU decoding and the image cache on)
+  info                  device, driver, torch / CUDA / cuDNN versions, measured bf16 matmul peak
+  -- the headline figures, eager (nothing to compile), each part's timeout reserved --
+  train_adm128_eager    bench/train.py adm128 b32 bf16: img/s, peak memory, MFU (measured / datasheet peak)
+  sample_adm128_eager   bench/sample.py adm128 forwards/s at batch 64
+  extract_gpu_decode    bench/extract.py on 3,000 ImageNet-sized JPEGs with nvjpeg decoding, plus the
+                        PIL vs nvjpeg pixel and feature differences
+  -- then --
+  train_adm128_compiled the same training row compiled, channels-last; its compile time as a figure
+  sample_adm128         compiled forwards/s + 100-step sampling images/s; the forward's compile time
+  pytest_gpu            every GPU-marked test (``pytest -m gpu``), cheapest first, each test's outcome
+                        and seconds recorded as it ends (bench/gpu_check_pytest.py)
+  e2e                   ``accelerate launch --num_processes 1`` of extract -> train (adm64, a few steps)
+                        -> sample -> evaluate on a small synthetic set, checking every output file
+                        (compile off there: the benches time it; GPU decoding and the image cache on)
+  extract_cpu_decode, sample_adm128_graphs (the forward replayed from a CUDA graph),
+  train_adm64_eager, train_adm256_eager, loader (training loader img/s per core)
+
+Time: a part gets its own timeout, cut to the budget left less the timeouts of the headline parts
+still to run (``part_timeout``), so no part can starve a headline figure; parts the budget no
+longer covers are recorded as skipped. A part killed at its timeout keeps what it wrote: the JSON
+and the markdown are rewritten before and after every part (``complete: false`` until the end), and
+SIGTERM kills the running part's process group and leaves the JSON with that part "interrupted".
+
+Compile: every part runs with ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` in
+``<out>/cache``, one cache for the whole check (a part compiling a graph an earlier part compiled,
+or a second run into the same ``--out``, starts warm); ``compile_s`` is the first compiled step (or
+forward) less a timed one.
 
 Writes ``<out>/gpu_check.json`` (every figure, each part's status, seconds and log file) and
-``<out>/gpu_check.md`` (the table for docs/benchmarks.md). ``--cpu``: the same parts with the
-tiny preset, 32 px encoder input, no compile and a handful of images, in well under a minute of
-work, so CI (tests/test_gpu_check.py) exercises the script itself.
+``<out>/gpu_check.md`` (the table for docs/benchmarks.md). ``--cpu``: the same plan's shape with the
+tiny preset, 32 px encoder input and a handful of images (train_tiny, sample_tiny,
+extract_gpu_decode with CPU decoding, train_tiny_compiled with the aot_eager backend, pytest_gpu,
+e2e), so CI (tests/test_gpu_check.py, marked slow) exercises the script itself.
 """
 
 from __future__ import annotations
@@ -372,6 +387,7 @@ def _one(part: dict, later: list[dict], deadline: float, out: Path, cpu: bool, r
     entry["seconds"] = round(time.monotonic() - t0, 1)
     entry["cache_files"] = _cache_files(out)
     print(f"[gpu_check] {name}: {entry['status']} in {entry['seconds']} s", flush=True)
+    report["seconds"] = round(time.monotonic() - (deadline - report["budget_s"]), 1)
     write_report(out, report)
 
 
@@ -404,11 +420,15 @@ def main(argv: list[str] | None = None) -> dict:
         "parts": {},
     }
     todo = [p for p in plan(a.cpu, out) if not a.only or p["name"] in a.only]
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, _interrupt)  # a stopped check kills its part and keeps its JSON
-    for i, part in enumerate(todo):
-        _one(part, todo[i + 1 :], start + budget, out, a.cpu, report)
-        report["seconds"] = round(time.monotonic() - start, 1)
+    main_thread = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a stopped check kills its part
+    try:
+        for i, part in enumerate(todo):
+            _one(part, todo[i + 1 :], start + budget, out, a.cpu, report)
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, before)
+    report["seconds"] = round(time.monotonic() - start, 1)
     report["complete"] = True
     write_report(out, report)
     print((out / "gpu_check.md").read_text())

@@ -261,12 +261,12 @@ def summary_rows(report: dict) -> list[dict]:
         )
         rows.append(_row(report, "train loader, image cache (per core)", per_core.get("cache"), "img/s", part="loader"))
     t = (report["parts"].get("pytest_gpu") or {}).get("result") or {}
-    unit = f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors"
+    unit = f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors, {t.get('skipped')} skipped"
     if t.get("unfinished"):
         unit += f"; killed in {', '.join(t['unfinished'])}"
     rows.append(_row(report, "pytest -m gpu: passed", t.get("passed"), unit, part="pytest_gpu"))
     e2e = report["parts"].get("e2e") or {}
-    ok = 1.0 if e2e.get("status") == "ok" else 0.0
+    ok = None if e2e.get("status") in (None, "running", "skipped") else float(e2e.get("status") == "ok")
     rows.append(_row(report, "end-to-end smoke (accelerate launch)", ok, "ok", part="e2e"))
     return rows
 

@@ -249,8 +249,10 @@ def test_a_stale_result_file_is_not_reported(tmp_path, monkeypatch):
     res.mkdir(parents=True)
     (res / "dies.json").write_text('{"img_per_s": 123}')
     monkeypatch.setattr(gpu_check, "plan", lambda cpu, out_: [_fake_part("dies", "raise SystemExit(1)", 30, res)])
+    before = signal.getsignal(signal.SIGTERM)
     entry = gpu_check.main(["--cpu", "--out", str(out), "--budget", "60"])["parts"]["dies"]
     assert entry["status"] == "failed" and "result" not in entry
+    assert signal.getsignal(signal.SIGTERM) is before  # main's SIGTERM handler is its own while it runs
 
 
 def test_a_stopped_check_kills_its_part_and_keeps_its_json(tmp_path):
