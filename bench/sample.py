@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -157,7 +158,13 @@ def main(argv: list[str] | None = None) -> dict:
     if a.cuda_graphs:
         compile_spec = False  # graphs capture the eager model here
     mp = _precision(a.dtype, device)
-    results = []
+    results: list[dict] = []
+    report = {
+        "bench": "sample",
+        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "results": results,
+    }
     for i, name in enumerate(a.presets):
         batch = a.batch[min(i, len(a.batch) - 1)] if a.batch else (SampleConfig().batch_size if on_gpu else 2)
         model, cfg, n_params, compiled = _build(name, a.cond_dim, a.dtype, device, compile_spec, a.image_size)
@@ -176,28 +183,28 @@ def main(argv: list[str] | None = None) -> dict:
             # the compile itself: the first (compiling) forward less a compiled one
             "compile_s": round(max(0.0, first - batch / fwd_s), 3) if compiled and first is not None else None,
         }
+        results.append(row)
+        _save(report, a.out)  # the forwards/s are on disk before the (longer) sampling run
         if a.sample_steps > 0:
             row["sample_steps"] = a.sample_steps
             row["images_per_s"] = round(bench_sampling(net, batch, a.sample_steps, device, mp, a.cond_dim), 4)
         if on_gpu:
             row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             torch.cuda.reset_peak_memory_stats(device)
-        results.append(row)
+        _save(report, a.out)
         del model, net
         if on_gpu:
             torch.cuda.empty_cache()
-    report = {
-        "bench": "sample",
-        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    print(json.dumps(report, indent=2))
     return report
+
+
+def _save(report: dict, out: str | None) -> None:
+    """Write the report so far to ``out`` (whole or not at all): a bench killed later keeps it."""
+    if out:
+        tmp = Path(f"{out}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out)
 
 
 if __name__ == "__main__":

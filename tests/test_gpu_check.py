@@ -306,3 +306,24 @@ def test_bench_train_reports_the_compile_time(tmp_path):
     }
     rows = {x["figure"]: x for x in parts.summary_rows(report)}
     assert rows["train_tiny_compiled: compile time"]["value"] == pytest.approx(r["compile_s"], abs=1e-3)
+
+
+def test_sample_bench_writes_the_forwards_before_sampling(tmp_path):
+    """bench/sample.py saves its JSON once the forwards/s are measured: the compiled sample part
+    killed during its 100-step sampling still reports its forwards/s and compile time."""
+    out = tmp_path / "s.json"
+    args = ["--presets", "tiny", "--image-size", "16", "--batch", "8", "--iters", "1", "--warmup", "1"]
+    args += ["--sample-steps", "1000", "--cond-dim", "8", "--compile", "off", "--device", "cpu", "--out", str(out)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    p = subprocess.Popen([sys.executable, str(ROOT / "bench" / "sample.py"), *args], env=env, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not out.exists():
+            assert time.monotonic() < deadline and p.poll() is None, "no JSON before the sampling run"
+            time.sleep(0.1)
+        (row,) = json.loads(out.read_text())["results"]
+        assert p.poll() is None  # still sampling: 1,000 steps
+    finally:
+        p.kill()
+        p.wait()
+    assert row["forwards_per_s"] > 0 and row["first_forward_s"] > 0 and "images_per_s" not in row
