@@ -28,8 +28,8 @@ SIGTERM kills the running part's process group and leaves the JSON with that par
 
 Compile: every part runs with ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` in
 ``<out>/cache``, one cache for the whole check (a part compiling a graph an earlier part compiled,
-or a second run into the same ``--out``, starts warm); ``compile_s`` is the first compiled step (or
-forward) less a timed one.
+or a second run into the same ``--out``, starts warm; each part's ``cache_files_added`` says whether
+it compiled anything new); ``compile_s`` is the first compiled step (or forward) less a timed one.
 
 Writes ``<out>/gpu_check.json`` (every figure, each part's status, seconds and log file) and
 ``<out>/gpu_check.md`` (the table for docs/benchmarks.md). ``--cpu``: the same plan's shape with the
@@ -375,7 +375,7 @@ def _one(part: dict, later: list[dict], deadline: float, out: Path, cpu: bool, r
     entry["status"] = "running"  # what a check killed during this part leaves on disk
     write_report(out, report)
     print(f"[gpu_check] {name} (timeout {timeout:.0f} s)", flush=True)
-    t0 = time.monotonic()
+    t0, cached = time.monotonic(), _cache_files(out)
     try:
         entry.update(run_part(part, timeout, log, part_env(out, cpu), cpu, out))
     except KeyboardInterrupt:
@@ -385,7 +385,7 @@ def _one(part: dict, later: list[dict], deadline: float, out: Path, cpu: bool, r
     except Exception as e:  # a part's own failure never stops the check
         entry.update(status="failed", error=f"{type(e).__name__}: {e}")
     entry["seconds"] = round(time.monotonic() - t0, 1)
-    entry["cache_files"] = _cache_files(out)
+    entry["cache_files_added"] = _cache_files(out) - cached  # 0 for a compiling part: its compiles were cached
     print(f"[gpu_check] {name}: {entry['status']} in {entry['seconds']} s", flush=True)
     report["seconds"] = round(time.monotonic() - (deadline - report["budget_s"]), 1)
     write_report(out, report)

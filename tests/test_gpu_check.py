@@ -219,7 +219,14 @@ def test_a_part_over_its_timeout_leaves_the_earlier_results_on_disk(tmp_path, mo
     out, res = tmp_path / "check", tmp_path / "check" / "results"
     env_keys = ["TORCHINDUCTOR_CACHE_DIR", "TRITON_CACHE_DIR"]
     fake = [
-        _fake_part("first", f"json.dump({{k: os.environ.get(k) for k in {env_keys}}}, open(OUT, 'w'))", 30, res, True),
+        _fake_part(
+            "first",
+            f"json.dump({{k: os.environ.get(k) for k in {env_keys}}}, open(OUT, 'w'))\n"
+            "d = os.environ['TORCHINDUCTOR_CACHE_DIR']; os.makedirs(d); open(d + '/graph', 'w').close()",
+            30,
+            res,
+            True,
+        ),
         _fake_part("hangs", "json.dump({'early': 1}, open(OUT, 'w')); time.sleep(600)", 10, res),
         _fake_part("snapshot", "shutil.copy(REPORT, OUT)", 30, res),
     ]
@@ -237,6 +244,7 @@ def test_a_part_over_its_timeout_leaves_the_earlier_results_on_disk(tmp_path, mo
         "TRITON_CACHE_DIR": str(cache / "triton"),
     }
     assert saved["compile_cache"] == str(cache) and report["parts"]["hangs"]["timeout_s"] == 10
+    assert [p["cache_files_added"] for p in saved["parts"].values()] == [1, 0, 0]  # what each part compiled
     snap = saved["parts"]["snapshot"]["result"]  # gpu_check.json on disk while part 3 ran
     assert not snap["complete"] and snap["parts"]["first"] == saved["parts"]["first"]
     assert snap["parts"]["hangs"]["status"] == "timeout" and snap["parts"]["snapshot"]["status"] == "running"
