@@ -398,7 +398,7 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument(
-        "--cpu", action="store_true", help="tiny preset on the CPU, no compile: checks the script in seconds"
+        "--cpu", action="store_true", help="tiny preset on the CPU (compiled row: aot_eager): checks the script"
     )
     ap.add_argument("--out", default=None, help="output folder (default: runs/gpu-check-<UTC time>)")
     ap.add_argument("--budget", type=float, default=None, help="overall seconds (default 470 on a GPU, 900 with --cpu)")
@@ -419,7 +419,11 @@ def main(argv: list[str] | None = None) -> dict:
         "compile_cache": str(out / "cache"),
         "parts": {},
     }
-    todo = [p for p in plan(a.cpu, out) if not a.only or p["name"] in a.only]
+    steps = plan(a.cpu, out)
+    unknown = sorted(set(a.only or ()) - {p["name"] for p in steps})
+    if unknown:
+        ap.error(f"--only: no part {', '.join(unknown)}; the parts are {' '.join(p['name'] for p in steps)}")
+    todo = [p for p in steps if not a.only or p["name"] in a.only]
     main_thread = threading.current_thread() is threading.main_thread()
     before = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # a stopped check kills its part
     try:

@@ -335,3 +335,10 @@ def test_sample_bench_writes_the_forwards_before_sampling(tmp_path):
         p.kill()
         p.wait()
     assert row["forwards_per_s"] > 0 and row["first_forward_s"] > 0 and "images_per_s" not in row
+
+
+def test_only_with_an_unknown_part_says_which_parts_there_are(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--cpu", "--out", str(tmp_path), "--only", "info", "train_adm128"])
+    err = capsys.readouterr().err
+    assert "--only: no part train_adm128; the parts are info train_tiny sample_tiny" in err
