@@ -261,7 +261,7 @@ def summary_rows(report: dict) -> list[dict]:
         )
         rows.append(_row(report, "train loader, image cache (per core)", per_core.get("cache"), "img/s", part="loader"))
     t = (report["parts"].get("pytest_gpu") or {}).get("result") or {}
-    unit = f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors, {t.get('skipped')} skipped"
+    unit = f"of {t['tests']}, {t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped" if t else "tests"
     if t.get("unfinished"):
         unit += f"; killed in {', '.join(t['unfinished'])}"
     rows.append(_row(report, "pytest -m gpu: passed", t.get("passed"), unit, part="pytest_gpu"))
