@@ -125,7 +125,7 @@ def _gpu_plan(res: Path, out: Path) -> list[dict]:
         _bench(res, "sample_adm128_eager", "sample.py", eager_fwd, 45, headline=True),
         _bench(res, "extract_gpu_decode", "extract.py", [*extract, "--decode", "gpu", "--compare-decode"], 60, True),
         # then the compiled rows (a cold inductor compile of adm128 forward + backward can take minutes)
-        _bench(res, "train_adm128_compiled", "train.py", _train_args("adm128", 32, True, 10, 3, *cl_on), 150),
+        _bench(res, "train_adm128_compiled", "train.py", _train_args("adm128", 32, True, 10, 3, *cl_on), 180),
         _bench(res, "sample_adm128", "sample.py", compiled_fwd, 75),
         pytest_part("pytest_gpu", ["-m", "gpu"], res, 90),
         {"name": "e2e", "argv": None, "timeout": 75, "e2e": True},
