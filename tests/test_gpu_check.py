@@ -151,7 +151,7 @@ def test_pytest_part_keeps_each_finished_test_when_it_times_out(tmp_path, monkey
     )
     out = tmp_path / "check"
     args = ["-c", str(tests / "pytest.ini"), "--rootdir", str(tests), "-m", "gpu", str(tests / "test_fake.py")]
-    part = gpu_check.pytest_part("pytest_gpu", args, out / "results", 25)
+    part = gpu_check.pytest_part("pytest_gpu", args, out / "results", 15)
     monkeypatch.setattr(gpu_check, "plan", lambda cpu, out_: [part])
     gpu_check.main(["--cpu", "--out", str(out), "--budget", "60"])
     entry = json.loads((out / "gpu_check.json").read_text())["parts"]["pytest_gpu"]
