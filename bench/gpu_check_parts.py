@@ -10,7 +10,6 @@ import argparse
 import json
 import platform
 import sys
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -68,26 +67,33 @@ def info(cpu: bool) -> dict:
     return d
 
 
-def junit_counts(path: Path) -> dict:
-    """{tests, passed, failed, errors, skipped} from pytest's JUnit XML (empty if missing)."""
+def pytest_results(path: Path) -> dict:
+    """Each test's outcome and seconds from the plugin's JSON lines (bench/gpu_check_pytest.py), and
+    the counts {tests, passed, failed, errors, skipped}; ``unfinished``: tests that started and never
+    ended (the part was killed while they ran). Empty if the file is missing: pytest never started a test."""
     if not path.exists():
         return {}
-    root = ET.parse(path).getroot()
-    suites = [root] if root.tag == "testsuite" else list(root)
-    c = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
-    failed_names = [
-        f"{tc.get('classname')}::{tc.get('name')}"
-        for s in suites
-        for tc in s.iter("testcase")
-        if tc.find("failure") is not None or tc.find("error") is not None
-    ]
+    per_test: dict[str, dict] = {}
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the kill
+            continue
+        if rec.get("event") == "start":
+            per_test.setdefault(rec["nodeid"], {"outcome": "unfinished"})
+        elif rec.get("event") == "done":
+            per_test[rec["nodeid"]] = {k: v for k, v in rec.items() if k not in ("event", "nodeid")}
+    outcomes = [t["outcome"] for t in per_test.values()]
+    done = [n for n, t in per_test.items() if t["outcome"] != "unfinished"]
     return {
-        "tests": c["tests"],
-        "passed": c["tests"] - c["failures"] - c["errors"] - c["skipped"],
-        "failed": c["failures"],
-        "errors": c["errors"],
-        "skipped": c["skipped"],
-        "failed_tests": failed_names[:20],
+        "tests": len(done),
+        "passed": outcomes.count("passed") + outcomes.count("xfailed"),
+        "failed": outcomes.count("failed") + outcomes.count("xpassed"),
+        "errors": outcomes.count("error"),
+        "skipped": outcomes.count("skipped"),
+        "failed_tests": [n for n, t in per_test.items() if t["outcome"] in ("failed", "error", "xpassed")][:20],
+        "unfinished": [n for n, t in per_test.items() if t["outcome"] == "unfinished"],
+        "per_test": per_test,
     }
 
 
@@ -156,104 +162,112 @@ def _first(report: dict, part: str, key: str, preset: str | None = None):
     return None
 
 
-def summary_rows(report: dict) -> list[dict]:
-    """One row per headline figure: value, target, original ADM figure, ratio to the original."""
+def _row(report: dict, what: str, value, unit: str, target=None, original=None, part: str = "") -> dict:
+    st = (report["parts"].get(part) or {}).get("status", "not run")
+    ratio = round(value / original, 2) if isinstance(value, (int, float)) and original else None
+    return {
+        "figure": what,
+        "value": None if value is None else round(float(value), 3),
+        "unit": unit,
+        "target": target,
+        "original": original,
+        "x_original": ratio,
+        "meets_target": None if target is None or value is None else value >= target,
+        "part": part,
+        "status": st,
+    }
+
+
+# (part, preset, key of ORIGINAL / TARGET): the training rows, in the plan's order
+TRAIN_PARTS = (
+    ("train_adm128_eager", "adm128", None),
+    ("train_adm128_compiled", "adm128", "train_adm128"),
+    ("train_adm64_eager", "adm64", "train_adm64"),
+    ("train_adm256_eager", "adm256", "train_adm256"),
+    ("train_tiny", "tiny", None),
+    ("train_tiny_compiled", "tiny", None),
+)
+# (part, label): the sampling rows; the forward targets apply on a GPU
+SAMPLE_PARTS = (("sample_adm128_eager", "eager"), ("sample_adm128", "compiled"), ("sample_tiny", "tiny, eager"))
+
+
+def _train_rows(report: dict) -> list[dict]:
     rows = []
-
-    def add(what: str, value, unit: str, target=None, original=None, part: str = ""):
-        st = (report["parts"].get(part) or {}).get("status", "not run")
-        ratio = round(value / original, 2) if isinstance(value, (int, float)) and original else None
-        rows.append(
-            {
-                "figure": what,
-                "value": None if value is None else round(float(value), 3),
-                "unit": unit,
-                "target": target,
-                "original": original,
-                "x_original": ratio,
-                "meets_target": None if target is None or value is None else value >= target,
-                "part": part,
-                "status": st,
-            }
-        )
-
-    add("bf16 matmul peak (measured)", _first(report, "info", "matmul_peak_tflops"), "TFLOP/s", part="info")
-    for part, preset, okey in (
-        ("train_adm128_compiled", "adm128", "train_adm128"),
-        ("train_adm128_eager", "adm128", None),
-        ("train_adm64_eager", "adm64", "train_adm64"),
-        ("train_adm256_eager", "adm256", "train_adm256"),
-        ("train_tiny", "tiny", None),
-    ):
+    for part, preset, okey in TRAIN_PARTS:
         if part not in report["parts"]:
             continue
-        add(
-            f"{part}: img/s",
-            _first(report, part, "img_per_s", preset),
-            "img/s",
-            TARGET.get(okey or ""),
-            ORIGINAL.get(okey or ""),
-            part,
-        )
-        add(
-            f"{part}: peak memory",
-            _first(report, part, "peak_mem_gb", preset),
-            "GiB",
-            None,
-            ORIGINAL.get("train_adm128_mem_gb") if okey == "train_adm128" else None,
-            part,
-        )
-        add(f"{part}: MFU (measured peak)", _first(report, part, "mfu", preset), "", part=part)
-        add(f"{part}: MFU (datasheet peak)", _first(report, part, "mfu_datasheet", preset), "", part=part)
-    s = "sample_adm128"
+        rows_ = (report["parts"][part].get("result") or {}).get("results") or []
+        first = next((r for r in rows_ if r.get("preset") == preset), {}).get
+        target, original = TARGET.get(okey or ""), ORIGINAL.get(okey or "")
+        rows.append(_row(report, f"{part}: img/s", first("img_per_s"), "img/s", target, original, part))
+        mem_original = ORIGINAL["train_adm128_mem_gb"] if okey == "train_adm128" else None
+        rows.append(_row(report, f"{part}: peak memory", first("peak_mem_gb"), "GiB", None, mem_original, part))
+        if "compiled" in part:
+            rows.append(_row(report, f"{part}: compile time", first("compile_s"), "s", part=part))
+        rows.append(_row(report, f"{part}: MFU (measured peak)", first("mfu"), "", part=part))
+        rows.append(_row(report, f"{part}: MFU (datasheet peak)", first("mfu_datasheet"), "", part=part))
+    return rows
+
+
+def _sample_rows(report: dict) -> list[dict]:
     gpu = report["mode"] == "gpu"
-    add(
-        "UNet forwards/s (sample bench)",
-        _first(report, s, "forwards_per_s"),
-        "img/s",
-        TARGET["forwards_adm128"] if gpu else None,
-        ORIGINAL["forwards_adm128"] if gpu else None,
-        s,
-    )
-    add("100-step sampling (sample bench)", _first(report, s, "images_per_s"), "img/s", part=s)
-    add(
-        "UNet forwards/s, CUDA graph",
-        _first(report, "sample_adm128_graphs", "forwards_per_s"),
-        "img/s",
-        TARGET["forwards_adm128"],
-        ORIGINAL["forwards_adm128"],
-        "sample_adm128_graphs",
-    )
-    for part in ("extract_cpu_decode", "extract_gpu_decode"):
-        add(
-            f"{part}: end to end",
-            _first(report, part, "end_to_end_img_s"),
-            "img/s",
-            TARGET["extract"] if gpu else None,
-            part=part,
-        )
-        add(
-            f"{part}: encoding loop",
-            _first(report, part, "loop_img_s"),
-            "img/s",
-            TARGET["extract"] if gpu else None,
-            part=part,
-        )
+    target, original = (TARGET["forwards_adm128"], ORIGINAL["forwards_adm128"]) if gpu else (None, None)
+    rows = []
+    for part, label in SAMPLE_PARTS:
+        if part not in report["parts"]:
+            continue
+        fwd = _first(report, part, "forwards_per_s")
+        rows.append(_row(report, f"UNet forwards/s, {label}", fwd, "img/s", target, original, part))
+        if part != "sample_adm128_eager":
+            steps = _first(report, part, "sample_steps")
+            what = f"{steps or 'N'}-step sampling, {label}"
+            rows.append(_row(report, what, _first(report, part, "images_per_s"), "img/s", part=part))
+        if label == "compiled":
+            rows.append(_row(report, "UNet forward compile time", _first(report, part, "compile_s"), "s", part=part))
+    if "sample_adm128_graphs" in report["parts"]:
+        fwd = _first(report, "sample_adm128_graphs", "forwards_per_s")
+        rows.append(_row(report, "UNet forwards/s, CUDA graph", fwd, "img/s", target, original, "sample_adm128_graphs"))
+    return rows
+
+
+def _extract_rows(report: dict) -> list[dict]:
+    target = TARGET["extract"] if report["mode"] == "gpu" else None
+    rows = []
+    for part in ("extract_gpu_decode", "extract_cpu_decode"):
+        if part not in report["parts"]:
+            continue
+        for key, label in (("end_to_end_img_s", "end to end"), ("loop_img_s", "encoding loop")):
+            rows.append(_row(report, f"{part}: {label}", _first(report, part, key), "img/s", target, part=part))
     diff = ((report["parts"].get("extract_gpu_decode") or {}).get("result") or {}).get("decode_difference") or {}
-    add("decode difference: feature rel. L2 (mean)", diff.get("feature_rel_l2_mean"), "", part="extract_gpu_decode")
-    add("decode difference: pixel mean abs", diff.get("pixel_mean_abs_diff"), "levels", part="extract_gpu_decode")
-    per_core = ((report["parts"].get("loader") or {}).get("result") or {}).get("img_per_s_per_core") or {}
-    add("train loader, full decode (per core)", per_core.get("decode_full"), "img/s", part="loader")
-    add("train loader, image cache (per core)", per_core.get("cache"), "img/s", part="loader")
+    p = "extract_gpu_decode"
+    rows.append(_row(report, "decode difference: feature rel. L2 (mean)", diff.get("feature_rel_l2_mean"), "", part=p))
+    rows.append(_row(report, "decode difference: pixel mean abs", diff.get("pixel_mean_abs_diff"), "levels", part=p))
+    return rows
+
+
+def summary_rows(report: dict) -> list[dict]:
+    """One row per figure: value, target, original ADM figure, ratio to the original (the headline
+    figures first, as the parts run)."""
+    rows = [
+        _row(
+            report, "bf16 matmul peak (measured)", _first(report, "info", "matmul_peak_tflops"), "TFLOP/s", part="info"
+        )
+    ]
+    rows += _train_rows(report) + _sample_rows(report) + _extract_rows(report)
+    if "loader" in report["parts"]:
+        per_core = ((report["parts"].get("loader") or {}).get("result") or {}).get("img_per_s_per_core") or {}
+        rows.append(
+            _row(report, "train loader, full decode (per core)", per_core.get("decode_full"), "img/s", part="loader")
+        )
+        rows.append(_row(report, "train loader, image cache (per core)", per_core.get("cache"), "img/s", part="loader"))
     t = (report["parts"].get("pytest_gpu") or {}).get("result") or {}
-    add(
-        "pytest -m gpu: passed",
-        t.get("passed"),
-        f"of {t.get('tests')}, {t.get('failed')} failed, {t.get('errors')} errors",
-        part="pytest_gpu",
-    )
+    unit = f"of {t['tests']}, {t['failed']} failed, {t['errors']} errors, {t['skipped']} skipped" if t else "tests"
+    if t.get("unfinished"):
+        unit += f"; killed in {', '.join(t['unfinished'])}"
+    rows.append(_row(report, "pytest -m gpu: passed", t.get("passed"), unit, part="pytest_gpu"))
     e2e = report["parts"].get("e2e") or {}
-    add("end-to-end smoke (accelerate launch)", 1.0 if e2e.get("status") == "ok" else 0.0, "ok", part="e2e")
+    ok = None if e2e.get("status") in (None, "running", "skipped") else float(e2e.get("status") == "ok")
+    rows.append(_row(report, "end-to-end smoke (accelerate launch)", ok, "ok", part="e2e"))
     return rows
 
 
@@ -263,6 +277,11 @@ def to_markdown(report: dict) -> str:
         f"gpu_check ({report['mode']}) {report['started_utc']} UTC on {info_.get('device', '?')}, torch {info_.get('torch', '?')}, "
         f"CUDA {info_.get('cuda')}, {report['seconds']} s of {report['budget_s']:.0f} s\n\n"
     )
+    if not report.get("complete", True):
+        running = [n for n, p in report["parts"].items() if p.get("status") in ("running", "interrupted")]
+        head += f"**Incomplete**: the check stopped{' during ' + running[0] if running else ''}; these are the parts it finished.\n\n"
+    if report.get("compile_cache"):
+        head += f"Compile cache (inductor, Triton) shared by the parts: `{report['compile_cache']}`\n\n"
     lines = [
         "| figure | value | unit | target | original ADM | x original | part status |",
         "|---|---|---|---|---|---|---|",

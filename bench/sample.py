@@ -19,6 +19,7 @@ import argparse
 import json
 import platform
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -59,8 +60,9 @@ def _precision(dtype: str, device: torch.device) -> str:
 
 def bench_forward(
     net, cfg, batch: int, device: torch.device, iters: int, warmup: int, cuda_graphs: bool, cond_dim: int, mp: str
-) -> float:
-    """Forwards per second (images through the UNet per second) at ``batch``."""
+) -> tuple[float, float | None]:
+    """Forwards per second (images through the UNet per second) at ``batch``, and the seconds of the
+    first warm-up forward (a compiled model compiles there; None without warm-up)."""
     from rcdm.diffusion.gaussian import DIFFUSION_STEPS
     from rcdm.diffusion.generate import _Autocast, resolve_precision
 
@@ -88,15 +90,20 @@ def bench_forward(
             def step():
                 fwd(x, t, c)
 
-        for _ in range(warmup):
+        first = None
+        for i in range(warmup):
+            t0 = time.perf_counter()
             step()
+            if i == 0:
+                sync(device)
+                first = time.perf_counter() - t0
         sync(device)
         t0 = time.perf_counter()
         for _ in range(iters):
             step()
         sync(device)
         dt = time.perf_counter() - t0
-    return batch * iters / dt
+    return batch * iters / dt, first
 
 
 def bench_sampling(net, batch: int, steps: int, device: torch.device, mp: str, cond_dim: int) -> float:
@@ -151,11 +158,18 @@ def main(argv: list[str] | None = None) -> dict:
     if a.cuda_graphs:
         compile_spec = False  # graphs capture the eager model here
     mp = _precision(a.dtype, device)
-    results = []
+    results: list[dict] = []
+    report = {
+        "bench": "sample",
+        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
+        "torch": torch.__version__,
+        "results": results,
+    }
     for i, name in enumerate(a.presets):
         batch = a.batch[min(i, len(a.batch) - 1)] if a.batch else (SampleConfig().batch_size if on_gpu else 2)
         model, cfg, n_params, compiled = _build(name, a.cond_dim, a.dtype, device, compile_spec, a.image_size)
         net = _Net(model, cfg)
+        fwd_s, first = bench_forward(net, cfg, batch, device, iters, warmup, a.cuda_graphs, a.cond_dim, mp)
         row: dict[str, Any] = {
             "preset": name,
             "image_size": cfg.image_size,
@@ -164,32 +178,33 @@ def main(argv: list[str] | None = None) -> dict:
             "dtype": a.dtype,
             "compile": compiled,
             "cuda_graphs": a.cuda_graphs and on_gpu,
-            "forwards_per_s": round(
-                bench_forward(net, cfg, batch, device, iters, warmup, a.cuda_graphs, a.cond_dim, mp), 2
-            ),
+            "forwards_per_s": round(fwd_s, 2),
+            "first_forward_s": None if first is None else round(first, 3),
+            # the compile itself: the first (compiling) forward less a compiled one
+            "compile_s": round(max(0.0, first - batch / fwd_s), 3) if compiled and first is not None else None,
         }
+        results.append(row)
+        _save(report, a.out)  # the forwards/s are on disk before the (longer) sampling run
         if a.sample_steps > 0:
             row["sample_steps"] = a.sample_steps
             row["images_per_s"] = round(bench_sampling(net, batch, a.sample_steps, device, mp, a.cond_dim), 4)
         if on_gpu:
             row["peak_mem_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
             torch.cuda.reset_peak_memory_stats(device)
-        results.append(row)
+        _save(report, a.out)
         del model, net
         if on_gpu:
             torch.cuda.empty_cache()
-    report = {
-        "bench": "sample",
-        "device": torch.cuda.get_device_name(device) if on_gpu else platform.processor() or "cpu",
-        "torch": torch.__version__,
-        "results": results,
-    }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if a.out:
-        with open(a.out, "w") as f:
-            f.write(text + "\n")
+    print(json.dumps(report, indent=2))
     return report
+
+
+def _save(report: dict, out: str | None) -> None:
+    """Write the report so far to ``out`` (whole or not at all): a bench killed later keeps it."""
+    if out:
+        tmp = Path(f"{out}.tmp")
+        tmp.write_text(json.dumps(report, indent=2) + "\n")
+        tmp.replace(out)
 
 
 if __name__ == "__main__":

@@ -15,6 +15,9 @@ datasheet's dense bf16 peak (989 TFLOP/s for H100/H200 SXM; bench/flops.py). FLO
 
 ``--compile`` and ``--channels-last`` default to ``auto``: what ``rcdm train`` resolves them to on
 this device (rcdm.speed), with its input path (``to_model_input`` in the model's layout).
+``first_step_s`` is the first warm-up step; with compile, ``compile_s`` = that step less a timed
+step: the compile itself (``--compile-backend``: inductor, or aot_eager to run the compiled path on
+a CPU without a C++ build). Point ``TORCHINDUCTOR_CACHE_DIR`` at a kept folder to time a warm cache.
 """
 
 from __future__ import annotations
@@ -48,7 +51,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
     ema = [p.detach().clone() for p in net.parameters()]
     opt = torch.optim.AdamW(net.parameters(), lr=1e-4, fused=device.type == "cuda")
     diffusion = create_diffusion(ucfg.schedule, steps=DIFFUSION_STEPS)
-    model = torch.compile(net) if compiled else net
+    model = torch.compile(net, backend=args.compile_backend) if compiled else net
     res = ucfg.image_size
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     pixels = torch.randint(0, 256, (batch, res, res, 3), dtype=torch.uint8, device=device)
@@ -71,7 +74,7 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
 
     flops_per_step = _step_flops(net, diffusion, x, h, bf16)
     opt.zero_grad(set_to_none=True)
-    dt = _step_time(step, args.warmup, args.steps, device)
+    dt, first = _step_time(step, args.warmup, args.steps, device)
     peak_mem = _peak_memory_gb(device)
     achieved = flops_per_step / dt / 1e12
     return {
@@ -81,9 +84,13 @@ def bench_preset(name: str, args: argparse.Namespace, device: torch.device) -> d
         "batch_size": batch,
         "mixed_precision": "bf16" if bf16 else "no",
         "compile": compiled,
+        "compile_backend": args.compile_backend if compiled else None,
         "channels_last": channels_last,
         "steps": args.steps,
         "step_time_s": dt,
+        "first_step_s": first,
+        # the compile itself: the first (compiling) step less a compiled one (cuDNN autotuning included on CUDA)
+        "compile_s": max(0.0, first - dt) if compiled and first is not None else None,
         "img_per_s": batch / dt,
         "peak_mem_gb": peak_mem,
         "train_gflop_per_img": flops_per_step / batch / 1e9,
@@ -106,11 +113,17 @@ def _step_flops(net: torch.nn.Module, diffusion, x: torch.Tensor, h: torch.Tenso
     return counter.get_total_flops()
 
 
-def _step_time(step, warmup: int, steps: int, device: torch.device) -> float:
+def _step_time(step, warmup: int, steps: int, device: torch.device) -> tuple[float, float | None]:
     """Seconds per ``step()`` over ``steps`` timed calls after ``warmup`` untimed ones (the peak
-    memory is counted from the timed ones on CUDA)."""
-    for _ in range(warmup):
+    memory is counted from the timed ones on CUDA), and the seconds of the first warm-up step
+    (with compile: the compile; None without warm-up)."""
+    first = None
+    for i in range(warmup):
+        t0 = time.perf_counter()
         step()
+        if i == 0:
+            sync(device)
+            first = time.perf_counter() - t0
     sync(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
@@ -118,7 +131,7 @@ def _step_time(step, warmup: int, steps: int, device: torch.device) -> float:
     for _ in range(steps):
         step()
     sync(device)
-    return (time.perf_counter() - t0) / steps
+    return (time.perf_counter() - t0) / steps, first
 
 
 def _peak_memory_gb(device: torch.device) -> float:
@@ -143,11 +156,19 @@ def main(argv: list[str] | None = None) -> dict:
         "--compile", choices=["auto", "on", "off"], default="auto", help="torch.compile; auto: as rcdm train (on CUDA)"
     )
     p.add_argument(
+        "--compile-backend",
+        choices=["inductor", "aot_eager", "eager"],
+        default="inductor",
+        help="torch.compile's backend, as train.compile_backend (aot_eager: the compiled path on a CPU, no C++ build)",
+    )
+    p.add_argument(
         "--channels-last", choices=["auto", "on", "off"], default="auto", help="auto: as rcdm train (CUDA + compile)"
     )
     p.add_argument("--fp32", action="store_true", help="no bf16 autocast on CUDA")
     p.add_argument("--steps", type=int, default=None, help="timed steps; default 20 on CUDA, 5 on CPU")
-    p.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile needs a few)")
+    p.add_argument(
+        "--warmup", type=int, default=3, help="untimed steps first (compile needs a few; the first is reported)"
+    )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--peak-tflops", type=float, default=None, help="default: measured matmul peak")
     p.add_argument(
