@@ -83,7 +83,7 @@ def _check_data_and_stores(tmp_path, w) -> None:
     for split, n in (("train", 36), ("val", 24)):
         assert verify(w / "stores" / split) == []
         st = FeatureStore(w / "stores" / split)
-        assert len(st) == n and st.dim == 2048 and st.encoder_info["name"] == "random-rn50"
+        assert len(st) == n and st.dim == 128 and st.encoder_info["name"] == "simclr-mini"  # the trained trunk
 
 
 def _check_run(w) -> None:

@@ -4,6 +4,7 @@ a rank that dies, the image cache built across ranks."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -95,7 +96,9 @@ def test_accelerate_launch_of_several_cpu_processes_that_starts_one_is_refused(t
     assert len(errors) == 1, errors
     (error,) = errors
     assert "started only this one" in error and "torchrun --nproc_per_node" in error
-    assert f'File "{ROOT}' not in proc.stderr  # no traceback through rcdm's code
+    # no traceback through rcdm's code (accelerate's own launcher reports the exit; a venv may live in ROOT)
+    frames = re.findall(r'File "([^"]+)"', proc.stderr)
+    assert not [f for f in frames if f.startswith(str(ROOT)) and "site-packages" not in f], proc.stderr[-3000:]
     assert not (tmp_path / "run" / "log.jsonl").exists()
 
 
