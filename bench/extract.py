@@ -1,7 +1,7 @@
 """Extraction throughput: synthetic ImageNet-sized JPEGs -> feature store, and the encoder alone.
 
     python bench/extract.py --n 20000 --batch-size 256 --decode gpu
-    python bench/extract.py --n 3000 --decode cpu --compare-decode    # also: GPU vs PIL decode difference
+    python bench/extract.py --n 3000 --decode cpu --compare-decode    # also: GPU vs PIL decode difference, decode rates
 
 Defaults are ``rcdm extract``'s (``auto``: workers sized to the machine, bf16, channels-last and
 GPU decoding on CUDA), so the bench measures what the stage runs.
@@ -15,7 +15,8 @@ Target on one H100 with 16 cores: >= 5,000 images/s end to end for *-rn50 trunks
 
 ``--compare-decode`` decodes a sample of the JPEGs with PIL (the CPU path, no draft) and with
 ``torchvision.io.decode_jpeg`` on the extraction device (nvjpeg on CUDA), crops both with the same
-rule and reports the pixel difference and the encoder features' relative L2 difference and cosine.
+rule and reports the pixel difference and the encoder features' relative L2 difference and cosine;
+and the device decode rate without and with the exact resize / crop (``decode_rates``).
 """
 
 from __future__ import annotations
@@ -122,6 +123,44 @@ def decode_difference(images: Path, encoder, device, k: int = 256) -> dict:
         "feature_rel_l2_mean": float(rel.mean()),
         "feature_rel_l2_max": float(rel.max()),
         "feature_cosine_min": float(cos.min()),
+    }
+
+
+def decode_rates(images: Path, pp, device, k: int = 512, batch: int = 64) -> dict:
+    """The device decode rate of ``k`` JPEGs in batches of ``batch``, without and with the exact
+    resize / crop that extraction runs after it (``gpudecode.decode_on_device``), in images/s
+    (the files read into memory first; each pass timed after one warm-up batch)."""
+    import torch
+    from rcdm.extract.gpudecode import _decode_all, decode_on_device
+
+    datas = [f.read_bytes() for f in sorted(images.rglob("*.jpg"))[:k]]
+    batches = [datas[i : i + batch] for i in range(0, len(datas), batch)]
+
+    def decode_only(b: list[bytes]) -> None:
+        _decode_all(b, device)
+
+    def decode_and_crop(b: list[bytes]) -> None:
+        n = len(b)
+        x = torch.empty((n, 3, pp.crop, pp.crop), dtype=torch.uint8, device=device)
+        meta = {"jpeg": b, "ok": [True] * n, "reason": [None] * n, "index": list(range(n))}
+        decode_on_device(meta, pp, device, x)
+
+    def rate(fn) -> float:
+        fn(batches[0])  # warm-up: the decoder's and resize's set-up
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        t = time.perf_counter()
+        for b in batches:
+            fn(b)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return len(datas) / (time.perf_counter() - t)
+
+    return {
+        "images": len(datas),
+        "batch": batch,
+        "decode_img_s": round(rate(decode_only), 1),
+        "decode_exact_resize_img_s": round(rate(decode_and_crop), 1),
     }
 
 
@@ -261,6 +300,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if a.compare_decode:
         result["decode_difference"] = decode_difference(images, enc, device)
+        result["decode_rates"] = decode_rates(images, enc.preprocess, device)
     text = json.dumps(result, indent=2)
     print(text)
     if a.out:

@@ -242,6 +242,11 @@ def _extract_rows(report: dict) -> list[dict]:
     p = "extract_gpu_decode"
     rows.append(_row(report, "decode difference: feature rel. L2 (mean)", diff.get("feature_rel_l2_mean"), "", part=p))
     rows.append(_row(report, "decode difference: pixel mean abs", diff.get("pixel_mean_abs_diff"), "levels", part=p))
+    rates = ((report["parts"].get(p) or {}).get("result") or {}).get("decode_rates") or {}
+    rows.append(_row(report, "device decode alone", rates.get("decode_img_s"), "img/s", part=p))
+    rows.append(
+        _row(report, "device decode + exact resize/crop", rates.get("decode_exact_resize_img_s"), "img/s", part=p)
+    )
     return rows
 
 

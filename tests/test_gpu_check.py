@@ -51,6 +51,8 @@ def test_gpu_check_cpu_runs_every_part_and_writes_json(tmp_path):
     assert tests and all(t["outcome"] in ("passed", "skipped") for t in tests.values())
     diff = report["parts"]["extract_gpu_decode"]["result"]["decode_difference"]
     assert diff["images"] == 16 and diff["pixel_max_abs_diff"] >= 0
+    rates = report["parts"]["extract_gpu_decode"]["result"]["decode_rates"]
+    assert rates["images"] == 16 and rates["decode_img_s"] > 0 and rates["decode_exact_resize_img_s"] > 0
     e2e = report["parts"]["e2e"]["result"]
     assert (
         e2e["ok"]
@@ -121,6 +123,39 @@ def test_bench_jpegs_have_imagenet_like_sizes():
     counts = sorted((sizes.count(s) for s in set(sizes)), reverse=True)
     assert sum(counts[:6]) >= 0.75 * 3000 and len(counts) < 400
     assert sizes == jpegs.imagenet_sizes(3000) and all(max(s) == 500 for s in sizes)
+
+
+def test_bench_decode_rates_time_the_extraction_decode_with_and_without_the_resize(tmp_path, monkeypatch):
+    """bench/extract.py's decode rates run the device path's own functions: the decode alone, then
+    decode + exact resize / crop, which must fill every row (on the CPU here)."""
+    import importlib.util
+
+    import numpy as np
+    import torch
+    from PIL import Image
+    from rcdm.data.preprocess import get_preprocess
+    from rcdm.extract import gpudecode
+
+    spec = importlib.util.spec_from_file_location("bench_extract", ROOT / "bench" / "extract.py")
+    bench_extract = importlib.util.module_from_spec(spec)  # "extract" alone is the stage package
+    spec.loader.exec_module(bench_extract)
+    rng = np.random.default_rng(0)
+    for i, (w, h) in enumerate([(500, 375), (375, 500), (500, 333)] * 3):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / f"{i}.jpg", quality=90)
+    filled = []
+    real = gpudecode.encoder_crop
+
+    def crop(pixels, pp):
+        out = real(pixels, pp)
+        filled.append(out.shape)
+        return out
+
+    monkeypatch.setattr(gpudecode, "encoder_crop", crop)
+    pp = get_preprocess("rcdm")
+    r = bench_extract.decode_rates(tmp_path, pp, torch.device("cpu"), k=9, batch=4)
+    assert r["images"] == 9 and r["decode_img_s"] > 0 and r["decode_exact_resize_img_s"] > 0
+    # the timed pass with the resize cropped all 9 images (3 batches), after a warm-up batch of 4
+    assert sum(s[0] for s in filled) == 4 + 9 and all(tuple(s[1:]) == (3, pp.crop, pp.crop) for s in filled)
 
 
 # ------------------------------------------------------------------ surviving the first contact
