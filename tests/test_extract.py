@@ -363,14 +363,16 @@ def test_webdataset_source_and_cpu_autocast(tiny, images, tmp_path):
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_gpu_extraction_matches_cpu(tiny, images, tmp_path):
+def test_gpu_extraction_matches_cpu(tiny, images, tmp_path, capsys):
     """The CUDA path (pinned async copies, bf16 autocast, channels_last) gives the CPU's features."""
     import rcdm.extract
 
     cpu = S.FeatureStore(rcdm.extract.run(_cfg(images, tmp_path / "cpu", encoder="tiny")))
+    capsys.readouterr()
     gpu = S.FeatureStore(
         rcdm.extract.run(_cfg(images, tmp_path / "gpu", encoder="tiny", device="cuda", workers=2, decode="cpu"))
     )
+    assert capsys.readouterr().out.startswith("extracting on cuda")  # after a CPU run in the same process
     assert gpu.keys == cpu.keys
     np.testing.assert_allclose(gpu.features(None), cpu.features(None), rtol=1e-2, atol=1e-3)
     amp = S.FeatureStore(

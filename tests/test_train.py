@@ -330,12 +330,16 @@ def test_bench_train_runs_on_cpu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_bf16_compile_smoke_gpu(tmp_path):
+def test_bf16_compile_smoke_gpu(tmp_path, capsys):
     import rcdm.train
+    from rcdm.launch import launch_state
 
+    launch_state("cpu")  # what an extraction with device=cpu leaves behind: it must not pin training to the CPU
     store = train_store(tmp_path)
     run = tmp_path / "run"
     rcdm.train.run(train_cfg(store, run, mixed_precision="bf16", compile=True, channels_last=True, kimg=0.016))
+    said = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training on ")]
+    assert said and said[0].startswith("training on cuda"), said  # the device it ran on, not a CPU
     log = read_log(run)
     assert all(np.isfinite(r["loss"]) for r in log) and log[-1]["mem_gb"] > 0
 
