@@ -247,3 +247,39 @@ def test_listing_a_source_runs_without_the_cyclic_collector(tmp_path, monkeypatc
     assert gc.isenabled()
     assert len(I.open_source(tmp_path / "a.tar")) == 1
     assert seen == [False] and gc.isenabled()
+
+
+def test_the_probe_of_a_large_store_streams_through_a_bounded_buffer(tmp_path, monkeypatch):
+    # the probe held every training row in float32 (ImageNet: 10 GB) for its minibatches
+    from rcdm.analysis.experiments.probe import store_probe
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, size=(6, 8))
+    y = np.repeat(np.arange(6), 100)  # class after class, as an ImageFolder store is written
+    scale = rng.uniform(0.1, 20, size=8)  # very different per-dimension scales: standardisation matters
+    x = (centres[y] + rng.normal(0, 1, size=(600, 8))) * scale + 5
+    yv = np.repeat(np.arange(6), 20)
+    xv = (centres[yv] + rng.normal(0, 1, size=(120, 8))) * scale + 5
+    keys = [f"c{c}/img_{i:04d}" for i, c in enumerate(y)]
+    train = make_store(tmp_path / "tr", x.astype(np.float32), keys, y, shard_size=64, dtype="float32")
+    val = make_store(tmp_path / "va", xv.astype(np.float32), [f"v{i}" for i in range(120)], yv, dtype="float32")
+    kw = {"epochs": 30, "lr": 0.05, "seed": 1, "batch_size": 32}
+    whole = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, **kw)  # fits: in memory
+    _refuse_whole_matrix(monkeypatch)
+    gathered = []
+    real_gather = S.FeatureStore.gather
+    monkeypatch.setattr(
+        S.FeatureStore, "gather", lambda self, rows, view=0: gathered.append(len(rows)) or real_gather(self, rows, view)
+    )
+    budget = 150 * 8 * 4  # a buffer of 150 rows: a quarter of the store
+    streamed = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, in_memory_bytes=budget, **kw)
+    assert gathered and max(gathered) <= 150 and sum(gathered) == 30 * 600  # every row once an epoch
+    assert whole.val_accuracy >= 0.95 and whole.train_accuracy >= 0.95
+    assert abs(streamed.val_accuracy - whole.val_accuracy) <= 0.03
+    assert abs(streamed.train_accuracy - whole.train_accuracy) <= 0.03
+    torch = pytest.importorskip("torch")
+    feats = torch.from_numpy(x.astype(np.float32))
+    torch.testing.assert_close(streamed.probe.mean, feats.mean(0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(streamed.probe.std, feats.std(0, unbiased=False), rtol=1e-5, atol=1e-4)
+    again = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, in_memory_bytes=budget, **kw)
+    assert torch.equal(again.probe.linear.weight, streamed.probe.linear.weight)  # seeded

@@ -199,6 +199,12 @@ class FeatureStore:
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    @property
+    def shard_offsets(self) -> list[int]:
+        """Each shard's first row, then ``len(self)``: shard ``s`` holds rows ``[o[s], o[s + 1])``
+        (what a streamed reader cuts its blocks by, so each block reads one shard)."""
+        return list(self._offsets)
+
     def __repr__(self) -> str:
         return (
             f"FeatureStore({str(self.path)!r}, {self.encoder_info.get('name')}/{self.layer}, {len(self)} x {self.dim})"
