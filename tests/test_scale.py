@@ -283,3 +283,25 @@ def test_the_probe_of_a_large_store_streams_through_a_bounded_buffer(tmp_path, m
     torch.testing.assert_close(streamed.probe.std, feats.std(0, unbiased=False), rtol=1e-5, atol=1e-4)
     again = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, in_memory_bytes=budget, **kw)
     assert torch.equal(again.probe.linear.weight, streamed.probe.linear.weight)  # seeded
+
+
+def test_the_manipulate_condition_searches_the_store_a_block_at_a_time(tmp_path, monkeypatch):
+    # sampling's manipulate condition read the whole store (10 GB for ImageNet's) for k nearest rows
+    from rcdm.config import SampleConfig
+    from rcdm.diffusion import conditions as C
+    from rcdm.sample.conds import build
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    want = []
+    for i in (3, 400):  # the old arithmetic: knn over the whole matrix, its own row left out
+        nb = C.knn(whole, whole[i], 6, exclude=i)
+        want.append((nb, C.manipulate(whole[i], C.common_dims(whole[nb], 2), "replace", whole[77])))
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(C, "KNN_CHUNK", 64)  # many blocks
+    cfg = SampleConfig(condition="manipulate", indices=(3, 400, 77), knn_k=6, knn_m=2, manipulate_mode="replace")
+    got = [c for c in build(cfg, S.FeatureStore(path)).conditions if c.kind == "manipulate"]
+    assert len(got) == 2
+    for c, (nb, v) in zip(got, want, strict=True):
+        assert c.extra["neighbours"] == nb.tolist()
+        np.testing.assert_array_equal(c.vector, v)
