@@ -305,3 +305,42 @@ def test_the_manipulate_condition_searches_the_store_a_block_at_a_time(tmp_path,
     for c, (nb, v) in zip(got, want, strict=True):
         assert c.extra["neighbours"] == nb.tolist()
         np.testing.assert_array_equal(c.vector, v)
+
+
+def _analysis_context(tmp_path, path):
+    """An analysis Context over the train store ``path``, and an RCDM stand-in conditioned on it."""
+    import torch
+    from rcdm.analysis.experiments.common import RCDM, Context
+    from rcdm.config import AnalyzeConfig
+    from rcdm.run.conditioning import Conditioning
+
+    ctx = Context(AnalyzeConfig(train_store=str(path), val_store=str(path)), tmp_path / "out", torch.device("cpu"))
+    train = ctx.store("train")
+    info = dict(train.encoder_info, layer=train.layer, dim=train.dim)
+    r = RCDM("ck", "ck", None, None, {}, info, "", Conditioning.of_store(train), train.dim, 16)
+    return ctx, r
+
+
+def test_the_invariance_reference_streams_a_large_training_store(tmp_path, monkeypatch):
+    # invariance's nearest-neighbour reference held every training row in float64 (ImageNet: 20 GB)
+    from rcdm.analysis.experiments import common
+    from rcdm.analysis.experiments import invariance as I
+    from rcdm.analysis.experiments.invariance_scores import StoreReference, nn_distance
+
+    path, _ = _store(tmp_path, n=500)
+    ctx, r = _analysis_context(tmp_path, path)
+    held, what = I._nn_reference(ctx, r, r.encoder_info["layer"])  # fits: the whole matrix, as before
+    assert isinstance(held, np.ndarray) and what == "all 500 entries of the train store"
+    hs = np.random.default_rng(1).standard_normal((4, 5))
+    hs[0] = held[42]  # its own entry is left out
+    mean, std = held.mean(0), held.std(0) + 0.5
+    standardise = lambda x: (x - mean) / std  # noqa: E731
+    want = [nn_distance(h, held, chunk=100) for h in hs] + [nn_distance(standardise(h), standardise(held)) for h in hs]
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(common, "IN_MEMORY_BYTES", 100)
+    ctx, r = _analysis_context(tmp_path, path)
+    ref, what2 = I._nn_reference(ctx, r, r.encoder_info["layer"])
+    assert isinstance(ref, StoreReference) and what2 == what
+    seen = ref.mapped(standardise)
+    got = [nn_distance(h, ref, chunk=64) for h in hs] + [nn_distance(standardise(h), seen, chunk=64) for h in hs]
+    assert got == want
