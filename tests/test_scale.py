@@ -344,3 +344,29 @@ def test_the_invariance_reference_streams_a_large_training_store(tmp_path, monke
     seen = ref.mapped(standardise)
     got = [nn_distance(h, ref, chunk=64) for h in hs] + [nn_distance(standardise(h), seen, chunk=64) for h in hs]
     assert got == want
+
+
+def test_the_manipulation_analysis_streams_a_large_training_store(tmp_path, monkeypatch):
+    # manipulation's per-dimension thresholds and neighbours read every training row at once
+    from rcdm.analysis.experiments import common
+    from rcdm.analysis.experiments import manipulation as M
+    from rcdm.diffusion.conditions import knn
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    ctx, _ = _analysis_context(tmp_path, path)
+    held = M.TrainRows(ctx.store("train"), ctx.held_features(ctx.store("train")))
+    assert held.features is not None  # fits: the whole matrix, as before
+    hs = np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)
+    want_t = M.active_thresholds(whole)
+    want_nn = [knn(whole, h, 7) for h in hs]
+    np.testing.assert_array_equal(held.thresholds(), want_t)
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(common, "IN_MEMORY_BYTES", 4 * 500 * 2)  # two columns of every row a pass
+    ctx, _ = _analysis_context(tmp_path, path)
+    streamed = M.TrainRows(ctx.store("train"), ctx.held_features(ctx.store("train")))
+    assert streamed.features is None
+    np.testing.assert_array_equal(streamed.thresholds(), want_t)
+    for h, nn in zip(hs, want_nn, strict=True):
+        np.testing.assert_array_equal(streamed.knn(h, 7), nn)
+        np.testing.assert_array_equal(streamed.rows(nn), whole[nn])
