@@ -370,3 +370,32 @@ def test_the_manipulation_analysis_streams_a_large_training_store(tmp_path, monk
     for h, nn in zip(hs, want_nn, strict=True):
         np.testing.assert_array_equal(streamed.knn(h, 7), nn)
         np.testing.assert_array_equal(streamed.rows(nn), whole[nn])
+
+
+def test_the_retrieval_baseline_runs_on_the_evaluate_device(tmp_path, monkeypatch):
+    # 50k conditions x 1.28M training rows x 2048-d is 2.6e14 flops: numpy on a CPU takes hours
+    from rcdm.analysis.evaluation import feature_stats as F
+    from rcdm.analysis.evaluation.spaces import retrieval_baseline
+
+    rng = np.random.default_rng(4)
+    train = rng.standard_normal((700, 12)).astype(np.float32)
+    q = rng.standard_normal((1500, 12)).astype(np.float32)  # more than one chunk of 1024 queries
+    q[5] = train[321]  # distance 0
+    train[600] = train[321]  # a tie: the first row wins
+    blocks = [(s, train[s : s + 64]) for s in range(0, 700, 64)]
+    want_nn, want_d = F.nearest_rows_streamed(q, blocks)  # numpy
+    nn, d = F.nearest_rows_streamed(q, blocks, device="cpu")  # torch, the same arithmetic
+    np.testing.assert_array_equal(nn, want_nn)
+    # float32 rounding of ||q||^2 + ||r||^2 - 2 q.r: equal to a few ulps of the squared norms
+    np.testing.assert_allclose(d**2, want_d**2, rtol=1e-5, atol=1e-5 * 24)
+    assert nn[5] == 321
+    seen = []
+    real = F._nearest_rows_torch
+    monkeypatch.setattr(F, "_nearest_rows_torch", lambda q_, b, dev: seen.append(str(dev)) or real(q_, b, "cpu"))
+    path, _ = _store(tmp_path, n=300)
+    conds = rng.standard_normal((20, 5)).astype(np.float32)
+    on_cpu = retrieval_baseline(conds, S.FeatureStore(path), [], device="cpu")
+    assert seen == []  # a CPU keeps numpy's arithmetic, bit for bit
+    on_gpu = retrieval_baseline(conds, S.FeatureStore(path), [], device="cuda:0")
+    assert seen == ["cuda:0"]
+    np.testing.assert_array_equal(on_gpu.rows, on_cpu.rows)
