@@ -399,3 +399,30 @@ def test_the_retrieval_baseline_runs_on_the_evaluate_device(tmp_path, monkeypatc
     on_gpu = retrieval_baseline(conds, S.FeatureStore(path), [], device="cuda:0")
     assert seen == ["cuda:0"]
     np.testing.assert_array_equal(on_gpu.rows, on_cpu.rows)
+
+
+def test_the_streamed_knn_holds_one_float64_block(tmp_path):
+    # at 2048-d a block of KNN_CHUNK rows is 1 GB in float64: the neighbours search held the last
+    # block's copy, f**2 and the next block at once (4.2 GB peak at 200k x 2048, bench/scale.py)
+    import tracemalloc
+
+    from rcdm.diffusion import conditions as C
+
+    rows, d = 20000, 64
+    f64_block = rows * d * 8
+
+    def blocks():
+        for b in range(4):
+            yield b * rows, np.random.default_rng(b).standard_normal((rows, d), dtype=np.float32)
+
+    q = np.random.default_rng(9).standard_normal((3, d)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        got = C.knn_streamed(blocks(), q, 5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    want = C.knn(np.concatenate([b for _, b in blocks()]), q, 5)
+    np.testing.assert_array_equal(got, want)
+    assert peak < 1.8 * f64_block, f"peak {peak / f64_block:.2f} float64 blocks"

@@ -388,7 +388,13 @@ class FeatureStore:
             while held >= block_rows:
                 block = np.concatenate(pending) if len(pending) > 1 else pending[0]
                 yield start, block[:block_rows]
-                pending, held, start = [block[block_rows:]], held - block_rows, start + block_rows
+                rest = block[block_rows:]  # a short remainder is copied, so the yielded block can be freed
+                pending, held, start = (
+                    [rest if len(rest) >= block_rows else rest.copy()],
+                    held - block_rows,
+                    start + block_rows,
+                )
+                del block, rest
         if block_rows is not None and held:
             yield start, np.concatenate(pending)
 
