@@ -5,7 +5,7 @@ standardise the features with the training split's mean / std, then fit multinom
 regression with Adam (full batch when the store is small, minibatches otherwise). :func:`train_probe`
 is torch in, torch / numpy out, with no I/O, so it is checked directly in tests/test_probe.py.
 :func:`train_probe_streamed` fits the same probe on a store too large to hold (ImageNet's training
-rows are 10 GB of float32), reading it through ``FeatureStore.gather`` a shuffle buffer at a time.
+rows are 10 GB of float32), reading it through ``FeatureStore.read_range`` a shuffle buffer at a time.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ __all__ = ["LinearProbe", "ProbeResult", "train_probe", "train_probe_streamed", 
 
 FULL_BATCH_ROWS = 65536  # train_probe: full batch up to this many rows, else minibatches of MINIBATCH
 MINIBATCH = 4096
-STREAM_BLOCKS = 8  # a streamed probe's buffer holds at least this many blocks (shards, or parts of them)
+STREAM_BLOCKS = 1024  # a streamed probe's shuffle buffer mixes about this many blocks of the store
+MIN_BLOCK_ROWS = 32  # ... of at least this many rows (each block is one read)
 
 
 class LinearProbe(nn.Module):
@@ -162,30 +163,46 @@ def _step(probe: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torc
 
 
 def stream_blocks(shard_offsets: list[int], buffer_rows: int) -> list[tuple[int, int]]:
-    """The ``[start, stop)`` row blocks a streamed probe shuffles: each shard, cut into pieces of at
-    most ``buffer_rows / STREAM_BLOCKS`` rows when larger, so a buffer always mixes several blocks."""
-    most = max(1, buffer_rows // STREAM_BLOCKS)
+    """The ``[start, stop)`` row blocks a streamed probe shuffles: each shard cut into pieces of
+    ``buffer_rows / STREAM_BLOCKS`` rows (at least ``MIN_BLOCK_ROWS``, at most ``buffer_rows``), so a
+    buffer mixes about STREAM_BLOCKS places of the store: a store written class after class
+    (ImageNet's 1,281 rows a class, 128-row blocks) gives each buffer most of its classes."""
+    size = max(1, min(buffer_rows, max(MIN_BLOCK_ROWS, buffer_rows // STREAM_BLOCKS)))
     return [
-        (a, min(b, a + most))
+        (a, min(b, a + size))
         for s, b in zip(shard_offsets[:-1], shard_offsets[1:], strict=True)
-        for a in range(s, b, most)
+        for a in range(s, b, size)
     ]
 
 
-def _buffers(blocks: list[tuple[int, int]], order: np.ndarray, buffer_rows: int) -> list[np.ndarray]:
-    """The rows of each shuffle buffer: blocks taken in ``order`` until the next would overflow
-    ``buffer_rows``; each buffer's rows in store order (a shard read once per buffer)."""
-    out, held, n = [], [], 0
+def _buffers(blocks: list[tuple[int, int]], order: np.ndarray, buffer_rows: int) -> list[list[tuple[int, int]]]:
+    """The blocks of each shuffle buffer: taken in ``order`` until the next would overflow
+    ``buffer_rows``; each buffer's blocks in store order (the reads go forward through the store)."""
+    out: list[list[tuple[int, int]]] = []
+    held: list[tuple[int, int]] = []
+    n = 0
     for b in order.tolist():
         a, z = blocks[b]
         if held and n + z - a > buffer_rows:
-            out.append(np.sort(np.concatenate(held)))
+            out.append(sorted(held))
             held, n = [], 0
-        held.append(np.arange(a, z))
+        held.append((a, z))
         n += z - a
     if held:
-        out.append(np.sort(np.concatenate(held)))
+        out.append(sorted(held))
     return out
+
+
+def read_buffer(store, blocks: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """View 0 of ``blocks`` of ``store``, one (rows, D) float32 array filled a block at a time
+    (``FeatureStore.read_range``: each block's rows only), and the rows' indices."""
+    rows = np.concatenate([np.arange(a, z) for a, z in blocks])
+    out = np.empty((len(rows), store.dim), np.float32)
+    at = 0
+    for a, z in blocks:
+        out[at : at + z - a] = store.read_range(a, z, 0)
+        at += z - a
+    return out, rows
 
 
 @torch.no_grad()
@@ -217,12 +234,12 @@ def train_probe_streamed(
     float32 training rows (plus one shard being read), never the store.
 
     The standardisation is the store's mean and population std (``rcdm.store.stats``, one streamed
-    pass). Each epoch takes the store's blocks (:func:`stream_blocks`: its shards) in a seeded random
-    order, reads them a shuffle buffer at a time (``FeatureStore.gather``), shuffles the buffer's rows
-    and steps Adam over them in minibatches of ``batch_size`` (default 4096). This is not
-    train_probe's minibatch order (a buffer mixes the rows of a few blocks, not of the whole store:
-    a store written in class order gives each buffer a share of the classes), so its numbers agree
-    with the in-memory probe's to a tolerance, not bit for bit. Accuracies: one streamed pass each.
+    pass). Each epoch takes the store's blocks (:func:`stream_blocks`: ~1,024 of them a buffer) in a
+    seeded random order, reads them a shuffle buffer at a time (:func:`read_buffer`), shuffles the
+    buffer's rows and steps Adam over them in minibatches of ``batch_size`` (default 4096). This is
+    not train_probe's minibatch order (a buffer mixes the rows of many blocks, not of the whole
+    store), so its numbers agree with the in-memory probe's to a tolerance, not bit for bit.
+    Accuracies: one streamed pass each.
     """
     from rcdm.store.stats import streamed_moments
 
@@ -247,12 +264,13 @@ def train_probe_streamed(
     bs, Ytr = batch_size or MINIBATCH, torch.from_numpy(np.array(ytr))
     loss = torch.tensor(float("nan"))
     for _ in range(epochs):
-        for rows in _buffers(blocks, torch.randperm(len(blocks), generator=g).numpy(), buffer_rows):
-            x, y = torch.from_numpy(train.gather(rows, 0)).to(device), Ytr[rows].to(device)
+        for buffer in _buffers(blocks, torch.randperm(len(blocks), generator=g).numpy(), buffer_rows):
+            feats, rows = read_buffer(train, buffer)
+            x, y = torch.from_numpy(feats).to(device), Ytr[torch.from_numpy(rows)].to(device)
             order = torch.randperm(len(rows), generator=g).to(device)
             for s in range(0, len(rows), bs):
                 loss = _step(probe, opt, x[order[s : s + bs]], y[order[s : s + bs]])
-            del x
+            del x, feats
     probe.eval()
     return ProbeResult(
         probe=probe,

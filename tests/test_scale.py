@@ -53,6 +53,10 @@ def test_iter_features_and_gather_give_the_rows_of_features(tmp_path, block_rows
         assert all(len(b) == block_rows for _, b in blocks[:-1]) and 0 < len(blocks[-1][1]) <= block_rows
     rows = np.array([299, 0, 5, 5, 130, -1])
     np.testing.assert_array_equal(st.gather(rows, 1), st.features(1)[rows])
+    for a, z in ((0, 300), (50, 200), (63, 65), (64, 64), (299, 300)):  # across and within shards of 64
+        np.testing.assert_array_equal(st.read_range(a, z, 1), st.features(1)[a:z])
+    with pytest.raises(IndexError):
+        st.read_range(10, 301)
 
 
 def _refuse_whole_matrix(monkeypatch):
@@ -266,14 +270,23 @@ def test_the_probe_of_a_large_store_streams_through_a_bounded_buffer(tmp_path, m
     kw = {"epochs": 30, "lr": 0.05, "seed": 1, "batch_size": 32}
     whole = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, **kw)  # fits: in memory
     _refuse_whole_matrix(monkeypatch)
-    gathered = []
-    real_gather = S.FeatureStore.gather
-    monkeypatch.setattr(
-        S.FeatureStore, "gather", lambda self, rows, view=0: gathered.append(len(rows)) or real_gather(self, rows, view)
-    )
+    from rcdm.analysis import probe as P
+
+    buffers = []
+    real_read = P.read_buffer
+    monkeypatch.setattr(P, "read_buffer", lambda st, blocks: buffers.append(real_read(st, blocks)) or buffers[-1])
     budget = 150 * 8 * 4  # a buffer of 150 rows: a quarter of the store
     streamed = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, in_memory_bytes=budget, **kw)
-    assert gathered and max(gathered) <= 150 and sum(gathered) == 30 * 600  # every row once an epoch
+    assert buffers and max(len(r) for _, r in buffers) <= 150  # what it holds at once: one buffer
+    epoch_rows: list[int] = []
+    for _, rows in buffers:  # every row once an epoch
+        epoch_rows += rows.tolist()
+        if len(epoch_rows) >= 600:
+            assert sorted(epoch_rows) == list(range(600))
+            epoch_rows = []
+    assert not epoch_rows and sum(len(r) for _, r in buffers) == 30 * 600
+    feats, rows = buffers[7]
+    np.testing.assert_array_equal(feats, x.astype(np.float32)[rows])
     assert whole.val_accuracy >= 0.95 and whole.train_accuracy >= 0.95
     assert abs(streamed.val_accuracy - whole.val_accuracy) <= 0.03
     assert abs(streamed.train_accuracy - whole.train_accuracy) <= 0.03
