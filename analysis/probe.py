@@ -231,7 +231,7 @@ def train_probe_streamed(
     buffer_bytes: int = 1 << 30,
 ) -> ProbeResult:
     """:func:`train_probe` on view 0 of two feature stores, holding at most ``buffer_bytes`` of
-    float32 training rows (plus one shard being read), never the store.
+    float32 training rows (plus the block being read), never the store.
 
     The standardisation is the store's mean and population std (``rcdm.store.stats``, one streamed
     pass). Each epoch takes the store's blocks (:func:`stream_blocks`: ~1,024 of them a buffer) in a
