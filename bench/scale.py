@@ -148,7 +148,7 @@ def build_store(out: Path, n: int, source_root: Path | None, seed: int = 0, shar
 def build_inputs(root: Path, n: int, need: set[str]) -> dict:
     """The inputs the chosen stages need, built once per size under ``root / str(n)``."""
     t0 = time.perf_counter()
-    base = root / str(n)
+    base = root / (str(n) if DIM == 16 else f"{n}-d{DIM}")
     base.mkdir(parents=True, exist_ok=True)
     bases = _tiny_jpegs(base / "base", n)
     paths = {"root": str(base), "n": n}
@@ -161,7 +161,7 @@ def build_inputs(root: Path, n: int, need: set[str]) -> dict:
     if "store" in need:
         paths["store"] = str(build_store(base / "store", n, Path(paths["folder"])))
     if "val" in need:
-        paths["val"] = str(build_store(root / "val", VAL_N, None, seed=1))
+        paths["val"] = str(build_store(root / ("val" if DIM == 16 else f"val-d{DIM}"), VAL_N, None, seed=1))
     paths["build_s"] = round(time.perf_counter() - t0, 1)
     return paths
 
@@ -415,15 +415,56 @@ def st_neighbours(p: dict) -> dict:
 
 
 def st_probe(p: dict) -> dict:
-    """The linear probe on the training store's rows (1 epoch), accuracy on the 50k val store."""
+    """The linear probe on the training store's rows (1 epoch), accuracy on the 50k val store: the
+    analysis' path (streamed through a shuffle buffer above IN_MEMORY, as a 2048-d store would be)."""
     import torch
-    from rcdm.analysis.probe import train_probe
+    from rcdm.analysis.experiments.probe import store_probe
     from rcdm.store import FeatureStore
+    from rcdm.store.stats import fits_in_memory
 
     torch.set_num_threads(1)
     train, val = FeatureStore(p["store"]), FeatureStore(p["val"])
-    r = train_probe(train.features(0), train.labels, val.features(0), val.labels, epochs=1, n_classes=N_CLASSES)
-    return {"val_accuracy": round(float(r.val_accuracy), 4)}
+    r = store_probe(train, train.labels, val, val.labels, in_memory_bytes=IN_MEMORY, epochs=1, n_classes=N_CLASSES)
+    return {"val_accuracy": round(float(r.val_accuracy), 4), "streamed": not fits_in_memory(train, 0, IN_MEMORY)}
+
+
+def st_manipulate(p: dict) -> dict:
+    """Sampling's ``manipulate`` condition: 20 nearest training rows of 2 store rows, streamed."""
+    from rcdm.config import SampleConfig
+    from rcdm.sample.conds import build
+    from rcdm.store import FeatureStore
+
+    cfg = SampleConfig(condition="manipulate", indices=(5, 1000), knn_k=20, knn_m=14)
+    return {"conditions": len(build(cfg, FeatureStore(p["store"])).conditions)}
+
+
+def st_manipulation_thresholds(p: dict) -> dict:
+    """The manipulation analysis' per-dimension 75th percentiles over the training store (streamed
+    above IN_MEMORY: as many columns per pass as IN_MEMORY holds for every row)."""
+    from rcdm.analysis.experiments import common
+    from rcdm.analysis.experiments.manipulation import active_thresholds, streamed_thresholds
+    from rcdm.store import FeatureStore
+    from rcdm.store.stats import fits_in_memory
+
+    common.IN_MEMORY_BYTES = IN_MEMORY
+    train = FeatureStore(p["store"])
+    held = fits_in_memory(train, 0, IN_MEMORY)
+    t = active_thresholds(train.features(0)) if held else streamed_thresholds(train)
+    return {
+        "dims": len(t),
+        "streamed": not held,
+        "passes": 1 if held else -(-DIM // max(1, IN_MEMORY // (4 * len(train)))),
+    }
+
+
+def st_invariance_nn(p: dict) -> dict:
+    """The invariance analysis' nearest-training-neighbour distance of 8 images (a pass each, streamed)."""
+    from rcdm.analysis.experiments.invariance_scores import StoreReference, nn_distance
+    from rcdm.store import FeatureStore
+
+    ref = StoreReference(FeatureStore(p["store"]))
+    hs = np.random.default_rng(0).standard_normal((8, DIM))
+    return {"images": len([nn_distance(h, ref) for h in hs])}
 
 
 STAGES = {
@@ -446,6 +487,9 @@ STAGES = {
     "kde": ({"store"}, st_kde),
     "neighbours": ({"store"}, st_neighbours),
     "probe": ({"store", "val"}, st_probe),
+    "manipulate": ({"store"}, st_manipulate),
+    "manipulation_thresholds": ({"store"}, st_manipulation_thresholds),
+    "invariance_nn": ({"store"}, st_invariance_nn),
 }
 
 
@@ -495,6 +539,7 @@ def _peak_rss_mb() -> int:
 def run_stage(name: str, paths: dict, nofile: int, timeout: float) -> dict:
     """``name`` in a child process under ``ulimit -n nofile`` and ``timeout`` seconds."""
     cmd = [sys.executable, __file__, "--child", name, "--paths", json.dumps(paths), "--nofile", str(nofile)]
+    cmd += ["--dim", str(DIM), "--in-memory-bytes", str(IN_MEMORY)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -567,6 +612,7 @@ def plot(results: dict, png: Path) -> dict:
 
 
 def main() -> None:
+    global DIM, IN_MEMORY
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, nargs="*", default=[10_000, 100_000])
     ap.add_argument("--stages", default=",".join(STAGES))
@@ -576,9 +622,18 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true", help="keep the built inputs under --root")
     ap.add_argument("--plot", help="a JSON written by this script: plot it (with --png) and print the exponents")
     ap.add_argument("--png", default="docs/scale.png")
+    ap.add_argument("--dim", type=int, default=DIM, help="feature dimension of the stores (the D-scaling; default 16)")
+    ap.add_argument(
+        "--in-memory-bytes",
+        type=int,
+        help="the float32 budget above which stages stream (default: 1 GiB scaled by dim / 2048, the path a "
+        "2048-d store of the same rows takes)",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--paths", help=argparse.SUPPRESS)
     a = ap.parse_args()
+    DIM = a.dim
+    IN_MEMORY = a.in_memory_bytes if a.in_memory_bytes is not None else (1 << 30) * DIM // 2048
     if a.child:
         return child(a.child, json.loads(a.paths), a.nofile)
     if a.plot:
@@ -603,7 +658,12 @@ def main() -> None:
     finally:
         if not a.keep:
             shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps({"nofile": a.nofile, "dim": DIM, "build_s": builds, "results": results}, indent=1))
+    print(
+        json.dumps(
+            {"nofile": a.nofile, "dim": DIM, "in_memory_bytes": IN_MEMORY, "build_s": builds, "results": results},
+            indent=1,
+        )
+    )
     return None
 
 

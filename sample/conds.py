@@ -113,15 +113,8 @@ class Resolver:
 
     def __init__(self, cfg: SampleConfig, store: Any, device: Any):
         self.cfg, self.store, self.device = cfg, store, device
-        self._feats: np.ndarray | None = None
         self._images: Any = None  # rcdm.store.StoreImages, made on first use
         self._images_failed = False
-
-    @property
-    def feats(self) -> np.ndarray:
-        if self._feats is None:
-            self._feats = self.store.features(view=0)  # (N, D) float32; view 0 = unflipped
-        return self._feats
 
     def store_image(self, i: int):
         """The store row's image for display, or None when it cannot be found (grid only)."""
@@ -138,11 +131,15 @@ class Resolver:
         return None
 
     def rows(self, rows) -> np.ndarray:
-        """``feats[rows]`` (n, D) float32, reading only the shards that hold them unless ``feats`` is
-        already read."""
-        if self._feats is not None:
-            return self._feats[np.asarray(rows, dtype=np.int64)]
-        return self.store.gather(rows, view=0)  # view 0 = unflipped
+        """View 0 (unflipped) of store rows ``rows``, (n, D) float32, reading only the shards that
+        hold them (a training store is 10 GB of float32: it is never read whole)."""
+        return self.store.gather(rows, view=0)
+
+    def knn(self, query: np.ndarray, k: int, exclude: int | None = None) -> np.ndarray:
+        """``C.knn`` of ``query (D,)`` over view 0 of the store, ``(k,)``: the same blocks, the same
+        answer, read a block at a time."""
+        blocks = self.store.iter_features(0, C.KNN_CHUNK)
+        return C.knn_streamed(blocks, np.asarray(query, np.float32)[None], k, exclude=exclude)[0]
 
     def store_row(self, i: int, kind: str = "store", vector: np.ndarray | None = None) -> Condition:
         """Row ``i`` as a condition (``vector``: its features, when already read)."""
@@ -315,8 +312,8 @@ def _manipulate(cfg: SampleConfig, r: Resolver) -> ConditionSet:
     _need(ends, None, "manipulate", at_least=1)
     conds: list[Condition] = []
     for q in ends:
-        nb = C.knn(r.feats, q.vector, cfg.knn_k, exclude=q.store_index)  # (k,)
-        dims = C.common_dims(r.feats[nb], cfg.knn_m)
+        nb = r.knn(q.vector, cfg.knn_k, exclude=q.store_index)  # (k,)
+        dims = C.common_dims(r.rows(nb), cfg.knn_m)
         v = C.manipulate(q.vector, dims, cfg.manipulate_mode, None if target is None else target.vector)
         extra = {"dims": dims.tolist(), "neighbours": nb.tolist(), "mode": cfg.manipulate_mode}
         if target is not None:

@@ -53,6 +53,10 @@ def test_iter_features_and_gather_give_the_rows_of_features(tmp_path, block_rows
         assert all(len(b) == block_rows for _, b in blocks[:-1]) and 0 < len(blocks[-1][1]) <= block_rows
     rows = np.array([299, 0, 5, 5, 130, -1])
     np.testing.assert_array_equal(st.gather(rows, 1), st.features(1)[rows])
+    for a, z in ((0, 300), (50, 200), (63, 65), (64, 64), (299, 300)):  # across and within shards of 64
+        np.testing.assert_array_equal(st.read_range(a, z, 1), st.features(1)[a:z])
+    with pytest.raises(IndexError):
+        st.read_range(10, 301)
 
 
 def _refuse_whole_matrix(monkeypatch):
@@ -247,3 +251,191 @@ def test_listing_a_source_runs_without_the_cyclic_collector(tmp_path, monkeypatc
     assert gc.isenabled()
     assert len(I.open_source(tmp_path / "a.tar")) == 1
     assert seen == [False] and gc.isenabled()
+
+
+def test_the_probe_of_a_large_store_streams_through_a_bounded_buffer(tmp_path, monkeypatch):
+    # the probe held every training row in float32 (ImageNet: 10 GB) for its minibatches
+    from rcdm.analysis.experiments.probe import store_probe
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 3, size=(6, 8))
+    y = np.repeat(np.arange(6), 100)  # class after class, as an ImageFolder store is written
+    scale = rng.uniform(0.1, 20, size=8)  # very different per-dimension scales: standardisation matters
+    x = (centres[y] + rng.normal(0, 1, size=(600, 8))) * scale + 5
+    yv = np.repeat(np.arange(6), 20)
+    xv = (centres[yv] + rng.normal(0, 1, size=(120, 8))) * scale + 5
+    keys = [f"c{c}/img_{i:04d}" for i, c in enumerate(y)]
+    train = make_store(tmp_path / "tr", x.astype(np.float32), keys, y, shard_size=64, dtype="float32")
+    val = make_store(tmp_path / "va", xv.astype(np.float32), [f"v{i}" for i in range(120)], yv, dtype="float32")
+    kw = {"epochs": 30, "lr": 0.05, "seed": 1, "batch_size": 32}
+    whole = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, **kw)  # fits: in memory
+    _refuse_whole_matrix(monkeypatch)
+    from rcdm.analysis import probe as P
+
+    buffers = []
+    real_read = P.read_buffer
+    monkeypatch.setattr(P, "read_buffer", lambda st, blocks: buffers.append(real_read(st, blocks)) or buffers[-1])
+    budget = 150 * 8 * 4  # a buffer of 150 rows: a quarter of the store
+    streamed = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, in_memory_bytes=budget, **kw)
+    assert buffers and max(len(r) for _, r in buffers) <= 150  # what it holds at once: one buffer
+    epoch_rows: list[int] = []
+    for _, rows in buffers:  # every row once an epoch
+        epoch_rows += rows.tolist()
+        if len(epoch_rows) >= 600:
+            assert sorted(epoch_rows) == list(range(600))
+            epoch_rows = []
+    assert not epoch_rows and sum(len(r) for _, r in buffers) == 30 * 600
+    feats, rows = buffers[7]
+    np.testing.assert_array_equal(feats, x.astype(np.float32)[rows])
+    assert whole.val_accuracy >= 0.95 and whole.train_accuracy >= 0.95
+    assert abs(streamed.val_accuracy - whole.val_accuracy) <= 0.03
+    assert abs(streamed.train_accuracy - whole.train_accuracy) <= 0.03
+    torch = pytest.importorskip("torch")
+    feats = torch.from_numpy(x.astype(np.float32))
+    torch.testing.assert_close(streamed.probe.mean, feats.mean(0), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(streamed.probe.std, feats.std(0, unbiased=False), rtol=1e-5, atol=1e-4)
+    again = store_probe(S.FeatureStore(train), y, S.FeatureStore(val), yv, in_memory_bytes=budget, **kw)
+    assert torch.equal(again.probe.linear.weight, streamed.probe.linear.weight)  # seeded
+
+
+def test_the_manipulate_condition_searches_the_store_a_block_at_a_time(tmp_path, monkeypatch):
+    # sampling's manipulate condition read the whole store (10 GB for ImageNet's) for k nearest rows
+    from rcdm.config import SampleConfig
+    from rcdm.diffusion import conditions as C
+    from rcdm.sample.conds import build
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    want = []
+    for i in (3, 400):  # the old arithmetic: knn over the whole matrix, its own row left out
+        nb = C.knn(whole, whole[i], 6, exclude=i)
+        want.append((nb, C.manipulate(whole[i], C.common_dims(whole[nb], 2), "replace", whole[77])))
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(C, "KNN_CHUNK", 64)  # many blocks
+    cfg = SampleConfig(condition="manipulate", indices=(3, 400, 77), knn_k=6, knn_m=2, manipulate_mode="replace")
+    got = [c for c in build(cfg, S.FeatureStore(path)).conditions if c.kind == "manipulate"]
+    assert len(got) == 2
+    for c, (nb, v) in zip(got, want, strict=True):
+        assert c.extra["neighbours"] == nb.tolist()
+        np.testing.assert_array_equal(c.vector, v)
+
+
+def _analysis_context(tmp_path, path):
+    """An analysis Context over the train store ``path``, and an RCDM stand-in conditioned on it."""
+    import torch
+    from rcdm.analysis.experiments.common import RCDM, Context
+    from rcdm.config import AnalyzeConfig
+    from rcdm.run.conditioning import Conditioning
+
+    ctx = Context(AnalyzeConfig(train_store=str(path), val_store=str(path)), tmp_path / "out", torch.device("cpu"))
+    train = ctx.store("train")
+    info = dict(train.encoder_info, layer=train.layer, dim=train.dim)
+    r = RCDM("ck", "ck", None, None, {}, info, "", Conditioning.of_store(train), train.dim, 16)
+    return ctx, r
+
+
+def test_the_invariance_reference_streams_a_large_training_store(tmp_path, monkeypatch):
+    # invariance's nearest-neighbour reference held every training row in float64 (ImageNet: 20 GB)
+    from rcdm.analysis.experiments import common
+    from rcdm.analysis.experiments import invariance as I
+    from rcdm.analysis.experiments.invariance_scores import StoreReference, nn_distance
+
+    path, _ = _store(tmp_path, n=500)
+    ctx, r = _analysis_context(tmp_path, path)
+    held, what = I._nn_reference(ctx, r, r.encoder_info["layer"])  # fits: the whole matrix, as before
+    assert isinstance(held, np.ndarray) and what == "all 500 entries of the train store"
+    hs = np.random.default_rng(1).standard_normal((4, 5))
+    hs[0] = held[42]  # its own entry is left out
+    mean, std = held.mean(0), held.std(0) + 0.5
+    standardise = lambda x: (x - mean) / std  # noqa: E731
+    want = [nn_distance(h, held, chunk=100) for h in hs] + [nn_distance(standardise(h), standardise(held)) for h in hs]
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(common, "IN_MEMORY_BYTES", 100)
+    ctx, r = _analysis_context(tmp_path, path)
+    ref, what2 = I._nn_reference(ctx, r, r.encoder_info["layer"])
+    assert isinstance(ref, StoreReference) and what2 == what
+    seen = ref.mapped(standardise)
+    got = [nn_distance(h, ref, chunk=64) for h in hs] + [nn_distance(standardise(h), seen, chunk=64) for h in hs]
+    assert got == want
+
+
+def test_the_manipulation_analysis_streams_a_large_training_store(tmp_path, monkeypatch):
+    # manipulation's per-dimension thresholds and neighbours read every training row at once
+    from rcdm.analysis.experiments import common
+    from rcdm.analysis.experiments import manipulation as M
+    from rcdm.diffusion.conditions import knn
+
+    path, _ = _store(tmp_path, n=500)
+    whole = S.FeatureStore(path).features(0)
+    ctx, _ = _analysis_context(tmp_path, path)
+    held = M.TrainRows(ctx.store("train"), ctx.held_features(ctx.store("train")))
+    assert held.features is not None  # fits: the whole matrix, as before
+    hs = np.random.default_rng(2).standard_normal((3, 5)).astype(np.float32)
+    want_t = M.active_thresholds(whole)
+    want_nn = [knn(whole, h, 7) for h in hs]
+    np.testing.assert_array_equal(held.thresholds(), want_t)
+    _refuse_whole_matrix(monkeypatch)
+    monkeypatch.setattr(common, "IN_MEMORY_BYTES", 4 * 500 * 2)  # two columns of every row a pass
+    ctx, _ = _analysis_context(tmp_path, path)
+    streamed = M.TrainRows(ctx.store("train"), ctx.held_features(ctx.store("train")))
+    assert streamed.features is None
+    np.testing.assert_array_equal(streamed.thresholds(), want_t)
+    for h, nn in zip(hs, want_nn, strict=True):
+        np.testing.assert_array_equal(streamed.knn(h, 7), nn)
+        np.testing.assert_array_equal(streamed.rows(nn), whole[nn])
+
+
+def test_the_retrieval_baseline_runs_on_the_evaluate_device(tmp_path, monkeypatch):
+    # 50k conditions x 1.28M training rows x 2048-d is 2.6e14 flops: numpy on a CPU takes hours
+    from rcdm.analysis.evaluation import feature_stats as F
+    from rcdm.analysis.evaluation.spaces import retrieval_baseline
+
+    rng = np.random.default_rng(4)
+    train = rng.standard_normal((700, 12)).astype(np.float32)
+    q = rng.standard_normal((1500, 12)).astype(np.float32)  # more than one chunk of 1024 queries
+    q[5] = train[321]  # distance 0
+    train[600] = train[321]  # a tie: the first row wins
+    blocks = [(s, train[s : s + 64]) for s in range(0, 700, 64)]
+    want_nn, want_d = F.nearest_rows_streamed(q, blocks)  # numpy
+    nn, d = F.nearest_rows_streamed(q, blocks, device="cpu")  # torch, the same arithmetic
+    np.testing.assert_array_equal(nn, want_nn)
+    # float32 rounding of ||q||^2 + ||r||^2 - 2 q.r: equal to a few ulps of the squared norms
+    np.testing.assert_allclose(d**2, want_d**2, rtol=1e-5, atol=1e-5 * 24)
+    assert nn[5] == 321
+    seen = []
+    real = F._nearest_rows_torch
+    monkeypatch.setattr(F, "_nearest_rows_torch", lambda q_, b, dev: seen.append(str(dev)) or real(q_, b, "cpu"))
+    path, _ = _store(tmp_path, n=300)
+    conds = rng.standard_normal((20, 5)).astype(np.float32)
+    on_cpu = retrieval_baseline(conds, S.FeatureStore(path), [], device="cpu")
+    assert seen == []  # a CPU keeps numpy's arithmetic, bit for bit
+    on_gpu = retrieval_baseline(conds, S.FeatureStore(path), [], device="cuda:0")
+    assert seen == ["cuda:0"]
+    np.testing.assert_array_equal(on_gpu.rows, on_cpu.rows)
+
+
+def test_the_streamed_knn_holds_one_float64_block(tmp_path):
+    # at 2048-d a block of KNN_CHUNK rows is 1 GB in float64: the neighbours search held the last
+    # block's copy, f**2 and the next block at once (4.2 GB peak at 200k x 2048, bench/scale.py)
+    import tracemalloc
+
+    from rcdm.diffusion import conditions as C
+
+    rows, d = 20000, 64
+    f64_block = rows * d * 8
+
+    def blocks():
+        for b in range(4):
+            yield b * rows, np.random.default_rng(b).standard_normal((rows, d), dtype=np.float32)
+
+    q = np.random.default_rng(9).standard_normal((3, d)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        tracemalloc.reset_peak()
+        got = C.knn_streamed(blocks(), q, 5)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    want = C.knn(np.concatenate([b for _, b in blocks()]), q, 5)
+    np.testing.assert_array_equal(got, want)
+    assert peak < 1.8 * f64_block, f"peak {peak / f64_block:.2f} float64 blocks"

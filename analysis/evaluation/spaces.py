@@ -264,7 +264,7 @@ def evaluate_spaces(
     groups = np.array([r.condition for r in ss.rows])[inside]
     images = ss.images[inside]
     kw = dict(device=device, chunk_bytes=chunk_bytes)
-    base = retrieval_baseline(ss.conds[inside], train_store, notes)
+    base = retrieval_baseline(ss.conds[inside], train_store, notes, device=device)
     spaces = [
         {
             **describe_space("conditioning", store),
@@ -319,9 +319,17 @@ def _get(base: Baseline | None, name: str) -> Any:
     return None if base is None else getattr(base, name)
 
 
-def retrieval_baseline(conds: np.ndarray, train_store: Any | None, notes: list[str]) -> Baseline | None:
+def torch_device_type(device: Any) -> str:
+    """``"cuda"``, ``"cpu"``, ... of a torch device or its name."""
+    return getattr(device, "type", str(device).split(":")[0])
+
+
+def retrieval_baseline(
+    conds: np.ndarray, train_store: Any | None, notes: list[str], device: Any = None
+) -> Baseline | None:
     """The nearest training row to each condition ``conds (M_in, D)`` and its features, or None
-    (noted) without a training store."""
+    (noted) without a training store. The distances are computed on ``device`` when it is an
+    accelerator (a CPU keeps numpy's arithmetic)."""
     if train_store is None:
         notes.append(
             "retrieval baseline not computed: no evaluate.train_store of the reference's encoder and "
@@ -330,7 +338,8 @@ def retrieval_baseline(conds: np.ndarray, train_store: Any | None, notes: list[s
         return None
     # Streamed a block at a time: ImageNet's training store is 10 GB of float32 a view.
     blocks = train_store.iter_features(view=0, block_rows=F.nearest_block_rows(len(conds)))
-    nn, nn_dist = F.nearest_rows_streamed(conds, blocks)  # nearest training row per condition
+    on = device if device is not None and torch_device_type(device) != "cpu" else None
+    nn, nn_dist = F.nearest_rows_streamed(conds, blocks, device=on)  # nearest training row per condition
     base = train_store.gather(nn, view=0)  # the retrieval baseline's "samples" in the conditioning space
     info = {
         "train_store": str(train_store.path.resolve()),

@@ -24,6 +24,7 @@ from rcdm.config import AnalyzeConfig
 from rcdm.errors import InvalidInput, MissingInput
 from rcdm.run.conditioning import Conditioning, check_conditioning, same_representation
 from rcdm.store.format import MANIFEST as STORE_MANIFEST
+from rcdm.store.stats import IN_MEMORY_BYTES, fits_in_memory
 from rcdm.utils import atomic_write_json
 
 __all__ = ["RCDM", "Context", "same_encoder", "describe_encoder"]
@@ -134,6 +135,12 @@ class Context:
     def features(self, store) -> np.ndarray:
         """The store's view-0 (unflipped) features, ``(N, D)`` float32; cached."""
         return self.cached(("feats", str(store.path)), lambda: store.features(0))
+
+    def held_features(self, store) -> np.ndarray | None:
+        """:meth:`features` (cached) when the store's view-0 rows fit :data:`IN_MEMORY_BYTES` of
+        float32, else None: the caller reads the store a block at a time (``iter_features``,
+        ``gather``, :func:`nearest_training_rows`), as it must for ImageNet's 10 GB training store."""
+        return self.features(store) if fits_in_memory(store, 0, IN_MEMORY_BYTES) else None
 
     def labels(self, store, what: str) -> np.ndarray:
         """``store``'s labels (known for every row), meaning the same classes as the other store

@@ -17,6 +17,7 @@ from rcdm.analysis.experiments.common import Context, describe_encoder, same_enc
 from rcdm.analysis.experiments.distances import squared_distances
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.experiments.invariance_scores import (
+    StoreReference,
     h_score,
     nn_distance,
     plot_scores,
@@ -77,16 +78,19 @@ def _standardiser(r):
     return lambda x: (np.asarray(x, np.float64) - mean) / std
 
 
-def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray, str]:
+def _nn_reference(ctx: Context, r, layer: str) -> tuple[np.ndarray | StoreReference, str]:
     """Training representations of ``layer`` for nearest-neighbour distances (float64, converted
-    once), and what they are: the train store when it holds this encoder and layer, else N_NN
-    training images encoded. Cached per (encoder, layer): checkpoints of one encoder share it."""
+    once), and what they are: the train store when it holds this encoder and layer (read a block
+    at a time when it is too large to hold: :meth:`Context.held_features`), else N_NN training
+    images encoded. Cached per (encoder, layer): checkpoints of one encoder share it."""
 
-    def make() -> tuple[np.ndarray, str]:
+    def make() -> tuple[np.ndarray | StoreReference, str]:
         train = ctx.store("train")
         info = {**r.encoder_info, "layer": layer}
         if layer == r.encoder_info.get("layer") and same_encoder(train, r):
-            ref, what = ctx.features(train), f"all {len(train)} entries of the train store"
+            ref, what = ctx.held_features(train), f"all {len(train)} entries of the train store"
+            if ref is None:
+                return StoreReference(train), what
         else:
             rows = ctx.pick(train, N_NN, f"invariance-nn/{layer}")
             enc = ctx.encoder(r.encoder_info, layer)
@@ -180,7 +184,8 @@ def _setup(ctx: Context, r) -> _Setup:
     cond_layer = r.encoder_info.get("layer")
     refs = {layer: _nn_reference(ctx, r, layer) for layer in layers}
     if std is not None and cond_layer in refs:  # compare in the space the model sees
-        refs[cond_layer] = (std(refs[cond_layer][0]), refs[cond_layer][1])
+        ref, what = refs[cond_layer]
+        refs[cond_layer] = (ref.mapped(std) if isinstance(ref, StoreReference) else std(ref), what)
     return _Setup(enc, second, second_desc, std, cond_layer, refs, layers)
 
 

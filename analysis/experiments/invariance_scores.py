@@ -17,21 +17,49 @@ identical).
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-__all__ = ["h_score", "nn_distance", "plot_scores", "sample_score"]
+__all__ = ["StoreReference", "h_score", "nn_distance", "plot_scores", "sample_score"]
 
 
-def nn_distance(h: np.ndarray, reference: np.ndarray, chunk: int = 1 << 15) -> float:
+@dataclass(frozen=True)
+class StoreReference:
+    """View 0 of a feature store as an :func:`nn_distance` reference, read a block at a time (a
+    training store too large to hold: ImageNet's is 10 GB of float32, 20 GB as float64), each block
+    in float64 and mapped by ``transform`` (e.g. the checkpoint's standardisation) when given."""
+
+    store: Any
+    transform: Callable[[np.ndarray], np.ndarray] | None = None
+
+    def mapped(self, fn: Callable[[np.ndarray], np.ndarray]) -> StoreReference:
+        """The same rows with ``fn`` applied after this reference's own transform."""
+        inner = self.transform
+        return StoreReference(self.store, fn if inner is None else (lambda x: fn(inner(x))))
+
+    def blocks(self, rows: int):
+        for _, block in self.store.iter_features(0, rows):
+            x = block.astype(np.float64)
+            yield x if self.transform is None else self.transform(x)
+
+
+def nn_distance(h: np.ndarray, reference: np.ndarray | StoreReference, chunk: int = 1 << 15) -> float:
     """Euclidean distance from ``h (D,)`` to its nearest row of ``reference (N, D)``, rows equal
     to ``h`` excluded (h's own entry, if the reference holds it). Computed in float64, ``chunk``
     rows at a time (no (N, D) temporary: the reference may be a whole train store); pass a float64
-    reference when calling this repeatedly, so its rows are not converted on every call."""
+    reference when calling this repeatedly, so its rows are not converted on every call. A
+    :class:`StoreReference` is read from its store on every call, a block at a time."""
     h = np.asarray(h, np.float64)
     best = float("inf")
-    for start in range(0, len(reference), chunk):
-        d = np.linalg.norm(np.asarray(reference[start : start + chunk], np.float64) - h[None], axis=1)
+    if isinstance(reference, StoreReference):
+        blocks = reference.blocks(chunk)  # each row's distance is its own: the blocks do not change the minimum
+    else:
+        blocks = (reference[start : start + chunk] for start in range(0, len(reference), chunk))
+    for block in blocks:
+        d = np.linalg.norm(np.asarray(block, np.float64) - h[None], axis=1)
         d = d[d > 0]
         if d.size:
             best = min(best, float(d.min()))

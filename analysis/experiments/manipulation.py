@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from rcdm.analysis.experiments.common import Context, describe_encoder, same_encoder
+from rcdm.analysis.experiments import common
+from rcdm.analysis.experiments.common import Context, describe_encoder, nearest_training_rows, same_encoder
 from rcdm.analysis.experiments.figures import display_size, labelled
 from rcdm.analysis.report import Entry, Table
 from rcdm.diffusion.conditions import active_mask, common_dims
@@ -35,6 +36,46 @@ def active_thresholds(train_feats: np.ndarray, q: float = ACTIVE_QUANTILE) -> np
     rule, for sparse post-ReLU features) means nothing for a dense or standardised
     representation, where every dimension is non-zero; this threshold means the same for both."""
     return np.quantile(np.asarray(train_feats, dtype=np.float32), q, axis=0).astype(np.float32)
+
+
+def streamed_thresholds(store, q: float = ACTIVE_QUANTILE, budget: int | None = None) -> np.ndarray:
+    """:func:`active_thresholds` of view 0 of ``store`` without holding it: a few columns at a time
+    (as many as ``budget`` bytes of float32 hold for every row; default
+    ``common.IN_MEMORY_BYTES``), each group gathered in one pass over the store. Each column's
+    quantile is the one of the whole matrix, exactly; ImageNet's 1.28M x 2048 store takes 10 passes."""
+    n, d = len(store), store.dim
+    per_pass = max(1, (common.IN_MEMORY_BYTES if budget is None else budget) // (4 * max(1, n)))
+    out = np.zeros(d, np.float32)
+    for c in range(0, d, per_pass):
+        cols = np.zeros((n, min(d, c + per_pass) - c), np.float32)
+        for s, block in store.iter_features(0):
+            cols[s : s + len(block)] = block[:, c : c + per_pass]
+        out[c : c + cols.shape[1]] = np.quantile(cols, q, axis=0)
+    return out
+
+
+@dataclass
+class TrainRows:
+    """View 0 of the training store for the neighbour rule: held (``features``, when it fits
+    :meth:`Context.held_features`) or read a block at a time (``None``: ImageNet's is 10 GB), with the
+    same thresholds, neighbours and rows either way."""
+
+    store: Any
+    features: np.ndarray | None
+
+    def thresholds(self) -> np.ndarray:
+        return active_thresholds(self.features) if self.features is not None else streamed_thresholds(self.store)
+
+    def knn(self, h: np.ndarray, k: int) -> np.ndarray:
+        """The ``k`` nearest rows to ``h (D,)``, nearest first (``conditions.knn``'s answer)."""
+        from rcdm.diffusion.conditions import knn
+
+        if self.features is not None:
+            return knn(self.features, h, k)
+        return nearest_training_rows(self.store, np.asarray(h)[None], k)[0]
+
+    def rows(self, idx: np.ndarray) -> np.ndarray:
+        return self.features[idx] if self.features is not None else self.store.gather(idx, 0)
 
 
 def select_dims(
@@ -88,7 +129,7 @@ class _Setting:
 
     val: Any
     train: Any
-    tf: np.ndarray  # (N_train, D) the training features
+    tf: TrainRows  # the training features
     vf: np.ndarray  # (N_val, D) the validation features
     k: int  # nearest training neighbours
     m: int  # a dimension is common when active in at least m of them
@@ -109,7 +150,7 @@ def run(ctx: Context) -> Entry:
     """Per checkpoint: masking / substitution figures of each picked image, then the algebra rows."""
     cfg = ctx.cfg
     val, train = ctx.store("val"), ctx.store("train")
-    tf = ctx.features(train)
+    tf = TrainRows(train, ctx.held_features(train))
     k = min(cfg.knn_k, len(train))
     m = min(cfg.knn_m, k)
     rows = ctx.pick(val, max(3, cfg.n_images), "manipulation")  # algebra needs 3
@@ -120,7 +161,7 @@ def run(ctx: Context) -> Entry:
             f"({describe_encoder(val.encoder_info)}) must hold the same representation"
         )
     rcdms, notes = ctx.store_rcdms(train, "manipulation")
-    thresholds = active_thresholds(tf)
+    thresholds = tf.thresholds()
     out = _Results()
     for r in rcdms:
         st = _Setting(val, train, tf, ctx.features(val), k, m, thresholds, rows, seeds)
@@ -148,15 +189,16 @@ def run(ctx: Context) -> Entry:
 def _masking(ctx: Context, r, st: _Setting, n_img: int, i: int, size: int, out: _Results) -> None:
     """Image ``i``: h, its most- / least-common dimensions zeroed and replaced by those of the next
     picked image, sampled; its figure, record and table row."""
-    from rcdm.diffusion.conditions import knn, manipulate
+    from rcdm.diffusion.conditions import manipulate
 
     val, h = st.val, st.vf[i]
     other = st.rows[(n_img + 1) % len(st.rows)]  # the substitution source: the next image
-    nn = knn(st.tf, h, st.k)
+    nn = st.tf.knn(h, st.k)
+    nn_feats = st.tf.rows(nn)
     conds, labels = [h], ["original"]
     dims_by = {}
     for variant in ("most", "least"):
-        dims = select_dims(h, st.tf[nn], st.m, variant, st.thresholds)
+        dims = select_dims(h, nn_feats, st.m, variant, st.thresholds)
         dims_by[variant] = dims
         conds.append(manipulate(h, dims, "zero"))
         labels.append(f"mask {variant}")

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 from rcdm.analysis.experiments.common import Context, same_encoder
-from rcdm.analysis.probe import ProbeResult, train_probe
+from rcdm.analysis.probe import FULL_BATCH_ROWS, MINIBATCH, ProbeResult, train_probe, train_probe_streamed
 from rcdm.analysis.report import Entry, Table
 from rcdm.errors import InvalidInput
+from rcdm.store.stats import IN_MEMORY_BYTES, fits_in_memory
 
 TITLE = "Linear probe (Table a)"
 
@@ -36,17 +37,26 @@ def fit_store_probe(ctx: Context, train, val) -> ProbeResult:
     ytr = ctx.labels(train, "probe: the train")
     yva = ctx.labels(val, "probe: the val")
     n_classes = int(max(ytr.max(), yva.max()) + 1)
-    return train_probe(
-        ctx.features(train),
-        ytr,
-        ctx.features(val),
-        yva,
-        epochs=ctx.cfg.probe_epochs,
-        lr=ctx.cfg.probe_lr,
-        seed=ctx.cfg.seed,
-        n_classes=n_classes,
-        device=ctx.device,
-    )
+    kw = {"epochs": ctx.cfg.probe_epochs, "lr": ctx.cfg.probe_lr, "seed": ctx.cfg.seed, "n_classes": n_classes}
+    return store_probe(train, ytr, val, yva, device=ctx.device, features=ctx.features, **kw)
+
+
+def store_probe(train, ytr, val, yva, *, in_memory_bytes: int = IN_MEMORY_BYTES, features=None, **kw) -> ProbeResult:
+    """The probe on view 0 of two stores: in memory (``features(store)``, default
+    ``store.features(0)``: :func:`train_probe`, as it always was) when the training rows fit
+    ``in_memory_bytes`` of float32, else streamed through a shuffle buffer of that size
+    (:func:`train_probe_streamed`; ImageNet's training rows are 10 GB)."""
+    if fits_in_memory(train, 0, in_memory_bytes):
+        feats = features or (lambda s: s.features(0))
+        return train_probe(feats(train), ytr, feats(val), yva, **kw)
+    return train_probe_streamed(train, ytr, val, yva, buffer_bytes=in_memory_bytes, **kw)
+
+
+def _how(n_train: int, dim: int) -> str:
+    """How :func:`store_probe` fits a training store of ``n_train`` x ``dim`` rows."""
+    if n_train * dim * 4 > IN_MEMORY_BYTES:
+        return f"minibatches of {MINIBATCH} from a shuffle buffer of {IN_MEMORY_BYTES >> 20} MiB of the streamed store"
+    return "full batch" if n_train <= FULL_BATCH_ROWS else f"minibatches of {MINIBATCH}"
 
 
 def cached_probe(ctx: Context, train, val) -> ProbeResult:
@@ -90,8 +100,9 @@ def run(ctx: Context) -> Entry:
         columns=["encoder", "layer", "dim", "train n", "val n", "val acc", "train acc", "majority"],
         rows=rows,
     )
+    hows = sorted({_how(r["n_train"], r["dim"]) for r in numbers})
     desc = (
         f"Multinomial logistic regression on standardised features (Adam, lr {ctx.cfg.probe_lr}, "
-        f"{ctx.cfg.probe_epochs} epochs, full batch, seed {ctx.cfg.seed})."
+        f"{ctx.cfg.probe_epochs} epochs, {'; '.join(hows)}, seed {ctx.cfg.seed})."
     )
     return ctx.finish("probe", TITLE, {"probes": numbers, "seed": ctx.cfg.seed}, [], [table], desc)

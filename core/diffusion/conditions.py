@@ -167,7 +167,10 @@ def knn_streamed(blocks, query: np.ndarray, k: int, *, exclude: int | None = Non
     for s, block in blocks:
         # Squared distances ||f||^2 - 2 f.q + ||q||^2 in float64, a block of rows at a time.
         f = np.asarray(block, dtype=np.float32).astype(np.float64)
-        d2 = (f**2).sum(1)[None] - 2.0 * q2.astype(np.float64) @ f.T + qq
+        del block  # a 2048-d block of KNN_CHUNK rows is 512 MB as float32, 1 GB as float64
+        # each row's sum of squares on its own (the same bits), without a (n, D) temporary of f**2
+        f_sq = np.concatenate([(f[a : a + 4096] ** 2).sum(1) for a in range(0, len(f), 4096)] or [np.zeros(0)])
+        d2 = f_sq[None] - 2.0 * q2.astype(np.float64) @ f.T + qq
         rows += len(f)
         if exclude is not None and s <= exclude < s + len(f):
             d2[:, exclude - s] = np.inf
@@ -175,6 +178,7 @@ def knn_streamed(blocks, query: np.ndarray, k: int, *, exclude: int | None = Non
         i = np.concatenate([best_i, np.broadcast_to(np.arange(s, s + len(f)), d2.shape)], axis=1)
         keep = np.argsort(d, axis=1, kind="stable")[:, :k]  # earlier rows first: ties keep the lower index
         best_d, best_i = np.take_along_axis(d, keep, 1), np.take_along_axis(i, keep, 1)
+        del f, d2, d, i  # before the next block is read: one block's float64 copy at a time
     n_avail = rows - int(exclude is not None and 0 <= exclude < rows)
     if n_avail < k:
         raise InvalidInput(f"knn: k={k} but only {n_avail} candidate rows are available")

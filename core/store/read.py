@@ -199,6 +199,12 @@ class FeatureStore:
     def __len__(self) -> int:
         return int(self._offsets[-1])
 
+    @property
+    def shard_offsets(self) -> list[int]:
+        """Each shard's first row, then ``len(self)``: shard ``s`` holds rows ``[o[s], o[s + 1])``
+        (what a streamed reader cuts its blocks by, so each block reads one shard)."""
+        return list(self._offsets)
+
     def __repr__(self) -> str:
         return (
             f"FeatureStore({str(self.path)!r}, {self.encoder_info.get('name')}/{self.layer}, {len(self)} x {self.dim})"
@@ -382,7 +388,13 @@ class FeatureStore:
             while held >= block_rows:
                 block = np.concatenate(pending) if len(pending) > 1 else pending[0]
                 yield start, block[:block_rows]
-                pending, held, start = [block[block_rows:]], held - block_rows, start + block_rows
+                rest = block[block_rows:]  # a short remainder is copied, so the yielded block can be freed
+                pending, held, start = (
+                    [rest if len(rest) >= block_rows else rest.copy()],
+                    held - block_rows,
+                    start + block_rows,
+                )
+                del block, rest
         if block_rows is not None and held:
             yield start, np.concatenate(pending)
 
@@ -410,13 +422,30 @@ class FeatureStore:
                 f"view {view} does not exist; this store has views 0..{len(self.views) - 1} {self.views}"
             )
 
-    def _shard_features(self, s: int, view: int | None) -> np.ndarray:
-        """Shard ``s``'s rows, (n, D) for one view or (n, V, D), in the stored dtype."""
+    def read_range(self, start: int, stop: int, view: int = 0) -> np.ndarray:
+        """``features(view)[start:stop]`` (stop - start, D) float32, reading only those rows (a slice of
+        each shard that holds them: a few hundred rows cost a few hundred rows' bytes, not a shard's)."""
+        self._check_view(view)
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError(f"rows [{start}, {stop}) are out of range for a store of {len(self)} rows")
+        parts = []
+        while start < stop:
+            s = bisect.bisect_right(self._offsets, start) - 1
+            a, b = start - self._offsets[s], min(stop, self._offsets[s + 1]) - self._offsets[s]
+            parts.append(self._shard_features(s, view, slice(a, b)).astype(np.float32, copy=False))
+            start = self._offsets[s] + b
+        if not parts:
+            return np.zeros((0, self.dim), np.float32)
+        return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+    def _shard_features(self, s: int, view: int | None, sel: slice = slice(None)) -> np.ndarray:
+        """Shard ``s``'s rows (the ``sel`` slice of them), (n, D) for one view or (n, V, D), in the
+        stored dtype."""
         if self.format == "h5":
             f = self._h5_file(s)
             with self._reading(s):
-                return f["feat"][:] if view is None else f["feat"][:, view]
-        samples = self._tar(s)
+                return f["feat"][sel] if view is None else f["feat"][sel, view]
+        samples = self._tar(s)[sel]
         with self._reading(s), open(self._files[s], "rb") as fh:
             rows = []
             for _, m in samples:
