@@ -375,3 +375,19 @@ def test_training_grid_title_names_kimg_and_sampler():
     g.sampler = Sampler(Steps.parse("50"), False, 0.0, 5.0)
     assert g.title(Path("grids/kimg-000001.000.png")) == "1 kimg; sampler ancestral, 50 steps, guidance 5"
     assert g.title(Path("grids/any.png"), kimg=2.5) == "2.5 kimg; sampler ancestral, 50 steps, guidance 5"
+
+
+def test_training_threads_do_not_reach_the_stages_after_it(tmp_path):
+    """train.threads holds while training: the same process (rcdm demo, rcdm run) samples and
+    analyses with the thread count it had before (it stayed at training's 1 thread)."""
+    import rcdm.train
+
+    before = torch.get_num_threads()
+    want = 1 if before > 1 else 2
+    store = train_store(tmp_path)
+    try:
+        torch.set_num_threads(want + 1)
+        rcdm.train.run(train_cfg(store, tmp_path / "run", threads=want, kimg=0.004))
+        assert torch.get_num_threads() == want + 1
+    finally:
+        torch.set_num_threads(before)

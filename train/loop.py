@@ -39,7 +39,7 @@ from rcdm.train.checkpoint import TrainState
 from rcdm.train.data import ImageFeatureDataset, input_layout, make_loader, to_model_input
 from rcdm.train.ema import EMA
 from rcdm.train.monitor import Logger, Stats, memory_gb
-from rcdm.train.threads import apply_threads, loader_workers, resolve_threads
+from rcdm.train.threads import apply_threads, loader_workers, resolve_threads, threads_restored
 from rcdm.utils import atomic_write_json, now_iso
 
 if TYPE_CHECKING:
@@ -171,15 +171,16 @@ def _accelerator(cfg: TrainConfig, mixed_precision: str, compile: bool):
 def run(cfg: TrainConfig) -> Path:
     """Train (or resume) the run in ``cfg.out``; returns the run directory."""
     _validate(cfg)
-    r = _setup(cfg)  # processes, threads, the store, the model config, the checkpoint to resume from
-    if _finished(r):
-        return r.run_dir.path
-    with _peers(r):  # another process lost: one line, not a hang or gloo's traceback
-        torch.manual_seed(r.rank_seed)  # the UNet's initialisation and every draw after it
-        m = _build(r)  # model, EMA, optimizer, diffusion; the training images
-        state = _resume(r, m)  # the state training resumes from; the run folder made ready
-        last_good = _train(r, m, state)
-        _finish(r, state, last_good)
+    with threads_restored():  # train.threads holds for training only, not the stages after it
+        r = _setup(cfg)  # processes, threads, the store, the model config, the checkpoint to resume from
+        if _finished(r):
+            return r.run_dir.path
+        with _peers(r):  # another process lost: one line, not a hang or gloo's traceback
+            torch.manual_seed(r.rank_seed)  # the UNet's initialisation and every draw after it
+            m = _build(r)  # model, EMA, optimizer, diffusion; the training images
+            state = _resume(r, m)  # the state training resumes from; the run folder made ready
+            last_good = _train(r, m, state)
+            _finish(r, state, last_good)
     return r.run_dir.path
 
 

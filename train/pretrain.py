@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from rcdm.config import PretrainConfig, save_resolved
 from rcdm.errors import InvalidInput, OutputExists
 from rcdm.run.lock import holding_output_lock
+from rcdm.train.threads import threads_restored
 from rcdm.utils import atomic_write_json, now_iso, sha256_file
 
 __all__ = ["FILE", "RECORD", "augment", "nt_xent", "pretrain"]
@@ -37,6 +38,11 @@ FORMAT = "rcdm-encoder/1"
 def pretrain(cfg: PretrainConfig) -> Path:
     """Train the encoder on ``cfg.source``; returns its weights file."""
     out = _check(cfg)
+    with threads_restored():
+        return _pretrain(cfg, out)
+
+
+def _pretrain(cfg: PretrainConfig, out: Path) -> Path:
     torch.set_num_threads(cfg.threads)
     images, labels = load_images(cfg.source, 2 * cfg.image_size)  # (N, 3, 2s, 2s) uint8
     torch.manual_seed(cfg.seed)

@@ -10,8 +10,10 @@ minus the loader's workers; at least one. The value used, and why, is written to
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+from collections.abc import Iterator
 
 from rcdm.config import TrainConfig
 from rcdm.speed import auto_workers, usable_cores
@@ -63,6 +65,20 @@ def resolve_threads(
 def loader_workers(cfg: TrainConfig) -> int:
     """The training loader's worker processes (``train.workers`` may be "auto")."""
     return auto_workers(cfg.workers, cap=8)
+
+
+@contextlib.contextmanager
+def threads_restored() -> Iterator[None]:
+    """Torch's thread count as it was, after the block: a stage's ``train.threads`` never reaches
+    the stages after it in the same process (``rcdm demo`` trained on 1 thread while another job
+    ran, then sampled and analysed on 1 thread on an idle machine)."""
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        yield
+    finally:
+        apply_threads(before)
 
 
 def apply_threads(n: int) -> None:
