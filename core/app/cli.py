@@ -363,7 +363,7 @@ def run(ctx: click.Context, stages: str | None, force: bool, **_: Any) -> None:
 )
 @click.pass_context
 def demo(ctx: click.Context, stages: str | None, force: bool, compare: bool, **_: Any) -> None:
-    """The embedded demo, end to end on a CPU in about 20 minutes (= rcdm run --profile demo).
+    """The embedded demo, end to end on a CPU in about 20-25 minutes (= rcdm run --profile demo).
 
     Works from any directory: it builds a small image set from photographs shipped with
     scikit-image and scikit-learn, and writes everything under ./runs/demo. Its shortcuts
