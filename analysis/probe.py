@@ -113,9 +113,7 @@ def train_probe(
         )
     if xtr.shape[0] != ytr.shape[0] or xva.shape[0] != yva.shape[0]:
         raise InvalidInput("probe: features and labels have different lengths")
-    n_classes = int(n_classes or max(ytr.max(), yva.max()) + 1)
-    if n_classes < 2:
-        raise InvalidInput("probe: the training labels hold a single class; a probe needs at least 2")
+    n_classes = _classes(n_classes, ytr, yva)
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
     Xtr = torch.from_numpy(xtr).to(device)
@@ -142,6 +140,14 @@ def train_probe(
         epochs=epochs,
         final_loss=float(loss.detach()),
     )
+
+
+def _classes(n_classes: int | None, ytr: np.ndarray, yva: np.ndarray) -> int:
+    """The probe's class count (given, or one past the largest label); at least 2."""
+    n = int(n_classes or max(ytr.max(), yva.max()) + 1)
+    if n < 2:
+        raise InvalidInput("probe: the training labels hold a single class; a probe needs at least 2")
+    return n
 
 
 def _new_probe(mean: torch.Tensor, std: torch.Tensor, n_classes: int, g: torch.Generator, device, lr, weight_decay):
@@ -250,9 +256,7 @@ def train_probe_streamed(
             f"probe: train store ({len(train)} x {train.dim}, {len(ytr)} labels) and val store ({len(val)} x "
             f"{val.dim}, {len(yva)} labels) must have one label per row and the same dimension"
         )
-    n_classes = int(n_classes or max(ytr.max(), yva.max()) + 1)
-    if n_classes < 2:
-        raise InvalidInput("probe: the training labels hold a single class; a probe needs at least 2")
+    n_classes = _classes(n_classes, ytr, yva)
     device, n = torch.device(device), len(train)
     mean, std = streamed_moments(train, 0)
     std = std * np.sqrt((n - 1) / n) if n > 1 else np.zeros_like(std)  # population std, as train_probe's

@@ -23,7 +23,7 @@ from typing import Any
 
 from rcdm.errors import InvalidInput
 
-__all__ = ["launch_state", "on_all", "on_main", "set_timeout"]
+__all__ = ["launch_state", "on_all", "on_main", "processes", "set_timeout"]
 
 # The environment an MPI launcher gives its processes (accelerate reads the world size from them)
 _MPI_SIZE = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -59,6 +59,11 @@ def launch_state(device: str = "auto", timeout_s: float | None = None) -> Any:
         set_timeout(timeout_s)  # a group made before this call (by the lock, another stage)
     _check_started(state.num_processes)
     return state
+
+
+def processes(n: int) -> str:
+    """ "1 process" / "N processes": how a stage's first line names its launch."""
+    return f"{n} processes" if n > 1 else "1 process"
 
 
 def _reset_for(cpu: bool) -> None:

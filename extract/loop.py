@@ -32,7 +32,7 @@ from rcdm.extract.dataset import (
     normalize,
 )
 from rcdm.extract.gpudecode import decode_on_device, resolve_decode
-from rcdm.launch import launch_state, on_main
+from rcdm.launch import launch_state, on_main, processes
 from rcdm.run.lock import holding_output_lock
 from rcdm.speed import auto_workers, enable_fast_math, resolve_channels_last
 from rcdm.store import build_manifest, completed_shards, write_manifest, write_shard
@@ -93,7 +93,7 @@ def run(cfg: ExtractConfig) -> Path:
     rank, world = state.process_index, state.num_processes
     device = _device(cfg.device, state)
     if rank == 0:  # where it runs, first
-        print(f"extracting on {device} ({world} process{'es' if world > 1 else ''})", flush=True)
+        print(f"extracting on {device} ({processes(world)})", flush=True)
     cfg = _resolve_auto(cfg, device)
 
     encoder = load_encoder(

@@ -138,8 +138,7 @@ class Resolver:
     def knn(self, query: np.ndarray, k: int, exclude: int | None = None) -> np.ndarray:
         """``C.knn`` of ``query (D,)`` over view 0 of the store, ``(k,)``: the same blocks, the same
         answer, read a block at a time."""
-        blocks = self.store.iter_features(0, C.KNN_CHUNK)
-        return C.knn_streamed(blocks, np.asarray(query, np.float32)[None], k, exclude=exclude)[0]
+        return C.knn_store(self.store, np.asarray(query, np.float32)[None], k, exclude=exclude)[0]
 
     def store_row(self, i: int, kind: str = "store", vector: np.ndarray | None = None) -> Condition:
         """Row ``i`` as a condition (``vector``: its features, when already read)."""

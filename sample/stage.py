@@ -17,7 +17,7 @@ from typing import Any
 
 from rcdm.config import SampleConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, MissingInput, OutputExists, UserError
-from rcdm.launch import launch_state, on_main
+from rcdm.launch import launch_state, on_main, processes
 from rcdm.run.conditioning import check_conditioning
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -166,8 +166,7 @@ def _job(cfg: SampleConfig) -> _Job:
     ckpt_file = weights_file(cfg.checkpoint, cfg.ema)
     fp = fingerprint(cfg, store, ckpt_file, device)
     if state.is_main_process:  # where it runs, first
-        n = state.num_processes
-        print(f"sampling on {device} ({n} process{'es' if n > 1 else ''}; precision {_precision(cfg, device)})")
+        print(f"sampling on {device} ({processes(state.num_processes)}; precision {_precision(cfg, device)})")
     return _Job(cfg, state, device, SampleSetWriter(Path(cfg.out)), store, ckpt_file, fp)
 
 

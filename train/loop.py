@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from rcdm.config import TrainConfig, save_resolved, to_dict
 from rcdm.errors import InvalidInput, UserError, first_line
-from rcdm.launch import launch_state, on_main
+from rcdm.launch import launch_state, on_main, processes
 from rcdm.model.config import UNetConfig
 from rcdm.run.lock import holding_output_lock
 from rcdm.run.rundir import RunDir
@@ -261,10 +261,8 @@ def _setup(cfg: TrainConfig) -> _Run:
 
 def _describe(accelerator: Any, mp: str, backend: str | None, channels_last: bool) -> str:
     """The first line of a run: where it trains and how."""
-    n = accelerator.num_processes
-    procs = f"{n} processes" if n > 1 else "1 process"
     return (
-        f"training on {accelerator.device} ({procs}; precision {mp}; compile "
+        f"training on {accelerator.device} ({processes(accelerator.num_processes)}; precision {mp}; compile "
         f"{backend or 'off'}; {'channels-last' if channels_last else 'NCHW'})"
     )
 

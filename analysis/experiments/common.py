@@ -48,9 +48,9 @@ def same_encoder(a: Any, b: Any) -> bool:
 def nearest_training_rows(train: Any, hs: np.ndarray, k: int) -> np.ndarray:
     """The ``k`` rows of the store ``train`` nearest to each of ``hs (Q, D)`` (``knn``'s answer),
     nearest first, streamed over the store a block at a time (ImageNet's is 10 GB of float32)."""
-    from rcdm.diffusion.conditions import KNN_CHUNK, knn_streamed
+    from rcdm.diffusion.conditions import knn_store
 
-    return knn_streamed(train.iter_features(0, KNN_CHUNK), hs, k)
+    return knn_store(train, hs, k)
 
 
 def _conditioning(x: Any) -> Conditioning:

@@ -8,7 +8,7 @@ from rcdm.analysis.experiments.common import Context, same_encoder
 from rcdm.analysis.probe import FULL_BATCH_ROWS, MINIBATCH, ProbeResult, train_probe, train_probe_streamed
 from rcdm.analysis.report import Entry, Table
 from rcdm.errors import InvalidInput
-from rcdm.store.stats import IN_MEMORY_BYTES, fits_in_memory
+from rcdm.store.stats import IN_MEMORY_BYTES, fits_in_memory, rows_fit
 
 TITLE = "Linear probe (Table a)"
 
@@ -54,7 +54,7 @@ def store_probe(train, ytr, val, yva, *, in_memory_bytes: int = IN_MEMORY_BYTES,
 
 def _how(n_train: int, dim: int) -> str:
     """How :func:`store_probe` fits a training store of ``n_train`` x ``dim`` rows."""
-    if n_train * dim * 4 > IN_MEMORY_BYTES:
+    if not rows_fit(n_train, dim, IN_MEMORY_BYTES):
         return f"minibatches of {MINIBATCH} from a shuffle buffer of {IN_MEMORY_BYTES >> 20} MiB of the streamed store"
     return "full batch" if n_train <= FULL_BATCH_ROWS else f"minibatches of {MINIBATCH}"
 

@@ -12,7 +12,7 @@ neighbours are zeroed or replaced by a target's values).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from rcdm.errors import InvalidInput
@@ -23,6 +23,7 @@ __all__ = [
     "class_mean",
     "algebra",
     "knn",
+    "knn_store",
     "active_mask",
     "common_dims",
     "manipulate",
@@ -152,6 +153,13 @@ def knn(
         raise InvalidInput(f"knn: k={k} but only {n_avail} candidate rows are available")
     order = knn_streamed(((s, feats[s : s + chunk]) for s in range(0, feats.shape[0], chunk)), q2, k, exclude=exclude)
     return order[0] if single else order
+
+
+def knn_store(store: Any, queries: np.ndarray, k: int, *, exclude: int | None = None) -> np.ndarray:
+    """:func:`knn_streamed` over view 0 of a feature store, read ``KNN_CHUNK`` rows at a time
+    (ImageNet's training store is 10 GB of float32: it is never held): ``(Q, k)`` for ``(Q, D)``
+    queries, :func:`knn`'s answer."""
+    return knn_streamed(store.iter_features(0, KNN_CHUNK), queries, k, exclude=exclude)
 
 
 def knn_streamed(blocks, query: np.ndarray, k: int, *, exclude: int | None = None) -> np.ndarray:

@@ -20,7 +20,12 @@ IN_MEMORY_BYTES = 1 << 30  # float32 rows read whole below this; streamed above
 def fits_in_memory(store, view: int | None, budget: int = IN_MEMORY_BYTES) -> bool:
     """Whether ``store.features(view)`` as float32 is at most ``budget`` bytes."""
     views = len(store.views) if view is None else 1
-    return len(store) * views * store.dim * 4 <= budget
+    return rows_fit(len(store) * views, store.dim, budget)
+
+
+def rows_fit(rows: int, dim: int, budget: int = IN_MEMORY_BYTES) -> bool:
+    """Whether ``rows`` x ``dim`` float32 values are at most ``budget`` bytes."""
+    return rows * dim * 4 <= budget
 
 
 def streamed_moments(store, view: int | None) -> tuple[np.ndarray, np.ndarray]:
