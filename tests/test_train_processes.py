@@ -207,7 +207,8 @@ def test_a_killed_process_stops_the_others_with_one_line(tmp_path):
     training resumes, not with gloo's traceback."""
     proc, took = _two_processes(tmp_path, "exit:3", timeout_s=600)
     error = _one_line_error(proc)
-    assert "process 0 of 2 lost the others" in error and "Connection closed by peer" in error
+    # gloo says 'closed' or 'reset' by peer, by which side of the socket saw the exit first
+    assert "process 0 of 2 lost the others" in error and re.search(r"Connection (closed|reset) by peer", error)
     assert "resume from step-0000002" in error
     assert took < 100  # not the 600 s of the timeout: a closed connection is seen at once
 
